@@ -1,0 +1,127 @@
+"""PyTorch adapter: train any ``nn.Module`` one client at a time with plain SGD."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedstream.client.base import FitTask
+from fedstream.data.base import ClientData, Task
+from fedstream.errors import ParamsMismatchError
+from fedstream.params import Params
+from fedstream.types import ClientUpdate, EvaluateResult
+
+
+def params_from_module(module: nn.Module) -> Params:
+    """A copy of the module's state (parameters and buffers) as ``Params``."""
+    return Params({n: t.detach().cpu().numpy().copy() for n, t in module.state_dict().items()})
+
+
+def check_module_matches(module: nn.Module, params: Params) -> None:
+    """Raise ``ParamsMismatchError`` if ``params`` cannot be loaded into ``module``."""
+    expected = Params(
+        {n: np.empty(tuple(t.shape), dtype=_numpy_dtype(t)) for n, t in module.state_dict().items()}
+    )
+    expected.check_compatible(params, "model params")
+
+
+def _numpy_dtype(tensor: torch.Tensor) -> np.dtype[Any]:
+    return np.dtype(torch.empty(0, dtype=tensor.dtype).numpy().dtype)
+
+
+def per_sample_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Loss of each example, shape (batch,): cross-entropy on logits, or squared error."""
+    if task == "classification":
+        return F.cross_entropy(outputs, targets, reduction="none")
+    return (outputs.squeeze(-1) - targets) ** 2
+
+
+def evaluation_metrics(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Mean loss, plus accuracy for classification."""
+    metrics = {"loss": float(per_sample_loss(task, outputs, targets).mean())}
+    if task == "classification":
+        metrics["accuracy"] = float((outputs.argmax(-1) == targets).double().mean())
+    return metrics
+
+
+def batch_slices(num_examples: int, batch_size: int) -> list[slice]:
+    """Consecutive batches over ``num_examples`` (batch_size 0 = one full batch)."""
+    size = batch_size or num_examples
+    return [slice(start, start + size) for start in range(0, num_examples, size)]
+
+
+class TorchTrainer:
+    """Trains a shared ``nn.Module`` skeleton on one client at a time.
+
+    Each epoch shuffles with ``np.random.default_rng(task.config.seed)``, so the batches
+    depend only on the task, not on the process or the order clients run in. The update is
+    plain SGD on mean batch loss (+ μ/2·‖w − w_global‖² when ``proximal_mu > 0``).
+    """
+
+    def __init__(self, module: nn.Module, task: Task) -> None:
+        self.module = module
+        self.task: Task = task
+        self._names = [n for n, _ in module.named_parameters()]
+
+    def _load(self, params: Params) -> None:
+        check_module_matches(self.module, params)
+        for name, tensor in self.module.state_dict().items():
+            tensor.numpy()[...] = params[name]  # writes into the module's own storage
+
+    def fit(self, params: Params, task: FitTask, data: ClientData) -> ClientUpdate:
+        config = task.config
+        if data.num_train == 0:
+            raise ValueError(f"client {task.client_id!r} has no training examples")
+        self._load(params)
+        x = torch.from_numpy(data.x_train)
+        y = torch.from_numpy(data.y_train)
+        weights = [p for _, p in self.module.named_parameters()]
+        self.module.train()
+        if config.payload == "gradient":
+            loss = per_sample_loss(self.task, self.module(x), y).mean()
+            grads = torch.autograd.grad(loss, weights)
+            payload = Params(
+                {n: g.detach().numpy() for n, g in zip(self._names, grads, strict=True)}
+            )
+            return ClientUpdate(
+                task.client_id, task.round, payload, float(data.num_train), {"loss": float(loss)}
+            )
+
+        anchors = [w.detach().clone() for w in weights] if config.proximal_mu > 0 else []
+        rng = np.random.default_rng(config.seed)
+        losses: list[float] = []
+        for _ in range(config.local_epochs):
+            order = torch.from_numpy(rng.permutation(data.num_train))
+            for batch in batch_slices(data.num_train, config.batch_size):
+                index = order[batch]
+                loss = per_sample_loss(self.task, self.module(x[index]), y[index]).mean()
+                losses.append(loss.item())
+                if anchors:
+                    proximal = sum(((w - a) ** 2).sum() for w, a in zip(weights, anchors, strict=True))
+                    loss = loss + 0.5 * config.proximal_mu * proximal
+                grads = torch.autograd.grad(loss, weights)
+                with torch.no_grad():
+                    for w, g in zip(weights, grads, strict=True):
+                        w.add_(g, alpha=-config.lr)
+        local = self.module.state_dict()
+        delta = Params({n: local[n].numpy() - params[n] for n in params})
+        return ClientUpdate(
+            task.client_id, task.round, delta, float(data.num_train),
+            {"loss": float(np.mean(losses))},
+        )
+
+    def evaluate(
+        self, params: Params, client_id: str, round_number: int, data: ClientData
+    ) -> EvaluateResult:
+        self._load(params)
+        if data.num_test == 0:
+            return EvaluateResult(client_id, round_number, 0, {})
+        self.module.eval()
+        with torch.inference_mode():
+            outputs = self.module(torch.from_numpy(data.x_test))
+        metrics = evaluation_metrics(self.task, outputs, torch.from_numpy(data.y_test))
+        return EvaluateResult(client_id, round_number, data.num_test, metrics)

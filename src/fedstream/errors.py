@@ -1,0 +1,64 @@
+"""One exception tree for fedstream.
+
+Every error a user can provoke with bad input derives from :class:`FedstreamError`, so a
+caller can catch the whole family, and each message names the field, the value it got and
+what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class FedstreamError(Exception):
+    """Base of every error fedstream raises on purpose."""
+
+
+class ConfigError(FedstreamError, ValueError):
+    """A configuration value is out of its allowed range or of the wrong kind."""
+
+    def __init__(self, field: str, value: object, expected: str) -> None:
+        self.field = field
+        self.value = value
+        self.expected = expected
+        super().__init__(f"{field}={value!r} is invalid: expected {expected}")
+
+
+class WireFormatError(FedstreamError, ValueError):
+    """Bytes that claim to be encoded ``Params`` are truncated or malformed."""
+
+
+class ParamsMismatchError(FedstreamError, ValueError):
+    """Two ``Params`` (or a model and a ``Params``) disagree on names, shapes or dtypes."""
+
+
+class UpdateRejected(FedstreamError, ValueError):
+    """A client's update failed validation (shape, dtype, NaN/Inf, norm bound)."""
+
+
+@dataclass(frozen=True)
+class ClientFailure:
+    """Why one client produced no usable result in a round.
+
+    ``stage`` is where it failed: ``"train"`` (the client raised), ``"evaluate"``, or
+    ``"validate"`` (the server rejected what it sent).
+    """
+
+    client_id: str
+    stage: str
+    cause: str
+
+    def __str__(self) -> str:
+        return f"client {self.client_id!r} ({self.stage}): {self.cause}"
+
+
+class RoundFailedError(FedstreamError, RuntimeError):
+    """A round could not produce a new global model; the state is left as it was."""
+
+    def __init__(self, round_number: int, reason: str, failures: Sequence[ClientFailure] = ()):
+        self.round_number = round_number
+        self.failures = tuple(failures)
+        lines = [f"round {round_number} failed: {reason}"]
+        lines += [f"  - {failure}" for failure in self.failures]
+        super().__init__("\n".join(lines))

@@ -1,0 +1,269 @@
+"""The one round loop: sample, broadcast, train, collect, validate, sum, update, evaluate.
+
+Simulation and deployment both call :func:`run_round`; only the ``Transport`` differs.
+A round takes a ``ServerState`` and returns a new one with a ``RoundReport``; if the round
+cannot produce a model it raises ``RoundFailedError`` and the old state stays valid.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedstream import checks
+from fedstream.client.base import FitTask
+from fedstream.errors import ClientFailure, ConfigError, RoundFailedError
+from fedstream.params import Params
+from fedstream.secure.plain import PlainSum
+from fedstream.strategies.base import Strategy
+from fedstream.transport.base import Transport
+from fedstream.types import ClientUpdate, FitConfig, RoundReport, ServerState
+
+CentralEvaluate = Callable[[Params], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """How each round samples, trains and evaluates.
+
+    ``clients_per_round`` is a count (int ≥ 1) or a fraction of all clients (float in
+    (0, 1]); at least ``min_clients`` are sampled and at least that many valid updates are
+    needed to aggregate. ``evaluate_fraction`` of all clients evaluate the new global model
+    on their test splits every ``evaluate_every`` rounds (0 disables federated evaluation).
+    ``max_update_norm`` rejects payloads whose L2 norm exceeds it.
+    """
+
+    clients_per_round: int | float = 10
+    min_clients: int = 1
+    local_epochs: int = 1
+    batch_size: int = 10
+    lr: float = 0.05
+    evaluate_fraction: float = 1.0
+    evaluate_every: int = 1
+    max_update_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        per_round = self.clients_per_round
+        if isinstance(per_round, float):
+            checks.in_unit_interval(
+                "clients_per_round", per_round, include_zero=False, include_one=True
+            )
+        else:
+            checks.positive_int("clients_per_round", per_round)
+        checks.positive_int("min_clients", self.min_clients)
+        checks.positive_int("local_epochs", self.local_epochs)
+        checks.non_negative_int("batch_size", self.batch_size)
+        checks.positive("lr", self.lr)
+        checks.in_unit_interval(
+            "evaluate_fraction", self.evaluate_fraction, include_zero=True, include_one=True
+        )
+        checks.non_negative_int("evaluate_every", self.evaluate_every)
+        if self.max_update_norm is not None:
+            checks.positive("max_update_norm", self.max_update_norm)
+
+
+def sample_size(num_clients: int, clients_per_round: int | float, min_clients: int) -> int:
+    """How many clients a round asks: the count or ⌈fraction·N⌉, at least ``min_clients``,
+    and never more than exist (asking for more is an error, not silently fewer)."""
+    wanted = (
+        math.ceil(clients_per_round * num_clients)
+        if isinstance(clients_per_round, float)
+        else clients_per_round
+    )
+    if wanted > num_clients:
+        raise ConfigError(
+            "clients_per_round", clients_per_round, f"at most the number of clients ({num_clients})"
+        )
+    if min_clients > num_clients:
+        raise ConfigError("min_clients", min_clients, f"at most the number of clients ({num_clients})")
+    return max(wanted, min_clients)
+
+
+def sample_clients(
+    rng: np.random.Generator, client_ids: Sequence[str], count: int
+) -> tuple[str, ...]:
+    """``count`` distinct clients drawn uniformly without replacement."""
+    chosen = rng.choice(len(client_ids), size=count, replace=False)
+    return tuple(client_ids[int(i)] for i in chosen)
+
+
+def check_update(
+    update: ClientUpdate,
+    global_params: Params,
+    round_number: int,
+    max_norm: float | None,
+) -> str | None:
+    """Why ``update`` must be rejected, or ``None`` if it is acceptable."""
+    if update.round != round_number:
+        return f"update is for round {update.round}, expected round {round_number}"
+    if not (math.isfinite(update.weight) and update.weight > 0):
+        return f"weight={update.weight!r} is invalid: expected a finite number > 0"
+    try:
+        global_params.check_compatible(update.payload, "payload")
+    except ValueError as exc:
+        return str(exc)
+    if not update.payload.is_finite():
+        return "payload contains NaN or Inf"
+    if max_norm is not None:
+        norm = update.payload.norm()
+        if norm > max_norm:
+            return f"payload norm {norm:.6g} exceeds max_update_norm={max_norm:.6g}"
+    return None
+
+
+def _weighted_mean(pairs: Sequence[tuple[float, Mapping[str, float]]], prefix: str) -> dict[str, float]:
+    """Example-weighted mean of each metric over (weight, metrics) pairs, keys prefixed."""
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for weight, metrics in pairs:
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0.0) + weight * value
+            weights[key] = weights.get(key, 0.0) + weight
+    return {f"{prefix}{k}": totals[k] / weights[k] for k in totals if weights[k] > 0}
+
+
+def run_round(
+    state: ServerState,
+    strategy: Strategy,
+    transport: Transport,
+    client_ids: Sequence[str],
+    config: RoundConfig,
+    *,
+    evaluate: bool = True,
+    central_evaluate: CentralEvaluate | None = None,
+) -> tuple[ServerState, RoundReport]:
+    """Run round ``state.round + 1`` and return the new state and its report."""
+    started = time.perf_counter()
+    round_number = state.round + 1
+    rng = state.generator()
+    count = sample_size(len(client_ids), config.clients_per_round, config.min_clients)
+    sampled = sample_clients(rng, client_ids, count)
+    seeds = rng.integers(0, 2**63 - 1, size=len(sampled))
+    tasks = [
+        FitTask(
+            client_id,
+            round_number,
+            FitConfig(
+                local_epochs=config.local_epochs,
+                batch_size=config.batch_size,
+                lr=config.lr,
+                proximal_mu=strategy.proximal_mu,
+                payload=strategy.payload,
+                seed=int(seed),
+            ),
+        )
+        for client_id, seed in zip(sampled, seeds, strict=True)
+    ]
+
+    accumulator = PlainSum(state.params)
+    failures: list[ClientFailure] = []
+    completed: list[str] = []
+    train_metrics: list[tuple[float, Mapping[str, float]]] = []
+    bytes_down = bytes_up = 0
+    expected = set(sampled)
+    for delivery in transport.fit(state.params, tasks):
+        bytes_down += delivery.bytes_down
+        bytes_up += delivery.bytes_up
+        result = delivery.result
+        if isinstance(result, ClientFailure):
+            failures.append(result)
+            expected.discard(result.client_id)
+            continue
+        if result.client_id not in expected:
+            reason = "not asked in this round, or answered twice"
+            failures.append(ClientFailure(result.client_id, "validate", reason))
+            continue
+        expected.discard(result.client_id)
+        reason = check_update(result, state.params, round_number, config.max_update_norm)
+        if reason is not None:
+            failures.append(ClientFailure(result.client_id, "validate", reason))
+            continue
+        accumulator.add(result.payload, result.weight)
+        completed.append(result.client_id)
+        train_metrics.append((result.weight, result.metrics))
+    failures += [ClientFailure(c, "train", "no answer") for c in sampled if c in expected]
+    fit_done = time.perf_counter()
+
+    if len(completed) < config.min_clients:
+        raise RoundFailedError(
+            round_number,
+            f"{len(completed)} of {len(sampled)} sampled clients gave a valid update, "
+            f"min_clients={config.min_clients}",
+            failures,
+        )
+    new_state = strategy.server_update(state, accumulator.result(round_number))
+    if not new_state.params.is_finite():
+        raise RoundFailedError(round_number, "the server update produced NaN or Inf parameters")
+    update_done = time.perf_counter()
+
+    metrics = _weighted_mean(train_metrics, "train_")
+    if evaluate and config.evaluate_fraction > 0:
+        evaluators = (
+            list(client_ids)
+            if config.evaluate_fraction == 1.0
+            else list(sample_clients(rng, client_ids, math.ceil(config.evaluate_fraction * len(client_ids))))
+        )
+        evaluations: list[tuple[float, Mapping[str, float]]] = []
+        for delivery in transport.evaluate(new_state.params, round_number, evaluators):
+            bytes_down += delivery.bytes_down
+            bytes_up += delivery.bytes_up
+            if isinstance(delivery.result, ClientFailure):
+                failures.append(delivery.result)
+            else:
+                evaluations.append((delivery.result.num_examples, delivery.result.metrics))
+        metrics |= _weighted_mean(evaluations, "fed_")
+    if evaluate and central_evaluate is not None:
+        metrics |= {f"central_{k}": v for k, v in central_evaluate(new_state.params).items()}
+    finished = time.perf_counter()
+
+    report = RoundReport(
+        round=round_number,
+        sampled=sampled,
+        completed=tuple(completed),
+        failures=tuple(failures),
+        bytes_down=bytes_down,
+        bytes_up=bytes_up,
+        times={
+            "fit_s": fit_done - started,
+            "update_s": update_done - fit_done,
+            "evaluate_s": finished - update_done,
+            "total_s": finished - started,
+        },
+        metrics=metrics,
+    )
+    new_state = new_state.evolve(round=round_number, rng_state=rng.bit_generator.state)
+    return new_state, report
+
+
+def run_rounds(
+    state: ServerState,
+    strategy: Strategy,
+    transport: Transport,
+    client_ids: Sequence[str],
+    config: RoundConfig,
+    until_round: int,
+    central_evaluate: CentralEvaluate | None = None,
+) -> Iterator[tuple[ServerState, RoundReport]]:
+    """Run rounds until ``state.round == until_round``, yielding each new state and report.
+
+    Evaluation runs every ``config.evaluate_every`` rounds and always in the last one.
+    """
+    checks.non_negative_int("rounds", until_round)
+    while state.round < until_round:
+        number = state.round + 1
+        every = config.evaluate_every
+        evaluate = number == until_round or (every > 0 and number % every == 0)
+        state, report = run_round(
+            state,
+            strategy,
+            transport,
+            client_ids,
+            config,
+            evaluate=evaluate,
+            central_evaluate=central_evaluate,
+        )
+        yield state, report

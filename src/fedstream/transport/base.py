@@ -1,0 +1,38 @@
+"""The transport interface: deliver tasks to clients and bring their answers back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from fedstream.client.base import FitTask
+from fedstream.errors import ClientFailure
+from fedstream.params import Params
+from fedstream.types import ClientUpdate, EvaluateResult
+
+ResultT = TypeVar("ResultT", ClientUpdate, EvaluateResult)
+
+
+@dataclass(frozen=True)
+class Delivery(Generic[ResultT]):
+    """One client's answer (or failure) with the bytes that crossed the wire each way."""
+
+    client_id: str
+    result: ResultT | ClientFailure
+    bytes_down: int
+    bytes_up: int
+
+
+class Transport(Protocol):
+    """How the round loop reaches clients. Implementations: in-process (simulation), gRPC.
+
+    Both calls stream deliveries back as they arrive; a client that fails yields a
+    ``ClientFailure`` rather than raising, so one client never stops a round.
+    """
+
+    def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]: ...
+
+    def evaluate(
+        self, params: Params, round_number: int, client_ids: Sequence[str]
+    ) -> Iterator[Delivery[EvaluateResult]]: ...
