@@ -197,7 +197,7 @@ class Params(Mapping[str, Array]):
         if self.spec != other.spec:
             return False
         return all(
-            np.array_equal(a.view(np.uint8), other._arrays[n].view(np.uint8))
+            a.tobytes() == other._arrays[n].tobytes()
             for n, a in self._arrays.items()
         )
 
@@ -232,7 +232,7 @@ class Params(Mapping[str, Array]):
         chunks: list[bytes | memoryview] = [struct.pack("<Q", len(header)), header]
         for array in self._arrays.values():
             little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-            chunks.append(memoryview(np.ascontiguousarray(little)).cast("B"))
+            chunks.append(memoryview(np.ascontiguousarray(little).reshape(-1)).cast("B"))
         return chunks
 
     def to_bytes(self) -> bytes:

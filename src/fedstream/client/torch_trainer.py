@@ -88,7 +88,7 @@ class TorchTrainer:
                 {n: g.detach().numpy() for n, g in zip(self._names, grads, strict=True)}
             )
             return ClientUpdate(
-                task.client_id, task.round, payload, float(data.num_train), {"loss": float(loss)}
+                task.client_id, task.round, payload, float(data.num_train), {"loss": loss.item()}
             )
 
         anchors = [w.detach().clone() for w in weights] if config.proximal_mu > 0 else []

@@ -1,0 +1,178 @@
+import json
+import struct
+
+import numpy as np
+import pytest
+import safetensors.numpy
+
+from fedstream import Params, ParamsMismatchError, WireFormatError
+
+
+def sample() -> Params:
+    return Params(
+        [
+            ("layer.weight", np.arange(6, dtype=np.float32).reshape(2, 3)),
+            ("layer.bias", np.array([1.5, -2.0], dtype=np.float64)),
+            ("counter", np.array(7, dtype=np.int64)),  # 0-d
+            ("mask", np.array([True, False, True])),
+            ("half", np.array([[0.5]], dtype=np.float16)),
+            ("empty", np.zeros((0, 4), dtype=np.int32)),
+            ("a_last_but_sorted_first", np.array([3], dtype=np.uint8)),
+        ]
+    )
+
+
+def test_round_trip_keeps_names_order_dtypes_shapes_and_values():
+    params = sample()
+    decoded = Params.from_bytes(params.to_bytes())
+    assert list(decoded) == list(params)
+    assert decoded.spec == params.spec
+    assert decoded.bit_equal(params)
+
+
+def test_wire_size_is_the_encoded_length():
+    params = sample()
+    assert params.wire_size() == len(params.to_bytes())
+
+
+def test_decoding_copies_nothing():
+    wire = sample().to_bytes()
+    decoded = Params.from_bytes(wire)
+    source = np.frombuffer(wire, dtype=np.uint8)
+    assert np.shares_memory(decoded["layer.weight"], source)
+
+
+def test_encoding_is_readable_by_safetensors_and_the_reverse():
+    params = sample()
+    loaded = safetensors.numpy.load(params.to_bytes())
+    for name in params:
+        np.testing.assert_array_equal(loaded[name], params[name])
+        assert loaded[name].dtype == params[name].dtype
+    written = safetensors.numpy.save({"w": np.ones((2, 2), np.float32), "b": np.zeros(2)})
+    back = Params.from_bytes(written)
+    assert set(back) == {"w", "b"}
+    np.testing.assert_array_equal(back["w"], np.ones((2, 2), np.float32))
+
+
+@pytest.mark.parametrize("cut", [0, 3, 8, 20, -1, -9])
+def test_truncated_bytes_are_refused(cut):
+    wire = sample().to_bytes()
+    with pytest.raises(WireFormatError, match="truncated"):
+        Params.from_bytes(wire[:cut])
+
+
+def test_every_truncation_is_refused():
+    wire = Params({"w": np.arange(5, dtype=np.float32)}).to_bytes()
+    for cut in range(len(wire)):
+        with pytest.raises(WireFormatError):
+            Params.from_bytes(wire[:cut])
+
+
+def test_trailing_bytes_are_refused():
+    with pytest.raises(WireFormatError, match="trailing"):
+        Params.from_bytes(sample().to_bytes() + b"\x00")
+
+
+def _with_header(header: dict, data: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "message"),
+    [
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None),
+        ({"w": {"dtype": "Q99", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "dtype 'Q99'"),
+        ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8, "spans 8 bytes"),
+        ({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 8]}}, b"\0" * 8, "shape"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, b"\0" * 8, "data_offsets"),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            b"\0" * 12,
+            "contiguous",
+        ),
+        ({"w": "nope"}, b"", "expected an object"),
+        (
+            {
+                "__metadata__": {"fedstream.order": '["x"]'},
+                "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            },
+            b"\0" * 8,
+            "fedstream.order",
+        ),
+    ],
+)
+def test_malformed_headers_are_refused_with_the_reason(header, data, message):
+    wire = _with_header(header, data)
+    if message is None:
+        assert Params.from_bytes(wire)["w"].shape == (2,)
+        return
+    with pytest.raises(WireFormatError, match=message):
+        Params.from_bytes(wire)
+
+
+def test_header_that_is_not_json_is_refused():
+    wire = struct.pack("<Q", 4) + b"{no}"
+    with pytest.raises(WireFormatError, match="not valid JSON"):
+        Params.from_bytes(wire)
+
+
+def test_absurd_header_length_is_refused_before_reading():
+    with pytest.raises(WireFormatError, match="header length"):
+        Params.from_bytes(struct.pack("<Q", 2**40))
+
+
+def test_arithmetic_and_norm():
+    a = Params({"x": np.array([1.0, 2.0]), "y": np.array([[2.0]])})
+    b = Params({"x": np.array([0.5, 0.5]), "y": np.array([[1.0]])})
+    np.testing.assert_array_equal((a + b)["x"], [1.5, 2.5])
+    np.testing.assert_array_equal((a - b)["y"], [[1.0]])
+    np.testing.assert_array_equal((2 * a)["x"], [2.0, 4.0])
+    np.testing.assert_array_equal((a * 2)["y"], [[4.0]])
+    np.testing.assert_array_equal((a / 2)["x"], [0.5, 1.0])
+    np.testing.assert_array_equal((-a)["x"], [-1.0, -2.0])
+    assert a.norm() == pytest.approx(3.0)  # sqrt(1 + 4 + 4)
+
+
+def test_arithmetic_never_changes_the_operands():
+    x = np.array([1.0, 2.0])
+    a = Params({"x": x})
+    _ = a + a
+    _ = a * 3
+    np.testing.assert_array_equal(x, [1.0, 2.0])
+
+
+def test_flat_view_round_trips():
+    params = Params({"a": np.arange(6.0).reshape(2, 3), "b": np.array([7.0])})
+    flat = params.flat()
+    np.testing.assert_array_equal(flat, [0, 1, 2, 3, 4, 5, 7])
+    assert Params.from_flat(flat, params).bit_equal(params)
+    with pytest.raises(ParamsMismatchError, match=r"expected \(7,\)"):
+        Params.from_flat(np.zeros(6), params)
+
+
+def test_mismatches_name_the_difference():
+    a = Params({"w": np.zeros(2), "b": np.zeros(1)})
+    with pytest.raises(ParamsMismatchError, match=r"missing \['b'\], unexpected \['c'\]"):
+        a.check_compatible(Params({"w": np.zeros(2), "c": np.zeros(1)}))
+    with pytest.raises(ParamsMismatchError, match=r"\['w'\] has shape \(3,\), expected \(2,\)"):
+        a.check_compatible(Params({"w": np.zeros(3), "b": np.zeros(1)}))
+    with pytest.raises(ParamsMismatchError, match="dtype float32, expected float64"):
+        a.check_compatible(Params({"w": np.zeros(2, np.float32), "b": np.zeros(1)}))
+    with pytest.raises(ParamsMismatchError, match="different order"):
+        a.check_compatible(Params({"b": np.zeros(1), "w": np.zeros(2)}))
+
+
+def test_bad_names_are_refused():
+    with pytest.raises(ParamsMismatchError, match="non-empty string"):
+        Params({"": np.zeros(1)})
+    with pytest.raises(ParamsMismatchError, match="appears twice"):
+        Params([("w", np.zeros(1)), ("w", np.zeros(1))])
+
+
+def test_unencodable_dtype_is_named():
+    with pytest.raises(WireFormatError, match="complex128"):
+        Params({"z": np.zeros(2, np.complex128)}).to_bytes()
