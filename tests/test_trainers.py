@@ -3,7 +3,14 @@ import pytest
 import torch
 from torch import nn
 
-from fedstream import FitConfig, FitTask, Params, ParamsMismatchError, TorchTrainer, VectorizedTrainer
+from fedstream import (
+    FitConfig,
+    FitTask,
+    Params,
+    ParamsMismatchError,
+    TorchTrainer,
+    VectorizedTrainer,
+)
 from fedstream.client import params_from_module
 from fedstream.data import ClientData
 from fedstream.models import build_model
@@ -70,7 +77,10 @@ def test_vectorized_cohort_equals_one_client_at_a_time(config):
         FitTask(f"c{k}", 2, FitConfig(**{**vars(config), "seed": 100 + k}))
         for k in range(len(clients))
     ]
-    sequential = [TorchTrainer(model, "classification").fit(start, t, d) for t, d in zip(tasks, clients)]
+    sequential = [
+        TorchTrainer(model, "classification").fit(start, t, d)
+        for t, d in zip(tasks, clients, strict=True)
+    ]
     cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, clients)
     for one, many in zip(sequential, cohort, strict=True):
         assert one.client_id == many.client_id and one.weight == many.weight
@@ -85,7 +95,9 @@ def test_vectorized_refuses_mixed_cohort_configs():
     clients = uneven_clients(np.random.default_rng(0))[:2]
     tasks = [FitTask("a", 1, FitConfig(lr=0.1)), FitTask("b", 1, FitConfig(lr=0.2))]
     with pytest.raises(ValueError, match="cohort='b'"):
-        VectorizedTrainer(model, "classification").fit_cohort(params_from_module(model), tasks, clients)
+        VectorizedTrainer(model, "classification").fit_cohort(
+            params_from_module(model), tasks, clients
+        )
 
 
 def test_vectorized_refuses_models_with_buffers():
@@ -103,9 +115,16 @@ def test_params_with_wrong_names_are_refused():
 
 def test_client_without_examples_is_an_error():
     model = build_model("linear", 6, 4, seed=0)
-    empty = ClientData(np.zeros((0, 6), np.float32), np.zeros(0, np.int64),
-                       np.zeros((0, 6), np.float32), np.zeros(0, np.int64))
-    for trainer in (TorchTrainer(model, "classification"), VectorizedTrainer(model, "classification")):
+    empty = ClientData(
+        np.zeros((0, 6), np.float32),
+        np.zeros(0, np.int64),
+        np.zeros((0, 6), np.float32),
+        np.zeros(0, np.int64),
+    )
+    for trainer in (
+        TorchTrainer(model, "classification"),
+        VectorizedTrainer(model, "classification"),
+    ):
         with pytest.raises(ValueError, match="client 'lonely' has no training examples"):
             trainer.fit(params_from_module(model), FitTask("lonely", 1, FitConfig()), empty)
 

@@ -3,8 +3,8 @@ moving their data, keeps what they send private and small, and serves the freshe
 
 __version__ = "0.1.0"
 
-from fedstream.client import FitTask, TorchTrainer, Trainer, VectorizedTrainer  # noqa: E402
-from fedstream.errors import (  # noqa: E402
+from fedstream.client import FitTask, TorchTrainer, Trainer, VectorizedTrainer
+from fedstream.errors import (
     ClientFailure,
     ConfigError,
     FedstreamError,
@@ -13,10 +13,10 @@ from fedstream.errors import (  # noqa: E402
     UpdateRejected,
     WireFormatError,
 )
-from fedstream.params import Params  # noqa: E402
-from fedstream.rounds import RoundConfig, run_round, run_rounds  # noqa: E402
-from fedstream.simulation import SimulationConfig, SimulationResult, simulate  # noqa: E402
-from fedstream.strategies import (  # noqa: E402
+from fedstream.params import Params
+from fedstream.rounds import RoundConfig, run_round, run_rounds
+from fedstream.simulation import SimulationConfig, SimulationResult, simulate
+from fedstream.strategies import (
     FedAdagrad,
     FedAdam,
     FedAvg,
@@ -26,8 +26,8 @@ from fedstream.strategies import (  # noqa: E402
     FedYogi,
     make_strategy,
 )
-from fedstream.transport import InProcessTransport  # noqa: E402
-from fedstream.types import (  # noqa: E402
+from fedstream.transport import InProcessTransport
+from fedstream.types import (
     ClientUpdate,
     EvaluateResult,
     FitConfig,
@@ -65,6 +65,7 @@ __all__ = [
     "UpdateRejected",
     "VectorizedTrainer",
     "WeightedSum",
+    "WireFormatError",
     "__version__",
     "make_strategy",
     "run_round",

@@ -12,16 +12,20 @@ from fedstream.errors import ConfigError
 
 def positive(field: str, value: float) -> None:
     """``value`` must be a finite number > 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        math.isfinite(value) and value > 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
     ):
         raise ConfigError(field, value, "a finite number > 0")
 
 
 def non_negative(field: str, value: float) -> None:
     """``value`` must be a finite number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        math.isfinite(value) and value >= 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value >= 0)
     ):
         raise ConfigError(field, value, "a finite number >= 0")
 

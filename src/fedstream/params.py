@@ -16,6 +16,7 @@ arrays that are views into the given buffer: decoding copies nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -103,7 +104,9 @@ class Params(Mapping[str, Array]):
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self._arrays.values())
 
-    def check_compatible(self, other: Params, what: str = "params", check_dtype: bool = True) -> None:
+    def check_compatible(
+        self, other: Params, what: str = "params", check_dtype: bool = True
+    ) -> None:
         """Raise ``ParamsMismatchError`` naming the first difference in names, shapes, dtypes."""
         if list(self._arrays) != list(other._arrays):
             missing = [n for n in self._arrays if n not in other._arrays]
@@ -196,10 +199,7 @@ class Params(Mapping[str, Array]):
         """True when names, order, shapes, dtypes and every byte agree."""
         if self.spec != other.spec:
             return False
-        return all(
-            a.tobytes() == other._arrays[n].tobytes()
-            for n, a in self._arrays.items()
-        )
+        return all(a.tobytes() == other._arrays[n].tobytes() for n, a in self._arrays.items())
 
     def copy(self) -> Params:
         """A deep copy whose arrays are owned and writable."""
@@ -207,23 +207,7 @@ class Params(Mapping[str, Array]):
 
     # -- wire format -------------------------------------------------------------------
     def _header(self) -> bytes:
-        header: dict[str, Any] = {"__metadata__": {_ORDER_KEY: json.dumps(list(self._arrays))}}
-        offset = 0
-        for name, array in self._arrays.items():
-            code = _DTYPE_TO_CODE.get(array.dtype.newbyteorder("<"))
-            if code is None:
-                raise WireFormatError(
-                    f"parameter {name!r} has dtype {array.dtype}, which the wire format "
-                    f"cannot carry: expected one of {sorted(_CODE_TO_DTYPE)}"
-                )
-            header[name] = {
-                "dtype": code,
-                "shape": list(array.shape),
-                "data_offsets": [offset, offset + array.nbytes],
-            }
-            offset += array.nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        return raw + b" " * (-len(raw) % 8)
+        return _encode_header(self.spec)
 
     def encode_chunks(self) -> list[bytes | memoryview]:
         """The encoding as a list of buffers (header, then each array's memory), for senders
@@ -232,7 +216,8 @@ class Params(Mapping[str, Array]):
         chunks: list[bytes | memoryview] = [struct.pack("<Q", len(header)), header]
         for array in self._arrays.values():
             little = array.astype(array.dtype.newbyteorder("<"), copy=False)
-            chunks.append(memoryview(np.ascontiguousarray(little).reshape(-1)).cast("B"))
+            flat: Any = np.ascontiguousarray(little).reshape(-1)  # numpy arrays are buffers
+            chunks.append(memoryview(flat).cast("B"))
         return chunks
 
     def to_bytes(self) -> bytes:
@@ -269,39 +254,80 @@ class Params(Mapping[str, Array]):
                 f"params buffer is truncated: header claims {header_len} bytes but only "
                 f"{total - _HEADER_LENGTH_BYTES} follow"
             )
-        try:
-            header = json.loads(bytes(view[_HEADER_LENGTH_BYTES:data_start]))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise WireFormatError(f"params header is not valid JSON: {exc}") from exc
-        if not isinstance(header, dict):
-            raise WireFormatError(f"params header is a {type(header).__name__}, expected an object")
-        metadata = header.pop("__metadata__", {})
-        entries = [(name, _parse_entry(name, entry)) for name, entry in header.items()]
-
+        entries, data_needed = _decode_header(bytes(view[_HEADER_LENGTH_BYTES:data_start]))
         data_len = total - data_start
-        expected_start = 0
-        for name, (_, _, begin, end) in sorted(entries, key=lambda e: e[1][2]):
-            if begin != expected_start:
-                raise WireFormatError(
-                    f"params entry {name!r} starts at byte {begin}, expected {expected_start} "
-                    "(entries must be contiguous and must not overlap)"
-                )
-            expected_start = end
-        if expected_start != data_len:
-            kind = "truncated" if expected_start > data_len else "followed by trailing bytes"
+        if data_needed != data_len:
+            kind = "truncated" if data_needed > data_len else "followed by trailing bytes"
             raise WireFormatError(
-                f"params buffer is {kind}: header describes {expected_start} data bytes, "
+                f"params buffer is {kind}: header describes {data_needed} data bytes, "
                 f"buffer holds {data_len}"
             )
+        return cls(
+            [
+                (
+                    name,
+                    np.frombuffer(
+                        view, dtype=dtype, count=math.prod(shape), offset=data_start + begin
+                    ).reshape(shape),
+                )
+                for name, dtype, shape, begin in entries
+            ]
+        )
 
-        arrays = {
-            name: np.frombuffer(
-                view, dtype=dtype, count=math.prod(shape), offset=data_start + begin
-            ).reshape(shape)
-            for name, (dtype, shape, begin, _) in entries
+
+Spec = tuple[tuple[str, tuple[int, ...], np.dtype[Any]], ...]
+Entries = tuple[tuple[str, np.dtype[Any], tuple[int, ...], int], ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _encode_header(spec: Spec) -> bytes:
+    """The JSON header for a layout; cached, since a run sends one layout many times."""
+    header: dict[str, Any] = {"__metadata__": {_ORDER_KEY: json.dumps([n for n, _, _ in spec])}}
+    offset = 0
+    for name, shape, dtype in spec:
+        code = _DTYPE_TO_CODE.get(dtype.newbyteorder("<"))
+        if code is None:
+            raise WireFormatError(
+                f"parameter {name!r} has dtype {dtype}, which the wire format "
+                f"cannot carry: expected one of {sorted(_CODE_TO_DTYPE)}"
+            )
+        nbytes = math.prod(shape) * dtype.itemsize
+        header[name] = {
+            "dtype": code,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
         }
-        order = _parse_order(metadata, list(arrays))
-        return cls([(name, arrays[name]) for name in order])
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    return raw + b" " * (-len(raw) % 8)
+
+
+@functools.lru_cache(maxsize=64)
+def _decode_header(raw: bytes) -> tuple[Entries, int]:
+    """Validate a header; return (name, dtype, shape, begin) in order and the data length.
+
+    Cached by the header's bytes: a run receives one layout many times, and a header that
+    failed validation raises again (exceptions are not cached).
+    """
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireFormatError(f"params header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise WireFormatError(f"params header is a {type(header).__name__}, expected an object")
+    metadata = header.pop("__metadata__", {})
+    parsed = {name: _parse_entry(name, entry) for name, entry in header.items()}
+    expected_start = 0
+    for name, (_, _, begin, end) in sorted(parsed.items(), key=lambda e: e[1][2]):
+        if begin != expected_start:
+            raise WireFormatError(
+                f"params entry {name!r} starts at byte {begin}, expected {expected_start} "
+                "(entries must be contiguous and must not overlap)"
+            )
+        expected_start = end
+    order = _parse_order(metadata, list(parsed))
+    entries = tuple((n, parsed[n][0], parsed[n][1], parsed[n][2]) for n in order)
+    return entries, expected_start
 
 
 def _parse_entry(name: str, entry: object) -> tuple[np.dtype[Any], tuple[int, ...], int, int]:

@@ -79,7 +79,9 @@ def sample_size(num_clients: int, clients_per_round: int | float, min_clients: i
             "clients_per_round", clients_per_round, f"at most the number of clients ({num_clients})"
         )
     if min_clients > num_clients:
-        raise ConfigError("min_clients", min_clients, f"at most the number of clients ({num_clients})")
+        raise ConfigError(
+            "min_clients", min_clients, f"at most the number of clients ({num_clients})"
+        )
     return max(wanted, min_clients)
 
 
@@ -115,7 +117,9 @@ def check_update(
     return None
 
 
-def _weighted_mean(pairs: Sequence[tuple[float, Mapping[str, float]]], prefix: str) -> dict[str, float]:
+def _weighted_mean(
+    pairs: Sequence[tuple[float, Mapping[str, float]]], prefix: str
+) -> dict[str, float]:
     """Example-weighted mean of each metric over (weight, metrics) pairs, keys prefixed."""
     totals: dict[str, float] = {}
     weights: dict[str, float] = {}
@@ -174,8 +178,11 @@ def run_round(
             expected.discard(result.client_id)
             continue
         if result.client_id not in expected:
-            reason = "not asked in this round, or answered twice"
-            failures.append(ClientFailure(result.client_id, "validate", reason))
+            failures.append(
+                ClientFailure(
+                    result.client_id, "validate", "not asked in this round, or answered twice"
+                )
+            )
             continue
         expected.discard(result.client_id)
         reason = check_update(result, state.params, round_number, config.max_update_norm)
@@ -205,16 +212,20 @@ def run_round(
         evaluators = (
             list(client_ids)
             if config.evaluate_fraction == 1.0
-            else list(sample_clients(rng, client_ids, math.ceil(config.evaluate_fraction * len(client_ids))))
+            else list(
+                sample_clients(
+                    rng, client_ids, math.ceil(config.evaluate_fraction * len(client_ids))
+                )
+            )
         )
         evaluations: list[tuple[float, Mapping[str, float]]] = []
-        for delivery in transport.evaluate(new_state.params, round_number, evaluators):
-            bytes_down += delivery.bytes_down
-            bytes_up += delivery.bytes_up
-            if isinstance(delivery.result, ClientFailure):
-                failures.append(delivery.result)
+        for answer in transport.evaluate(new_state.params, round_number, evaluators):
+            bytes_down += answer.bytes_down
+            bytes_up += answer.bytes_up
+            if isinstance(answer.result, ClientFailure):
+                failures.append(answer.result)
             else:
-                evaluations.append((delivery.result.num_examples, delivery.result.metrics))
+                evaluations.append((answer.result.num_examples, answer.result.metrics))
         metrics |= _weighted_mean(evaluations, "fed_")
     if evaluate and central_evaluate is not None:
         metrics |= {f"central_{k}": v for k, v in central_evaluate(new_state.params).items()}

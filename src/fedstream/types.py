@@ -107,7 +107,7 @@ class ServerState:
     def generator(self) -> np.random.Generator:
         """A fresh generator positioned at ``rng_state`` (the state itself is not touched)."""
         bit_generator = np.random.PCG64()
-        bit_generator.state = dict(self.rng_state)
+        bit_generator.state = dict(self.rng_state)  # type: ignore[assignment]
         return np.random.Generator(bit_generator)
 
     def evolve(self, **changes: Any) -> ServerState:

@@ -11,7 +11,6 @@ from torch import nn
 
 from fedstream.client.base import FitTask
 from fedstream.data.base import ClientData, Task
-from fedstream.errors import ParamsMismatchError
 from fedstream.params import Params
 from fedstream.types import ClientUpdate, EvaluateResult
 
@@ -21,12 +20,17 @@ def params_from_module(module: nn.Module) -> Params:
     return Params({n: t.detach().cpu().numpy().copy() for n, t in module.state_dict().items()})
 
 
-def check_module_matches(module: nn.Module, params: Params) -> None:
-    """Raise ``ParamsMismatchError`` if ``params`` cannot be loaded into ``module``."""
-    expected = Params(
+def module_layout(module: nn.Module) -> Params:
+    """Empty arrays shaped and typed like the module's state, to check ``Params`` against."""
+    return Params(
         {n: np.empty(tuple(t.shape), dtype=_numpy_dtype(t)) for n, t in module.state_dict().items()}
     )
-    expected.check_compatible(params, "model params")
+
+
+def check_layout(layout: Params, params: Params) -> None:
+    """Raise ``ParamsMismatchError`` naming the difference if ``params`` does not fit ``layout``."""
+    if params.spec != layout.spec:
+        layout.check_compatible(params, "model params")
 
 
 def _numpy_dtype(tensor: torch.Tensor) -> np.dtype[Any]:
@@ -40,7 +44,9 @@ def per_sample_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor) ->
     return (outputs.squeeze(-1) - targets) ** 2
 
 
-def evaluation_metrics(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+def evaluation_metrics(
+    task: Task, outputs: torch.Tensor, targets: torch.Tensor
+) -> dict[str, float]:
     """Mean loss, plus accuracy for classification."""
     metrics = {"loss": float(per_sample_loss(task, outputs, targets).mean())}
     if task == "classification":
@@ -65,12 +71,15 @@ class TorchTrainer:
     def __init__(self, module: nn.Module, task: Task) -> None:
         self.module = module
         self.task: Task = task
+        self.layout = module_layout(module)
         self._names = [n for n, _ in module.named_parameters()]
+        # numpy views of the module's own storage: loading params is one copy per tensor
+        self._storage = {n: t.numpy() for n, t in module.state_dict().items()}
 
     def _load(self, params: Params) -> None:
-        check_module_matches(self.module, params)
-        for name, tensor in self.module.state_dict().items():
-            tensor.numpy()[...] = params[name]  # writes into the module's own storage
+        check_layout(self.layout, params)
+        for name, view in self._storage.items():
+            view[...] = params[name]
 
     def fit(self, params: Params, task: FitTask, data: ClientData) -> ClientUpdate:
         config = task.config
@@ -101,16 +110,20 @@ class TorchTrainer:
                 loss = per_sample_loss(self.task, self.module(x[index]), y[index]).mean()
                 losses.append(loss.item())
                 if anchors:
-                    proximal = sum(((w - a) ** 2).sum() for w, a in zip(weights, anchors, strict=True))
+                    proximal = sum(
+                        ((w - a) ** 2).sum() for w, a in zip(weights, anchors, strict=True)
+                    )
                     loss = loss + 0.5 * config.proximal_mu * proximal
                 grads = torch.autograd.grad(loss, weights)
                 with torch.no_grad():
                     for w, g in zip(weights, grads, strict=True):
                         w.add_(g, alpha=-config.lr)
-        local = self.module.state_dict()
-        delta = Params({n: local[n].numpy() - params[n] for n in params})
+        delta = Params({n: self._storage[n] - params[n] for n in params})
         return ClientUpdate(
-            task.client_id, task.round, delta, float(data.num_train),
+            task.client_id,
+            task.round,
+            delta,
+            float(data.num_train),
             {"loss": float(np.mean(losses))},
         )
 

@@ -2,11 +2,12 @@
 
 The model is called functionally (``torch.func.functional_call``) with a separate copy of
 the parameters per client; the forward pass is vmapped over clients and one backward pass
-gives every client's gradient. Clients hold different numbers of examples, so their data is padded to the largest
-client and each example carries a mask: a client's batch loss is the mean over its real
-examples only, and a client with no batch left in a step is not updated at all (its
-proximal term would otherwise still move it). Batches are drawn with exactly the same
-generator calls as ``TorchTrainer``, so both give the same updates up to float rounding.
+gives every client's gradient. Clients hold different numbers of examples, so their data
+is padded to the largest client and each example carries a mask: a client's batch loss is
+the mean over its real examples only, and a client with no batch left in a step is not
+updated at all (its proximal term would otherwise still move it). Batches are drawn with
+exactly the same generator calls as ``TorchTrainer``, so both give the same updates up to
+float rounding.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fedstream.client.base import FitTask
 from fedstream.client.torch_trainer import (
     TorchTrainer,
     batch_slices,
-    check_module_matches,
+    check_layout,
     per_sample_loss,
 )
 from fedstream.data.base import ClientData, Task
@@ -105,7 +106,7 @@ class VectorizedTrainer:
         for task, data in zip(tasks, datasets, strict=True):
             if data.num_train == 0:
                 raise ValueError(f"client {task.client_id!r} has no training examples")
-        check_module_matches(self.module, params)
+        check_layout(self.sequential.layout, params)
 
         cohort = len(tasks)
         sizes = np.array([d.num_train for d in datasets])
@@ -129,7 +130,9 @@ class VectorizedTrainer:
                 step_mask = mask[step].to(x.dtype)
                 active = (step_mask.sum(1) > 0).to(x.dtype)
                 xb, yb = x[rows, index[step]], y[rows, index[step]]
-                grads, loss = self._gradients(weights, xb, yb, step_mask, anchor, config.proximal_mu)
+                grads, loss = self._gradients(
+                    weights, xb, yb, step_mask, anchor, config.proximal_mu
+                )
                 scale = _broadcast(active * config.lr)
                 weights = {n: w - scale(w) * grads[n] for n, w in weights.items()}
                 loss_sum += loss * active

@@ -11,8 +11,8 @@ from sklearn.datasets import load_diabetes, load_digits
 
 from fedstream import checks
 from fedstream.data.base import ClientData, FederatedDataset, Task
-from fedstream.errors import ConfigError
 from fedstream.data.partition import dirichlet_partition, iid_partition
+from fedstream.errors import ConfigError
 
 Array = npt.NDArray[Any]
 
@@ -60,7 +60,9 @@ def federate(
     each client a local test split of ``client_test_fraction``."""
     checks.one_of("dataset", name, list(LOADERS))
     checks.one_of("partition", partition, list(PARTITIONS))
-    checks.in_unit_interval("heldout_fraction", heldout_fraction, include_zero=True, include_one=False)
+    checks.in_unit_interval(
+        "heldout_fraction", heldout_fraction, include_zero=True, include_one=False
+    )
     checks.in_unit_interval(
         "client_test_fraction", client_test_fraction, include_zero=True, include_one=False
     )

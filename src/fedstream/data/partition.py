@@ -13,7 +13,9 @@ from fedstream.errors import ConfigError
 IndexArray = npt.NDArray[np.int64]
 
 
-def iid_partition(num_examples: int, num_clients: int, rng: np.random.Generator) -> list[IndexArray]:
+def iid_partition(
+    num_examples: int, num_clients: int, rng: np.random.Generator
+) -> list[IndexArray]:
     """Shuffle and deal indices into ``num_clients`` parts whose sizes differ by at most one."""
     checks.positive_int("num_clients", num_clients)
     if num_clients > num_examples:

@@ -21,6 +21,34 @@ from fedstream.strategies.base import Strategy
 
 TRAINERS = ("sequential", "vectorized")
 
+HELP: dict[str, str] = {
+    "dataset": f"data set: {', '.join(LOADERS)}",
+    "num_clients": "number of clients the data is split over",
+    "partition": f"how data is split: {', '.join(PARTITIONS)}",
+    "alpha": "Dirichlet concentration for label skew (smaller = more skew)",
+    "model": f"model: {', '.join(MODELS)}",
+    "hidden": "hidden layer widths of the MLP, comma separated",
+    "strategy": f"federated strategy: {', '.join(STRATEGIES)}",
+    "server_lr": "server learning rate (strategy default if unset)",
+    "mu": "FedProx proximal coefficient μ",
+    "momentum": "FedAvgM server momentum β",
+    "beta1": "FedAdam/FedYogi/FedAdagrad first-moment decay β1",
+    "beta2": "FedAdam/FedYogi second-moment decay β2",
+    "tau": "FedAdam/FedYogi/FedAdagrad adaptivity τ",
+    "rounds": "number of rounds",
+    "clients_per_round": "clients sampled per round: a count (20) or a fraction (0.2)",
+    "min_clients": "minimum clients sampled and valid updates needed per round",
+    "local_epochs": "local epochs per round",
+    "batch_size": "local batch size (0 = full batch)",
+    "lr": "client learning rate (SGD)",
+    "max_update_norm": "reject updates whose L2 norm exceeds this",
+    "evaluate_every": "federated and central evaluation every N rounds (0 = last only)",
+    "evaluate_fraction": "fraction of all clients that evaluate (0 = none)",
+    "trainer": f"client trainer: {', '.join(TRAINERS)}",
+    "seed": "seed for data split, model initialisation, sampling and shuffling",
+    "threads": "torch intra-op threads",
+}
+
 
 @dataclass(frozen=True)
 class SimulationConfig:
@@ -184,7 +212,9 @@ def from_mapping(values: Mapping[str, Any], source: str = "config") -> Simulatio
     known = {f.name for f in fields()}
     for key in values:
         if key not in known:
-            raise ConfigError(f"{source}.{key}", values[key], f"one of the settings {sorted(known)}")
+            raise ConfigError(
+                f"{source}.{key}", values[key], f"one of the settings {sorted(known)}"
+            )
     return SimulationConfig(**{k: coerce(k, v) for k, v in values.items()})
 
 

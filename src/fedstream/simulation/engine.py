@@ -61,7 +61,10 @@ def build(config: SimulationConfig) -> Setup:
     """Data, model, trainer, transport and the initial state, all drawn from ``config.seed``."""
     data_seed, server_seed = np.random.SeedSequence(config.seed).spawn(2)
     dataset = federate(
-        config.dataset, config.num_clients, config.partition, np.random.default_rng(data_seed),
+        config.dataset,
+        config.num_clients,
+        config.partition,
+        np.random.default_rng(data_seed),
         alpha=config.alpha,
     )
     dtype = torch.float64 if dataset.x_heldout.dtype == np.float64 else torch.float32
@@ -115,8 +118,10 @@ def simulate(
     ``results.json``, ``metrics.csv`` and ``curves.png`` are written there. ``progress``
     shows a live progress bar and a final table on the terminal.
     """
-    config = (config or SimulationConfig()).with_changes(**overrides) if overrides else (
-        config or SimulationConfig()
+    config = (
+        (config or SimulationConfig()).with_changes(**overrides)
+        if overrides
+        else (config or SimulationConfig())
     )
     started = time.perf_counter()
     reports: list[RoundReport] = []
@@ -125,7 +130,7 @@ def simulate(
         state = setup.initial
         client_ids = sorted(setup.dataset.clients)
         with RoundProgress(config.rounds, enabled=progress) as bar:
-            for state, report in run_rounds(
+            for new_state, report in run_rounds(
                 setup.initial,
                 config.build_strategy(),
                 setup.transport,
@@ -134,6 +139,7 @@ def simulate(
                 config.rounds,
                 setup.central_evaluate,
             ):
+                state = new_state
                 reports.append(report)
                 bar.advance(report)
     wall = time.perf_counter() - started

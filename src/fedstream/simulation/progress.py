@@ -13,8 +13,13 @@ from fedstream.types import RoundReport
 if TYPE_CHECKING:
     from fedstream.simulation.engine import SimulationResult
 
-_SHOWN = (("central_accuracy", "acc"), ("central_loss", "loss"), ("fed_accuracy", "fed acc"),
-          ("train_loss", "train loss"), ("central_mse", "mse"))
+_SHOWN = (
+    ("central_accuracy", "acc"),
+    ("central_loss", "loss"),
+    ("fed_accuracy", "fed acc"),
+    ("train_loss", "train loss"),
+    ("central_mse", "mse"),
+)
 
 
 def format_metrics(report: RoundReport) -> str:

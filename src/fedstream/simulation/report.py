@@ -21,8 +21,18 @@ if TYPE_CHECKING:
     from fedstream.simulation.engine import SimulationResult
 
 CSV_COLUMNS = (
-    "round", "completed", "failed", "train_loss", "fed_loss", "fed_accuracy", "central_loss",
-    "central_accuracy", "bytes_down", "bytes_up", "fit_s", "total_s",
+    "round",
+    "completed",
+    "failed",
+    "train_loss",
+    "fed_loss",
+    "fed_accuracy",
+    "central_loss",
+    "central_accuracy",
+    "bytes_down",
+    "bytes_up",
+    "fit_s",
+    "total_s",
 )
 
 
@@ -95,8 +105,14 @@ def plot_curves(result: SimulationResult, path: Path) -> None:
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     series = {
         key: [(r.round, r.metrics[key]) for r in result.reports if key in r.metrics]
-        for key in ("central_accuracy", "fed_accuracy", "central_loss", "fed_loss", "train_loss",
-                    "central_mse")
+        for key in (
+            "central_accuracy",
+            "fed_accuracy",
+            "central_loss",
+            "fed_loss",
+            "train_loss",
+            "central_mse",
+        )
     }
     for axis, keys, label in (
         (left, ("central_accuracy", "fed_accuracy"), "accuracy"),
@@ -144,8 +160,11 @@ def summary_table(result: SimulationResult) -> Table:
     table.add_row("wall time", f"{result.wall_s:.2f} s")
     if result.wall_s:
         table.add_row("client updates / s", f"{result.client_updates / result.wall_s:.1f}")
-    table.add_row("bytes down / up", f"{sum(r.bytes_down for r in result.reports):,} / "
-                  f"{sum(r.bytes_up for r in result.reports):,}")
+    table.add_row(
+        "bytes down / up",
+        f"{sum(r.bytes_down for r in result.reports):,} / "
+        f"{sum(r.bytes_up for r in result.reports):,}",
+    )
     failures = sum(len(r.failures) for r in result.reports)
     table.add_row("client failures", str(failures))
     for key, value in sorted(result.final_metrics.items()):

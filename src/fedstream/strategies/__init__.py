@@ -28,8 +28,9 @@ def make_strategy(name: str, **hyperparameters: Any) -> Strategy:
     unknown = sorted(k for k, v in hyperparameters.items() if k not in known and v is not None)
     if unknown:
         raise ConfigError(
-            unknown[0], hyperparameters[unknown[0]], f"no such hyperparameter for {name}; "
-            f"it takes {sorted(known)}"
+            unknown[0],
+            hyperparameters[unknown[0]],
+            f"no such hyperparameter for {name}; it takes {sorted(known)}",
         )
     given = {k: v for k, v in hyperparameters.items() if k in known and v is not None}
     strategy: Strategy = cls(**given)

@@ -60,8 +60,9 @@ class InProcessTransport:
                 except Exception as exc:  # the whole cohort failed together
                     cause = describe_exception(exc)
                     for task in cohort:
-                        yield Delivery(task.client_id, ClientFailure(task.client_id, "train", cause),
-                                       down, 0)
+                        yield Delivery(
+                            task.client_id, ClientFailure(task.client_id, "train", cause), down, 0
+                        )
                     continue
                 for update in updates:
                     yield self._upload(update, down)

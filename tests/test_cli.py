@@ -1,0 +1,52 @@
+"""The command line, run as a real process the way a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import fedstream
+
+
+def fedstream_cli(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedstream.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+def test_version():
+    done = fedstream_cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"fedstream, version {fedstream.__version__}"
+
+
+def test_run_with_a_config_file_and_flags(tmp_path):
+    (tmp_path / "run.toml").write_text('strategy = "fedadam"\nrounds = 5\nclients_per_round = 10\n')
+    out = tmp_path / "out"
+    done = fedstream_cli(
+        "run", "--config", str(tmp_path / "run.toml"), "--rounds", "2", "--output", str(out)
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["strategy"] == "fedadam"
+    assert document["config"]["rounds"] == 2  # the flag wins over the file
+    assert len(document["rounds"]) == 2
+    assert "central_accuracy" in done.stdout  # the final table
+    assert (out / "curves.png").exists() and (out / "metrics.csv").exists()
+
+
+def test_bad_flag_value_is_a_clear_error_and_exit_2(tmp_path):
+    done = fedstream_cli("run", "--lr", "-1", "--output", str(tmp_path / "x"))
+    assert done.returncode == 2
+    assert "error: lr=-1.0 is invalid: expected a finite number > 0" in done.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_toml_key_is_named(tmp_path):
+    (tmp_path / "run.toml").write_text("learning_rate = 0.1\n")
+    done = fedstream_cli("run", "--config", str(tmp_path / "run.toml"))
+    assert done.returncode == 2
+    assert "config.learning_rate=0.1 is invalid: expected one of the settings" in done.stderr

@@ -1,0 +1,142 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+import fedstream
+from fedstream import ConfigError, SimulationConfig
+from fedstream.simulation import from_mapping, load_toml
+
+
+def test_default_job_reaches_ninety_percent_and_writes_its_outputs(tmp_path):
+    result = fedstream.simulate(output_dir=tmp_path)
+    assert len(result.reports) == 30
+    assert result.final_metrics["central_accuracy"] >= 0.90
+    assert result.client_updates == 30 * 20
+
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["config"]["strategy"] == "fedavg"
+    assert document["config"]["num_clients"] == 100
+    assert document["versions"]["fedstream"] == fedstream.__version__
+    assert len(document["rounds"]) == 30
+    assert document["final_metrics"]["central_accuracy"] == result.final_metrics["central_accuracy"]
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("round,completed,failed,train_loss")
+    assert len(lines) == 31
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.parametrize("trainer", ["sequential", "vectorized"])
+def test_same_seed_gives_bit_identical_parameters(trainer):
+    settings = {"rounds": 4, "trainer": trainer, "evaluate_every": 0, "seed": 11}
+    first = fedstream.simulate(**settings)
+    second = fedstream.simulate(**settings)
+    assert first.state.params.bit_equal(second.state.params)
+    assert [r.sampled for r in first.reports] == [r.sampled for r in second.reports]
+    other = fedstream.simulate(**{**settings, "seed": 12})
+    assert not first.state.params.bit_equal(other.state.params)
+
+
+def test_vectorized_and_sequential_runs_agree():
+    settings = {"rounds": 3, "evaluate_every": 0, "strategy": "fedprox", "mu": 0.1}
+    sequential = fedstream.simulate(trainer="sequential", **settings)
+    vectorized = fedstream.simulate(trainer="vectorized", **settings)
+    for name in sequential.state.params:
+        np.testing.assert_allclose(
+            vectorized.state.params[name], sequential.state.params[name], rtol=1e-4, atol=1e-5
+        )
+
+
+@pytest.mark.parametrize(
+    "strategy", ["fedavg", "fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
+)
+def test_every_strategy_trains_end_to_end(strategy):
+    result = fedstream.simulate(strategy=strategy, rounds=3, evaluate_every=0)
+    first = fedstream.simulate(strategy=strategy, rounds=1, evaluate_every=0)
+    assert result.state.params.is_finite()
+    assert result.final_metrics["central_loss"] < 2.5  # better than chance (ln 10 ≈ 2.30)...
+    assert result.final_metrics["central_loss"] < first.final_metrics["central_loss"] + 0.05
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"strategy": "fedmagic"}, "strategy='fedmagic' is invalid: expected one of"),
+        ({"lr": -0.5}, "lr=-0.5 is invalid: expected a finite number > 0"),
+        (
+            {"clients_per_round": 1.5},
+            r"clients_per_round=1.5 is invalid: expected a number in \(0, 1\]",
+        ),
+        ({"clients_per_round": 0.0}, "clients_per_round=0.0 is invalid"),
+        (
+            {"clients_per_round": 101},
+            r"clients_per_round=101 is invalid: expected at most num_clients \(100\)",
+        ),
+        ({"dataset": "mnist"}, "dataset='mnist' is invalid: expected one of"),
+        ({"num_clients": 0}, "num_clients=0 is invalid"),
+        ({"mu": 0.1}, "mu=0.1 is invalid: expected no such hyperparameter for fedavg"),
+        (
+            {"learning_rate": 0.1},
+            "override.learning_rate=0.1 is invalid: expected one of the settings",
+        ),
+        ({"rounds": "many"}, "rounds='many' is invalid: expected int"),
+    ],
+)
+def test_bad_settings_name_the_field_and_value(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        fedstream.simulate(**overrides)
+
+
+def test_a_partition_that_would_leave_a_client_empty_is_an_error():
+    with pytest.raises(ConfigError, match="num_clients=1000 is invalid"):
+        fedstream.simulate(num_clients=1000, clients_per_round=10, rounds=1)
+
+
+def test_a_client_that_raises_is_reported_and_the_round_goes_on():
+    # 0 local examples cannot happen through the partitioner, so break one client's data
+    config = SimulationConfig(
+        rounds=2, clients_per_round=1.0, evaluate_every=0, trainer="sequential"
+    )
+    setup = fedstream.simulation.build(config)
+    broken = next(iter(setup.dataset.clients))
+    data = setup.dataset.clients[broken]
+    setup.dataset.clients[broken] = type(data)(
+        data.x_train[:, :3], data.y_train, data.x_test, data.y_test
+    )  # type: ignore[index]
+    state, report = fedstream.run_round(
+        setup.initial,
+        config.build_strategy(),
+        setup.transport,
+        sorted(setup.dataset.clients),
+        config.round_config(),
+        evaluate=False,
+    )
+    (failure,) = report.failures
+    assert failure.client_id == broken and failure.stage == "train"
+    assert "RuntimeError" in failure.cause and "shapes cannot be multiplied" in failure.cause
+    assert len(report.completed) == 99 and state.round == 1
+
+
+def test_toml_settings_and_coercion(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'strategy = "fedprox"\nmu = 0.01\nrounds = 3\nhidden = [32]\nclients_per_round = 0.1\n'
+    )
+    config = from_mapping(load_toml(path))
+    assert config.strategy == "fedprox" and config.mu == 0.01 and config.hidden == (32,)
+    assert isinstance(config.clients_per_round, float)
+    assert from_mapping({"clients_per_round": "20", "hidden": "16,8"}).clients_per_round == 20
+    assert from_mapping({"server_lr": "none"}).server_lr is None
+    (tmp_path / "bad.toml").write_text("rounds = [\n")
+    with pytest.raises(ConfigError, match="valid TOML"):
+        load_toml(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="an existing TOML file"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_config_round_trips_through_its_dict():
+    config = SimulationConfig(strategy="fedadam", tau=1e-3, hidden=(16,), clients_per_round=0.25)
+    assert from_mapping(config.to_dict()) == config
+    assert math.isclose(config.with_changes(lr=0.1).lr, 0.1)
