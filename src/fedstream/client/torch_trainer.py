@@ -44,6 +44,13 @@ def per_sample_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor) ->
     return (outputs.squeeze(-1) - targets) ** 2
 
 
+def mean_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean loss over a batch, with the reduction fused into the loss kernel."""
+    if task == "classification":
+        return F.cross_entropy(outputs, targets)
+    return F.mse_loss(outputs.squeeze(-1), targets)
+
+
 def evaluation_metrics(
     task: Task, outputs: torch.Tensor, targets: torch.Tensor
 ) -> dict[str, float]:
@@ -89,9 +96,10 @@ class TorchTrainer:
         x = torch.from_numpy(data.x_train)
         y = torch.from_numpy(data.y_train)
         weights = [p for _, p in self.module.named_parameters()]
-        self.module.train()
+        if not self.module.training:
+            self.module.train()
         if config.payload == "gradient":
-            loss = per_sample_loss(self.task, self.module(x), y).mean()
+            loss = mean_loss(self.task, self.module(x), y)
             grads = torch.autograd.grad(loss, weights)
             payload = Params(
                 {n: g.detach().numpy() for n, g in zip(self._names, grads, strict=True)}
@@ -102,13 +110,13 @@ class TorchTrainer:
 
         anchors = [w.detach().clone() for w in weights] if config.proximal_mu > 0 else []
         rng = np.random.default_rng(config.seed)
-        losses: list[float] = []
+        losses: list[torch.Tensor] = []
         for _ in range(config.local_epochs):
             order = torch.from_numpy(rng.permutation(data.num_train))
             for batch in batch_slices(data.num_train, config.batch_size):
                 index = order[batch]
-                loss = per_sample_loss(self.task, self.module(x[index]), y[index]).mean()
-                losses.append(loss.item())
+                loss = mean_loss(self.task, self.module(x[index]), y[index])
+                losses.append(loss.detach())
                 if anchors:
                     proximal = sum(
                         ((w - a) ** 2).sum() for w, a in zip(weights, anchors, strict=True)
@@ -124,7 +132,7 @@ class TorchTrainer:
             task.round,
             delta,
             float(data.num_train),
-            {"loss": float(np.mean(losses))},
+            {"loss": torch.stack(losses).mean().item()},
         )
 
     def evaluate(

@@ -84,7 +84,7 @@ class SimulationConfig:
     evaluate_every: int = 1
     evaluate_fraction: float = 1.0
     # execution
-    trainer: str = "sequential"
+    trainer: str = "vectorized"
     seed: int = 0
     threads: int = 1
 
