@@ -16,6 +16,7 @@ def test_default_job_reaches_ninety_percent_and_writes_its_outputs(tmp_path):
     assert result.client_updates == 30 * 20
 
     document = json.loads((tmp_path / "results.json").read_text())
+    assert document["error"] is None
     assert document["config"]["strategy"] == "fedavg"
     assert document["config"]["num_clients"] == 100
     assert document["versions"]["fedstream"] == fedstream.__version__
@@ -140,3 +141,41 @@ def test_config_round_trips_through_its_dict():
     config = SimulationConfig(strategy="fedadam", tau=1e-3, hidden=(16,), clients_per_round=0.25)
     assert from_mapping(config.to_dict()) == config
     assert math.isclose(config.with_changes(lr=0.1).lr, 0.1)
+
+
+def test_an_empty_client_is_refused_by_name():
+    from fedstream import InProcessTransport, TorchTrainer
+    from fedstream.data import ClientData
+    from fedstream.models import build_model
+
+    x = np.zeros((3, 4), np.float32)
+    y = np.zeros(3, np.int64)
+    clients = {"full": ClientData(x, y, x, y), "hollow": ClientData(x[:0], y[:0], x, y)}
+    trainer = TorchTrainer(build_model("linear", 4, 2, seed=0), "classification")
+    with pytest.raises(ConfigError, match=r"clients\['hollow'\]='0 training examples' is invalid"):
+        InProcessTransport(clients, trainer)
+    mismatched = {"odd": ClientData(x, y[:2], x, y)}
+    with pytest.raises(ConfigError, match=r"clients\['odd'\].y_train='2 targets' is invalid"):
+        InProcessTransport(mismatched, trainer)
+
+
+def test_a_run_that_fails_midway_keeps_the_rounds_it_finished(tmp_path, monkeypatch):
+    from fedstream.client.vectorized import VectorizedTrainer
+
+    real = VectorizedTrainer.fit_cohort
+    calls = {"n": 0}
+
+    def fail_in_round_three(self, params, tasks, datasets):
+        calls["n"] += 1
+        if tasks[0].round == 3:
+            raise OSError("the machine room flooded")
+        return real(self, params, tasks, datasets)
+
+    monkeypatch.setattr(VectorizedTrainer, "fit_cohort", fail_in_round_three)
+    with pytest.raises(fedstream.RoundFailedError, match="round 3 failed") as caught:
+        fedstream.simulate(rounds=5, output_dir=tmp_path)
+    assert "OSError: the machine room flooded" in str(caught.value)
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert [r["round"] for r in document["rounds"]] == [1, 2]
+    assert "round 3 failed" in document["error"]
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3

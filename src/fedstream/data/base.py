@@ -9,6 +9,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from fedstream.errors import ConfigError
+
 Array = npt.NDArray[Any]
 Task = Literal["classification", "regression"]
 
@@ -22,6 +24,28 @@ class ClientData:
     y_train: Array
     x_test: Array
     y_test: Array
+
+    def check(self, client_id: str) -> None:
+        """Raise ``ConfigError`` naming the client if its data cannot be trained on."""
+        field = f"clients[{client_id!r}]"
+        if self.x_train.shape[0] == 0:
+            raise ConfigError(field, "0 training examples", "at least one training example")
+        for split, x, y in (
+            ("train", self.x_train, self.y_train),
+            ("test", self.x_test, self.y_test),
+        ):
+            if x.shape[0] != y.shape[0]:
+                raise ConfigError(
+                    f"{field}.y_{split}",
+                    f"{y.shape[0]} targets",
+                    f"one per example of x_{split} ({x.shape[0]})",
+                )
+        if self.x_test.shape[0] and self.x_test.shape[1:] != self.x_train.shape[1:]:
+            raise ConfigError(
+                f"{field}.x_test",
+                f"examples of shape {self.x_test.shape[1:]}",
+                f"the shape of x_train's examples, {self.x_train.shape[1:]}",
+            )
 
     @property
     def num_train(self) -> int:

@@ -17,6 +17,7 @@ from fedstream.client.torch_trainer import TorchTrainer, params_from_module
 from fedstream.client.vectorized import VectorizedTrainer
 from fedstream.data.base import ClientData, FederatedDataset
 from fedstream.data.datasets import federate
+from fedstream.errors import RoundFailedError
 from fedstream.models import build_model
 from fedstream.params import Params
 from fedstream.rounds import CentralEvaluate, run_rounds
@@ -124,27 +125,35 @@ def simulate(
         else (config or SimulationConfig())
     )
     started = time.perf_counter()
+    out = Path(output_dir) if output_dir is not None else None
     reports: list[RoundReport] = []
     with torch_threads(config.threads):
         setup = build(config)
         state = setup.initial
         client_ids = sorted(setup.dataset.clients)
-        with RoundProgress(config.rounds, enabled=progress) as bar:
-            for new_state, report in run_rounds(
-                setup.initial,
-                config.build_strategy(),
-                setup.transport,
-                client_ids,
-                config.round_config(),
-                config.rounds,
-                setup.central_evaluate,
-            ):
-                state = new_state
-                reports.append(report)
-                bar.advance(report)
-    wall = time.perf_counter() - started
-    out = Path(output_dir) if output_dir is not None else None
-    result = SimulationResult(config, state, tuple(reports), wall, out)
+        try:
+            with RoundProgress(config.rounds, enabled=progress) as bar:
+                for new_state, report in run_rounds(
+                    setup.initial,
+                    config.build_strategy(),
+                    setup.transport,
+                    client_ids,
+                    config.round_config(),
+                    config.rounds,
+                    setup.central_evaluate,
+                ):
+                    state = new_state
+                    reports.append(report)
+                    bar.advance(report)
+        except RoundFailedError as failure:
+            # keep what the completed rounds produced, then let the caller see the failure
+            partial = SimulationResult(
+                config, state, tuple(reports), time.perf_counter() - started, out
+            )
+            if out is not None:
+                write_outputs(partial, setup.dataset.describe(), out, error=str(failure))
+            raise
+    result = SimulationResult(config, state, tuple(reports), time.perf_counter() - started, out)
     if out is not None:
         write_outputs(result, setup.dataset.describe(), out)
     if progress:

@@ -62,9 +62,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def results_document(result: SimulationResult, data_summary: Mapping[str, Any]) -> dict[str, Any]:
+def results_document(
+    result: SimulationResult, data_summary: Mapping[str, Any], error: str | None = None
+) -> dict[str, Any]:
+    """Everything about a run as JSON: config, versions, data, totals, every round, and the
+    error that stopped it early (``null`` when it finished)."""
     reports = result.reports
     return {
+        "error": error,
         "config": result.config.to_dict(),
         "versions": versions(),
         "data": dict(data_summary),
@@ -137,10 +142,13 @@ def plot_curves(result: SimulationResult, path: Path) -> None:
     plt.close(figure)
 
 
-def write_outputs(result: SimulationResult, data_summary: Mapping[str, Any], out: Path) -> None:
-    """Write the three output files into ``out`` (created if needed), each atomically."""
+def write_outputs(
+    result: SimulationResult, data_summary: Mapping[str, Any], out: Path, error: str | None = None
+) -> None:
+    """Write the three output files into ``out`` (created if needed), each atomically.
+    ``error`` records why a run stopped before its last round."""
     out.mkdir(parents=True, exist_ok=True)
-    document = results_document(result, data_summary)
+    document = results_document(result, data_summary, error)
     _atomic_write(out / "results.json", json.dumps(document, indent=2).encode())
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS)

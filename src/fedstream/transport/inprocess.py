@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from fedstream.client.base import CohortTrainer, FitTask, Trainer
 from fedstream.data.base import ClientData
-from fedstream.errors import ClientFailure
+from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
 from fedstream.transport.base import Delivery
 from fedstream.types import ClientUpdate, EvaluateResult
@@ -33,6 +33,10 @@ class InProcessTransport:
     def __init__(
         self, clients: Mapping[str, ClientData], trainer: Trainer, cohort_size: int = 256
     ) -> None:
+        if not clients:
+            raise ConfigError("clients", {}, "at least one client")
+        for client_id, data in clients.items():
+            data.check(client_id)
         self.clients = clients
         self.trainer = trainer
         self.cohort_size = cohort_size
