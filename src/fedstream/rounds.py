@@ -35,6 +35,11 @@ class RoundConfig:
     needed to aggregate. ``evaluate_fraction`` of all clients evaluate the new global model
     on their test splits every ``evaluate_every`` rounds (0 disables federated evaluation).
     ``max_update_norm`` rejects payloads whose L2 norm exceeds it.
+
+    ``straggler_fraction`` of each round's sampled clients are stragglers (the FedProx
+    paper's systems heterogeneity): each can finish only a uniformly drawn 1 … E−1 of the E
+    local epochs. With ``drop_stragglers`` they are dropped and recorded (what FedAvg does);
+    otherwise their partial work is aggregated (what FedProx does).
     """
 
     clients_per_round: int | float = 10
@@ -45,6 +50,8 @@ class RoundConfig:
     evaluate_fraction: float = 1.0
     evaluate_every: int = 1
     max_update_norm: float | None = None
+    straggler_fraction: float = 0.0
+    drop_stragglers: bool = True
 
     def __post_init__(self) -> None:
         per_round = self.clients_per_round
@@ -64,6 +71,13 @@ class RoundConfig:
         checks.non_negative_int("evaluate_every", self.evaluate_every)
         if self.max_update_norm is not None:
             checks.positive("max_update_norm", self.max_update_norm)
+        checks.in_unit_interval(
+            "straggler_fraction", self.straggler_fraction, include_zero=True, include_one=True
+        )
+        if self.straggler_fraction > 0 and self.local_epochs < 2:
+            raise ConfigError(
+                "local_epochs", self.local_epochs, "at least 2 when there are stragglers"
+            )
 
 
 def sample_size(num_clients: int, clients_per_round: int | float, min_clients: int) -> int:
@@ -147,28 +161,35 @@ def run_round(
     count = sample_size(len(client_ids), config.clients_per_round, config.min_clients)
     sampled = sample_clients(rng, client_ids, count)
     seeds = rng.integers(0, 2**63 - 1, size=len(sampled))
-    tasks = [
-        FitTask(
-            client_id,
-            round_number,
-            FitConfig(
-                local_epochs=config.local_epochs,
-                batch_size=config.batch_size,
-                lr=config.lr,
-                proximal_mu=strategy.proximal_mu,
-                payload=strategy.payload,
-                seed=int(seed),
-            ),
+    epochs = {client_id: config.local_epochs for client_id in sampled}
+    failures: list[ClientFailure] = []
+    if config.straggler_fraction > 0:
+        count_slow = round(config.straggler_fraction * len(sampled))
+        slow = rng.choice(len(sampled), size=count_slow, replace=False)
+        partial = rng.integers(1, config.local_epochs, size=count_slow)
+        for index, done in zip(slow, partial, strict=True):
+            epochs[sampled[int(index)]] = int(done)
+    tasks = []
+    for client_id, seed in zip(sampled, seeds, strict=True):
+        if epochs[client_id] < config.local_epochs and config.drop_stragglers:
+            reason = f"straggler: finished {epochs[client_id]} of {config.local_epochs} epochs, dropped"
+            failures.append(ClientFailure(client_id, "straggle", reason))
+            continue
+        fit = FitConfig(
+            local_epochs=epochs[client_id],
+            batch_size=config.batch_size,
+            lr=config.lr,
+            proximal_mu=strategy.proximal_mu,
+            payload=strategy.payload,
+            seed=int(seed),
         )
-        for client_id, seed in zip(sampled, seeds, strict=True)
-    ]
+        tasks.append(FitTask(client_id, round_number, fit))
 
     accumulator = PlainSum(state.params)
-    failures: list[ClientFailure] = []
     completed: list[str] = []
     train_metrics: list[tuple[float, Mapping[str, float]]] = []
     bytes_down = bytes_up = 0
-    expected = set(sampled)
+    expected = {task.client_id for task in tasks}
     for delivery in transport.fit(state.params, tasks):
         bytes_down += delivery.bytes_down
         bytes_up += delivery.bytes_up
@@ -192,7 +213,7 @@ def run_round(
         accumulator.add(result.payload, result.weight)
         completed.append(result.client_id)
         train_metrics.append((result.weight, result.metrics))
-    failures += [ClientFailure(c, "train", "no answer") for c in sampled if c in expected]
+    failures += [ClientFailure(t.client_id, "train", "no answer") for t in tasks if t.client_id in expected]
     fit_done = time.perf_counter()
 
     if len(completed) < config.min_clients:

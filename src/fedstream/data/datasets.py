@@ -1,42 +1,124 @@
-"""Data sets that ship inside packages (no downloads), split into federated clients."""
+"""Data sets that ship inside packages (no downloads at run time), split into clients.
+
+Every data set is a *source*: pooled arrays ``x``, ``y`` and, where the data has natural
+clients (a generator's clients, a play's roles), a ``groups`` column. :func:`federate` holds
+out a share for the server, partitions the rest (IID, Dirichlet label skew, shards,
+quantity skew, or natural) and gives each client a local test split.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.datasets import load_diabetes, load_digits
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
 
 from fedstream import checks
+from fedstream.data import shakespeare
 from fedstream.data.base import ClientData, FederatedDataset, Task
-from fedstream.data.partition import dirichlet_partition, iid_partition
+from fedstream.data.partition import (
+    dirichlet_partition,
+    iid_partition,
+    natural_partition,
+    quantity_skew_partition,
+    shard_partition,
+)
+from fedstream.data.synthetic import synthetic_clients
 from fedstream.errors import ConfigError
 
 Array = npt.NDArray[Any]
+PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural")
+SHAKESPEARE_MIN_SAMPLES = 100  # roles with fewer windows are left out, as LEAF drops tiny users
+
+
+@dataclass(frozen=True)
+class Source:
+    """Pooled examples; ``groups[i]`` names the natural client of example i, if any."""
+
+    task: Task
+    x: Array
+    y: Array
+    groups: Array | None = None
+
+
+def _standardise(x: Array) -> Array:
+    """Zero mean, unit variance per feature, computed on the pooled data. A deployment would
+    agree on the scaling beforehand (or compute it with a federated mean); here it only sets
+    the features on a common scale."""
+    return (x - x.mean(axis=0)) / x.std(axis=0)
+
+
+def digits_source(**_: Any) -> Source:
+    """sklearn's 8×8 digits: x (1797, 64) float32 in [0, 1], 10 classes."""
+    bunch = load_digits()
+    return Source("classification", (bunch.data / 16.0).astype(np.float32),
+                  bunch.target.astype(np.int64))
+
+
+def breast_cancer_source(**_: Any) -> Source:
+    """sklearn's Wisconsin breast cancer: x (569, 30) standardised float32, 2 classes."""
+    bunch = load_breast_cancer()
+    return Source("classification", _standardise(bunch.data).astype(np.float32),
+                  bunch.target.astype(np.int64))
+
+
+def wine_source(**_: Any) -> Source:
+    """sklearn's wine: x (178, 13) standardised float32, 3 classes."""
+    bunch = load_wine()
+    return Source("classification", _standardise(bunch.data).astype(np.float32),
+                  bunch.target.astype(np.int64))
+
+
+def diabetes_source(**_: Any) -> Source:
+    """sklearn's diabetes regression: x (442, 10) standardised, y disease progression, both
+    float64 (the least-squares anchor needs the precision)."""
+    bunch = load_diabetes()
+    return Source("regression", _standardise(bunch.data.astype(np.float64)),
+                  bunch.target.astype(np.float64))
 
 
 def load_digits_arrays() -> tuple[Array, Array]:
-    """sklearn's 8×8 digits: x (1797, 64) float32 scaled to [0, 1], y (1797,) int64."""
-    bunch = load_digits()
-    return (bunch.data / 16.0).astype(np.float32), bunch.target.astype(np.int64)
+    source = digits_source()
+    return source.x, source.y
 
 
 def load_diabetes_arrays() -> tuple[Array, Array]:
-    """sklearn's diabetes regression: x (442, 10) standardised to zero mean and unit variance,
-    y (442,) disease progression, both float64 (the least-squares anchor needs the precision)."""
-    bunch = load_diabetes()
-    x = bunch.data.astype(np.float64)
-    x = (x - x.mean(axis=0)) / x.std(axis=0)
-    return x, bunch.target.astype(np.float64)
+    source = diabetes_source()
+    return source.x, source.y
 
 
-LOADERS: dict[str, tuple[Task, Callable[[], tuple[Array, Array]]]] = {
-    "digits": ("classification", load_digits_arrays),
-    "diabetes": ("regression", load_diabetes_arrays),
+def _synthetic(iid: bool) -> Callable[..., Source]:
+    def build(
+        rng: np.random.Generator, num_clients: int, synthetic_alpha: float = 1.0,
+        synthetic_beta: float = 1.0, **_: Any,
+    ) -> Source:
+        clients = synthetic_clients(num_clients, synthetic_alpha, synthetic_beta, rng, iid=iid)
+        groups = np.concatenate([np.full(len(y), k) for k, (_, y) in enumerate(clients)])
+        return Source(
+            "classification",
+            np.concatenate([x for x, _ in clients]),
+            np.concatenate([y for _, y in clients]),
+            groups,
+        )
+
+    build.__doc__ = f"FedProx's Synthetic(α, β){' IID variant' if iid else ''}: 60 features, 10 classes."
+    return build
+
+
+SOURCES: dict[str, Callable[..., Source]] = {
+    "digits": digits_source,
+    "breast_cancer": breast_cancer_source,
+    "wine": wine_source,
+    "diabetes": diabetes_source,
+    "synthetic": _synthetic(iid=False),
+    "synthetic_iid": _synthetic(iid=True),
 }
-PARTITIONS = ("iid", "dirichlet")
+DATASETS = (*SOURCES, "shakespeare")
+NATURAL_ONLY = ("synthetic", "synthetic_iid", "shakespeare")
 
 
 def _split(indices: Array, test_fraction: float, rng: np.random.Generator) -> tuple[Array, Array]:
@@ -46,48 +128,126 @@ def _split(indices: Array, test_fraction: float, rng: np.random.Generator) -> tu
     return np.sort(shuffled[num_test:]), np.sort(shuffled[:num_test])
 
 
+def _client_names(count: int) -> list[str]:
+    width = len(str(count - 1))
+    return [f"client-{number:0{width}d}" for number in range(count)]
+
+
 def federate(
     name: str,
     num_clients: int,
     partition: str,
     rng: np.random.Generator,
     alpha: float = 0.5,
+    shards_per_client: int = 2,
+    quantity_sigma: float = 1.0,
     heldout_fraction: float = 0.2,
     client_test_fraction: float = 0.2,
+    synthetic_alpha: float = 1.0,
+    synthetic_beta: float = 1.0,
+    shakespeare_source: str | Path | None = None,
+    shakespeare_edition: str = "modern",
 ) -> FederatedDataset:
-    """Load data set ``name``, hold out ``heldout_fraction`` for the server, partition the rest
-    over ``num_clients`` clients (``iid`` or ``dirichlet`` label skew with ``alpha``), and give
-    each client a local test split of ``client_test_fraction``."""
-    checks.one_of("dataset", name, list(LOADERS))
+    """Load data set ``name`` and split it over ``num_clients`` clients.
+
+    ``heldout_fraction`` of the pooled data goes to the server for centralised evaluation;
+    the rest is partitioned (``iid``, ``dirichlet`` with ``alpha``, ``shards`` with
+    ``shards_per_client``, ``quantity`` with lognormal ``quantity_sigma``, or ``natural``) and
+    each client keeps ``client_test_fraction`` of its share as a local test split.
+    Synthetic and Shakespeare have natural clients only; for them ``num_clients`` is how
+    many are generated (Synthetic) or drawn from all roles (Shakespeare).
+    """
+    checks.one_of("dataset", name, list(DATASETS))
     checks.one_of("partition", partition, list(PARTITIONS))
-    checks.in_unit_interval(
-        "heldout_fraction", heldout_fraction, include_zero=True, include_one=False
-    )
+    checks.positive_int("num_clients", num_clients)
+    checks.in_unit_interval("heldout_fraction", heldout_fraction, include_zero=True, include_one=False)
     checks.in_unit_interval(
         "client_test_fraction", client_test_fraction, include_zero=True, include_one=False
     )
-    task, loader = LOADERS[name]
-    x, y = loader()
-    pool, heldout = _split(np.arange(len(y)), heldout_fraction, rng)
-    if partition == "dirichlet" and task == "regression":
-        raise ConfigError("partition", partition, f"'iid' for the regression data set {name!r}")
-    if partition == "iid":
-        parts = iid_partition(len(pool), num_clients, rng)
-    else:
-        parts = dirichlet_partition(y[pool], num_clients, alpha, rng)
-    clients: dict[str, ClientData] = {}
-    width = len(str(num_clients - 1))
-    for number, part in enumerate(parts):
-        train, test = _split(pool[part], client_test_fraction, rng)
-        clients[f"client-{number:0{width}d}"] = ClientData(
-            x_train=x[train], y_train=y[train], x_test=x[test], y_test=y[test]
+    if name in NATURAL_ONLY and partition != "natural":
+        raise ConfigError("partition", partition, f"'natural' for the data set {name!r}")
+    if name == "shakespeare":
+        return _federate_shakespeare(
+            num_clients, rng, heldout_fraction, client_test_fraction, shakespeare_source,
+            shakespeare_edition,
         )
+    source = SOURCES[name](
+        rng=rng, num_clients=num_clients, synthetic_alpha=synthetic_alpha,
+        synthetic_beta=synthetic_beta,
+    )
+    if source.task == "regression" and partition in ("dirichlet", "shards"):
+        raise ConfigError("partition", partition, f"'iid' or 'quantity' for the regression data set {name!r}")
+    if partition == "natural" and source.groups is None:
+        raise ConfigError("partition", partition, f"one of iid, dirichlet, shards, quantity: {name!r} has no natural clients")
+
+    x, y = source.x, source.y
+    pool, heldout = _split(np.arange(len(y)), heldout_fraction, rng)
+    if partition == "iid":
+        parts = [pool[p] for p in iid_partition(len(pool), num_clients, rng)]
+    elif partition == "dirichlet":
+        parts = [pool[p] for p in dirichlet_partition(y[pool], num_clients, alpha, rng)]
+    elif partition == "shards":
+        parts = [pool[p] for p in shard_partition(y[pool], num_clients, shards_per_client, rng)]
+    elif partition == "quantity":
+        parts = [pool[p] for p in quantity_skew_partition(len(pool), num_clients, quantity_sigma, rng)]
+    else:
+        assert source.groups is not None
+        parts = [pool[p] for p in natural_partition(source.groups[pool])]
+    clients: dict[str, ClientData] = {}
+    for client_id, part in zip(_client_names(len(parts)), parts, strict=True):
+        train, test = _split(part, client_test_fraction, rng)
+        clients[client_id] = ClientData(x[train], y[train], x[test], y[test])
     return FederatedDataset(
         name=name,
-        task=task,
+        task=source.task,
         clients=clients,
         x_heldout=x[heldout],
         y_heldout=y[heldout],
-        num_features=int(x.shape[1]),
-        num_outputs=int(y.max()) + 1 if task == "classification" else 1,
+        num_features=int(np.prod(x.shape[1:])),
+        num_outputs=int(y.max()) + 1 if source.task == "classification" else 1,
+    )
+
+
+def _federate_shakespeare(
+    num_clients: int,
+    rng: np.random.Generator,
+    heldout_fraction: float,
+    client_test_fraction: float,
+    source: str | Path | None,
+    edition: str,
+) -> FederatedDataset:
+    """Clients are ``num_clients`` roles drawn from those with at least
+    ``SHAKESPEARE_MIN_SAMPLES`` windows. Windows stay zero-copy views of each role's text;
+    each role's windows are split in order (train, then test), and ``heldout_fraction`` of
+    the roles that were not drawn give the server's held-out set (capped at 10,000 windows)."""
+    roles = shakespeare.load_roles(source, edition)
+    eligible = sorted(r for r, t in roles.items() if len(t) - shakespeare.WINDOW >= SHAKESPEARE_MIN_SAMPLES)
+    if num_clients > len(eligible):
+        raise ConfigError(
+            "num_clients", num_clients,
+            f"at most {len(eligible)}, the roles with >= {SHAKESPEARE_MIN_SAMPLES} samples",
+        )
+    order = rng.permutation(len(eligible))
+    chosen = [eligible[i] for i in sorted(order[:num_clients])]
+    clients: dict[str, ClientData] = {}
+    for role in chosen:
+        x, y = shakespeare.role_examples(roles[role])
+        cut = len(y) - int(len(y) * client_test_fraction)
+        clients[role] = ClientData(x[:cut], y[:cut], x[cut:], y[cut:])
+    others = [eligible[i] for i in order[num_clients:]]
+    heldout_roles = others[: int(round(len(others) * heldout_fraction))]
+    held = [shakespeare.role_examples(roles[r]) for r in heldout_roles]
+    if held:
+        x_heldout = np.concatenate([x for x, _ in held])[:10_000]
+        y_heldout = np.concatenate([y for _, y in held])[:10_000]
+    else:
+        x_heldout, y_heldout = np.zeros((0, shakespeare.WINDOW), np.uint8), np.zeros(0, np.int64)
+    return FederatedDataset(
+        name="shakespeare",
+        task="classification",
+        clients=clients,
+        x_heldout=x_heldout,
+        y_heldout=y_heldout,
+        num_features=shakespeare.WINDOW,
+        num_outputs=len(shakespeare.LEAF_VOCABULARY),
     )

@@ -71,3 +71,62 @@ def dirichlet_partition(
         f"a value that gives each of {num_clients} clients at least {min_size} examples "
         f"(none did in {max_attempts} draws); raise alpha or lower num_clients",
     )
+
+
+def shard_partition(
+    labels: npt.NDArray[Any], num_clients: int, shards_per_client: int, rng: np.random.Generator
+) -> list[IndexArray]:
+    """FedAvg paper's pathological non-IID split: sort examples by label, cut them into
+    ``num_clients × shards_per_client`` equal shards, give each client that many at random.
+    With 2 shards per client most clients see only two classes."""
+    checks.positive_int("num_clients", num_clients)
+    checks.positive_int("shards_per_client", shards_per_client)
+    labels = np.asarray(labels)
+    num_shards = num_clients * shards_per_client
+    if num_shards > labels.shape[0]:
+        raise ConfigError(
+            "shards_per_client",
+            shards_per_client,
+            f"at most {labels.shape[0] // num_clients} so that each of the {num_shards} shards "
+            f"holds an example ({labels.shape[0]} examples)",
+        )
+    by_label = np.argsort(labels, kind="stable").astype(np.int64)
+    shards = np.array_split(by_label, num_shards)
+    order = rng.permutation(num_shards)
+    return [
+        np.sort(np.concatenate([shards[s] for s in order[k::num_clients]]))
+        for k in range(num_clients)
+    ]
+
+
+def quantity_skew_partition(
+    num_examples: int,
+    num_clients: int,
+    sigma: float,
+    rng: np.random.Generator,
+    min_size: int = 2,
+) -> list[IndexArray]:
+    """IID labels, unequal sizes: client k's share ∝ lognormal(0, σ), each client holding at
+    least ``min_size`` examples. σ = 0 gives equal sizes."""
+    checks.positive_int("num_clients", num_clients)
+    checks.non_negative("quantity_sigma", sigma)
+    if num_clients * min_size > num_examples:
+        raise ConfigError(
+            "num_clients",
+            num_clients,
+            f"at most {num_examples // min_size} so each can hold {min_size} of the "
+            f"{num_examples} examples",
+        )
+    shares = rng.lognormal(0.0, sigma, num_clients)
+    spare = num_examples - num_clients * min_size
+    sizes = min_size + np.floor(shares / shares.sum() * spare).astype(np.int64)
+    sizes[np.argsort(-shares)[: num_examples - int(sizes.sum())]] += 1  # hand out the rest
+    order = rng.permutation(num_examples).astype(np.int64)
+    return [np.sort(part) for part in np.split(order, np.cumsum(sizes)[:-1])]
+
+
+def natural_partition(groups: npt.NDArray[Any]) -> list[IndexArray]:
+    """One client per distinct value of ``groups`` (a user or role column), in sorted order
+    of the values."""
+    groups = np.asarray(groups)
+    return [np.flatnonzero(groups == value).astype(np.int64) for value in np.unique(groups)]

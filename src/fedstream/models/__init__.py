@@ -1,4 +1,9 @@
-"""Reference models, built deterministically from a seed without touching torch's global RNG."""
+"""Reference models, built deterministically from a seed without touching torch's global RNG.
+
+Every builder takes (in_features, out_features, hidden) and returns an ``nn.Module`` whose
+input is a batch of flat feature rows (n, in_features) and whose output is (n, out_features):
+logits for classification, the prediction for regression.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,81 @@ import torch
 from torch import nn
 
 from fedstream import checks
+from fedstream.errors import ConfigError
 
-ModelBuilder = Callable[[int, int, Sequence[int]], nn.Module]
+ModelBuilder = Callable[[int, int, Sequence[int] | None], nn.Module]
 
 
-def mlp(in_features: int, out_features: int, hidden: Sequence[int] = (64, 64)) -> nn.Module:
-    """Fully connected ReLU network: in → hidden… → out (logits)."""
+def mlp(in_features: int, out_features: int, hidden: Sequence[int] | None = None) -> nn.Module:
+    """Fully connected ReLU network: in → hidden… → out (logits). Default hidden (64, 64)."""
     layers: list[nn.Module] = []
     width = in_features
-    for size in hidden:
+    for size in (64, 64) if hidden is None else hidden:
         layers += [nn.Linear(width, size), nn.ReLU()]
         width = size
     layers.append(nn.Linear(width, out_features))
     return nn.Sequential(*layers)
 
 
-def linear(in_features: int, out_features: int, hidden: Sequence[int] = ()) -> nn.Module:
-    """One affine layer: linear regression (MSE) or softmax regression (cross-entropy)."""
+def linear(in_features: int, out_features: int, hidden: Sequence[int] | None = None) -> nn.Module:
+    """One affine layer: linear regression (MSE) or logistic / softmax regression
+    (cross-entropy on its logits)."""
     return nn.Sequential(nn.Linear(in_features, out_features))
 
 
-MODELS: dict[str, ModelBuilder] = {"mlp": mlp, "linear": linear}
+class DigitsCNN(nn.Module):
+    """A small CNN for 8×8 images given as 64 flat pixels: two 3×3 conv layers (16, 32
+    channels, ReLU, 2×2 max-pool) and a linear classifier on the 2×2×32 map."""
+
+    def __init__(self, out_features: int, channels: Sequence[int] = (16, 32)) -> None:
+        super().__init__()
+        first, second = channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, first, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(first, second, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Linear(second * 2 * 2, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.features(x.reshape(-1, 1, 8, 8))
+        return self.classifier(maps.flatten(1))
+
+
+def cnn(in_features: int, out_features: int, hidden: Sequence[int] | None = None) -> nn.Module:
+    """:class:`DigitsCNN`; ``hidden`` gives its two channel counts (default 16, 32)."""
+    if in_features != 64:
+        raise ConfigError("model", "cnn", "a data set of 8×8 images (64 features), such as digits")
+    channels = (16, 32) if hidden is None else tuple(hidden)
+    if len(channels) != 2:
+        raise ConfigError("hidden", channels, "two channel counts for the cnn, such as 16,32")
+    return DigitsCNN(out_features, channels)
+
+
+class CharLSTM(nn.Module):
+    """LEAF's Shakespeare model: an embedding of 8 per character, stacked LSTM layers (256
+    and 256 in LEAF), and a linear layer on the last step's output giving next-character
+    logits. Input: (n, sequence) character codes of any integer dtype."""
+
+    def __init__(self, vocabulary: int, hidden: Sequence[int] = (256, 256), embedding: int = 8):
+        super().__init__()
+        sizes = tuple(hidden)
+        if len(set(sizes)) != 1:
+            raise ConfigError("hidden", sizes, "equal LSTM layer widths, such as 256,256")
+        self.embedding = nn.Embedding(vocabulary, embedding)
+        self.lstm = nn.LSTM(embedding, sizes[0], num_layers=len(sizes), batch_first=True)
+        self.decoder = nn.Linear(sizes[0], vocabulary)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs, _ = self.lstm(self.embedding(x.long()))
+        return self.decoder(outputs[:, -1, :])
+
+
+def char_lstm(in_features: int, out_features: int, hidden: Sequence[int] | None = None) -> nn.Module:
+    """:class:`CharLSTM` over a vocabulary of ``out_features`` characters."""
+    return CharLSTM(out_features, (256, 256) if hidden is None else hidden)
+
+
+MODELS: dict[str, ModelBuilder] = {"mlp": mlp, "linear": linear, "cnn": cnn, "char_lstm": char_lstm}
 
 
 def build_model(
@@ -36,7 +95,7 @@ def build_model(
     in_features: int,
     out_features: int,
     seed: int,
-    hidden: Sequence[int] = (64, 64),
+    hidden: Sequence[int] | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """Build model ``name`` with PyTorch's default initialisation drawn from ``seed``.
@@ -47,8 +106,8 @@ def build_model(
     checks.one_of("model", name, list(MODELS))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = MODELS[name](in_features, out_features, tuple(hidden))
+        module = MODELS[name](in_features, out_features, None if hidden is None else tuple(hidden))
     return module.to(dtype)
 
 
-__all__ = ["MODELS", "build_model", "linear", "mlp"]
+__all__ = ["MODELS", "CharLSTM", "DigitsCNN", "build_model", "char_lstm", "cnn", "linear", "mlp"]

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fedstream import checks
-from fedstream.data.datasets import LOADERS, PARTITIONS
+from fedstream.data.datasets import DATASETS, PARTITIONS
+from fedstream.data.shakespeare import EDITIONS
 from fedstream.errors import ConfigError
 from fedstream.models import MODELS
 from fedstream.rounds import RoundConfig
@@ -22,12 +23,20 @@ from fedstream.strategies.base import Strategy
 TRAINERS = ("sequential", "vectorized")
 
 HELP: dict[str, str] = {
-    "dataset": f"data set: {', '.join(LOADERS)}",
+    "dataset": f"data set: {', '.join(DATASETS)}",
     "num_clients": "number of clients the data is split over",
     "partition": f"how data is split: {', '.join(PARTITIONS)}",
     "alpha": "Dirichlet concentration for label skew (smaller = more skew)",
+    "shards_per_client": "shards partition: label-sorted shards per client",
+    "quantity_sigma": "quantity partition: σ of the lognormal client sizes",
+    "heldout_fraction": "share of the data held out for centralised evaluation",
+    "client_test_fraction": "share of each client's data kept as its local test split",
+    "synthetic_alpha": "Synthetic(α, β): how much client models differ",
+    "synthetic_beta": "Synthetic(α, β): how much client data differ",
+    "shakespeare_source": "folder of the Shakespeare texts (default: fetched into the cache)",
+    "shakespeare_edition": f"Shakespeare edition: {', '.join(EDITIONS)}",
     "model": f"model: {', '.join(MODELS)}",
-    "hidden": "hidden layer widths of the MLP, comma separated",
+    "hidden": "hidden widths: MLP layers (64,64), CNN channels (16,32), LSTM layers (256,256)",
     "strategy": f"federated strategy: {', '.join(STRATEGIES)}",
     "server_lr": "server learning rate (strategy default if unset)",
     "mu": "FedProx proximal coefficient μ",
@@ -42,6 +51,8 @@ HELP: dict[str, str] = {
     "batch_size": "local batch size (0 = full batch)",
     "lr": "client learning rate (SGD)",
     "max_update_norm": "reject updates whose L2 norm exceeds this",
+    "straggler_fraction": "share of each round's clients that are stragglers",
+    "drop_stragglers": "true: drop stragglers (FedAvg); false: keep their partial work (FedProx)",
     "evaluate_every": "federated and central evaluation every N rounds (0 = last only)",
     "evaluate_fraction": "fraction of all clients that evaluate (0 = none)",
     "trainer": f"client trainer: {', '.join(TRAINERS)}",
@@ -61,9 +72,17 @@ class SimulationConfig:
     num_clients: int = 100
     partition: str = "dirichlet"
     alpha: float = 0.5
+    shards_per_client: int = 2
+    quantity_sigma: float = 1.0
+    heldout_fraction: float = 0.2
+    client_test_fraction: float = 0.2
+    synthetic_alpha: float = 1.0
+    synthetic_beta: float = 1.0
+    shakespeare_source: str | None = None
+    shakespeare_edition: str = "modern"
     # model
     model: str = "mlp"
-    hidden: tuple[int, ...] = (64, 64)
+    hidden: tuple[int, ...] | None = None
     # strategy (server side)
     strategy: str = "fedavg"
     server_lr: float | None = None
@@ -80,6 +99,8 @@ class SimulationConfig:
     batch_size: int = 10
     lr: float = 0.3
     max_update_norm: float | None = None
+    straggler_fraction: float = 0.0
+    drop_stragglers: bool = True
     # evaluation
     evaluate_every: int = 1
     evaluate_fraction: float = 1.0
@@ -89,13 +110,24 @@ class SimulationConfig:
     threads: int = 1
 
     def __post_init__(self) -> None:
-        checks.one_of("dataset", self.dataset, list(LOADERS))
+        checks.one_of("dataset", self.dataset, list(DATASETS))
+        checks.one_of("shakespeare_edition", self.shakespeare_edition, list(EDITIONS))
+        checks.positive_int("shards_per_client", self.shards_per_client)
+        checks.non_negative("quantity_sigma", self.quantity_sigma)
+        checks.non_negative("synthetic_alpha", self.synthetic_alpha)
+        checks.non_negative("synthetic_beta", self.synthetic_beta)
+        checks.in_unit_interval(
+            "heldout_fraction", self.heldout_fraction, include_zero=True, include_one=False
+        )
+        checks.in_unit_interval(
+            "client_test_fraction", self.client_test_fraction, include_zero=True, include_one=False
+        )
         checks.one_of("partition", self.partition, list(PARTITIONS))
         checks.one_of("model", self.model, list(MODELS))
         checks.one_of("trainer", self.trainer, list(TRAINERS))
         checks.positive_int("num_clients", self.num_clients)
         checks.positive("alpha", self.alpha)
-        for width in self.hidden:
+        for width in self.hidden or ():
             checks.positive_int("hidden", width)
         checks.non_negative_int("rounds", self.rounds)
         checks.non_negative_int("seed", self.seed)
@@ -135,7 +167,26 @@ class SimulationConfig:
             evaluate_fraction=self.evaluate_fraction,
             evaluate_every=self.evaluate_every,
             max_update_norm=self.max_update_norm,
+            straggler_fraction=self.straggler_fraction,
+            drop_stragglers=self.drop_stragglers,
         )
+
+    def data_kwargs(self) -> dict[str, Any]:
+        """The arguments of ``fedstream.data.federate`` that this config sets."""
+        return {
+            "name": self.dataset,
+            "num_clients": self.num_clients,
+            "partition": self.partition,
+            "alpha": self.alpha,
+            "shards_per_client": self.shards_per_client,
+            "quantity_sigma": self.quantity_sigma,
+            "heldout_fraction": self.heldout_fraction,
+            "client_test_fraction": self.client_test_fraction,
+            "synthetic_alpha": self.synthetic_alpha,
+            "synthetic_beta": self.synthetic_beta,
+            "shakespeare_source": self.shakespeare_source,
+            "shakespeare_edition": self.shakespeare_edition,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _plain(getattr(self, f.name)) for f in fields()}
@@ -167,8 +218,8 @@ def coerce(name: str, value: Any) -> Any:
         return None
     if isinstance(value, str) and value.lower() == "none" and type(None) in options:
         return None
-    if typing.get_origin(kind) is tuple:
-        parts = value.split(",") if isinstance(value, str) else list(value)
+    if any(typing.get_origin(option) is tuple for option in options):
+        parts = value.split(",") if isinstance(value, str) else value
         try:
             return tuple(int(p) for p in parts if str(p).strip() != "")
         except (TypeError, ValueError):
@@ -204,6 +255,8 @@ def _convert(value: Any, target: type) -> Any:
         return None
     if target is str:
         return value if isinstance(value, str) else None
+    if target is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
     return None
 
 

@@ -61,13 +61,7 @@ class Setup:
 def build(config: SimulationConfig) -> Setup:
     """Data, model, trainer, transport and the initial state, all drawn from ``config.seed``."""
     data_seed, server_seed = np.random.SeedSequence(config.seed).spawn(2)
-    dataset = federate(
-        config.dataset,
-        config.num_clients,
-        config.partition,
-        np.random.default_rng(data_seed),
-        alpha=config.alpha,
-    )
+    dataset = federate(rng=np.random.default_rng(data_seed), **config.data_kwargs())
     dtype = torch.float64 if dataset.x_heldout.dtype == np.float64 else torch.float32
     module = build_model(
         config.model, dataset.num_features, dataset.num_outputs, config.seed, config.hidden, dtype

@@ -9,6 +9,7 @@ bytes of metrics and config beside them are not counted here.
 from __future__ import annotations
 
 import traceback
+from dataclasses import replace
 from collections.abc import Iterator, Mapping, Sequence
 
 from fedstream.client.base import CohortTrainer, FitTask, Trainer
@@ -16,7 +17,7 @@ from fedstream.data.base import ClientData
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
 from fedstream.transport.base import Delivery
-from fedstream.types import ClientUpdate, EvaluateResult
+from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -24,6 +25,17 @@ def describe_exception(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _cohorts(tasks: Sequence[FitTask], size: int) -> Iterator[list[FitTask]]:
+    """Tasks grouped by their fit config (seed aside), in chunks of at most ``size``: a
+    vectorised cohort must share epochs, batch size, lr and μ."""
+    groups: dict[FitConfig, list[FitTask]] = {}
+    for task in tasks:
+        groups.setdefault(replace(task.config, seed=0), []).append(task)
+    for group in groups.values():
+        for start in range(0, len(group), size):
+            yield group[start : start + size]
 
 
 class InProcessTransport:
@@ -55,8 +67,7 @@ class InProcessTransport:
         down = len(wire)
         received = Params.from_bytes(wire)
         if isinstance(self.trainer, CohortTrainer) and len(tasks) > 1:
-            for start in range(0, len(tasks), self.cohort_size):
-                cohort = tasks[start : start + self.cohort_size]
+            for cohort in _cohorts(tasks, self.cohort_size):
                 try:
                     updates = self.trainer.fit_cohort(
                         received, cohort, [self.clients[t.client_id] for t in cohort]
