@@ -172,7 +172,9 @@ def run_round(
     tasks = []
     for client_id, seed in zip(sampled, seeds, strict=True):
         if epochs[client_id] < config.local_epochs and config.drop_stragglers:
-            reason = f"straggler: finished {epochs[client_id]} of {config.local_epochs} epochs, dropped"
+            reason = (
+                f"straggler: finished {epochs[client_id]} of {config.local_epochs} epochs, dropped"
+            )
             failures.append(ClientFailure(client_id, "straggle", reason))
             continue
         fit = FitConfig(
@@ -206,14 +208,16 @@ def run_round(
             )
             continue
         expected.discard(result.client_id)
-        reason = check_update(result, state.params, round_number, config.max_update_norm)
-        if reason is not None:
-            failures.append(ClientFailure(result.client_id, "validate", reason))
+        rejection = check_update(result, state.params, round_number, config.max_update_norm)
+        if rejection is not None:
+            failures.append(ClientFailure(result.client_id, "validate", rejection))
             continue
         accumulator.add(result.payload, result.weight)
         completed.append(result.client_id)
         train_metrics.append((result.weight, result.metrics))
-    failures += [ClientFailure(t.client_id, "train", "no answer") for t in tasks if t.client_id in expected]
+    failures += [
+        ClientFailure(t.client_id, "train", "no answer") for t in tasks if t.client_id in expected
+    ]
     fit_done = time.perf_counter()
 
     if len(completed) < config.min_clients:

@@ -45,15 +45,29 @@ class VectorizedTrainer:
     """
 
     def __init__(self, module: nn.Module, task: Task) -> None:
-        buffers = [n for n, _ in module.named_buffers()]
-        if buffers:
-            raise ConfigError(
-                "trainer", "vectorized", f"a model without buffers; this one has {buffers}"
-            )
+        reason = self.unsupported(module)
+        if reason is not None:
+            raise ConfigError("trainer", "vectorized", f"{reason}; use trainer='sequential'")
         self.module = module
         self.task: Task = task
         self.sequential = TorchTrainer(module, task)
         self._forward = vmap(lambda weights, x: functional_call(self.module, weights, (x,)))
+
+    @staticmethod
+    def unsupported(module: nn.Module) -> str | None:
+        """Why ``module`` cannot be trained vectorised, or ``None`` if it can: buffers (batch
+        norm statistics) are not functional state, and torch.func has no batching rule for
+        the fused RNN kernels."""
+        buffers = [n for n, _ in module.named_buffers()]
+        if buffers:
+            return f"a model without buffers; this one has {buffers}"
+        recurrent = [n for n, m in module.named_modules() if isinstance(m, nn.RNNBase)]
+        if recurrent:
+            return (
+                "a model without recurrent layers (vmap cannot batch them); "
+                f"this one has {recurrent}"
+            )
+        return None
 
     def _gradients(
         self,

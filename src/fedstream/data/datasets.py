@@ -49,36 +49,41 @@ def _standardise(x: Array) -> Array:
     """Zero mean, unit variance per feature, computed on the pooled data. A deployment would
     agree on the scaling beforehand (or compute it with a federated mean); here it only sets
     the features on a common scale."""
-    return (x - x.mean(axis=0)) / x.std(axis=0)
+    standardised: Array = (x - x.mean(axis=0)) / x.std(axis=0)
+    return standardised
 
 
 def digits_source(**_: Any) -> Source:
     """sklearn's 8×8 digits: x (1797, 64) float32 in [0, 1], 10 classes."""
     bunch = load_digits()
-    return Source("classification", (bunch.data / 16.0).astype(np.float32),
-                  bunch.target.astype(np.int64))
+    return Source(
+        "classification", (bunch.data / 16.0).astype(np.float32), bunch.target.astype(np.int64)
+    )
 
 
 def breast_cancer_source(**_: Any) -> Source:
     """sklearn's Wisconsin breast cancer: x (569, 30) standardised float32, 2 classes."""
     bunch = load_breast_cancer()
-    return Source("classification", _standardise(bunch.data).astype(np.float32),
-                  bunch.target.astype(np.int64))
+    return Source(
+        "classification", _standardise(bunch.data).astype(np.float32), bunch.target.astype(np.int64)
+    )
 
 
 def wine_source(**_: Any) -> Source:
     """sklearn's wine: x (178, 13) standardised float32, 3 classes."""
     bunch = load_wine()
-    return Source("classification", _standardise(bunch.data).astype(np.float32),
-                  bunch.target.astype(np.int64))
+    return Source(
+        "classification", _standardise(bunch.data).astype(np.float32), bunch.target.astype(np.int64)
+    )
 
 
 def diabetes_source(**_: Any) -> Source:
     """sklearn's diabetes regression: x (442, 10) standardised, y disease progression, both
     float64 (the least-squares anchor needs the precision)."""
     bunch = load_diabetes()
-    return Source("regression", _standardise(bunch.data.astype(np.float64)),
-                  bunch.target.astype(np.float64))
+    return Source(
+        "regression", _standardise(bunch.data.astype(np.float64)), bunch.target.astype(np.float64)
+    )
 
 
 def load_digits_arrays() -> tuple[Array, Array]:
@@ -93,8 +98,11 @@ def load_diabetes_arrays() -> tuple[Array, Array]:
 
 def _synthetic(iid: bool) -> Callable[..., Source]:
     def build(
-        rng: np.random.Generator, num_clients: int, synthetic_alpha: float = 1.0,
-        synthetic_beta: float = 1.0, **_: Any,
+        rng: np.random.Generator,
+        num_clients: int,
+        synthetic_alpha: float = 1.0,
+        synthetic_beta: float = 1.0,
+        **_: Any,
     ) -> Source:
         clients = synthetic_clients(num_clients, synthetic_alpha, synthetic_beta, rng, iid=iid)
         groups = np.concatenate([np.full(len(y), k) for k, (_, y) in enumerate(clients)])
@@ -105,7 +113,9 @@ def _synthetic(iid: bool) -> Callable[..., Source]:
             groups,
         )
 
-    build.__doc__ = f"FedProx's Synthetic(α, β){' IID variant' if iid else ''}: 60 features, 10 classes."
+    build.__doc__ = (
+        f"FedProx's Synthetic(α, β){' IID variant' if iid else ''}: 60 features, 10 classes."
+    )
     return build
 
 
@@ -160,7 +170,9 @@ def federate(
     checks.one_of("dataset", name, list(DATASETS))
     checks.one_of("partition", partition, list(PARTITIONS))
     checks.positive_int("num_clients", num_clients)
-    checks.in_unit_interval("heldout_fraction", heldout_fraction, include_zero=True, include_one=False)
+    checks.in_unit_interval(
+        "heldout_fraction", heldout_fraction, include_zero=True, include_one=False
+    )
     checks.in_unit_interval(
         "client_test_fraction", client_test_fraction, include_zero=True, include_one=False
     )
@@ -168,17 +180,29 @@ def federate(
         raise ConfigError("partition", partition, f"'natural' for the data set {name!r}")
     if name == "shakespeare":
         return _federate_shakespeare(
-            num_clients, rng, heldout_fraction, client_test_fraction, shakespeare_source,
+            num_clients,
+            rng,
+            heldout_fraction,
+            client_test_fraction,
+            shakespeare_source,
             shakespeare_edition,
         )
     source = SOURCES[name](
-        rng=rng, num_clients=num_clients, synthetic_alpha=synthetic_alpha,
+        rng=rng,
+        num_clients=num_clients,
+        synthetic_alpha=synthetic_alpha,
         synthetic_beta=synthetic_beta,
     )
     if source.task == "regression" and partition in ("dirichlet", "shards"):
-        raise ConfigError("partition", partition, f"'iid' or 'quantity' for the regression data set {name!r}")
+        raise ConfigError(
+            "partition", partition, f"'iid' or 'quantity' for the regression data set {name!r}"
+        )
     if partition == "natural" and source.groups is None:
-        raise ConfigError("partition", partition, f"one of iid, dirichlet, shards, quantity: {name!r} has no natural clients")
+        raise ConfigError(
+            "partition",
+            partition,
+            f"one of iid, dirichlet, shards, quantity: {name!r} has no natural clients",
+        )
 
     x, y = source.x, source.y
     pool, heldout = _split(np.arange(len(y)), heldout_fraction, rng)
@@ -189,7 +213,9 @@ def federate(
     elif partition == "shards":
         parts = [pool[p] for p in shard_partition(y[pool], num_clients, shards_per_client, rng)]
     elif partition == "quantity":
-        parts = [pool[p] for p in quantity_skew_partition(len(pool), num_clients, quantity_sigma, rng)]
+        parts = [
+            pool[p] for p in quantity_skew_partition(len(pool), num_clients, quantity_sigma, rng)
+        ]
     else:
         assert source.groups is not None
         parts = [pool[p] for p in natural_partition(source.groups[pool])]
@@ -221,10 +247,13 @@ def _federate_shakespeare(
     each role's windows are split in order (train, then test), and ``heldout_fraction`` of
     the roles that were not drawn give the server's held-out set (capped at 10,000 windows)."""
     roles = shakespeare.load_roles(source, edition)
-    eligible = sorted(r for r, t in roles.items() if len(t) - shakespeare.WINDOW >= SHAKESPEARE_MIN_SAMPLES)
+    eligible = sorted(
+        r for r, t in roles.items() if len(t) - shakespeare.WINDOW >= SHAKESPEARE_MIN_SAMPLES
+    )
     if num_clients > len(eligible):
         raise ConfigError(
-            "num_clients", num_clients,
+            "num_clients",
+            num_clients,
             f"at most {len(eligible)}, the roles with >= {SHAKESPEARE_MIN_SAMPLES} samples",
         )
     order = rng.permutation(len(eligible))
@@ -235,7 +264,7 @@ def _federate_shakespeare(
         cut = len(y) - int(len(y) * client_test_fraction)
         clients[role] = ClientData(x[:cut], y[:cut], x[cut:], y[cut:])
     others = [eligible[i] for i in order[num_clients:]]
-    heldout_roles = others[: int(round(len(others) * heldout_fraction))]
+    heldout_roles = others[: round(len(others) * heldout_fraction)]
     held = [shakespeare.role_examples(roles[r]) for r in heldout_roles]
     if held:
         x_heldout = np.concatenate([x for x, _ in held])[:10_000]

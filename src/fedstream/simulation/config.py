@@ -20,7 +20,7 @@ from fedstream.rounds import RoundConfig
 from fedstream.strategies import STRATEGIES, make_strategy
 from fedstream.strategies.base import Strategy
 
-TRAINERS = ("sequential", "vectorized")
+TRAINERS = ("auto", "sequential", "vectorized")
 
 HELP: dict[str, str] = {
     "dataset": f"data set: {', '.join(DATASETS)}",
@@ -55,7 +55,7 @@ HELP: dict[str, str] = {
     "drop_stragglers": "true: drop stragglers (FedAvg); false: keep their partial work (FedProx)",
     "evaluate_every": "federated and central evaluation every N rounds (0 = last only)",
     "evaluate_fraction": "fraction of all clients that evaluate (0 = none)",
-    "trainer": f"client trainer: {', '.join(TRAINERS)}",
+    "trainer": "client trainer: auto (vectorized when the model allows), sequential, vectorized",
     "seed": "seed for data split, model initialisation, sampling and shuffling",
     "threads": "torch intra-op threads",
 }
@@ -105,7 +105,7 @@ class SimulationConfig:
     evaluate_every: int = 1
     evaluate_fraction: float = 1.0
     # execution
-    trainer: str = "vectorized"
+    trainer: str = "auto"
     seed: int = 0
     threads: int = 1
 

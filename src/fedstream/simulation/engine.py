@@ -56,6 +56,8 @@ class Setup:
     transport: InProcessTransport
     initial: ServerState
     central_evaluate: CentralEvaluate
+    trainer_name: str
+    trainer_reason: str
 
 
 def build(config: SimulationConfig) -> Setup:
@@ -66,9 +68,10 @@ def build(config: SimulationConfig) -> Setup:
     module = build_model(
         config.model, dataset.num_features, dataset.num_outputs, config.seed, config.hidden, dtype
     )
+    trainer_name, why = choose_trainer(config.trainer, module)
     trainer: Trainer = (
         VectorizedTrainer(module, dataset.task)
-        if config.trainer == "vectorized"
+        if trainer_name == "vectorized"
         else TorchTrainer(module, dataset.task)
     )
     params = params_from_module(module)
@@ -83,8 +86,33 @@ def build(config: SimulationConfig) -> Setup:
         return trainer.evaluate(global_params, "server", 0, heldout).metrics
 
     return Setup(
-        dataset, trainer, InProcessTransport(dataset.clients, trainer), initial, central_evaluate
+        dataset,
+        trainer,
+        InProcessTransport(dataset.clients, trainer),
+        initial,
+        central_evaluate,
+        trainer_name,
+        why,
     )
+
+
+def choose_trainer(requested: str, module: torch.nn.Module) -> tuple[str, str]:
+    """The trainer to use and why: ``auto`` picks the vectorised one when the model allows."""
+    if requested != "auto":
+        return requested, "as configured"
+    reason = VectorizedTrainer.unsupported(module)
+    if reason is None:
+        return "vectorized", "auto: the model can be vmapped"
+    return "sequential", f"auto: the vectorised trainer needs {reason}"
+
+
+def describe(setup: Setup) -> dict[str, Any]:
+    """The data summary plus the trainer chosen, for results.json."""
+    return {
+        **setup.dataset.describe(),
+        "trainer": setup.trainer_name,
+        "trainer_reason": setup.trainer_reason,
+    }
 
 
 @contextmanager
@@ -145,11 +173,11 @@ def simulate(
                 config, state, tuple(reports), time.perf_counter() - started, out
             )
             if out is not None:
-                write_outputs(partial, setup.dataset.describe(), out, error=str(failure))
+                write_outputs(partial, describe(setup), out, error=str(failure))
             raise
     result = SimulationResult(config, state, tuple(reports), time.perf_counter() - started, out)
     if out is not None:
-        write_outputs(result, setup.dataset.describe(), out)
+        write_outputs(result, describe(setup), out)
     if progress:
         RoundProgress.print_summary(result)
     return result

@@ -9,8 +9,8 @@ bytes of metrics and config beside them are not counted here.
 from __future__ import annotations
 
 import traceback
-from dataclasses import replace
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 
 from fedstream.client.base import CohortTrainer, FitTask, Trainer
 from fedstream.data.base import ClientData
