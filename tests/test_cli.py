@@ -50,3 +50,28 @@ def test_unknown_toml_key_is_named(tmp_path):
     done = fedstream_cli("run", "--config", str(tmp_path / "run.toml"))
     assert done.returncode == 2
     assert "config.learning_rate=0.1 is invalid: expected one of the settings" in done.stderr
+
+
+def test_data_describe_prints_the_split_and_draws_the_heatmap(tmp_path):
+    plot = tmp_path / "digits.png"
+    done = fedstream_cli(
+        "data",
+        "describe",
+        "digits",
+        "--num-clients",
+        "20",
+        "--partition",
+        "shards",
+        "--plot",
+        str(plot),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "shards over 20 clients" in done.stdout
+    assert "classes_per_client_mean" in done.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_data_describe_names_a_missing_source(tmp_path):
+    done = fedstream_cli("data", "describe", "shakespeare", "--shakespeare-source", str(tmp_path))
+    assert done.returncode == 2
+    assert "no Shakespeare texts" in done.stderr and str(tmp_path) in done.stderr

@@ -223,9 +223,9 @@ def role_examples(text: str) -> tuple[Array, Array]:
 def describe_roles(roles: Mapping[str, str]) -> dict[str, Any]:
     samples = np.array([max(len(t) - WINDOW, 0) for t in roles.values()])
     return {
-        "clients": len(roles),
-        "samples": int(samples.sum()),
-        "samples_min": int(samples.min()) if len(samples) else 0,
-        "samples_median": float(np.median(samples)) if len(samples) else 0.0,
-        "samples_max": int(samples.max()) if len(samples) else 0,
+        "roles": len(roles),
+        "role_samples": int(samples.sum()),
+        "role_samples_min": int(samples.min()) if len(samples) else 0,
+        "role_samples_median": float(np.median(samples)) if len(samples) else 0.0,
+        "role_samples_max": int(samples.max()) if len(samples) else 0,
     }

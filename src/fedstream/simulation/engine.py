@@ -60,10 +60,21 @@ class Setup:
     trainer_reason: str
 
 
+def _seeds(config: SimulationConfig) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
+    """Independent streams for the data split and the server, both from ``config.seed``."""
+    data_seed, server_seed = np.random.SeedSequence(config.seed).spawn(2)
+    return data_seed, server_seed
+
+
+def build_dataset(config: SimulationConfig) -> FederatedDataset:
+    """The federated split ``config`` describes, exactly as a run with it would see it."""
+    return federate(rng=np.random.default_rng(_seeds(config)[0]), **config.data_kwargs())
+
+
 def build(config: SimulationConfig) -> Setup:
     """Data, model, trainer, transport and the initial state, all drawn from ``config.seed``."""
-    data_seed, server_seed = np.random.SeedSequence(config.seed).spawn(2)
-    dataset = federate(rng=np.random.default_rng(data_seed), **config.data_kwargs())
+    server_seed = _seeds(config)[1]
+    dataset = build_dataset(config)
     dtype = torch.float64 if dataset.x_heldout.dtype == np.float64 else torch.float32
     module = build_model(
         config.model, dataset.num_features, dataset.num_outputs, config.seed, config.hidden, dtype

@@ -1,0 +1,55 @@
+"""What a federated split looks like: sizes, label spread, and a clients × classes heatmap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedstream.data.base import FederatedDataset
+
+
+def class_counts(dataset: FederatedDataset) -> npt.NDArray[np.int64]:
+    """Training examples of each class held by each client, shape (clients, classes)."""
+    counts = np.zeros((len(dataset.clients), dataset.num_outputs), dtype=np.int64)
+    for row, data in enumerate(dataset.clients.values()):
+        counts[row] = np.bincount(data.y_train, minlength=dataset.num_outputs)
+    return counts
+
+
+def summary(dataset: FederatedDataset) -> dict[str, Any]:
+    """Sizes and spread of the split, plus label spread for classification."""
+    out = dataset.describe()
+    sizes = np.array([c.num_train for c in dataset.clients.values()])
+    out["client_train_p10"] = float(np.percentile(sizes, 10))
+    out["client_train_p90"] = float(np.percentile(sizes, 90))
+    out["client_test_examples"] = int(sum(c.num_test for c in dataset.clients.values()))
+    if dataset.task == "classification":
+        present = (class_counts(dataset) > 0).sum(axis=1)
+        out["classes"] = dataset.num_outputs
+        out["classes_per_client_mean"] = float(present.mean())
+        out["classes_per_client_min"] = int(present.min())
+    return out
+
+
+def plot_heatmap(dataset: FederatedDataset, path: Path, title: str) -> None:
+    """Clients (rows, largest first) × classes (columns), coloured by example count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = class_counts(dataset)
+    order = np.argsort(-counts.sum(axis=1), kind="stable")
+    height = min(12.0, 2.0 + 0.08 * len(order))
+    figure, axis = plt.subplots(figsize=(8, height), dpi=110)
+    image = axis.imshow(counts[order], aspect="auto", interpolation="nearest", cmap="viridis")
+    axis.set_xlabel("class")
+    axis.set_ylabel(f"client (sorted by size, {len(order)} in all)")
+    axis.set_title(title)
+    figure.colorbar(image, ax=axis, label="training examples")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
