@@ -1,6 +1,16 @@
 """Simulated federated runs in one process."""
 
+from fedstream.simulation.centralised import centralised_baseline
 from fedstream.simulation.config import SimulationConfig, from_mapping, load_toml
-from fedstream.simulation.engine import SimulationResult, build, simulate
+from fedstream.simulation.engine import SimulationResult, build, build_dataset, simulate
 
-__all__ = ["SimulationConfig", "SimulationResult", "build", "from_mapping", "load_toml", "simulate"]
+__all__ = [
+    "SimulationConfig",
+    "SimulationResult",
+    "build",
+    "build_dataset",
+    "centralised_baseline",
+    "from_mapping",
+    "load_toml",
+    "simulate",
+]

@@ -52,6 +52,7 @@ class Setup:
     """Everything a simulated run is built from, made once before round 1."""
 
     dataset: FederatedDataset
+    module: torch.nn.Module
     trainer: Trainer
     transport: InProcessTransport
     initial: ServerState
@@ -98,6 +99,7 @@ def build(config: SimulationConfig) -> Setup:
 
     return Setup(
         dataset,
+        module,
         trainer,
         InProcessTransport(dataset.clients, trainer),
         initial,
