@@ -31,7 +31,7 @@ def dirichlet_partition(
     num_clients: int,
     alpha: float,
     rng: np.random.Generator,
-    min_size: int = 2,
+    min_size: int = 1,
     max_attempts: int = 100,
 ) -> list[IndexArray]:
     """Label-skewed split: for each class, client shares ~ Dirichlet(α·1).
