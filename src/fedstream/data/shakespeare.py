@@ -216,7 +216,8 @@ def role_examples(text: str) -> tuple[Array, Array]:
     codes = encode(text)
     if len(codes) <= WINDOW:
         return np.zeros((0, WINDOW), np.uint8), np.zeros(0, np.int64)
-    windows = sliding_window_view(codes[:-1], WINDOW)
+    # marked writeable only so torch can wrap it without a warning; nothing writes to it
+    windows = sliding_window_view(codes[:-1], WINDOW, writeable=True)
     return windows, codes[WINDOW:].astype(np.int64)
 
 
