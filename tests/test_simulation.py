@@ -91,7 +91,11 @@ def test_bad_settings_name_the_field_and_value(overrides, message):
 
 
 def test_a_partition_that_would_leave_a_client_empty_is_an_error():
-    with pytest.raises(ConfigError, match="num_clients=1000 is invalid"):
+    with pytest.raises(ConfigError, match="num_clients=2000 is invalid: expected at most 1438"):
+        fedstream.simulate(num_clients=2000, clients_per_round=10, rounds=1)
+    with pytest.raises(
+        ConfigError, match=r"each of 1000 clients at least 1 examples .* raise alpha"
+    ):
         fedstream.simulate(num_clients=1000, clients_per_round=10, rounds=1)
 
 

@@ -116,21 +116,19 @@ def data() -> None:
 def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
     """Print how DATASET splits over clients and draw a clients × classes heatmap.
 
-    Synthetic and Shakespeare have natural clients (their partition is 'natural'); for
-    Shakespeare without --num-clients every role is described.
+    Synthetic and Shakespeare have natural clients only; for Shakespeare without
+    --num-clients every role is described.
     """
     from rich.console import Console
     from rich.table import Table
 
-    from fedstream.data.datasets import NATURAL_ONLY, SHAKESPEARE_MIN_SAMPLES
+    from fedstream.data.datasets import SHAKESPEARE_MIN_SAMPLES
     from fedstream.data.describe import plot_heatmap, summary
     from fedstream.data.shakespeare import describe_roles, load_roles
     from fedstream.simulation.engine import build_dataset
 
     values: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     values["dataset"] = dataset
-    if dataset in NATURAL_ONLY:
-        values.setdefault("partition", "natural")
     try:
         if dataset == "shakespeare" and "num_clients" not in values:
             config = from_mapping(
@@ -150,13 +148,13 @@ def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
     facts |= summary(split)
-    table = Table(title=f"{dataset}: {config.partition} over {len(split.clients)} clients")
+    table = Table(title=f"{dataset}: {config.split} over {len(split.clients)} clients")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in facts.items():
         table.add_row(key, f"{value:.1f}" if isinstance(value, float) else str(value))
     path = plot or Path(f"data-{dataset}.png")
-    plot_heatmap(split, path, f"{dataset}, {config.partition} partition")
+    plot_heatmap(split, path, f"{dataset}, {config.split} partition")
     table.add_row("heatmap", str(path))
     Console().print(table)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fedstream import checks
-from fedstream.data.datasets import DATASETS, PARTITIONS
+from fedstream.data.datasets import DATASETS, NATURAL_ONLY, PARTITIONS
 from fedstream.data.shakespeare import EDITIONS
 from fedstream.errors import ConfigError
 from fedstream.models import MODELS
@@ -25,7 +25,8 @@ TRAINERS = ("auto", "sequential", "vectorized")
 HELP: dict[str, str] = {
     "dataset": f"data set: {', '.join(DATASETS)}",
     "num_clients": "number of clients the data is split over",
-    "partition": f"how data is split: {', '.join(PARTITIONS)}",
+    "partition": f"how data is split: {', '.join(PARTITIONS)} "
+    "(default: natural for synthetic and shakespeare, else dirichlet)",
     "alpha": "Dirichlet concentration for label skew (smaller = more skew)",
     "shards_per_client": "shards partition: label-sorted shards per client",
     "quantity_sigma": "quantity partition: σ of the lognormal client sizes",
@@ -70,7 +71,7 @@ class SimulationConfig:
     # data
     dataset: str = "digits"
     num_clients: int = 100
-    partition: str = "dirichlet"
+    partition: str | None = None
     alpha: float = 0.5
     shards_per_client: int = 2
     quantity_sigma: float = 1.0
@@ -122,7 +123,7 @@ class SimulationConfig:
         checks.in_unit_interval(
             "client_test_fraction", self.client_test_fraction, include_zero=True, include_one=False
         )
-        checks.one_of("partition", self.partition, list(PARTITIONS))
+        checks.one_of("partition", self.split, list(PARTITIONS))
         checks.one_of("model", self.model, list(MODELS))
         checks.one_of("trainer", self.trainer, list(TRAINERS))
         checks.positive_int("num_clients", self.num_clients)
@@ -171,12 +172,19 @@ class SimulationConfig:
             drop_stragglers=self.drop_stragglers,
         )
 
+    @property
+    def split(self) -> str:
+        """The partition in force: as set, or the data set's natural one by default."""
+        if self.partition is not None:
+            return self.partition
+        return "natural" if self.dataset in NATURAL_ONLY else "dirichlet"
+
     def data_kwargs(self) -> dict[str, Any]:
         """The arguments of ``fedstream.data.federate`` that this config sets."""
         return {
             "name": self.dataset,
             "num_clients": self.num_clients,
-            "partition": self.partition,
+            "partition": self.split,
             "alpha": self.alpha,
             "shards_per_client": self.shards_per_client,
             "quantity_sigma": self.quantity_sigma,

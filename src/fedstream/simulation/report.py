@@ -135,7 +135,7 @@ def plot_curves(result: SimulationResult, path: Path) -> None:
     config = result.config
     figure.suptitle(
         f"{config.strategy} on {config.dataset}: {config.num_clients} clients, "
-        f"{config.partition} (α={config.alpha}), {config.model}"
+        f"{config.split} partition, {config.model}"
     )
     figure.tight_layout()
     figure.savefig(path)
