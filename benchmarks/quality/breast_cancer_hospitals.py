@@ -17,23 +17,11 @@ import statistics
 
 from common import print_table, run_arms, save
 
-from fedstream.simulation import SimulationConfig, centralised_baseline
+from fedstream.simulation import SimulationConfig, centralised_baseline, preset
 
 
-def hospitals(seed: int, rounds: int = 50) -> SimulationConfig:
-    return SimulationConfig(
-        dataset="breast_cancer",
-        num_clients=5,
-        partition="dirichlet",
-        alpha=1.0,
-        model="linear",
-        clients_per_round=5,
-        local_epochs=1,
-        batch_size=10,
-        lr=0.05,
-        rounds=rounds,
-        seed=seed,
-    )
+def hospitals(seed: int) -> SimulationConfig:
+    return preset("breast_cancer_hospitals", seed=seed)
 
 
 def main() -> None:

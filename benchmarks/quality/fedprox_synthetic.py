@@ -18,7 +18,7 @@ import argparse
 
 from common import RESULTS, plot_grid, print_table, run_arms, save
 
-from fedstream.simulation import SimulationConfig
+from fedstream.simulation import SimulationConfig, preset
 
 ARMS = {
     "FedAvg": {"strategy": "fedavg", "drop_stragglers": True},
@@ -29,24 +29,7 @@ STRAGGLERS = (0.0, 0.5, 0.9)
 
 
 def config(rounds: int, stragglers: float, **arm: object) -> SimulationConfig:
-    return SimulationConfig(
-        dataset="synthetic",
-        partition="natural",
-        num_clients=30,
-        synthetic_alpha=1.0,
-        synthetic_beta=1.0,
-        heldout_fraction=0.0,
-        client_test_fraction=0.1,
-        model="linear",
-        clients_per_round=10,
-        local_epochs=20,
-        batch_size=10,
-        lr=0.01,
-        rounds=rounds,
-        straggler_fraction=stragglers,
-        trainer="sequential",
-        **arm,  # type: ignore[arg-type]
-    )
+    return preset("fedprox_synthetic", rounds=rounds, straggler_fraction=stragglers, **arm)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import argparse
 
 from common import RESULTS, plot_grid, print_table, run_arms, save
 
-from fedstream.simulation import SimulationConfig
+from fedstream.simulation import preset
 
 ARMS = {
     "fedavg": {"strategy": "fedavg", "lr": 0.8, "batch_size": 10},
@@ -68,19 +68,14 @@ def main() -> None:
     jobs = [
         (
             name,
-            SimulationConfig(
-                dataset="shakespeare",
-                partition="natural",
+            preset(
+                "shakespeare_leaf",
                 num_clients=args.clients,
-                heldout_fraction=0.0,
-                model="char_lstm",
-                clients_per_round=10,
-                local_epochs=1,
                 rounds=args.rounds,
                 evaluate_every=args.evaluate_every,
                 evaluate_fraction=args.evaluate_fraction,
                 trainer="sequential",
-                **ARMS[name],  # type: ignore[arg-type]
+                **ARMS[name],
             ),
             "heldout",
         )

@@ -13,6 +13,7 @@ import click
 import fedstream
 from fedstream.errors import ConfigError, FedstreamError
 from fedstream.simulation.config import HELP, SimulationConfig, fields, from_mapping, load_toml
+from fedstream.simulation.presets import PRESETS, preset
 
 
 def _setting_options(
@@ -56,15 +57,30 @@ def main() -> None:
     default=None,
     help="Output folder [default: runs/<time>-<dataset>-<strategy>].",
 )
+@click.option(
+    "--preset",
+    "preset_name",
+    default=None,
+    metavar="NAME",
+    help="Start from a named experiment: " + ", ".join(PRESETS) + ".",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
 @_setting_options
-def run(config_path: Path | None, output: Path | None, quiet: bool, **flags: str | None) -> None:
+def run(
+    config_path: Path | None,
+    output: Path | None,
+    preset_name: str | None,
+    quiet: bool,
+    **flags: str | None,
+) -> None:
     """Run a simulated federated training (digits, 100 clients, FedAvg by default).
 
-    Writes results.json, metrics.csv and curves.png to the output folder.
+    Writes results.json, metrics.csv and curves.png to the output folder. Settings apply in
+    this order: the preset, then the TOML file, then flags.
     """
     try:
-        values = load_toml(config_path) if config_path else {}
+        values = dict(preset(preset_name).to_dict()) if preset_name else {}
+        values |= load_toml(config_path) if config_path else {}
         values |= {k: v for k, v in flags.items() if v is not None}
         config = from_mapping(values, source="config" if config_path else "flag")
         if output is None:

@@ -3,8 +3,10 @@
 from fedstream.simulation.centralised import centralised_baseline
 from fedstream.simulation.config import SimulationConfig, from_mapping, load_toml
 from fedstream.simulation.engine import SimulationResult, build, build_dataset, simulate
+from fedstream.simulation.presets import PRESETS, preset
 
 __all__ = [
+    "PRESETS",
     "SimulationConfig",
     "SimulationResult",
     "build",
@@ -12,5 +14,6 @@ __all__ = [
     "centralised_baseline",
     "from_mapping",
     "load_toml",
+    "preset",
     "simulate",
 ]

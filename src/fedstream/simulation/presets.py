@@ -1,0 +1,62 @@
+"""Named settings of published experiments, shared by ``fedstream run --preset``, the
+reproductions in ``benchmarks/quality/`` and their fast test versions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedstream import checks
+from fedstream.simulation.config import SimulationConfig, from_mapping
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the default job
+    "digits": {},
+    # five hospitals with different case mixes; federated logistic regression
+    "breast_cancer_hospitals": {
+        "dataset": "breast_cancer",
+        "num_clients": 5,
+        "partition": "dirichlet",
+        "alpha": 1.0,
+        "model": "linear",
+        "clients_per_round": 5,
+        "local_epochs": 1,
+        "batch_size": 10,
+        "lr": 0.05,
+        "rounds": 50,
+    },
+    # FedProx paper (Li et al. 2020), Synthetic(1, 1), softmax regression
+    "fedprox_synthetic": {
+        "dataset": "synthetic",
+        "num_clients": 30,
+        "synthetic_alpha": 1.0,
+        "synthetic_beta": 1.0,
+        "heldout_fraction": 0.0,
+        "client_test_fraction": 0.1,
+        "model": "linear",
+        "clients_per_round": 10,
+        "local_epochs": 20,
+        "batch_size": 10,
+        "lr": 0.01,
+        "rounds": 200,
+        "trainer": "sequential",
+    },
+    # LEAF Shakespeare with FedAvg: all roles with >= 100 windows, LEAF's char-LSTM
+    "shakespeare_leaf": {
+        "dataset": "shakespeare",
+        "num_clients": 1006,
+        "heldout_fraction": 0.0,
+        "model": "char_lstm",
+        "clients_per_round": 10,
+        "local_epochs": 1,
+        "batch_size": 10,
+        "lr": 0.8,
+        "rounds": 75,
+        "evaluate_every": 5,
+    },
+}
+
+
+def preset(name: str, **changes: Any) -> SimulationConfig:
+    """The config of preset ``name`` with ``changes`` applied (and validated)."""
+    checks.one_of("preset", name, list(PRESETS))
+    return from_mapping({**PRESETS[name], **changes}, source="preset")
