@@ -15,6 +15,7 @@ paper); test accuracy is federated, on every client's 10 % test split.
 from __future__ import annotations
 
 import argparse
+import json
 
 from common import RESULTS, plot_grid, print_table, run_arms, save
 
@@ -32,24 +33,13 @@ def config(rounds: int, stragglers: float, **arm: object) -> SimulationConfig:
     return preset("fedprox_synthetic", rounds=rounds, straggler_fraction=stragglers, **arm)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
-    jobs = [
-        (f"{name}, {int(share * 100)}% stragglers", config(args.rounds, share, **arm), "train")
-        for share in STRAGGLERS
-        for name, arm in ARMS.items()
-    ]
-    runs = run_arms(jobs, args.workers)
-    save("fedprox_synthetic", runs)
+def report(runs: list[dict], rounds: int) -> None:  # type: ignore[type-arg]
     rows = [
         {
             "arm": r["label"],
             "train loss": r["final"]["central_loss"],
-            "test accuracy": r["final"]["fed_accuracy"],
             "min train loss": min(x["central_loss"] for x in r["rounds"]),
+            "test accuracy": r["final"]["fed_accuracy"],
             "wall s": r["wall_s"],
         }
         for r in runs
@@ -59,22 +49,39 @@ def main() -> None:
     for metric in ("central_loss", "fed_accuracy"):
         for share in STRAGGLERS:
             tag = f"{int(share * 100)}% stragglers"
-            panels.append(
-                (
-                    tag,
-                    metric,
-                    [
-                        dict(r, label=r["label"].split(",")[0])
-                        for r in runs
-                        if r["label"].endswith(tag)
-                    ],
-                )
-            )
+            arms = [
+                dict(r, label=r["label"].split(", ")[0])
+                for r in runs
+                if r["label"].split(", ")[1] == tag
+            ]
+            panels.append((tag, metric, arms))
     plot_grid(
         RESULTS / "fedprox_synthetic.png",
         panels,
-        f"Synthetic(1,1): FedAvg vs FedProx, {args.rounds} rounds (central_loss = training loss)",
+        f"Synthetic(1,1): FedAvg vs FedProx, {rounds} rounds (central_loss = training loss)",
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--plot-only", action="store_true", help="redraw the table and PNG from the saved results"
+    )
+    args = parser.parse_args()
+    if args.plot_only:
+        runs = json.loads((RESULTS / "fedprox_synthetic.json").read_text())
+        report(runs, len(runs[0]["rounds"]))
+        return
+    jobs = [
+        (f"{name}, {int(share * 100)}% stragglers", config(args.rounds, share, **arm), "train")
+        for share in STRAGGLERS
+        for name, arm in ARMS.items()
+    ]
+    runs = run_arms(jobs, args.workers)
+    save("fedprox_synthetic", runs)
+    report(runs, args.rounds)
 
 
 if __name__ == "__main__":
