@@ -117,14 +117,11 @@ class TorchTrainer:
                 index = order[batch]
                 loss = mean_loss(self.task, self.module(x[index]), y[index])
                 losses.append(loss.detach())
-                if anchors:
-                    proximal = sum(
-                        ((w - a) ** 2).sum() for w, a in zip(weights, anchors, strict=True)
-                    )
-                    loss = loss + 0.5 * config.proximal_mu * proximal
                 grads = torch.autograd.grad(loss, weights)
                 with torch.no_grad():
-                    for w, g in zip(weights, grads, strict=True):
+                    for k, (w, g) in enumerate(zip(weights, grads, strict=True)):
+                        if anchors:  # ∇ μ/2·‖w − w_global‖² = μ·(w − w_global)
+                            g = g + config.proximal_mu * (w - anchors[k])
                         w.add_(g, alpha=-config.lr)
         delta = Params({n: self._storage[n] - params[n] for n in params})
         return ClientUpdate(
