@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -49,6 +50,14 @@ def run_arm(label: str, config: SimulationConfig, evaluate_on: str = "heldout") 
             rounds.append(
                 {"round": report.round, **report.metrics, "completed": len(report.completed)}
             )
+            if report.round % max(1, config.rounds // 20) == 0 or report.round == config.rounds:
+                shown = {k: round(v, 4) for k, v in report.metrics.items()}
+                print(
+                    f"[{label}] round {report.round}/{config.rounds} "
+                    f"{time.perf_counter() - started:.0f}s {shown}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     final = {k: v for k, v in rounds[-1].items() if k != "round"}
     return {
         "label": label,
