@@ -11,6 +11,7 @@ PACKAGES = [
     "fedstream.client",
     "fedstream.data",
     "fedstream.models",
+    "fedstream.privacy",
     "fedstream.secure",
     "fedstream.simulation",
     "fedstream.strategies",
