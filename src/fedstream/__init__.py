@@ -10,7 +10,6 @@ from fedstream.errors import (
     FedstreamError,
     ParamsMismatchError,
     RoundFailedError,
-    UpdateRejected,
     WireFormatError,
 )
 from fedstream.params import Params
@@ -62,7 +61,6 @@ __all__ = [
     "SimulationResult",
     "TorchTrainer",
     "Trainer",
-    "UpdateRejected",
     "VectorizedTrainer",
     "WeightedSum",
     "WireFormatError",

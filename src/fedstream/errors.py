@@ -33,10 +33,6 @@ class ParamsMismatchError(FedstreamError, ValueError):
     """Two ``Params`` (or a model and a ``Params``) disagree on names, shapes or dtypes."""
 
 
-class UpdateRejected(FedstreamError, ValueError):
-    """A client's update failed validation (shape, dtype, NaN/Inf, norm bound)."""
-
-
 @dataclass(frozen=True)
 class ClientFailure:
     """Why one client produced no usable result in a round.

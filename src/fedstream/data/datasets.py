@@ -86,16 +86,6 @@ def diabetes_source(**_: Any) -> Source:
     )
 
 
-def load_digits_arrays() -> tuple[Array, Array]:
-    source = digits_source()
-    return source.x, source.y
-
-
-def load_diabetes_arrays() -> tuple[Array, Array]:
-    source = diabetes_source()
-    return source.x, source.y
-
-
 def _synthetic(iid: bool) -> Callable[..., Source]:
     def build(
         rng: np.random.Generator,
