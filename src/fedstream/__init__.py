@@ -9,6 +9,7 @@ from fedstream.errors import (
     ConfigError,
     FedstreamError,
     ParamsMismatchError,
+    PrivacyBudgetExceeded,
     RoundFailedError,
     WireFormatError,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "InProcessTransport",
     "Params",
     "ParamsMismatchError",
+    "PrivacyBudgetExceeded",
     "RoundConfig",
     "RoundFailedError",
     "RoundReport",

@@ -58,3 +58,18 @@ class RoundFailedError(FedstreamError, RuntimeError):
         lines = [f"round {round_number} failed: {reason}"]
         lines += [f"  - {failure}" for failure in self.failures]
         super().__init__("\n".join(lines))
+
+
+class PrivacyBudgetExceeded(RoundFailedError):
+    """The next round would spend more privacy than the run's target ε allows, so it is
+    not started; the state after the last round stands."""
+
+    def __init__(self, round_number: int, spent: float, after: float, target: float) -> None:
+        self.spent = spent
+        self.after = after
+        self.target = target
+        super().__init__(
+            round_number,
+            f"privacy budget: ε would rise from {spent:.4g} to {after:.4g}, "
+            f"above dp_target_epsilon={target:g}",
+        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -112,8 +112,14 @@ def check_update(
     global_params: Params,
     round_number: int,
     max_norm: float | None,
+    fit: FitConfig | None = None,
 ) -> str | None:
-    """Why ``update`` must be rejected, or ``None`` if it is acceptable."""
+    """Why ``update`` must be rejected, or ``None`` if it is acceptable.
+
+    Under client-level DP (``fit.privacy``) the weight must be 1 and, when the server adds
+    the noise, the norm at most the clip bound: an update that breaks either would break
+    the sum's sensitivity, and with it the privacy guarantee.
+    """
     if update.round != round_number:
         return f"update is for round {update.round}, expected round {round_number}"
     if not (math.isfinite(update.weight) and update.weight > 0):
@@ -124,10 +130,20 @@ def check_update(
         return str(exc)
     if not update.payload.is_finite():
         return "payload contains NaN or Inf"
-    if max_norm is not None:
+    if not all(math.isfinite(v) for v in update.extras.values()):
+        return f"extras={dict(update.extras)!r} is invalid: expected finite numbers"
+    bounds = {"max_update_norm": max_norm} if max_norm is not None else {}
+    privacy = fit.privacy if fit is not None else None
+    if privacy is not None:
+        if update.weight != 1.0:
+            return f"weight={update.weight!r} is invalid: expected 1 under client-level DP"
+        if privacy.noise_multiplier == 0:  # float rounding of the client's scaling aside
+            bounds["the DP clip bound"] = privacy.clip * (1 + 1e-6)
+    if bounds:
         norm = update.payload.norm()
-        if norm > max_norm:
-            return f"payload norm {norm:.6g} exceeds max_update_norm={max_norm:.6g}"
+        for label, bound in bounds.items():
+            if norm > bound:
+                return f"payload norm {norm:.6g} exceeds {label}={bound:.6g}"
     return None
 
 
@@ -169,6 +185,10 @@ def run_round(
         partial = rng.integers(1, config.local_epochs, size=count_slow)
         for index, done in zip(slow, partial, strict=True):
             epochs[sampled[int(index)]] = int(done)
+    fit = strategy.configure_fit(
+        state,
+        FitConfig(local_epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr),
+    )
     tasks = []
     for client_id, seed in zip(sampled, seeds, strict=True):
         if epochs[client_id] < config.local_epochs and config.drop_stragglers:
@@ -177,15 +197,8 @@ def run_round(
             )
             failures.append(ClientFailure(client_id, "straggle", reason))
             continue
-        fit = FitConfig(
-            local_epochs=epochs[client_id],
-            batch_size=config.batch_size,
-            lr=config.lr,
-            proximal_mu=strategy.proximal_mu,
-            payload=strategy.payload,
-            seed=int(seed),
-        )
-        tasks.append(FitTask(client_id, round_number, fit))
+        task_fit = replace(fit, local_epochs=epochs[client_id], seed=int(seed))
+        tasks.append(FitTask(client_id, round_number, task_fit))
 
     accumulator = PlainSum(state.params)
     completed: list[str] = []
@@ -208,11 +221,11 @@ def run_round(
             )
             continue
         expected.discard(result.client_id)
-        rejection = check_update(result, state.params, round_number, config.max_update_norm)
+        rejection = check_update(result, state.params, round_number, config.max_update_norm, fit)
         if rejection is not None:
             failures.append(ClientFailure(result.client_id, "validate", rejection))
             continue
-        accumulator.add(result.payload, result.weight)
+        accumulator.add(result.payload, result.weight, result.extras)
         completed.append(result.client_id)
         train_metrics.append((result.weight, result.metrics))
     failures += [
@@ -227,12 +240,15 @@ def run_round(
             f"min_clients={config.min_clients}",
             failures,
         )
-    new_state = strategy.server_update(state, accumulator.result(round_number))
+    # a strategy that draws (DP noise) takes the generator where sampling left it, in the state
+    drawing = state.evolve(rng_state=rng.bit_generator.state)
+    new_state = strategy.server_update(drawing, accumulator.result(round_number))
     if not new_state.params.is_finite():
         raise RoundFailedError(round_number, "the server update produced NaN or Inf parameters")
+    rng = new_state.generator()
     update_done = time.perf_counter()
 
-    metrics = _weighted_mean(train_metrics, "train_")
+    metrics = _weighted_mean(train_metrics, "train_") | dict(strategy.round_metrics(new_state))
     if evaluate and config.evaluate_fraction > 0:
         evaluators = (
             list(client_ids)

@@ -8,16 +8,66 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from fedstream import checks
 from fedstream.errors import ClientFailure
 from fedstream.params import Params
+
+if TYPE_CHECKING:
+    from fedstream.privacy.accountant import PrivacyLedger
 
 PayloadKind = Literal["delta", "gradient"]
 """What a client sends: ``delta`` = local params − global params; ``gradient`` = ∇loss at
 the global params."""
+
+
+@dataclass(frozen=True)
+class ClientPrivacy:
+    """What a client does to its update before it leaves, for client-level DP.
+
+    The payload is scaled to L2 norm at most ``clip`` (over all entries) and sent with
+    weight 1, so adding or removing one client changes the sum by at most ``clip``. With
+    ``noise_multiplier > 0`` (local DP) the client itself adds N(0, (noise_multiplier·clip)²)
+    to every entry, from the OS CSPRNG when ``secure_noise``; with 0 the server adds the
+    noise to the sum (central DP). The client also reports whether its update was within
+    ``clip`` (``ClientUpdate.extras["unclipped"]``), which adaptive clipping needs.
+    """
+
+    clip: float
+    noise_multiplier: float = 0.0
+    secure_noise: bool = False
+
+    def __post_init__(self) -> None:
+        checks.positive("clip", self.clip)
+        checks.non_negative("noise_multiplier", self.noise_multiplier)
+
+
+@dataclass(frozen=True)
+class SampleDP:
+    """Sample-level DP-SGD for local training (Abadi et al. 2016).
+
+    Each of ``steps`` local steps Poisson-samples every example with probability
+    ``sampling_rate``, clips each example's gradient to L2 norm ``clip``, adds
+    N(0, (noise_multiplier·clip)²) to their sum and divides by the expected batch size
+    (sampling_rate × examples). ``steps`` replaces the task's epochs and batch size, so that
+    every client's privacy cost per round is the same and the server can account for it.
+    """
+
+    clip: float
+    noise_multiplier: float
+    sampling_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        checks.positive("dp_sample_clip", self.clip)
+        checks.non_negative("noise_multiplier", self.noise_multiplier)
+        checks.in_unit_interval(
+            "dp_sampling_rate", self.sampling_rate, include_zero=False, include_one=True
+        )
+        checks.positive_int("steps", self.steps)
 
 
 @dataclass(frozen=True)
@@ -28,7 +78,8 @@ class FitConfig:
     μ/2·‖w − w_global‖² to the local objective. ``payload = "gradient"`` asks for one
     full-batch gradient at the global params (FedSGD) instead of local training.
     ``seed`` drives the client's own shuffling, so results do not depend on which
-    process or in which order clients run.
+    process or in which order clients run. ``privacy`` asks for a clipped (and, for local
+    DP, noised) update; ``sample_dp`` asks for DP-SGD instead of plain SGD.
     """
 
     local_epochs: int = 1
@@ -37,6 +88,8 @@ class FitConfig:
     proximal_mu: float = 0.0
     payload: PayloadKind = "delta"
     seed: int = 0
+    privacy: ClientPrivacy | None = None
+    sample_dp: SampleDP | None = None
 
 
 @dataclass(frozen=True)
@@ -45,7 +98,9 @@ class ClientUpdate:
 
     ``payload`` is a delta or a gradient (see ``PayloadKind``), shaped like the global
     params. ``weight`` is the number of training examples it came from (FedAvg's n_k).
-    ``metrics`` are plain numbers such as the mean training loss.
+    ``metrics`` are plain numbers such as the mean training loss. ``extras`` are scalars
+    the server may only learn summed over clients, so they travel inside the secure sum
+    beside the payload (e.g. DP's ``unclipped`` indicator for adaptive clipping).
     """
 
     client_id: str
@@ -53,6 +108,7 @@ class ClientUpdate:
     payload: Params
     weight: float
     metrics: Mapping[str, float] = field(default_factory=dict)
+    extras: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,12 +126,14 @@ class WeightedSum:
     """What a secure-sum backend reveals: Σ weight·payload over ``count`` clients, and Σ weight.
 
     Strategies see only this, never individual updates, so every strategy works with every
-    backend (plain, masking, homomorphic encryption).
+    backend (plain, masking, homomorphic encryption). ``extras`` holds the unweighted sums
+    of the clients' ``ClientUpdate.extras``.
     """
 
     total: Params
     weight: float
     count: int
+    extras: Mapping[str, float] = field(default_factory=dict)
 
     def mean(self) -> Params:
         """Σ w·x / Σ w, the example-weighted mean payload."""
@@ -88,7 +146,9 @@ class ServerState:
 
     ``round`` counts completed rounds (0 before the first). ``optimizer`` holds server
     optimiser moments by name (``"m"``, ``"v"``), each shaped like ``params``.
-    ``accountant`` is the privacy accountant's history, one entry per noisy release.
+    ``accountant`` holds the privacy ledgers by kind of guarantee (``"client"``,
+    ``"local"``, ``"sample"``): history only, ε is computed from it. ``clip_norm`` is the
+    current client-level DP clip bound (adaptive clipping moves it every round).
     ``rng_state`` is the numpy ``PCG64`` bit-generator state used to sample clients and seed
     them, so a resumed run draws exactly what an uninterrupted one would.
     """
@@ -96,7 +156,8 @@ class ServerState:
     round: int
     params: Params
     optimizer: Mapping[str, Params] = field(default_factory=dict)
-    accountant: tuple[Mapping[str, float], ...] = ()
+    accountant: Mapping[str, PrivacyLedger] = field(default_factory=dict)
+    clip_norm: float | None = None
     rng_state: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod

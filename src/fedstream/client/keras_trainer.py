@@ -79,6 +79,12 @@ class KerasTrainer:
                 config.payload,
                 "'delta' with the Keras adapter (FedSGD needs fedstream.TorchTrainer)",
             )
+        if config.sample_dp is not None:
+            raise ConfigError(
+                "dp",
+                "sample",
+                "'client' or 'local' with the Keras adapter (DP-SGD needs fedstream.TorchTrainer)",
+            )
         if data.num_train == 0:
             raise ValueError(f"client {task.client_id!r} has no training examples")
         self._load(params)

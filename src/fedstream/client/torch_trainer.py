@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
 
 from fedstream.client.base import FitTask
 from fedstream.data.base import ClientData, Task
@@ -72,7 +73,8 @@ class TorchTrainer:
 
     Each epoch shuffles with ``np.random.default_rng(task.config.seed)``, so the batches
     depend only on the task, not on the process or the order clients run in. The update is
-    plain SGD on mean batch loss (+ μ/2·‖w − w_global‖² when ``proximal_mu > 0``).
+    plain SGD on mean batch loss (+ μ/2·‖w − w_global‖² when ``proximal_mu > 0``), or
+    DP-SGD when the task asks for sample-level DP.
     """
 
     def __init__(self, module: nn.Module, task: Task) -> None:
@@ -108,6 +110,8 @@ class TorchTrainer:
                 task.client_id, task.round, payload, float(data.num_train), {"loss": loss.item()}
             )
 
+        if config.sample_dp is not None:
+            return self._fit_dp_sgd(params, task, x, y)
         anchors = [w.detach().clone() for w in weights] if config.proximal_mu > 0 else []
         rng = np.random.default_rng(config.seed)
         losses: list[torch.Tensor] = []
@@ -131,6 +135,52 @@ class TorchTrainer:
             float(data.num_train),
             {"loss": torch.stack(losses).mean().item()},
         )
+
+    def _fit_dp_sgd(
+        self, params: Params, task: FitTask, x: torch.Tensor, y: torch.Tensor
+    ) -> ClientUpdate:
+        """DP-SGD (``FitConfig.sample_dp``): Poisson-sampled steps, each example's gradient
+        clipped to L2 norm C over all parameters, N(0, (z·C)²) added to their sum, divided
+        by the expected batch size q·n. Per-example gradients come from ``torch.func``
+        (vmap over ``grad``), which needs a model vmap can batch (no recurrent layers)."""
+        config = task.config
+        dp = config.sample_dp
+        assert dp is not None
+        count = x.shape[0]
+        rng = np.random.default_rng(config.seed)
+        # plain tensors sharing the module's storage: updating them updates the module
+        weights = {n: torch.from_numpy(self._storage[n]) for n in self._names}
+        anchors = {n: w.clone() for n, w in weights.items()} if config.proximal_mu > 0 else {}
+
+        def example_loss(
+            w: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor
+        ) -> torch.Tensor:
+            out = functional_call(self.module, w, (xi.unsqueeze(0),))
+            return per_sample_loss(self.task, out, yi.unsqueeze(0)).sum()
+
+        per_example = vmap(grad_and_value(example_loss), in_dims=(None, 0, 0))
+        losses: list[float] = []
+        for _ in range(dp.steps):
+            chosen = torch.from_numpy(np.flatnonzero(rng.random(count) < dp.sampling_rate))
+            summed = {n: torch.zeros_like(w) for n, w in weights.items()}
+            if len(chosen) > 0:
+                grads, loss = per_example(weights, x[chosen], y[chosen])
+                norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
+                factor = dp.clip / torch.clamp(norms, min=dp.clip)  # min(1, C/‖g‖), 0-safe
+                summed = {n: torch.tensordot(factor, g, dims=1) for n, g in grads.items()}
+                losses.append(float(loss.mean()))
+            with torch.no_grad():
+                for name, w in weights.items():
+                    noise = rng.normal(0.0, dp.noise_multiplier * dp.clip, tuple(w.shape))
+                    g = (summed[name] + torch.from_numpy(noise).to(w.dtype)) / (
+                        dp.sampling_rate * count
+                    )
+                    if anchors:
+                        g = g + config.proximal_mu * (w - anchors[name])
+                    w.sub_(g, alpha=config.lr)
+        delta = Params({n: self._storage[n] - params[n] for n in params})
+        metrics = {"loss": float(np.mean(losses))} if losses else {}
+        return ClientUpdate(task.client_id, task.round, delta, float(count), metrics)
 
     def evaluate(
         self, params: Params, client_id: str, round_number: int, data: ClientData

@@ -105,6 +105,8 @@ class VectorizedTrainer:
         if not tasks:
             return []
         config = tasks[0].config
+        if config.sample_dp is not None:  # per-example gradients: one client at a time
+            return [self.sequential.fit(params, t, d) for t, d in zip(tasks, datasets, strict=True)]
         for task in tasks[1:]:
             if replace(task.config, seed=config.seed) != config:
                 raise ConfigError(

@@ -1,4 +1,5 @@
-"""Differential privacy: mechanisms, clipping, and a Rényi-DP accountant."""
+"""Differential privacy: mechanisms, clipping, a Rényi-DP accountant, and the DP-FedAvg
+wrapper over any sum-based strategy."""
 
 from fedstream.privacy.accountant import (
     DEFAULT_ORDERS,
@@ -7,6 +8,13 @@ from fedstream.privacy.accountant import (
     rdp_sampled_gaussian,
 )
 from fedstream.privacy.clipping import clip_l2
+from fedstream.privacy.dp import (
+    DP_LEVELS,
+    DifferentialPrivacy,
+    next_clip,
+    privatize_update,
+    update_noise_multiplier,
+)
 from fedstream.privacy.mechanisms import (
     SecureGenerator,
     add_gaussian,
@@ -19,6 +27,8 @@ from fedstream.privacy.mechanisms import (
 
 __all__ = [
     "DEFAULT_ORDERS",
+    "DP_LEVELS",
+    "DifferentialPrivacy",
     "PrivacyLedger",
     "SecureGenerator",
     "add_gaussian",
@@ -29,5 +39,8 @@ __all__ = [
     "gaussian_sigma_analytic",
     "gaussian_sigma_classic",
     "laplace_scale",
+    "next_clip",
+    "privatize_update",
     "rdp_sampled_gaussian",
+    "update_noise_multiplier",
 ]

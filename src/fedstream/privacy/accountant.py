@@ -16,6 +16,7 @@ The conversion to (ε, δ) is the tighter one of Balle et al. 2020 (Thm 21):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,6 +91,15 @@ def rdp_sampled_gaussian(
     """RDP of one step at each order, shape (len(orders),)."""
     checks.in_unit_interval("sampling_rate", sampling_rate, include_zero=True, include_one=True)
     checks.non_negative("noise_multiplier", noise_multiplier)
+    return np.array(_rdp_at_orders(float(sampling_rate), float(noise_multiplier), tuple(orders)))
+
+
+@functools.lru_cache(maxsize=256)
+def _rdp_at_orders(
+    sampling_rate: float, noise_multiplier: float, orders: tuple[float, ...]
+) -> tuple[float, ...]:
+    """Cached: a run asks for the same (q, z) every round, and fractional orders cost a
+    series of up to 1,000 terms each."""
     out = np.empty(len(orders))
     for k, alpha in enumerate(orders):
         if alpha <= 1:
@@ -107,7 +117,7 @@ def rdp_sampled_gaussian(
                 else _log_a_fractional(sampling_rate, noise_multiplier, alpha)
             )
             out[k] = log_a / (alpha - 1)
-    return out
+    return tuple(float(v) for v in out)
 
 
 def epsilon_from_rdp(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from fedstream.errors import RoundFailedError
@@ -21,14 +23,18 @@ class PlainSum:
         self._buffers = {name: np.zeros(shape, np.float64) for name, shape, _ in like.spec}
         self._weight = 0.0
         self._count = 0
+        self._extras: dict[str, float] = {}
 
-    def add(self, payload: Params, weight: float) -> None:
-        """Add ``weight · payload``; the payload must match the global params' layout."""
+    def add(self, payload: Params, weight: float, extras: Mapping[str, float] = {}) -> None:
+        """Add ``weight · payload`` (and ``extras``, unweighted); the payload must match the
+        global params' layout."""
         self._like.check_compatible(payload, "update payload", check_dtype=False)
         for name, buffer in self._buffers.items():
             buffer += weight * payload[name]
         self._weight += weight
         self._count += 1
+        for key, value in extras.items():
+            self._extras[key] = self._extras.get(key, 0.0) + value
 
     def result(self, round_number: int) -> WeightedSum:
         """The sum so far; an empty round is an error, never a silent zero update."""
@@ -42,4 +48,6 @@ class PlainSum:
                 )
             }
         )
-        return WeightedSum(total=total, weight=self._weight, count=self._count)
+        return WeightedSum(
+            total=total, weight=self._weight, count=self._count, extras=dict(self._extras)
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -16,7 +17,8 @@ from fedstream.data.datasets import DATASETS, NATURAL_ONLY, PARTITIONS
 from fedstream.data.shakespeare import EDITIONS
 from fedstream.errors import ConfigError
 from fedstream.models import MODELS
-from fedstream.rounds import RoundConfig
+from fedstream.privacy.dp import DP_LEVELS, DifferentialPrivacy, DPLevel
+from fedstream.rounds import RoundConfig, sample_size
 from fedstream.strategies import STRATEGIES, make_strategy
 from fedstream.strategies.base import Strategy
 
@@ -45,6 +47,22 @@ HELP: dict[str, str] = {
     "beta1": "FedAdam/FedYogi/FedAdagrad first-moment decay β1",
     "beta2": "FedAdam/FedYogi second-moment decay β2",
     "tau": "FedAdam/FedYogi/FedAdagrad adaptivity τ",
+    "dp": "differential privacy: none, client (central DP-FedAvg), local (clients add the "
+    "noise), sample (DP-SGD on every client)",
+    "dp_noise": "DP noise multiplier z (noise std = z × clip)",
+    "dp_clip": "DP clip bound: each update's L2 norm (client, local; start value when "
+    "adaptive) or each example's gradient norm (sample)",
+    "dp_delta": "DP δ at which ε is reported",
+    "dp_adaptive_clip": "dp=client: move the clip bound to a quantile of the update norms "
+    "(Andrew et al. 2021)",
+    "dp_target_quantile": "adaptive clipping: share of updates meant to fit within the bound",
+    "dp_clip_lr": "adaptive clipping: geometric learning rate of the bound",
+    "dp_clipped_count_stddev": "adaptive clipping: noise std on the count of unclipped "
+    "clients (default: clients per round / 20)",
+    "dp_sampling_rate": "dp=sample: Poisson rate at which each example joins a local step; "
+    "local steps per round = ceil(local_epochs / rate)",
+    "dp_target_epsilon": "refuse to start (or stop) a run that would spend more than this ε",
+    "dp_secure_noise": "draw DP noise from the OS CSPRNG (unpredictable, not reproducible)",
     "rounds": "number of rounds",
     "clients_per_round": "clients sampled per round: a count (20) or a fraction (0.2)",
     "min_clients": "minimum clients sampled and valid updates needed per round",
@@ -92,6 +110,18 @@ class SimulationConfig:
     beta1: float | None = None
     beta2: float | None = None
     tau: float | None = None
+    # differential privacy
+    dp: str = "none"
+    dp_noise: float = 1.0
+    dp_clip: float = 1.0
+    dp_delta: float = 1e-5
+    dp_adaptive_clip: bool = False
+    dp_target_quantile: float = 0.5
+    dp_clip_lr: float = 0.2
+    dp_clipped_count_stddev: float | None = None
+    dp_sampling_rate: float = 0.05
+    dp_target_epsilon: float | None = None
+    dp_secure_noise: bool = False
     # rounds and local training
     rounds: int = 30
     clients_per_round: int | float = 20
@@ -144,11 +174,22 @@ class SimulationConfig:
             raise ConfigError(
                 "min_clients", self.min_clients, f"at most num_clients ({self.num_clients})"
             )
-        self.build_strategy()  # validates the strategy name and its hyperparameters
+        strategy = self.build_strategy()  # validates the strategy and its hyperparameters
+        if isinstance(strategy, DifferentialPrivacy) and self.dp_target_epsilon is not None:
+            planned = strategy.epsilon_after(self.rounds)
+            if planned > self.dp_target_epsilon:
+                raise ConfigError(
+                    "dp_target_epsilon",
+                    self.dp_target_epsilon,
+                    f"at least {planned:.4g}, the ε (at δ={self.dp_delta:g}) that {self.rounds} "
+                    f"rounds spend at dp_noise={self.dp_noise:g}; raise dp_noise or run fewer "
+                    "rounds",
+                )
 
     def build_strategy(self) -> Strategy:
+        """The configured strategy, wrapped in ``DifferentialPrivacy`` when ``dp`` is on."""
         checks.one_of("strategy", self.strategy, list(STRATEGIES))
-        return make_strategy(
+        strategy = make_strategy(
             self.strategy,
             server_lr=self.server_lr,
             mu=self.mu,
@@ -157,6 +198,38 @@ class SimulationConfig:
             beta2=self.beta2,
             tau=self.tau,
         )
+        checks.one_of("dp", self.dp, ["none", *DP_LEVELS])
+        if self.dp == "none":
+            return strategy
+        per_round = sample_size(self.num_clients, self.clients_per_round, self.min_clients)
+        checks.in_unit_interval(
+            "dp_sampling_rate", self.dp_sampling_rate, include_zero=False, include_one=True
+        )
+        return DifferentialPrivacy(
+            strategy,
+            level=typing.cast(DPLevel, self.dp),
+            noise_multiplier=self.dp_noise,
+            clip=self.dp_clip,
+            delta=self.dp_delta,
+            client_sampling_rate=per_round / self.num_clients,
+            adaptive_clip=self.dp_adaptive_clip,
+            target_quantile=self.dp_target_quantile,
+            clip_lr=self.dp_clip_lr,
+            clipped_count_stddev=(
+                self.dp_clipped_count_stddev
+                if self.dp_clipped_count_stddev is not None
+                else per_round / 20
+            ),
+            example_sampling_rate=self.dp_sampling_rate,
+            local_steps=math.ceil(self.local_epochs / self.dp_sampling_rate),
+            target_epsilon=self.dp_target_epsilon,
+            secure_noise=self.dp_secure_noise,
+        )
+
+    @property
+    def label(self) -> str:
+        """The strategy as a person names it, e.g. ``fedavg + DP (client)``."""
+        return self.strategy if self.dp == "none" else f"{self.strategy} + DP ({self.dp})"
 
     def round_config(self) -> RoundConfig:
         return RoundConfig(

@@ -80,7 +80,7 @@ def build(config: SimulationConfig) -> Setup:
     module = build_model(
         config.model, dataset.num_features, dataset.num_outputs, config.seed, config.hidden, dtype
     )
-    trainer_name, why = choose_trainer(config.trainer, module)
+    trainer_name, why = choose_trainer(config.trainer, module, sample_dp=config.dp == "sample")
     trainer: Trainer = (
         VectorizedTrainer(module, dataset.task)
         if trainer_name == "vectorized"
@@ -109,10 +109,15 @@ def build(config: SimulationConfig) -> Setup:
     )
 
 
-def choose_trainer(requested: str, module: torch.nn.Module) -> tuple[str, str]:
-    """The trainer to use and why: ``auto`` picks the vectorised one when the model allows."""
+def choose_trainer(
+    requested: str, module: torch.nn.Module, sample_dp: bool = False
+) -> tuple[str, str]:
+    """The trainer to use and why: ``auto`` picks the vectorised one when the model allows
+    and the clients run plain SGD (DP-SGD's per-example gradients go one client at a time)."""
     if requested != "auto":
         return requested, "as configured"
+    if sample_dp:
+        return "sequential", "auto: DP-SGD computes per-example gradients one client at a time"
     reason = VectorizedTrainer.unsupported(module)
     if reason is None:
         return "vectorized", "auto: the model can be vmapped"

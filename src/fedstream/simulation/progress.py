@@ -19,6 +19,7 @@ _SHOWN = (
     ("fed_accuracy", "fed acc"),
     ("train_loss", "train loss"),
     ("central_mse", "mse"),
+    ("dp_epsilon", "ε"),
 )
 
 

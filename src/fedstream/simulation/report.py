@@ -29,6 +29,8 @@ CSV_COLUMNS = (
     "fed_accuracy",
     "central_loss",
     "central_accuracy",
+    "dp_epsilon",
+    "dp_clip",
     "bytes_down",
     "bytes_up",
     "fit_s",
@@ -134,7 +136,7 @@ def plot_curves(result: SimulationResult, path: Path) -> None:
             axis.legend()
     config = result.config
     figure.suptitle(
-        f"{config.strategy} on {config.dataset}: {config.num_clients} clients, "
+        f"{config.label} on {config.dataset}: {config.num_clients} clients, "
         f"{config.split} partition, {config.model}"
     )
     figure.tight_layout()
@@ -160,7 +162,7 @@ def write_outputs(
 
 def summary_table(result: SimulationResult) -> Table:
     """The final table a person reads after a run."""
-    table = Table(title=f"fedstream: {result.config.strategy} on {result.config.dataset}")
+    table = Table(title=f"fedstream: {result.config.label} on {result.config.dataset}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("rounds", str(len(result.reports)))

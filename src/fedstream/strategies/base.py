@@ -8,28 +8,43 @@ strategy can be called out of order, shared between runs, and saved with a check
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import ClassVar, Protocol, runtime_checkable
 
 from fedstream.params import Params
-from fedstream.types import PayloadKind, ServerState, WeightedSum
+from fedstream.types import FitConfig, PayloadKind, ServerState, WeightedSum
 
 
 @runtime_checkable
 class Strategy(Protocol):
     """Four parts of a federated algorithm (see DESIGN.md, "Aggregation is a weighted sum").
 
-    - ``payload``: what clients send, ``"delta"`` or ``"gradient"``;
-    - ``proximal_mu``: FedProx's μ for the client objective (0 for plain local loss);
+    - ``configure_fit``: what clients do — the payload kind (``"delta"`` or ``"gradient"``),
+      FedProx's μ for the client objective, clipping and noise under DP;
     - the secure sum Σ weight·payload is done by the round loop's backend;
-    - ``server_update``: new state from the old one and that sum.
+    - ``server_update``: new state from the old one and that sum;
+    - ``round_metrics``: numbers the strategy adds to each round's report (e.g. ε).
     """
 
-    name: ClassVar[str]
-    payload: ClassVar[PayloadKind]
-    needs_individual_updates: ClassVar[bool]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def payload(self) -> PayloadKind: ...
+
+    @property
+    def needs_individual_updates(self) -> bool: ...
 
     @property
     def proximal_mu(self) -> float: ...
+
+    def configure_fit(self, state: ServerState, fit: FitConfig) -> FitConfig:
+        """The task config for this round's clients, from the round loop's ``fit``."""
+        ...
+
+    def round_metrics(self, state: ServerState) -> Mapping[str, float]:
+        """Metrics for the report of the round that produced ``state``."""
+        ...
 
     def init_optimizer(self, params: Params) -> Mapping[str, Params]:
         """Server optimiser moments for a run starting at ``params`` (empty if none)."""
@@ -38,3 +53,26 @@ class Strategy(Protocol):
     def server_update(self, state: ServerState, aggregate: WeightedSum) -> ServerState:
         """Return ``state`` with new ``params`` and ``optimizer``; ``round`` is left alone."""
         ...
+
+
+@dataclass(frozen=True)
+class SumStrategy:
+    """The common parts of the strategies in DESIGN.md's table: clients send a delta (or a
+    gradient) and train on their plain local loss unless a subclass says otherwise; no
+    server optimiser state; nothing extra to report."""
+
+    payload: ClassVar[PayloadKind] = "delta"
+    needs_individual_updates: ClassVar[bool] = False
+
+    @property
+    def proximal_mu(self) -> float:
+        return 0.0
+
+    def configure_fit(self, state: ServerState, fit: FitConfig) -> FitConfig:
+        return replace(fit, payload=self.payload, proximal_mu=self.proximal_mu)
+
+    def round_metrics(self, state: ServerState) -> Mapping[str, float]:
+        return {}
+
+    def init_optimizer(self, params: Params) -> Mapping[str, Params]:
+        return {}

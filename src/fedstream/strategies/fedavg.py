@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 from fedstream import checks
 from fedstream.params import Params
+from fedstream.strategies.base import SumStrategy
 from fedstream.types import PayloadKind, ServerState, WeightedSum
 
 
@@ -22,24 +22,15 @@ def apply_mean_gradient(params: Params, mean_gradient: Params, server_lr: float)
 
 
 @dataclass(frozen=True)
-class FedAvg:
+class FedAvg(SumStrategy):
     """Federated averaging (McMahan et al. 2017): clients train locally and send
     ``weight · (w_local − w_global)``; the server adds the example-weighted mean delta."""
 
     name: ClassVar[str] = "fedavg"
-    payload: ClassVar[PayloadKind] = "delta"
-    needs_individual_updates: ClassVar[bool] = False
     server_lr: float = 1.0
 
     def __post_init__(self) -> None:
         checks.positive("server_lr", self.server_lr)
-
-    @property
-    def proximal_mu(self) -> float:
-        return 0.0
-
-    def init_optimizer(self, params: Params) -> Mapping[str, Params]:
-        return {}
 
     def server_update(self, state: ServerState, aggregate: WeightedSum) -> ServerState:
         return state.evolve(params=apply_mean_delta(state.params, aggregate.mean(), self.server_lr))
@@ -63,24 +54,16 @@ class FedProx(FedAvg):
 
 
 @dataclass(frozen=True)
-class FedSGD:
+class FedSGD(SumStrategy):
     """FedSGD (McMahan et al. 2017): each client sends one full-batch gradient at the global
     params; the server takes a gradient step of size ``server_lr`` on their weighted mean."""
 
     name: ClassVar[str] = "fedsgd"
     payload: ClassVar[PayloadKind] = "gradient"
-    needs_individual_updates: ClassVar[bool] = False
     server_lr: float = 0.1
 
     def __post_init__(self) -> None:
         checks.positive("server_lr", self.server_lr)
-
-    @property
-    def proximal_mu(self) -> float:
-        return 0.0
-
-    def init_optimizer(self, params: Params) -> Mapping[str, Params]:
-        return {}
 
     def server_update(self, state: ServerState, aggregate: WeightedSum) -> ServerState:
         new = apply_mean_gradient(state.params, aggregate.mean(), self.server_lr)

@@ -23,7 +23,8 @@ import numpy as np
 
 from fedstream import checks
 from fedstream.params import Params
-from fedstream.types import PayloadKind, ServerState, WeightedSum
+from fedstream.strategies.base import SumStrategy
+from fedstream.types import ServerState, WeightedSum
 
 AdaptiveVariant = Literal["adagrad", "adam", "yogi"]
 
@@ -62,23 +63,17 @@ def adaptive_step(
 
 
 @dataclass(frozen=True)
-class FedAvgM:
+class FedAvgM(SumStrategy):
     """FedAvg with server momentum (Hsu et al. 2019). Hsu et al. keep the effective step
     η/(1 − β) near 1, hence the default η = 0.1 with β = 0.9."""
 
     name: ClassVar[str] = "fedavgm"
-    payload: ClassVar[PayloadKind] = "delta"
-    needs_individual_updates: ClassVar[bool] = False
     server_lr: float = 0.1
     momentum: float = 0.9
 
     def __post_init__(self) -> None:
         checks.positive("server_lr", self.server_lr)
         checks.in_unit_interval("momentum", self.momentum, include_zero=True, include_one=False)
-
-    @property
-    def proximal_mu(self) -> float:
-        return 0.0
 
     def init_optimizer(self, params: Params) -> Mapping[str, Params]:
         return {"m": params.zeros_like()}
@@ -91,9 +86,7 @@ class FedAvgM:
 
 
 @dataclass(frozen=True)
-class _Adaptive:
-    payload: ClassVar[PayloadKind] = "delta"
-    needs_individual_updates: ClassVar[bool] = False
+class _Adaptive(SumStrategy):
     variant: ClassVar[AdaptiveVariant]
     server_lr: float = 0.01
     beta1: float = 0.9
@@ -105,10 +98,6 @@ class _Adaptive:
         checks.in_unit_interval("beta1", self.beta1, include_zero=True, include_one=False)
         checks.in_unit_interval("beta2", self.beta2, include_zero=True, include_one=False)
         checks.positive("tau", self.tau)
-
-    @property
-    def proximal_mu(self) -> float:
-        return 0.0
 
     def init_optimizer(self, params: Params) -> Mapping[str, Params]:
         return {"m": params.zeros_like(), "v": params.map(lambda a: np.full_like(a, self.tau**2))}

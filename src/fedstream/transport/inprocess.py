@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 
 from fedstream.client.base import CohortTrainer, FitTask, Trainer
+from fedstream.client.encode import prepare_upload
 from fedstream.data.base import ClientData
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
@@ -54,12 +55,12 @@ class InProcessTransport:
         self.cohort_size = cohort_size
 
     @staticmethod
-    def _upload(update: ClientUpdate, bytes_down: int) -> Delivery[ClientUpdate]:
-        """Pass the update through the wire format as a remote client's would be."""
-        wire = update.payload.to_bytes()
-        received = ClientUpdate(
-            update.client_id, update.round, Params.from_bytes(wire), update.weight, update.metrics
-        )
+    def _upload(update: ClientUpdate, config: FitConfig, bytes_down: int) -> Delivery[ClientUpdate]:
+        """Encode the update as its client would (``prepare_upload``) and pass it through the
+        wire format as a remote client's would be."""
+        sent = prepare_upload(update, config)
+        wire = sent.payload.to_bytes()
+        received = replace(sent, payload=Params.from_bytes(wire))
         return Delivery(update.client_id, received, bytes_down, len(wire))
 
     def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]:
@@ -79,8 +80,8 @@ class InProcessTransport:
                             task.client_id, ClientFailure(task.client_id, "train", cause), down, 0
                         )
                     continue
-                for update in updates:
-                    yield self._upload(update, down)
+                for task, update in zip(cohort, updates, strict=True):
+                    yield self._upload(update, task.config, down)
             return
         for task in tasks:
             try:
@@ -89,7 +90,7 @@ class InProcessTransport:
                 failure = ClientFailure(task.client_id, "train", describe_exception(exc))
                 yield Delivery(task.client_id, failure, down, 0)
                 continue
-            yield self._upload(update, down)
+            yield self._upload(update, task.config, down)
 
     def evaluate(
         self, params: Params, round_number: int, client_ids: Sequence[str]

@@ -1,0 +1,272 @@
+"""DP-FedAvg and its relatives as one wrapper over any sum-based strategy.
+
+Three guarantees, each with its own ledger in ``ServerState.accountant``:
+
+- ``client`` (central DP-FedAvg, McMahan et al. 2018): clients clip their update to L2 norm
+  C and send it with weight 1; the server adds N(0, (z·C)²) to the sum. Adding or removing
+  one client changes the sum by at most C, so each round is a sampled Gaussian mechanism
+  with noise multiplier z and sampling rate q = clients per round / clients. With
+  adaptive clipping (Andrew et al. 2021) C follows a target quantile of the update norms,
+  learnt from a noisy count of the clients whose update was within C.
+- ``local``: each client clips and adds N(0, (z·C)²) itself, so the server never sees an
+  un-noised update. Any two updates differ by at most 2C, so each client's release is a
+  Gaussian mechanism with multiplier z/2; the ledger records one such release per round, an
+  upper bound for a client that takes part in every round.
+- ``sample`` (DP-SGD on every client, Abadi et al. 2016): per-example clipping and noise in
+  local training. Every client makes the same number of Poisson-sampled steps at the same
+  rate, so one ledger entry per round bounds every example of every client that takes part
+  in every round.
+
+The mean the inner strategy sees is the noisy sum over the number of clients aggregated,
+which the server knows (it is public in the usual DP-FedAvg threat model).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+
+from fedstream import checks
+from fedstream.errors import ConfigError, PrivacyBudgetExceeded
+from fedstream.params import Params
+from fedstream.privacy.accountant import PrivacyLedger
+from fedstream.privacy.clipping import clip_l2
+from fedstream.privacy.mechanisms import NoiseSource, SecureGenerator, add_gaussian
+from fedstream.strategies.base import Strategy
+from fedstream.types import (
+    ClientPrivacy,
+    ClientUpdate,
+    FitConfig,
+    PayloadKind,
+    SampleDP,
+    ServerState,
+    WeightedSum,
+)
+
+DPLevel = Literal["client", "local", "sample"]
+DP_LEVELS: tuple[DPLevel, ...] = ("client", "local", "sample")
+
+
+def privatize_update(
+    update: ClientUpdate, privacy: ClientPrivacy, rng: NoiseSource
+) -> ClientUpdate:
+    """The client's side of client-level DP: clip the payload to ``privacy.clip``, set the
+    weight to 1, add local noise if asked, and report in ``extras["unclipped"]`` whether the
+    update was already within the bound (1.0) or had to be scaled down (0.0)."""
+    clipped, norm = clip_l2(update.payload, privacy.clip)
+    payload = (
+        add_gaussian(clipped, privacy.noise_multiplier * privacy.clip, rng)
+        if privacy.noise_multiplier > 0
+        else clipped
+    )
+    extras = {**update.extras, "unclipped": 1.0 if norm <= privacy.clip else 0.0}
+    return replace(update, payload=payload, weight=1.0, extras=extras)
+
+
+def update_noise_multiplier(noise_multiplier: float, clipped_count_stddev: float) -> float:
+    """The noise multiplier left for the update sum when a share of the privacy budget goes
+    to the clipped count: z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) (Andrew et al. 2021, Thm 1), so the
+    two releases together are one Gaussian mechanism with multiplier z."""
+    checks.non_negative("dp_noise", noise_multiplier)
+    checks.positive("dp_clipped_count_stddev", clipped_count_stddev)
+    if noise_multiplier == 0:
+        return 0.0
+    if 2 * clipped_count_stddev <= noise_multiplier:
+        raise ConfigError(
+            "dp_clipped_count_stddev",
+            clipped_count_stddev,
+            f"more than dp_noise/2 = {noise_multiplier / 2:g}, so the clipped count does not "
+            "use up the whole privacy budget",
+        )
+    return float((noise_multiplier**-2 - (2 * clipped_count_stddev) ** -2) ** -0.5)
+
+
+def next_clip(clip: float, unclipped_fraction: float, target_quantile: float, lr: float) -> float:
+    """Geometric update of the clip bound: C ← C·exp(−η·(b̄ − γ)) (Andrew et al. 2021), where
+    b̄ is the (noisy) fraction of clients within C and γ the target quantile. It grows
+    while fewer than γ of the updates fit and shrinks while more do."""
+    return clip * math.exp(-lr * (unclipped_fraction - target_quantile))
+
+
+@dataclass(frozen=True)
+class DifferentialPrivacy:
+    """A strategy with differential privacy at ``level`` (module docstring).
+
+    ``noise_multiplier`` is z; ``clip`` is C, the update bound (its start value under
+    adaptive clipping) at the client levels and the per-example gradient bound at the
+    sample level. ``client_sampling_rate`` is q for the client-level accountant.
+    ``example_sampling_rate`` and ``local_steps`` set DP-SGD's Poisson rate and steps per
+    round. ε is reported at ``delta``; with ``target_epsilon`` a round that would spend more
+    is refused before it starts. ``secure_noise`` draws noise from the OS CSPRNG (not
+    reproducible) instead of the run's seeded generator.
+    """
+
+    inner: Strategy
+    level: DPLevel = "client"
+    noise_multiplier: float = 1.0
+    clip: float = 1.0
+    delta: float = 1e-5
+    client_sampling_rate: float = 1.0
+    adaptive_clip: bool = False
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    clipped_count_stddev: float | None = None
+    example_sampling_rate: float = 0.05
+    local_steps: int = 20
+    target_epsilon: float | None = None
+    secure_noise: bool = False
+
+    def __post_init__(self) -> None:
+        checks.one_of("dp", self.level, list(DP_LEVELS))
+        if self.inner.needs_individual_updates:
+            raise ConfigError(
+                "strategy",
+                self.inner.name,
+                "a sum-based strategy: DP noise is added to the sum, and "
+                f"{self.inner.name} needs each client's update",
+            )
+        checks.non_negative("dp_noise", self.noise_multiplier)
+        checks.positive("dp_clip", self.clip)
+        checks.in_unit_interval("dp_delta", self.delta, include_zero=False, include_one=False)
+        checks.in_unit_interval(
+            "client_sampling_rate",
+            self.client_sampling_rate,
+            include_zero=False,
+            include_one=True,
+        )
+        checks.in_unit_interval(
+            "dp_target_quantile", self.target_quantile, include_zero=True, include_one=True
+        )
+        checks.non_negative("dp_clip_lr", self.clip_lr)
+        if self.adaptive_clip:
+            if self.level != "client":
+                raise ConfigError(
+                    "dp_adaptive_clip",
+                    True,
+                    f"dp='client' (adaptive clipping is central); got dp={self.level!r}",
+                )
+            update_noise_multiplier(self.noise_multiplier, self.count_stddev)
+        if self.level == "sample":
+            SampleDP(self.clip, self.noise_multiplier, self.example_sampling_rate, self.local_steps)
+            if self.inner.payload == "gradient":
+                raise ConfigError(
+                    "strategy",
+                    self.inner.name,
+                    "a strategy whose clients train locally for dp='sample'",
+                )
+        if self.target_epsilon is not None:
+            checks.positive("dp_target_epsilon", self.target_epsilon)
+
+    @property
+    def count_stddev(self) -> float:
+        """σ_b, the noise on the count of unclipped clients; by default 1/20 of the expected
+        clients per round, Andrew et al.'s choice."""
+        if self.clipped_count_stddev is not None:
+            return self.clipped_count_stddev
+        raise ConfigError(
+            "dp_clipped_count_stddev", None, "a number > 0 when dp_adaptive_clip is on"
+        )
+
+    # the Strategy protocol, delegated to the inner strategy where DP changes nothing
+    @property
+    def name(self) -> str:
+        return f"dp-{self.level}-{self.inner.name}"
+
+    @property
+    def payload(self) -> PayloadKind:
+        return self.inner.payload
+
+    @property
+    def needs_individual_updates(self) -> bool:
+        return False
+
+    @property
+    def proximal_mu(self) -> float:
+        return self.inner.proximal_mu
+
+    def init_optimizer(self, params: Params) -> Mapping[str, Params]:
+        return self.inner.init_optimizer(params)
+
+    def release(self) -> tuple[float, float, int]:
+        """One round's entry in the ledger: (noise multiplier, sampling rate, steps)."""
+        if self.level == "client":
+            return self.noise_multiplier, self.client_sampling_rate, 1
+        if self.level == "local":
+            return self.noise_multiplier / 2, 1.0, 1
+        return self.noise_multiplier, self.example_sampling_rate, self.local_steps
+
+    def ledger(self, state: ServerState) -> PrivacyLedger:
+        return state.accountant.get(self.level, PrivacyLedger())
+
+    def epsilon_after(self, rounds: int, ledger: PrivacyLedger | None = None) -> float:
+        """ε at ``delta`` once ``rounds`` more rounds are recorded on ``ledger``."""
+        ledger = ledger or PrivacyLedger()
+        noise, rate, steps = self.release()
+        if rounds > 0:
+            ledger = ledger.record(noise, rate, steps * rounds)
+        return ledger.epsilon(self.delta)
+
+    def configure_fit(self, state: ServerState, fit: FitConfig) -> FitConfig:
+        if self.target_epsilon is not None:
+            spent = self.ledger(state).epsilon(self.delta)
+            after = self.epsilon_after(1, self.ledger(state))
+            if after > self.target_epsilon:
+                raise PrivacyBudgetExceeded(state.round + 1, spent, after, self.target_epsilon)
+        fit = self.inner.configure_fit(state, fit)
+        if self.level == "sample":
+            return replace(
+                fit,
+                sample_dp=SampleDP(
+                    self.clip, self.noise_multiplier, self.example_sampling_rate, self.local_steps
+                ),
+            )
+        local = self.noise_multiplier if self.level == "local" else 0.0
+        clip = state.clip_norm if state.clip_norm is not None else self.clip
+        return replace(fit, privacy=ClientPrivacy(clip, local, self.secure_noise))
+
+    def server_update(self, state: ServerState, aggregate: WeightedSum) -> ServerState:
+        rng: NoiseSource = SecureGenerator() if self.secure_noise else state.generator()
+        clip = state.clip_norm if state.clip_norm is not None else self.clip
+        new_clip = state.clip_norm
+        if self.level == "client":
+            noise = (
+                update_noise_multiplier(self.noise_multiplier, self.count_stddev)
+                if self.adaptive_clip
+                else self.noise_multiplier
+            )
+            total = (
+                add_gaussian(aggregate.total, noise * clip, rng) if noise > 0 else aggregate.total
+            )
+            if self.adaptive_clip:
+                unclipped = aggregate.extras.get("unclipped", 0.0)
+                noisy = unclipped + float(rng.normal(0.0, self.count_stddev, None))
+                new_clip = next_clip(
+                    clip, noisy / aggregate.count, self.target_quantile, self.clip_lr
+                )
+            aggregate = WeightedSum(
+                total, float(aggregate.count), aggregate.count, aggregate.extras
+            )
+        new_state = self.inner.server_update(state, aggregate)
+        ledger = self.ledger(state).record(*self.release())
+        changes: dict[str, object] = {
+            "accountant": {**state.accountant, self.level: ledger},
+            "clip_norm": new_clip,
+        }
+        if isinstance(rng, np.random.Generator):
+            changes["rng_state"] = rng.bit_generator.state
+        return new_state.evolve(**changes)
+
+    def round_metrics(self, state: ServerState) -> Mapping[str, float]:
+        """``dp_epsilon``: ε spent so far at ``delta``; ``dp_clip``: the clip bound the next
+        round will use (client levels only)."""
+        metrics = {
+            **self.inner.round_metrics(state),
+            "dp_epsilon": self.ledger(state).epsilon(self.delta),
+        }
+        if self.level != "sample":
+            metrics["dp_clip"] = state.clip_norm if state.clip_norm is not None else self.clip
+        return metrics
