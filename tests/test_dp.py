@@ -337,3 +337,19 @@ def test_dp_composes_with_server_optimisers_and_rejects_fedsgd_for_dp_sgd():
     )  # fmt: skip
     assert "m" in result.state.optimizer and result.state.accountant["client"].entries
     assert result.config.label == "fedadam + DP (client)"
+
+
+def test_pld_accounting_is_tighter_than_rdp_and_selectable_per_run():
+    pytest.importorskip("dp_accounting")
+    ledger = PrivacyLedger().record(1.0, 0.2, 30)
+    rdp, pld = ledger.epsilon(1e-5), ledger.epsilon(1e-5, method="pld")
+    assert rdp == pytest.approx(8.9393, abs=1e-4)
+    assert 0.8 * rdp < pld < rdp  # dp-accounting's PLD gives 7.93 here
+    result = simulate(
+        num_clients=10, clients_per_round=2, rounds=2, local_epochs=1, dp="client",
+        dp_accountant="pld", evaluate_every=0,
+    )  # fmt: skip
+    expected = PrivacyLedger().record(1.0, 0.2, 2).epsilon(1e-5, method="pld")
+    assert result.final_metrics["dp_epsilon"] == pytest.approx(expected)
+    with pytest.raises(ConfigError, match="dp_accountant='moments' is invalid"):
+        SimulationConfig(dp="client", dp_accountant="moments")

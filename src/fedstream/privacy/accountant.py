@@ -12,6 +12,9 @@ series over both tails for fractional α (an order whose series does not converg
 1,000 terms is left out, as dp-accounting leaves it out). Steps compose additively.
 The conversion to (ε, δ) is the tighter one of Balle et al. 2020 (Thm 21):
 ε = min over α of RDP(α) + log((α − 1)/α) − (log δ + log α)/(α − 1).
+
+The same history can also be accounted with privacy-loss distributions (PLD) through
+Google's dp-accounting, which gives a tighter ε at about a second per call.
 """
 
 from __future__ import annotations
@@ -20,11 +23,15 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from scipy.special import binom, gammaln, log_ndtr
 
 from fedstream import checks
+from fedstream.errors import ConfigError
+
+AccountantMethod = Literal["rdp", "pld"]
 
 DEFAULT_ORDERS: tuple[float, ...] = (
     *(1 + x / 10 for x in range(1, 100)),
@@ -157,8 +164,37 @@ class PrivacyLedger:
             total += steps * rdp_sampled_gaussian(rate, noise, orders)
         return total
 
-    def epsilon(self, delta: float, orders: Sequence[float] = DEFAULT_ORDERS) -> float:
-        """ε at ``delta`` for everything recorded so far (0 for an empty ledger)."""
+    def epsilon(
+        self,
+        delta: float,
+        orders: Sequence[float] = DEFAULT_ORDERS,
+        method: AccountantMethod = "rdp",
+    ) -> float:
+        """ε at ``delta`` for everything recorded so far (0 for an empty ledger), by RDP or
+        by privacy-loss distributions (``method="pld"``, see :func:`epsilon_pld`)."""
         if not self.entries:
             return 0.0
+        if method == "pld":
+            return epsilon_pld(self.entries, delta)
         return epsilon_from_rdp(self.rdp(orders), delta, orders)[0]
+
+
+def epsilon_pld(entries: Sequence[tuple[float, float, int]], delta: float) -> float:
+    """ε at ``delta`` by composing privacy-loss distributions (Koskela et al. 2020; Doroshenko
+    et al. 2022) with Google's dp-accounting library: tighter than RDP, about a second per
+    call. dp-accounting is an optional dependency (``pip install 'fedstream[privacy]'``)."""
+    checks.in_unit_interval("delta", delta, include_zero=False, include_one=False)
+    try:
+        import dp_accounting
+        from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+    except ImportError:
+        raise ConfigError(
+            "dp_accountant",
+            "pld",
+            "'rdp', or install dp-accounting: pip install 'fedstream[privacy]'",
+        ) from None
+    accountant = PLDAccountant()
+    for noise, rate, steps in entries:
+        event = dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(noise))
+        accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    return float(accountant.get_epsilon(delta))

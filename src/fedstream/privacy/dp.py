@@ -33,7 +33,7 @@ import numpy as np
 from fedstream import checks
 from fedstream.errors import ConfigError, PrivacyBudgetExceeded
 from fedstream.params import Params
-from fedstream.privacy.accountant import PrivacyLedger
+from fedstream.privacy.accountant import AccountantMethod, PrivacyLedger
 from fedstream.privacy.clipping import clip_l2
 from fedstream.privacy.mechanisms import NoiseSource, SecureGenerator, add_gaussian
 from fedstream.strategies.base import Strategy
@@ -102,7 +102,8 @@ class DifferentialPrivacy:
     ``example_sampling_rate`` and ``local_steps`` set DP-SGD's Poisson rate and steps per
     round. ε is reported at ``delta``; with ``target_epsilon`` a round that would spend more
     is refused before it starts. ``secure_noise`` draws noise from the OS CSPRNG (not
-    reproducible) instead of the run's seeded generator.
+    reproducible) instead of the run's seeded generator. ``accountant`` is ``"rdp"`` or the
+    tighter and slower ``"pld"``.
     """
 
     inner: Strategy
@@ -119,9 +120,11 @@ class DifferentialPrivacy:
     local_steps: int = 20
     target_epsilon: float | None = None
     secure_noise: bool = False
+    accountant: AccountantMethod = "rdp"
 
     def __post_init__(self) -> None:
         checks.one_of("dp", self.level, list(DP_LEVELS))
+        checks.one_of("dp_accountant", self.accountant, ["rdp", "pld"])
         if self.inner.needs_individual_updates:
             raise ConfigError(
                 "strategy",
@@ -208,11 +211,14 @@ class DifferentialPrivacy:
         noise, rate, steps = self.release()
         if rounds > 0:
             ledger = ledger.record(noise, rate, steps * rounds)
-        return ledger.epsilon(self.delta)
+        return self.epsilon(ledger)
+
+    def epsilon(self, ledger: PrivacyLedger) -> float:
+        return ledger.epsilon(self.delta, method=self.accountant)
 
     def configure_fit(self, state: ServerState, fit: FitConfig) -> FitConfig:
         if self.target_epsilon is not None:
-            spent = self.ledger(state).epsilon(self.delta)
+            spent = self.epsilon(self.ledger(state))
             after = self.epsilon_after(1, self.ledger(state))
             if after > self.target_epsilon:
                 raise PrivacyBudgetExceeded(state.round + 1, spent, after, self.target_epsilon)
@@ -265,7 +271,7 @@ class DifferentialPrivacy:
         round will use (client levels only)."""
         metrics = {
             **self.inner.round_metrics(state),
-            "dp_epsilon": self.ledger(state).epsilon(self.delta),
+            "dp_epsilon": self.epsilon(self.ledger(state)),
         }
         if self.level != "sample":
             metrics["dp_clip"] = state.clip_norm if state.clip_norm is not None else self.clip

@@ -17,6 +17,7 @@ from fedstream.data.datasets import DATASETS, NATURAL_ONLY, PARTITIONS
 from fedstream.data.shakespeare import EDITIONS
 from fedstream.errors import ConfigError
 from fedstream.models import MODELS
+from fedstream.privacy.accountant import AccountantMethod
 from fedstream.privacy.dp import DP_LEVELS, DifferentialPrivacy, DPLevel
 from fedstream.rounds import RoundConfig, sample_size
 from fedstream.strategies import STRATEGIES, make_strategy
@@ -62,6 +63,8 @@ HELP: dict[str, str] = {
     "dp_sampling_rate": "dp=sample: Poisson rate at which each example joins a local step; "
     "local steps per round = ceil(local_epochs / rate)",
     "dp_target_epsilon": "refuse to start (or stop) a run that would spend more than this ε",
+    "dp_accountant": "how ε is computed: rdp, or pld (tighter, about 1 s per round, needs "
+    "dp-accounting)",
     "dp_secure_noise": "draw DP noise from the OS CSPRNG (unpredictable, not reproducible)",
     "rounds": "number of rounds",
     "clients_per_round": "clients sampled per round: a count (20) or a fraction (0.2)",
@@ -122,6 +125,7 @@ class SimulationConfig:
     dp_sampling_rate: float = 0.05
     dp_target_epsilon: float | None = None
     dp_secure_noise: bool = False
+    dp_accountant: str = "rdp"
     # rounds and local training
     rounds: int = 30
     clients_per_round: int | float = 20
@@ -224,6 +228,7 @@ class SimulationConfig:
             local_steps=math.ceil(self.local_epochs / self.dp_sampling_rate),
             target_epsilon=self.dp_target_epsilon,
             secure_noise=self.dp_secure_noise,
+            accountant=typing.cast(AccountantMethod, self.dp_accountant),
         )
 
     @property
