@@ -19,9 +19,11 @@ from fedstream.client.base import FitTask
 from fedstream.errors import ClientFailure, ConfigError, RoundFailedError
 from fedstream.params import Params
 from fedstream.secure.plain import PlainSum
+from fedstream.secure.secagg import SecAggConfig
+from fedstream.secure.session import secure_sum
 from fedstream.strategies.base import Strategy
 from fedstream.transport.base import Transport
-from fedstream.types import ClientUpdate, FitConfig, RoundReport, ServerState
+from fedstream.types import ClientUpdate, FitConfig, RoundReport, ServerState, WeightedSum
 
 CentralEvaluate = Callable[[Params], Mapping[str, float]]
 
@@ -40,6 +42,9 @@ class RoundConfig:
     paper's systems heterogeneity): each can finish only a uniformly drawn 1 … E−1 of the E
     local epochs. With ``drop_stragglers`` they are dropped and recorded (what FedAvg does);
     otherwise their partial work is aggregated (what FedProx does).
+
+    With ``secure_aggregation`` the sum is computed by SecAgg+ (``fedstream.secure``): the
+    server never sees an update, only the sum over the clients that completed the protocol.
     """
 
     clients_per_round: int | float = 10
@@ -52,6 +57,7 @@ class RoundConfig:
     max_update_norm: float | None = None
     straggler_fraction: float = 0.0
     drop_stragglers: bool = True
+    secure_aggregation: SecAggConfig | None = None
 
     def __post_init__(self) -> None:
         per_round = self.clients_per_round
@@ -173,6 +179,14 @@ def run_round(
     """Run round ``state.round + 1`` and return the new state and its report."""
     started = time.perf_counter()
     round_number = state.round + 1
+    secure = config.secure_aggregation
+    if secure is not None and strategy.needs_individual_updates:
+        raise ConfigError(
+            "secure_aggregation",
+            "secagg+",
+            f"a sum-based strategy; {strategy.name} needs each client's update, which "
+            "secure aggregation hides",
+        )
     rng = state.generator()
     count = sample_size(len(client_ids), config.clients_per_round, config.min_clients)
     sampled = sample_clients(rng, client_ids, count)
@@ -187,7 +201,12 @@ def run_round(
             epochs[sampled[int(index)]] = int(done)
     fit = strategy.configure_fit(
         state,
-        FitConfig(local_epochs=config.local_epochs, batch_size=config.batch_size, lr=config.lr),
+        FitConfig(
+            local_epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            lr=config.lr,
+            secure_aggregation=secure is not None,
+        ),
     )
     tasks = []
     for client_id, seed in zip(sampled, seeds, strict=True):
@@ -221,6 +240,14 @@ def run_round(
             )
             continue
         expected.discard(result.client_id)
+        if secure is not None:  # the update stays on the client until the secure sum
+            if result.round != round_number:
+                reason = f"answer is for round {result.round}, expected round {round_number}"
+                failures.append(ClientFailure(result.client_id, "validate", reason))
+                continue
+            completed.append(result.client_id)
+            train_metrics.append((1.0, result.metrics))
+            continue
         rejection = check_update(result, state.params, round_number, config.max_update_norm, fit)
         if rejection is not None:
             failures.append(ClientFailure(result.client_id, "validate", rejection))
@@ -231,18 +258,29 @@ def run_round(
     failures += [
         ClientFailure(t.client_id, "train", "no answer") for t in tasks if t.client_id in expected
     ]
+    aggregate: WeightedSum | None = None
+    if secure is not None and len(completed) >= max(2, config.min_clients):
+        outcome = secure_sum(transport, round_number, completed, state.params, secure, rng)
+        failures += outcome.failures
+        bytes_down += outcome.bytes_down
+        bytes_up += outcome.bytes_up
+        completed = list(outcome.included)
+        aggregate = outcome.aggregate
     fit_done = time.perf_counter()
 
-    if len(completed) < config.min_clients:
+    if len(completed) < config.min_clients or (secure is not None and len(completed) < 2):
         raise RoundFailedError(
             round_number,
             f"{len(completed)} of {len(sampled)} sampled clients gave a valid update, "
-            f"min_clients={config.min_clients}",
+            f"min_clients={config.min_clients}"
+            + (" (secure aggregation needs at least 2)" if secure is not None else ""),
             failures,
         )
+    if aggregate is None:
+        aggregate = accumulator.result(round_number)
     # a strategy that draws (DP noise) takes the generator where sampling left it, in the state
     drawing = state.evolve(rng_state=rng.bit_generator.state)
-    new_state = strategy.server_update(drawing, accumulator.result(round_number))
+    new_state = strategy.server_update(drawing, aggregate)
     if not new_state.params.is_finite():
         raise RoundFailedError(round_number, "the server update produced NaN or Inf parameters")
     rng = new_state.generator()

@@ -90,6 +90,7 @@ class FitConfig:
     seed: int = 0
     privacy: ClientPrivacy | None = None
     sample_dp: SampleDP | None = None
+    secure_aggregation: bool = False
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from fedstream.models import MODELS
 from fedstream.privacy.accountant import AccountantMethod
 from fedstream.privacy.dp import DP_LEVELS, DifferentialPrivacy, DPLevel
 from fedstream.rounds import RoundConfig, sample_size
+from fedstream.secure.secagg import SecAggConfig
 from fedstream.strategies import STRATEGIES, make_strategy
 from fedstream.strategies.base import Strategy
 
@@ -66,6 +67,13 @@ HELP: dict[str, str] = {
     "dp_accountant": "how ε is computed: rdp, or pld (tighter, about 1 s per round, needs "
     "dp-accounting)",
     "dp_secure_noise": "draw DP noise from the OS CSPRNG (unpredictable, not reproducible)",
+    "secure_aggregation": "how the server sums updates: none (plain), secagg+ (it sees only "
+    "the sum)",
+    "secagg_neighbours": "SecAgg+: neighbours each client shares secrets with "
+    "(default: min(clients per round − 1, 20))",
+    "secagg_threshold": "SecAgg+: shares needed to recover a client (default: max(2, ⌈k/4⌉))",
+    "secagg_fraction_bits": "SecAgg+: fixed-point fraction bits (quantisation step 2^-bits)",
+    "secagg_max_abs": "SecAgg+: largest magnitude of weight × update entry a client may send",
     "rounds": "number of rounds",
     "clients_per_round": "clients sampled per round: a count (20) or a fraction (0.2)",
     "min_clients": "minimum clients sampled and valid updates needed per round",
@@ -126,6 +134,12 @@ class SimulationConfig:
     dp_target_epsilon: float | None = None
     dp_secure_noise: bool = False
     dp_accountant: str = "rdp"
+    # secure aggregation
+    secure_aggregation: str = "none"
+    secagg_neighbours: int | None = None
+    secagg_threshold: int | None = None
+    secagg_fraction_bits: int = 24
+    secagg_max_abs: float = 2.0**20
     # rounds and local training
     rounds: int = 30
     clients_per_round: int | float = 20
@@ -179,6 +193,15 @@ class SimulationConfig:
                 "min_clients", self.min_clients, f"at most num_clients ({self.num_clients})"
             )
         strategy = self.build_strategy()  # validates the strategy and its hyperparameters
+        secure = self.round_config().secure_aggregation
+        if secure is not None:
+            secure.resolve(sample_size(self.num_clients, self.clients_per_round, self.min_clients))
+            if strategy.needs_individual_updates:
+                raise ConfigError(
+                    "secure_aggregation",
+                    self.secure_aggregation,
+                    f"'none' with strategy={self.strategy!r}, which needs each client's update",
+                )
         if isinstance(strategy, DifferentialPrivacy) and self.dp_target_epsilon is not None:
             planned = strategy.epsilon_after(self.rounds)
             if planned > self.dp_target_epsilon:
@@ -234,7 +257,12 @@ class SimulationConfig:
     @property
     def label(self) -> str:
         """The strategy as a person names it, e.g. ``fedavg + DP (client)``."""
-        return self.strategy if self.dp == "none" else f"{self.strategy} + DP ({self.dp})"
+        parts = [self.strategy]
+        if self.dp != "none":
+            parts.append(f"DP ({self.dp})")
+        if self.secure_aggregation != "none":
+            parts.append("SecAgg+")
+        return " + ".join(parts)
 
     def round_config(self) -> RoundConfig:
         return RoundConfig(
@@ -248,6 +276,19 @@ class SimulationConfig:
             max_update_norm=self.max_update_norm,
             straggler_fraction=self.straggler_fraction,
             drop_stragglers=self.drop_stragglers,
+            secure_aggregation=self.secagg(),
+        )
+
+    def secagg(self) -> SecAggConfig | None:
+        """The SecAgg+ settings, or ``None`` for the plain sum."""
+        checks.one_of("secure_aggregation", self.secure_aggregation, ["none", "secagg+"])
+        if self.secure_aggregation == "none":
+            return None
+        return SecAggConfig(
+            neighbours=self.secagg_neighbours,
+            threshold=self.secagg_threshold,
+            fraction_bits=self.secagg_fraction_bits,
+            max_abs=self.secagg_max_abs,
         )
 
     @property

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -36,3 +36,10 @@ class Transport(Protocol):
     def evaluate(
         self, params: Params, round_number: int, client_ids: Sequence[str]
     ) -> Iterator[Delivery[EvaluateResult]]: ...
+
+    def exchange(
+        self, stage: str, round_number: int, requests: Mapping[str, bytes]
+    ) -> Iterator[tuple[str, bytes | ClientFailure]]:
+        """One stage of a multi-step protocol (secure aggregation): each client's answer to
+        its request, or its failure."""
+        ...

@@ -17,6 +17,7 @@ from fedstream.client.encode import prepare_upload
 from fedstream.data.base import ClientData
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
+from fedstream.secure.session import STAGES, DeviceSecAgg
 from fedstream.transport.base import Delivery
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
@@ -41,7 +42,14 @@ def _cohorts(tasks: Sequence[FitTask], size: int) -> Iterator[list[FitTask]]:
 
 class InProcessTransport:
     """Runs every task in this process. With a ``CohortTrainer`` a round's tasks are trained
-    together in cohorts of at most ``cohort_size`` clients."""
+    together in cohorts of at most ``cohort_size`` clients.
+
+    Each client's device-side state for the current round (an update held back for secure
+    aggregation, its SecAgg+ keys and shares) lives in this object, as it would on the
+    device. ``offline`` simulates dropouts: a client listed with a stage (``"fit"``,
+    ``"advertise"``, ``"share"``, ``"mask"``, ``"unmask"``) stops answering from that stage
+    on.
+    """
 
     def __init__(
         self, clients: Mapping[str, ClientData], trainer: Trainer, cohort_size: int = 256
@@ -53,15 +61,43 @@ class InProcessTransport:
         self.clients = clients
         self.trainer = trainer
         self.cohort_size = cohort_size
+        self.offline: dict[str, str] = {}
+        self._devices = {client_id: DeviceSecAgg(client_id) for client_id in clients}
 
-    @staticmethod
-    def _upload(update: ClientUpdate, config: FitConfig, bytes_down: int) -> Delivery[ClientUpdate]:
+    def _is_offline(self, client_id: str, stage: str) -> bool:
+        order = ("fit", *STAGES)
+        since = self.offline.get(client_id)
+        return since is not None and order.index(since) <= order.index(stage)
+
+    def _upload(
+        self, update: ClientUpdate, config: FitConfig, bytes_down: int
+    ) -> Delivery[ClientUpdate]:
         """Encode the update as its client would (``prepare_upload``) and pass it through the
-        wire format as a remote client's would be."""
+        wire format as a remote client's would be. Under secure aggregation the client
+        keeps the update and answers with its metrics only."""
+        if self._is_offline(update.client_id, "fit"):
+            failure = ClientFailure(update.client_id, "train", "offline (simulated dropout)")
+            return Delivery(update.client_id, failure, bytes_down, 0)
         sent = prepare_upload(update, config)
+        if config.secure_aggregation:
+            self._devices[update.client_id].hold(sent)
+            sent = replace(sent, payload=Params({}), weight=0.0, extras={})
         wire = sent.payload.to_bytes()
         received = replace(sent, payload=Params.from_bytes(wire))
         return Delivery(update.client_id, received, bytes_down, len(wire))
+
+    def exchange(
+        self, stage: str, round_number: int, requests: Mapping[str, bytes]
+    ) -> Iterator[tuple[str, bytes | ClientFailure]]:
+        """Answer one SecAgg+ stage for each client asked, from its device-side state."""
+        for client_id, request in requests.items():
+            if self._is_offline(client_id, stage):
+                yield client_id, ClientFailure(client_id, stage, "offline (simulated dropout)")
+                continue
+            try:
+                yield client_id, self._devices[client_id].answer(stage, round_number, request)
+            except Exception as exc:
+                yield client_id, ClientFailure(client_id, stage, describe_exception(exc))
 
     def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]:
         wire = params.to_bytes()

@@ -1,0 +1,421 @@
+"""SecAgg+ (Bell et al. 2020, after Bonawitz et al. 2017): the server learns Σ of the
+clients' vectors and nothing else, even when clients drop out at any stage.
+
+Per round, over the sampled clients U₁ and a k-regular neighbour graph:
+
+1. **advertise**: each client u makes two X25519 key pairs, (c_u, C_u) to encrypt shares and
+   (s_u, S_u) to agree masks, and sends C_u, S_u.
+2. **share**: u draws a self-mask seed b_u and splits b_u and s_u into Shamir shares with
+   threshold t, one per neighbour. Each share pair goes to its neighbour v through the
+   server, encrypted with AES-GCM under HKDF(X25519(c_u, C_v)). U₂ = clients that shared.
+3. **mask**: u fixed-point encodes its vector x_u into Z_{2⁶⁴} and sends
+   y_u = x_u + PRG(b_u) + Σ_{v ∈ N(u) ∩ U₂} ±PRG(HKDF(X25519(s_u, S_v))), with + when u < v
+   and − otherwise, so each pair's masks cancel in the sum. U₃ = clients that masked.
+4. **unmask**: each live client v reveals, for every neighbour u, a share of b_u if u ∈ U₃ or
+   a share of s_u if u ∈ U₂ \\ U₃, never both for the same u.
+
+The server reconstructs b_u for u ∈ U₃ and s_u for the dropped u ∈ U₂ \\ U₃. It then
+subtracts the self-masks and the dropped clients' pairwise masks from Σ y_u, which leaves
+Σ x_u over U₃ exactly (mod 2⁶⁴). Any secret it lacks t shares of fails the round with how
+many were needed and how many there were.
+
+The server is assumed honest-but-curious: it follows the protocol, and it learns nothing
+beyond the sum unless it colludes with t or more of a client's neighbours. Bonawitz et
+al.'s consistency round with signatures, which defends against a server that lies about
+dropouts, is not implemented. The masked arithmetic is in the ring Z_{2⁶⁴} (uint64
+wrap-around), which Bonawitz et al. allow (any Z_R). Shamir sharing is over the prime field
+GF(2⁵²¹ − 1), whose elements hold the 32-byte secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from fedstream import checks
+from fedstream.errors import ConfigError, FedstreamError
+
+FIELD_PRIME = 2**521 - 1
+Vector = npt.NDArray[np.uint64]
+
+
+class SecAggError(FedstreamError, ValueError):
+    """A SecAgg+ message is malformed, of the wrong size, or fails authentication."""
+
+
+# -- parameters ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """SecAgg+ settings.
+
+    ``neighbours`` (k) is how many others each client shares its secrets with (``None``:
+    min(clients − 1, 20); all others makes it Bonawitz et al.'s original SecAgg).
+    ``threshold`` (t) is how many of a client's neighbours must stay to recover it
+    (``None``: max(2, ⌈k/4⌉)). Any fewer than t colluding neighbours learn nothing from the
+    server's view. Values are encoded in fixed point with ``fraction_bits``; each must be at
+    most ``max_abs`` in magnitude, and the sum over all clients must stay below 2⁶³.
+    """
+
+    neighbours: int | None = None
+    threshold: int | None = None
+    fraction_bits: int = 24
+    max_abs: float = 2.0**20
+
+    def __post_init__(self) -> None:
+        if self.neighbours is not None:
+            checks.positive_int("secagg_neighbours", self.neighbours)
+        if self.threshold is not None:
+            checks.positive_int("secagg_threshold", self.threshold)
+        checks.positive_int("secagg_fraction_bits", self.fraction_bits)
+        checks.positive("secagg_max_abs", self.max_abs)
+        if self.fraction_bits + math.log2(self.max_abs) >= 62:
+            raise ConfigError(
+                "secagg_fraction_bits",
+                self.fraction_bits,
+                f"fraction_bits + log2(max_abs) < 62 (max_abs={self.max_abs:g})",
+            )
+
+    def resolve(self, clients: int) -> tuple[int, int]:
+        """(k, t) for a round of ``clients`` participants; bad combinations are named."""
+        if clients < 2:
+            raise ConfigError("clients_per_round", clients, "at least 2 with secure aggregation")
+        k = self.neighbours if self.neighbours is not None else min(clients - 1, 20)
+        if k > clients - 1:
+            raise ConfigError(
+                "secagg_neighbours", k, f"at most clients per round − 1 ({clients - 1})"
+            )
+        t = self.threshold if self.threshold is not None else max(2, math.ceil(k / 4))
+        if t > k:
+            raise ConfigError(
+                "secagg_threshold", t, f"at most the number of neighbours secagg_neighbours={k}"
+            )
+        headroom = 2.0**63 / (2.0**self.fraction_bits * self.max_abs)
+        if clients > headroom:
+            raise ConfigError(
+                "secagg_max_abs",
+                self.max_abs,
+                f"small enough that {clients} clients' sum fits in 63 bits",
+            )
+        return k, t
+
+
+def neighbour_graph(
+    client_ids: Sequence[str], k: int, rng: np.random.Generator
+) -> dict[str, tuple[str, ...]]:
+    """A k-regular undirected graph (k even, or k = n − 1): clients in a seeded random ring,
+    each linked to the ⌊k/2⌋ nearest on either side; odd k < n − 1 adds the opposite
+    client when n is even (a Harary graph). Symmetric: v ∈ N(u) ⇔ u ∈ N(v)."""
+    n = len(client_ids)
+    if k >= n - 1:
+        return {u: tuple(v for v in client_ids if v != u) for u in client_ids}
+    ring = [client_ids[int(i)] for i in rng.permutation(n)]
+    links: dict[str, set[str]] = {u: set() for u in client_ids}
+    for i, u in enumerate(ring):
+        for step in range(1, k // 2 + 1):
+            v = ring[(i + step) % n]
+            links[u].add(v)
+            links[v].add(u)
+        if k % 2 == 1 and n % 2 == 0:
+            v = ring[(i + n // 2) % n]
+            links[u].add(v)
+            links[v].add(u)
+    return {u: tuple(sorted(links[u])) for u in client_ids}
+
+
+# -- primitives (pure functions) ---------------------------------------------------------
+
+
+def shamir_split(secret: bytes, count: int, threshold: int) -> list[tuple[int, int]]:
+    """``count`` shares (x = 1 … count, y) of ``secret`` (≤ 64 bytes); any ``threshold`` of
+    them recover it, fewer reveal nothing. Coefficients come from the OS CSPRNG."""
+    value = int.from_bytes(secret, "big")
+    if value >= FIELD_PRIME:
+        raise SecAggError("secret too large for the Shamir field")
+    coefficients = [value] + [
+        int.from_bytes(os.urandom(66), "big") % FIELD_PRIME for _ in range(threshold - 1)
+    ]
+    shares = []
+    for x in range(1, count + 1):
+        y = 0
+        for c in reversed(coefficients):  # Horner
+            y = (y * x + c) % FIELD_PRIME
+        shares.append((x, y))
+    return shares
+
+
+def shamir_combine(shares: Sequence[tuple[int, int]], length: int = 32) -> bytes:
+    """The secret of ``length`` bytes from shares (x, y) by Lagrange interpolation at 0."""
+    xs = [x for x, _ in shares]
+    if len(set(xs)) != len(xs):
+        raise SecAggError(f"duplicate share indices {sorted(xs)}")
+    value = 0
+    for i, (x_i, y_i) in enumerate(shares):
+        numerator, denominator = 1, 1
+        for j, (x_j, _) in enumerate(shares):
+            if i != j:
+                numerator = numerator * -x_j % FIELD_PRIME
+                denominator = denominator * (x_i - x_j) % FIELD_PRIME
+        value = (value + y_i * numerator * pow(denominator, -1, FIELD_PRIME)) % FIELD_PRIME
+    if value >= 1 << (8 * length):
+        raise SecAggError("the shares do not combine to a valid secret")
+    return value.to_bytes(length, "big")
+
+
+def prg(seed: bytes, length: int) -> Vector:
+    """``length`` uniform uint64 words from a 32-byte seed: the ChaCha20 keystream."""
+    stream = Cipher(algorithms.ChaCha20(seed, b"\0" * 16), mode=None).encryptor()
+    return np.frombuffer(stream.update(bytes(8 * length)), dtype=np.uint64)
+
+
+def agree(private: X25519PrivateKey, public: bytes, purpose: bytes) -> bytes:
+    """A 32-byte key both ends derive: HKDF-SHA256 of the X25519 shared secret."""
+    shared = private.exchange(X25519PublicKey.from_public_bytes(public))
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(shared)
+
+
+def encode_fixed(values: npt.NDArray[np.float64], fraction_bits: int, max_abs: float) -> Vector:
+    """round(x·2^f) as two's-complement uint64; refuses NaN/Inf and |x| > ``max_abs``."""
+    if not np.all(np.isfinite(values)):
+        raise SecAggError("the vector to aggregate contains NaN or Inf")
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    if largest > max_abs:
+        raise SecAggError(f"a value of magnitude {largest:.6g} exceeds secagg_max_abs={max_abs:g}")
+    return np.round(values * 2.0**fraction_bits).astype(np.int64).view(np.uint64)
+
+
+def decode_fixed(total: Vector, fraction_bits: int) -> npt.NDArray[np.float64]:
+    """The signed fixed-point sum back to floats."""
+    return total.view(np.int64).astype(np.float64) / 2.0**fraction_bits
+
+
+def _public_bytes(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _private_bytes(key: X25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+
+
+# -- message framing ----------------------------------------------------------------------
+
+
+def pack(header: Mapping[str, Any], blob: bytes = b"") -> bytes:
+    """A message: 4-byte header length, a JSON header (bytes as hex), then a raw blob."""
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack("<I", len(raw)) + raw + blob
+
+
+def unpack(message: bytes, what: str) -> tuple[dict[str, Any], bytes]:
+    if len(message) < 4:
+        raise SecAggError(f"{what}: truncated message of {len(message)} bytes")
+    (size,) = struct.unpack_from("<I", message)
+    if 4 + size > len(message):
+        raise SecAggError(
+            f"{what}: header of {size} bytes overruns the {len(message)}-byte message"
+        )
+    try:
+        header = json.loads(message[4 : 4 + size])
+    except ValueError as exc:
+        raise SecAggError(f"{what}: header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise SecAggError(f"{what}: header is not an object")
+    return header, message[4 + size :]
+
+
+def hex_field(header: Mapping[str, Any], key: str, size: int, what: str) -> bytes:
+    try:
+        value = bytes.fromhex(str(header[key]))
+    except (KeyError, ValueError):
+        raise SecAggError(f"{what}: field {key!r} missing or not hex") from None
+    if len(value) != size:
+        raise SecAggError(f"{what}: field {key!r} has {len(value)} bytes, expected {size}")
+    return value
+
+
+# -- the client's side ----------------------------------------------------------------------
+
+
+class SecAggClient:
+    """One client's state for one round of SecAgg+. Its secrets never leave it except as
+    encrypted shares and, at unmasking, the shares the protocol allows."""
+
+    def __init__(self, client_id: str, round_number: int, config: SecAggConfig) -> None:
+        self.client_id = client_id
+        self.round = round_number
+        self.config = config
+        self._cipher_key = X25519PrivateKey.generate()
+        self._mask_key = X25519PrivateKey.generate()
+        self._self_seed = os.urandom(32)
+        self.neighbours: tuple[str, ...] = ()
+        self.threshold = 0
+        self._keys: dict[str, tuple[bytes, bytes]] = {}  # neighbour → (C_v, S_v)
+        self._held: dict[str, tuple[int, int, int]] = {}  # owner → (x, b share, s share)
+        self._maskers: tuple[str, ...] = ()
+        self._revealed: set[str] = set()
+
+    def advertise(self, request: bytes) -> bytes:
+        """Stage 1: learn the neighbours and threshold; answer with both public keys."""
+        header, _ = unpack(request, "advertise request")
+        neighbours = header.get("neighbours")
+        if not isinstance(neighbours, list) or self.client_id in neighbours:
+            raise SecAggError("advertise request: neighbours must be a list of other clients")
+        self.neighbours = tuple(str(v) for v in neighbours)
+        self.threshold = int(header.get("threshold", 0))
+        if not 1 <= self.threshold <= len(self.neighbours):
+            raise SecAggError(
+                f"advertise request: threshold={self.threshold} is invalid: expected 1 … "
+                f"{len(self.neighbours)} (the number of neighbours)"
+            )
+        return pack(
+            {
+                "cipher_key": _public_bytes(self._cipher_key).hex(),
+                "mask_key": _public_bytes(self._mask_key).hex(),
+            }
+        )
+
+    def share(self, request: bytes) -> bytes:
+        """Stage 2: given the neighbours' public keys, encrypt one share pair for each."""
+        header, _ = unpack(request, "share request")
+        keys = header.get("keys")
+        if not isinstance(keys, dict) or set(keys) - set(self.neighbours):
+            raise SecAggError("share request: keys must be given for neighbours only")
+        for v, pair in keys.items():
+            what = f"share request, keys of {v!r}"
+            self._keys[v] = (
+                hex_field(pair, "cipher_key", 32, what),
+                hex_field(pair, "mask_key", 32, what),
+            )
+        if len(self._keys) < self.threshold:
+            raise SecAggError(
+                f"share request: {len(self._keys)} neighbours advertised keys, "
+                f"the threshold is {self.threshold}"
+            )
+        holders = sorted(self._keys)
+        b_shares = shamir_split(self._self_seed, len(holders), self.threshold)
+        s_shares = shamir_split(_private_bytes(self._mask_key), len(holders), self.threshold)
+        out = {}
+        for v, (x, b_y), (_, s_y) in zip(holders, b_shares, s_shares, strict=True):
+            plain = json.dumps({"x": x, "b": hex(b_y), "s": hex(s_y)}).encode()
+            key = agree(self._cipher_key, self._keys[v][0], b"fedstream secagg share")
+            nonce = os.urandom(12)
+            sealed = AESGCM(key).encrypt(nonce, plain, self._aad(self.client_id, v))
+            out[v] = (nonce + sealed).hex()
+        return pack({"shares": out})
+
+    def _aad(self, sender: str, receiver: str) -> bytes:
+        return f"{self.round}|{sender}|{receiver}".encode()
+
+    def mask(
+        self, request: bytes, values: npt.NDArray[np.float64], extras: Sequence[str] = ()
+    ) -> bytes:
+        """Stage 3: store the shares sent to this client and send its vector, masked.
+        ``extras`` names the vector's trailing entries (see ``session.update_vector``)."""
+        header, _ = unpack(request, "mask request")
+        shares = header.get("shares")
+        if not isinstance(shares, dict) or set(shares) - set(self._keys):
+            raise SecAggError("mask request: shares must come from neighbours that shared keys")
+        for u, sealed_hex in shares.items():
+            sealed = bytes.fromhex(str(sealed_hex))
+            key = agree(self._cipher_key, self._keys[u][0], b"fedstream secagg share")
+            try:
+                plain = AESGCM(key).decrypt(sealed[:12], sealed[12:], self._aad(u, self.client_id))
+            except InvalidTag:
+                raise SecAggError(
+                    f"mask request: the share from {u!r} fails authentication"
+                ) from None
+            body = json.loads(plain)
+            self._held[u] = (int(body["x"]), int(body["b"], 16), int(body["s"], 16))
+        self._maskers = tuple(sorted(shares))
+        cfg = self.config
+        masked = encode_fixed(values, cfg.fraction_bits, cfg.max_abs)
+        masked = masked + prg(self._self_seed, len(values))
+        for v in self._maskers:
+            pairwise = prg(
+                agree(self._mask_key, self._keys[v][1], b"fedstream secagg mask"), len(values)
+            )
+            masked = masked + pairwise if self.client_id < v else masked - pairwise
+        return pack({"extras": list(extras)}, masked.tobytes())
+
+    def unmask(self, request: bytes) -> bytes:
+        """Stage 4: a share of b_u for each live neighbour, of s_u for each dropped one."""
+        header, _ = unpack(request, "unmask request")
+        live, dropped = set(header.get("live", [])), set(header.get("dropped", []))
+        if live & dropped:
+            raise SecAggError(
+                f"unmask request: clients {sorted(live & dropped)} are both live and dropped"
+            )
+        if (live | dropped) - set(self._held):
+            raise SecAggError("unmask request: names clients this one holds no shares of")
+        revealed = {}
+        for u in sorted(live | dropped):
+            x, b_y, s_y = self._held[u]
+            revealed[u] = [x, hex(b_y if u in live else s_y), "b" if u in live else "s"]
+        return pack({"shares": revealed})
+
+
+# -- the server's side ---------------------------------------------------------------------
+
+
+def unmask_sum(
+    masked: Mapping[str, Vector],
+    revealed: Mapping[str, Mapping[str, tuple[int, int, str]]],
+    mask_keys: Mapping[str, bytes],
+    maskers: Mapping[str, Sequence[str]],
+    threshold: int,
+    length: int,
+) -> Vector:
+    """Σ x_u over the clients in ``masked`` (U₃), mod 2⁶⁴.
+
+    ``revealed[v][u]`` is v's share (x, y, kind) for u, kind ``"b"`` or ``"s"``.
+    ``mask_keys[v]`` is v's public mask key S_v. ``maskers[v]`` lists the neighbours v
+    masked with (those whose shares the server passed to v). Raises ``SecAggError`` naming
+    the secret that lacked shares and how many there were.
+    """
+    total = np.zeros(length, dtype=np.uint64)
+    for y in masked.values():
+        total += y
+
+    def recover(u: str, kind: str) -> bytes:
+        shares = [
+            (x, y)
+            for held in revealed.values()
+            for o, (x, y, k) in held.items()
+            if o == u and k == kind
+        ]
+        if len(shares) < threshold:
+            what = "self-mask seed" if kind == "b" else "mask key"
+            raise SecAggError(
+                f"cannot recover client {u!r}'s {what}: needs {threshold} shares, "
+                f"{len(shares)} of its neighbours remained"
+            )
+        return shamir_combine(shares[:threshold])
+
+    for u in masked:
+        total -= prg(recover(u, "b"), length)
+    dropped = sorted({u for v in masked for u in maskers[v]} - set(masked))
+    for u in dropped:
+        secret = X25519PrivateKey.from_private_bytes(recover(u, "s"))
+        for v in masked:
+            if u in maskers[v]:
+                pairwise = prg(agree(secret, mask_keys[v], b"fedstream secagg mask"), length)
+                # v added +PRG(s_uv) when v < u and −PRG(s_uv) otherwise; undo it
+                total = total - pairwise if v < u else total + pairwise
+    return total

@@ -1,0 +1,247 @@
+"""The server's side of one SecAgg+ round, over any transport's ``exchange`` call.
+
+Clients train first and keep their update; then four exchanges (advertise, share, mask,
+unmask) produce Σ weight·payload, Σ weight and Σ extras as a ``WeightedSum``. Each
+client's vector is laid out by :func:`update_vector`: the flat weight·payload in float64,
+then the weight, then the extras in name order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fedstream.errors import ClientFailure, RoundFailedError
+from fedstream.params import Params
+from fedstream.secure.secagg import (
+    SecAggClient,
+    SecAggConfig,
+    SecAggError,
+    decode_fixed,
+    hex_field,
+    neighbour_graph,
+    pack,
+    unmask_sum,
+    unpack,
+)
+from fedstream.types import ClientUpdate, WeightedSum
+
+STAGES = ("advertise", "share", "mask", "unmask")
+
+Answer = tuple[str, bytes | ClientFailure]
+
+
+class Exchanger(Protocol):
+    """What secure aggregation needs from a transport: send each client a request for a
+    named stage and stream back its answer (or failure), with the bytes each way."""
+
+    def exchange(
+        self, stage: str, round_number: int, requests: Mapping[str, bytes]
+    ) -> Iterator[tuple[str, bytes | ClientFailure]]: ...
+
+
+def update_vector(update: ClientUpdate) -> tuple[npt.NDArray[np.float64], list[str]]:
+    """The vector a client feeds to the secure sum, and the names of its extras."""
+    names = sorted(update.extras)
+    vector = np.concatenate(
+        [
+            update.payload.flat(np.float64) * update.weight,
+            [update.weight],
+            [float(update.extras[k]) for k in names],
+        ]
+    )
+    return vector, names
+
+
+class DeviceSecAgg:
+    """The client's side of SecAgg+ across the stages of one round, as it runs on the
+    device: it holds the update back at training time, then answers each stage."""
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self._held: ClientUpdate | None = None
+        self._protocol: SecAggClient | None = None
+
+    def hold(self, update: ClientUpdate) -> None:
+        """Keep ``update`` (already clipped/noised by ``prepare_upload``) for the mask stage."""
+        self._held = update
+
+    def answer(self, stage: str, round_number: int, request: bytes) -> bytes:
+        if stage == "advertise":
+            header, _ = unpack(request, "advertise request")
+            try:
+                config = SecAggConfig(
+                    fraction_bits=int(header["fraction_bits"]), max_abs=float(header["max_abs"])
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise SecAggError(f"advertise request: bad settings ({exc})") from None
+            self._protocol = SecAggClient(self.client_id, round_number, config)
+            return self._protocol.advertise(request)
+        protocol = self._protocol
+        if protocol is None or protocol.round != round_number:
+            raise SecAggError(f"{stage} request for round {round_number} before advertise")
+        if stage == "share":
+            return protocol.share(request)
+        if stage == "mask":
+            if self._held is None or self._held.round != round_number:
+                raise SecAggError(f"mask request: no update held for round {round_number}")
+            vector, names = update_vector(self._held)
+            self._held = None
+            return protocol.mask(request, vector, names)
+        if stage == "unmask":
+            self._protocol = None
+            return protocol.unmask(request)
+        raise SecAggError(f"unknown secure-aggregation stage {stage!r}")
+
+
+@dataclass(frozen=True)
+class SecureSumResult:
+    """The revealed sum, who is in it, who dropped at which stage, and the traffic."""
+
+    aggregate: WeightedSum
+    included: tuple[str, ...]
+    failures: tuple[ClientFailure, ...]
+    bytes_down: int
+    bytes_up: int
+
+
+def secure_sum(
+    transport: Exchanger,
+    round_number: int,
+    participants: Sequence[str],
+    like: Params,
+    config: SecAggConfig,
+    rng: np.random.Generator,
+) -> SecureSumResult:
+    """Run SecAgg+ among ``participants`` (who have trained and hold their updates)."""
+    k, threshold = config.resolve(len(participants))
+    graph = neighbour_graph(sorted(participants), k, rng)
+    failures: list[ClientFailure] = []
+    traffic = [0, 0]
+
+    def stage(name: str, requests: Mapping[str, bytes]) -> dict[str, bytes]:
+        answers: dict[str, bytes] = {}
+        for client_id, answer in transport.exchange(name, round_number, requests):
+            traffic[0] += len(requests[client_id])
+            if isinstance(answer, ClientFailure):
+                failures.append(answer)
+            else:
+                traffic[1] += len(answer)
+                answers[client_id] = answer
+        return answers
+
+    setup = {"threshold": threshold, "fraction_bits": config.fraction_bits}
+    keys: dict[str, tuple[bytes, bytes]] = {}
+    advertised = stage(
+        "advertise",
+        {
+            u: pack({**setup, "max_abs": config.max_abs, "neighbours": list(graph[u])})
+            for u in graph
+        },
+    )
+    for u, message in advertised.items():
+        try:
+            header, _ = unpack(message, f"keys from {u!r}")
+            what = f"keys from {u!r}"
+            keys[u] = (
+                hex_field(header, "cipher_key", 32, what),
+                hex_field(header, "mask_key", 32, what),
+            )
+        except SecAggError as exc:
+            failures.append(ClientFailure(u, "advertise", str(exc)))
+
+    def public(u: str) -> dict[str, str]:
+        return {"cipher_key": keys[u][0].hex(), "mask_key": keys[u][1].hex()}
+
+    shared = stage(
+        "share",
+        {u: pack({"keys": {v: public(v) for v in graph[u] if v in keys}}) for u in keys},
+    )
+    inbox: dict[str, dict[str, str]] = {u: {} for u in shared}
+    for u, message in shared.items():
+        try:
+            header, _ = unpack(message, f"shares from {u!r}")
+            sealed = header.get("shares")
+            if not isinstance(sealed, dict) or set(sealed) != {v for v in graph[u] if v in keys}:
+                raise SecAggError(f"shares from {u!r}: expected one per neighbour that advertised")
+        except SecAggError as exc:
+            failures.append(ClientFailure(u, "share", str(exc)))
+            continue
+        for v, ciphertext in sealed.items():
+            if v in inbox:
+                inbox[v][u] = str(ciphertext)
+    # only shares from clients that completed the share stage are passed on
+    complete = set(inbox) - {f.client_id for f in failures if f.stage == "share"}
+    maskers = {u: sorted(v for v in inbox[u] if v in complete) for u in complete}
+    masked_messages = stage(
+        "mask", {u: pack({"shares": {v: inbox[u][v] for v in maskers[u]}}) for u in complete}
+    )
+    masked: dict[str, np.ndarray] = {}
+    length = like.num_elements + 1
+    extras_names: list[str] | None = None
+    for u, message in masked_messages.items():
+        try:
+            header, blob = unpack(message, f"masked vector from {u!r}")
+            names = header.get("extras")
+            expected = length + len(names) if isinstance(names, list) else -1
+            if not isinstance(names, list) or len(blob) != 8 * expected:
+                raise SecAggError(
+                    f"masked vector from {u!r}: {len(blob)} bytes, expected 8 × "
+                    f"{expected if expected > 0 else '(parameters + 1 + extras)'}"
+                )
+            if extras_names is not None and names != extras_names:
+                raise SecAggError(f"masked vector from {u!r}: extras {names} ≠ {extras_names}")
+        except SecAggError as exc:
+            failures.append(ClientFailure(u, "mask", str(exc)))
+            continue
+        extras_names = [str(n) for n in names]
+        masked[u] = np.frombuffer(blob, dtype=np.uint64)
+    if not masked:
+        raise RoundFailedError(round_number, "no client completed secure aggregation", failures)
+    dropped = sorted(set(maskers) - set(masked))
+    live = sorted(masked)
+    answers = stage(
+        "unmask",
+        {
+            v: pack(
+                {
+                    "live": [u for u in live if u in maskers[v]],
+                    "dropped": [u for u in dropped if u in maskers[v]],
+                }
+            )
+            for v in live
+        },
+    )
+    revealed: dict[str, dict[str, tuple[int, int, str]]] = {}
+    for v, message in answers.items():
+        try:
+            header, _ = unpack(message, f"unmask shares from {v!r}")
+            revealed[v] = {
+                u: (int(x), int(y, 16), str(kind)) for u, (x, y, kind) in header["shares"].items()
+            }
+        except (SecAggError, KeyError, TypeError, ValueError) as exc:
+            failures.append(ClientFailure(v, "unmask", f"malformed shares: {exc}"))
+    try:
+        total = unmask_sum(
+            masked,
+            revealed,
+            {u: keys[u][1] for u in keys},
+            maskers,
+            threshold,
+            length + len(extras_names or []),
+        )
+    except SecAggError as exc:
+        raise RoundFailedError(round_number, f"secure aggregation: {exc}", failures) from None
+    values = decode_fixed(total, config.fraction_bits)
+    payload_total = Params.from_flat(values[: like.num_elements], like)
+    aggregate = WeightedSum(
+        total=payload_total,
+        weight=float(values[like.num_elements]),
+        count=len(masked),
+        extras=dict(zip(extras_names or [], values[length:].tolist(), strict=True)),
+    )
+    return SecureSumResult(aggregate, tuple(live), tuple(failures), traffic[0], traffic[1])

@@ -1,0 +1,274 @@
+"""SecAgg+: the primitives pinned, whole rounds through the real transport with dropouts
+at every stage, what the server sees, and bad messages."""
+
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from fedstream import ConfigError, FedAvg, RoundFailedError, run_round, simulate
+from fedstream.secure.secagg import (
+    SecAggConfig,
+    SecAggError,
+    decode_fixed,
+    encode_fixed,
+    neighbour_graph,
+    pack,
+    prg,
+    shamir_combine,
+    shamir_split,
+    unpack,
+)
+from fedstream.simulation import SimulationConfig, build
+from fedstream.transport.inprocess import InProcessTransport
+
+
+def test_shamir_recovers_from_any_threshold_shares_and_not_from_fewer():
+    secret = bytes(range(32))
+    shares = shamir_split(secret, 7, 4)
+    assert [x for x, _ in shares] == [1, 2, 3, 4, 5, 6, 7]
+    assert shamir_combine(shares[:4]) == secret
+    assert shamir_combine([shares[6], shares[1], shares[4], shares[0]]) == secret
+    # 3 points of a degree-3 polynomial give a random field element, almost surely ≥ 2²⁵⁶
+    with pytest.raises(SecAggError, match="do not combine to a valid secret"):
+        shamir_combine(shares[:3])
+    with pytest.raises(SecAggError, match="duplicate share indices"):
+        shamir_combine([shares[0], shares[0], shares[1], shares[2]])
+
+
+def test_fixed_point_round_trip_and_range_checks():
+    values = np.array([0.0, 1.5, -2.25, 1e-7, -123456.789])
+    encoded = encode_fixed(values, 24, 2.0**20)
+    assert encoded.dtype == np.uint64
+    back = decode_fixed(encoded, 24)
+    np.testing.assert_allclose(back, values, atol=2.0**-25)
+    # sums of encoded values wrap mod 2^64 and still decode to the signed sum
+    total = encoded + encode_fixed(-values * 3, 24, 2.0**20)
+    np.testing.assert_allclose(decode_fixed(total, 24), -2 * values, atol=2.0**-23)
+    with pytest.raises(SecAggError, match="contains NaN or Inf"):
+        encode_fixed(np.array([np.nan]), 24, 1.0)
+    with pytest.raises(SecAggError, match=r"magnitude 3 exceeds secagg_max_abs=2"):
+        encode_fixed(np.array([1.0, -3.0]), 24, 2.0)
+
+
+def test_prg_is_deterministic_per_seed():
+    a, b = prg(b"\1" * 32, 1000), prg(b"\1" * 32, 1000)
+    assert np.array_equal(a, b) and not np.array_equal(a, prg(b"\2" * 32, 1000))
+    bits = np.unpackbits(a.view(np.uint8))
+    assert abs(bits.mean() - 0.5) < 0.01
+
+
+@pytest.mark.parametrize(("n", "k"), [(10, 4), (11, 6), (10, 3), (12, 5), (5, 4), (5, 9)])
+def test_neighbour_graph_is_regular_and_symmetric(n, k):
+    ids = [f"c{i:02d}" for i in range(n)]
+    graph = neighbour_graph(ids, k, np.random.default_rng(0))
+    degree = min(k, n - 1)
+    assert all(len(graph[u]) == degree for u in ids)
+    assert all(u in graph[v] for u in ids for v in graph[u])
+    assert all(u not in graph[u] for u in ids)
+
+
+@pytest.mark.parametrize(
+    ("config", "clients", "message"),
+    [
+        (SecAggConfig(neighbours=4, threshold=5), 10, "secagg_threshold=5 is invalid: expected at"),
+        (SecAggConfig(neighbours=12), 10, r"secagg_neighbours=12 is invalid: expected at most"),
+        (SecAggConfig(), 1, "clients_per_round=1 is invalid: expected at least 2"),
+        (SecAggConfig(max_abs=2.0**37), 5, "secagg_max_abs=.* small enough that 5 clients"),
+    ],
+)
+def test_bad_secagg_settings_are_named(config, clients, message):
+    with pytest.raises(ConfigError, match=message):
+        config.resolve(clients)
+    with pytest.raises(ConfigError, match=r"secagg_fraction_bits=24 is invalid: expected frac"):
+        SecAggConfig(max_abs=2.0**38)
+
+
+class RecordingTransport(InProcessTransport):
+    """The real in-process transport, recording everything the server receives and
+    optionally tampering with what it forwards."""
+
+    def __init__(self, clients, trainer, tamper=None):
+        super().__init__(clients, trainer)
+        self.received: list[tuple[str, str, object]] = []
+        self.tamper = tamper or {}
+
+    def fit(self, params, tasks):
+        for delivery in super().fit(params, tasks):
+            self.received.append(("fit", delivery.client_id, delivery.result))
+            yield delivery
+
+    def exchange(self, stage, round_number, requests):
+        requests = {
+            c: self.tamper[(stage, c)](r) if (stage, c) in self.tamper else r
+            for c, r in requests.items()
+        }
+        for client_id, answer in super().exchange(stage, round_number, requests):
+            self.received.append((stage, client_id, answer))
+            yield client_id, answer
+
+
+def make(clients=12, per_round=8, tamper=None, **changes):
+    config = SimulationConfig(
+        num_clients=clients, clients_per_round=per_round, partition="iid", local_epochs=1,
+        trainer="sequential", **changes,
+    )  # fmt: skip
+    setup = build(config)
+    transport = RecordingTransport(setup.dataset.clients, setup.trainer, tamper)
+    return config, setup, transport, sorted(setup.dataset.clients)
+
+
+def plain_and_secure(offline=None, secagg=None, **changes):
+    """One round in plaintext and one with SecAgg+, from the same state and sample, with
+    the clients in ``offline`` dropping at the given stage in the secure one (and not
+    contributing to the plain one either)."""
+    config, setup, transport, ids = make(**changes)
+    plain_transport = InProcessTransport(setup.dataset.clients, setup.trainer)
+    plain_transport.offline = {
+        c: "fit" for c, stage in (offline or {}).items() if stage != "unmask"
+    }
+    strategy = config.build_strategy()
+    plain, _ = run_round(setup.initial, strategy, plain_transport, ids, config.round_config())
+    transport.offline = dict(offline or {})
+    secure_config = replace(config.round_config(), secure_aggregation=secagg or SecAggConfig())
+    secure, report = run_round(setup.initial, strategy, transport, ids, secure_config)
+    return plain, secure, report, transport, setup
+
+
+def test_the_secure_sum_equals_the_plain_sum_within_quantisation():
+    plain, secure, report, _, _ = plain_and_secure()
+    assert len(report.completed) == 8 and report.failures == ()
+    # 8 clients × ½·2⁻²⁴ per entry of weight·Δ, then ÷ Σ weight: far below float32 rounding
+    np.testing.assert_allclose(secure.params.flat(), plain.params.flat(), atol=1e-6)
+    assert report.bytes_up > 0 and report.bytes_down > 0
+
+
+def sampled(setup, ids, count=8):
+    return [ids[int(i)] for i in setup.initial.generator().choice(len(ids), count, replace=False)]
+
+
+@pytest.mark.parametrize("neighbours", [None, 6])  # complete graph, and a sparse SecAgg+ one
+def test_dropouts_at_every_stage_are_recovered(neighbours):
+    _, setup, _, ids = make()
+    chosen = sampled(setup, ids)
+    offline = {chosen[0]: "advertise", chosen[1]: "share", chosen[2]: "mask", chosen[3]: "unmask"}
+    secagg = SecAggConfig(neighbours=neighbours, threshold=2)
+    plain, secure, report, _, _ = plain_and_secure(offline, secagg)
+    # the unmask dropout's input is in the sum; the earlier dropouts' are not
+    assert set(report.completed) == set(chosen) - set(chosen[:3])
+    assert {(f.client_id, f.stage) for f in report.failures} == {(c, s) for c, s in offline.items()}
+    np.testing.assert_allclose(secure.params.flat(), plain.params.flat(), atol=1e-6)
+
+
+def test_too_many_dropouts_fail_the_round_saying_what_was_needed():
+    config, setup, transport, ids = make()
+    chosen = sampled(setup, ids)
+    transport.offline = {c: "unmask" for c in chosen[:6]}  # 2 left; threshold 3
+    secure_config = replace(
+        config.round_config(), secure_aggregation=SecAggConfig(neighbours=7, threshold=3)
+    )
+    with pytest.raises(RoundFailedError, match=r"needs 3 shares, 2 of its neighbours remained"):
+        run_round(setup.initial, FedAvg(), transport, ids, secure_config)
+    assert setup.initial.round == 0  # the state passed in is untouched
+
+
+def test_the_server_sees_nothing_but_the_sum():
+    _, _, _, transport, _ = plain_and_secure()
+    fit_answers = [r for stage, _, r in transport.received if stage == "fit"]
+    assert all(len(r.payload) == 0 and r.weight == 0.0 for r in fit_answers)  # no update
+    masked = {c: unpack(r, "m")[1] for stage, c, r in transport.received if stage == "mask"}
+    assert len(masked) == 8
+    revealed = {
+        c: unpack(r, "u")[0]["shares"] for stage, c, r in transport.received if stage == "unmask"
+    }
+    # for every client in the sum the server gets self-mask shares, never mask-key shares
+    kinds = {
+        (owner, kind) for shares in revealed.values() for owner, (_, _, kind) in shares.items()
+    }
+    assert {kind for _, kind in kinds} == {"b"}
+    for client, blob in masked.items():
+        vector = np.frombuffer(blob, dtype=np.uint64)
+        # what the server could compute: decode the masked vector, even knowing b_u
+        shares = [
+            (x, int(y, 16)) for s in revealed.values() for o, (x, y, _) in s.items() if o == client
+        ]
+        without_self_mask = vector - prg(shamir_combine(shares[:2]), len(vector))
+        decoded = decode_fixed(without_self_mask, 24)
+        # a real entry of weight·Δ is at most a few units; the masked ones are ~2^38 wide
+        assert np.median(np.abs(decoded)) > 1e9
+        bits = np.unpackbits(without_self_mask.view(np.uint8))
+        assert abs(bits.mean() - 0.5) < 0.01  # uniform-looking words
+
+
+def test_a_tampered_share_is_refused_and_the_round_goes_on():
+    def flip(request):
+        header, blob = unpack(request, "mask request")
+        sender = sorted(header["shares"])[0]
+        sealed = bytearray.fromhex(header["shares"][sender])
+        sealed[20] ^= 1
+        header["shares"][sender] = sealed.hex()
+        return pack(header, blob)
+
+    config, setup, _, ids = make()
+    victim = sampled(setup, ids)[5]
+    _, _, transport, _ = make(tamper={("mask", victim): flip})
+    secure_config = replace(config.round_config(), secure_aggregation=SecAggConfig())
+    _, report = run_round(setup.initial, FedAvg(), transport, ids, secure_config)
+    failure = next(f for f in report.failures if f.client_id == victim)
+    assert failure.stage == "mask" and "fails authentication" in failure.cause
+    assert len(report.completed) == 7
+
+
+def test_a_masked_vector_of_the_wrong_size_or_a_truncated_message_is_refused():
+    config, setup, transport, ids = make()
+    chosen = sampled(setup, ids)
+    original = transport.exchange
+
+    def broken(stage, round_number, requests):
+        for client_id, answer in original(stage, round_number, requests):
+            if stage == "mask" and client_id == chosen[0]:
+                answer = answer[:-8]
+            if stage == "mask" and client_id == chosen[1]:
+                answer = answer[:3]
+            yield client_id, answer
+
+    transport.exchange = broken
+    secure_config = replace(config.round_config(), secure_aggregation=SecAggConfig())
+    _, report = run_round(setup.initial, FedAvg(), transport, ids, secure_config)
+    causes = {f.client_id: f.cause for f in report.failures}
+    assert "expected 8 ×" in causes[chosen[0]]
+    assert "truncated message of 3 bytes" in causes[chosen[1]]
+    assert len(report.completed) == 6
+
+
+@dataclass(frozen=True)
+class CoordinateMedian(FedAvg):
+    """Stands in for a robust aggregator that must see every update."""
+
+    name: ClassVar[str] = "median"
+    needs_individual_updates: ClassVar[bool] = True
+
+
+def test_an_aggregator_that_needs_each_update_cannot_use_secure_aggregation():
+    config, setup, transport, ids = make()
+    secure_config = replace(config.round_config(), secure_aggregation=SecAggConfig())
+    with pytest.raises(ConfigError, match=r"secure_aggregation='secagg\+' is invalid.*median"):
+        run_round(setup.initial, CoordinateMedian(), transport, ids, secure_config)
+    with pytest.raises(ConfigError, match="secure_aggregation='tee' is invalid"):
+        SimulationConfig(secure_aggregation="tee")
+    with pytest.raises(ConfigError, match="secagg_threshold=30 is invalid"):
+        SimulationConfig(secure_aggregation="secagg+", secagg_threshold=30)
+
+
+def test_secure_aggregation_with_central_dp_and_adaptive_clipping():
+    common = dict(
+        num_clients=12, clients_per_round=8, rounds=2, local_epochs=1, partition="iid",
+        dp="client", dp_noise=0.5, dp_adaptive_clip=True, dp_clip=0.05, evaluate_every=0,
+    )  # fmt: skip
+    plain = simulate(**common)
+    secure = simulate(**common, secure_aggregation="secagg+")
+    # the unclipped count travels inside the secure sum; the DP noise draws are the same
+    assert secure.final_metrics["dp_clip"] == pytest.approx(plain.final_metrics["dp_clip"])
+    np.testing.assert_allclose(secure.state.params.flat(), plain.state.params.flat(), atol=1e-5)
+    assert secure.config.label == "fedavg + DP (client) + SecAgg+"
