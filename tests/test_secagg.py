@@ -272,3 +272,23 @@ def test_secure_aggregation_with_central_dp_and_adaptive_clipping():
     assert secure.final_metrics["dp_clip"] == pytest.approx(plain.final_metrics["dp_clip"])
     np.testing.assert_allclose(secure.state.params.flat(), plain.state.params.flat(), atol=1e-5)
     assert secure.config.label == "fedavg + DP (client) + SecAgg+"
+
+
+def test_a_public_key_of_the_wrong_size_drops_only_its_sender():
+    config, setup, transport, ids = make()
+    victim = sampled(setup, ids)[2]
+    original = transport.exchange
+
+    def short_key(stage, round_number, requests):
+        for client_id, answer in original(stage, round_number, requests):
+            if stage == "advertise" and client_id == victim:
+                header, blob = unpack(answer, "keys")
+                answer = pack({**header, "mask_key": header["mask_key"][:-2]}, blob)
+            yield client_id, answer
+
+    transport.exchange = short_key
+    secure_config = replace(config.round_config(), secure_aggregation=SecAggConfig())
+    _, report = run_round(setup.initial, FedAvg(), transport, ids, secure_config)
+    failure = next(f for f in report.failures if f.client_id == victim)
+    assert failure.stage == "advertise" and "'mask_key' has 31 bytes, expected 32" in failure.cause
+    assert len(report.completed) == 7
