@@ -168,7 +168,9 @@ def test_too_many_dropouts_fail_the_round_saying_what_was_needed():
     secure_config = replace(
         config.round_config(), secure_aggregation=SecAggConfig(neighbours=7, threshold=3)
     )
-    with pytest.raises(RoundFailedError, match=r"needs 3 shares, 2 of its neighbours remained"):
+    with pytest.raises(
+        RoundFailedError, match=r"self-mask seed: needs 3 shares, 2 of its neighbours remained"
+    ):
         run_round(setup.initial, FedAvg(), transport, ids, secure_config)
     assert setup.initial.round == 0  # the state passed in is untouched
 

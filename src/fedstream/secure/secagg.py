@@ -269,7 +269,6 @@ class SecAggClient:
         self._keys: dict[str, tuple[bytes, bytes]] = {}  # neighbour → (C_v, S_v)
         self._held: dict[str, tuple[int, int, int]] = {}  # owner → (x, b share, s share)
         self._maskers: tuple[str, ...] = ()
-        self._revealed: set[str] = set()
 
     def advertise(self, request: bytes) -> bytes:
         """Stage 1: learn the neighbours and threshold; answer with both public keys."""
@@ -408,7 +407,7 @@ def unmask_sum(
             )
         return shamir_combine(shares[:threshold])
 
-    for u in masked:
+    for u in sorted(masked):
         total -= prg(recover(u, "b"), length)
     dropped = sorted({u for v in masked for u in maskers[v]} - set(masked))
     for u in dropped:

@@ -175,7 +175,8 @@ def secure_sum(
             if v in inbox:
                 inbox[v][u] = str(ciphertext)
     # only shares from clients that completed the share stage are passed on
-    complete = set(inbox) - {f.client_id for f in failures if f.stage == "share"}
+    refused = {f.client_id for f in failures if f.stage == "share"}
+    complete = sorted(u for u in inbox if u not in refused)  # sorted: same order every run
     maskers = {u: sorted(v for v in inbox[u] if v in complete) for u in complete}
     masked_messages = stage(
         "mask", {u: pack({"shares": {v: inbox[u][v] for v in maskers[u]}}) for u in complete}
