@@ -12,7 +12,14 @@ import click
 
 import fedstream
 from fedstream.errors import ConfigError, FedstreamError
-from fedstream.simulation.config import HELP, SimulationConfig, fields, from_mapping, load_toml
+from fedstream.simulation.config import (
+    HELP,
+    SimulationConfig,
+    coerce,
+    fields,
+    from_mapping,
+    load_toml,
+)
 from fedstream.simulation.presets import PRESETS, preset
 
 
@@ -65,20 +72,49 @@ def main() -> None:
     help="Start from a named experiment: " + ", ".join(PRESETS) + ".",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Continue the run in this folder from its newest checkpoint (--rounds may extend it).",
+)
+@click.option(
+    "--store",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SQLite run store [default: store.sqlite beside the output folder].",
+)
 @_setting_options
 def run(
     config_path: Path | None,
     output: Path | None,
     preset_name: str | None,
     quiet: bool,
+    resume_dir: Path | None,
+    store: Path | None,
     **flags: str | None,
 ) -> None:
     """Run a simulated federated training (digits, 100 clients, FedAvg by default).
 
-    Writes results.json, metrics.csv and curves.png to the output folder. Settings apply in
+    Writes a checkpoint after every round, records every round in the run store, and ends
+    with results.json, metrics.csv and curves.png in the output folder. Settings apply in
     this order: the preset, then the TOML file, then flags.
     """
     try:
+        if resume_dir is not None:
+            given = {k: v for k, v in flags.items() if v is not None}
+            if config_path or preset_name or output:
+                raise ConfigError(
+                    "--resume", str(resume_dir), "no --config, --preset or --output beside it"
+                )
+            changes = {k: coerce(k, v) for k, v in given.items()}
+            fedstream.simulate(
+                output_dir=resume_dir, resume=True, store=store, progress=not quiet, **changes
+            )
+            if quiet:
+                click.echo(str(resume_dir))
+            return
         values = dict(preset(preset_name).to_dict()) if preset_name else {}
         values |= load_toml(config_path) if config_path else {}
         values |= {k: v for k, v in flags.items() if v is not None}
@@ -86,7 +122,7 @@ def run(
         if output is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             output = Path("runs") / f"{stamp}-{config.dataset}-{config.strategy}"
-        fedstream.simulate(config, output_dir=output, progress=not quiet)
+        fedstream.simulate(config, output_dir=output, progress=not quiet, store=store)
     except ConfigError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
@@ -173,6 +209,93 @@ def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
     plot_heatmap(split, path, f"{dataset}, {config.split} partition")
     table.add_row("heatmap", str(path))
     Console().print(table)
+
+
+@main.group()
+def runs() -> None:
+    """Read the run store: past and running runs, their rounds and metrics."""
+
+
+STORE_OPTION = click.option(
+    "--store",
+    type=click.Path(path_type=Path),
+    default=Path("runs") / "store.sqlite",
+    show_default=True,
+    help="SQLite run store.",
+)
+
+
+@runs.command("list")
+@STORE_OPTION
+def runs_list(store: Path) -> None:
+    """Every run in the store, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedstream.store.runs import RunStore
+
+    if not store.exists():
+        click.secho(f"error: no run store at {store} (use --store)", fg="red", err=True)
+        sys.exit(2)
+    table = Table(title=str(store))
+    for column in ("run", "status", "rounds", "of", "strategy", "dataset", "started"):
+        table.add_column(column)
+    for row in RunStore(store).runs():
+        config = row["config"]
+        table.add_row(
+            row["id"],
+            row["status"],
+            str(row["rounds_done"]),
+            str(config.get("rounds", "")),
+            str(config.get("strategy", "")),
+            str(config.get("dataset", "")),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"])),
+        )
+    Console().print(table)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@STORE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+def runs_show(run_id: str, store: Path, as_json: bool) -> None:
+    """One run: its settings, status and every round's metrics."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedstream.store.runs import RunStore
+
+    try:
+        if not store.exists():
+            raise ConfigError("--store", str(store), "an existing run store")
+        run = RunStore(store).run(run_id)
+    except ConfigError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(run, indent=1))
+        return
+    console = Console()
+    console.print(
+        f"[bold]{run_id}[/]: {run['status']}, {run['rounds_done']} of "
+        f"{run['config'].get('rounds')} rounds, output {run['output_dir']}"
+    )
+    if run["error"]:
+        console.print(f"[red]{run['error']}[/]")
+    names = sorted({k for r in run["rounds"] for k in r["metrics"]})
+    table = Table()
+    for column in ("round", "completed", "failed", *names):
+        table.add_column(column, justify="right")
+    for r in run["rounds"]:
+        table.add_row(
+            str(r["round"]),
+            str(len(r["completed"])),
+            str(len(r["failures"])),
+            *(f"{r['metrics'][n]:.4f}" if n in r["metrics"] else "" for n in names),
+        )
+    console.print(table)
 
 
 if __name__ == "__main__":

@@ -207,3 +207,17 @@ class RoundReport:
             "times": dict(self.times),
             "metrics": dict(self.metrics),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RoundReport:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            round=int(data["round"]),
+            sampled=tuple(data["sampled"]),
+            completed=tuple(data["completed"]),
+            failures=tuple(ClientFailure(**f) for f in data["failures"]),
+            bytes_down=int(data["bytes_down"]),
+            bytes_up=int(data["bytes_up"]),
+            times={k: float(v) for k, v in data["times"].items()},
+            metrics={k: float(v) for k, v in data["metrics"].items()},
+        )

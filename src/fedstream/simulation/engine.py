@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,13 +18,20 @@ from fedstream.client.torch_trainer import TorchTrainer, params_from_module
 from fedstream.client.vectorized import VectorizedTrainer
 from fedstream.data.base import ClientData, FederatedDataset
 from fedstream.data.datasets import federate
-from fedstream.errors import RoundFailedError
+from fedstream.errors import ConfigError, RoundFailedError
 from fedstream.models import build_model
 from fedstream.params import Params
 from fedstream.rounds import CentralEvaluate, run_rounds
-from fedstream.simulation.config import SimulationConfig
+from fedstream.simulation.config import SimulationConfig, from_mapping
 from fedstream.simulation.progress import RoundProgress
-from fedstream.simulation.report import write_outputs
+from fedstream.simulation.report import atomic_write, write_outputs
+from fedstream.store.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from fedstream.store.runs import RunStore
 from fedstream.transport.inprocess import InProcessTransport
 from fedstream.types import RoundReport, ServerState
 
@@ -145,36 +153,81 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+RESUMABLE_CHANGES = frozenset({"rounds", "threads"})
+
+
+def _resume_config(out: Path, config: SimulationConfig | None, overrides: Any) -> SimulationConfig:
+    """The config a run in ``out`` started with, changed only where a resume may change it
+    (more rounds, other threads); any other difference would break exactness."""
+    try:
+        started = from_mapping(json.loads((out / "config.json").read_text()), "resume")
+    except FileNotFoundError:
+        raise ConfigError(
+            "resume", str(out), "a run folder with config.json (written when a run starts)"
+        ) from None
+    wanted = (config or started).with_changes(**overrides) if overrides else (config or started)
+    for key, value in wanted.to_dict().items():
+        if key not in RESUMABLE_CHANGES and started.to_dict()[key] != value:
+            raise ConfigError(
+                key, value, f"{started.to_dict()[key]!r}, the value the resumed run started with"
+            )
+    return wanted
+
+
 def simulate(
     config: SimulationConfig | None = None,
     *,
     output_dir: str | Path | None = None,
     progress: bool = False,
+    resume: bool = False,
+    store: str | Path | None = None,
+    keep_checkpoints: int = 3,
     **overrides: Any,
 ) -> SimulationResult:
     """Run a simulated federated training and return its result.
 
     ``config`` defaults to ``SimulationConfig()``; keyword ``overrides`` change single
-    settings (``simulate(rounds=5, strategy="fedprox", mu=0.1)``). With ``output_dir``,
-    ``results.json``, ``metrics.csv`` and ``curves.png`` are written there. ``progress``
-    shows a live progress bar and a final table on the terminal.
+    settings (``simulate(rounds=5, strategy="fedprox", mu=0.1)``). ``progress`` shows a live
+    progress bar and a final table on the terminal.
+
+    With ``output_dir`` the run is persistent: ``config.json`` at the start, a checkpoint of
+    the server state after every round (the newest ``keep_checkpoints``) under
+    ``checkpoints/``, every round in the SQLite run store ``store`` (default
+    ``<output_dir>/../store.sqlite``, run id = the folder's name), and ``results.json``,
+    ``metrics.csv`` and ``curves.png`` at the end. ``resume=True`` continues the run in
+    ``output_dir`` from its newest checkpoint and ends bit for bit where an uninterrupted
+    run would have (only ``rounds`` and ``threads`` may differ from the original settings).
     """
-    config = (
-        (config or SimulationConfig()).with_changes(**overrides)
-        if overrides
-        else (config or SimulationConfig())
-    )
-    started = time.perf_counter()
     out = Path(output_dir) if output_dir is not None else None
+    if resume:
+        if out is None:
+            raise ConfigError("resume", True, "an output_dir holding the run to continue")
+        config = _resume_config(out, config, overrides)
+    else:
+        config = (
+            (config or SimulationConfig()).with_changes(**overrides)
+            if overrides
+            else (config or SimulationConfig())
+        )
+    started = time.perf_counter()
+    runs = RunStore(store or out.parent / "store.sqlite") if out is not None else None
+    run_id = out.name if out is not None else ""
     reports: list[RoundReport] = []
     with torch_threads(config.threads):
         setup = build(config)
         state = setup.initial
+        if out is not None and runs is not None:
+            if resume:
+                state, reports = _restore(out, setup, runs, run_id)
+            else:
+                out.mkdir(parents=True, exist_ok=True)
+                atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=1).encode())
+            runs.start_run(run_id, config.to_dict(), str(out))
         client_ids = sorted(setup.dataset.clients)
         try:
-            with RoundProgress(config.rounds, enabled=progress) as bar:
+            with RoundProgress(config.rounds, enabled=progress, done=state.round) as bar:
                 for new_state, report in run_rounds(
-                    setup.initial,
+                    state,
                     config.build_strategy(),
                     setup.transport,
                     client_ids,
@@ -182,6 +235,9 @@ def simulate(
                     config.rounds,
                     setup.central_evaluate,
                 ):
+                    if out is not None and runs is not None:
+                        save_checkpoint(out / "checkpoints", new_state, report, keep_checkpoints)
+                        runs.record_round(run_id, report)
                     state = new_state
                     reports.append(report)
                     bar.advance(report)
@@ -190,12 +246,41 @@ def simulate(
             partial = SimulationResult(
                 config, state, tuple(reports), time.perf_counter() - started, out
             )
-            if out is not None:
+            if out is not None and runs is not None:
                 write_outputs(partial, describe(setup), out, error=str(failure))
+                runs.finish_run(run_id, error=str(failure))
             raise
     result = SimulationResult(config, state, tuple(reports), time.perf_counter() - started, out)
-    if out is not None:
+    if out is not None and runs is not None:
         write_outputs(result, describe(setup), out)
+        runs.finish_run(run_id)
     if progress:
         RoundProgress.print_summary(result)
     return result
+
+
+def _restore(
+    out: Path, setup: Setup, runs: RunStore, run_id: str
+) -> tuple[ServerState, list[RoundReport]]:
+    """The newest checkpoint's state and the reports of the rounds up to it. A round whose
+    checkpoint was written but whose store record was not (a crash between the two) is
+    recorded from the checkpoint; rounds after the checkpoint are dropped and rerun."""
+    folder = latest_checkpoint(out / "checkpoints")
+    if folder is None:
+        return setup.initial, []
+    state, report = load_checkpoint(folder)
+    try:
+        setup.initial.params.check_compatible(state.params, f"checkpoint {folder}")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
+    known = {r.round: r for r in runs.reports(run_id)} if _has_run(runs, run_id) else {}
+    if report is not None and report.round not in known:
+        runs.start_run(run_id, {}, str(out))
+        runs.record_round(run_id, report)
+        known[report.round] = report
+    runs.forget_after(run_id, state.round)
+    return state, [known[r] for r in sorted(known) if r <= state.round]
+
+
+def _has_run(runs: RunStore, run_id: str) -> bool:
+    return any(r["id"] == run_id for r in runs.runs())

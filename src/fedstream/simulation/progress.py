@@ -34,7 +34,9 @@ def format_metrics(report: RoundReport) -> str:
 class RoundProgress:
     """Context manager; ``advance(report)`` after each round. Disabled, it does nothing."""
 
-    def __init__(self, rounds: int, enabled: bool, console: Console | None = None) -> None:
+    def __init__(
+        self, rounds: int, enabled: bool, console: Console | None = None, done: int = 0
+    ) -> None:
         self.enabled = enabled
         self._progress = Progress(
             TextColumn("[bold]round"),
@@ -45,7 +47,7 @@ class RoundProgress:
             console=console,
             disable=not enabled,
         )
-        self._task = self._progress.add_task("rounds", total=rounds, metrics="")
+        self._task = self._progress.add_task("rounds", total=rounds, completed=done, metrics="")
 
     def __enter__(self) -> RoundProgress:
         self._progress.__enter__()

@@ -52,7 +52,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temporary file and rename, so a crash never leaves a half file."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
@@ -151,12 +151,12 @@ def write_outputs(
     ``error`` records why a run stopped before its last round."""
     out.mkdir(parents=True, exist_ok=True)
     document = results_document(result, data_summary, error)
-    _atomic_write(out / "results.json", json.dumps(document, indent=2).encode())
+    atomic_write(out / "results.json", json.dumps(document, indent=2).encode())
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS)
     writer.writeheader()
     writer.writerows(csv_rows(result))
-    _atomic_write(out / "metrics.csv", table.getvalue().encode())
+    atomic_write(out / "metrics.csv", table.getvalue().encode())
     plot_curves(result, out / "curves.png")
 
 

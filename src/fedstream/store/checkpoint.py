@@ -1,0 +1,132 @@
+"""Checkpoints: a ``ServerState`` (and the report of the round that made it) on disk.
+
+One folder per round, ``checkpoints/round-000012/``:
+
+- ``params.safetensors`` — the global parameters (any safetensors reader opens it);
+- ``optimizer.<name>.safetensors`` — each server-optimiser moment;
+- ``state.json`` — round, RNG state, privacy ledgers, DP clip bound, the round's report,
+  and the SHA-256 of every file beside it.
+
+A checkpoint is written into a hidden temporary folder and renamed into place, so a crash
+leaves either the whole checkpoint or none; the loader ignores anything else. Loading
+checks every hash, so a truncated or altered file is refused, not half-read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from fedstream.errors import FedstreamError, WireFormatError
+from fedstream.params import Params
+from fedstream.privacy.accountant import PrivacyLedger
+from fedstream.types import RoundReport, ServerState
+
+FORMAT = "fedstream-checkpoint-1"
+_PREFIX = "round-"
+
+
+class CheckpointError(FedstreamError, ValueError):
+    """A checkpoint is missing, incomplete, altered, or does not fit the run."""
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def checkpoint_dir(root: Path, round_number: int) -> Path:
+    return root / f"{_PREFIX}{round_number:06d}"
+
+
+def save_checkpoint(
+    root: Path, state: ServerState, report: RoundReport | None = None, keep: int = 3
+) -> Path:
+    """Write ``state`` under ``root`` atomically; keep only the newest ``keep`` checkpoints
+    (0 keeps all). Returns the checkpoint's folder."""
+    root.mkdir(parents=True, exist_ok=True)
+    files: dict[str, bytes] = {"params.safetensors": state.params.to_bytes()}
+    for name, moment in state.optimizer.items():
+        files[f"optimizer.{name}.safetensors"] = moment.to_bytes()
+    document = {
+        "format": FORMAT,
+        "round": state.round,
+        "rng_state": dict(state.rng_state),
+        "accountant": {k: [list(e) for e in v.entries] for k, v in state.accountant.items()},
+        "clip_norm": state.clip_norm,
+        "optimizer": sorted(state.optimizer),
+        "report": report.to_dict() if report is not None else None,
+        "sha256": {name: _digest(data) for name, data in files.items()},
+    }
+    files["state.json"] = json.dumps(document, indent=1).encode()
+    temporary = Path(tempfile.mkdtemp(dir=root, prefix=".partial-"))
+    try:
+        for name, data in files.items():
+            with (temporary / name).open("wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+        final = checkpoint_dir(root, state.round)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(temporary, final)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if keep > 0:
+        for old in sorted(root.glob(f"{_PREFIX}*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(folder: Path) -> tuple[ServerState, RoundReport | None]:
+    """The state (and report) saved in ``folder``; every file's hash is checked."""
+    try:
+        document = json.loads((folder / "state.json").read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {folder}: state.json is missing") from None
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {folder}: state.json is not JSON ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {folder}: format is not {FORMAT!r}")
+
+    def read(name: str) -> Params:
+        try:
+            data = (folder / name).read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {folder}: {name} is missing") from None
+        if _digest(data) != document["sha256"].get(name):
+            raise CheckpointError(
+                f"checkpoint {folder}: {name} does not match its SHA-256 in state.json "
+                "(truncated or altered)"
+            )
+        try:
+            return Params.from_bytes(data).copy()
+        except WireFormatError as exc:
+            raise CheckpointError(f"checkpoint {folder}: {name}: {exc}") from None
+
+    try:
+        state = ServerState(
+            round=int(document["round"]),
+            params=read("params.safetensors"),
+            optimizer={n: read(f"optimizer.{n}.safetensors") for n in document["optimizer"]},
+            accountant={
+                level: PrivacyLedger(tuple((float(z), float(q), int(s)) for z, q, s in entries))
+                for level, entries in document["accountant"].items()
+            },
+            clip_norm=document["clip_norm"],
+            rng_state=document["rng_state"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {folder}: state.json lacks a field ({exc})") from None
+    report = document.get("report")
+    return state, RoundReport.from_dict(report) if report is not None else None
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint folder under ``root``, or ``None``."""
+    folders = sorted(p for p in root.glob(f"{_PREFIX}*") if (p / "state.json").exists())
+    return folders[-1] if folders else None

@@ -1,0 +1,162 @@
+"""The run store: one SQLite file that records every run, round, client outcome and metric.
+
+Each round is one transaction, so a crash leaves the store at a round boundary. The store
+holds the history; the newest state to resume from lives in the run's checkpoints.
+
+Tables: ``runs`` (id, status, config, output folder, error, rounds done, times),
+``rounds`` (the whole ``RoundReport`` as JSON), ``client_results`` (one row per sampled
+client: completed, or the stage and cause of its failure) and ``metrics`` (one row per
+round and metric, for queries and plots).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fedstream.errors import ConfigError
+from fedstream.types import RoundReport
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    status TEXT NOT NULL,
+    config TEXT NOT NULL,
+    output_dir TEXT,
+    rounds_done INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    round INTEGER NOT NULL,
+    finished REAL NOT NULL,
+    report TEXT NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS client_results (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    client_id TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    stage TEXT,
+    cause TEXT
+);
+CREATE INDEX IF NOT EXISTS client_results_by_round ON client_results (run_id, round);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, round, name)
+);
+"""
+
+STATUSES = ("running", "finished", "failed")
+
+
+class RunStore:
+    """A SQLite run store at ``path`` (created with its tables if missing)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            with db:  # one transaction: committed on success, rolled back on error
+                yield db
+        finally:
+            db.close()
+
+    def start_run(self, run_id: str, config: Mapping[str, Any], output_dir: str | None) -> None:
+        """Record a new run, or mark an existing one running again (a resume)."""
+        now = time.time()
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO runs (id, created, updated, status, config, output_dir) "
+                "VALUES (?, ?, ?, 'running', ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "updated = excluded.updated, status = 'running', error = NULL, "
+                "config = excluded.config",
+                (run_id, now, now, json.dumps(dict(config)), output_dir),
+            )
+
+    def record_round(self, run_id: str, report: RoundReport) -> None:
+        """Store one round's report, client outcomes and metrics in one transaction."""
+        failed = {f.client_id: f for f in report.failures}
+        rows: list[tuple[str, int, str, str, str | None, str | None]] = [
+            (run_id, report.round, c, "completed", None, None) for c in report.completed
+        ]
+        rows += [(run_id, report.round, c, "failed", f.stage, f.cause) for c, f in failed.items()]
+        with self._connect() as db:
+            db.execute(
+                "DELETE FROM client_results WHERE run_id = ? AND round = ?", (run_id, report.round)
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO rounds (run_id, round, finished, report) "
+                "VALUES (?, ?, ?, ?)",
+                (run_id, report.round, time.time(), json.dumps(report.to_dict())),
+            )
+            db.executemany("INSERT INTO client_results VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(
+                "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?)",
+                [(run_id, report.round, k, v) for k, v in report.metrics.items()],
+            )
+            db.execute(
+                "UPDATE runs SET rounds_done = MAX(rounds_done, ?), updated = ? WHERE id = ?",
+                (report.round, time.time(), run_id),
+            )
+
+    def forget_after(self, run_id: str, round_number: int) -> None:
+        """Drop rounds after ``round_number`` (a resume recomputes them exactly)."""
+        with self._connect() as db:
+            for table in ("rounds", "client_results", "metrics"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE run_id = ? AND round > ?", (run_id, round_number)
+                )
+            db.execute("UPDATE runs SET rounds_done = ? WHERE id = ?", (round_number, run_id))
+
+    def finish_run(self, run_id: str, error: str | None = None) -> None:
+        with self._connect() as db:
+            db.execute(
+                "UPDATE runs SET status = ?, error = ?, updated = ? WHERE id = ?",
+                ("failed" if error else "finished", error, time.time(), run_id),
+            )
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, newest first, without its rounds."""
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
+        return [{**dict(r), "config": json.loads(r["config"])} for r in rows]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        """One run with its rounds' reports; an unknown id names the ones that exist."""
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                known = [r[0] for r in db.execute("SELECT id FROM runs ORDER BY created")]
+                raise ConfigError("run", run_id, f"one of the runs in {self.path}: {known}")
+            reports = db.execute(
+                "SELECT report FROM rounds WHERE run_id = ? ORDER BY round", (run_id,)
+            ).fetchall()
+        return {
+            **dict(row),
+            "config": json.loads(row["config"]),
+            "rounds": [json.loads(r["report"]) for r in reports],
+        }
+
+    def reports(self, run_id: str) -> list[RoundReport]:
+        return [RoundReport.from_dict(r) for r in self.run(run_id)["rounds"]]

@@ -1,0 +1,179 @@
+"""Checkpoints, the SQLite run store, and exact resume, in process and after a real kill -9."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fedstream import ConfigError, simulate
+from fedstream.cli import main
+from fedstream.privacy import PrivacyLedger
+from fedstream.simulation import SimulationConfig
+from fedstream.store import (
+    CheckpointError,
+    RunStore,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+# FedAdam (optimiser moments), adaptive DP clipping (clip bound, ledger, noise drawn from the
+# run's generator) and client sampling: every part of ServerState moves each round.
+STATEFUL = dict(
+    num_clients=12, clients_per_round=5, local_epochs=1, partition="iid", strategy="fedadam",
+    dp="client", dp_noise=0.3, dp_adaptive_clip=True, dp_clip=0.1,
+)  # fmt: skip
+
+
+def test_a_checkpoint_round_trips_every_part_of_the_state(tmp_path):
+    result = simulate(rounds=2, **STATEFUL)
+    state, report = result.state, result.reports[-1]
+    folder = save_checkpoint(tmp_path, state, report)
+    assert folder.name == "round-000002"
+    loaded, loaded_report = load_checkpoint(folder)
+    assert loaded.round == 2 and loaded.params.bit_equal(state.params)
+    assert set(loaded.optimizer) == {"m", "v"}
+    assert all(loaded.optimizer[k].bit_equal(state.optimizer[k]) for k in ("m", "v"))
+    assert loaded.accountant == state.accountant
+    assert isinstance(loaded.accountant["client"], PrivacyLedger)
+    assert loaded.clip_norm == state.clip_norm and loaded.rng_state == state.rng_state
+    assert loaded.generator().integers(1 << 60) == state.generator().integers(1 << 60)
+    assert loaded_report == report
+    # params.safetensors opens in the safetensors library itself
+    from safetensors.numpy import load_file
+
+    on_disk = load_file(str(folder / "params.safetensors"))
+    assert all(np.array_equal(on_disk[n], state.params[n]) for n in state.params)
+
+
+def test_old_checkpoints_are_pruned_and_partial_ones_ignored(tmp_path):
+    state = simulate(rounds=1, num_clients=6, clients_per_round=2, local_epochs=1).state
+    for number in range(1, 6):
+        save_checkpoint(tmp_path, state.evolve(round=number), keep=2)
+    assert sorted(p.name for p in tmp_path.glob("round-*")) == ["round-000004", "round-000005"]
+    (tmp_path / ".partial-crashed").mkdir()  # what a crash mid-write leaves
+    (tmp_path / "round-000009").mkdir()  # no state.json: never completed
+    assert latest_checkpoint(tmp_path) == tmp_path / "round-000005"
+    assert latest_checkpoint(tmp_path / "nothing-here") is None
+
+
+def test_an_altered_or_truncated_checkpoint_is_refused(tmp_path):
+    state = simulate(rounds=1, num_clients=6, clients_per_round=2, local_epochs=1).state
+    folder = save_checkpoint(tmp_path, state)
+    data = (folder / "params.safetensors").read_bytes()
+    (folder / "params.safetensors").write_bytes(data[:-4])
+    with pytest.raises(CheckpointError, match=r"params.safetensors does not match its SHA-256"):
+        load_checkpoint(folder)
+    (folder / "params.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"params.safetensors is missing"):
+        load_checkpoint(folder)
+    (folder / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"state.json is not JSON"):
+        load_checkpoint(folder)
+
+
+def test_a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path):
+    straight = simulate(rounds=6, **STATEFUL)
+    first = simulate(rounds=3, output_dir=tmp_path / "run", **STATEFUL)
+    assert first.state.round == 3
+    resumed = simulate(output_dir=tmp_path / "run", resume=True, rounds=6)
+    assert resumed.state.params.bit_equal(straight.state.params)
+    assert resumed.state.optimizer["v"].bit_equal(straight.state.optimizer["v"])
+    assert resumed.state.clip_norm == straight.state.clip_norm
+    assert [r.metrics for r in resumed.reports] == [r.metrics for r in straight.reports]
+    run = RunStore(tmp_path / "store.sqlite").run("run")
+    assert run["status"] == "finished" and run["rounds_done"] == 6
+    assert [r["round"] for r in run["rounds"]] == [1, 2, 3, 4, 5, 6]
+    document = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert len(document["rounds"]) == 6
+
+
+def test_a_round_checkpointed_but_not_stored_is_recovered_from_the_checkpoint(tmp_path):
+    simulate(rounds=3, output_dir=tmp_path / "run", **STATEFUL)
+    with sqlite3.connect(tmp_path / "store.sqlite") as db:  # as if killed between the two
+        db.execute("DELETE FROM rounds WHERE round = 3")
+        db.execute("DELETE FROM metrics WHERE round = 3")
+    resumed = simulate(output_dir=tmp_path / "run", resume=True, rounds=4)
+    rounds = RunStore(tmp_path / "store.sqlite").run("run")["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4]
+    assert [r.round for r in resumed.reports] == [1, 2, 3, 4]
+
+
+def test_bad_resumes_say_what_is_wrong(tmp_path):
+    with pytest.raises(ConfigError, match=r"resume=.* a run folder with config.json"):
+        simulate(output_dir=tmp_path / "empty", resume=True)
+    with pytest.raises(ConfigError, match="resume=True is invalid: expected an output_dir"):
+        simulate(resume=True)
+    simulate(rounds=1, output_dir=tmp_path / "run", num_clients=6, clients_per_round=2)
+    with pytest.raises(ConfigError, match=r"lr=0.1 is invalid: expected 0.3, the value the"):
+        simulate(output_dir=tmp_path / "run", resume=True, lr=0.1)
+    # a checkpoint from another model is refused, not loaded into the wrong shapes
+    other = simulate(rounds=1, num_clients=6, clients_per_round=2, model="linear").state
+    save_checkpoint(tmp_path / "run" / "checkpoints", other.evolve(round=7))
+    with pytest.raises(CheckpointError, match=r"checkpoint .*round-000007"):
+        simulate(output_dir=tmp_path / "run", resume=True, rounds=9)
+
+
+def test_runs_list_and_show_read_the_store(tmp_path):
+    simulate(rounds=2, output_dir=tmp_path / "alpha", num_clients=6, clients_per_round=2)
+    store = str(tmp_path / "store.sqlite")
+    runner = CliRunner()
+    listed = runner.invoke(main, ["runs", "list", "--store", store])
+    assert listed.exit_code == 0 and "alpha" in listed.output and "finished" in listed.output
+    shown = runner.invoke(main, ["runs", "show", "alpha", "--store", store, "--json"])
+    assert shown.exit_code == 0
+    run = json.loads(shown.output)
+    assert run["rounds_done"] == 2 and "central_accuracy" in run["rounds"][-1]["metrics"]
+    table = runner.invoke(main, ["runs", "show", "alpha", "--store", store])
+    accuracy = run["rounds"][-1]["metrics"]["central_accuracy"]
+    assert table.exit_code == 0 and f"{accuracy:.4f}" in table.output
+    unknown = runner.invoke(main, ["runs", "show", "beta", "--store", store])
+    assert unknown.exit_code == 2 and "run='beta' is invalid" in unknown.output
+    assert "['alpha']" in unknown.output
+    missing = runner.invoke(main, ["runs", "list", "--store", str(tmp_path / "no.sqlite")])
+    assert missing.exit_code == 2 and "no run store" in missing.output
+
+
+def test_kill_9_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
+    flags = [
+        "--num-clients", "12", "--clients-per-round", "5", "--local-epochs", "20",
+        "--partition", "iid", "--strategy", "fedadam", "--dp", "client", "--dp-noise", "0.3",
+        "--rounds", "12", "--quiet",
+    ]  # fmt: skip
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "fedstream.cli", "run", *flags, "--output", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while (
+        latest_checkpoint(out / "checkpoints") is None
+        or latest_checkpoint(out / "checkpoints").name < "round-000004"
+    ):
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = latest_checkpoint(out / "checkpoints")
+    assert killed_at is not None and killed_at.name < "round-000012"
+    assert RunStore(tmp_path / "store.sqlite").run("run")["status"] == "running"
+    resumed = subprocess.run(
+        [sys.executable, "-m", "fedstream.cli", "run", "--resume", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    final, _ = load_checkpoint(latest_checkpoint(out / "checkpoints"))
+    config = SimulationConfig(**json.loads((out / "config.json").read_text()))
+    straight = simulate(config)
+    assert final.round == 12 and final.params.bit_equal(straight.state.params)
+    run = RunStore(tmp_path / "store.sqlite").run("run")
+    assert run["status"] == "finished"
+    assert [r["round"] for r in run["rounds"]] == list(range(1, 13))
