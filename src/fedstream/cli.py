@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +116,7 @@ def run(
             if quiet:
                 click.echo(str(resume_dir))
             return
-        values = dict(preset(preset_name).to_dict()) if preset_name else {}
-        values |= load_toml(config_path) if config_path else {}
-        values |= {k: v for k, v in flags.items() if v is not None}
-        config = from_mapping(values, source="config" if config_path else "flag")
+        config = _load_config(config_path, preset_name, flags)
         if output is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             output = Path("runs") / f"{stamp}-{config.dataset}-{config.strategy}"
@@ -131,6 +129,265 @@ def run(
         sys.exit(1)
     if quiet:
         click.echo(str(output))
+
+
+def _load_config(
+    config_path: Path | None, preset_name: str | None, flags: Mapping[str, str | None]
+) -> SimulationConfig:
+    """The preset, then the TOML file, then the flags."""
+    values = dict(preset(preset_name).to_dict()) if preset_name else {}
+    values |= load_toml(config_path) if config_path else {}
+    values |= {k: v for k, v in flags.items() if v is not None}
+    return from_mapping(values, source="config" if config_path else "flag")
+
+
+def _read(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(what, str(path), f"a readable file ({exc.strerror})") from None
+
+
+def _fail(exc: FedstreamError) -> None:
+    click.secho(f"error: {exc}", fg="red", err=True)
+    sys.exit(2 if isinstance(exc, ConfigError) else 1)
+
+
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TOML file of run settings; flags override it.",
+)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option(
+    "--tokens",
+    "tokens_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="JSON file of client id → token; unknown clients are refused.",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="host:port to listen on (port 0 picks a free one and prints it).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Server certificate chain (PEM).",
+)
+@click.option(
+    "--tls-key", type=click.Path(path_type=Path), default=None, help="Server private key (PEM)."
+)
+@click.option(
+    "--client-ca",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CA for client certificates: turns on mutual TLS.",
+)
+@click.option(
+    "--insecure", is_flag=True, help="Serve without TLS (tests, or a network you trust entirely)."
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run folder [default: runs/<time>-<dataset>-<strategy>].",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Continue the run in this folder from its newest checkpoint.",
+)
+@click.option(
+    "--store",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SQLite run store [default: store.sqlite beside the run folder].",
+)
+@click.option(
+    "--round-timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds a round waits for answers before recording the silent as dropped.",
+)
+@click.option(
+    "--wait-for",
+    type=int,
+    default=None,
+    help="Clients to wait for before round 1 [default: all configured].",
+)
+@click.option(
+    "--wait-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for them."
+)
+@click.option("--quiet", is_flag=True, help="No progress bar or table.")
+@_setting_options
+def server(
+    config_path: Path | None,
+    tokens_path: Path,
+    listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    client_ca: Path | None,
+    insecure: bool,
+    output: Path | None,
+    resume_dir: Path | None,
+    store: Path | None,
+    round_timeout: float,
+    wait_for: int | None,
+    wait_timeout: float,
+    quiet: bool,
+    **flags: str | None,
+) -> None:
+    """Serve a federated run to clients that connect over gRPC (TLS unless --insecure)."""
+    from fedstream.deploy import load_tokens, serve
+    from fedstream.transport.grpc.server import ServerCredentials
+
+    try:
+        tokens = load_tokens(tokens_path)
+        credentials = None
+        if not insecure:
+            if tls_cert is None or tls_key is None:
+                raise ConfigError(
+                    "--tls-cert",
+                    None,
+                    "a certificate and --tls-key (or --insecure to serve "
+                    "without TLS); docs/deployment.md shows how to make them",
+                )
+            credentials = ServerCredentials(
+                _read(tls_cert, "--tls-cert") or b"",
+                _read(tls_key, "--tls-key") or b"",
+                _read(client_ca, "--client-ca"),
+            )
+        if resume_dir is not None:
+            config, folder = None, resume_dir
+        else:
+            config = _load_config(config_path, None, flags)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            folder = output or Path("runs") / f"{stamp}-{config.dataset}-{config.strategy}"
+
+        def listening(port: int) -> None:
+            click.echo(f"fedstream server listening on port {port}, run {folder.name}", err=True)
+
+        serve(
+            config,
+            tokens,
+            listen=listen,
+            credentials=credentials,
+            output_dir=folder,
+            resume=resume_dir is not None,
+            store=store,
+            round_timeout_s=round_timeout,
+            wait_for=wait_for,
+            wait_timeout_s=wait_timeout,
+            progress=not quiet,
+            on_listening=listening,
+        )
+    except FedstreamError as exc:
+        _fail(exc)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--server", "address", required=True, help="The server's host:port.")
+@click.option("--id", "client_id", required=True, help="This client's id.")
+@click.option("--token", default=None, help="This client's token.")
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Read the token from this file (or the id's entry of a tokens JSON).",
+)
+@click.option(
+    "--ca-cert",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CA that signed the server's certificate (PEM).",
+)
+@click.option(
+    "--cert",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="This client's certificate, for mutual TLS.",
+)
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="This client's private key, for mutual TLS.",
+)
+@click.option("--insecure", is_flag=True, help="Connect without TLS.")
+@_setting_options
+def client(
+    config_path: Path | None,
+    address: str,
+    client_id: str,
+    token: str | None,
+    token_file: Path | None,
+    ca_cert: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    insecure: bool,
+    **flags: str | None,
+) -> None:
+    """Join a federated run as one client; reconnects until the server ends the run."""
+    from fedstream.deploy import join, load_tokens
+    from fedstream.transport.grpc.client import ClientCredentials
+
+    try:
+        if token is None and token_file is not None:
+            text = (_read(token_file, "--token-file") or b"").decode().strip()
+            token = load_tokens(token_file).get(client_id) if text.startswith("{") else text
+        if not token:
+            raise ConfigError("--token", token, "a token (or --token-file)")
+        credentials = (
+            None
+            if insecure
+            else ClientCredentials(
+                _read(ca_cert, "--ca-cert"), _read(cert, "--cert"), _read(key, "--key")
+            )
+        )
+        config = _load_config(config_path, None, flags)
+        stats = join(address, client_id, token, config, credentials=credentials)
+    except FedstreamError as exc:
+        _fail(exc)
+    click.echo(f"client {client_id}: {stats.tasks} tasks over {stats.connections} connection(s)")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the JSON of client id → token.",
+)
+@_setting_options
+def tokens(config_path: Path | None, out: Path, **flags: str | None) -> None:
+    """Make a random token for every client of a run config."""
+    from fedstream.deploy import make_tokens
+    from fedstream.simulation.engine import build_dataset
+
+    try:
+        config = _load_config(config_path, None, flags)
+        made = make_tokens(sorted(build_dataset(config).clients))
+    except FedstreamError as exc:
+        _fail(exc)
+    out.write_text(json.dumps(made, indent=1))
+    out.chmod(0o600)
+    click.echo(f"{len(made)} tokens written to {out} (keep it secret)")
 
 
 DATA_SETTINGS = frozenset(

@@ -7,6 +7,7 @@ logits for classification, the prediction for regression.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
@@ -98,6 +99,9 @@ def char_lstm(
 MODELS: dict[str, ModelBuilder] = {"mlp": mlp, "linear": linear, "cnn": cnn, "char_lstm": char_lstm}
 
 
+_GLOBAL_RNG = threading.Lock()
+
+
 def build_model(
     name: str,
     in_features: int,
@@ -109,10 +113,11 @@ def build_model(
     """Build model ``name`` with PyTorch's default initialisation drawn from ``seed``.
 
     torch's global generator is forked and restored, so building a model never changes the
-    random numbers the rest of a program sees.
+    random numbers the rest of a program sees. A lock keeps two threads from seeding the
+    one global generator at once (a server and its clients in one process did).
     """
     checks.one_of("model", name, list(MODELS))
-    with torch.random.fork_rng(devices=[]):
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = MODELS[name](in_features, out_features, None if hidden is None else tuple(hidden))
     return module.to(dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from fedstream.store.checkpoint import (
     save_checkpoint,
 )
 from fedstream.store.runs import RunStore
+from fedstream.transport.base import Transport
 from fedstream.transport.inprocess import InProcessTransport
 from fedstream.types import RoundReport, ServerState
 
@@ -182,6 +183,7 @@ def simulate(
     resume: bool = False,
     store: str | Path | None = None,
     keep_checkpoints: int = 3,
+    transport_factory: Callable[[Setup], Transport] | None = None,
     **overrides: Any,
 ) -> SimulationResult:
     """Run a simulated federated training and return its result.
@@ -197,6 +199,9 @@ def simulate(
     ``metrics.csv`` and ``curves.png`` at the end. ``resume=True`` continues the run in
     ``output_dir`` from its newest checkpoint and ends bit for bit where an uninterrupted
     run would have (only ``rounds`` and ``threads`` may differ from the original settings).
+
+    ``transport_factory`` replaces the in-process clients: a deployment passes one that
+    returns its gRPC transport, and the same loop, checkpoints and store drive real clients.
     """
     out = Path(output_dir) if output_dir is not None else None
     if resume:
@@ -224,12 +229,13 @@ def simulate(
                 atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=1).encode())
             runs.start_run(run_id, config.to_dict(), str(out))
         client_ids = sorted(setup.dataset.clients)
+        transport = transport_factory(setup) if transport_factory else setup.transport
         try:
             with RoundProgress(config.rounds, enabled=progress, done=state.round) as bar:
                 for new_state, report in run_rounds(
                     state,
                     config.build_strategy(),
-                    setup.transport,
+                    transport,
                     client_ids,
                     config.round_config(),
                     config.rounds,

@@ -1,0 +1,148 @@
+"""Deployment: the same round loop as the simulation, with clients in other processes or on
+other machines, over gRPC.
+
+- :func:`serve` runs a whole federated run as a server: it listens, waits for the
+  clients, and drives the rounds through ``simulate`` with a ``GrpcTransport``. The
+  checkpoints, run store, resume and outputs are the same as a simulated run's.
+- :func:`join` is one client: it loads its own data and model and answers the server's
+  requests until the run is over.
+
+In this first form every party reads the same run config. The server uses it for the
+model, the strategy and the list of client ids. A client uses it to build the model and,
+when it has no data of its own, to take its share of the configured data set, which is
+how the tests and the guide run a whole deployment on one machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from fedstream.client.base import Trainer
+from fedstream.client.vectorized import VectorizedTrainer
+from fedstream.data.base import ClientData
+from fedstream.errors import ConfigError
+from fedstream.simulation.config import SimulationConfig
+from fedstream.simulation.engine import Setup, SimulationResult, build, simulate
+from fedstream.transport.grpc.client import ClientCredentials, ClientStats, run_client
+from fedstream.transport.grpc.server import (
+    FedstreamService,
+    GrpcTransport,
+    ServerCredentials,
+    start_server,
+)
+
+log = logging.getLogger("fedstream.deploy")
+
+
+def make_tokens(client_ids: list[str]) -> dict[str, str]:
+    """A fresh random token (32 bytes, URL-safe) for each client."""
+    return {client_id: secrets.token_urlsafe(32) for client_id in client_ids}
+
+
+def load_tokens(path: Path) -> dict[str, str]:
+    """A JSON object of client id → token."""
+    try:
+        tokens = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("--tokens", str(path), "an existing JSON file of id → token") from None
+    except ValueError as exc:
+        raise ConfigError("--tokens", str(path), f"valid JSON ({exc})") from None
+    if not isinstance(tokens, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and v for k, v in tokens.items()
+    ):
+        raise ConfigError("--tokens", str(path), "a JSON object of client id → non-empty token")
+    return tokens
+
+
+def serve(
+    config: SimulationConfig | None,
+    tokens: Mapping[str, str],
+    *,
+    listen: str = "127.0.0.1:50051",
+    credentials: ServerCredentials | None = None,
+    output_dir: str | Path,
+    resume: bool = False,
+    store: str | Path | None = None,
+    round_timeout_s: float = 120.0,
+    wait_for: int | None = None,
+    wait_timeout_s: float = 300.0,
+    progress: bool = False,
+    on_listening: Callable[[int], None] | None = None,
+) -> SimulationResult:
+    """Run the federated training in ``config`` as a gRPC server on ``listen``.
+
+    Before round 1 it waits up to ``wait_timeout_s`` for ``wait_for`` clients (default:
+    all configured clients). Every configured client needs a token; ``credentials=None``
+    serves without TLS, which only tests and a trusted network should do. With ``resume``
+    the run in ``output_dir`` continues from its newest checkpoint (``config`` may then be
+    ``None``: the run's own is used).
+    """
+    out = Path(output_dir)
+    service = FedstreamService(tokens, run_id=out.name)
+    server, port = start_server(service, listen, credentials)
+    log.info("listening on port %d", port)
+    if on_listening is not None:
+        on_listening(port)
+
+    def transport(setup: Setup) -> GrpcTransport:
+        expected = sorted(setup.dataset.clients)
+        missing = [c for c in expected if c not in tokens]
+        if missing:
+            raise ConfigError("--tokens", f"{len(tokens)} tokens", f"a token for {missing[:5]}")
+        service.wait_for(wait_for if wait_for is not None else len(expected), wait_timeout_s)
+        return GrpcTransport(service, round_timeout_s)
+
+    try:
+        return simulate(
+            None if resume else config,
+            output_dir=out,
+            resume=resume,
+            store=store,
+            progress=progress,
+            transport_factory=transport,
+        )
+    finally:
+        service.finish()
+        server.stop(grace=2.0).wait()
+
+
+def client_setup(config: SimulationConfig, client_id: str) -> tuple[ClientData, Trainer]:
+    """The model trainer for ``config`` and this client's share of its data set."""
+    setup = build(config)
+    if client_id not in setup.dataset.clients:
+        known = sorted(setup.dataset.clients)
+        raise ConfigError("--id", client_id, f"one of the configured clients {known[:3]}…")
+    trainer = setup.trainer
+    if isinstance(trainer, VectorizedTrainer):
+        trainer = trainer.sequential  # one client: the sequential trainer does the same maths
+    return setup.dataset.clients[client_id], trainer
+
+
+def join(
+    server: str,
+    client_id: str,
+    token: str,
+    config: SimulationConfig,
+    *,
+    data: ClientData | None = None,
+    credentials: ClientCredentials | None = None,
+    stop: threading.Event | None = None,
+    give_up_after_s: float | None = None,
+) -> ClientStats:
+    """Take part in the run at ``server`` as ``client_id`` until it is over."""
+    own, trainer = client_setup(config, client_id)
+    return run_client(
+        server,
+        client_id,
+        token,
+        data if data is not None else own,
+        trainer,
+        credentials=credentials,
+        stop=stop,
+        give_up_after_s=give_up_after_s,
+    )

@@ -1,0 +1,249 @@
+"""The client's end of a deployment: dial the server, answer its requests, stay connected.
+
+``run_client`` keeps one ``Session`` stream open. It trains and evaluates with the given
+``Trainer`` on the client's own ``ClientData``, encodes updates exactly as the simulation
+does (``prepare_upload``), and keeps its secure-aggregation state on the device
+(``DeviceSecAgg``). A heartbeat goes out every few seconds. After a network loss or a
+server restart it reconnects with exponential backoff; a refusal of its credentials, or
+the server saying the run is over, ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from fedstream.client.base import FitTask, Trainer
+from fedstream.client.encode import prepare_upload
+from fedstream.data.base import ClientData
+from fedstream.errors import FedstreamError
+from fedstream.params import Params
+from fedstream.secure.session import DeviceSecAgg
+from fedstream.transport.grpc import fedstream_pb2 as pb
+from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
+from fedstream.transport.grpc.codec import fit_config_from_dict
+from fedstream.transport.grpc.framing import CHUNK_BYTES, Assembler, ProtocolError, chunks
+from fedstream.transport.grpc.server import PROTOCOL
+from fedstream.transport.inprocess import describe_exception
+
+log = logging.getLogger("fedstream.client")
+
+
+class ClientRefused(FedstreamError, PermissionError):
+    """The server refused this client (wrong token, unknown id, other protocol)."""
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """TLS for a client: the CA to check the server against, and for mutual TLS the
+    client's own certificate chain and key (all PEM)."""
+
+    root_ca: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+
+
+@dataclass
+class ClientStats:
+    """What a client did, for logs and tests."""
+
+    connections: int = 0
+    tasks: int = 0
+    refusals: int = 0
+
+
+def _channel(address: str, credentials: ClientCredentials | None) -> grpc.Channel:
+    options = [
+        ("grpc.max_receive_message_length", 4 * CHUNK_BYTES),
+        ("grpc.max_send_message_length", 4 * CHUNK_BYTES),
+        ("grpc.keepalive_time_ms", 10_000),
+    ]
+    if credentials is None:
+        return grpc.insecure_channel(address, options=options)
+    tls = grpc.ssl_channel_credentials(
+        root_certificates=credentials.root_ca,
+        private_key=credentials.private_key,
+        certificate_chain=credentials.certificate_chain,
+    )
+    return grpc.secure_channel(address, tls, options=options)
+
+
+class _Device:
+    """The client's state across tasks and reconnects: its data, trainer, SecAgg state."""
+
+    def __init__(self, client_id: str, data: ClientData, trainer: Trainer) -> None:
+        self.client_id = client_id
+        self.data = data
+        self.trainer = trainer
+        self.secagg = DeviceSecAgg(client_id)
+
+    def handle(self, request: pb.Request, payload: bytes) -> tuple[dict[str, Any], bytes]:
+        header = json.loads(request.header_json or "{}")
+        if request.kind == "fit":
+            config = fit_config_from_dict(header["config"])
+            task = FitTask(self.client_id, request.round, config)
+            update = self.trainer.fit(Params.from_bytes(payload), task, self.data)
+            sent = prepare_upload(update, config)
+            body = {"round": sent.round, "weight": sent.weight, "metrics": dict(sent.metrics)}
+            if config.secure_aggregation:
+                self.secagg.hold(sent)
+                return {**body, "weight": 0.0}, Params({}).to_bytes()
+            return {**body, "extras": dict(sent.extras)}, sent.payload.to_bytes()
+        if request.kind == "evaluate":
+            result = self.trainer.evaluate(
+                Params.from_bytes(payload), self.client_id, request.round, self.data
+            )
+            return {"num_examples": result.num_examples, "metrics": dict(result.metrics)}, b""
+        answer = self.secagg.answer(str(header.get("stage")), request.round, payload)
+        return {}, answer
+
+
+def run_client(
+    address: str,
+    client_id: str,
+    token: str,
+    data: ClientData,
+    trainer: Trainer,
+    *,
+    credentials: ClientCredentials | None = None,
+    stop: threading.Event | None = None,
+    max_backoff_s: float = 10.0,
+    give_up_after_s: float | None = None,
+    max_payload_bytes: int = 2 << 30,
+) -> ClientStats:
+    """Serve the run at ``address`` as ``client_id`` until the server says it is over.
+
+    Reconnects after failures with backoff 0.2 s, 0.4 s, … up to ``max_backoff_s``; with
+    ``give_up_after_s`` it stops trying after that long without a connection.
+    """
+    data.check(client_id)
+    device = _Device(client_id, data, trainer)
+    stats = ClientStats()
+    stop = stop or threading.Event()
+    backoff = 0.2
+    last_connected = time.monotonic()
+    while not stop.is_set():
+        try:
+            finished = _session(address, token, device, credentials, stop, stats, max_payload_bytes)
+            last_connected = time.monotonic()
+            if finished:
+                return stats
+            backoff = 0.2
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
+                raise ClientRefused(
+                    exc.details() if hasattr(exc, "details") else str(exc)
+                ) from None
+            if stats.connections and code is grpc.StatusCode.UNAVAILABLE and _said_finished(exc):
+                return stats
+            log.info(
+                "client %s: connection lost (%s); retrying in %.1f s", client_id, code, backoff
+            )
+        if give_up_after_s is not None and time.monotonic() - last_connected > give_up_after_s:
+            raise ConnectionError(
+                f"client {client_id!r}: no connection to {address} for {give_up_after_s:g} s"
+            )
+        stop.wait(backoff)
+        backoff = min(backoff * 2, max_backoff_s)
+    return stats
+
+
+def _said_finished(exc: grpc.RpcError) -> bool:
+    details = exc.details() if hasattr(exc, "details") else ""
+    return "run has finished" in (details or "")
+
+
+def _session(
+    address: str,
+    token: str,
+    device: _Device,
+    credentials: ClientCredentials | None,
+    stop: threading.Event,
+    stats: ClientStats,
+    max_payload_bytes: int,
+) -> bool:
+    """One connection; ``True`` when the server ended the run, ``False`` on a lost stream."""
+    outbound: queue.Queue[pb.ClientMessage | None] = queue.Queue()
+    outbound.put(
+        pb.ClientMessage(hello=pb.Hello(client_id=device.client_id, token=token, protocol=PROTOCOL))
+    )
+    beating = threading.Event()
+
+    def messages() -> Iterator[pb.ClientMessage]:
+        while True:
+            message = outbound.get()
+            if message is None:
+                return
+            yield message
+
+    def heartbeat(interval: float) -> None:
+        while not beating.wait(interval):
+            outbound.put(pb.ClientMessage(heartbeat=pb.Heartbeat(sent_ms=int(time.time() * 1000))))
+
+    with _channel(address, credentials) as channel:
+        stub = pb_grpc.FedstreamStub(channel)  # type: ignore[no-untyped-call]
+        stream = stub.Session(messages())
+        request: pb.Request | None = None
+        assembler: Assembler | None = None
+        try:
+            for message in stream:
+                if stop.is_set():
+                    stream.cancel()
+                    return True
+                kind = message.WhichOneof("body")
+                if kind == "welcome":
+                    stats.connections += 1
+                    threading.Thread(
+                        target=heartbeat, args=(message.welcome.heartbeat_s,), daemon=True
+                    ).start()
+                elif kind == "refusal":
+                    if message.refusal.reason == "run finished":
+                        return True
+                    stats.refusals += 1
+                    log.warning("server refused an answer: %s", message.refusal.reason)
+                elif kind == "request":
+                    request = message.request
+                    assembler = Assembler(max_payload_bytes, f"request {request.task_id}")
+                elif kind == "chunk" and request is not None and assembler is not None:
+                    payload = assembler.add(message.chunk)
+                    if payload is not None:
+                        _answer(device, request, payload, outbound)
+                        stats.tasks += 1
+                        request, assembler = None, None
+                else:
+                    raise ProtocolError(f"unexpected {kind!r} message from the server")
+        finally:
+            beating.set()
+            outbound.put(None)
+    return False
+
+
+def _answer(
+    device: _Device, request: pb.Request, payload: bytes, outbound: queue.Queue[Any]
+) -> None:
+    """Run one request and queue the reply (or the error that stopped it)."""
+    try:
+        header, body = device.handle(request, payload)
+        error = ""
+    except Exception as exc:
+        header, body, error = {}, b"", describe_exception(exc)
+    reply = pb.Reply(
+        task_id=request.task_id,
+        run_id=request.run_id,
+        round=request.round,
+        kind=request.kind,
+        header_json=json.dumps(header),
+        error=error,
+    )
+    outbound.put(pb.ClientMessage(reply=reply))
+    for chunk in chunks(body):
+        outbound.put(pb.ClientMessage(chunk=chunk))

@@ -1,0 +1,28 @@
+"""Task configs and results as the JSON headers of the gRPC messages."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from fedstream.transport.grpc.framing import ProtocolError
+from fedstream.types import ClientPrivacy, FitConfig, SampleDP
+
+
+def fit_config_to_dict(config: FitConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def fit_config_from_dict(data: Any) -> FitConfig:
+    """A ``FitConfig`` from its JSON form; unknown or missing fields are a ``ProtocolError``."""
+    try:
+        values = dict(data)
+        privacy = values.pop("privacy", None)
+        sample_dp = values.pop("sample_dp", None)
+        return FitConfig(
+            **values,
+            privacy=ClientPrivacy(**privacy) if privacy is not None else None,
+            sample_dp=SampleDP(**sample_dp) if sample_dp is not None else None,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"task config is invalid: {exc}") from None

@@ -1,0 +1,421 @@
+"""The server's end of a deployment: a gRPC service that clients dial into, and a
+``Transport`` over it for the round loop.
+
+Each connected client has one ``Session`` stream. The round loop's calls (``fit``,
+``evaluate``, ``exchange``) become requests queued on the sampled clients' streams; the
+answers come back on a shared queue, matched by task id. A client that is not connected,
+disconnects, or misses the round's deadline becomes a ``ClientFailure``. An answer that
+names an unknown or finished task, another run or another round is refused and recorded,
+and the server goes on serving everyone else.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from fedstream.client.base import FitTask
+from fedstream.errors import ClientFailure, ConfigError
+from fedstream.params import Params
+from fedstream.transport.base import Delivery
+from fedstream.transport.grpc import fedstream_pb2 as pb
+from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
+from fedstream.transport.grpc.codec import fit_config_to_dict
+from fedstream.transport.grpc.framing import CHUNK_BYTES, Assembler, ProtocolError, chunks
+from fedstream.types import ClientUpdate, EvaluateResult
+
+PROTOCOL = "fedstream/1"
+log = logging.getLogger("fedstream.server")
+
+
+@dataclass
+class _Session:
+    client_id: str
+    outbound: queue.Queue[pb.ServerMessage | None] = field(default_factory=queue.Queue)
+    alive: bool = True
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    client_id: str
+    kind: str
+    round: int
+
+
+@dataclass(frozen=True)
+class _Answer:
+    task_id: str
+    client_id: str
+    header: dict[str, Any]
+    payload: bytes
+    error: str | None
+
+
+class FedstreamService(pb_grpc.FedstreamServicer):
+    """Authenticates clients and moves requests and answers between them and the transport."""
+
+    def __init__(
+        self,
+        tokens: Mapping[str, str],
+        run_id: str,
+        heartbeat_s: float = 5.0,
+        max_payload_bytes: int = 2 << 30,
+    ) -> None:
+        self.tokens = dict(tokens)
+        self.run_id = run_id
+        self.heartbeat_s = heartbeat_s
+        self.max_payload_bytes = max_payload_bytes
+        self.sessions: dict[str, _Session] = {}
+        self.pending: dict[str, _Pending] = {}
+        self.answers: queue.Queue[_Answer] = queue.Queue()
+        self.refusals: list[str] = []
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.finished = False
+
+    # -- the gRPC method -------------------------------------------------------------------
+    def Session(
+        self, request_iterator: Iterator[pb.ClientMessage], context: grpc.ServicerContext
+    ) -> Iterator[pb.ServerMessage]:
+        try:
+            first = next(request_iterator)
+        except (StopIteration, grpc.RpcError):
+            return
+        client_id = self._authenticate(first, context)  # aborts the RPC if refused
+        session = _Session(client_id)
+        with self.changed:
+            old = self.sessions.get(client_id)
+            if old is not None:  # a reconnect replaces the stale stream
+                old.alive = False
+                old.outbound.put(None)
+            self.sessions[client_id] = session
+            self.changed.notify_all()
+        log.info("client %s connected from %s", client_id, context.peer())
+        reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True)
+        reader.start()
+        yield pb.ServerMessage(welcome=pb.Welcome(run_id=self.run_id, heartbeat_s=self.heartbeat_s))
+        while session.alive and context.is_active():
+            try:
+                message = session.outbound.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if message is None:
+                break
+            yield message
+        self._drop(session, "disconnected")
+
+    def _authenticate(self, first: pb.ClientMessage, context: grpc.ServicerContext) -> str:
+        hello = first.hello if first.WhichOneof("body") == "hello" else None
+        if hello is None:
+            self._refuse(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello"
+            )
+        assert hello is not None
+        if hello.protocol != PROTOCOL:
+            self._refuse(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"protocol {hello.protocol!r} is not supported: expected {PROTOCOL!r}",
+            )
+        expected = self.tokens.get(hello.client_id)
+        if expected is None or not hmac.compare_digest(expected, hello.token):
+            self._refuse(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"client {hello.client_id!r} is unknown or its token is wrong",
+            )
+        if self.finished:
+            self._refuse(context, grpc.StatusCode.UNAVAILABLE, "the run has finished")
+        return hello.client_id
+
+    def _refuse(self, context: grpc.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
+        with self.lock:
+            self.refusals.append(reason)
+        log.warning("refused a client: %s", reason)
+        context.abort(code, reason)
+
+    def _read(self, session: _Session, messages: Iterator[pb.ClientMessage]) -> None:
+        """Turn a client's stream of replies and chunks into answers, until it ends."""
+        reply: pb.Reply | None = None
+        assembler: Assembler | None = None
+        try:
+            for message in messages:
+                session.last_seen = time.monotonic()
+                kind = message.WhichOneof("body")
+                if kind == "heartbeat":
+                    continue
+                if kind == "reply":
+                    if reply is not None:
+                        raise ProtocolError("a reply began before the last one's payload ended")
+                    reply = message.reply
+                    assembler = Assembler(self.max_payload_bytes, f"reply {reply.task_id}")
+                    continue
+                if kind == "chunk" and reply is not None and assembler is not None:
+                    try:
+                        payload = assembler.add(message.chunk)
+                    except ProtocolError as exc:
+                        self._answer(session, reply, b"", str(exc))
+                        raise
+                    if payload is not None:
+                        self._answer(session, reply, payload, None)
+                        reply, assembler = None, None
+                    continue
+                raise ProtocolError(f"unexpected {kind!r} message")
+        except ProtocolError as exc:
+            with self.lock:
+                self.refusals.append(f"client {session.client_id!r}: {exc}")
+            log.warning("client %s broke the protocol: %s", session.client_id, exc)
+        except grpc.RpcError:
+            pass
+        finally:
+            self._drop(session, "disconnected")
+
+    def _answer(
+        self, session: _Session, reply: pb.Reply, payload: bytes, error: str | None
+    ) -> None:
+        with self.lock:
+            pending = self.pending.get(reply.task_id)
+            problem = None
+            if pending is None:
+                problem = f"task {reply.task_id!r} is unknown or already finished"
+            elif pending.client_id != session.client_id:
+                problem = f"task {reply.task_id!r} was given to another client"
+            elif reply.run_id != self.run_id:
+                problem = f"answer is for run {reply.run_id!r}, expected {self.run_id!r}"
+            elif reply.round != pending.round:
+                problem = f"answer is for round {reply.round}, expected round {pending.round}"
+            if pending is None or pending.client_id != session.client_id:
+                problem = problem or "not this client's task"
+                self.refusals.append(f"client {session.client_id!r}: {problem}")
+                session.outbound.put(pb.ServerMessage(refusal=pb.Refusal(reason=problem)))
+                log.warning("refused an answer from %s: %s", session.client_id, problem)
+                return
+            del self.pending[reply.task_id]
+        try:
+            header = json.loads(reply.header_json) if reply.header_json else {}
+        except ValueError:
+            header, problem = {}, "reply header is not JSON"
+        self.answers.put(
+            _Answer(reply.task_id, session.client_id, header, payload, problem or error or None)
+        )
+
+    def _drop(self, session: _Session, reason: str) -> None:
+        with self.changed:
+            session.alive = False
+            if self.sessions.get(session.client_id) is session:
+                del self.sessions[session.client_id]
+                log.info("client %s %s", session.client_id, reason)
+            lost = [t for t, p in self.pending.items() if p.client_id == session.client_id]
+            for task_id in lost:
+                del self.pending[task_id]
+            self.changed.notify_all()
+        for task_id in lost:
+            self.answers.put(_Answer(task_id, session.client_id, {}, b"", reason))
+
+    # -- used by the transport -----------------------------------------------------------
+    def send(
+        self, client_id: str, kind: str, round_number: int, header: Any, payload: bytes
+    ) -> str | None:
+        """Queue a request for ``client_id``; its task id, or ``None`` if not connected."""
+        task_id = uuid.uuid4().hex
+        with self.lock:
+            session = self.sessions.get(client_id)
+            if session is None or not session.alive:
+                return None
+            self.pending[task_id] = _Pending(client_id, kind, round_number)
+        request = pb.Request(
+            task_id=task_id,
+            run_id=self.run_id,
+            round=round_number,
+            kind=kind,
+            header_json=json.dumps(header),
+        )
+        session.outbound.put(pb.ServerMessage(request=request))
+        for chunk in chunks(payload):
+            session.outbound.put(pb.ServerMessage(chunk=chunk))
+        return task_id
+
+    def forget(self, task_ids: Sequence[str]) -> None:
+        with self.lock:
+            for task_id in task_ids:
+                self.pending.pop(task_id, None)
+
+    def connected(self) -> list[str]:
+        with self.lock:
+            return sorted(self.sessions)
+
+    def wait_for(self, count: int, timeout_s: float) -> list[str]:
+        """Block until ``count`` clients are connected; the connected ids, or an error."""
+        deadline = time.monotonic() + timeout_s
+        with self.changed:
+            while len(self.sessions) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConfigError(
+                        "wait_for",
+                        count,
+                        f"at most the {len(self.sessions)} clients that connected within "
+                        f"{timeout_s:g} s ({sorted(self.sessions)})",
+                    )
+                self.changed.wait(left)
+            return sorted(self.sessions)
+
+    def finish(self) -> None:
+        """Tell every client the run is over and close their streams."""
+        with self.lock:
+            self.finished = True
+            sessions = list(self.sessions.values())
+        for session in sessions:
+            session.outbound.put(pb.ServerMessage(refusal=pb.Refusal(reason="run finished")))
+            session.outbound.put(None)
+
+
+class GrpcTransport:
+    """The round loop's ``Transport`` over connected gRPC clients.
+
+    ``round_timeout_s`` bounds each call: clients that have not answered by then are
+    recorded as failures and the round goes on with the others.
+    """
+
+    def __init__(self, service: FedstreamService, round_timeout_s: float = 120.0) -> None:
+        self.service = service
+        self.round_timeout_s = round_timeout_s
+
+    def _call(
+        self, kind: str, round_number: int, requests: Mapping[str, tuple[Any, bytes]]
+    ) -> Iterator[tuple[str, _Answer | ClientFailure]]:
+        stage = {"fit": "train", "evaluate": "evaluate"}.get(kind, kind)
+        tasks: dict[str, str] = {}
+        for client_id, (header, payload) in requests.items():
+            task_id = self.service.send(client_id, kind, round_number, header, payload)
+            if task_id is None:
+                yield client_id, ClientFailure(client_id, stage, "not connected")
+            else:
+                tasks[task_id] = client_id
+        deadline = time.monotonic() + self.round_timeout_s
+        while tasks:
+            left = deadline - time.monotonic()
+            try:
+                answer = self.service.answers.get(timeout=max(left, 0.001))
+            except queue.Empty:
+                break
+            if answer.task_id not in tasks:
+                continue  # an answer to an earlier call that came too late
+            del tasks[answer.task_id]
+            if answer.error is not None:
+                yield answer.client_id, ClientFailure(answer.client_id, stage, answer.error)
+            else:
+                yield answer.client_id, answer
+        self.service.forget(list(tasks))
+        for client_id in tasks.values():
+            reason = f"no answer within round_timeout={self.round_timeout_s:g} s"
+            yield client_id, ClientFailure(client_id, stage, reason)
+
+    def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]:
+        if not tasks:
+            return
+        wire = params.to_bytes()
+        round_number = tasks[0].round
+        requests = {t.client_id: ({"config": fit_config_to_dict(t.config)}, wire) for t in tasks}
+        for client_id, answer in self._call("fit", round_number, requests):
+            if isinstance(answer, ClientFailure):
+                yield Delivery(client_id, answer, len(wire), 0)
+                continue
+            try:
+                update = ClientUpdate(
+                    client_id,
+                    int(answer.header["round"]),
+                    Params.from_bytes(answer.payload),
+                    float(answer.header["weight"]),
+                    {k: float(v) for k, v in answer.header.get("metrics", {}).items()},
+                    {k: float(v) for k, v in answer.header.get("extras", {}).items()},
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                failure = ClientFailure(client_id, "validate", f"malformed update: {exc}")
+                yield Delivery(client_id, failure, len(wire), len(answer.payload))
+                continue
+            yield Delivery(client_id, update, len(wire), len(answer.payload))
+
+    def evaluate(
+        self, params: Params, round_number: int, client_ids: Sequence[str]
+    ) -> Iterator[Delivery[EvaluateResult]]:
+        wire = params.to_bytes()
+        requests: dict[str, tuple[Any, bytes]] = {c: ({}, wire) for c in client_ids}
+        for client_id, answer in self._call("evaluate", round_number, requests):
+            if isinstance(answer, ClientFailure):
+                yield Delivery(client_id, answer, len(wire), 0)
+                continue
+            try:
+                result = EvaluateResult(
+                    client_id,
+                    round_number,
+                    int(answer.header["num_examples"]),
+                    {k: float(v) for k, v in answer.header.get("metrics", {}).items()},
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                failure = ClientFailure(client_id, "evaluate", f"malformed result: {exc}")
+                yield Delivery(client_id, failure, len(wire), 0)
+                continue
+            yield Delivery(client_id, result, len(wire), 0)
+
+    def exchange(
+        self, stage: str, round_number: int, requests: Mapping[str, bytes]
+    ) -> Iterator[tuple[str, bytes | ClientFailure]]:
+        calls = {c: ({"stage": stage}, r) for c, r in requests.items()}
+        for client_id, answer in self._call(stage, round_number, calls):
+            yield client_id, answer if isinstance(answer, ClientFailure) else answer.payload
+
+
+@dataclass
+class ServerCredentials:
+    """TLS for the server: its certificate chain and key (PEM), and optionally the CA that
+    client certificates must chain to (mutual TLS)."""
+
+    certificate_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+
+def start_server(
+    service: FedstreamService,
+    address: str,
+    credentials: ServerCredentials | None,
+    max_message_bytes: int = 4 * CHUNK_BYTES,
+) -> tuple[grpc.Server, int]:
+    """Serve ``service`` on ``address`` ("host:port", port 0 picks a free one), with TLS
+    unless ``credentials`` is ``None``. Returns the server and the port it listens on.
+    A single message above ``max_message_bytes`` is refused by gRPC itself."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=256), options=options)
+    pb_grpc.add_FedstreamServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        tls = grpc.ssl_server_credentials(
+            [(credentials.private_key, credentials.certificate_chain)],
+            root_certificates=credentials.client_ca,
+            require_client_auth=credentials.client_ca is not None,
+        )
+        port = server.add_secure_port(address, tls)
+    if port == 0:
+        raise ConfigError("address", address, "a host:port this process may listen on")
+    server.start()
+    return server, port
