@@ -106,7 +106,9 @@ class FedstreamService(pb_grpc.FedstreamServicer):
         reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True)
         reader.start()
         yield pb.ServerMessage(welcome=pb.Welcome(run_id=self.run_id, heartbeat_s=self.heartbeat_s))
-        while session.alive and context.is_active():
+        # until the None that _drop (or a newer session) queues: whatever was queued before
+        # it, such as a refusal, still goes out
+        while context.is_active():
             try:
                 message = session.outbound.get(timeout=1.0)
             except queue.Empty:
@@ -213,6 +215,8 @@ class FedstreamService(pb_grpc.FedstreamServicer):
 
     def _drop(self, session: _Session, reason: str) -> None:
         with self.changed:
+            if session.alive:
+                session.outbound.put(None)
             session.alive = False
             if self.sessions.get(session.client_id) is session:
                 del self.sessions[session.client_id]

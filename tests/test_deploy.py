@@ -1,0 +1,490 @@
+"""Deployment over gRPC with real processes and sockets on 127.0.0.1: a whole run, a client
+and the server killed with SIGKILL, bad clients and bad messages, and TLS."""
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from fedstream import simulate
+from fedstream.deploy import join, make_tokens, serve
+from fedstream.simulation import SimulationConfig
+from fedstream.simulation.engine import build_dataset
+from fedstream.store import RunStore, latest_checkpoint, load_checkpoint
+from fedstream.transport.grpc import fedstream_pb2 as pb
+from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
+from fedstream.transport.grpc.client import ClientCredentials, ClientRefused
+from fedstream.transport.grpc.framing import CHUNK_BYTES
+from fedstream.transport.grpc.server import (
+    PROTOCOL,
+    FedstreamService,
+    ServerCredentials,
+    start_server,
+)
+
+RUN = {
+    "num_clients": 5, "clients_per_round": 5, "partition": "iid", "local_epochs": 1,
+    "trainer": "sequential", "rounds": 4, "evaluate_every": 2,
+}  # fmt: skip
+
+
+def write_run(folder: Path, **changes) -> tuple[Path, Path, SimulationConfig]:
+    settings = {**RUN, **changes}
+    config = SimulationConfig(**settings)
+    toml = folder / "run.toml"
+    toml.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()) + "\n")
+    tokens = folder / "tokens.json"
+    tokens.write_text(json.dumps(make_tokens(sorted(build_dataset(config).clients))))
+    return toml, tokens, config
+
+
+class Process:
+    """A fedstream CLI process whose stderr is drained in the background."""
+
+    def __init__(self, *args: str) -> None:
+        command = [sys.executable, "-m", "fedstream.cli", *args]
+        self.popen = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.lines.append(line)
+
+    def wait_for_line(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if text in line:
+                    return line
+            assert self.popen.poll() is None, "".join(self.lines)
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} within {timeout} s: {''.join(self.lines)}")
+
+    def wait(self, timeout: float = 120) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        os.kill(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
+
+def start_server_process(toml, tokens, out, *extra, port=0):
+    server = Process(
+        "server", "--config", str(toml), "--tokens", str(tokens), "--insecure", "--quiet",
+        "--listen", f"127.0.0.1:{port}", "--output", str(out), *extra,
+    )  # fmt: skip
+    line = server.wait_for_line("listening on port")
+    return server, int(line.split("port")[1].split(",")[0])
+
+
+def start_clients(toml, tokens, port, ids):
+    return {
+        c: Process(
+            "client",
+            "--config",
+            str(toml),
+            "--server",
+            f"127.0.0.1:{port}",
+            "--id",
+            c,
+            "--token-file",
+            str(tokens),
+            "--insecure",
+        )
+        for c in ids
+    }
+
+
+def test_a_server_and_five_client_processes_match_the_simulation(tmp_path):
+    toml, tokens, config = write_run(tmp_path)
+    server, port = start_server_process(toml, tokens, tmp_path / "run")
+    clients = start_clients(toml, tokens, port, sorted(build_dataset(config).clients))
+    assert server.wait() == 0, "".join(server.lines)
+    for client in clients.values():
+        assert client.wait() == 0, "".join(client.lines)
+    final, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    simulated = simulate(config)
+    assert final.round == 4
+    # the same arithmetic; only the order updates arrive in (and so float rounding) differs
+    np.testing.assert_allclose(final.params.flat(), simulated.state.params.flat(), atol=1e-6)
+    run = RunStore(tmp_path / "store.sqlite").run("run")
+    assert run["status"] == "finished" and len(run["rounds"]) == 4
+    assert all(len(r["completed"]) == 5 for r in run["rounds"])
+    assert run["rounds"][-1]["bytes_up"] > 0
+
+
+def test_a_client_killed_mid_run_is_recorded_and_the_run_goes_on(tmp_path):
+    toml, tokens, config = write_run(tmp_path, rounds=6, local_epochs=30, evaluate_every=0)
+    server, port = start_server_process(toml, tokens, tmp_path / "run", "--round-timeout", "60")
+    ids = sorted(build_dataset(config).clients)
+    clients = start_clients(toml, tokens, port, ids)
+    store = tmp_path / "store.sqlite"
+    deadline = time.monotonic() + 120
+    while not (
+        store.exists() and RunStore(store).runs() and RunStore(store).runs()[0]["rounds_done"] >= 1
+    ):
+        assert time.monotonic() < deadline and server.popen.poll() is None, "".join(server.lines)
+        time.sleep(0.05)
+    clients[ids[2]].kill()
+    assert server.wait() == 0, "".join(server.lines)
+    run = RunStore(store).run("run")
+    assert run["status"] == "finished" and len(run["rounds"]) == 6
+    causes = [f["cause"] for r in run["rounds"] for f in r["failures"] if f["client_id"] == ids[2]]
+    assert causes and set(causes) <= {"disconnected", "not connected"}
+    assert len(run["rounds"][-1]["completed"]) == 4
+    for client_id, client in clients.items():
+        if client_id != ids[2]:
+            assert client.wait() == 0
+
+
+def test_the_server_killed_mid_run_resumes_and_its_clients_reconnect(tmp_path):
+    toml, tokens, config = write_run(tmp_path, rounds=8, local_epochs=20, evaluate_every=0)
+    out = tmp_path / "run"
+    server, port = start_server_process(toml, tokens, out)
+    clients = start_clients(toml, tokens, port, sorted(build_dataset(config).clients))
+    deadline = time.monotonic() + 120
+    while (found := latest_checkpoint(out / "checkpoints")) is None or found.name < "round-000003":
+        assert time.monotonic() < deadline and server.popen.poll() is None, "".join(server.lines)
+        time.sleep(0.05)
+    server.kill()
+    killed_at = latest_checkpoint(out / "checkpoints")
+    assert killed_at is not None and killed_at.name < "round-000008"
+    # the same port: the clients are retrying it with backoff
+    restarted = Process(
+        "server", "--tokens", str(tokens), "--insecure", "--quiet",
+        "--listen", f"127.0.0.1:{port}", "--resume", str(out),
+    )  # fmt: skip
+    assert restarted.wait(timeout=180) == 0, "".join(restarted.lines)
+    for client in clients.values():
+        assert client.wait() == 0, "".join(client.lines)
+    final, _ = load_checkpoint(latest_checkpoint(out / "checkpoints"))
+    assert final.round == 8
+    simulated = simulate(config)
+    np.testing.assert_allclose(final.params.flat(), simulated.state.params.flat(), atol=1e-5)
+    run = RunStore(tmp_path / "store.sqlite").run("run")
+    assert run["status"] == "finished"
+    assert [r["round"] for r in run["rounds"]] == list(range(1, 9))
+
+
+def test_a_client_with_a_wrong_token_is_refused_and_the_others_are_served(tmp_path):
+    toml, tokens, config = write_run(tmp_path, rounds=2)
+    ids = sorted(build_dataset(config).clients)
+    server, port = start_server_process(toml, tokens, tmp_path / "run")
+    intruder = Process(
+        "client", "--config", str(toml), "--server", f"127.0.0.1:{port}", "--id", ids[0],
+        "--token", "not-the-token", "--insecure",
+    )  # fmt: skip
+    assert intruder.wait() == 1
+    assert "client 'client-0' is unknown or its token is wrong" in "".join(intruder.lines)
+    clients = start_clients(toml, tokens, port, ids)
+    assert server.wait() == 0, "".join(server.lines)
+    assert all(c.wait() == 0 for c in clients.values())
+
+
+# -- bad messages, against a real server in this process --------------------------------
+
+
+@pytest.fixture
+def live_service():
+    service = FedstreamService({"alice": "a-token", "bob": "b-token"}, run_id="run-x")
+    server, port = start_server(service, "127.0.0.1:0", None)
+    yield service, port
+    service.finish()
+    server.stop(grace=None)
+
+
+def session(port, *messages):
+    """Open a raw Session, send ``messages``, and return what the server sent back within
+    a second (or the error that ended the stream)."""
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 * CHUNK_BYTES)]
+    )
+    outbound = list(messages)
+    stream = pb_grpc.FedstreamStub(channel).Session(iter(outbound), timeout=1.5)
+    received = []
+    try:
+        for message in stream:
+            received.append(message)
+    except grpc.RpcError as exc:
+        return received, exc
+    finally:
+        channel.close()
+    return received, None
+
+
+def hello(client_id, token):
+    return pb.ClientMessage(hello=pb.Hello(client_id=client_id, token=token, protocol=PROTOCOL))
+
+
+def test_wrong_token_unknown_client_and_missing_hello_are_refused(live_service):
+    _, port = live_service
+    _, error = session(port, hello("alice", "b-token"))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "client 'alice' is unknown or its token is wrong" in error.details()
+    _, error = session(port, hello("mallory", "x"))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    _, error = session(port, pb.ClientMessage(heartbeat=pb.Heartbeat(sent_ms=1)))
+    assert "the first message must be Hello" in error.details()
+    old = pb.ClientMessage(hello=pb.Hello(client_id="bob", token="b-token", protocol="fedstream/0"))
+    _, error = session(port, old)
+    assert "protocol 'fedstream/0' is not supported" in error.details()
+
+
+def test_answers_to_unknown_tasks_other_rounds_and_bad_payloads_are_refused(live_service):
+    service, port = live_service
+    stale = pb.ClientMessage(
+        reply=pb.Reply(task_id="feed", run_id="run-x", round=3, kind="fit", header_json="{}")
+    )
+    nothing = hashlib.sha256(b"").hexdigest()
+    empty = pb.ClientMessage(chunk=pb.Chunk(data=b"", last=True, sha256=nothing, total_bytes=0))
+    received, _ = session(port, hello("alice", "a-token"), stale, empty)
+    kinds = [m.WhichOneof("body") for m in received]
+    assert kinds[0] == "welcome" and "refusal" in kinds
+    assert "task 'feed' is unknown or already finished" in received[-1].refusal.reason
+
+    # a real pending task answered for the wrong round
+    answers = []
+
+    def bob_session():
+        def messages():
+            yield hello("bob", "b-token")
+            while not service.pending:
+                time.sleep(0.01)
+            task_id = next(iter(service.pending))
+            yield pb.ClientMessage(
+                reply=pb.Reply(task_id=task_id, run_id="run-x", round=99, kind="fit")
+            )
+            yield pb.ClientMessage(
+                chunk=pb.Chunk(
+                    data=b"xyz",
+                    last=True,
+                    total_bytes=3,
+                    sha256=__import__("hashlib").sha256(b"xyz").hexdigest(),
+                )
+            )
+            time.sleep(0.5)
+
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        try:
+            for message in pb_grpc.FedstreamStub(channel).Session(messages(), timeout=3):
+                answers.append(message)
+        except grpc.RpcError:
+            pass
+
+    thread = threading.Thread(target=bob_session)
+    thread.start()
+    service.wait_for(1, 5)
+    task = service.send("bob", "fit", 2, {}, b"params")
+    while task in service.pending:
+        time.sleep(0.01)
+    answer = service.answers.get(timeout=5)
+    assert answer.task_id == task and answer.error == "answer is for round 99, expected round 2"
+    thread.join()
+
+
+def test_a_truncated_payload_and_an_oversized_message_end_only_that_stream(live_service):
+    service, port = live_service
+    reply = pb.ClientMessage(reply=pb.Reply(task_id="t", run_id="run-x", round=1, kind="fit"))
+    lying = pb.ClientMessage(chunk=pb.Chunk(data=b"abc", last=True, sha256="0", total_bytes=10))
+    session(port, hello("alice", "a-token"), reply, lying)
+    assert any("truncated" in r for r in service.refusals)
+    huge = pb.ClientMessage(chunk=pb.Chunk(data=bytes(5 * CHUNK_BYTES), last=True))
+    _, error = session(port, hello("alice", "a-token"), reply, huge)
+    assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # the server still serves: bob connects and is welcomed
+    received, _ = session(port, hello("bob", "b-token"))
+    assert received and received[0].WhichOneof("body") == "welcome"
+
+
+# -- TLS ---------------------------------------------------------------------------------
+
+
+def make_certificates(folder: Path) -> tuple[bytes, bytes, bytes]:
+    """A CA and a server certificate for 127.0.0.1/localhost signed by it (PEM)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedstream test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return ca.public_bytes(pem), cert.public_bytes(pem), key_pem
+
+
+def test_a_run_over_tls_and_a_client_that_cannot_verify_the_server(tmp_path):
+    ca, cert, key = make_certificates(tmp_path)
+    config = SimulationConfig(**{**RUN, "rounds": 1})
+    ids = sorted(build_dataset(config).clients)
+    tokens = make_tokens(ids)
+    ready = threading.Event()
+    port: dict[str, int] = {}
+    result = {}
+
+    def run_server():
+        result["run"] = serve(
+            config, tokens, listen="localhost:0", credentials=ServerCredentials(cert, key),
+            output_dir=tmp_path / "run", on_listening=lambda p: (port.update(p=p), ready.set()),
+            wait_timeout_s=60,
+        )  # fmt: skip
+
+    thread = threading.Thread(target=run_server)
+    thread.start()
+    assert ready.wait(30)
+    address = f"localhost:{port['p']}"
+    # a client that does not trust the server's CA never gets through
+    with pytest.raises(ConnectionError, match="no connection"):
+        join(address, ids[0], tokens[ids[0]], config,
+             credentials=ClientCredentials(root_ca=None), give_up_after_s=1.0)  # fmt: skip
+    workers = [
+        threading.Thread(
+            target=join,
+            args=(address, c, tokens[c], config),
+            kwargs={"credentials": ClientCredentials(root_ca=ca), "give_up_after_s": 30},
+        )
+        for c in ids
+    ]
+    for worker in workers:
+        worker.start()
+    thread.join(timeout=120)
+    assert result["run"].state.round == 1
+    assert len(result["run"].reports[0].completed) == 5
+
+
+def test_the_server_refuses_to_start_without_tls_unless_told(tmp_path):
+    toml, tokens, _ = write_run(tmp_path)
+    process = Process("server", "--config", str(toml), "--tokens", str(tokens))
+    assert process.wait() == 2
+    assert "--tls-cert=None is invalid: expected a certificate and --tls-key" in "".join(
+        process.lines
+    )
+
+
+def test_wrong_token_from_python_raises_client_refused(live_service):
+    _, port = live_service
+    config = SimulationConfig(**{**RUN, "rounds": 1})
+    with pytest.raises(ClientRefused, match="unknown or its token is wrong"):
+        join(f"127.0.0.1:{port}", "client-0", "nope", config)
+
+
+def netns(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *command], capture_output=True, text=True)
+
+
+@pytest.fixture
+def two_hosts():
+    """Two network namespaces joined by a veth pair: a server host at 10.231.7.1 and a
+    client host at 10.231.7.2, made for this test and removed after it."""
+    if shutil.which("ip") is None:
+        pytest.skip("the ip tool is not installed")
+    tag = f"{os.getpid() % 100000}"
+    server_ns, client_ns = f"fs-srv-{tag}", f"fs-cli-{tag}"
+    probe = netns("netns", "add", server_ns)
+    if probe.returncode != 0:
+        pytest.skip(f"network namespaces are not permitted here: {probe.stderr.strip()}")
+    try:
+        steps = [
+            ("netns", "add", client_ns),
+            ("link", "add", f"vs{tag}", "type", "veth", "peer", "name", f"vc{tag}"),
+            ("link", "set", f"vs{tag}", "netns", server_ns),
+            ("link", "set", f"vc{tag}", "netns", client_ns),
+            ("-n", server_ns, "addr", "add", "10.231.7.1/24", "dev", f"vs{tag}"),
+            ("-n", client_ns, "addr", "add", "10.231.7.2/24", "dev", f"vc{tag}"),
+            ("-n", server_ns, "link", "set", f"vs{tag}", "up"),
+            ("-n", client_ns, "link", "set", f"vc{tag}", "up"),
+            ("-n", server_ns, "link", "set", "lo", "up"),
+            ("-n", client_ns, "link", "set", "lo", "up"),
+        ]
+        for step in steps:
+            done = netns(*step)
+            if done.returncode != 0:
+                pytest.skip(f"could not build the namespaces ({' '.join(step)}): {done.stderr}")
+        yield server_ns, client_ns
+    finally:
+        netns("netns", "delete", server_ns)
+        netns("netns", "delete", client_ns)
+
+
+def test_server_and_clients_on_separate_virtual_hosts(tmp_path, two_hosts):
+    server_ns, client_ns = two_hosts
+    toml, tokens, config = write_run(tmp_path, rounds=2)
+    python = [sys.executable, "-m", "fedstream.cli"]
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, *python, "server", "--config", str(toml),
+         "--tokens", str(tokens), "--insecure", "--quiet", "--listen", "10.231.7.1:50051",
+         "--output", str(tmp_path / "run")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    clients = [
+        subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                client_ns,
+                *python,
+                "client",
+                "--config",
+                str(toml),
+                "--server",
+                "10.231.7.1:50051",
+                "--id",
+                c,
+                "--token-file",
+                str(tokens),
+                "--insecure",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for c in sorted(build_dataset(config).clients)
+    ]
+    _, server_err = server.communicate(timeout=180)
+    assert server.returncode == 0, server_err
+    for client in clients:
+        _, err = client.communicate(timeout=60)
+        assert client.returncode == 0, err
+    run = RunStore(tmp_path / "store.sqlite").run("run")
+    assert run["status"] == "finished" and len(run["rounds"]) == 2
+    assert all(len(r["completed"]) == 5 for r in run["rounds"])
