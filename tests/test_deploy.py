@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 
 from fedstream import simulate
@@ -120,8 +119,9 @@ def test_a_server_and_five_client_processes_match_the_simulation(tmp_path):
     final, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
     simulated = simulate(config)
     assert final.round == 4
-    # the same arithmetic; only the order updates arrive in (and so float rounding) differs
-    np.testing.assert_allclose(final.params.flat(), simulated.state.params.flat(), atol=1e-6)
+    # the same arithmetic in the same order: the deployment ends bit for bit where the
+    # simulation does
+    assert final.params.bit_equal(simulated.state.params)
     run = RunStore(tmp_path / "store.sqlite").run("run")
     assert run["status"] == "finished" and len(run["rounds"]) == 4
     assert all(len(r["completed"]) == 5 for r in run["rounds"])
@@ -174,8 +174,7 @@ def test_the_server_killed_mid_run_resumes_and_its_clients_reconnect(tmp_path):
         assert client.wait() == 0, "".join(client.lines)
     final, _ = load_checkpoint(latest_checkpoint(out / "checkpoints"))
     assert final.round == 8
-    simulated = simulate(config)
-    np.testing.assert_allclose(final.params.flat(), simulated.state.params.flat(), atol=1e-5)
+    assert final.params.bit_equal(simulate(config).state.params)  # exact resume
     run = RunStore(tmp_path / "store.sqlite").run("run")
     assert run["status"] == "finished"
     assert [r["round"] for r in run["rounds"]] == list(range(1, 9))
@@ -229,6 +228,30 @@ def session(port, *messages):
 
 def hello(client_id, token):
     return pb.ClientMessage(hello=pb.Hello(client_id=client_id, token=token, protocol=PROTOCOL))
+
+
+def test_a_connected_client_that_stops_sending_heartbeats_is_dropped():
+    service = FedstreamService({"alice": "a-token"}, run_id="run-x", heartbeat_s=0.2)
+    server, port = start_server(service, "127.0.0.1:0", None)
+    try:
+
+        def silent():
+            yield hello("alice", "a-token")
+            time.sleep(3)  # connected, never answers, no heartbeats
+
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stream = pb_grpc.FedstreamStub(channel).Session(silent(), timeout=5)
+        listener = threading.Thread(target=lambda: list(stream), daemon=True)
+        listener.start()
+        service.wait_for(1, 5)
+        task = service.send("alice", "fit", 1, {}, b"")
+        answer = service.answers.get(timeout=5)
+        assert answer.task_id == task and answer.error.startswith("no heartbeat for")
+        assert service.connected() == []
+        channel.close()
+    finally:
+        service.finish()
+        server.stop(grace=None)
 
 
 def test_wrong_token_unknown_client_and_missing_hello_are_refused(live_service):
@@ -488,3 +511,21 @@ def test_server_and_clients_on_separate_virtual_hosts(tmp_path, two_hosts):
     run = RunStore(tmp_path / "store.sqlite").run("run")
     assert run["status"] == "finished" and len(run["rounds"]) == 2
     assert all(len(r["completed"]) == 5 for r in run["rounds"])
+
+
+def test_secure_aggregation_and_dp_over_grpc_match_the_simulation(tmp_path):
+    toml, tokens, config = write_run(
+        tmp_path, rounds=2, secure_aggregation="secagg+", dp="client", dp_noise=0.3,
+        dp_adaptive_clip=True, dp_clip=0.05,
+    )  # fmt: skip
+    server, port = start_server_process(toml, tokens, tmp_path / "run")
+    clients = start_clients(toml, tokens, port, sorted(build_dataset(config).clients))
+    assert server.wait() == 0, "".join(server.lines)
+    assert all(c.wait() == 0 for c in clients.values())
+    final, report = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    simulated = simulate(config)
+    # fixed-point sums are exact whatever the order, so this too is bit for bit
+    assert final.params.bit_equal(simulated.state.params)
+    assert final.clip_norm == simulated.state.clip_norm
+    assert report.metrics["dp_epsilon"] == simulated.reports[-1].metrics["dp_epsilon"]
+    assert report.bytes_up > 0 and len(report.completed) == 5

@@ -166,6 +166,37 @@ def _weighted_mean(
     return {f"{prefix}{k}": totals[k] / weights[k] for k in totals if weights[k] > 0}
 
 
+class InTaskOrder:
+    """Feeds accepted updates on in the order their tasks were given, whatever order they
+    arrive in. Float sums depend on order, so this makes a round's sum, and so the whole
+    run, the same in simulation and deployment and after a resume. An update waits only for
+    the ones before it still outstanding; in the simulation they arrive in order and
+    nothing waits."""
+
+    def __init__(self, order: Sequence[str], accept: Callable[[ClientUpdate], None]) -> None:
+        self._order = list(order)
+        self._next = 0
+        self._settled: dict[str, ClientUpdate | None] = {}
+        self._accept = accept
+
+    def settle(self, client_id: str, update: ClientUpdate | None) -> None:
+        """``client_id``'s outcome: its accepted update, or ``None`` if it failed."""
+        self._settled[client_id] = update
+        while self._next < len(self._order) and self._order[self._next] in self._settled:
+            ready = self._settled.pop(self._order[self._next])
+            self._next += 1
+            if ready is not None:
+                self._accept(ready)
+
+    def finish(self) -> None:
+        """Pass on whatever is still waiting (those before it never answered)."""
+        for client_id in self._order[self._next :]:
+            ready = self._settled.pop(client_id, None)
+            if ready is not None:
+                self._accept(ready)
+        self._next = len(self._order)
+
+
 def run_round(
     state: ServerState,
     strategy: Strategy,
@@ -222,6 +253,14 @@ def run_round(
     accumulator = PlainSum(state.params)
     completed: list[str] = []
     train_metrics: list[tuple[float, Mapping[str, float]]] = []
+
+    def accept(update: ClientUpdate) -> None:
+        if secure is None:
+            accumulator.add(update.payload, update.weight, update.extras)
+        completed.append(update.client_id)
+        train_metrics.append((1.0 if secure is not None else update.weight, update.metrics))
+
+    in_order = InTaskOrder([t.client_id for t in tasks], accept)
     bytes_down = bytes_up = 0
     expected = {task.client_id for task in tasks}
     for delivery in transport.fit(state.params, tasks):
@@ -230,7 +269,9 @@ def run_round(
         result = delivery.result
         if isinstance(result, ClientFailure):
             failures.append(result)
-            expected.discard(result.client_id)
+            if result.client_id in expected:
+                expected.discard(result.client_id)
+                in_order.settle(result.client_id, None)
             continue
         if result.client_id not in expected:
             failures.append(
@@ -241,20 +282,19 @@ def run_round(
             continue
         expected.discard(result.client_id)
         if secure is not None:  # the update stays on the client until the secure sum
-            if result.round != round_number:
-                reason = f"answer is for round {result.round}, expected round {round_number}"
-                failures.append(ClientFailure(result.client_id, "validate", reason))
-                continue
-            completed.append(result.client_id)
-            train_metrics.append((1.0, result.metrics))
-            continue
-        rejection = check_update(result, state.params, round_number, config.max_update_norm, fit)
+            rejection = (
+                f"answer is for round {result.round}, expected round {round_number}"
+                if result.round != round_number
+                else None
+            )
+        else:
+            rejection = check_update(
+                result, state.params, round_number, config.max_update_norm, fit
+            )
         if rejection is not None:
             failures.append(ClientFailure(result.client_id, "validate", rejection))
-            continue
-        accumulator.add(result.payload, result.weight, result.extras)
-        completed.append(result.client_id)
-        train_metrics.append((result.weight, result.metrics))
+        in_order.settle(result.client_id, None if rejection is not None else result)
+    in_order.finish()
     failures += [
         ClientFailure(t.client_id, "train", "no answer") for t in tasks if t.client_id in expected
     ]

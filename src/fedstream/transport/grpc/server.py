@@ -108,15 +108,20 @@ class FedstreamService(pb_grpc.FedstreamServicer):
         yield pb.ServerMessage(welcome=pb.Welcome(run_id=self.run_id, heartbeat_s=self.heartbeat_s))
         # until the None that _drop (or a newer session) queues: whatever was queued before
         # it, such as a refusal, still goes out
+        reason = "disconnected"
         while context.is_active():
             try:
-                message = session.outbound.get(timeout=1.0)
+                message = session.outbound.get(timeout=min(1.0, self.heartbeat_s))
             except queue.Empty:
+                silent = time.monotonic() - session.last_seen
+                if silent > 3 * self.heartbeat_s:  # alive at the TCP level, but hung
+                    reason = f"no heartbeat for {silent:.1f} s"
+                    break
                 continue
             if message is None:
                 break
             yield message
-        self._drop(session, "disconnected")
+        self._drop(session, reason)
 
     def _authenticate(self, first: pb.ClientMessage, context: grpc.ServicerContext) -> str:
         hello = first.hello if first.WhichOneof("body") == "hello" else None
