@@ -1,0 +1,213 @@
+"""The gRPC transport's cost on loopback, in one run:
+
+1. Upload throughput: a client sends a payload of ``--megabytes`` MB (a model update) to
+   the real ``FedstreamService`` over a Session stream, chunked and hashed as in a round,
+   against a raw TCP socket sending the same bytes (``sendall`` into a reader thread).
+2. Per-round overhead: the default digits job with 10 clients, all sampled every round,
+   run in process and then as a gRPC server with 10 client processes (no TLS). Compared
+   are the server's median wall time per round (``RoundReport.times["total_s"]``) and the
+   final accuracy, which must be equal.
+
+    python benchmarks/grpc_transport.py [--megabytes 100] [--rounds 10] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from fedstream import simulate
+from fedstream.deploy import make_tokens
+from fedstream.simulation import SimulationConfig
+from fedstream.simulation.engine import build_dataset
+from fedstream.store import RunStore
+from fedstream.transport.grpc import fedstream_pb2 as pb
+from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
+from fedstream.transport.grpc.framing import chunks
+from fedstream.transport.grpc.server import PROTOCOL, FedstreamService, start_server
+
+
+def grpc_upload_mb_s(payload: bytes) -> float:
+    service = FedstreamService({"c": "t"}, run_id="bench")
+    server, port = start_server(service, "127.0.0.1:0", None)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    ready = threading.Event()
+    task_box: dict[str, str] = {}
+
+    def messages():  # type: ignore[no-untyped-def]
+        yield pb.ClientMessage(hello=pb.Hello(client_id="c", token="t", protocol=PROTOCOL))
+        ready.wait()
+        reply = pb.Reply(task_id=task_box["id"], run_id="bench", round=1, kind="fit")
+        task_box["start"] = str(time.perf_counter())
+        yield pb.ClientMessage(reply=reply)
+        for chunk in chunks(payload):
+            yield pb.ClientMessage(chunk=chunk)
+        time.sleep(1.0)
+
+    stream = pb_grpc.FedstreamStub(channel).Session(messages())
+
+    def drain() -> None:
+        with contextlib.suppress(grpc.RpcError):  # the server stopping cancels the stream
+            list(stream)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    service.wait_for(1, 10)
+    task_box["id"] = service.send("c", "fit", 1, {}, b"") or ""
+    ready.set()
+    answer = service.answers.get(timeout=300)
+    elapsed = time.perf_counter() - float(task_box["start"])
+    assert len(answer.payload) == len(payload) and answer.error is None
+    service.finish()
+    server.stop(grace=None)
+    channel.close()
+    return len(payload) / elapsed / 1e6
+
+
+def socket_mb_s(payload: bytes) -> float:
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    received = bytearray()
+    done = threading.Event()
+
+    def read() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            while len(received) < len(payload):
+                block = connection.recv(1 << 20)
+                if not block:
+                    break
+                received.extend(block)
+        done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    with socket.create_connection(("127.0.0.1", port)) as sender:
+        started = time.perf_counter()
+        sender.sendall(payload)
+        done.wait()
+        elapsed = time.perf_counter() - started
+    listener.close()
+    assert len(received) == len(payload)
+    return len(payload) / elapsed / 1e6
+
+
+def round_times(config: SimulationConfig, folder: Path) -> tuple[float, float, float, float]:
+    """(in-process median s/round, gRPC median s/round, accuracy in process, over gRPC)."""
+    local = simulate(config)
+    local_median = statistics.median(r.times["total_s"] for r in local.reports)
+    toml = folder / "run.toml"
+    toml.write_text(
+        "\n".join(
+            f"{k} = {json.dumps(v)}"
+            for k, v in config.to_dict().items()
+            if v is not None and k != "hidden"
+        )
+    )
+    tokens = folder / "tokens.json"
+    tokens.write_text(json.dumps(make_tokens(sorted(build_dataset(config).clients))))
+    cli = [sys.executable, "-m", "fedstream.cli"]
+    server = subprocess.Popen(
+        [*cli, "server", "--config", str(toml), "--tokens", str(tokens), "--insecure",
+         "--quiet", "--listen", "127.0.0.1:0", "--output", str(folder / "run")],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert server.stderr is not None
+    line = server.stderr.readline()
+    while "listening on port" not in line:
+        line = server.stderr.readline()
+    port = int(line.split("port")[1].split(",")[0])
+    clients = [
+        subprocess.Popen(
+            [
+                *cli,
+                "client",
+                "--config",
+                str(toml),
+                "--server",
+                f"127.0.0.1:{port}",
+                "--id",
+                c,
+                "--token-file",
+                str(tokens),
+                "--insecure",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for c in sorted(build_dataset(config).clients)
+    ]
+    server.wait(timeout=600)
+    for client in clients:
+        client.wait(timeout=60)
+    run = RunStore(folder / "store.sqlite").run("run")
+    remote_median = statistics.median(r["times"]["total_s"] for r in run["rounds"])
+    return (
+        local_median,
+        remote_median,
+        local.final_metrics["central_accuracy"],
+        run["rounds"][-1]["metrics"]["central_accuracy"],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    payload = bytes(range(256)) * (args.megabytes * 1_000_000 // 256)
+    grpc_runs = [grpc_upload_mb_s(payload) for _ in range(args.repeats)]
+    socket_runs = [socket_mb_s(payload) for _ in range(args.repeats)]
+    upload = {
+        "benchmark": "upload",
+        "megabytes": len(payload) / 1e6,
+        "grpc_mb_s": statistics.median(grpc_runs),
+        "socket_mb_s": statistics.median(socket_runs),
+    }
+    upload["grpc_over_socket"] = upload["grpc_mb_s"] / upload["socket_mb_s"]
+    print(json.dumps(upload), flush=True)
+
+    config = SimulationConfig(
+        num_clients=10, clients_per_round=10, rounds=args.rounds, trainer="sequential",
+        evaluate_every=args.rounds,
+    )  # fmt: skip
+    timings = []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory() as folder:
+            timings.append(round_times(config, Path(folder)))
+    local_s, remote_s, local_acc, remote_acc = (
+        statistics.median(t[i] for t in timings) for i in range(4)
+    )
+    rounds = {
+        "benchmark": "round_overhead",
+        "clients": 10,
+        "inprocess_s_per_round": local_s,
+        "grpc_s_per_round": remote_s,
+        "overhead_ms_per_round": (remote_s - local_s) * 1000,
+        "accuracy_inprocess": local_acc,
+        "accuracy_grpc": remote_acc,
+    }
+    print(json.dumps(rounds), flush=True)
+    print(
+        f"upload of {upload['megabytes']:.0f} MB: gRPC {upload['grpc_mb_s']:.0f} MB/s, "
+        f"raw socket {upload['socket_mb_s']:.0f} MB/s ({upload['grpc_over_socket']:.2f}×)"
+    )
+    print(
+        f"round, 10 clients: in process {local_s * 1000:.0f} ms, gRPC {remote_s * 1000:.0f} ms "
+        f"(+{rounds['overhead_ms_per_round']:.0f} ms); accuracy {local_acc:.4f} / {remote_acc:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
