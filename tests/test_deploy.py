@@ -1,6 +1,7 @@
 """Deployment over gRPC with real processes and sockets on 127.0.0.1: a whole run, a client
 and the server killed with SIGKILL, bad clients and bad messages, and TLS."""
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from fedstream import simulate
@@ -24,7 +26,7 @@ from fedstream.store import RunStore, latest_checkpoint, load_checkpoint
 from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
 from fedstream.transport.grpc.client import ClientCredentials, ClientRefused
-from fedstream.transport.grpc.framing import CHUNK_BYTES
+from fedstream.transport.grpc.framing import CHUNK_BYTES, chunks
 from fedstream.transport.grpc.server import (
     PROTOCOL,
     FedstreamService,
@@ -226,6 +228,12 @@ def session(port, *messages):
     return received, None
 
 
+def drain(stream):
+    """Read a response stream to its end; the server closing it is expected."""
+    with contextlib.suppress(grpc.RpcError):
+        list(stream)
+
+
 def hello(client_id, token):
     return pb.ClientMessage(hello=pb.Hello(client_id=client_id, token=token, protocol=PROTOCOL))
 
@@ -241,7 +249,7 @@ def test_a_connected_client_that_stops_sending_heartbeats_is_dropped():
 
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         stream = pb_grpc.FedstreamStub(channel).Session(silent(), timeout=5)
-        listener = threading.Thread(target=lambda: list(stream), daemon=True)
+        listener = threading.Thread(target=drain, args=(stream,), daemon=True)
         listener.start()
         service.wait_for(1, 5)
         task = service.send("alice", "fit", 1, {}, b"")
@@ -337,8 +345,9 @@ def test_a_truncated_payload_and_an_oversized_message_end_only_that_stream(live_
 # -- TLS ---------------------------------------------------------------------------------
 
 
-def make_certificates(folder: Path) -> tuple[bytes, bytes, bytes]:
-    """A CA and a server certificate for 127.0.0.1/localhost signed by it (PEM)."""
+def make_certificates(folder: Path) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """A CA, a server certificate and key for 127.0.0.1/localhost, and a client certificate
+    and key, both signed by the CA (PEM)."""
     import ipaddress
 
     from cryptography import x509
@@ -357,26 +366,81 @@ def make_certificates(folder: Path) -> tuple[bytes, bytes, bytes]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )  # fmt: skip
-    key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
     pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return ca.public_bytes(pem), cert.public_bytes(pem), key_pem
+
+    def signed(common_name, names):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )  # fmt: skip
+        key_pem = key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return cert.public_bytes(pem), key_pem
+
+    server_names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    server_cert, server_key = signed("localhost", server_names)
+    client_cert, client_key = signed("client-0", [x509.DNSName("client-0")])
+    return ca.public_bytes(pem), server_cert, server_key, client_cert, client_key
+
+
+def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_ca(tmp_path):
+    ca, cert, key, client_cert, client_key = make_certificates(tmp_path)
+    service = FedstreamService({"alice": "a-token"}, run_id="run-x")
+    server, port = start_server(service, "localhost:0", ServerCredentials(cert, key, ca))
+    try:
+        from fedstream.transport.grpc.client import _channel
+
+        def welcomed(credentials):
+            channel = _channel(f"localhost:{port}", credentials)
+            try:
+                stream = pb_grpc.FedstreamStub(channel).Session(
+                    iter([hello("alice", "a-token")]), timeout=3
+                )
+                return next(iter(stream)).WhichOneof("body") == "welcome"
+            except grpc.RpcError as exc:
+                return exc.code()
+            finally:
+                channel.close()
+
+        assert welcomed(ClientCredentials(ca, client_cert, client_key)) is True
+        assert welcomed(ClientCredentials(ca)) == grpc.StatusCode.UNAVAILABLE  # no cert
+    finally:
+        service.finish()
+        server.stop(grace=None)
+
+
+def test_a_payload_far_above_grpcs_message_limit_passes_in_chunks(live_service):
+    service, port = live_service
+    payload = np.random.default_rng(0).bytes(64 << 20)  # 64 MiB; one message may be 4 MiB
+
+    def messages():
+        yield hello("alice", "a-token")
+        while not service.pending:
+            time.sleep(0.01)
+        task_id = next(iter(service.pending))
+        yield pb.ClientMessage(reply=pb.Reply(task_id=task_id, run_id="run-x", round=1))
+        yield from (pb.ClientMessage(chunk=c) for c in chunks(payload))
+        time.sleep(1)
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stream = pb_grpc.FedstreamStub(channel).Session(messages(), timeout=30)
+    threading.Thread(target=drain, args=(stream,), daemon=True).start()
+    service.wait_for(1, 5)
+    task = service.send("alice", "fit", 1, {}, b"")
+    answer = service.answers.get(timeout=30)
+    assert answer.task_id == task and answer.error is None and answer.payload == payload
+    channel.close()
 
 
 def test_a_run_over_tls_and_a_client_that_cannot_verify_the_server(tmp_path):
-    ca, cert, key = make_certificates(tmp_path)
+    ca, cert, key, _, _ = make_certificates(tmp_path)
     config = SimulationConfig(**{**RUN, "rounds": 1})
     ids = sorted(build_dataset(config).clients)
     tokens = make_tokens(ids)
