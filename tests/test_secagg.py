@@ -294,3 +294,14 @@ def test_a_public_key_of_the_wrong_size_drops_only_its_sender():
     failure = next(f for f in report.failures if f.client_id == victim)
     assert failure.stage == "advertise" and "'mask_key' has 31 bytes, expected 32" in failure.cause
     assert len(report.completed) == 7
+
+
+@pytest.mark.parametrize(
+    "strategy", ["fedavg", "fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
+)
+def test_every_strategy_gets_the_same_model_through_secagg(strategy):
+    plain, secure, report, _, _ = plain_and_secure(strategy=strategy)
+    assert len(report.completed) == 8
+    np.testing.assert_allclose(secure.params.flat(), plain.params.flat(), atol=1e-5)
+    for name, moment in plain.optimizer.items():
+        np.testing.assert_allclose(secure.optimizer[name].flat(), moment.flat(), atol=1e-5)
