@@ -2,7 +2,7 @@
 with 0 %, 10 % and 30 % of the clients dropping out after they have shared their keys (the
 expensive case: the server must rebuild their mask keys and strip their pairwise masks).
 
-Every client's device side (``DeviceSecAgg``) runs in this process; the time spent in it is
+Every client's device side (``SecureDevice``) runs in this process; the time spent in it is
 client CPU time, and the rest of ``secure_sum`` is server time. The neighbour count k and
 threshold t are the defaults: k = min(n − 1, 20), t = max(2, ⌈k/4⌉). The plain sum is
 ``PlainSum`` over the same vectors, with its bytes those of the Params wire format.
@@ -27,7 +27,7 @@ from fedstream.errors import ClientFailure
 from fedstream.params import Params
 from fedstream.secure.plain import PlainSum
 from fedstream.secure.secagg import SecAggConfig
-from fedstream.secure.session import DeviceSecAgg, secure_sum
+from fedstream.secure.session import SecureDevice, secure_sum
 from fedstream.types import ClientUpdate
 
 
@@ -35,7 +35,7 @@ class Devices:
     """Clients in this process, each holding one update; times their side of the protocol."""
 
     def __init__(self, updates: Mapping[str, ClientUpdate], drop_after_share: set[str]) -> None:
-        self.devices = {c: DeviceSecAgg(c) for c in updates}
+        self.devices = {c: SecureDevice(c) for c in updates}
         for client_id, update in updates.items():
             self.devices[client_id].hold(update)
         self.drop = drop_after_share

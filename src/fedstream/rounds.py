@@ -18,9 +18,10 @@ from fedstream import checks
 from fedstream.client.base import FitTask
 from fedstream.errors import ClientFailure, ConfigError, RoundFailedError
 from fedstream.params import Params
+from fedstream.secure.he import HEConfig
 from fedstream.secure.plain import PlainSum
 from fedstream.secure.secagg import SecAggConfig
-from fedstream.secure.session import secure_sum
+from fedstream.secure.session import he_sum, secure_name, secure_sum
 from fedstream.strategies.base import Strategy
 from fedstream.transport.base import Transport
 from fedstream.types import ClientUpdate, FitConfig, RoundReport, ServerState, WeightedSum
@@ -43,8 +44,9 @@ class RoundConfig:
     local epochs. With ``drop_stragglers`` they are dropped and recorded (what FedAvg does);
     otherwise their partial work is aggregated (what FedProx does).
 
-    With ``secure_aggregation`` the sum is computed by SecAgg+ (``fedstream.secure``): the
-    server never sees an update, only the sum over the clients that completed the protocol.
+    With ``secure_aggregation`` the sum is computed by SecAgg+ (``SecAggConfig``) or under
+    homomorphic encryption (``CKKSConfig``, ``PaillierConfig``): the server never sees an
+    update, only the sum over the clients that completed the protocol.
     """
 
     clients_per_round: int | float = 10
@@ -57,7 +59,7 @@ class RoundConfig:
     max_update_norm: float | None = None
     straggler_fraction: float = 0.0
     drop_stragglers: bool = True
-    secure_aggregation: SecAggConfig | None = None
+    secure_aggregation: SecAggConfig | HEConfig | None = None
 
     def __post_init__(self) -> None:
         per_round = self.clients_per_round
@@ -214,7 +216,7 @@ def run_round(
     if secure is not None and strategy.needs_individual_updates:
         raise ConfigError(
             "secure_aggregation",
-            "secagg+",
+            secure_name(secure),
             f"a sum-based strategy; {strategy.name} needs each client's update, which "
             "secure aggregation hides",
         )
@@ -300,7 +302,11 @@ def run_round(
     ]
     aggregate: WeightedSum | None = None
     if secure is not None and len(completed) >= max(2, config.min_clients):
-        outcome = secure_sum(transport, round_number, completed, state.params, secure, rng)
+        outcome = (
+            secure_sum(transport, round_number, completed, state.params, secure, rng)
+            if isinstance(secure, SecAggConfig)
+            else he_sum(transport, round_number, completed, state.params, secure)
+        )
         failures += outcome.failures
         bytes_down += outcome.bytes_down
         bytes_up += outcome.bytes_up

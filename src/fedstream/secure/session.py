@@ -8,15 +8,26 @@ then the weight, then the extras in name order.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from fedstream.errors import ClientFailure, RoundFailedError
 from fedstream.params import Params
+from fedstream.secure.he import (
+    DeviceHE,
+    HEConfig,
+    Paillier,
+    config_header,
+    fingerprint,
+    join_ciphertexts,
+    make_backend,
+    split_ciphertexts,
+)
 from fedstream.secure.secagg import (
     SecAggClient,
     SecAggConfig,
@@ -30,7 +41,8 @@ from fedstream.secure.secagg import (
 )
 from fedstream.types import ClientUpdate, WeightedSum
 
-STAGES = ("advertise", "share", "mask", "unmask")
+STAGES = ("advertise", "share", "mask", "unmask", "keys", "encrypt", "decrypt")
+"""Every secure-sum stage: SecAgg+'s four, then the HE sum's three."""
 
 Answer = tuple[str, bytes | ClientFailure]
 
@@ -42,6 +54,11 @@ class Exchanger(Protocol):
     def exchange(
         self, stage: str, round_number: int, requests: Mapping[str, bytes]
     ) -> Iterator[tuple[str, bytes | ClientFailure]]: ...
+
+
+def secure_name(config: SecAggConfig | HEConfig) -> str:
+    """The ``secure_aggregation`` setting that selects ``config``."""
+    return "secagg+" if isinstance(config, SecAggConfig) else config.scheme
 
 
 def update_vector(update: ClientUpdate) -> tuple[npt.NDArray[np.float64], list[str]]:
@@ -57,20 +74,35 @@ def update_vector(update: ClientUpdate) -> tuple[npt.NDArray[np.float64], list[s
     return vector, names
 
 
-class DeviceSecAgg:
-    """The client's side of SecAgg+ across the stages of one round, as it runs on the
-    device: it holds the update back at training time, then answers each stage."""
+class SecureDevice:
+    """The client's side of a secure sum, as it runs on the device: it holds the update
+    back at training time, then answers each stage of SecAgg+ or of an HE sum. Its HE key
+    pair, if it is the key holder, lasts across rounds."""
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
         self._held: ClientUpdate | None = None
         self._protocol: SecAggClient | None = None
+        self._he = DeviceHE()
+
+    def _take(self, round_number: int, stage: str) -> tuple[npt.NDArray[np.float64], list[str]]:
+        if self._held is None or self._held.round != round_number:
+            raise SecAggError(f"{stage} request: no update held for round {round_number}")
+        vector, names = update_vector(self._held)
+        self._held = None
+        return vector, names
 
     def hold(self, update: ClientUpdate) -> None:
         """Keep ``update`` (already clipped/noised by ``prepare_upload``) for the mask stage."""
         self._held = update
 
     def answer(self, stage: str, round_number: int, request: bytes) -> bytes:
+        if stage == "keys":
+            return self._he.keys(request)
+        if stage == "encrypt":
+            return self._he.encrypt(request, *self._take(round_number, stage))
+        if stage == "decrypt":
+            return self._he.decrypt(request)
         if stage == "advertise":
             header, _ = unpack(request, "advertise request")
             try:
@@ -87,11 +119,7 @@ class DeviceSecAgg:
         if stage == "share":
             return protocol.share(request)
         if stage == "mask":
-            if self._held is None or self._held.round != round_number:
-                raise SecAggError(f"mask request: no update held for round {round_number}")
-            vector, names = update_vector(self._held)
-            self._held = None
-            return protocol.mask(request, vector, names)
+            return protocol.mask(request, *self._take(round_number, stage))
         if stage == "unmask":
             self._protocol = None
             return protocol.unmask(request)
@@ -238,11 +266,105 @@ def secure_sum(
     except SecAggError as exc:
         raise RoundFailedError(round_number, f"secure aggregation: {exc}", failures) from None
     values = decode_fixed(total, config.fraction_bits)
-    payload_total = Params.from_flat(values[: like.num_elements], like)
-    aggregate = WeightedSum(
-        total=payload_total,
-        weight=float(values[like.num_elements]),
-        count=len(masked),
-        extras=dict(zip(extras_names or [], values[length:].tolist(), strict=True)),
-    )
+    aggregate = _weighted_sum(values, like, len(masked), extras_names or [])
     return SecureSumResult(aggregate, tuple(live), tuple(failures), traffic[0], traffic[1])
+
+
+def _weighted_sum(
+    values: npt.NDArray[np.float64], like: Params, count: int, extras: Sequence[str]
+) -> WeightedSum:
+    """A decoded sum vector (``update_vector``'s layout) as a ``WeightedSum``."""
+    size = like.num_elements
+    return WeightedSum(
+        total=Params.from_flat(values[:size], like),
+        weight=float(values[size]),
+        count=count,
+        extras=dict(zip(extras, values[size + 1 :].tolist(), strict=True)),
+    )
+
+
+def he_sum(
+    transport: Exchanger,
+    round_number: int,
+    participants: Sequence[str],
+    like: Params,
+    config: HEConfig,
+) -> SecureSumResult:
+    """Sum the participants' updates under homomorphic encryption (``fedstream.secure.he``).
+    The key holder is the first participant in sorted order; it keeps its key pair across
+    the rounds in which it holds the key."""
+    failures: list[ClientFailure] = []
+    traffic = [0, 0]
+    ordered = sorted(participants)
+    holder = ordered[0]
+    settings = config_header(config, len(ordered))
+
+    def stage(name: str, requests: Mapping[str, bytes]) -> dict[str, bytes]:
+        answers: dict[str, bytes] = {}
+        for client_id, answer in transport.exchange(name, round_number, requests):
+            traffic[0] += len(requests[client_id])
+            if isinstance(answer, ClientFailure):
+                failures.append(answer)
+            else:
+                traffic[1] += len(answer)
+                answers[client_id] = answer
+        return answers
+
+    public = stage("keys", {holder: pack(settings)}).get(holder)
+    if public is None:
+        raise RoundFailedError(round_number, f"key holder {holder!r} gave no public key", failures)
+    try:
+        server_side = make_backend(config, public)  # public material only: cannot decrypt
+    except SecAggError as exc:
+        raise RoundFailedError(round_number, f"key holder {holder!r}: {exc}", failures) from None
+    if isinstance(server_side, Paillier):
+        server_side.clients = len(ordered)
+    key = fingerprint(public)
+    header = {**settings, "fingerprint": key}
+    encrypted = stage("encrypt", {u: pack(header, public) for u in ordered})
+    length = like.num_elements + 1
+    total: Any = None
+    included: list[str] = []
+    names: list[str] | None = None
+    for u in ordered:
+        if u not in encrypted:
+            continue
+        what = f"ciphertexts from {u!r}"
+        try:
+            reply, blob = unpack(encrypted[u], what)
+            extras = reply.get("extras")
+            if reply.get("fingerprint") != key:
+                raise SecAggError(f"{what} were made under another key")
+            if not isinstance(extras, list) or (names is not None and extras != names):
+                raise SecAggError(f"{what}: extras {extras} differ from the others' {names}")
+            items = split_ciphertexts(blob, what)
+            expected = server_side.count(length + len(extras))
+            if len(items) != expected:
+                raise SecAggError(f"{what}: {len(items)} ciphertexts, expected {expected}")
+            hashes = reply.get("sha256")
+            if (
+                not isinstance(hashes, list)
+                or [hashlib.sha256(c).hexdigest() for c in items] != hashes
+            ):
+                raise SecAggError(f"{what}: a ciphertext does not match its SHA-256 (tampered)")
+            loaded = [server_side.load(c, f"{what}, ciphertext {i}") for i, c in enumerate(items)]
+        except SecAggError as exc:
+            failures.append(ClientFailure(u, "encrypt", str(exc)))
+            continue
+        total = server_side.add(total, loaded)
+        included.append(u)
+        names = [str(n) for n in extras]
+    if total is None or names is None:
+        raise RoundFailedError(round_number, "no client's ciphertexts could be added", failures)
+    request = pack(
+        {**header, "length": length + len(names), "summed": len(included)},
+        join_ciphertexts(server_side.dump(total)),
+    )
+    plain = stage("decrypt", {holder: request}).get(holder)
+    if plain is None or len(plain) != 8 * (length + len(names)):
+        raise RoundFailedError(
+            round_number, f"key holder {holder!r} did not return the decrypted sum", failures
+        )
+    values = np.frombuffer(plain, dtype="<f8").astype(np.float64)
+    aggregate = _weighted_sum(values, like, len(included), names)
+    return SecureSumResult(aggregate, tuple(included), tuple(failures), traffic[0], traffic[1])

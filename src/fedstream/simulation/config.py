@@ -20,9 +20,12 @@ from fedstream.models import MODELS
 from fedstream.privacy.accountant import AccountantMethod
 from fedstream.privacy.dp import DP_LEVELS, DifferentialPrivacy, DPLevel
 from fedstream.rounds import RoundConfig, sample_size
+from fedstream.secure.he import CKKSConfig, HEConfig, PaillierConfig
 from fedstream.secure.secagg import SecAggConfig
 from fedstream.strategies import STRATEGIES, make_strategy
 from fedstream.strategies.base import Strategy
+
+SECURE_SUMS = {"secagg+": "SecAgg+", "ckks": "CKKS", "paillier": "Paillier"}
 
 TRAINERS = ("auto", "sequential", "vectorized")
 
@@ -67,13 +70,17 @@ HELP: dict[str, str] = {
     "dp_accountant": "how ε is computed: rdp, or pld (tighter, about 1 s per round, needs "
     "dp-accounting)",
     "dp_secure_noise": "draw DP noise from the OS CSPRNG (unpredictable, not reproducible)",
-    "secure_aggregation": "how the server sums updates: none (plain), secagg+ (it sees only "
-    "the sum)",
+    "secure_aggregation": "how the server sums updates: none (plain), secagg+ (masking), "
+    "ckks or paillier (homomorphic encryption); all but none show it only the sum",
     "secagg_neighbours": "SecAgg+: neighbours each client shares secrets with "
     "(default: min(clients per round − 1, 20))",
     "secagg_threshold": "SecAgg+: shares needed to recover a client (default: max(2, ⌈k/4⌉))",
     "secagg_fraction_bits": "SecAgg+: fixed-point fraction bits (quantisation step 2^-bits)",
     "secagg_max_abs": "SecAgg+: largest magnitude of weight × update entry a client may send",
+    "he_preset": "CKKS parameters: n4096, n8192 or n16384 (ring degree; all 128-bit secure)",
+    "paillier_key_bits": "Paillier modulus bits: 2048, 3072 or 4096",
+    "paillier_fraction_bits": "Paillier: fixed-point fraction bits",
+    "paillier_max_abs": "Paillier: largest magnitude of weight × update entry a client may send",
     "rounds": "number of rounds",
     "clients_per_round": "clients sampled per round: a count (20) or a fraction (0.2)",
     "min_clients": "minimum clients sampled and valid updates needed per round",
@@ -140,6 +147,10 @@ class SimulationConfig:
     secagg_threshold: int | None = None
     secagg_fraction_bits: int = 24
     secagg_max_abs: float = 2.0**20
+    he_preset: str = "n8192"
+    paillier_key_bits: int = 2048
+    paillier_fraction_bits: int = 16
+    paillier_max_abs: float = 2.0**16
     # rounds and local training
     rounds: int = 30
     clients_per_round: int | float = 20
@@ -194,14 +205,14 @@ class SimulationConfig:
             )
         strategy = self.build_strategy()  # validates the strategy and its hyperparameters
         secure = self.round_config().secure_aggregation
-        if secure is not None:
+        if isinstance(secure, SecAggConfig):
             secure.resolve(sample_size(self.num_clients, self.clients_per_round, self.min_clients))
-            if strategy.needs_individual_updates:
-                raise ConfigError(
-                    "secure_aggregation",
-                    self.secure_aggregation,
-                    f"'none' with strategy={self.strategy!r}, which needs each client's update",
-                )
+        if secure is not None and strategy.needs_individual_updates:
+            raise ConfigError(
+                "secure_aggregation",
+                self.secure_aggregation,
+                f"'none' with strategy={self.strategy!r}, which needs each client's update",
+            )
         if isinstance(strategy, DifferentialPrivacy) and self.dp_target_epsilon is not None:
             planned = strategy.epsilon_after(self.rounds)
             if planned > self.dp_target_epsilon:
@@ -261,7 +272,7 @@ class SimulationConfig:
         if self.dp != "none":
             parts.append(f"DP ({self.dp})")
         if self.secure_aggregation != "none":
-            parts.append("SecAgg+")
+            parts.append(SECURE_SUMS[self.secure_aggregation])
         return " + ".join(parts)
 
     def round_config(self) -> RoundConfig:
@@ -276,20 +287,26 @@ class SimulationConfig:
             max_update_norm=self.max_update_norm,
             straggler_fraction=self.straggler_fraction,
             drop_stragglers=self.drop_stragglers,
-            secure_aggregation=self.secagg(),
+            secure_aggregation=self.secure_sum(),
         )
 
-    def secagg(self) -> SecAggConfig | None:
-        """The SecAgg+ settings, or ``None`` for the plain sum."""
-        checks.one_of("secure_aggregation", self.secure_aggregation, ["none", "secagg+"])
-        if self.secure_aggregation == "none":
-            return None
-        return SecAggConfig(
-            neighbours=self.secagg_neighbours,
-            threshold=self.secagg_threshold,
-            fraction_bits=self.secagg_fraction_bits,
-            max_abs=self.secagg_max_abs,
-        )
+    def secure_sum(self) -> SecAggConfig | HEConfig | None:
+        """The secure-sum backend's settings, or ``None`` for the plain sum."""
+        checks.one_of("secure_aggregation", self.secure_aggregation, ["none", *SECURE_SUMS])
+        if self.secure_aggregation == "secagg+":
+            return SecAggConfig(
+                neighbours=self.secagg_neighbours,
+                threshold=self.secagg_threshold,
+                fraction_bits=self.secagg_fraction_bits,
+                max_abs=self.secagg_max_abs,
+            )
+        if self.secure_aggregation == "ckks":
+            return CKKSConfig(preset=self.he_preset)
+        if self.secure_aggregation == "paillier":
+            return PaillierConfig(
+                self.paillier_key_bits, self.paillier_fraction_bits, self.paillier_max_abs
+            )
+        return None
 
     @property
     def split(self) -> str:

@@ -17,7 +17,7 @@ from fedstream.client.encode import prepare_upload
 from fedstream.data.base import ClientData
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
-from fedstream.secure.session import STAGES, DeviceSecAgg
+from fedstream.secure.session import STAGES, SecureDevice
 from fedstream.transport.base import Delivery
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
@@ -62,7 +62,7 @@ class InProcessTransport:
         self.trainer = trainer
         self.cohort_size = cohort_size
         self.offline: dict[str, str] = {}
-        self._devices = {client_id: DeviceSecAgg(client_id) for client_id in clients}
+        self._devices = {client_id: SecureDevice(client_id) for client_id in clients}
 
     def _is_offline(self, client_id: str, stage: str) -> bool:
         order = ("fit", *STAGES)

@@ -3,7 +3,7 @@
 ``run_client`` keeps one ``Session`` stream open. It trains and evaluates with the given
 ``Trainer`` on the client's own ``ClientData``, encodes updates exactly as the simulation
 does (``prepare_upload``), and keeps its secure-aggregation state on the device
-(``DeviceSecAgg``). A heartbeat goes out every few seconds. After a network loss or a
+(``SecureDevice``). A heartbeat goes out every few seconds. After a network loss or a
 server restart it reconnects with exponential backoff; a refusal of its credentials, or
 the server saying the run is over, ends it.
 """
@@ -26,7 +26,7 @@ from fedstream.client.encode import prepare_upload
 from fedstream.data.base import ClientData
 from fedstream.errors import FedstreamError
 from fedstream.params import Params
-from fedstream.secure.session import DeviceSecAgg
+from fedstream.secure.session import SecureDevice
 from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
 from fedstream.transport.grpc.codec import fit_config_from_dict
@@ -83,7 +83,7 @@ class _Device:
         self.client_id = client_id
         self.data = data
         self.trainer = trainer
-        self.secagg = DeviceSecAgg(client_id)
+        self.secagg = SecureDevice(client_id)
 
     def handle(self, request: pb.Request, payload: bytes) -> tuple[dict[str, Any], bytes]:
         header = json.loads(request.header_json or "{}")
