@@ -204,3 +204,14 @@ def test_he_runs_with_dp_and_reports_like_any_other_run():
     ckks = simulate(**common, secure_aggregation="ckks")
     np.testing.assert_allclose(ckks.state.params.flat(), plain.state.params.flat(), atol=1e-6)
     assert ckks.config.label == "fedavg + DP (client) + CKKS"
+
+
+@pytest.mark.parametrize(
+    "strategy", ["fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
+)
+def test_every_strategy_gets_the_same_model_under_ckks(strategy):
+    config, setup, transport, ids, secure_config = make(CKKSConfig(), strategy=strategy)
+    strategy_object = config.build_strategy()
+    plain, _ = run_round(setup.initial, strategy_object, transport, ids, config.round_config())
+    encrypted, _ = run_round(setup.initial, strategy_object, transport, ids, secure_config)
+    np.testing.assert_allclose(encrypted.params.flat(), plain.params.flat(), atol=1e-5)
