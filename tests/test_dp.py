@@ -68,14 +68,14 @@ def test_local_noise_has_std_z_times_clip_and_the_input_is_untouched():
 
 def test_prepare_upload_is_seeded_by_the_task_and_can_use_the_os_csprng():
     config = FitConfig(seed=5, privacy=ClientPrivacy(clip=1.0, noise_multiplier=1.0))
-    first = prepare_upload(update(np.zeros(8)), config)
-    again = prepare_upload(update(np.zeros(8)), config)
+    first, _ = prepare_upload(update(np.zeros(8)), config)
+    again, _ = prepare_upload(update(np.zeros(8)), config)
     assert first.payload.bit_equal(again.payload)
-    plain = prepare_upload(update([1.0, 2.0]), FitConfig())
+    plain, _ = prepare_upload(update([1.0, 2.0]), FitConfig())
     assert plain.weight == 7.0 and plain.payload["w"][1] == 2.0
     secure = FitConfig(privacy=ClientPrivacy(clip=1.0, noise_multiplier=1.0, secure_noise=True))
-    one = prepare_upload(update(np.zeros(8)), secure)
-    two = prepare_upload(update(np.zeros(8)), secure)
+    one, _ = prepare_upload(update(np.zeros(8)), secure)
+    two, _ = prepare_upload(update(np.zeros(8)), secure)
     assert not one.payload.bit_equal(two.payload)
 
 

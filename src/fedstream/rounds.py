@@ -16,6 +16,13 @@ import numpy as np
 
 from fedstream import checks
 from fedstream.client.base import FitTask
+from fedstream.compression.codecs import (
+    BROADCASTS,
+    Compression,
+    CompressionError,
+    decode_update,
+    encode_broadcast,
+)
 from fedstream.errors import ClientFailure, ConfigError, RoundFailedError
 from fedstream.params import Params
 from fedstream.secure.he import HEConfig
@@ -44,6 +51,9 @@ class RoundConfig:
     local epochs. With ``drop_stragglers`` they are dropped and recorded (what FedAvg does);
     otherwise their partial work is aggregated (what FedProx does).
 
+    ``compression`` encodes each update on its client (``fedstream.compression``) and
+    ``broadcast`` the global params sent to clients (``"none"``, ``"f16"``, ``"q8"``).
+
     With ``secure_aggregation`` the sum is computed by SecAgg+ (``SecAggConfig``) or under
     homomorphic encryption (``CKKSConfig``, ``PaillierConfig``): the server never sees an
     update, only the sum over the clients that completed the protocol.
@@ -60,6 +70,8 @@ class RoundConfig:
     straggler_fraction: float = 0.0
     drop_stragglers: bool = True
     secure_aggregation: SecAggConfig | HEConfig | None = None
+    compression: Compression | None = None
+    broadcast: str = "none"
 
     def __post_init__(self) -> None:
         per_round = self.clients_per_round
@@ -82,6 +94,16 @@ class RoundConfig:
         checks.in_unit_interval(
             "straggler_fraction", self.straggler_fraction, include_zero=True, include_one=True
         )
+        checks.one_of("broadcast", self.broadcast, list(BROADCASTS))
+        codec, secure = self.compression, self.secure_aggregation
+        if codec is not None and secure is not None and not codec.secure_sum_compatible:
+            raise ConfigError(
+                "compression",
+                codec.spec,
+                f"no sparsifier with secure_aggregation={secure_name(secure)!r}: each "
+                "client's sparse support differs, so a masked or encrypted sum cannot add "
+                "them (quantisers q8, q4 and qsgd compose with it)",
+            )
         if self.straggler_fraction > 0 and self.local_epochs < 2:
             raise ConfigError(
                 "local_epochs", self.local_epochs, "at least 2 when there are stragglers"
@@ -239,6 +261,8 @@ def run_round(
             batch_size=config.batch_size,
             lr=config.lr,
             secure_aggregation=secure is not None,
+            compression=config.compression,
+            broadcast=config.broadcast,
         ),
     )
     tasks = []
@@ -265,7 +289,13 @@ def run_round(
     in_order = InTaskOrder([t.client_id for t in tasks], accept)
     bytes_down = bytes_up = 0
     expected = {task.client_id for task in tasks}
-    for delivery in transport.fit(state.params, tasks):
+    seeds_by_client = {t.client_id: t.config.seed for t in tasks}
+    broadcast = (
+        encode_broadcast(state.params, config.broadcast, int(rng.integers(2**63 - 1)))
+        if config.broadcast != "none"
+        else state.params
+    )
+    for delivery in transport.fit(broadcast, tasks):
         bytes_down += delivery.bytes_down
         bytes_up += delivery.bytes_up
         result = delivery.result
@@ -290,9 +320,22 @@ def run_round(
                 else None
             )
         else:
-            rejection = check_update(
-                result, state.params, round_number, config.max_update_norm, fit
-            )
+            rejection = None
+            if config.compression is not None:
+                try:
+                    dense = decode_update(
+                        result.payload,
+                        state.params,
+                        config.compression,
+                        seeds_by_client[result.client_id],
+                    )
+                    result = replace(result, payload=dense)
+                except CompressionError as exc:
+                    rejection = str(exc)
+            if rejection is None:
+                rejection = check_update(
+                    result, state.params, round_number, config.max_update_norm, fit
+                )
         if rejection is not None:
             failures.append(ClientFailure(result.client_id, "validate", rejection))
         in_order.settle(result.client_id, None if rejection is not None else result)
@@ -344,7 +387,12 @@ def run_round(
             )
         )
         evaluations: list[tuple[float, Mapping[str, float]]] = []
-        for answer in transport.evaluate(new_state.params, round_number, evaluators):
+        shown = (
+            encode_broadcast(new_state.params, config.broadcast, int(rng.integers(2**63 - 1)))
+            if config.broadcast != "none"
+            else new_state.params
+        )
+        for answer in transport.evaluate(shown, round_number, evaluators, config.broadcast):
             bytes_down += answer.bytes_down
             bytes_up += answer.bytes_up
             if isinstance(answer.result, ClientFailure):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from fedstream import checks
+from fedstream.compression.codecs import Compression
 from fedstream.errors import ClientFailure
 from fedstream.params import Params
 
@@ -91,6 +92,8 @@ class FitConfig:
     privacy: ClientPrivacy | None = None
     sample_dp: SampleDP | None = None
     secure_aggregation: bool = False
+    compression: Compression | None = None
+    broadcast: str = "none"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedstream import checks
+from fedstream.compression.codecs import Compression
 from fedstream.data.datasets import DATASETS, NATURAL_ONLY, PARTITIONS
 from fedstream.data.shakespeare import EDITIONS
 from fedstream.errors import ConfigError
@@ -81,6 +82,9 @@ HELP: dict[str, str] = {
     "paillier_key_bits": "Paillier modulus bits: 2048, 3072 or 4096",
     "paillier_fraction_bits": "Paillier: fixed-point fraction bits",
     "paillier_max_abs": "Paillier: largest magnitude of weight × update entry a client may send",
+    "compression": "uplink codec: none, or a sparsifier topk:f, randk:f, threshold:τ (with "
+    "error feedback) and/or a quantiser q8, q4, qsgd:s, joined by + (e.g. topk:0.01+q8)",
+    "broadcast": "downlink codec for the global model: none, f16, q8",
     "rounds": "number of rounds",
     "clients_per_round": "clients sampled per round: a count (20) or a fraction (0.2)",
     "min_clients": "minimum clients sampled and valid updates needed per round",
@@ -151,6 +155,9 @@ class SimulationConfig:
     paillier_key_bits: int = 2048
     paillier_fraction_bits: int = 16
     paillier_max_abs: float = 2.0**16
+    # communication
+    compression: str = "none"
+    broadcast: str = "none"
     # rounds and local training
     rounds: int = 30
     clients_per_round: int | float = 20
@@ -288,6 +295,8 @@ class SimulationConfig:
             straggler_fraction=self.straggler_fraction,
             drop_stragglers=self.drop_stragglers,
             secure_aggregation=self.secure_sum(),
+            compression=None if self.compression == "none" else Compression.parse(self.compression),
+            broadcast=self.broadcast,
         )
 
     def secure_sum(self) -> SecAggConfig | HEConfig | None:

@@ -34,8 +34,10 @@ class Transport(Protocol):
     def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]: ...
 
     def evaluate(
-        self, params: Params, round_number: int, client_ids: Sequence[str]
-    ) -> Iterator[Delivery[EvaluateResult]]: ...
+        self, params: Params, round_number: int, client_ids: Sequence[str], broadcast: str = "none"
+    ) -> Iterator[Delivery[EvaluateResult]]:
+        """Each client's evaluation of ``params`` (encoded with the ``broadcast`` codec)."""
+        ...
 
     def exchange(
         self, stage: str, round_number: int, requests: Mapping[str, bytes]

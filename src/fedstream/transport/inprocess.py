@@ -2,7 +2,8 @@
 
 Parameters still go through the wire format both ways (the broadcast encoded once per
 round, each update encoded by its client), so simulation exercises the same encoding as
-deployment and the byte counts are exact. Byte counts cover parameters only; the few
+deployment and the byte counts are exact. Each client's compression residual lives here,
+as it would on the device. Byte counts cover parameters only; the few
 bytes of metrics and config beside them are not counted here.
 """
 
@@ -13,7 +14,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 
 from fedstream.client.base import CohortTrainer, FitTask, Trainer
-from fedstream.client.encode import prepare_upload
+from fedstream.client.encode import prepare_upload, receive_params
+from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
@@ -63,6 +65,7 @@ class InProcessTransport:
         self.cohort_size = cohort_size
         self.offline: dict[str, str] = {}
         self._devices = {client_id: SecureDevice(client_id) for client_id in clients}
+        self._residuals: dict[str, Params] = {}  # compression error feedback, per client
 
     def _is_offline(self, client_id: str, stage: str) -> bool:
         order = ("fit", *STAGES)
@@ -78,7 +81,9 @@ class InProcessTransport:
         if self._is_offline(update.client_id, "fit"):
             failure = ClientFailure(update.client_id, "train", "offline (simulated dropout)")
             return Delivery(update.client_id, failure, bytes_down, 0)
-        sent = prepare_upload(update, config)
+        sent, residual = prepare_upload(update, config, self._residuals.get(update.client_id))
+        if residual is not None:
+            self._residuals[update.client_id] = residual
         if config.secure_aggregation:
             self._devices[update.client_id].hold(sent)
             sent = replace(sent, payload=Params({}), weight=0.0, extras={})
@@ -100,9 +105,11 @@ class InProcessTransport:
                 yield client_id, ClientFailure(client_id, stage, describe_exception(exc))
 
     def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]:
+        if not tasks:
+            return
         wire = params.to_bytes()
         down = len(wire)
-        received = Params.from_bytes(wire)
+        received = receive_params(Params.from_bytes(wire), tasks[0].config)
         if isinstance(self.trainer, CohortTrainer) and len(tasks) > 1:
             for cohort in _cohorts(tasks, self.cohort_size):
                 try:
@@ -129,10 +136,10 @@ class InProcessTransport:
             yield self._upload(update, task.config, down)
 
     def evaluate(
-        self, params: Params, round_number: int, client_ids: Sequence[str]
+        self, params: Params, round_number: int, client_ids: Sequence[str], broadcast: str = "none"
     ) -> Iterator[Delivery[EvaluateResult]]:
         wire = params.to_bytes()
-        received = Params.from_bytes(wire)
+        received = decode_broadcast(Params.from_bytes(wire), broadcast)
         for client_id in client_ids:
             try:
                 result = self.trainer.evaluate(

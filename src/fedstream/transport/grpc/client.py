@@ -22,7 +22,8 @@ from typing import Any
 import grpc
 
 from fedstream.client.base import FitTask, Trainer
-from fedstream.client.encode import prepare_upload
+from fedstream.client.encode import prepare_upload, receive_params
+from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
 from fedstream.errors import FedstreamError
 from fedstream.params import Params
@@ -84,23 +85,24 @@ class _Device:
         self.data = data
         self.trainer = trainer
         self.secagg = SecureDevice(client_id)
+        self.residual: Params | None = None  # compression error feedback, across rounds
 
     def handle(self, request: pb.Request, payload: bytes) -> tuple[dict[str, Any], bytes]:
         header = json.loads(request.header_json or "{}")
         if request.kind == "fit":
             config = fit_config_from_dict(header["config"])
             task = FitTask(self.client_id, request.round, config)
-            update = self.trainer.fit(Params.from_bytes(payload), task, self.data)
-            sent = prepare_upload(update, config)
+            params = receive_params(Params.from_bytes(payload), config)
+            update = self.trainer.fit(params, task, self.data)
+            sent, self.residual = prepare_upload(update, config, self.residual)
             body = {"round": sent.round, "weight": sent.weight, "metrics": dict(sent.metrics)}
             if config.secure_aggregation:
                 self.secagg.hold(sent)
                 return {**body, "weight": 0.0}, Params({}).to_bytes()
             return {**body, "extras": dict(sent.extras)}, sent.payload.to_bytes()
         if request.kind == "evaluate":
-            result = self.trainer.evaluate(
-                Params.from_bytes(payload), self.client_id, request.round, self.data
-            )
+            params = decode_broadcast(Params.from_bytes(payload), header.get("broadcast", "none"))
+            result = self.trainer.evaluate(params, self.client_id, request.round, self.data)
             return {"num_examples": result.num_examples, "metrics": dict(result.metrics)}, b""
         answer = self.secagg.answer(str(header.get("stage")), request.round, payload)
         return {}, answer

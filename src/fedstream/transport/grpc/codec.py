@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from fedstream.compression.codecs import Compression
 from fedstream.transport.grpc.framing import ProtocolError
 from fedstream.types import ClientPrivacy, FitConfig, SampleDP
 
@@ -19,10 +20,12 @@ def fit_config_from_dict(data: Any) -> FitConfig:
         values = dict(data)
         privacy = values.pop("privacy", None)
         sample_dp = values.pop("sample_dp", None)
+        compression = values.pop("compression", None)
         return FitConfig(
             **values,
             privacy=ClientPrivacy(**privacy) if privacy is not None else None,
             sample_dp=SampleDP(**sample_dp) if sample_dp is not None else None,
+            compression=Compression(**compression) if compression is not None else None,
         )
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"task config is invalid: {exc}") from None

@@ -358,10 +358,12 @@ class GrpcTransport:
             yield Delivery(client_id, update, len(wire), len(answer.payload))
 
     def evaluate(
-        self, params: Params, round_number: int, client_ids: Sequence[str]
+        self, params: Params, round_number: int, client_ids: Sequence[str], broadcast: str = "none"
     ) -> Iterator[Delivery[EvaluateResult]]:
         wire = params.to_bytes()
-        requests: dict[str, tuple[Any, bytes]] = {c: ({}, wire) for c in client_ids}
+        requests: dict[str, tuple[Any, bytes]] = {
+            c: ({"broadcast": broadcast}, wire) for c in client_ids
+        }
         for client_id, answer in self._call("evaluate", round_number, requests):
             if isinstance(answer, ClientFailure):
                 yield Delivery(client_id, answer, len(wire), 0)
