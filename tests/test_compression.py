@@ -17,7 +17,7 @@ from fedstream.compression import (
     encode_broadcast,
     encode_update,
 )
-from fedstream.compression.codecs import PAYLOAD
+from fedstream.compression.codecs import PAYLOAD, encode_gaps
 from fedstream.secure.secagg import SecAggConfig
 from fedstream.simulation import SimulationConfig, build
 from fedstream.transport.inprocess import InProcessTransport
@@ -64,8 +64,10 @@ def test_topk_sends_the_largest_entries_and_keeps_the_rest_as_residual():
     assert np.all(np.abs(flat[sent != 0]) >= threshold)
     # what was sent plus what stays on the client is the update, exactly
     np.testing.assert_allclose(sent + residual.flat(np.float64), flat, atol=1e-6)
-    # exact byte count: count (4) + u16 indices (2 each) + float32 values (4 each)
-    assert encoded[PAYLOAD].size == 4 + kept * 2 + kept * 4
+    # exact byte count: count (4) + the index gaps as varints + float32 values (4 each)
+    gaps = encode_gaps(np.flatnonzero(sent))
+    assert encoded[PAYLOAD].size == 4 + len(gaps) + kept * 4
+    assert kept <= len(gaps) <= 2 * kept  # gaps under 16,384 take at most 2 bytes
     # the next round sends old residual + new update
     again, residual2 = encode_update(payload, codec, residual, seed=4)
     total = decode_update(again, payload, codec, 4).flat(np.float64) + residual2.flat(np.float64)
@@ -115,8 +117,8 @@ def test_qsgd_is_unbiased():
 
 def corrupt(encoded, cut=0, extra=b"", patch=None, repeat=False):
     blob = bytearray(encoded[PAYLOAD].tobytes())
-    if repeat:  # the second index becomes a copy of the first
-        blob[6:8] = blob[4:6]
+    if repeat:  # two indices, 5 and 5 again (a gap of 0), then their two values
+        blob = bytearray(np.uint32(2).tobytes() + encode_gaps(np.array([5, 5])) + bytes(8))
     if patch is not None:
         offset, value = patch
         blob[offset : offset + len(value)] = value
@@ -127,7 +129,7 @@ def corrupt(encoded, cut=0, extra=b"", patch=None, repeat=False):
 @pytest.mark.parametrize(
     ("spec", "damage", "message"),
     [
-        ("topk:0.01", {"patch": (4, b"\xff\xff")}, "indices out of range"),
+        ("topk:0.01", {"patch": (4, b"\xff\xff\x7f")}, "indices out of range"),
         ("topk:0.01", {"repeat": True}, "repeated indices"),
         ("topk:0.01", {"cut": 3}, "its length disagrees with its header"),
         ("q8", {"extra": b"\x00"}, "bytes left over"),
@@ -175,8 +177,10 @@ def test_a_compressed_round_counts_its_bytes_and_keeps_residuals_on_clients():
     kept = math.ceil(0.01 * setup.initial.params.num_elements)
     assert report.bytes_up < plain.bytes_up / 50
     assert report.bytes_down < plain.bytes_down / 2.5
-    header = len(Params({PAYLOAD: np.zeros(4 + 3 * kept + 8, np.uint8)}).to_bytes())
-    assert report.bytes_up == 5 * header  # exact: five clients' wire bytes
+    header = len(Params({PAYLOAD: np.zeros(0, np.uint8)}).to_bytes())
+    # count, 1-2 bytes per index gap, low and step, one byte per value; then the header
+    least, most = header + 4 + kept + 8 + kept, header + 4 + 2 * kept + 8 + kept
+    assert 5 * least <= report.bytes_up <= 5 * most
     assert sorted(transport._residuals) == sorted(report.completed)
 
 
@@ -188,7 +192,7 @@ def test_a_client_sending_a_malformed_payload_is_dropped_and_recorded():
     def breaks_one(update, fit, down):
         delivery = original(update, fit, down)
         if delivery.client_id == sorted(report_ids)[0]:
-            broken = corrupt(delivery.result.payload, patch=(4, b"\xff\xff"))
+            broken = corrupt(delivery.result.payload, patch=(4, b"\xff\xff\x7f"))
             delivery = replace(delivery, result=replace(delivery.result, payload=broken))
         return delivery
 

@@ -282,7 +282,11 @@ Entries = tuple[tuple[str, np.dtype[Any], tuple[int, ...], int], ...]
 @functools.lru_cache(maxsize=64)
 def _encode_header(spec: Spec) -> bytes:
     """The JSON header for a layout; cached, since a run sends one layout many times."""
-    header: dict[str, Any] = {"__metadata__": {_ORDER_KEY: json.dumps([n for n, _, _ in spec])}}
+    # the order needs saying only when there is more than one entry (a compressed update
+    # is one byte string, and its header is a good part of what it costs)
+    header: dict[str, Any] = (
+        {"__metadata__": {_ORDER_KEY: json.dumps([n for n, _, _ in spec])}} if len(spec) > 1 else {}
+    )
     offset = 0
     for name, shape, dtype in spec:
         code = _DTYPE_TO_CODE.get(dtype.newbyteorder("<"))

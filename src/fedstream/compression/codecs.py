@@ -205,16 +205,53 @@ def _randk_indices(size: int, kept: int, seed: int) -> npt.NDArray[np.int64]:
 #
 # The whole update is compressed as one flat vector (a global top-k, one quantisation range),
 # and sent as one byte string, so that a small model's update is not swamped by per-tensor
-# headers. Layout, little-endian: count (u32); the indices (u16 when the model has at most
-# 65,536 entries, else u32; absent for randk); then the values: float32, or q8/q4 as low
-# (f32), step (f32) and codes (u8, 4-bit packed two per byte), or QSGD as norm (f32) and
-# signed levels (i8).
+# headers. Layout, little-endian: count (u32); the sorted indices as gaps between them in
+# LEB128 varints (one byte for a gap under 128; absent for randk); then the values:
+# float32, or q8/q4 as low (f32), step (f32) and codes (u8, 4-bit packed two per byte), or
+# QSGD as norm (f32) and signed levels (i8).
 
 PAYLOAD = "compressed"
 
 
-def _index_dtype(size: int) -> np.dtype[Any]:
-    return np.dtype("<u2") if size <= 1 << 16 else np.dtype("<u4")
+def encode_gaps(index: npt.NDArray[np.int64]) -> bytes:
+    """Sorted indices as LEB128 varints of the gaps between them (the first from 0)."""
+    gaps = np.diff(index, prepend=0).astype(np.uint64)
+    width = np.ones(gaps.size, dtype=np.int64)
+    for k in range(1, 5):
+        width += gaps >= (1 << (7 * k))
+    out = np.zeros(int(width.sum()), dtype=np.uint8)
+    starts = np.concatenate([[0], np.cumsum(width)[:-1]])
+    for k in range(5):
+        here = width > k
+        group = ((gaps[here] >> np.uint64(7 * k)) & np.uint64(0x7F)).astype(np.uint8)
+        more = (width[here] > k + 1).astype(np.uint8) << 7
+        out[starts[here] + k] = group | more
+    return out.tobytes()
+
+
+def decode_gaps(blob: bytes, offset: int, count: int) -> tuple[npt.NDArray[np.int64], int]:
+    """``count`` indices from the varints at ``offset``, and the offset after them."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64), offset
+    tail = np.frombuffer(blob, dtype=np.uint8, offset=offset)
+    ends = np.flatnonzero((tail & 0x80) == 0)
+    if ends.size < count:
+        raise CompressionError(
+            f"compressed update: {count} indices announced, {ends.size} found (its length "
+            "disagrees with its header)"
+        )
+    ends = ends[:count]
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    widths = ends - starts + 1
+    if widths.max() > 5:
+        raise CompressionError("compressed update: an index varint is longer than 5 bytes")
+    gaps = np.zeros(count, dtype=np.int64)
+    for k in range(int(widths.max())):
+        here = widths > k
+        gaps[here] |= (tail[starts[here] + k].astype(np.int64) & 0x7F) << (7 * k)
+    if count > 1 and np.any(gaps[1:] == 0):
+        raise CompressionError("compressed update: repeated indices")
+    return np.cumsum(gaps), offset + int(ends[-1]) + 1
 
 
 def encode_update(
@@ -241,7 +278,7 @@ def encode_update(
     wire, decoded = _quantise(sent, codec.quantiser, codec.levels, rng)
     parts = [np.array([sent.size], dtype="<u4").tobytes()]
     if index is not None and codec.sparsifier != "randk":
-        parts.append(index.astype(_index_dtype(size)).tobytes())
+        parts.append(encode_gaps(index))
     for suffix in ("lo", "step", "norm", "v", "q", "s"):
         if suffix in wire:
             parts.append(np.ascontiguousarray(wire[suffix]).tobytes())
@@ -298,14 +335,12 @@ def decode_update(encoded: Params, like: Params, codec: Compression, seed: int) 
     else:
         if count > size:
             raise CompressionError(f"compressed update: count {count} exceeds {size} entries")
-        index = reader.take(_index_dtype(size), count, "the indices").astype(np.int64)
+        index, reader.at = decode_gaps(reader.blob, reader.at, count)
         if index.size and int(index.max()) >= size:
             raise CompressionError(
                 f"compressed update: indices out of range (largest {int(index.max())}, the "
                 f"model has {size} entries)"
             )
-        if np.unique(index).size != index.size:
-            raise CompressionError("compressed update: repeated indices")
     entries: dict[str, npt.NDArray[Any]] = {}
     if codec.quantiser in ("q8", "q4"):
         entries["lo"] = reader.take("<f4", 1, "the low value")
