@@ -189,8 +189,8 @@ def test_a_client_sending_a_malformed_payload_is_dropped_and_recorded():
     ids = sorted(setup.dataset.clients)
     original = transport._upload
 
-    def breaks_one(update, fit, down):
-        delivery = original(update, fit, down)
+    def breaks_one(update, fit, down, mask=None):
+        delivery = original(update, fit, down, mask)
         if delivery.client_id == sorted(report_ids)[0]:
             broken = corrupt(delivery.result.payload, patch=(4, b"\xff\xff\x7f"))
             delivery = replace(delivery, result=replace(delivery.result, payload=broken))
@@ -225,3 +225,52 @@ def test_compressed_runs_are_reproducible_and_reported():
     again = simulate(num_clients=10, clients_per_round=5, rounds=3, compression="topk:0.1+q4")
     assert first.state.params.bit_equal(again.state.params)
     assert first.reports[-1].bytes_up > 0
+
+
+def test_pruning_zeros_the_smallest_weights_or_rows_and_leaves_vectors_alone():
+    from fedstream.compression.pruning import kept_mask, prune
+
+    params = Params({
+        "w": np.array([[0.1, -3.0, 0.2], [4.0, -0.05, 1.0]]),
+        "b": np.array([0.001, 2.0]),
+    })  # fmt: skip
+    single = prune(params, 0.5)
+    np.testing.assert_array_equal(single["w"], [[0.0, -3.0, 0.0], [4.0, 0.0, 1.0]])
+    np.testing.assert_array_equal(single["b"], params["b"])  # biases are never pruned
+    rows = prune(params, 0.5, structured=True)  # row norms 3.008 and 4.123: the first goes
+    np.testing.assert_array_equal(rows["w"], [[0, 0, 0], [4.0, -0.05, 1.0]])
+    np.testing.assert_array_equal(kept_mask(single), [0, 1, 0, 1, 0, 1, 1, 1])
+    assert params["w"][0, 0] == 0.1  # the input is untouched
+    with pytest.raises(ConfigError, match=r"prune_fraction=1\.0 is invalid"):
+        prune(params, 1.0)
+
+
+def test_a_masked_update_sends_only_the_kept_entries():
+    from fedstream.compression.pruning import kept_mask
+
+    payload = update()
+    mask = np.random.default_rng(2).random(payload.num_elements) < 0.3
+    codec = Compression.parse("none")
+    encoded, _ = encode_update(payload, codec, None, 0, mask)
+    assert encoded[PAYLOAD].size == 4 + 4 * int(mask.sum())
+    decoded = decode_update(encoded, payload, codec, 0, mask).flat(np.float64)
+    np.testing.assert_allclose(decoded[mask], payload.flat(np.float64)[mask], rtol=1e-6)
+    assert not decoded[~mask].any()
+    assert kept_mask(payload).all()
+
+
+@pytest.mark.parametrize("trainer", ["sequential", "vectorized"])
+def test_pruned_weights_stay_zero_through_training_and_rounds(trainer):
+    from fedstream.compression.pruning import prunable
+
+    result = simulate(
+        num_clients=10, clients_per_round=5, rounds=3, prune_fraction=0.6, trainer=trainer,
+        compression="topk:0.2+q8",
+    )  # fmt: skip
+    for name, array in result.state.params.items():
+        if prunable(array):
+            assert (array == 0).mean() == pytest.approx(0.6, abs=0.01), name
+    assert all(not r.failures for r in result.reports)
+    dense = simulate(num_clients=10, clients_per_round=5, rounds=3, trainer=trainer,
+                     compression="topk:0.2+q8")  # fmt: skip
+    assert result.reports[-1].bytes_up < 0.6 * dense.reports[-1].bytes_up

@@ -16,13 +16,16 @@ import numpy as np
 
 from fedstream import checks
 from fedstream.client.base import FitTask
+from fedstream.client.encode import upload_codec, upload_mask
 from fedstream.compression.codecs import (
     BROADCASTS,
     Compression,
     CompressionError,
+    decode_broadcast,
     decode_update,
     encode_broadcast,
 )
+from fedstream.compression.pruning import prune
 from fedstream.errors import ClientFailure, ConfigError, RoundFailedError
 from fedstream.params import Params
 from fedstream.secure.he import HEConfig
@@ -53,6 +56,9 @@ class RoundConfig:
 
     ``compression`` encodes each update on its client (``fedstream.compression``) and
     ``broadcast`` the global params sent to clients (``"none"``, ``"f16"``, ``"q8"``).
+    ``prune_fraction`` of each weight tensor is pruned by magnitude after every server
+    update (whole output units with ``prune_structured``); clients keep pruned weights at
+    zero and send only the kept entries.
 
     With ``secure_aggregation`` the sum is computed by SecAgg+ (``SecAggConfig``) or under
     homomorphic encryption (``CKKSConfig``, ``PaillierConfig``): the server never sees an
@@ -72,6 +78,8 @@ class RoundConfig:
     secure_aggregation: SecAggConfig | HEConfig | None = None
     compression: Compression | None = None
     broadcast: str = "none"
+    prune_fraction: float = 0.0
+    prune_structured: bool = False
 
     def __post_init__(self) -> None:
         per_round = self.clients_per_round
@@ -95,6 +103,9 @@ class RoundConfig:
             "straggler_fraction", self.straggler_fraction, include_zero=True, include_one=True
         )
         checks.one_of("broadcast", self.broadcast, list(BROADCASTS))
+        checks.in_unit_interval(
+            "prune_fraction", self.prune_fraction, include_zero=True, include_one=False
+        )
         codec, secure = self.compression, self.secure_aggregation
         if codec is not None and secure is not None and not codec.secure_sum_compatible:
             raise ConfigError(
@@ -263,6 +274,7 @@ def run_round(
             secure_aggregation=secure is not None,
             compression=config.compression,
             broadcast=config.broadcast,
+            masked=config.prune_fraction > 0,
         ),
     )
     tasks = []
@@ -295,6 +307,8 @@ def run_round(
         if config.broadcast != "none"
         else state.params
     )
+    codec = upload_codec(fit)
+    mask = upload_mask(decode_broadcast(broadcast, config.broadcast), fit)
     for delivery in transport.fit(broadcast, tasks):
         bytes_down += delivery.bytes_down
         bytes_up += delivery.bytes_up
@@ -321,13 +335,14 @@ def run_round(
             )
         else:
             rejection = None
-            if config.compression is not None:
+            if codec is not None:
                 try:
                     dense = decode_update(
                         result.payload,
                         state.params,
-                        config.compression,
+                        codec,
                         seeds_by_client[result.client_id],
+                        mask,
                     )
                     result = replace(result, payload=dense)
                 except CompressionError as exc:
@@ -372,6 +387,9 @@ def run_round(
     new_state = strategy.server_update(drawing, aggregate)
     if not new_state.params.is_finite():
         raise RoundFailedError(round_number, "the server update produced NaN or Inf parameters")
+    if config.prune_fraction > 0:
+        pruned = prune(new_state.params, config.prune_fraction, config.prune_structured)
+        new_state = new_state.evolve(params=pruned)
     rng = new_state.generator()
     update_done = time.perf_counter()
 

@@ -94,6 +94,7 @@ class FitConfig:
     secure_aggregation: bool = False
     compression: Compression | None = None
     broadcast: str = "none"
+    masked: bool = False
 
 
 @dataclass(frozen=True)

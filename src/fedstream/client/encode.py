@@ -10,8 +10,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import numpy.typing as npt
 
-from fedstream.compression.codecs import decode_broadcast, decode_update, encode_update
+from fedstream.compression.codecs import (
+    Compression,
+    decode_broadcast,
+    decode_update,
+    encode_update,
+)
+from fedstream.compression.pruning import kept_mask
 from fedstream.params import Params
 from fedstream.privacy.dp import privatize_update
 from fedstream.privacy.mechanisms import NoiseSource, SecureGenerator
@@ -25,8 +32,25 @@ def receive_params(params: Params, config: FitConfig) -> Params:
     return decode_broadcast(params, config.broadcast)
 
 
+def upload_mask(received: Params, config: FitConfig) -> npt.NDArray[np.bool_] | None:
+    """The pruning mask the update is encoded under: read from the params the client
+    trained from (the server reads it from the same broadcast)."""
+    return kept_mask(received) if config.masked else None
+
+
+def upload_codec(config: FitConfig) -> Compression | None:
+    """The uplink codec: the configured one, or for a pruned model the plain one, which
+    still sends only the kept entries."""
+    if config.compression is not None:
+        return config.compression
+    return Compression() if config.masked else None
+
+
 def prepare_upload(
-    update: ClientUpdate, config: FitConfig, residual: Params | None = None
+    update: ClientUpdate,
+    config: FitConfig,
+    residual: Params | None = None,
+    mask: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[ClientUpdate, Params | None]:
     """The update as it leaves the client, and the client's next compression residual.
 
@@ -42,10 +66,10 @@ def prepare_upload(
             else np.random.default_rng([config.seed, LOCAL_NOISE_STREAM])
         )
         update = privatize_update(update, config.privacy, rng)
-    codec = config.compression
+    codec = upload_codec(config)
     if codec is None:
         return update, residual
-    encoded, residual = encode_update(update.payload, codec, residual, config.seed)
+    encoded, residual = encode_update(update.payload, codec, residual, config.seed, mask)
     if config.secure_aggregation:
-        encoded = decode_update(encoded, update.payload, codec, config.seed)
+        encoded = decode_update(encoded, update.payload, codec, config.seed, mask)
     return replace(update, payload=encoded), residual

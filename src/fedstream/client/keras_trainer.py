@@ -79,6 +79,12 @@ class KerasTrainer:
                 config.payload,
                 "'delta' with the Keras adapter (FedSGD needs fedstream.TorchTrainer)",
             )
+        if config.masked:
+            raise ConfigError(
+                "prune_fraction",
+                "> 0",
+                "0 with the Keras adapter (pruned training needs fedstream.TorchTrainer)",
+            )
         if config.sample_dp is not None:
             raise ConfigError(
                 "dp",

@@ -11,6 +11,7 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedstream.client.base import FitTask
+from fedstream.compression.pruning import prunable
 from fedstream.data.base import ClientData, Task
 from fedstream.params import Params
 from fedstream.types import ClientUpdate, EvaluateResult
@@ -36,6 +37,17 @@ def check_layout(layout: Params, params: Params) -> None:
 
 def _numpy_dtype(tensor: torch.Tensor) -> np.dtype[Any]:
     return np.dtype(torch.empty(0, dtype=tensor.dtype).numpy().dtype)
+
+
+def pruning_masks(params: Params) -> dict[str, torch.Tensor]:
+    """Name → 0/1 mask of the entries a pruned weight tensor keeps (its non-zeros), for
+    the tensors pruning applies to; training multiplies by it after each step so that
+    pruned weights stay zero."""
+    return {
+        name: torch.from_numpy((array != 0).astype(array.dtype))
+        for name, array in params.items()
+        if prunable(array)
+    }
 
 
 def per_sample_loss(task: Task, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -113,6 +125,7 @@ class TorchTrainer:
         if config.sample_dp is not None:
             return self._fit_dp_sgd(params, task, x, y)
         anchors = [w.detach().clone() for w in weights] if config.proximal_mu > 0 else []
+        masks = pruning_masks(params) if config.masked else {}
         rng = np.random.default_rng(config.seed)
         losses: list[torch.Tensor] = []
         for _ in range(config.local_epochs):
@@ -127,6 +140,8 @@ class TorchTrainer:
                         if anchors:  # ∇ μ/2·‖w − w_global‖² = μ·(w − w_global)
                             g = g + config.proximal_mu * (w - anchors[k])
                         w.add_(g, alpha=-config.lr)
+                        if self._names[k] in masks:
+                            w.mul_(masks[self._names[k]])
         delta = Params({n: self._storage[n] - params[n] for n in params})
         return ClientUpdate(
             task.client_id,
@@ -151,6 +166,7 @@ class TorchTrainer:
         # plain tensors sharing the module's storage: updating them updates the module
         weights = {n: torch.from_numpy(self._storage[n]) for n in self._names}
         anchors = {n: w.clone() for n, w in weights.items()} if config.proximal_mu > 0 else {}
+        masks = pruning_masks(params) if config.masked else {}
 
         def example_loss(
             w: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor
@@ -178,6 +194,8 @@ class TorchTrainer:
                     if anchors:
                         g = g + config.proximal_mu * (w - anchors[name])
                     w.sub_(g, alpha=config.lr)
+                    if name in masks:
+                        w.mul_(masks[name])
         delta = Params({n: self._storage[n] - params[n] for n in params})
         metrics = {"loss": float(np.mean(losses))} if losses else {}
         return ClientUpdate(task.client_id, task.round, delta, float(count), metrics)

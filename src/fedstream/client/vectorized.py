@@ -26,6 +26,7 @@ from fedstream.client.torch_trainer import (
     batch_slices,
     check_layout,
     per_sample_loss,
+    pruning_masks,
 )
 from fedstream.data.base import ClientData, Task
 from fedstream.errors import ConfigError
@@ -130,6 +131,7 @@ class VectorizedTrainer:
             grads, loss = self._gradients(weights, x, y, mask)
             return _updates(tasks, sizes, {n: g.numpy() for n, g in grads.items()}, loss)
 
+        masks = pruning_masks(params) if config.masked else {}
         generators = [np.random.default_rng(t.config.seed) for t in tasks]
         loss_sum = torch.zeros(cohort, dtype=x.dtype)
         step_count = torch.zeros(cohort, dtype=x.dtype)
@@ -145,6 +147,8 @@ class VectorizedTrainer:
                     grads = {n: g + mu * (weights[n] - anchor[n]) for n, g in grads.items()}
                 scale = _broadcast(active * config.lr)
                 weights = {n: w - scale(w) * grads[n] for n, w in weights.items()}
+                if masks:  # pruned weights stay zero
+                    weights = {n: w * masks[n] if n in masks else w for n, w in weights.items()}
                 loss_sum += loss * active
                 step_count += active
         deltas = {n: (w - anchor[n]).numpy() for n, w in weights.items()}

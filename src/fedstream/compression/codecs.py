@@ -255,13 +255,20 @@ def decode_gaps(blob: bytes, offset: int, count: int) -> tuple[npt.NDArray[np.in
 
 
 def encode_update(
-    payload: Params, codec: Compression, residual: Params | None, seed: int
+    payload: Params,
+    codec: Compression,
+    residual: Params | None,
+    seed: int,
+    mask: npt.NDArray[np.bool_] | None = None,
 ) -> tuple[Params, Params | None]:
-    """(what the client sends, its next residual). ``seed`` is the task's seed."""
+    """(what the client sends, its next residual). ``seed`` is the task's seed. With a
+    pruning ``mask`` (``pruning.kept_mask``) only the kept entries are encoded."""
     rng = np.random.default_rng([seed, _ROUNDING_STREAM])
-    x = payload.flat(np.float64)
+    full = payload.flat(np.float64)
     if codec.keeps_residual and residual is not None:
-        x = x + residual.flat(np.float64)
+        full = full + residual.flat(np.float64)
+    kept_at = np.flatnonzero(mask) if mask is not None else None
+    x = full if kept_at is None else full[kept_at]
     size = x.size
     if codec.sparsifier == "topk":
         kept = codec.kept(size)
@@ -285,8 +292,9 @@ def encode_update(
     blob = np.frombuffer(b"".join(parts), dtype=np.uint8)
     new_residual = None
     if codec.keeps_residual:
-        left = x.copy()
-        left[index if index is not None else slice(None)] -= decoded
+        left = full.copy()
+        sent_at = np.arange(size) if index is None else index
+        left[sent_at if kept_at is None else kept_at[sent_at]] -= decoded
         new_residual = Params.from_flat(left, payload)
     return Params({PAYLOAD: blob}), new_residual
 
@@ -310,14 +318,21 @@ class _Reader:
         return out
 
 
-def decode_update(encoded: Params, like: Params, codec: Compression, seed: int) -> Params:
-    """The dense update shaped like ``like``; refuses a malformed payload with the reason."""
+def decode_update(
+    encoded: Params,
+    like: Params,
+    codec: Compression,
+    seed: int,
+    mask: npt.NDArray[np.bool_] | None = None,
+) -> Params:
+    """The dense update shaped like ``like`` (zero where ``mask`` prunes); refuses a
+    malformed payload with the reason."""
     if list(encoded) != [PAYLOAD]:
         raise CompressionError(
             f"compressed update: expected one entry {PAYLOAD!r}, got {list(encoded)[:5]}"
         )
     reader = _Reader(np.ascontiguousarray(encoded[PAYLOAD]).tobytes())
-    size = like.num_elements
+    size = like.num_elements if mask is None else int(mask.sum())
     count = int(reader.take("<u4", 1, "the count")[0])
     index: npt.NDArray[np.int64] | None
     if codec.sparsifier == "none":
@@ -363,6 +378,10 @@ def decode_update(encoded: Params, like: Params, codec: Compression, seed: int) 
     dense = values if index is None else np.zeros(size)
     if index is not None:
         dense[index] = values
+    if mask is not None:
+        scattered = np.zeros(like.num_elements)
+        scattered[mask] = dense
+        dense = scattered
     return Params.from_flat(dense, like)
 
 

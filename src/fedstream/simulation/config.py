@@ -85,6 +85,8 @@ HELP: dict[str, str] = {
     "compression": "uplink codec: none, or a sparsifier topk:f, randk:f, threshold:τ (with "
     "error feedback) and/or a quantiser q8, q4, qsgd:s, joined by + (e.g. topk:0.01+q8)",
     "broadcast": "downlink codec for the global model: none, f16, q8",
+    "prune_fraction": "share of each weight tensor pruned by magnitude after every round",
+    "prune_structured": "prune whole output units (rows, filters) instead of single weights",
     "rounds": "number of rounds",
     "clients_per_round": "clients sampled per round: a count (20) or a fraction (0.2)",
     "min_clients": "minimum clients sampled and valid updates needed per round",
@@ -158,6 +160,8 @@ class SimulationConfig:
     # communication
     compression: str = "none"
     broadcast: str = "none"
+    prune_fraction: float = 0.0
+    prune_structured: bool = False
     # rounds and local training
     rounds: int = 30
     clients_per_round: int | float = 20
@@ -297,6 +301,8 @@ class SimulationConfig:
             secure_aggregation=self.secure_sum(),
             compression=None if self.compression == "none" else Compression.parse(self.compression),
             broadcast=self.broadcast,
+            prune_fraction=self.prune_fraction,
+            prune_structured=self.prune_structured,
         )
 
     def secure_sum(self) -> SecAggConfig | HEConfig | None:

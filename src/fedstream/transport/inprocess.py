@@ -13,8 +13,11 @@ import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 
+import numpy as np
+import numpy.typing as npt
+
 from fedstream.client.base import CohortTrainer, FitTask, Trainer
-from fedstream.client.encode import prepare_upload, receive_params
+from fedstream.client.encode import prepare_upload, receive_params, upload_mask
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
 from fedstream.errors import ClientFailure, ConfigError
@@ -73,7 +76,11 @@ class InProcessTransport:
         return since is not None and order.index(since) <= order.index(stage)
 
     def _upload(
-        self, update: ClientUpdate, config: FitConfig, bytes_down: int
+        self,
+        update: ClientUpdate,
+        config: FitConfig,
+        bytes_down: int,
+        mask: npt.NDArray[np.bool_] | None = None,
     ) -> Delivery[ClientUpdate]:
         """Encode the update as its client would (``prepare_upload``) and pass it through the
         wire format as a remote client's would be. Under secure aggregation the client
@@ -81,7 +88,8 @@ class InProcessTransport:
         if self._is_offline(update.client_id, "fit"):
             failure = ClientFailure(update.client_id, "train", "offline (simulated dropout)")
             return Delivery(update.client_id, failure, bytes_down, 0)
-        sent, residual = prepare_upload(update, config, self._residuals.get(update.client_id))
+        residual = self._residuals.get(update.client_id)
+        sent, residual = prepare_upload(update, config, residual, mask)
         if residual is not None:
             self._residuals[update.client_id] = residual
         if config.secure_aggregation:
@@ -110,6 +118,7 @@ class InProcessTransport:
         wire = params.to_bytes()
         down = len(wire)
         received = receive_params(Params.from_bytes(wire), tasks[0].config)
+        mask = upload_mask(received, tasks[0].config)
         if isinstance(self.trainer, CohortTrainer) and len(tasks) > 1:
             for cohort in _cohorts(tasks, self.cohort_size):
                 try:
@@ -124,7 +133,7 @@ class InProcessTransport:
                         )
                     continue
                 for task, update in zip(cohort, updates, strict=True):
-                    yield self._upload(update, task.config, down)
+                    yield self._upload(update, task.config, down, mask)
             return
         for task in tasks:
             try:
@@ -133,7 +142,7 @@ class InProcessTransport:
                 failure = ClientFailure(task.client_id, "train", describe_exception(exc))
                 yield Delivery(task.client_id, failure, down, 0)
                 continue
-            yield self._upload(update, task.config, down)
+            yield self._upload(update, task.config, down, mask)
 
     def evaluate(
         self, params: Params, round_number: int, client_ids: Sequence[str], broadcast: str = "none"

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from fedstream.client.base import FitTask, Trainer
-from fedstream.client.encode import prepare_upload, receive_params
+from fedstream.client.encode import prepare_upload, receive_params, upload_mask
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
 from fedstream.errors import FedstreamError
@@ -94,7 +94,8 @@ class _Device:
             task = FitTask(self.client_id, request.round, config)
             params = receive_params(Params.from_bytes(payload), config)
             update = self.trainer.fit(params, task, self.data)
-            sent, self.residual = prepare_upload(update, config, self.residual)
+            mask = upload_mask(params, config)
+            sent, self.residual = prepare_upload(update, config, self.residual, mask)
             body = {"round": sent.round, "weight": sent.weight, "metrics": dict(sent.metrics)}
             if config.secure_aggregation:
                 self.secagg.hold(sent)
