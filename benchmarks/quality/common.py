@@ -48,7 +48,13 @@ def run_arm(label: str, config: SimulationConfig, evaluate_on: str = "heldout") 
             central,
         ):
             rounds.append(
-                {"round": report.round, **report.metrics, "completed": len(report.completed)}
+                {
+                    "round": report.round,
+                    **report.metrics,
+                    "completed": len(report.completed),
+                    "bytes_up": report.bytes_up,
+                    "bytes_down": report.bytes_down,
+                }
             )
             if report.round % max(1, config.rounds // 20) == 0 or report.round == config.rounds:
                 shown = {k: round(v, 4) for k, v in report.metrics.items()}
@@ -58,12 +64,14 @@ def run_arm(label: str, config: SimulationConfig, evaluate_on: str = "heldout") 
                     file=sys.stderr,
                     flush=True,
                 )
-    final = {k: v for k, v in rounds[-1].items() if k != "round"}
+    final = {k: v for k, v in rounds[-1].items() if k not in ("round", "bytes_up", "bytes_down")}
     return {
         "label": label,
         "config": config.to_dict(),
         "wall_s": time.perf_counter() - started,
         "final": final,
+        "bytes_up": sum(r["bytes_up"] for r in rounds),
+        "bytes_down": sum(r["bytes_down"] for r in rounds),
         "rounds": rounds,
     }
 

@@ -19,8 +19,7 @@ from typing import Any
 
 from common import RESULTS, print_table, run_arms, save
 
-from fedstream.rounds import run_rounds
-from fedstream.simulation import SimulationConfig, build
+from fedstream.simulation import SimulationConfig
 
 ARMS: dict[str, dict[str, str]] = {
     "none": {},
@@ -57,13 +56,9 @@ def main() -> None:
         for seed in args.seeds
     ]
     runs = run_arms(jobs, workers=2)
-    # the bytes of every round come from the round reports, recorded in a second pass over
-    # the same seeds (run_arms keeps metrics only)
-    traffic = {label: wire_bytes(config) for label, config, _ in jobs}
-    for run in runs:
-        run["bytes"] = traffic[run["label"]]
-    base = {s: sum(traffic[f"none|{s}"]["up"]) for s in args.seeds}
-    base_down = {s: sum(traffic[f"none|{s}"]["down"]) for s in args.seeds}
+    by_label = {r["label"]: r for r in runs}
+    base = {s: by_label[f"none|{s}"]["bytes_up"] for s in args.seeds}
+    base_down = {s: by_label[f"none|{s}"]["bytes_down"] for s in args.seeds}
     base_acc = statistics.median(
         r["final"]["central_accuracy"] for r in runs if r["label"].startswith("none|")
     )
@@ -71,11 +66,9 @@ def main() -> None:
     for name in ARMS:
         mine = [r for r in runs if r["label"].split("|")[0] == name]
         accuracy = statistics.median(r["final"]["central_accuracy"] for r in mine)
-        up = statistics.median(
-            base[int(r["label"].split("|")[1])] / sum(r["bytes"]["up"]) for r in mine
-        )
+        up = statistics.median(base[int(r["label"].split("|")[1])] / r["bytes_up"] for r in mine)
         down = statistics.median(
-            base_down[int(r["label"].split("|")[1])] / sum(r["bytes"]["down"]) for r in mine
+            base_down[int(r["label"].split("|")[1])] / r["bytes_down"] for r in mine
         )
         rows.append({
             "codec": name, "accuracy": accuracy, "Δ points": round(100 * (accuracy - base_acc), 2),
@@ -85,19 +78,6 @@ def main() -> None:
     print_table(rows, ["codec", "accuracy", "Δ points", "uplink ×", "downlink ×"])
     save("compression_digits", {"rows": rows, "runs": runs})
     plot(runs, args.seeds[0])
-
-
-def wire_bytes(config: SimulationConfig) -> dict[str, list[int]]:
-    """Bytes up and down of every round of ``config`` (the run is deterministic)."""
-    setup = build(config)
-    up, down = [], []
-    for _, report in run_rounds(
-        setup.initial, config.build_strategy(), setup.transport, sorted(setup.dataset.clients),
-        config.round_config(), config.rounds, setup.central_evaluate,
-    ):  # fmt: skip
-        up.append(report.bytes_up)
-        down.append(report.bytes_down)
-    return {"up": up, "down": down}
 
 
 def plot(runs: list[dict[str, Any]], seed: int) -> None:
@@ -114,7 +94,7 @@ def plot(runs: list[dict[str, Any]], seed: int) -> None:
         name, run_seed = run["label"].split("|")
         if int(run_seed) != seed:
             continue
-        cumulative = list(itertools.accumulate(run["bytes"]["up"]))
+        cumulative = list(itertools.accumulate(r["bytes_up"] for r in run["rounds"]))
         points = [
             (cumulative[r["round"] - 1], r["central_accuracy"])
             for r in run["rounds"]

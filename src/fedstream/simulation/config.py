@@ -284,6 +284,8 @@ class SimulationConfig:
             parts.append(f"DP ({self.dp})")
         if self.secure_aggregation != "none":
             parts.append(SECURE_SUMS[self.secure_aggregation])
+        if self.compression != "none":
+            parts.append(self.compression)
         return " + ".join(parts)
 
     def round_config(self) -> RoundConfig:

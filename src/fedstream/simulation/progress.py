@@ -26,6 +26,7 @@ _SHOWN = (
 def format_metrics(report: RoundReport) -> str:
     """The few headline numbers of a round, as one short line."""
     parts = [f"{label} {report.metrics[key]:.4f}" for key, label in _SHOWN if key in report.metrics]
+    parts.append(f"↑{report.bytes_up / 1e6:.2f} ↓{report.bytes_down / 1e6:.2f} MB")
     if report.failures:
         parts.append(f"[yellow]{len(report.failures)} failed[/]")
     return "  ".join(parts)

@@ -103,13 +103,14 @@ def csv_rows(result: SimulationResult) -> list[dict[str, Any]]:
 
 
 def plot_curves(result: SimulationResult, path: Path) -> None:
-    """Accuracy and loss against rounds (central and federated evaluation, training loss)."""
+    """Accuracy and loss against rounds (central and federated evaluation, training loss),
+    and the headline metric against the cumulative bytes on the wire."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    figure, (left, right, traffic) = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
     series = {
         key: [(r.round, r.metrics[key]) for r in result.reports if key in r.metrics]
         for key in (
@@ -134,6 +135,21 @@ def plot_curves(result: SimulationResult, path: Path) -> None:
         axis.grid(alpha=0.3)
         if axis.lines:
             axis.legend()
+    cumulative_up = np.cumsum([r.bytes_up for r in result.reports]) / 1e6
+    for key in ("central_accuracy", "fed_accuracy", "central_mse"):
+        points = [
+            (cumulative_up[i], r.metrics[key])
+            for i, r in enumerate(result.reports)
+            if key in r.metrics
+        ]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            traffic.plot(xs, ys, marker="o", markersize=3, label=key)
+    traffic.set_xlabel("cumulative uplink MB (all clients)")
+    traffic.set_ylabel("metric")
+    traffic.grid(alpha=0.3)
+    if traffic.lines:
+        traffic.legend()
     config = result.config
     figure.suptitle(
         f"{config.label} on {config.dataset}: {config.num_clients} clients, "
