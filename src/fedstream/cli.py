@@ -480,6 +480,63 @@ def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
     Console().print(table)
 
 
+@main.command()
+@click.option(
+    "--store",
+    type=click.Path(path_type=Path),
+    default=Path("runs") / "store.sqlite",
+    show_default=True,
+    help="SQLite run store holding the model registry.",
+)
+@click.option("--run", "run_id", required=True, help="The run whose models to serve.")
+@click.option(
+    "--version",
+    type=int,
+    default=None,
+    help="Serve this version only [default: follow the newest].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Rows per micro-batch.")
+@click.option(
+    "--max-wait-ms",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="How long a request waits for others to batch with.",
+)
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="Torch threads.")
+def serve(
+    store: Path,
+    run_id: str,
+    version: int | None,
+    host: str,
+    port: int,
+    max_batch: int,
+    max_wait_ms: float,
+    max_body_bytes: int,
+    threads: int,
+) -> None:
+    """Serve a run's global model over HTTP, following new versions as training goes on."""
+    import uvicorn
+
+    from fedstream.serving import Server, create_app
+
+    if not store.exists():
+        _fail(ConfigError("--store", str(store), "an existing run store"))
+    server = Server(
+        store, run_id, version=version, follow=version is None, max_batch=max_batch,
+        max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, threads=threads,
+    )  # fmt: skip
+    try:
+        server.store.model(run_id, version)
+    except KeyError as exc:
+        if version is not None:
+            _fail(ConfigError("--version", version, str(exc.args[0])))
+    uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
+
+
 @main.group()
 def runs() -> None:
     """Read the run store: past and running runs, their rounds and metrics."""

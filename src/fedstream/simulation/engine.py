@@ -118,6 +118,19 @@ def build(config: SimulationConfig) -> Setup:
     )
 
 
+def architecture(config: SimulationConfig, dataset: FederatedDataset) -> dict[str, Any]:
+    """What a serving process needs to rebuild the module that a run's params fit."""
+    return {
+        "model": config.model,
+        "in_features": dataset.num_features,
+        "out_features": dataset.num_outputs,
+        "hidden": list(config.hidden) if config.hidden is not None else None,
+        "dtype": str(dataset.x_heldout.dtype),
+        "task": dataset.task,
+        "seed": config.seed,
+    }
+
+
 def choose_trainer(
     requested: str, module: torch.nn.Module, sample_dp: bool = False
 ) -> tuple[str, str]:
@@ -194,7 +207,8 @@ def simulate(
 
     With ``output_dir`` the run is persistent: ``config.json`` at the start, a checkpoint of
     the server state after every round (the newest ``keep_checkpoints``) under
-    ``checkpoints/``, every round in the SQLite run store ``store`` (default
+    ``checkpoints/``, every round (and its model, in the registry) in the SQLite run store
+    ``store`` (default
     ``<output_dir>/../store.sqlite``, run id = the folder's name), and ``results.json``,
     ``metrics.csv`` and ``curves.png`` at the end. ``resume=True`` continues the run in
     ``output_dir`` from its newest checkpoint and ends bit for bit where an uninterrupted
@@ -244,6 +258,13 @@ def simulate(
                     if out is not None and runs is not None:
                         save_checkpoint(out / "checkpoints", new_state, report, keep_checkpoints)
                         runs.record_round(run_id, report)
+                        runs.publish_model(
+                            run_id,
+                            report.round,
+                            architecture(config, setup.dataset),
+                            report.metrics,
+                            new_state.params.to_bytes(),
+                        )
                     state = new_state
                     reports.append(report)
                     bar.advance(report)

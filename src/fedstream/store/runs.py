@@ -5,8 +5,10 @@ holds the history; the newest state to resume from lives in the run's checkpoint
 
 Tables: ``runs`` (id, status, config, output folder, error, rounds done, times),
 ``rounds`` (the whole ``RoundReport`` as JSON), ``client_results`` (one row per sampled
-client: completed, or the stage and cause of its failure) and ``metrics`` (one row per
-round and metric, for queries and plots).
+client: completed, or the stage and cause of its failure), ``metrics`` (one row per round
+and metric, for queries and plots) and ``models``, the model registry: one immutable row
+per aggregated round with the parameters (safetensors bytes), the architecture to rebuild
+the module from, the round's metrics and the time.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ CREATE TABLE IF NOT EXISTS client_results (
     cause TEXT
 );
 CREATE INDEX IF NOT EXISTS client_results_by_round ON client_results (run_id, round);
+CREATE TABLE IF NOT EXISTS models (
+    run_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    created REAL NOT NULL,
+    architecture TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    params BLOB NOT NULL,
+    PRIMARY KEY (run_id, version)
+);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL,
     round INTEGER NOT NULL,
@@ -157,6 +168,70 @@ class RunStore:
             "config": json.loads(row["config"]),
             "rounds": [json.loads(r["report"]) for r in reports],
         }
+
+    def publish_model(
+        self,
+        run_id: str,
+        version: int,
+        architecture: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        params: bytes,
+    ) -> bool:
+        """Add model ``version`` of ``run_id``; versions are immutable, so publishing one that
+        exists changes nothing (a resumed run republishes the same bytes) and says so."""
+        with self._connect() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    version,
+                    time.time(),
+                    json.dumps(dict(architecture)),
+                    json.dumps(dict(metrics)),
+                    params,
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def models(self, run_id: str) -> list[dict[str, Any]]:
+        """Every published version of ``run_id``, oldest first, without the parameters."""
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute(
+                "SELECT version, created, architecture, metrics FROM models WHERE run_id = ? "
+                "ORDER BY version",
+                (run_id,),
+            ).fetchall()
+        return [
+            {
+                "version": r["version"],
+                "created": r["created"],
+                "architecture": json.loads(r["architecture"]),
+                "metrics": json.loads(r["metrics"]),
+            }
+            for r in rows
+        ]
+
+    def model(self, run_id: str, version: int | None = None) -> tuple[dict[str, Any], bytes]:
+        """(metadata, safetensors bytes) of ``version`` (the newest when ``None``); an
+        unknown version is a ``KeyError`` naming the ones there are."""
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            query = "SELECT * FROM models WHERE run_id = ? " + (
+                "AND version = ?" if version is not None else "ORDER BY version DESC LIMIT 1"
+            )
+            args: tuple[Any, ...] = (run_id, version) if version is not None else (run_id,)
+            row = db.execute(query, args).fetchone()
+        if row is None:
+            known = [m["version"] for m in self.models(run_id)]
+            raise KeyError(f"run {run_id!r} has no model version {version}; it has {known}")
+        meta = {
+            "version": row["version"],
+            "created": row["created"],
+            "architecture": json.loads(row["architecture"]),
+            "metrics": json.loads(row["metrics"]),
+        }
+        return meta, bytes(row["params"])
 
     def reports(self, run_id: str) -> list[RoundReport]:
         return [RoundReport.from_dict(r) for r in self.run(run_id)["rounds"]]
