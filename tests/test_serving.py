@@ -1,0 +1,150 @@
+"""The inference server, started for real (uvicorn on 127.0.0.1) over a real run store:
+predictions that match the model they name, follow and pin, swaps under load with no
+failed or mixed answers, and bad requests."""
+
+import concurrent.futures
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from fedstream import Params, simulate
+from fedstream.serving import load_model
+from fedstream.serving.app import _forward
+from fedstream.store import RunStore
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serving")
+    simulate(num_clients=10, clients_per_round=5, rounds=3, output_dir=folder / "run")
+    store = folder / "store.sqlite"
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedstream.cli", "serve", "--store", str(store), "--run", "run",
+         "--port", str(port), "--max-body-bytes", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.1)
+    yield url, RunStore(store)
+    process.kill()
+    process.wait()
+
+
+def offline(store: RunStore, version: int, inputs: np.ndarray) -> np.ndarray:
+    return _forward(load_model(store, "run", version), inputs)
+
+
+def test_predictions_match_the_model_version_they_name(served):
+    url, store = served
+    rng = np.random.default_rng(0)
+    inputs = rng.random((3, 64)).astype(np.float32)
+    answer = httpx.post(f"{url}/v1/predict", json={"inputs": inputs.tolist()}).json()
+    assert answer["version"] == 3
+    expected = offline(store, 3, inputs)
+    np.testing.assert_allclose(answer["outputs"], expected, rtol=1e-6)
+    assert answer["predictions"] == expected.argmax(1).tolist()
+    # the compact binary form both ways
+    body = Params({"inputs": inputs}).to_bytes()
+    response = httpx.post(
+        f"{url}/v1/predict", content=body,
+        headers={"content-type": "application/octet-stream", "accept": "application/octet-stream"},
+    )  # fmt: skip
+    assert response.status_code == 200 and response.headers["x-model-version"] == "3"
+    np.testing.assert_array_equal(Params.from_bytes(response.content)["outputs"], expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "detail"),
+    [
+        ({"json": {"inputs": [[1.0, 2.0]]}}, 422, "shape (1, 2), expected (rows ≥ 1, 64)"),
+        ({"json": {"rows": []}}, 422, 'body must be JSON {"inputs"'),
+        ({"content": b"not json"}, 422, "body must be JSON"),
+        ({"content": b'{"inputs": [[' + b"NaN, " * 63 + b"NaN]]}"}, 422, "NaN or Inf"),
+        (
+            {"content": Params({"inputs": np.zeros((1, 64))}).to_bytes(),
+             "headers": {"content-type": "application/octet-stream"}},
+            422, "inputs has dtype float64, expected float32",
+        ),
+        (
+            {"content": b"\x00" * 200_000, "headers": {"content-type": "application/octet-stream"}},
+            413, "exceeds 100000",
+        ),
+    ],
+)  # fmt: skip
+def test_bad_requests_are_refused_with_what_was_expected(served, kwargs, status, detail):
+    url, _ = served
+    response = httpx.post(f"{url}/v1/predict", **kwargs)
+    assert response.status_code == status
+    assert detail in response.json()["detail"]
+    assert httpx.get(f"{url}/healthz").status_code == 200  # and it keeps serving
+
+
+def test_pin_rollback_unknown_version_and_metrics(served):
+    url, store = served
+    assert httpx.post(f"{url}/v1/models/pin", json={"version": 42}).status_code == 404
+    assert httpx.post(f"{url}/v1/models/pin", json={"version": 1}).json()["current"] == 1
+    inputs = np.ones((1, 64), np.float32)
+    answer = httpx.post(f"{url}/v1/predict", json={"inputs": inputs.tolist()}).json()
+    assert answer["version"] == 1
+    np.testing.assert_allclose(answer["outputs"], offline(store, 1, inputs), rtol=1e-6)
+    models = httpx.get(f"{url}/v1/models").json()
+    assert [m["version"] for m in models["versions"]] == [1, 2, 3] and models["pinned"] == 1
+    httpx.post(f"{url}/v1/models/follow")
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{url}/v1/models").json()["current"] != 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    text = httpx.get(f"{url}/metrics").text
+    assert 'fedstream_requests_total{status="200"}' in text
+    assert "fedstream_model_version 3" in text and "fedstream_request_seconds_bucket" in text
+
+
+def test_new_versions_are_swapped_in_under_load_with_no_failed_or_mixed_answer(served):
+    url, store = served
+    base = simulate(num_clients=10, clients_per_round=5, rounds=1).state.params
+    meta, _ = store.model("run", 3)
+    inputs = np.random.default_rng(1).random((2, 64)).astype(np.float32)
+
+    def publish(versions):
+        for v in versions:
+            scaled = base * (1.0 + 0.1 * v)
+            store.publish_model("run", v, meta["architecture"], {}, scaled.to_bytes())
+            time.sleep(0.2)
+
+    def ask(_):
+        response = httpx.post(f"{url}/v1/predict", json={"inputs": inputs.tolist()}, timeout=10)
+        return response.status_code, response.json()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=9) as pool:
+        publisher = pool.submit(publish, range(4, 9))
+        answers = list(pool.map(ask, range(400)))
+        publisher.result()
+    assert all(status == 200 for status, _ in answers)
+    seen = {a["version"] for _, a in answers}
+    assert len(seen) >= 2  # the answers span swaps
+    for version in seen:
+        expected = offline(store, version, inputs)
+        for _, answer in answers:
+            if answer["version"] == version:  # every answer is one version's, whole
+                np.testing.assert_allclose(answer["outputs"], expected, rtol=1e-5, atol=1e-5)
+    assert store.publish_model("run", 4, meta["architecture"], {}, b"other") is False  # immutable
