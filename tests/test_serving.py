@@ -148,3 +148,41 @@ def test_new_versions_are_swapped_in_under_load_with_no_failed_or_mixed_answer(s
             if answer["version"] == version:  # every answer is one version's, whole
                 np.testing.assert_allclose(answer["outputs"], expected, rtol=1e-5, atol=1e-5)
     assert store.publish_model("run", 4, meta["architecture"], {}, b"other") is False  # immutable
+
+
+def test_personalised_evaluation_reports_both_models_per_client():
+    result = simulate(num_clients=10, clients_per_round=5, rounds=2, personalize_epochs=2)
+    report = result.reports[-1]
+    assert len(report.evaluations) == 10
+    for metrics in report.evaluations.values():
+        assert {"accuracy", "personal_accuracy", "loss", "personal_loss"} <= set(metrics)
+    # the personalised model is better on the clients' own (label-skewed) data, on average
+    assert report.metrics["fed_personal_loss"] < report.metrics["fed_loss"]
+    # the federated figure is the example-weighted mean of the per-client ones
+    from fedstream.simulation import build
+
+    setup = build(result.config)
+    sizes = {c: d.num_test for c, d in setup.dataset.clients.items()}
+    weighted = sum(sizes[c] * m["personal_accuracy"] for c, m in report.evaluations.items())
+    assert report.metrics["fed_personal_accuracy"] == pytest.approx(weighted / sum(sizes.values()))
+
+
+def test_run_with_serve_serves_each_new_round_while_training(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedstream.cli", "run", "--rounds", "40", "--quiet",
+         "--output", str(tmp_path / "run"), "--serve", str(port), "--evaluate-every", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    seen: set[int] = set()
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            if response.status_code == 200:
+                seen.add(response.json()["version"])
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    assert process.wait(timeout=60) == 0, process.stderr.read()
+    assert len(seen) >= 2 and max(seen) <= 40  # it moved to newer rounds as they came

@@ -98,6 +98,14 @@ def main(log_level: str) -> None:
     default=None,
     help="SQLite run store [default: store.sqlite beside the output folder].",
 )
+@click.option(
+    "--serve",
+    "serve_port",
+    type=int,
+    default=None,
+    metavar="PORT",
+    help="Also serve the newest model on http://127.0.0.1:PORT while training.",
+)
 @_setting_options
 def run(
     config_path: Path | None,
@@ -106,6 +114,7 @@ def run(
     quiet: bool,
     resume_dir: Path | None,
     store: Path | None,
+    serve_port: int | None,
     **flags: str | None,
 ) -> None:
     """Run a simulated federated training (digits, 100 clients, FedAvg by default).
@@ -132,7 +141,16 @@ def run(
         if output is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             output = Path("runs") / f"{stamp}-{config.dataset}-{config.strategy}"
-        fedstream.simulate(config, output_dir=output, progress=not quiet, store=store)
+        stop = None
+        if serve_port is not None:
+            stop = _serve_in_background(
+                store or output.parent / "store.sqlite", output.name, serve_port
+            )
+        try:
+            fedstream.simulate(config, output_dir=output, progress=not quiet, store=store)
+        finally:
+            if stop is not None:
+                stop()
     except ConfigError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
@@ -400,6 +418,32 @@ def tokens(config_path: Path | None, out: Path, **flags: str | None) -> None:
     out.write_text(json.dumps(made, indent=1))
     out.chmod(0o600)
     click.echo(f"{len(made)} tokens written to {out} (keep it secret)")
+
+
+def _serve_in_background(store: Path, run_id: str, port: int) -> Callable[[], None]:
+    """Start the inference server for ``run_id`` in a thread; it serves each new round's
+    model as training publishes it. Returns the function that stops it."""
+    import threading
+
+    import uvicorn
+
+    from fedstream.serving import Server, create_app
+    from fedstream.store.runs import RunStore
+
+    RunStore(store)  # create it, so the server can open it before round 1
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(Server(store, run_id)), host="127.0.0.1", port=port,
+                       log_level="warning")
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    click.echo(f"serving run {run_id} on http://127.0.0.1:{port}", err=True)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return stop
 
 
 DATA_SETTINGS = frozenset(

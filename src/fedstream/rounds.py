@@ -58,7 +58,9 @@ class RoundConfig:
     ``broadcast`` the global params sent to clients (``"none"``, ``"f16"``, ``"q8"``).
     ``prune_fraction`` of each weight tensor is pruned by magnitude after every server
     update (whole output units with ``prune_structured``); clients keep pruned weights at
-    zero and send only the kept entries.
+    zero and send only the kept entries. With ``personalize_epochs`` every evaluating
+    client also adapts the global model to its own data for that many epochs and reports
+    both (``fed_personal_*``, and per client in ``RoundReport.evaluations``).
 
     With ``secure_aggregation`` the sum is computed by SecAgg+ (``SecAggConfig``) or under
     homomorphic encryption (``CKKSConfig``, ``PaillierConfig``): the server never sees an
@@ -80,6 +82,7 @@ class RoundConfig:
     broadcast: str = "none"
     prune_fraction: float = 0.0
     prune_structured: bool = False
+    personalize_epochs: int = 0
 
     def __post_init__(self) -> None:
         per_round = self.clients_per_round
@@ -103,6 +106,7 @@ class RoundConfig:
             "straggler_fraction", self.straggler_fraction, include_zero=True, include_one=True
         )
         checks.one_of("broadcast", self.broadcast, list(BROADCASTS))
+        checks.non_negative_int("personalize_epochs", self.personalize_epochs)
         checks.in_unit_interval(
             "prune_fraction", self.prune_fraction, include_zero=True, include_one=False
         )
@@ -394,6 +398,7 @@ def run_round(
     update_done = time.perf_counter()
 
     metrics = _weighted_mean(train_metrics, "train_") | dict(strategy.round_metrics(new_state))
+    per_client: dict[str, Mapping[str, float]] = {}
     if evaluate and config.evaluate_fraction > 0:
         evaluators = (
             list(client_ids)
@@ -410,13 +415,21 @@ def run_round(
             if config.broadcast != "none"
             else new_state.params
         )
-        for answer in transport.evaluate(shown, round_number, evaluators, config.broadcast):
+        personalize = (
+            FitConfig(config.personalize_epochs, config.batch_size, config.lr, seed=round_number)
+            if config.personalize_epochs > 0
+            else None
+        )
+        for answer in transport.evaluate(
+            shown, round_number, evaluators, config.broadcast, personalize
+        ):
             bytes_down += answer.bytes_down
             bytes_up += answer.bytes_up
             if isinstance(answer.result, ClientFailure):
                 failures.append(answer.result)
             else:
                 evaluations.append((answer.result.num_examples, answer.result.metrics))
+                per_client[answer.client_id] = answer.result.metrics
         metrics |= _weighted_mean(evaluations, "fed_")
     if evaluate and central_evaluate is not None:
         metrics |= {f"central_{k}": v for k, v in central_evaluate(new_state.params).items()}
@@ -436,6 +449,7 @@ def run_round(
             "total_s": finished - started,
         },
         metrics=metrics,
+        evaluations=per_client,
     )
     new_state = new_state.evolve(round=round_number, rng_state=rng.bit_generator.state)
     return new_state, report

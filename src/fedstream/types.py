@@ -188,6 +188,8 @@ class RoundReport:
     from clients (wire format, exact). ``times`` are wall-clock seconds per phase.
     ``metrics`` holds ``train_loss`` (weighted by examples), ``fed_*`` (federated evaluation on
     client test splits, weighted by examples) and ``central_*`` (held-out set).
+    ``evaluations`` holds each evaluating client's own metrics (global and, with
+    personalisation, ``personal_*``).
     """
 
     round: int
@@ -198,6 +200,7 @@ class RoundReport:
     bytes_up: int
     times: Mapping[str, float]
     metrics: Mapping[str, float]
+    evaluations: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form."""
@@ -210,6 +213,7 @@ class RoundReport:
             "bytes_up": self.bytes_up,
             "times": dict(self.times),
             "metrics": dict(self.metrics),
+            "evaluations": {c: dict(m) for c, m in self.evaluations.items()},
         }
 
     @classmethod
@@ -224,4 +228,8 @@ class RoundReport:
             bytes_up=int(data["bytes_up"]),
             times={k: float(v) for k, v in data["times"].items()},
             metrics={k: float(v) for k, v in data["metrics"].items()},
+            evaluations={
+                c: {k: float(v) for k, v in m.items()}
+                for c, m in data.get("evaluations", {}).items()
+            },
         )

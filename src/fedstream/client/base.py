@@ -42,3 +42,25 @@ class CohortTrainer(Trainer, Protocol):
     def fit_cohort(
         self, params: Params, tasks: Sequence[FitTask], datasets: Sequence[ClientData]
     ) -> list[ClientUpdate]: ...
+
+
+def evaluate_client(
+    trainer: Trainer,
+    params: Params,
+    client_id: str,
+    round_number: int,
+    data: ClientData,
+    personalize: FitConfig | None = None,
+) -> EvaluateResult:
+    """The client's evaluation of the global ``params``; with ``personalize`` it also
+    adapts them to its own training data (that many local epochs of the usual training)
+    and reports the adapted model's metrics beside, prefixed ``personal_``. The adapted
+    model stays on the client."""
+    result = trainer.evaluate(params, client_id, round_number, data)
+    if personalize is None or data.num_train == 0 or result.num_examples == 0:
+        return result
+    task = FitTask(client_id, round_number, personalize)
+    adapted = params + trainer.fit(params, task, data).payload
+    personal = trainer.evaluate(adapted, client_id, round_number, data)
+    metrics = {**result.metrics, **{f"personal_{k}": v for k, v in personal.metrics.items()}}
+    return EvaluateResult(client_id, round_number, result.num_examples, metrics)

@@ -98,6 +98,8 @@ HELP: dict[str, str] = {
     "drop_stragglers": "true: drop stragglers (FedAvg); false: keep their partial work (FedProx)",
     "evaluate_every": "federated and central evaluation every N rounds (0 = last only)",
     "evaluate_fraction": "fraction of all clients that evaluate (0 = none)",
+    "personalize_epochs": "evaluating clients also adapt the global model for this many local "
+    "epochs and report both (0 = off)",
     "trainer": "client trainer: auto (vectorized when the model allows), sequential, vectorized",
     "seed": "seed for data split, model initialisation, sampling and shuffling",
     "threads": "torch intra-op threads",
@@ -175,6 +177,7 @@ class SimulationConfig:
     # evaluation
     evaluate_every: int = 1
     evaluate_fraction: float = 1.0
+    personalize_epochs: int = 0
     # execution
     trainer: str = "auto"
     seed: int = 0
@@ -305,6 +308,7 @@ class SimulationConfig:
             broadcast=self.broadcast,
             prune_fraction=self.prune_fraction,
             prune_structured=self.prune_structured,
+            personalize_epochs=self.personalize_epochs,
         )
 
     def secure_sum(self) -> SecAggConfig | HEConfig | None:

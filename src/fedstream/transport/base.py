@@ -9,7 +9,7 @@ from typing import Generic, Protocol, TypeVar
 from fedstream.client.base import FitTask
 from fedstream.errors import ClientFailure
 from fedstream.params import Params
-from fedstream.types import ClientUpdate, EvaluateResult
+from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
 ResultT = TypeVar("ResultT", ClientUpdate, EvaluateResult)
 
@@ -34,9 +34,15 @@ class Transport(Protocol):
     def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]: ...
 
     def evaluate(
-        self, params: Params, round_number: int, client_ids: Sequence[str], broadcast: str = "none"
+        self,
+        params: Params,
+        round_number: int,
+        client_ids: Sequence[str],
+        broadcast: str = "none",
+        personalize: FitConfig | None = None,
     ) -> Iterator[Delivery[EvaluateResult]]:
-        """Each client's evaluation of ``params`` (encoded with the ``broadcast`` codec)."""
+        """Each client's evaluation of ``params`` (encoded with the ``broadcast`` codec); with
+        ``personalize``, also of the model it adapts to its own data (``evaluate_client``)."""
         ...
 
     def exchange(

@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
-from fedstream.client.base import CohortTrainer, FitTask, Trainer
+from fedstream.client.base import CohortTrainer, FitTask, Trainer, evaluate_client
 from fedstream.client.encode import prepare_upload, receive_params, upload_mask
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
@@ -145,15 +145,21 @@ class InProcessTransport:
             yield self._upload(update, task.config, down, mask)
 
     def evaluate(
-        self, params: Params, round_number: int, client_ids: Sequence[str], broadcast: str = "none"
+        self,
+        params: Params,
+        round_number: int,
+        client_ids: Sequence[str],
+        broadcast: str = "none",
+        personalize: FitConfig | None = None,
     ) -> Iterator[Delivery[EvaluateResult]]:
         wire = params.to_bytes()
         received = decode_broadcast(Params.from_bytes(wire), broadcast)
         for client_id in client_ids:
             try:
-                result = self.trainer.evaluate(
-                    received, client_id, round_number, self.clients[client_id]
-                )
+                result = evaluate_client(
+                    self.trainer, received, client_id, round_number, self.clients[client_id],
+                    personalize,
+                )  # fmt: skip
             except Exception as exc:
                 failure = ClientFailure(client_id, "evaluate", describe_exception(exc))
                 yield Delivery(client_id, failure, len(wire), 0)

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from fedstream.client.base import FitTask, Trainer
+from fedstream.client.base import FitTask, Trainer, evaluate_client
 from fedstream.client.encode import prepare_upload, receive_params, upload_mask
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
@@ -103,7 +103,11 @@ class _Device:
             return {**body, "extras": dict(sent.extras)}, sent.payload.to_bytes()
         if request.kind == "evaluate":
             params = decode_broadcast(Params.from_bytes(payload), header.get("broadcast", "none"))
-            result = self.trainer.evaluate(params, self.client_id, request.round, self.data)
+            personal = header.get("personalize")
+            result = evaluate_client(
+                self.trainer, params, self.client_id, request.round, self.data,
+                fit_config_from_dict(personal) if personal is not None else None,
+            )  # fmt: skip
             return {"num_examples": result.num_examples, "metrics": dict(result.metrics)}, b""
         answer = self.secagg.answer(str(header.get("stage")), request.round, payload)
         return {}, answer

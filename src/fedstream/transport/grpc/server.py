@@ -33,7 +33,7 @@ from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
 from fedstream.transport.grpc.codec import fit_config_to_dict
 from fedstream.transport.grpc.framing import CHUNK_BYTES, Assembler, ProtocolError, chunks
-from fedstream.types import ClientUpdate, EvaluateResult
+from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
 PROTOCOL = "fedstream/1"
 log = logging.getLogger("fedstream.server")
@@ -358,11 +358,17 @@ class GrpcTransport:
             yield Delivery(client_id, update, len(wire), len(answer.payload))
 
     def evaluate(
-        self, params: Params, round_number: int, client_ids: Sequence[str], broadcast: str = "none"
+        self,
+        params: Params,
+        round_number: int,
+        client_ids: Sequence[str],
+        broadcast: str = "none",
+        personalize: FitConfig | None = None,
     ) -> Iterator[Delivery[EvaluateResult]]:
         wire = params.to_bytes()
+        personal = fit_config_to_dict(personalize) if personalize is not None else None
         requests: dict[str, tuple[Any, bytes]] = {
-            c: ({"broadcast": broadcast}, wire) for c in client_ids
+            c: ({"broadcast": broadcast, "personalize": personal}, wire) for c in client_ids
         }
         for client_id, answer in self._call("evaluate", round_number, requests):
             if isinstance(answer, ClientFailure):
