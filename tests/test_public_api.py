@@ -9,11 +9,14 @@ import fedstream
 PACKAGES = [
     "fedstream",
     "fedstream.client",
+    "fedstream.compression",
     "fedstream.data",
     "fedstream.models",
     "fedstream.privacy",
     "fedstream.secure",
+    "fedstream.serving",
     "fedstream.simulation",
+    "fedstream.store",
     "fedstream.strategies",
     "fedstream.transport",
 ]

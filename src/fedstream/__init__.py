@@ -4,6 +4,7 @@ moving their data, keeps what they send private and small, and serves the freshe
 __version__ = "0.1.0"
 
 from fedstream.client import FitTask, TorchTrainer, Trainer, VectorizedTrainer
+from fedstream.compression import Compression
 from fedstream.errors import (
     ClientFailure,
     ConfigError,
@@ -14,7 +15,9 @@ from fedstream.errors import (
     WireFormatError,
 )
 from fedstream.params import Params
+from fedstream.privacy.dp import DifferentialPrivacy
 from fedstream.rounds import RoundConfig, run_round, run_rounds
+from fedstream.secure import CKKSConfig, PaillierConfig, SecAggConfig
 from fedstream.simulation import SimulationConfig, SimulationResult, simulate
 from fedstream.strategies import (
     FedAdagrad,
@@ -37,9 +40,12 @@ from fedstream.types import (
 )
 
 __all__ = [
+    "CKKSConfig",
     "ClientFailure",
     "ClientUpdate",
+    "Compression",
     "ConfigError",
+    "DifferentialPrivacy",
     "EvaluateResult",
     "FedAdagrad",
     "FedAdam",
@@ -52,12 +58,14 @@ __all__ = [
     "FitConfig",
     "FitTask",
     "InProcessTransport",
+    "PaillierConfig",
     "Params",
     "ParamsMismatchError",
     "PrivacyBudgetExceeded",
     "RoundConfig",
     "RoundFailedError",
     "RoundReport",
+    "SecAggConfig",
     "ServerState",
     "SimulationConfig",
     "SimulationResult",
