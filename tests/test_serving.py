@@ -186,3 +186,57 @@ def test_run_with_serve_serves_each_new_round_while_training(tmp_path):
         time.sleep(0.05)
     assert process.wait(timeout=60) == 0, process.stderr.read()
     assert len(seen) >= 2 and max(seen) <= 40  # it moved to newer rounds as they came
+
+
+def test_a_training_process_publishes_to_a_serving_process_elsewhere(tmp_path):
+    from fedstream.serving.app import publish
+
+    token_file = tmp_path / "publish.token"
+    token_file.write_text("s3cret\n")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedstream.cli", "serve", "--store",
+         str(tmp_path / "serving.sqlite"), "--run", "remote", "--port", str(port),
+         "--publish-token-file", str(token_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/healthz")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.1)
+        assert httpx.get(f"{url}/readyz").status_code == 503  # nothing published yet
+        result = simulate(num_clients=10, clients_per_round=5, rounds=3, publish_to=(url, "s3cret"))
+        deadline = time.monotonic() + 10
+        while (
+            httpx.get(f"{url}/readyz").status_code != 200
+            or httpx.get(f"{url}/readyz").json()["version"] != 3
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        inputs = np.ones((1, 64), np.float32)
+        answer = httpx.post(f"{url}/v1/predict", json={"inputs": inputs.tolist()}).json()
+        import torch
+
+        from fedstream.models import build_model
+
+        module = build_model("mlp", 64, 10, 0, None, torch.float32)
+        module.load_state_dict(
+            {n: torch.from_numpy(a.copy()) for n, a in result.state.params.items()}
+        )
+        expected = module(torch.from_numpy(inputs)).detach().numpy()
+        np.testing.assert_allclose(answer["outputs"], expected, rtol=1e-5, atol=1e-6)
+        import urllib.error
+
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            publish(url, "wrong", 4, {}, {}, result.state.params.to_bytes())
+        again = (result.state.params * 2.0).to_bytes()
+        assert publish(url, "s3cret", 3, {"model": "mlp"}, {}, again) is False  # immutable
+    finally:
+        process.kill()
+        process.wait()

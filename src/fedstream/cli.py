@@ -99,6 +99,18 @@ def main(log_level: str) -> None:
     help="SQLite run store [default: store.sqlite beside the output folder].",
 )
 @click.option(
+    "--publish-to",
+    default=None,
+    metavar="URL",
+    help="Also push every round's model to a fedstream serve at URL.",
+)
+@click.option(
+    "--publish-token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File holding that serving process's publish token.",
+)
+@click.option(
     "--serve",
     "serve_port",
     type=int,
@@ -115,6 +127,8 @@ def run(
     resume_dir: Path | None,
     store: Path | None,
     serve_port: int | None,
+    publish_to: str | None,
+    publish_token_file: Path | None,
     **flags: str | None,
 ) -> None:
     """Run a simulated federated training (digits, 100 clients, FedAvg by default).
@@ -146,8 +160,11 @@ def run(
             stop = _serve_in_background(
                 store or output.parent / "store.sqlite", output.name, serve_port
             )
+        target = _publish_target(publish_to, publish_token_file)
         try:
-            fedstream.simulate(config, output_dir=output, progress=not quiet, store=store)
+            fedstream.simulate(
+                config, output_dir=output, progress=not quiet, store=store, publish_to=target
+            )
         finally:
             if stop is not None:
                 stop()
@@ -263,6 +280,18 @@ CONFIG_OPTION = click.option(
     "--wait-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for them."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
+@click.option(
+    "--publish-to",
+    default=None,
+    metavar="URL",
+    help="Push every round's model to a fedstream serve at URL (e.g. on another host).",
+)
+@click.option(
+    "--publish-token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File holding that serving process's publish token.",
+)
 @_setting_options
 def server(
     config_path: Path | None,
@@ -279,6 +308,8 @@ def server(
     wait_for: int | None,
     wait_timeout: float,
     quiet: bool,
+    publish_to: str | None,
+    publish_token_file: Path | None,
     **flags: str | None,
 ) -> None:
     """Serve a federated run to clients that connect over gRPC (TLS unless --insecure)."""
@@ -324,6 +355,7 @@ def server(
             wait_timeout_s=wait_timeout,
             progress=not quiet,
             on_listening=listening,
+            publish_to=_publish_target(publish_to, publish_token_file),
         )
     except FedstreamError as exc:
         _fail(exc)
@@ -418,6 +450,15 @@ def tokens(config_path: Path | None, out: Path, **flags: str | None) -> None:
     out.write_text(json.dumps(made, indent=1))
     out.chmod(0o600)
     click.echo(f"{len(made)} tokens written to {out} (keep it secret)")
+
+
+def _publish_target(url: str | None, token_file: Path | None) -> tuple[str, str] | None:
+    if url is None:
+        return None
+    token = (_read(token_file, "--publish-token-file") or b"").decode().strip()
+    if not token:
+        raise ConfigError("--publish-token-file", token_file, "a file holding the publish token")
+    return url, token
 
 
 def _serve_in_background(store: Path, run_id: str, port: int) -> Callable[[], None]:
@@ -551,6 +592,12 @@ def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
 )
 @click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="Torch threads.")
+@click.option(
+    "--publish-token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Accept models pushed by a training server holding this token.",
+)
 def serve(
     store: Path,
     run_id: str,
@@ -561,17 +608,22 @@ def serve(
     max_wait_ms: float,
     max_body_bytes: int,
     threads: int,
+    publish_token_file: Path | None,
 ) -> None:
     """Serve a run's global model over HTTP, following new versions as training goes on."""
     import uvicorn
 
     from fedstream.serving import Server, create_app
 
-    if not store.exists():
+    token = None
+    if publish_token_file is not None:
+        token = (_read(publish_token_file, "--publish-token-file") or b"").decode().strip()
+    elif not store.exists():
         _fail(ConfigError("--store", str(store), "an existing run store"))
     server = Server(
         store, run_id, version=version, follow=version is None, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, threads=threads,
+        publish_token=token or None,
     )  # fmt: skip
     try:
         server.store.model(run_id, version)

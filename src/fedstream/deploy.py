@@ -75,6 +75,7 @@ def serve(
     wait_timeout_s: float = 300.0,
     progress: bool = False,
     on_listening: Callable[[int], None] | None = None,
+    publish_to: tuple[str, str] | None = None,
 ) -> SimulationResult:
     """Run the federated training in ``config`` as a gRPC server on ``listen``.
 
@@ -107,6 +108,7 @@ def serve(
             store=store,
             progress=progress,
             transport_factory=transport,
+            publish_to=publish_to,
         )
     finally:
         service.finish()

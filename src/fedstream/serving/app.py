@@ -23,6 +23,8 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import threading
 import time
 from collections.abc import Mapping
@@ -113,8 +115,12 @@ class Server:
         max_body_bytes: int = 1 << 20,
         threads: int = 1,
         poll_s: float = 0.2,
+        publish_token: str | None = None,
+        max_publish_bytes: int = 1 << 30,
     ) -> None:
         self.store = RunStore(store_path)
+        self.publish_token = publish_token
+        self.max_publish_bytes = max_publish_bytes
         self.run_id = run_id
         self.pinned = version
         self.follow = follow and version is None
@@ -236,8 +242,6 @@ def _parse_inputs(server: Server, body: bytes, content_type: str) -> np.ndarray:
         if array.dtype != dtype:
             raise HTTPException(422, f"inputs has dtype {array.dtype}, expected {dtype}")
     else:
-        import json
-
         try:
             document = json.loads(body)
             array = np.asarray(document["inputs"], dtype=dtype)
@@ -318,6 +322,38 @@ def create_app(server: Server) -> FastAPI:
         server.pinned, server.follow = version, False
         return {"current": loaded.version, "following": False}
 
+    @app.post("/v1/models/publish", status_code=201)
+    async def publish(request: Request) -> Response:
+        """A training server on another machine publishes a version here: the body is the
+        params (Params wire format), the headers carry the version, the architecture and
+        the metrics, and a bearer token guards it."""
+        expected = server.publish_token
+        given = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if expected is None:
+            raise HTTPException(403, "publishing is off: start the server with a publish token")
+        if not hmac.compare_digest(given, expected):
+            raise HTTPException(401, "the publish token is wrong")
+        declared = int(request.headers.get("content-length", "0"))
+        if declared > server.max_publish_bytes:
+            raise HTTPException(
+                413, f"model of {declared} bytes exceeds {server.max_publish_bytes}"
+            )
+        try:
+            version = int(request.headers["x-model-version"])
+            arch = json.loads(request.headers["x-model-architecture"])
+            metrics = json.loads(request.headers.get("x-model-metrics", "{}"))
+        except (KeyError, ValueError) as exc:
+            raise HTTPException(
+                422, f"headers X-Model-Version and X-Model-Architecture: {exc}"
+            ) from None
+        body = await request.body()
+        try:
+            Params.from_bytes(body)
+        except WireFormatError as exc:
+            raise HTTPException(422, f"body is not a Params payload: {exc}") from None
+        added = server.store.publish_model(server.run_id, version, arch, metrics, body)
+        return JSONResponse({"version": version, "added": added}, status_code=201 if added else 200)
+
     @app.post("/v1/models/follow")
     async def follow() -> dict[str, Any]:
         server.pinned, server.follow = None, True
@@ -374,3 +410,34 @@ def prometheus_text(server: Server) -> str:
         f"fedstream_batched_rows_total {stats.batched_rows}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def publish(
+    url: str,
+    token: str,
+    version: int,
+    architecture: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    params: bytes,
+    timeout_s: float = 30.0,
+) -> bool:
+    """Push one model version to a serving process at ``url`` (``POST /v1/models/publish``);
+    ``True`` if it was new there. Uses only the standard library, so a training server
+    needs no HTTP client package."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url.rstrip('/')}/v1/models/publish",
+        data=params,
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/octet-stream",
+            "X-Model-Version": str(version),
+            "X-Model-Architecture": json.dumps(dict(architecture)),
+            "X-Model-Metrics": json.dumps(dict(metrics)),
+        },
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return bool(answer["added"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -35,6 +36,8 @@ from fedstream.store.runs import RunStore
 from fedstream.transport.base import Transport
 from fedstream.transport.inprocess import InProcessTransport
 from fedstream.types import RoundReport, ServerState
+
+log = logging.getLogger("fedstream.simulation")
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,7 @@ def simulate(
     store: str | Path | None = None,
     keep_checkpoints: int = 3,
     transport_factory: Callable[[Setup], Transport] | None = None,
+    publish_to: tuple[str, str] | None = None,
     **overrides: Any,
 ) -> SimulationResult:
     """Run a simulated federated training and return its result.
@@ -216,6 +220,9 @@ def simulate(
 
     ``transport_factory`` replaces the in-process clients: a deployment passes one that
     returns its gRPC transport, and the same loop, checkpoints and store drive real clients.
+    ``publish_to`` = (url, token) also pushes every round's model to a serving process
+    (``fedstream serve --publish-token-file``), which may run on another machine; a push
+    that fails is logged and training goes on.
     """
     out = Path(output_dir) if output_dir is not None else None
     if resume:
@@ -265,6 +272,8 @@ def simulate(
                             report.metrics,
                             new_state.params.to_bytes(),
                         )
+                    if publish_to is not None:
+                        _publish(publish_to, report, architecture(config, setup.dataset), new_state)
                     state = new_state
                     reports.append(report)
                     bar.advance(report)
@@ -284,6 +293,18 @@ def simulate(
     if progress:
         RoundProgress.print_summary(result)
     return result
+
+
+def _publish(
+    target: tuple[str, str], report: RoundReport, arch: dict[str, Any], state: ServerState
+) -> None:
+    from fedstream.serving.app import publish
+
+    url, token = target
+    try:
+        publish(url, token, report.round, arch, report.metrics, state.params.to_bytes())
+    except OSError as exc:  # the serving side being down must not stop training
+        log.warning("could not publish round %d to %s: %s", report.round, url, exc)
 
 
 def _restore(
