@@ -207,3 +207,17 @@ def test_stragglers_train_the_same_vectorised_as_one_at_a_time():
         np.testing.assert_allclose(
             vectorized.state.params[name], sequential.state.params[name], rtol=1e-4, atol=1e-5
         )
+
+
+def test_outputs_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    import os
+    import stat
+
+    from fedstream.simulation.report import atomic_write
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.json", b"{}")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644

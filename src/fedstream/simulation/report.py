@@ -52,12 +52,26 @@ def versions() -> dict[str, str]:
     }
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, for every
+    thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half file."""
+    """Write via a temporary file and rename, so a crash never leaves a half file. The file
+    gets the usual permissions (0666 less the umask), not mkstemp's private 0600."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
