@@ -126,6 +126,29 @@ class SecureDevice:
         raise SecAggError(f"unknown secure-aggregation stage {stage!r}")
 
 
+class _Exchanges:
+    """One round's stages of a secure-sum protocol: each stage's answers, every client's
+    failure, and the bytes each way."""
+
+    def __init__(self, transport: Exchanger, round_number: int) -> None:
+        self.transport = transport
+        self.round_number = round_number
+        self.failures: list[ClientFailure] = []
+        self.down = self.up = 0
+
+    def stage(self, name: str, requests: Mapping[str, bytes]) -> dict[str, bytes]:
+        """Send every request of stage ``name``; the answers of those that answered."""
+        answers: dict[str, bytes] = {}
+        for client_id, answer in self.transport.exchange(name, self.round_number, requests):
+            self.down += len(requests[client_id])
+            if isinstance(answer, ClientFailure):
+                self.failures.append(answer)
+            else:
+                self.up += len(answer)
+                answers[client_id] = answer
+        return answers
+
+
 @dataclass(frozen=True)
 class SecureSumResult:
     """The revealed sum, who is in it, who dropped at which stage, and the traffic."""
@@ -148,19 +171,8 @@ def secure_sum(
     """Run SecAgg+ among ``participants`` (who have trained and hold their updates)."""
     k, threshold = config.resolve(len(participants))
     graph = neighbour_graph(sorted(participants), k, rng)
-    failures: list[ClientFailure] = []
-    traffic = [0, 0]
-
-    def stage(name: str, requests: Mapping[str, bytes]) -> dict[str, bytes]:
-        answers: dict[str, bytes] = {}
-        for client_id, answer in transport.exchange(name, round_number, requests):
-            traffic[0] += len(requests[client_id])
-            if isinstance(answer, ClientFailure):
-                failures.append(answer)
-            else:
-                traffic[1] += len(answer)
-                answers[client_id] = answer
-        return answers
+    exchanges = _Exchanges(transport, round_number)
+    failures, stage = exchanges.failures, exchanges.stage
 
     setup = {"threshold": threshold, "fraction_bits": config.fraction_bits}
     keys: dict[str, tuple[bytes, bytes]] = {}
@@ -267,7 +279,7 @@ def secure_sum(
         raise RoundFailedError(round_number, f"secure aggregation: {exc}", failures) from None
     values = decode_fixed(total, config.fraction_bits)
     aggregate = _weighted_sum(values, like, len(masked), extras_names or [])
-    return SecureSumResult(aggregate, tuple(live), tuple(failures), traffic[0], traffic[1])
+    return SecureSumResult(aggregate, tuple(live), tuple(failures), exchanges.down, exchanges.up)
 
 
 def _weighted_sum(
@@ -293,22 +305,11 @@ def he_sum(
     """Sum the participants' updates under homomorphic encryption (``fedstream.secure.he``).
     The key holder is the first participant in sorted order; it keeps its key pair across
     the rounds in which it holds the key."""
-    failures: list[ClientFailure] = []
-    traffic = [0, 0]
+    exchanges = _Exchanges(transport, round_number)
+    failures, stage = exchanges.failures, exchanges.stage
     ordered = sorted(participants)
     holder = ordered[0]
     settings = config_header(config, len(ordered))
-
-    def stage(name: str, requests: Mapping[str, bytes]) -> dict[str, bytes]:
-        answers: dict[str, bytes] = {}
-        for client_id, answer in transport.exchange(name, round_number, requests):
-            traffic[0] += len(requests[client_id])
-            if isinstance(answer, ClientFailure):
-                failures.append(answer)
-            else:
-                traffic[1] += len(answer)
-                answers[client_id] = answer
-        return answers
 
     public = stage("keys", {holder: pack(settings)}).get(holder)
     if public is None:
@@ -367,4 +368,6 @@ def he_sum(
         )
     values = np.frombuffer(plain, dtype="<f8").astype(np.float64)
     aggregate = _weighted_sum(values, like, len(included), names)
-    return SecureSumResult(aggregate, tuple(included), tuple(failures), traffic[0], traffic[1])
+    return SecureSumResult(
+        aggregate, tuple(included), tuple(failures), exchanges.down, exchanges.up
+    )
