@@ -111,14 +111,20 @@ def start_clients(toml, tokens, port, ids):
     }
 
 
-def test_a_server_and_five_client_processes_match_the_simulation(tmp_path):
-    toml, tokens, config = write_run(tmp_path)
+def deploy_run(tmp_path, toml, tokens, config):
+    """A whole deployment: the server and every configured client as processes, run to
+    the end; the final checkpoint's state and report."""
     server, port = start_server_process(toml, tokens, tmp_path / "run")
     clients = start_clients(toml, tokens, port, sorted(build_dataset(config).clients))
     assert server.wait() == 0, "".join(server.lines)
     for client in clients.values():
         assert client.wait() == 0, "".join(client.lines)
-    final, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    return load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+
+
+def test_a_server_and_five_client_processes_match_the_simulation(tmp_path):
+    toml, tokens, config = write_run(tmp_path)
+    final, _ = deploy_run(tmp_path, toml, tokens, config)
     simulated = simulate(config)
     assert final.round == 4
     # the same arithmetic in the same order: the deployment ends bit for bit where the
@@ -583,11 +589,7 @@ def test_secure_aggregation_and_dp_over_grpc_match_the_simulation(tmp_path, secu
         tmp_path, rounds=2, secure_aggregation=secure, dp="client", dp_noise=0.3,
         dp_adaptive_clip=True, dp_clip=0.05,
     )  # fmt: skip
-    server, port = start_server_process(toml, tokens, tmp_path / "run")
-    clients = start_clients(toml, tokens, port, sorted(build_dataset(config).clients))
-    assert server.wait() == 0, "".join(server.lines)
-    assert all(c.wait() == 0 for c in clients.values())
-    final, report = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    final, report = deploy_run(tmp_path, toml, tokens, config)
     simulated = simulate(config)
     if secure == "secagg+":  # fixed-point sums are exact whatever the order: bit for bit
         assert final.params.bit_equal(simulated.state.params)
@@ -604,11 +606,7 @@ def test_compressed_pruned_updates_over_grpc_match_the_simulation_bit_for_bit(tm
         tmp_path, rounds=3, compression="topk:0.1+q4", broadcast="q8", prune_fraction=0.3,
         evaluate_every=3,
     )  # fmt: skip
-    server, port = start_server_process(toml, tokens, tmp_path / "run")
-    clients = start_clients(toml, tokens, port, sorted(build_dataset(config).clients))
-    assert server.wait() == 0, "".join(server.lines)
-    assert all(c.wait() == 0 for c in clients.values())
-    final, report = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    final, report = deploy_run(tmp_path, toml, tokens, config)
     simulated = simulate(config)
     assert final.params.bit_equal(simulated.state.params)
     assert report.bytes_up == simulated.reports[-1].bytes_up
