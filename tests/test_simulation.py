@@ -7,6 +7,7 @@ import pytest
 import fedstream
 from fedstream import ConfigError, SimulationConfig
 from fedstream.simulation import from_mapping, load_toml
+from fedstream.transport.inprocess import InProcessTransport
 
 
 def test_default_job_reaches_ninety_percent_and_writes_its_outputs(tmp_path):
@@ -105,15 +106,14 @@ def test_a_client_that_raises_is_reported_and_the_round_goes_on():
         rounds=2, clients_per_round=1.0, evaluate_every=0, trainer="sequential"
     )
     setup = fedstream.simulation.build(config)
-    broken = next(iter(setup.dataset.clients))
-    data = setup.dataset.clients[broken]
-    setup.dataset.clients[broken] = type(data)(
-        data.x_train[:, :3], data.y_train, data.x_test, data.y_test
-    )  # type: ignore[index]
+    clients = dict(setup.dataset.clients)
+    broken = next(iter(clients))
+    data = clients[broken]
+    clients[broken] = type(data)(data.x_train[:, :3], data.y_train, data.x_test[:, :3], data.y_test)
     state, report = fedstream.run_round(
         setup.initial,
         config.build_strategy(),
-        setup.transport,
+        InProcessTransport(clients, setup.trainer),
         sorted(setup.dataset.clients),
         config.round_config(),
         evaluate=False,

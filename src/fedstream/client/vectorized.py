@@ -13,7 +13,6 @@ float rounding.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -108,8 +107,9 @@ class VectorizedTrainer:
         config = tasks[0].config
         if config.sample_dp is not None:  # per-example gradients: one client at a time
             return [self.sequential.fit(params, t, d) for t, d in zip(tasks, datasets, strict=True)]
+        key = config.cohort_key()
         for task in tasks[1:]:
-            if replace(task.config, seed=config.seed) != config:
+            if task.config.cohort_key() != key:
                 raise ConfigError(
                     "cohort", task.client_id, "the same fit config as the rest of the cohort"
                 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -56,6 +56,89 @@ class ClientData:
         return int(self.x_test.shape[0])
 
 
+class Clients(Mapping[str, ClientData]):
+    """Many clients' data as index ranges into pooled arrays, built on demand.
+
+    A client's ``ClientData`` is made only when asked for (a fancy-index copy of its rows),
+    so 100,000 clients cost a few arrays, not 100,000 objects. ``train_index`` and
+    ``test_index`` hold every client's rows of ``x``/``y`` back to back; client k's are
+    ``train_index[train_offsets[k]:train_offsets[k + 1]]``. Names are ``names[k]``.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        x: Array,
+        y: Array,
+        train_index: Array,
+        train_offsets: Array,
+        test_index: Array,
+        test_offsets: Array,
+    ) -> None:
+        count = len(names)
+        for field, offsets, index in (
+            ("train_offsets", train_offsets, train_index),
+            ("test_offsets", test_offsets, test_index),
+        ):
+            if offsets.shape != (count + 1,) or offsets[0] != 0 or offsets[-1] != len(index):
+                raise ConfigError(
+                    field,
+                    f"shape {offsets.shape}, ends {offsets[0]}…{offsets[-1]}",
+                    f"{count + 1} offsets from 0 to {len(index)}",
+                )
+        self.names = list(names)
+        self._position = {name: k for k, name in enumerate(self.names)}
+        self.x, self.y = x, y
+        self.train_index, self.train_offsets = train_index, train_offsets
+        self.test_index, self.test_offsets = test_index, test_offsets
+
+    def __getitem__(self, name: str) -> ClientData:
+        k = self._position[name]
+        train = self.train_index[self.train_offsets[k] : self.train_offsets[k + 1]]
+        test = self.test_index[self.test_offsets[k] : self.test_offsets[k + 1]]
+        return ClientData(self.x[train], self.y[train], self.x[test], self.y[test])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._position
+
+    @property
+    def train_sizes(self) -> npt.NDArray[np.int64]:
+        return np.diff(self.train_offsets)
+
+    @property
+    def test_sizes(self) -> npt.NDArray[np.int64]:
+        return np.diff(self.test_offsets)
+
+    def check(self) -> None:
+        """``ClientData.check`` for every client at once, without building any."""
+        empty = np.flatnonzero(self.train_sizes == 0)
+        if len(empty):
+            field = f"clients[{self.names[int(empty[0])]!r}]"
+            raise ConfigError(field, "0 training examples", "at least one training example")
+
+
+def check_clients(clients: Mapping[str, ClientData]) -> None:
+    """Raise ``ConfigError`` naming the first client whose data cannot be trained on."""
+    if isinstance(clients, Clients):
+        clients.check()
+        return
+    for client_id, data in clients.items():
+        data.check(client_id)
+
+
+def train_sizes(clients: Mapping[str, ClientData]) -> npt.NDArray[np.int64]:
+    """Every client's number of training examples, in iteration order."""
+    if isinstance(clients, Clients):
+        return clients.train_sizes
+    return np.array([c.num_train for c in clients.values()], dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class FederatedDataset:
     """Clients' local data plus a held-out set the server may use for centralised
@@ -70,7 +153,7 @@ class FederatedDataset:
     num_outputs: int  # classes for classification, 1 for regression
 
     def describe(self) -> dict[str, Any]:
-        sizes = np.array([c.num_train for c in self.clients.values()])
+        sizes = train_sizes(self.clients)
         return {
             "dataset": self.name,
             "clients": len(self.clients),

@@ -19,7 +19,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, loa
 
 from fedstream import checks
 from fedstream.data import shakespeare
-from fedstream.data.base import ClientData, FederatedDataset, Task
+from fedstream.data.base import ClientData, Clients, FederatedDataset, Task
 from fedstream.data.partition import (
     dirichlet_partition,
     iid_partition,
@@ -92,9 +92,12 @@ def _synthetic(iid: bool) -> Callable[..., Source]:
         num_clients: int,
         synthetic_alpha: float = 1.0,
         synthetic_beta: float = 1.0,
+        synthetic_samples: int | None = None,
         **_: Any,
     ) -> Source:
-        clients = synthetic_clients(num_clients, synthetic_alpha, synthetic_beta, rng, iid=iid)
+        clients = synthetic_clients(
+            num_clients, synthetic_alpha, synthetic_beta, rng, iid=iid, samples=synthetic_samples
+        )
         groups = np.concatenate([np.full(len(y), k) for k, (_, y) in enumerate(clients)])
         return Source(
             "classification",
@@ -128,6 +131,14 @@ def _split(indices: Array, test_fraction: float, rng: np.random.Generator) -> tu
     return np.sort(shuffled[num_test:]), np.sort(shuffled[:num_test])
 
 
+def _packed(parts: list[Array]) -> tuple[Array, Array]:
+    """Index arrays back to back, and the offsets where each starts (``Clients``' layout)."""
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in parts], out=offsets[1:])
+    index = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    return index, offsets
+
+
 def _client_names(count: int) -> list[str]:
     width = len(str(count - 1))
     return [f"client-{number:0{width}d}" for number in range(count)]
@@ -145,6 +156,7 @@ def federate(
     client_test_fraction: float = 0.2,
     synthetic_alpha: float = 1.0,
     synthetic_beta: float = 1.0,
+    synthetic_samples: int | None = None,
     shakespeare_source: str | Path | None = None,
     shakespeare_edition: str = "modern",
 ) -> FederatedDataset:
@@ -182,6 +194,7 @@ def federate(
         num_clients=num_clients,
         synthetic_alpha=synthetic_alpha,
         synthetic_beta=synthetic_beta,
+        synthetic_samples=synthetic_samples,
     )
     if source.task == "regression" and partition in ("dirichlet", "shards"):
         raise ConfigError(
@@ -209,14 +222,17 @@ def federate(
     else:
         assert source.groups is not None
         parts = [pool[p] for p in natural_partition(source.groups[pool])]
-    clients: dict[str, ClientData] = {}
-    for client_id, part in zip(_client_names(len(parts)), parts, strict=True):
-        train, test = _split(part, client_test_fraction, rng)
-        clients[client_id] = ClientData(x[train], y[train], x[test], y[test])
+    splits = [_split(part, client_test_fraction, rng) for part in parts]
     return FederatedDataset(
         name=name,
         task=source.task,
-        clients=clients,
+        clients=Clients(
+            _client_names(len(parts)),
+            x,
+            y,
+            *_packed([train for train, _ in splits]),
+            *_packed([test for _, test in splits]),
+        ),
         x_heldout=x[heldout],
         y_heldout=y[heldout],
         num_features=int(np.prod(x.shape[1:])),

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedstream.data.base import FederatedDataset
+from fedstream.data.base import FederatedDataset, train_sizes
 
 
 def class_counts(dataset: FederatedDataset) -> npt.NDArray[np.int64]:
@@ -22,7 +22,7 @@ def class_counts(dataset: FederatedDataset) -> npt.NDArray[np.int64]:
 def summary(dataset: FederatedDataset) -> dict[str, Any]:
     """Sizes and spread of the split, plus label spread for classification."""
     out = dataset.describe()
-    sizes = np.array([c.num_train for c in dataset.clients.values()])
+    sizes = train_sizes(dataset.clients)
     out["client_train_p10"] = float(np.percentile(sizes, 10))
     out["client_train_p90"] = float(np.percentile(sizes, 90))
     out["client_test_examples"] = int(sum(c.num_test for c in dataset.clients.values()))

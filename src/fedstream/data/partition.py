@@ -128,5 +128,6 @@ def quantity_skew_partition(
 def natural_partition(groups: npt.NDArray[Any]) -> list[IndexArray]:
     """One client per distinct value of ``groups`` (a user or role column), in sorted order
     of the values."""
-    groups = np.asarray(groups)
-    return [np.flatnonzero(groups == value).astype(np.int64) for value in np.unique(groups)]
+    values, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    order = np.argsort(inverse, kind="stable").astype(np.int64)  # ascending within a group
+    return np.split(order, np.cumsum(np.bincount(inverse, minlength=len(values)))[:-1])

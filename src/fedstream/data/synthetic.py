@@ -5,7 +5,8 @@ For each client k:
     W_k ~ N(u_k, 1) of shape (60, 10),  b_k ~ N(u_k, 1) of shape (10,)
     v_k ~ N(B_k, 1) of shape (60,),  x ~ N(v_k, Σ) with Σ = diag(j^-1.2), j = 1…60
     y = argmax(x·W_k + b_k)
-with n_k = ⌊lognormal(4, 2)⌋ + 50 examples. α controls how much the clients' models differ,
+with n_k = ⌊lognormal(4, 2)⌋ + 50 examples (or a fixed ``samples`` per client, for
+cross-device workloads of many small clients). α controls how much the clients' models differ,
 β how much their data differ. The IID variant draws one W, b ~ N(0, 1) for everyone and
 x ~ N(0, Σ). (N(μ, σ) here is normal with mean μ and standard deviation σ, as numpy draws it
 in the paper's generator.)
@@ -26,13 +27,22 @@ NUM_CLASSES = 10
 
 
 def synthetic_clients(
-    num_clients: int, alpha: float, beta: float, rng: np.random.Generator, iid: bool = False
+    num_clients: int,
+    alpha: float,
+    beta: float,
+    rng: np.random.Generator,
+    iid: bool = False,
+    samples: int | None = None,
 ) -> list[tuple[Array, Array]]:
     """Per client, (x float32 (n_k, 60), y int64 (n_k,)) drawn as in the module docstring."""
     checks.positive_int("num_clients", num_clients)
     checks.non_negative("synthetic_alpha", alpha)
     checks.non_negative("synthetic_beta", beta)
-    sizes = rng.lognormal(4, 2, num_clients).astype(np.int64) + 50
+    if samples is None:
+        sizes = rng.lognormal(4, 2, num_clients).astype(np.int64) + 50
+    else:
+        checks.positive_int("synthetic_samples", samples)
+        sizes = np.full(num_clients, samples, dtype=np.int64)
     scale = np.sqrt(np.power(np.arange(1, NUM_FEATURES + 1, dtype=np.float64), -1.2))
     if iid:
         shared_w = rng.normal(0, 1, (NUM_FEATURES, NUM_CLASSES))
