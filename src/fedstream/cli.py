@@ -498,6 +498,7 @@ DATA_SETTINGS = frozenset(
         "client_test_fraction",
         "synthetic_alpha",
         "synthetic_beta",
+        "synthetic_samples",
         "shakespeare_source",
         "shakespeare_edition",
         "seed",

@@ -29,6 +29,7 @@ from fedstream.strategies.base import Strategy
 SECURE_SUMS = {"secagg+": "SecAgg+", "ckks": "CKKS", "paillier": "Paillier"}
 
 TRAINERS = ("auto", "sequential", "vectorized")
+EXECUTORS = ("inprocess", "processes", "ray")
 
 HELP: dict[str, str] = {
     "dataset": f"data set: {', '.join(DATASETS)}",
@@ -42,6 +43,7 @@ HELP: dict[str, str] = {
     "client_test_fraction": "share of each client's data kept as its local test split",
     "synthetic_alpha": "Synthetic(α, β): how much client models differ",
     "synthetic_beta": "Synthetic(α, β): how much client data differ",
+    "synthetic_samples": "Synthetic: examples per client (default: the paper's lognormal sizes)",
     "shakespeare_source": "folder of the Shakespeare texts (default: fetched into the cache)",
     "shakespeare_edition": f"Shakespeare edition: {', '.join(EDITIONS)}",
     "model": f"model: {', '.join(MODELS)}",
@@ -102,7 +104,11 @@ HELP: dict[str, str] = {
     "epochs and report both (0 = off)",
     "trainer": "client trainer: auto (vectorized when the model allows), sequential, vectorized",
     "seed": "seed for data split, model initialisation, sampling and shuffling",
-    "threads": "torch intra-op threads",
+    "threads": "torch intra-op threads (per process)",
+    "executor": "where clients train: inprocess (this process), processes (persistent worker "
+    "processes on this machine), ray (Ray actors, on a cluster with --ray-address)",
+    "workers": "worker processes or Ray actors (default: the cores available)",
+    "ray_address": "address of a running Ray cluster (default: start a local one)",
 }
 
 
@@ -123,6 +129,7 @@ class SimulationConfig:
     client_test_fraction: float = 0.2
     synthetic_alpha: float = 1.0
     synthetic_beta: float = 1.0
+    synthetic_samples: int | None = None
     shakespeare_source: str | None = None
     shakespeare_edition: str = "modern"
     # model
@@ -182,6 +189,9 @@ class SimulationConfig:
     trainer: str = "auto"
     seed: int = 0
     threads: int = 1
+    executor: str = "inprocess"
+    workers: int | None = None
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
         checks.one_of("dataset", self.dataset, list(DATASETS))
@@ -190,6 +200,8 @@ class SimulationConfig:
         checks.non_negative("quantity_sigma", self.quantity_sigma)
         checks.non_negative("synthetic_alpha", self.synthetic_alpha)
         checks.non_negative("synthetic_beta", self.synthetic_beta)
+        if self.synthetic_samples is not None:
+            checks.positive_int("synthetic_samples", self.synthetic_samples)
         checks.in_unit_interval(
             "heldout_fraction", self.heldout_fraction, include_zero=True, include_one=False
         )
@@ -206,6 +218,11 @@ class SimulationConfig:
         checks.non_negative_int("rounds", self.rounds)
         checks.non_negative_int("seed", self.seed)
         checks.positive_int("threads", self.threads)
+        checks.one_of("executor", self.executor, list(EXECUTORS))
+        if self.workers is not None:
+            checks.positive_int("workers", self.workers)
+        if self.ray_address is not None and self.executor != "ray":
+            raise ConfigError("ray_address", self.ray_address, "executor='ray' to be set with it")
         self.round_config()  # validates the round fields
         if isinstance(self.clients_per_round, int) and self.clients_per_round > self.num_clients:
             raise ConfigError(
@@ -349,6 +366,7 @@ class SimulationConfig:
             "client_test_fraction": self.client_test_fraction,
             "synthetic_alpha": self.synthetic_alpha,
             "synthetic_beta": self.synthetic_beta,
+            "synthetic_samples": self.synthetic_samples,
             "shakespeare_source": self.shakespeare_source,
             "shakespeare_edition": self.shakespeare_edition,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -35,6 +36,8 @@ from fedstream.store.checkpoint import (
 from fedstream.store.runs import RunStore
 from fedstream.transport.base import Transport
 from fedstream.transport.inprocess import InProcessTransport
+from fedstream.transport.processes import ProcessTransport, available_cores
+from fedstream.transport.ray import RayTransport
 from fedstream.types import RoundReport, ServerState
 
 log = logging.getLogger("fedstream.simulation")
@@ -121,6 +124,23 @@ def build(config: SimulationConfig) -> Setup:
     )
 
 
+def local_transport(config: Mapping[str, Any]) -> InProcessTransport:
+    """A worker's share of a run: every client's data and the trainer, rebuilt from the
+    run's config and seed (so identical to the parent's), without pickling any data."""
+    return build(from_mapping(config, "worker")).transport
+
+
+def executor_transport(config: SimulationConfig) -> ProcessTransport | RayTransport | None:
+    """The transport ``config.executor`` asks for, or ``None`` for in-process."""
+    if config.executor == "inprocess":
+        return None
+    workers = config.workers or available_cores()
+    recipe = functools.partial(local_transport, config.to_dict())
+    if config.executor == "ray":
+        return RayTransport(recipe, workers, config.threads, config.ray_address)
+    return ProcessTransport(recipe, workers, config.threads)
+
+
 def architecture(config: SimulationConfig, dataset: FederatedDataset) -> dict[str, Any]:
     """What a serving process needs to rebuild the module that a run's params fit."""
     return {
@@ -149,12 +169,14 @@ def choose_trainer(
     return "sequential", f"auto: the vectorised trainer needs {reason}"
 
 
-def describe(setup: Setup) -> dict[str, Any]:
-    """The data summary plus the trainer chosen, for results.json."""
+def describe(setup: Setup, config: SimulationConfig) -> dict[str, Any]:
+    """The data summary plus the trainer and executor chosen, for results.json."""
     return {
         **setup.dataset.describe(),
         "trainer": setup.trainer_name,
         "trainer_reason": setup.trainer_reason,
+        "executor": config.executor,
+        "workers": (config.workers or available_cores()) if config.executor != "inprocess" else 1,
     }
 
 
@@ -250,7 +272,8 @@ def simulate(
                 atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=1).encode())
             runs.start_run(run_id, config.to_dict(), str(out))
         client_ids = sorted(setup.dataset.clients)
-        transport = transport_factory(setup) if transport_factory else setup.transport
+        workers = None if transport_factory else executor_transport(config)
+        transport = transport_factory(setup) if transport_factory else workers or setup.transport
         try:
             with RoundProgress(config.rounds, enabled=progress, done=state.round) as bar:
                 for new_state, report in run_rounds(
@@ -283,12 +306,15 @@ def simulate(
                 config, state, tuple(reports), time.perf_counter() - started, out
             )
             if out is not None and runs is not None:
-                write_outputs(partial, describe(setup), out, error=str(failure))
+                write_outputs(partial, describe(setup, config), out, error=str(failure))
                 runs.finish_run(run_id, error=str(failure))
             raise
+        finally:
+            if workers is not None:
+                workers.close()
     result = SimulationResult(config, state, tuple(reports), time.perf_counter() - started, out)
     if out is not None and runs is not None:
-        write_outputs(result, describe(setup), out)
+        write_outputs(result, describe(setup, config), out)
         runs.finish_run(run_id)
     if progress:
         RoundProgress.print_summary(result)

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from fedstream.client.base import CohortTrainer, FitTask, Trainer, evaluate_client
 from fedstream.client.encode import prepare_upload, receive_params, upload_mask
 from fedstream.compression.codecs import decode_broadcast
-from fedstream.data.base import ClientData
+from fedstream.data.base import ClientData, check_clients
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
 from fedstream.secure.session import STAGES, SecureDevice
@@ -37,9 +37,9 @@ def describe_exception(exc: BaseException) -> str:
 def _cohorts(tasks: Sequence[FitTask], size: int) -> Iterator[list[FitTask]]:
     """Tasks grouped by their fit config (seed aside), in chunks of at most ``size``: a
     vectorised cohort must share epochs, batch size, lr and μ."""
-    groups: dict[FitConfig, list[FitTask]] = {}
+    groups: dict[tuple[object, ...], list[FitTask]] = {}
     for task in tasks:
-        groups.setdefault(replace(task.config, seed=0), []).append(task)
+        groups.setdefault(task.config.cohort_key(), []).append(task)
     for group in groups.values():
         for start in range(0, len(group), size):
             yield group[start : start + size]
@@ -61,14 +61,19 @@ class InProcessTransport:
     ) -> None:
         if not clients:
             raise ConfigError("clients", {}, "at least one client")
-        for client_id, data in clients.items():
-            data.check(client_id)
+        check_clients(clients)
         self.clients = clients
         self.trainer = trainer
         self.cohort_size = cohort_size
         self.offline: dict[str, str] = {}
-        self._devices = {client_id: SecureDevice(client_id) for client_id in clients}
+        self._devices: dict[str, SecureDevice] = {}  # made on a client's first exchange
         self._residuals: dict[str, Params] = {}  # compression error feedback, per client
+
+    def _device(self, client_id: str) -> SecureDevice:
+        device = self._devices.get(client_id)
+        if device is None:
+            device = self._devices[client_id] = SecureDevice(client_id)
+        return device
 
     def _is_offline(self, client_id: str, stage: str) -> bool:
         order = ("fit", *STAGES)
@@ -93,10 +98,13 @@ class InProcessTransport:
         if residual is not None:
             self._residuals[update.client_id] = residual
         if config.secure_aggregation:
-            self._devices[update.client_id].hold(sent)
+            self._device(update.client_id).hold(sent)
             sent = replace(sent, payload=Params({}), weight=0.0, extras={})
         wire = sent.payload.to_bytes()
-        received = replace(sent, payload=Params.from_bytes(wire))
+        received = ClientUpdate(
+            sent.client_id, sent.round, Params.from_bytes(wire), sent.weight, sent.metrics,
+            sent.extras,
+        )  # fmt: skip
         return Delivery(update.client_id, received, bytes_down, len(wire))
 
     def exchange(
@@ -108,7 +116,7 @@ class InProcessTransport:
                 yield client_id, ClientFailure(client_id, stage, "offline (simulated dropout)")
                 continue
             try:
-                yield client_id, self._devices[client_id].answer(stage, round_number, request)
+                yield client_id, self._device(client_id).answer(stage, round_number, request)
             except Exception as exc:
                 yield client_id, ClientFailure(client_id, stage, describe_exception(exc))
 

@@ -1,0 +1,224 @@
+"""Run a simulation's clients on a Ray cluster: one persistent actor per worker.
+
+The same design as ``ProcessTransport``, for users who outgrow one machine. Each actor
+builds its ``InProcessTransport`` once from the picklable recipe (data and model stay in
+the actor across rounds), a client always goes to the same actor (so its device-side
+state stays there), and the broadcast is put in Ray's object store once per call, which
+actors on the same node read from shared memory. Each actor answers with its share of
+the round as one list; the round loop receives the actors' lists as they finish and sums
+in task order, so the result does not depend on which actor was first.
+
+``address=None`` starts a local Ray (and stops it on ``close``); otherwise it connects
+to a running cluster, whose nodes must have the same fedstream, torch and data installed.
+An actor that dies fails its clients' outstanding tasks, and is replaced before the next
+call. Ray is an optional dependency: ``pip install "fedstream[ray]"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from fedstream.client.base import FitTask
+from fedstream.errors import ClientFailure, ConfigError
+from fedstream.params import Params
+from fedstream.transport.base import Delivery
+from fedstream.transport.inprocess import InProcessTransport
+from fedstream.transport.processes import worker_of
+from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
+
+log = logging.getLogger("fedstream.ray")
+
+Recipe = Callable[[], InProcessTransport]
+
+
+class ClientWorker:
+    """The actor: one ``InProcessTransport`` kept for the whole run."""
+
+    def __init__(self, recipe: Recipe, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.transport = recipe()
+
+    def fit(
+        self, wire: np.ndarray, tasks: Sequence[FitTask], offline: Mapping[str, str]
+    ) -> list[Delivery[ClientUpdate]]:
+        self.transport.offline = dict(offline)
+        return list(self.transport.fit(Params.from_bytes(wire.data), tasks))
+
+    def evaluate(
+        self,
+        wire: np.ndarray,
+        round_number: int,
+        client_ids: Sequence[str],
+        broadcast: str,
+        personalize: FitConfig | None,
+        offline: Mapping[str, str],
+    ) -> list[Delivery[EvaluateResult]]:
+        self.transport.offline = dict(offline)
+        params = Params.from_bytes(wire.data)
+        return list(
+            self.transport.evaluate(params, round_number, client_ids, broadcast, personalize)
+        )
+
+    def exchange(
+        self,
+        stage: str,
+        round_number: int,
+        requests: Mapping[str, bytes],
+        offline: Mapping[str, str],
+    ) -> list[tuple[str, bytes | ClientFailure]]:
+        self.transport.offline = dict(offline)
+        return list(self.transport.exchange(stage, round_number, requests))
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayTransport:
+    """A ``Transport`` over ``workers`` Ray actors (one CPU each)."""
+
+    def __init__(
+        self, recipe: Recipe, workers: int, threads: int = 1, address: str | None = None
+    ) -> None:
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ConfigError("workers", workers, "an integer >= 1")
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError(
+                "executor", "ray", 'Ray installed: pip install "fedstream[ray]"'
+            ) from None
+        self._ray = ray
+        self._started = False
+        # keep Ray's current handling of accelerator variables without its warning
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+        if not ray.is_initialized():
+            options: dict[str, Any] = {
+                "include_dashboard": False,
+                "logging_level": logging.WARNING,
+                "log_to_driver": False,
+            }
+            if address is None:
+                options["num_cpus"] = workers
+            ray.init(address=address, **options)
+            self._started = True
+        self._actor_class = ray.remote(num_cpus=1)(ClientWorker)
+        self._recipe = recipe
+        self._threads = threads
+        self.offline: dict[str, str] = {}
+        self._actors = [self._start() for _ in range(workers)]
+        try:  # the first call on each actor finishes its construction (data, model)
+            ray.get([a.pid.remote() for a in self._actors])
+        except Exception:
+            self.close()
+            raise
+
+    def _start(self) -> Any:
+        return self._actor_class.remote(self._recipe, self._threads)
+
+    @property
+    def pids(self) -> list[int]:
+        pids: list[int] = self._ray.get([a.pid.remote() for a in self._actors])
+        return pids
+
+    def close(self) -> None:
+        for actor in self._actors:
+            self._ray.kill(actor)
+        self._actors = []
+        if self._started and self._ray.is_initialized():
+            self._ray.shutdown()
+            self._started = False
+
+    def __enter__(self) -> RayTransport:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _shares(self, client_ids: Sequence[str]) -> dict[int, list[str]]:
+        shares: dict[int, list[str]] = {i: [] for i in range(len(self._actors))}
+        for client_id in client_ids:
+            shares[worker_of(client_id, len(self._actors))].append(client_id)
+        return shares
+
+    def _run(
+        self,
+        shares: Mapping[int, Sequence[str]],
+        call: Callable[[Any, int], Any],
+        failed: Callable[[str, str], Any],
+    ) -> Iterator[Any]:
+        """Call every actor with a share, then yield each actor's answers as it finishes;
+        an actor that died fails its share and is replaced."""
+        ray = self._ray
+        waiting = {call(self._actors[i], i): i for i, share in shares.items() if share}
+        while waiting:
+            done, _ = ray.wait(list(waiting), num_returns=1)
+            index = waiting.pop(done[0])
+            try:
+                answers = ray.get(done[0])
+            except ray.exceptions.RayError as exc:
+                why = f"Ray actor {index} failed: {type(exc).__name__}: {exc}".splitlines()[0]
+                log.warning("%s; starting a new one", why)
+                self._actors[index] = self._start()
+                for client_id in shares[index]:
+                    yield failed(client_id, why)
+                continue
+            yield from answers
+
+    def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]:
+        if not tasks:
+            return
+        wire = self._ray.put(np.frombuffer(params.to_bytes(), dtype=np.uint8))
+        size = params.wire_size()
+        by_client = {t.client_id: t for t in tasks}
+        shares = self._shares([t.client_id for t in tasks])
+        yield from self._run(
+            shares,
+            lambda actor, i: actor.fit.remote(
+                wire, [by_client[c] for c in shares[i]], self.offline
+            ),
+            lambda client_id, why: Delivery(
+                client_id, ClientFailure(client_id, "train", why), size, 0
+            ),
+        )
+
+    def evaluate(
+        self,
+        params: Params,
+        round_number: int,
+        client_ids: Sequence[str],
+        broadcast: str = "none",
+        personalize: FitConfig | None = None,
+    ) -> Iterator[Delivery[EvaluateResult]]:
+        if not client_ids:
+            return
+        wire = self._ray.put(np.frombuffer(params.to_bytes(), dtype=np.uint8))
+        size = params.wire_size()
+        shares = self._shares(client_ids)
+        yield from self._run(
+            shares,
+            lambda actor, i: actor.evaluate.remote(
+                wire, round_number, shares[i], broadcast, personalize, self.offline
+            ),
+            lambda client_id, why: Delivery(
+                client_id, ClientFailure(client_id, "evaluate", why), size, 0
+            ),
+        )
+
+    def exchange(
+        self, stage: str, round_number: int, requests: Mapping[str, bytes]
+    ) -> Iterator[tuple[str, bytes | ClientFailure]]:
+        shares = self._shares(list(requests))
+        yield from self._run(
+            shares,
+            lambda actor, i: actor.exchange.remote(
+                stage, round_number, {c: requests[c] for c in shares[i]}, self.offline
+            ),
+            lambda client_id, why: (client_id, ClientFailure(client_id, stage, why)),
+        )

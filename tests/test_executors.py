@@ -1,0 +1,165 @@
+"""Executors: persistent worker processes and Ray actors give the in-process results."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fedstream
+from fedstream.client.base import FitTask, Trainer
+from fedstream.data.base import ClientData
+from fedstream.errors import ConfigError
+from fedstream.params import Params
+from fedstream.simulation import SimulationConfig, build
+from fedstream.simulation.engine import local_transport
+from fedstream.transport.inprocess import InProcessTransport
+from fedstream.transport.processes import ProcessTransport, worker_of
+from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
+
+SMALL = SimulationConfig(
+    num_clients=12,
+    rounds=3,
+    clients_per_round=6,
+    local_epochs=1,
+    lr=0.1,
+    trainer="sequential",
+    evaluate_fraction=0.5,
+)
+
+
+def same_run(
+    a: fedstream.SimulationResult, b: fedstream.SimulationResult, fresh_keys: bool = False
+) -> None:
+    """Bit for bit: params, metrics, who took part, and every byte counted. SecAgg+ draws
+    fresh keys from the OS in every run, and their encodings vary by a few bytes, so
+    with ``fresh_keys`` the byte counts need only agree to 0.1 %."""
+    assert a.state.params.bit_equal(b.state.params)
+    for left, right in zip(a.reports, b.reports, strict=True):
+        assert left.metrics == right.metrics
+        assert left.completed == right.completed
+        if fresh_keys:
+            assert right.bytes_up == pytest.approx(left.bytes_up, rel=1e-3)
+            assert right.bytes_down == pytest.approx(left.bytes_down, rel=1e-3)
+        else:
+            assert (left.bytes_up, left.bytes_down) == (right.bytes_up, right.bytes_down)
+
+
+def test_worker_processes_end_bit_exact_where_the_in_process_run_does():
+    alone = fedstream.simulate(SMALL)
+    spread = fedstream.simulate(SMALL, executor="processes", workers=2)
+    same_run(alone, spread)
+
+
+def test_device_state_stays_with_its_worker_across_rounds():
+    """Error feedback keeps a residual per client between rounds, and SecAgg+ keeps keys
+    and shares per client between stages: both live in the worker that owns the client."""
+    compressed = SMALL.with_changes(compression="topk:0.2", rounds=4, clients_per_round=10)
+    same_run(
+        fedstream.simulate(compressed),
+        fedstream.simulate(compressed, executor="processes", workers=2),
+    )
+    secure = SMALL.with_changes(secure_aggregation="secagg+", evaluate_fraction=0.0)
+    same_run(
+        fedstream.simulate(secure),
+        fedstream.simulate(secure, executor="processes", workers=2),
+        fresh_keys=True,
+    )
+
+
+def test_vectorised_cohorts_split_over_workers_agree_to_rounding():
+    config = SMALL.with_changes(trainer="vectorized", rounds=2)
+    alone = fedstream.simulate(config)
+    spread = fedstream.simulate(config, executor="processes", workers=2)
+    for name in alone.state.params:
+        np.testing.assert_allclose(
+            spread.state.params[name], alone.state.params[name], rtol=0, atol=1e-6
+        )
+
+
+def counting_recipe(config: dict[str, object], log: str) -> InProcessTransport:
+    with open(log, "a") as out:
+        out.write(f"{os.getpid()}\n")
+    return local_transport(config)
+
+
+def test_workers_load_their_data_once_and_live_for_the_whole_run(tmp_path: Path):
+    log = tmp_path / "builds.txt"
+    config = SMALL.with_changes(rounds=4)
+    setup = build(config)
+    recipe = functools.partial(counting_recipe, config.to_dict(), str(log))
+    with ProcessTransport(recipe, workers=2) as transport:
+        pids = transport.pids
+        for _ in fedstream.run_rounds(
+            setup.initial,
+            config.build_strategy(),
+            transport,
+            sorted(setup.dataset.clients),
+            config.round_config(),
+            config.rounds,
+        ):
+            assert transport.pids == pids
+    assert sorted(int(line) for line in log.read_text().split()) == sorted(pids)
+
+
+class DiesOn:
+    """A trainer that kills its own process when asked to train one given client."""
+
+    def __init__(self, inner: Trainer, victim: str) -> None:
+        self.inner, self.victim = inner, victim
+
+    def fit(self, params: Params, task: FitTask, data: ClientData) -> ClientUpdate:
+        if task.client_id == self.victim:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner.fit(params, task, data)
+
+    def evaluate(
+        self, params: Params, client_id: str, round_number: int, data: ClientData
+    ) -> EvaluateResult:
+        return self.inner.evaluate(params, client_id, round_number, data)
+
+
+def dying_recipe(config: dict[str, object], victim: str) -> InProcessTransport:
+    transport = local_transport(config)
+    return InProcessTransport(transport.clients, DiesOn(transport.trainer, victim))
+
+
+def test_a_worker_killed_mid_round_fails_only_its_clients_and_is_replaced():
+    config = SMALL
+    setup = build(config)
+    ids = sorted(setup.dataset.clients)
+    victim = next(c for c in ids if worker_of(c, 2) == 0)
+    recipe = functools.partial(dying_recipe, config.to_dict(), victim)
+    tasks = [FitTask(c, 1, FitConfig(seed=i)) for i, c in enumerate(ids)]
+    with ProcessTransport(recipe, workers=2) as transport:
+        first_pids = transport.pids
+        answers = {d.client_id: d.result for d in transport.fit(setup.initial.params, tasks)}
+        assert sorted(answers) == ids  # every client answered or failed, none lost
+        failed = {c: r for c, r in answers.items() if isinstance(r, fedstream.ClientFailure)}
+        assert victim in failed
+        assert "worker process 0 exited (code -9)" in failed[victim].cause
+        assert all(worker_of(c, 2) == 0 for c in failed)  # the other worker's are fine
+        healthy = [t for t in tasks if t.client_id != victim]
+        again = list(transport.fit(setup.initial.params, healthy))
+        assert all(isinstance(d.result, ClientUpdate) for d in again)
+        assert transport.pids[0] != first_pids[0] and transport.pids[1] == first_pids[1]
+
+
+def test_executor_settings_are_checked():
+    with pytest.raises(ConfigError, match="workers"):
+        SMALL.with_changes(workers=0)
+    with pytest.raises(ConfigError, match="executor"):
+        SMALL.with_changes(executor="threads")
+    with pytest.raises(ConfigError, match=r"ray_address.*executor='ray'"):
+        SMALL.with_changes(ray_address="ray://head:10001")
+
+
+def test_ray_actors_end_bit_exact_where_the_in_process_run_does():
+    pytest.importorskip("ray")
+    alone = fedstream.simulate(SMALL)
+    on_ray = fedstream.simulate(SMALL, executor="ray", workers=2)
+    same_run(alone, on_ray)
