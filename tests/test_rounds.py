@@ -171,3 +171,18 @@ def test_same_state_gives_the_same_round():
     assert report_a.sampled == report_b.sampled
     assert a.params.bit_equal(b.params)
     assert a.rng_state == b.rng_state != state.rng_state
+
+
+def test_the_chunked_sum_rounds_exactly_as_the_plain_expression():
+    from fedstream.secure.plain import CHUNK, add_scaled
+
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        values = rng.standard_normal((3, CHUNK + 17)).astype(dtype)  # more than one chunk
+        expected, chunked = np.zeros(values.shape), np.zeros(values.shape)
+        for weight in (1 / 3, 17.25, 1e-7):
+            expected += weight * values
+            add_scaled(chunked, values, weight)
+        assert np.array_equal(expected, chunked)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        add_scaled(np.zeros((2, CHUNK + 1))[:, ::2], values[:2, : (CHUNK + 2) // 2], 1.0)
