@@ -1,0 +1,157 @@
+"""The three simulation workloads of the performance comparison, and their export.
+
+- W1 digits: 100 clients (Dirichlet 0.5), 20 per round, MLP 64-64-10, 1 local epoch,
+  batch 10, SGD lr 0.05, FedAvg, 30 rounds.
+- W2 cross-device: Synthetic(1, 1) with 20 examples per client (a tenth of all examples
+  is held out for the server), 1,000 clients, 100 per round, softmax regression, 1 local
+  epoch, batch 10, lr 0.01, 10 rounds.
+- W3: W2 with 10,000 clients and 1,000 per round.
+
+Every contender trains the same clients with the same data, initial weights, sampled
+clients and shuffles. fedstream builds them from the config; the others read them from
+the ``.npz`` that :func:`export` writes, which holds every client's training rows, the
+held-out set, the initial weights (in module order), and each round's sampled clients
+and shuffle seeds exactly as fedstream's round loop draws them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "W1": {
+        "dataset": "digits",
+        "num_clients": 100,
+        "alpha": 0.5,
+        "model": "mlp",
+        "clients_per_round": 20,
+        "rounds": 30,
+    },
+    "W2": {
+        "dataset": "synthetic",
+        "num_clients": 1_000,
+        "synthetic_samples": 20,
+        "heldout_fraction": 0.1,
+        "client_test_fraction": 0.0,
+        "model": "linear",
+        "clients_per_round": 100,
+        "rounds": 10,
+        "lr": 0.01,
+    },
+    "W3": {
+        "dataset": "synthetic",
+        "num_clients": 10_000,
+        "synthetic_samples": 20,
+        "heldout_fraction": 0.1,
+        "client_test_fraction": 0.0,
+        "model": "linear",
+        "clients_per_round": 1_000,
+        "rounds": 10,
+        "lr": 0.01,
+    },
+}
+COMMON = {"local_epochs": 1, "batch_size": 10, "lr": 0.05, "strategy": "fedavg"}
+# only the last round evaluates, on the server's held-out set (no federated evaluation)
+TIMING = {"evaluate_every": 0, "evaluate_fraction": 0.0}
+
+
+def config(workload: str, **changes: Any) -> Any:
+    """The ``SimulationConfig`` of a workload (``changes`` pick trainer, executor, …)."""
+    from fedstream.simulation import SimulationConfig
+
+    return SimulationConfig(**{**COMMON, **WORKLOADS[workload], **TIMING, **changes})
+
+
+def export(workload: str, path: Path) -> None:
+    """Write the workload's data, initial weights and schedule to ``path`` (``.npz``)."""
+    from fedstream.data.base import train_sizes
+    from fedstream.simulation import build
+
+    cfg = config(workload)
+    setup = build(cfg)
+    ids = sorted(setup.dataset.clients)
+    clients = [setup.dataset.clients[c] for c in ids]
+    sizes = train_sizes({c: d for c, d in zip(ids, clients, strict=True)})
+    bit_generator = np.random.PCG64()
+    bit_generator.state = dict(setup.initial.rng_state)
+    rng = np.random.Generator(bit_generator)
+    chosen, seeds = [], []
+    for _ in range(cfg.rounds):  # as rounds.run_round draws them (FedAvg draws nothing else)
+        chosen.append(rng.choice(len(ids), size=cfg.clients_per_round, replace=False))
+        seeds.append(rng.integers(0, 2**63 - 1, size=cfg.clients_per_round))
+    params = setup.initial.params
+    np.savez(
+        path,
+        x=np.concatenate([d.x_train for d in clients]),
+        y=np.concatenate([d.y_train for d in clients]),
+        offsets=np.concatenate([[0], np.cumsum(sizes)]),
+        x_heldout=setup.dataset.x_heldout,
+        y_heldout=setup.dataset.y_heldout,
+        chosen=np.stack(chosen),
+        seeds=np.stack(seeds),
+        hyper=np.array([cfg.local_epochs, cfg.batch_size, cfg.lr], dtype=np.float64),
+        model=np.array(cfg.model),
+        hidden=np.array([64, 64] if cfg.model == "mlp" else [], dtype=np.int64),
+        **{f"weight_{i:02d}": params[name] for i, name in enumerate(params)},
+    )
+
+
+def load(path: Path) -> dict[str, Any]:
+    """The exported arrays, plus ``weights`` (the initial weights as a list, in order)."""
+    with np.load(path) as data:
+        out = {k: data[k] for k in data.files}
+    out["weights"] = [out.pop(k) for k in sorted(k for k in out if k.startswith("weight_"))]
+    return out
+
+
+def build_module(spec: dict[str, Any]) -> Any:
+    """The torch module the spec names (``mlp`` or ``linear``), with its initial weights."""
+    import torch
+    from torch import nn
+
+    features, classes = spec["x"].shape[1], int(spec["weights"][-1].shape[0])
+    widths = [features, *(int(h) for h in spec["hidden"]), classes]
+    layers: list[nn.Module] = []
+    for i in range(len(widths) - 1):
+        layers.append(nn.Linear(widths[i], widths[i + 1]))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    module = nn.Sequential(*layers)
+    with torch.no_grad():
+        for parameter, value in zip(module.parameters(), spec["weights"], strict=True):
+            parameter.copy_(torch.from_numpy(value))
+    return module
+
+
+def train_locally(
+    module: Any, x: Any, y: Any, seed: int, epochs: int, batch: int, lr: float
+) -> None:
+    """Plain SGD on one client's tensors, shuffled as fedstream's trainers shuffle (a fresh
+    ``default_rng(seed)`` permutation each epoch), mean cross-entropy per batch."""
+    import torch
+    import torch.nn.functional as F
+
+    weights = list(module.parameters())
+    shuffle = np.random.default_rng(seed)
+    n = x.shape[0]
+    for _ in range(epochs):
+        order = torch.from_numpy(shuffle.permutation(n))
+        for start in range(0, n, batch):
+            rows = order[start : start + batch]
+            loss = F.cross_entropy(module(x[rows]), y[rows])
+            grads = torch.autograd.grad(loss, weights)
+            with torch.no_grad():
+                for w, g in zip(weights, grads, strict=True):
+                    w.add_(g, alpha=-lr)
+
+
+def accuracy(module: Any, spec: dict[str, Any]) -> float:
+    """Accuracy of ``module`` on the exported held-out set."""
+    import torch
+
+    with torch.no_grad():
+        logits = module(torch.from_numpy(spec["x_heldout"]))
+    return float((logits.argmax(1).numpy() == spec["y_heldout"]).mean())
