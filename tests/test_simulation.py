@@ -221,3 +221,23 @@ def test_outputs_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+
+
+def test_cohorts_group_similar_sizes_and_stay_within_the_memory_budget():
+    from fedstream.transport.inprocess import _cohorts
+
+    sizes = {"a": 5, "b": 50, "c": 6, "d": 49, "e": 7}
+    fit = fedstream.FitConfig()
+    tasks = [fedstream.FitTask(c, 1, fit) for c in sizes]
+    tasks.append(fedstream.FitTask("f", 1, fedstream.FitConfig(lr=0.5)))  # another config
+    sizes["f"] = 1
+
+    def plan(max_clients: int, budget: int) -> list[list[str]]:
+        cut = _cohorts(tasks, sizes.__getitem__, 100, 250, max_clients, budget)
+        return [[t.client_id for t in cohort] for cohort in cut]
+
+    # per client: 4 × 250 B of params + its padded rows × 100 B
+    assert plan(256, 10**9) == [["a", "c", "e", "d", "b"], ["f"]]
+    assert plan(2, 10**9) == [["a", "c"], ["e", "d"], ["b"], ["f"]]
+    # 3 small clients fit in 3 × (1000 + 700) B; the large ones need 6000 B each
+    assert plan(256, 6000) == [["a", "c", "e"], ["d"], ["b"], ["f"]]

@@ -132,6 +132,14 @@ def check_clients(clients: Mapping[str, ClientData]) -> None:
         data.check(client_id)
 
 
+def train_size(clients: Mapping[str, ClientData], name: str) -> int:
+    """One client's number of training examples, without building its data if lazy."""
+    if isinstance(clients, Clients):
+        k = clients._position[name]
+        return int(clients.train_offsets[k + 1] - clients.train_offsets[k])
+    return clients[name].num_train
+
+
 def train_sizes(clients: Mapping[str, ClientData]) -> npt.NDArray[np.int64]:
     """Every client's number of training examples, in iteration order."""
     if isinstance(clients, Clients):

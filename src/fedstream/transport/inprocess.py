@@ -10,7 +10,7 @@ bytes of metrics and config beside them are not counted here.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -19,7 +19,7 @@ import numpy.typing as npt
 from fedstream.client.base import CohortTrainer, FitTask, Trainer, evaluate_client
 from fedstream.client.encode import prepare_upload, receive_params, upload_mask
 from fedstream.compression.codecs import decode_broadcast
-from fedstream.data.base import ClientData, check_clients
+from fedstream.data.base import ClientData, check_clients, train_size
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
 from fedstream.secure.session import STAGES, SecureDevice
@@ -34,20 +34,48 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _cohorts(tasks: Sequence[FitTask], size: int) -> Iterator[list[FitTask]]:
-    """Tasks grouped by their fit config (seed aside), in chunks of at most ``size``: a
-    vectorised cohort must share epochs, batch size, lr and μ."""
+COHORT_BUDGET_BYTES = 512 * 2**20
+
+
+def _cohorts(
+    tasks: Sequence[FitTask],
+    size_of: Callable[[str], int],
+    row_bytes: int,
+    param_bytes: int,
+    max_clients: int,
+    budget_bytes: int = COHORT_BUDGET_BYTES,
+) -> Iterator[list[FitTask]]:
+    """Tasks grouped by their fit config (seed aside), since a vectorised cohort must share
+    epochs, batch size, lr and μ; within a group sorted by client size, so a cohort pads
+    its clients to similar lengths; and cut so a cohort holds at most ``max_clients`` and
+    its estimated memory stays within ``budget_bytes``. Each client costs about four
+    copies of the params (weights, gradients, the new weights, the delta) plus its data
+    padded to the cohort's largest client."""
     groups: dict[tuple[object, ...], list[FitTask]] = {}
     for task in tasks:
         groups.setdefault(task.config.cohort_key(), []).append(task)
     for group in groups.values():
-        for start in range(0, len(group), size):
-            yield group[start : start + size]
+        cohort: list[FitTask] = []
+        widest = 0
+        for task in sorted(group, key=lambda t: size_of(t.client_id)):
+            size = size_of(task.client_id)
+            wider = max(widest, size)
+            per_client = 4 * param_bytes + wider * row_bytes
+            if cohort and (
+                len(cohort) >= max_clients or (len(cohort) + 1) * per_client > budget_bytes
+            ):
+                yield cohort
+                cohort, wider = [], size
+            cohort.append(task)
+            widest = wider
+        if cohort:
+            yield cohort
 
 
 class InProcessTransport:
     """Runs every task in this process. With a ``CohortTrainer`` a round's tasks are trained
-    together in cohorts of at most ``cohort_size`` clients.
+    together in cohorts of at most ``cohort_size`` clients and about ``cohort_budget_bytes``
+    of memory (see ``_cohorts``).
 
     Each client's device-side state for the current round (an update held back for secure
     aggregation, its SecAgg+ keys and shares) lives in this object, as it would on the
@@ -57,7 +85,11 @@ class InProcessTransport:
     """
 
     def __init__(
-        self, clients: Mapping[str, ClientData], trainer: Trainer, cohort_size: int = 256
+        self,
+        clients: Mapping[str, ClientData],
+        trainer: Trainer,
+        cohort_size: int = 256,
+        cohort_budget_bytes: int = COHORT_BUDGET_BYTES,
     ) -> None:
         if not clients:
             raise ConfigError("clients", {}, "at least one client")
@@ -65,6 +97,9 @@ class InProcessTransport:
         self.clients = clients
         self.trainer = trainer
         self.cohort_size = cohort_size
+        self.cohort_budget_bytes = cohort_budget_bytes
+        example = clients[next(iter(clients))]
+        self._row_bytes = example.x_train[:1].nbytes + example.y_train[:1].nbytes
         self.offline: dict[str, str] = {}
         self._devices: dict[str, SecureDevice] = {}  # made on a client's first exchange
         self._residuals: dict[str, Params] = {}  # compression error feedback, per client
@@ -128,7 +163,15 @@ class InProcessTransport:
         received = receive_params(Params.from_bytes(wire), tasks[0].config)
         mask = upload_mask(received, tasks[0].config)
         if isinstance(self.trainer, CohortTrainer) and len(tasks) > 1:
-            for cohort in _cohorts(tasks, self.cohort_size):
+            cohorts = _cohorts(
+                tasks,
+                lambda client_id: train_size(self.clients, client_id),
+                self._row_bytes,
+                params.nbytes,
+                self.cohort_size,
+                self.cohort_budget_bytes,
+            )
+            for cohort in cohorts:
                 try:
                     updates = self.trainer.fit_cohort(
                         received, cohort, [self.clients[t.client_id] for t in cohort]

@@ -1,0 +1,106 @@
+"""What the worker-process and Ray transports share: clients split over persistent workers.
+
+A client always belongs to the same worker (a stable hash of its id), so its device-side
+state stays in one place. Each call sends every worker its share and streams back what
+the workers answer; a worker that cannot answer fails each of its clients instead, so a
+round always hears about every client it asked.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from fedstream.client.base import FitTask
+from fedstream.errors import ClientFailure
+from fedstream.params import Params
+from fedstream.transport.base import Delivery
+from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
+
+ArgsFor = Callable[[int], tuple[Any, ...]]
+Failed = Callable[[str, str], Any]
+
+
+def worker_of(client_id: str, workers: int) -> int:
+    """The worker that always serves ``client_id``: a stable hash, the same in every run."""
+    return zlib.crc32(client_id.encode()) % workers
+
+
+class ShardedTransport:
+    """``fit``, ``evaluate`` and ``exchange`` over ``worker_count`` workers, each owning a
+    fixed share of the clients. Subclasses say how the params reach the workers
+    (``_broadcast``) and how a command reaches them and answers come back (``_run``).
+    A worker runs ``command(*args_for(index))`` on its ``InProcessTransport``-like state:
+    ``fit(broadcast, tasks, offline)``, ``evaluate(broadcast, round, client_ids,
+    codec, personalize, offline)`` or ``exchange(stage, round, requests, offline)``."""
+
+    offline: dict[str, str]
+
+    @property
+    def worker_count(self) -> int:
+        raise NotImplementedError
+
+    def _broadcast(self, params: Params) -> Any:
+        """What a worker is sent to find ``params`` (shared memory, an object ref)."""
+        raise NotImplementedError
+
+    def _run(
+        self, command: str, shares: Mapping[int, Sequence[str]], args_for: ArgsFor, failed: Failed
+    ) -> Iterator[Any]:
+        """Run ``command`` on every worker with a share; yield answers as they come, and
+        ``failed(client_id, why)`` for each client of a worker that could not answer."""
+        raise NotImplementedError
+
+    def _shares(self, client_ids: Sequence[str]) -> dict[int, list[str]]:
+        shares: dict[int, list[str]] = {i: [] for i in range(self.worker_count)}
+        for client_id in client_ids:
+            shares[worker_of(client_id, self.worker_count)].append(client_id)
+        return shares
+
+    def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]:
+        if not tasks:
+            return
+        where, size = self._broadcast(params), params.wire_size()
+        by_client = {t.client_id: t for t in tasks}
+        shares = self._shares([t.client_id for t in tasks])
+        yield from self._run(
+            "fit",
+            shares,
+            lambda i: (where, [by_client[c] for c in shares[i]], self.offline),
+            lambda client_id, why: Delivery(
+                client_id, ClientFailure(client_id, "train", why), size, 0
+            ),
+        )
+
+    def evaluate(
+        self,
+        params: Params,
+        round_number: int,
+        client_ids: Sequence[str],
+        broadcast: str = "none",
+        personalize: FitConfig | None = None,
+    ) -> Iterator[Delivery[EvaluateResult]]:
+        if not client_ids:
+            return
+        where, size = self._broadcast(params), params.wire_size()
+        shares = self._shares(client_ids)
+        yield from self._run(
+            "evaluate",
+            shares,
+            lambda i: (where, round_number, shares[i], broadcast, personalize, self.offline),
+            lambda client_id, why: Delivery(
+                client_id, ClientFailure(client_id, "evaluate", why), size, 0
+            ),
+        )
+
+    def exchange(
+        self, stage: str, round_number: int, requests: Mapping[str, bytes]
+    ) -> Iterator[tuple[str, bytes | ClientFailure]]:
+        shares = self._shares(list(requests))
+        yield from self._run(
+            "exchange",
+            shares,
+            lambda i: (stage, round_number, {c: requests[c] for c in shares[i]}, self.offline),
+            lambda client_id, why: (client_id, ClientFailure(client_id, stage, why)),
+        )
