@@ -6,7 +6,6 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -498,44 +497,6 @@ def test_wrong_token_from_python_raises_client_refused(live_service):
     config = SimulationConfig(**{**RUN, "rounds": 1})
     with pytest.raises(ClientRefused, match="unknown or its token is wrong"):
         join(f"127.0.0.1:{port}", "client-0", "nope", config)
-
-
-def netns(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *command], capture_output=True, text=True)
-
-
-@pytest.fixture
-def two_hosts():
-    """Two network namespaces joined by a veth pair: a server host at 10.231.7.1 and a
-    client host at 10.231.7.2, made for this test and removed after it."""
-    if shutil.which("ip") is None:
-        pytest.skip("the ip tool is not installed")
-    tag = f"{os.getpid() % 100000}"
-    server_ns, client_ns = f"fs-srv-{tag}", f"fs-cli-{tag}"
-    probe = netns("netns", "add", server_ns)
-    if probe.returncode != 0:
-        pytest.skip(f"network namespaces are not permitted here: {probe.stderr.strip()}")
-    try:
-        steps = [
-            ("netns", "add", client_ns),
-            ("link", "add", f"vs{tag}", "type", "veth", "peer", "name", f"vc{tag}"),
-            ("link", "set", f"vs{tag}", "netns", server_ns),
-            ("link", "set", f"vc{tag}", "netns", client_ns),
-            ("-n", server_ns, "addr", "add", "10.231.7.1/24", "dev", f"vs{tag}"),
-            ("-n", client_ns, "addr", "add", "10.231.7.2/24", "dev", f"vc{tag}"),
-            ("-n", server_ns, "link", "set", f"vs{tag}", "up"),
-            ("-n", client_ns, "link", "set", f"vc{tag}", "up"),
-            ("-n", server_ns, "link", "set", "lo", "up"),
-            ("-n", client_ns, "link", "set", "lo", "up"),
-        ]
-        for step in steps:
-            done = netns(*step)
-            if done.returncode != 0:
-                pytest.skip(f"could not build the namespaces ({' '.join(step)}): {done.stderr}")
-        yield server_ns, client_ns
-    finally:
-        netns("netns", "delete", server_ns)
-        netns("netns", "delete", client_ns)
 
 
 def test_server_and_clients_on_separate_virtual_hosts(tmp_path, two_hosts):

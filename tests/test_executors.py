@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,11 @@ from fedstream.params import Params
 from fedstream.simulation import SimulationConfig, build
 from fedstream.simulation.engine import local_transport
 from fedstream.transport.inprocess import InProcessTransport
-from fedstream.transport.processes import ProcessTransport, worker_of
+from fedstream.transport.processes import ProcessTransport
+from fedstream.transport.sharded import worker_of
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
+HERE = Path(__file__).resolve().parent
 SMALL = SimulationConfig(
     num_clients=12,
     rounds=3,
@@ -158,8 +162,52 @@ def test_executor_settings_are_checked():
         SMALL.with_changes(ray_address="ray://head:10001")
 
 
-def test_ray_actors_end_bit_exact_where_the_in_process_run_does():
-    pytest.importorskip("ray")
+def in_private_network(namespace: str, body: str) -> None:
+    """Run this module's function ``body`` in a fresh Python inside ``namespace``: Ray's
+    daemons listen on every interface, so its tests start it where only loopback
+    exists. PYTHONPATH lets Ray's workers import this module's recipes too."""
+    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, "-c",
+         f"import test_executors; test_executors.{body}()"],
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+
+def test_ray_actors_end_bit_exact_where_the_in_process_run_does(loopback_only: str):
+    in_private_network(loopback_only, "ray_run_matches_in_process")
+
+
+def ray_run_matches_in_process() -> None:
     alone = fedstream.simulate(SMALL)
     on_ray = fedstream.simulate(SMALL, executor="ray", workers=2)
     same_run(alone, on_ray)
+
+
+def test_a_ray_actor_that_dies_fails_only_its_clients_and_is_replaced(loopback_only: str):
+    in_private_network(loopback_only, "ray_actor_dies")
+
+
+def ray_actor_dies() -> None:
+    from fedstream.transport.ray import RayTransport
+
+    setup = build(SMALL)
+    ids = sorted(setup.dataset.clients)
+    victim = next(c for c in ids if worker_of(c, 2) == 1)
+    recipe = functools.partial(dying_recipe, SMALL.to_dict(), victim)
+    tasks = [FitTask(c, 1, FitConfig(seed=i)) for i, c in enumerate(ids)]
+    with RayTransport(recipe, workers=2) as transport:
+        first_pids = transport.pids
+        answers = {d.client_id: d.result for d in transport.fit(setup.initial.params, tasks)}
+        assert sorted(answers) == ids
+        failed = {c: r for c, r in answers.items() if isinstance(r, fedstream.ClientFailure)}
+        assert victim in failed and "Ray actor 1 failed" in failed[victim].cause
+        assert set(failed) == {c for c in ids if worker_of(c, 2) == 1}
+        healthy = [t for t in tasks if t.client_id != victim]
+        again = list(transport.fit(setup.initial.params, healthy))
+        assert all(isinstance(d.result, ClientUpdate) for d in again)
+        assert transport.pids[0] == first_pids[0] and transport.pids[1] != first_pids[1]

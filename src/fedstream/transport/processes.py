@@ -21,7 +21,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -29,12 +28,11 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
-from fedstream.client.base import FitTask
-from fedstream.errors import ClientFailure, ConfigError
+from fedstream.errors import ConfigError
 from fedstream.params import Params
 from fedstream.transport.base import Delivery
 from fedstream.transport.inprocess import InProcessTransport, describe_exception
-from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
+from fedstream.transport.sharded import ArgsFor, Failed, ShardedTransport
 
 log = logging.getLogger("fedstream.processes")
 
@@ -46,11 +44,6 @@ STREAM_BATCH = 32
 def available_cores() -> int:
     """Cores this process may run on (the affinity mask, not the machine's count)."""
     return len(os.sched_getaffinity(0))
-
-
-def worker_of(client_id: str, workers: int) -> int:
-    """The worker that always serves ``client_id``: a stable hash, the same in every run."""
-    return zlib.crc32(client_id.encode()) % workers
 
 
 @dataclass(frozen=True)
@@ -181,7 +174,7 @@ class _Worker:
         self.connection.close()
 
 
-class ProcessTransport:
+class ProcessTransport(ShardedTransport):
     """A ``Transport`` over ``workers`` persistent processes on this machine.
 
     ``recipe`` is a picklable callable that builds, inside a worker, the
@@ -238,8 +231,12 @@ class ProcessTransport:
                 self._workers[index] = _Worker(index, self._recipe, self._threads)
                 self._workers[index].wait_ready()
 
-    def _publish(self, params: Params) -> tuple[_Broadcast, int]:
-        """Write the params' wire bytes into shared memory; the broadcast and its size."""
+    @property
+    def worker_count(self) -> int:
+        return len(self._workers)
+
+    def _broadcast(self, params: Params) -> _Broadcast:
+        """Write the params' wire bytes into the shared segment (grown when too small)."""
         chunks = params.encode_chunks()
         size = sum(len(memoryview(c)) for c in chunks)
         if self._segment is None or self._segment.size < size:
@@ -254,14 +251,14 @@ class ProcessTransport:
             view = memoryview(chunk).cast("B")
             buffer[offset : offset + len(view)] = view
             offset += len(view)
-        return _Broadcast(self._segment.name, size), size
+        return _Broadcast(self._segment.name, size)
 
     def _run(
         self,
         command: str,
         shares: Mapping[int, Sequence[str]],
-        make_args: Callable[[int], tuple[Any, ...]],
-        failed: Callable[[str, str], Any],
+        args_for: ArgsFor,
+        failed: Failed,
     ) -> Iterator[Any]:
         """Send ``command`` to every worker with a share, yield items as they arrive, and
         for a worker that dies or fails yield ``failed(client_id, why)`` for each of its
@@ -271,7 +268,7 @@ class ProcessTransport:
         for index, share in shares.items():
             if not share:
                 continue
-            self._workers[index].connection.send((command, *make_args(index)))
+            self._workers[index].connection.send((command, *args_for(index)))
             pending[index] = set(share)
         while pending:
             by_connection = {self._workers[i].connection: i for i in pending}
@@ -312,59 +309,6 @@ class ProcessTransport:
                 else:  # "failed": the worker survived but the command raised
                     for client_id in sorted(pending.pop(index)):
                         yield failed(client_id, item)
-
-    def _shares(self, client_ids: Sequence[str]) -> dict[int, list[str]]:
-        shares: dict[int, list[str]] = {i: [] for i in range(len(self._workers))}
-        for client_id in client_ids:
-            shares[worker_of(client_id, len(self._workers))].append(client_id)
-        return shares
-
-    def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]:
-        if not tasks:
-            return
-        broadcast, size = self._publish(params)
-        by_client = {t.client_id: t for t in tasks}
-        shares = self._shares([t.client_id for t in tasks])
-        yield from self._run(
-            "fit",
-            shares,
-            lambda i: (broadcast, [by_client[c] for c in shares[i]], self.offline),
-            lambda client_id, why: Delivery(
-                client_id, ClientFailure(client_id, "train", why), size, 0
-            ),
-        )
-
-    def evaluate(
-        self,
-        params: Params,
-        round_number: int,
-        client_ids: Sequence[str],
-        broadcast: str = "none",
-        personalize: FitConfig | None = None,
-    ) -> Iterator[Delivery[EvaluateResult]]:
-        if not client_ids:
-            return
-        where, size = self._publish(params)
-        shares = self._shares(client_ids)
-        yield from self._run(
-            "evaluate",
-            shares,
-            lambda i: (where, round_number, shares[i], broadcast, personalize, self.offline),
-            lambda client_id, why: Delivery(
-                client_id, ClientFailure(client_id, "evaluate", why), size, 0
-            ),
-        )
-
-    def exchange(
-        self, stage: str, round_number: int, requests: Mapping[str, bytes]
-    ) -> Iterator[tuple[str, bytes | ClientFailure]]:
-        shares = self._shares(list(requests))
-        yield from self._run(
-            "exchange",
-            shares,
-            lambda i: (stage, round_number, {c: requests[c] for c in shares[i]}, self.offline),
-            lambda client_id, why: (client_id, ClientFailure(client_id, stage, why)),
-        )
 
 
 def _client_of(item: Any) -> str:

@@ -28,7 +28,7 @@ from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
 from fedstream.transport.base import Delivery
 from fedstream.transport.inprocess import InProcessTransport
-from fedstream.transport.processes import worker_of
+from fedstream.transport.sharded import ArgsFor, Failed, ShardedTransport
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
 log = logging.getLogger("fedstream.ray")
@@ -80,7 +80,7 @@ class ClientWorker:
         return os.getpid()
 
 
-class RayTransport:
+class RayTransport(ShardedTransport):
     """A ``Transport`` over ``workers`` Ray actors (one CPU each)."""
 
     def __init__(
@@ -104,8 +104,9 @@ class RayTransport:
                 "logging_level": logging.WARNING,
                 "log_to_driver": False,
             }
-            if address is None:
+            if address is None:  # a Ray of our own, for this machine only
                 options["num_cpus"] = workers
+                options["_node_ip_address"] = "127.0.0.1"
             ray.init(address=address, **options)
             self._started = True
         self._actor_class = ray.remote(num_cpus=1)(ClientWorker)
@@ -141,22 +142,25 @@ class RayTransport:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _shares(self, client_ids: Sequence[str]) -> dict[int, list[str]]:
-        shares: dict[int, list[str]] = {i: [] for i in range(len(self._actors))}
-        for client_id in client_ids:
-            shares[worker_of(client_id, len(self._actors))].append(client_id)
-        return shares
+    @property
+    def worker_count(self) -> int:
+        return len(self._actors)
+
+    def _broadcast(self, params: Params) -> Any:
+        """The params' wire bytes in the object store (read from shared memory on a node)."""
+        return self._ray.put(np.frombuffer(params.to_bytes(), dtype=np.uint8))
 
     def _run(
-        self,
-        shares: Mapping[int, Sequence[str]],
-        call: Callable[[Any, int], Any],
-        failed: Callable[[str, str], Any],
+        self, command: str, shares: Mapping[int, Sequence[str]], args_for: ArgsFor, failed: Failed
     ) -> Iterator[Any]:
         """Call every actor with a share, then yield each actor's answers as it finishes;
         an actor that died fails its share and is replaced."""
         ray = self._ray
-        waiting = {call(self._actors[i], i): i for i, share in shares.items() if share}
+        waiting = {
+            getattr(self._actors[i], command).remote(*args_for(i)): i
+            for i, share in shares.items()
+            if share
+        }
         while waiting:
             done, _ = ray.wait(list(waiting), num_returns=1)
             index = waiting.pop(done[0])
@@ -170,55 +174,3 @@ class RayTransport:
                     yield failed(client_id, why)
                 continue
             yield from answers
-
-    def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]:
-        if not tasks:
-            return
-        wire = self._ray.put(np.frombuffer(params.to_bytes(), dtype=np.uint8))
-        size = params.wire_size()
-        by_client = {t.client_id: t for t in tasks}
-        shares = self._shares([t.client_id for t in tasks])
-        yield from self._run(
-            shares,
-            lambda actor, i: actor.fit.remote(
-                wire, [by_client[c] for c in shares[i]], self.offline
-            ),
-            lambda client_id, why: Delivery(
-                client_id, ClientFailure(client_id, "train", why), size, 0
-            ),
-        )
-
-    def evaluate(
-        self,
-        params: Params,
-        round_number: int,
-        client_ids: Sequence[str],
-        broadcast: str = "none",
-        personalize: FitConfig | None = None,
-    ) -> Iterator[Delivery[EvaluateResult]]:
-        if not client_ids:
-            return
-        wire = self._ray.put(np.frombuffer(params.to_bytes(), dtype=np.uint8))
-        size = params.wire_size()
-        shares = self._shares(client_ids)
-        yield from self._run(
-            shares,
-            lambda actor, i: actor.evaluate.remote(
-                wire, round_number, shares[i], broadcast, personalize, self.offline
-            ),
-            lambda client_id, why: Delivery(
-                client_id, ClientFailure(client_id, "evaluate", why), size, 0
-            ),
-        )
-
-    def exchange(
-        self, stage: str, round_number: int, requests: Mapping[str, bytes]
-    ) -> Iterator[tuple[str, bytes | ClientFailure]]:
-        shares = self._shares(list(requests))
-        yield from self._run(
-            shares,
-            lambda actor, i: actor.exchange.remote(
-                stage, round_number, {c: requests[c] for c in shares[i]}, self.offline
-            ),
-            lambda client_id, why: (client_id, ClientFailure(client_id, stage, why)),
-        )
