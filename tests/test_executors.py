@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from fedstream.params import Params
 from fedstream.simulation import SimulationConfig, build
 from fedstream.simulation.engine import local_transport
 from fedstream.transport.inprocess import InProcessTransport
-from fedstream.transport.processes import ProcessTransport
+from fedstream.transport.processes import ProcessTransport, Recipe
 from fedstream.transport.sharded import worker_of
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
@@ -132,25 +134,34 @@ def dying_recipe(config: dict[str, object], victim: str) -> InProcessTransport:
     return InProcessTransport(transport.clients, DiesOn(transport.trainer, victim))
 
 
-def test_a_worker_killed_mid_round_fails_only_its_clients_and_is_replaced():
-    config = SMALL
-    setup = build(config)
+def check_a_dying_worker(make: Callable[[Recipe], Any], dead: int, cause: str) -> None:
+    """Worker ``dead`` of two kills itself while training: every client is still
+    answered, exactly that worker's clients fail with ``cause``, and the next call runs
+    on a new worker in its place while the other one lives on."""
+    setup = build(SMALL)
     ids = sorted(setup.dataset.clients)
-    victim = next(c for c in ids if worker_of(c, 2) == 0)
-    recipe = functools.partial(dying_recipe, config.to_dict(), victim)
+    victim = next(c for c in ids if worker_of(c, 2) == dead)
     tasks = [FitTask(c, 1, FitConfig(seed=i)) for i, c in enumerate(ids)]
-    with ProcessTransport(recipe, workers=2) as transport:
+    with make(functools.partial(dying_recipe, SMALL.to_dict(), victim)) as transport:
         first_pids = transport.pids
         answers = {d.client_id: d.result for d in transport.fit(setup.initial.params, tasks)}
         assert sorted(answers) == ids  # every client answered or failed, none lost
         failed = {c: r for c, r in answers.items() if isinstance(r, fedstream.ClientFailure)}
-        assert victim in failed
-        assert "worker process 0 exited (code -9)" in failed[victim].cause
-        assert all(worker_of(c, 2) == 0 for c in failed)  # the other worker's are fine
+        assert set(failed) == {c for c in ids if worker_of(c, 2) == dead}
+        assert cause in failed[victim].cause
         healthy = [t for t in tasks if t.client_id != victim]
         again = list(transport.fit(setup.initial.params, healthy))
         assert all(isinstance(d.result, ClientUpdate) for d in again)
-        assert transport.pids[0] != first_pids[0] and transport.pids[1] == first_pids[1]
+        replaced = [now != before for now, before in zip(transport.pids, first_pids, strict=True)]
+        assert replaced == [i == dead for i in range(2)]
+
+
+def test_a_worker_killed_mid_round_fails_only_its_clients_and_is_replaced():
+    check_a_dying_worker(
+        lambda recipe: ProcessTransport(recipe, workers=2),
+        dead=0,
+        cause="worker process 0 exited (code -9)",
+    )
 
 
 def test_executor_settings_are_checked():
@@ -195,19 +206,6 @@ def test_a_ray_actor_that_dies_fails_only_its_clients_and_is_replaced(loopback_o
 def ray_actor_dies() -> None:
     from fedstream.transport.ray import RayTransport
 
-    setup = build(SMALL)
-    ids = sorted(setup.dataset.clients)
-    victim = next(c for c in ids if worker_of(c, 2) == 1)
-    recipe = functools.partial(dying_recipe, SMALL.to_dict(), victim)
-    tasks = [FitTask(c, 1, FitConfig(seed=i)) for i, c in enumerate(ids)]
-    with RayTransport(recipe, workers=2) as transport:
-        first_pids = transport.pids
-        answers = {d.client_id: d.result for d in transport.fit(setup.initial.params, tasks)}
-        assert sorted(answers) == ids
-        failed = {c: r for c, r in answers.items() if isinstance(r, fedstream.ClientFailure)}
-        assert victim in failed and "Ray actor 1 failed" in failed[victim].cause
-        assert set(failed) == {c for c in ids if worker_of(c, 2) == 1}
-        healthy = [t for t in tasks if t.client_id != victim]
-        again = list(transport.fit(setup.initial.params, healthy))
-        assert all(isinstance(d.result, ClientUpdate) for d in again)
-        assert transport.pids[0] == first_pids[0] and transport.pids[1] != first_pids[1]
+    check_a_dying_worker(
+        lambda recipe: RayTransport(recipe, workers=2), dead=1, cause="Ray actor 1 failed"
+    )

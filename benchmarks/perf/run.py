@@ -1,4 +1,4 @@
-"""fedstream against Flower and a plain PyTorch loop on W1, W2 and W3 (``workloads.py``).
+"""fedstream against Flower and a plain PyTorch loop on the workloads of ``workloads.py``.
 
     python benchmarks/perf/run.py [--workloads W1 W2 W3] [--repeats 3] [--contenders ...]
 
@@ -33,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from workloads import WORKLOADS, config, export  # noqa: E402
+
 FLOWER_PYTHON = HERE / ".flower-venv" / "bin" / "python"
 FEDSTREAM = ("sequential", "vectorized", "processes", "ray")
 FIGURES = ("wall_s", "total_s", "updates_per_s", "peak_rss_mb", "peak_pss_mb", "final_accuracy")
@@ -95,9 +98,6 @@ def measure(command: list[str]) -> dict[str, Any]:
 
 def run_fedstream(workload: str, kind: str) -> dict[str, Any]:
     """One fedstream contender in this process: build, then time the rounds."""
-    sys.path.insert(0, str(HERE))
-    from workloads import config
-
     from fedstream.rounds import run_rounds
     from fedstream.simulation import build
     from fedstream.simulation.engine import executor_transport, torch_threads
@@ -165,7 +165,9 @@ def table(workload: str, medians: dict[str, dict[str, float]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", nargs="+", default=["W1", "W2", "W3"])
+    parser.add_argument(
+        "--workloads", nargs="+", default=["W1", "W2", "W3"], choices=list(WORKLOADS)
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     parser.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)
@@ -174,9 +176,6 @@ def main() -> None:
         figures = run_fedstream(args.workloads[0], args.one.removeprefix("fedstream-"))
         print(json.dumps(figures))
         return
-
-    sys.path.insert(0, str(HERE))
-    from workloads import export
 
     with tempfile.TemporaryDirectory() as folder:
         for workload in args.workloads:

@@ -1,5 +1,7 @@
-"""The three simulation workloads of the performance comparison, and their export.
+"""The simulation workloads of the performance comparison, and their export.
 
+- default: ``fedstream run``'s own job (digits, 100 clients, Dirichlet 0.5, MLP 64-64-10,
+  20 per round, 5 local epochs, batch 10, lr 0.3, FedAvg, 30 rounds).
 - W1 digits: 100 clients (Dirichlet 0.5), 20 per round, MLP 64-64-10, 1 local epoch,
   batch 10, SGD lr 0.05, FedAvg, 30 rounds.
 - W2 cross-device: Synthetic(1, 1) with 20 examples per client (a tenth of all examples
@@ -21,8 +23,11 @@ from typing import Any
 
 import numpy as np
 
+COMMON = {"local_epochs": 1, "batch_size": 10, "lr": 0.05, "strategy": "fedavg"}
 WORKLOADS: dict[str, dict[str, Any]] = {
+    "default": {},
     "W1": {
+        **COMMON,
         "dataset": "digits",
         "num_clients": 100,
         "alpha": 0.5,
@@ -31,6 +36,7 @@ WORKLOADS: dict[str, dict[str, Any]] = {
         "rounds": 30,
     },
     "W2": {
+        **COMMON,
         "dataset": "synthetic",
         "num_clients": 1_000,
         "synthetic_samples": 20,
@@ -42,6 +48,7 @@ WORKLOADS: dict[str, dict[str, Any]] = {
         "lr": 0.01,
     },
     "W3": {
+        **COMMON,
         "dataset": "synthetic",
         "num_clients": 10_000,
         "synthetic_samples": 20,
@@ -53,7 +60,6 @@ WORKLOADS: dict[str, dict[str, Any]] = {
         "lr": 0.01,
     },
 }
-COMMON = {"local_epochs": 1, "batch_size": 10, "lr": 0.05, "strategy": "fedavg"}
 # only the last round evaluates, on the server's held-out set (no federated evaluation)
 TIMING = {"evaluate_every": 0, "evaluate_fraction": 0.0}
 
@@ -62,7 +68,7 @@ def config(workload: str, **changes: Any) -> Any:
     """The ``SimulationConfig`` of a workload (``changes`` pick trainer, executor, …)."""
     from fedstream.simulation import SimulationConfig
 
-    return SimulationConfig(**{**COMMON, **WORKLOADS[workload], **TIMING, **changes})
+    return SimulationConfig(**{**WORKLOADS[workload], **TIMING, **changes})
 
 
 def export(workload: str, path: Path) -> None:
