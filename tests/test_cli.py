@@ -95,3 +95,17 @@ def test_run_from_a_preset_with_a_flag_on_top(tmp_path):
     assert document["config"]["num_clients"] == 5 and document["config"]["rounds"] == 2
     unknown = fedstream_cli("run", "--preset", "mnist_cnn")
     assert unknown.returncode == 2 and "preset='mnist_cnn' is invalid" in unknown.stderr
+
+
+def test_run_on_worker_processes_reports_them_and_matches_the_in_process_run(tmp_path):
+    out = tmp_path / "out"
+    flags = ("--rounds", "2", "--num-clients", "20", "--clients-per-round", "6",
+             "--trainer", "sequential")  # fmt: skip
+    done = fedstream_cli("run", *flags, "--executor", "processes", "--workers", "2",
+                         "--output", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "processes × 2" in done.stdout and "sequential (as configured)" in done.stdout
+    document = json.loads((out / "results.json").read_text())
+    assert document["data"]["executor"] == "processes" and document["data"]["workers"] == 2
+    alone = fedstream.simulate(rounds=2, num_clients=20, clients_per_round=6, trainer="sequential")
+    assert document["final_metrics"] == alone.final_metrics

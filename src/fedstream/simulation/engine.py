@@ -52,6 +52,8 @@ class SimulationResult:
     reports: tuple[RoundReport, ...]
     wall_s: float
     output_dir: Path | None
+    trainer: str = ""  # which trainer ran and why it was chosen
+    executor: str = ""  # where clients trained
 
     @property
     def final_metrics(self) -> Mapping[str, float]:
@@ -303,7 +305,12 @@ def simulate(
         except RoundFailedError as failure:
             # keep what the completed rounds produced, then let the caller see the failure
             partial = SimulationResult(
-                config, state, tuple(reports), time.perf_counter() - started, out
+                config,
+                state,
+                tuple(reports),
+                time.perf_counter() - started,
+                out,
+                *how(setup, config),
             )
             if out is not None and runs is not None:
                 write_outputs(partial, describe(setup, config), out, error=str(failure))
@@ -312,13 +319,24 @@ def simulate(
         finally:
             if workers is not None:
                 workers.close()
-    result = SimulationResult(config, state, tuple(reports), time.perf_counter() - started, out)
+    result = SimulationResult(
+        config, state, tuple(reports), time.perf_counter() - started, out, *how(setup, config)
+    )
     if out is not None and runs is not None:
         write_outputs(result, describe(setup, config), out)
         runs.finish_run(run_id)
     if progress:
         RoundProgress.print_summary(result)
     return result
+
+
+def how(setup: Setup, config: SimulationConfig) -> tuple[str, str]:
+    """The trainer (and why) and the executor, as the summary shows them."""
+    info = describe(setup, config)
+    executor = info["executor"] + (
+        f" × {info['workers']}" if info["executor"] != "inprocess" else ""
+    )
+    return f"{setup.trainer_name} ({setup.trainer_reason})", executor
 
 
 def _publish(

@@ -207,6 +207,9 @@ def summary_table(result: SimulationResult) -> Table:
     )
     failures = sum(len(r.failures) for r in result.reports)
     table.add_row("client failures", str(failures))
+    if result.trainer:
+        table.add_row("trainer", result.trainer)
+        table.add_row("executor", result.executor)
     for key, value in sorted(result.final_metrics.items()):
         table.add_row(key, f"{value:.4f}")
     if result.output_dir is not None:
