@@ -34,9 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from fedstream.errors import WireFormatError
 from fedstream.models import build_model
@@ -224,6 +226,16 @@ def _forward(model: LoadedModel, inputs: np.ndarray) -> np.ndarray:
     return out
 
 
+def _loads(body: bytes) -> Any:
+    """JSON through orjson (ten times faster than the standard library on a row of
+    floats); what orjson refuses goes to ``json.loads``, which also reads the NaN and
+    Infinity literals, so those get their own 422 rather than a syntax error."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 def _parse_inputs(server: Server, body: bytes, content_type: str) -> np.ndarray:
     model = server.current
     if model is None:
@@ -243,7 +255,7 @@ def _parse_inputs(server: Server, body: bytes, content_type: str) -> np.ndarray:
             raise HTTPException(422, f"inputs has dtype {array.dtype}, expected {dtype}")
     else:
         try:
-            document = json.loads(body)
+            document = _loads(body)
             array = np.asarray(document["inputs"], dtype=dtype)
         except (ValueError, KeyError, TypeError) as exc:
             raise HTTPException(
@@ -260,43 +272,85 @@ def _parse_inputs(server: Server, body: bytes, content_type: str) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def create_app(server: Server) -> FastAPI:
-    app = FastAPI(title="fedstream serving", on_startup=[server.start], on_shutdown=[server.stop])
+JSON = "application/json"
+BINARY = "application/octet-stream"
 
-    @app.post("/v1/predict")
-    async def predict(request: Request) -> Response:
-        # counted here rather than in a middleware: Starlette's HTTP middleware costs more
-        # per request than the model does
+
+class App:
+    """The ASGI application: ``POST /v1/predict`` is answered right here, everything else
+    by FastAPI. Predict is the hot path, and FastAPI's routing, request object and
+    response classes cost more per call than the model's forward pass does."""
+
+    def __init__(self, server: Server, api: FastAPI) -> None:
+        self.server = server
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/predict":
+            await self._predict(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+    async def _predict(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            response = await _predict(request)
+            if scope["method"] != "POST":
+                raise HTTPException(405, "use POST for /v1/predict")
+            status, media_type, body, extra = await self._answer(headers, receive)
         except HTTPException as exc:
-            server.stats.observe(exc.status_code, time.perf_counter() - started)
-            raise
-        server.stats.observe(response.status_code, time.perf_counter() - started)
-        return response
+            status, media_type, extra = exc.status_code, JSON, []
+            body = orjson.dumps({"detail": exc.detail})
+        self.server.stats.observe(status, time.perf_counter() - started)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", media_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    *extra,
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
-    async def _predict(request: Request) -> Response:
-        declared = request.headers.get("content-length")
-        if declared is not None and int(declared) > server.max_body_bytes:
-            raise HTTPException(413, f"body of {declared} bytes exceeds {server.max_body_bytes}")
+    async def _answer(
+        self, headers: Mapping[str, str], receive: Receive
+    ) -> tuple[int, str, bytes, list[tuple[bytes, bytes]]]:
+        server = self.server
+        declared = headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise HTTPException(400, f"content-length {declared!r} is not a byte count")
+            if int(declared) > server.max_body_bytes:
+                raise HTTPException(
+                    413, f"body of {declared} bytes exceeds {server.max_body_bytes}"
+                )
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HTTPException(400, "the client went away before the body was read")
+            body += message.get("body", b"")
             if len(body) > server.max_body_bytes:
                 raise HTTPException(413, f"body exceeds {server.max_body_bytes} bytes")
-        inputs = _parse_inputs(server, bytes(body), request.headers.get("content-type", ""))
+            if not message.get("more_body", False):
+                break
+        inputs = _parse_inputs(server, bytes(body), headers.get("content-type", ""))
         version, outputs = await server.predict(inputs)
-        model = server.current
-        task = model.architecture.get("task") if model is not None else None
-        if request.headers.get("accept", "").startswith("application/octet-stream"):
-            blob = Params({"outputs": outputs}).to_bytes()
-            return Response(blob, media_type="application/octet-stream",
-                            headers={"X-Model-Version": str(version)})  # fmt: skip
+        extra = [(b"x-model-version", str(version).encode())]
+        if headers.get("accept", "").startswith(BINARY):
+            return 200, BINARY, Params({"outputs": outputs}).to_bytes(), extra
         answer: dict[str, Any] = {"version": version, "outputs": outputs.tolist()}
-        if task == "classification":
+        model = server.current
+        if model is not None and model.architecture.get("task") == "classification":
             answer["predictions"] = outputs.argmax(1).tolist()
-        return JSONResponse(answer, headers={"X-Model-Version": str(version)})
+        return 200, JSON, orjson.dumps(answer), extra
+
+
+def create_app(server: Server) -> App:
+    app = FastAPI(title="fedstream serving", on_startup=[server.start], on_shutdown=[server.stop])
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -374,7 +428,7 @@ def create_app(server: Server) -> FastAPI:
     async def metrics() -> PlainTextResponse:
         return PlainTextResponse(prometheus_text(server))
 
-    return app
+    return App(server, app)
 
 
 def prometheus_text(server: Server) -> str:
