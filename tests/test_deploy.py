@@ -2,7 +2,6 @@
 and the server killed with SIGKILL, bad clients and bad messages, and TLS."""
 
 import contextlib
-import datetime
 import hashlib
 import json
 import os
@@ -17,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
+from conftest import make_certificates
 from fedstream import simulate
 from fedstream.deploy import join, make_tokens, serve
 from fedstream.simulation import SimulationConfig
@@ -348,51 +348,6 @@ def test_a_truncated_payload_and_an_oversized_message_end_only_that_stream(live_
 
 
 # -- TLS ---------------------------------------------------------------------------------
-
-
-def make_certificates(folder: Path) -> tuple[bytes, bytes, bytes, bytes, bytes]:
-    """A CA, a server certificate and key for 127.0.0.1/localhost, and a client certificate
-    and key, both signed by the CA (PEM)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedstream test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
-    pem = serialization.Encoding.PEM
-
-    def signed(common_name, names):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )  # fmt: skip
-        key_pem = key.private_bytes(
-            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        return cert.public_bytes(pem), key_pem
-
-    server_names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    server_cert, server_key = signed("localhost", server_names)
-    client_cert, client_key = signed("client-0", [x509.DNSName("client-0")])
-    return ca.public_bytes(pem), server_cert, server_key, client_cert, client_key
 
 
 def test_mutual_tls_admits_only_clients_with_a_certificate_from_the_ca(tmp_path):

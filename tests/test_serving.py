@@ -189,7 +189,7 @@ def test_run_with_serve_serves_each_new_round_while_training(tmp_path):
 
 
 def test_a_training_process_publishes_to_a_serving_process_elsewhere(tmp_path):
-    from fedstream.serving.app import publish
+    from fedstream.serving.app import PublishTarget, publish
 
     token_file = tmp_path / "publish.token"
     token_file.write_text("s3cret\n")
@@ -211,7 +211,8 @@ def test_a_training_process_publishes_to_a_serving_process_elsewhere(tmp_path):
                 assert time.monotonic() < deadline and process.poll() is None
                 time.sleep(0.1)
         assert httpx.get(f"{url}/readyz").status_code == 503  # nothing published yet
-        result = simulate(num_clients=10, clients_per_round=5, rounds=3, publish_to=(url, "s3cret"))
+        target = PublishTarget(url, "s3cret")
+        result = simulate(num_clients=10, clients_per_round=5, rounds=3, publish_to=target)
         deadline = time.monotonic() + 10
         while (
             httpx.get(f"{url}/readyz").status_code != 200
@@ -234,9 +235,72 @@ def test_a_training_process_publishes_to_a_serving_process_elsewhere(tmp_path):
         import urllib.error
 
         with pytest.raises(urllib.error.HTTPError, match="401"):
-            publish(url, "wrong", 4, {}, {}, result.state.params.to_bytes())
+            publish(PublishTarget(url, "wrong"), 4, {}, {}, result.state.params.to_bytes())
         again = (result.state.params * 2.0).to_bytes()
-        assert publish(url, "s3cret", 3, {"model": "mlp"}, {}, again) is False  # immutable
+        assert publish(target, 3, {"model": "mlp"}, {}, again) is False  # immutable
     finally:
         process.kill()
         process.wait()
+
+
+def test_models_are_pushed_over_tls_and_only_to_a_certificate_the_pusher_trusts(tmp_path):
+    from conftest import make_certificates
+    from fedstream.serving.app import PublishTarget, publish
+
+    ca, cert, key, _, _ = make_certificates(tmp_path)
+    for name, pem in (("ca.pem", ca), ("cert.pem", cert), ("key.pem", key)):
+        (tmp_path / name).write_bytes(pem)
+    (tmp_path / "publish.token").write_text("s3cret\n")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fedstream.cli", "serve", "--store",
+         str(tmp_path / "serving.sqlite"), "--run", "remote", "--port", str(port),
+         "--publish-token-file", str(tmp_path / "publish.token"),
+         "--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    url = f"https://127.0.0.1:{port}"
+    import ssl
+
+    trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", verify=trust)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.1)
+        blob = Params({"0.weight": np.ones((2, 3), np.float32)}).to_bytes()
+        import urllib.error
+
+        with pytest.raises(urllib.error.URLError) as refused:  # not a CA it trusts
+            publish(PublishTarget(url, "s3cret"), 1, {"model": "linear"}, {}, blob)
+        assert isinstance(refused.value.reason, ssl.SSLCertVerificationError)
+        trusted = PublishTarget(url, "s3cret", str(tmp_path / "ca.pem"))
+        assert publish(trusted, 1, {"model": "linear"}, {}, blob) is True
+        listed = httpx.get(f"{url}/v1/models", verify=trust).json()
+        assert [m["version"] for m in listed["versions"]] == [1]
+        with pytest.raises(httpx.RemoteProtocolError):  # plain HTTP gets no answer
+            httpx.get(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_bad_publish_and_tls_settings_are_named():
+    from fedstream.errors import ConfigError
+    from fedstream.serving.app import PublishTarget
+
+    with pytest.raises(ConfigError, match="publish_to='ftp://x' is invalid: expected an http"):
+        PublishTarget("ftp://x", "t")
+    with pytest.raises(ConfigError, match=r"publish_ca='ca.pem'.*https:// publish URL"):
+        PublishTarget("http://x", "t", "ca.pem")
+    done = subprocess.run(
+        [sys.executable, "-m", "fedstream.cli", "serve", "--store", "s.sqlite", "--run", "r",
+         "--tls-cert", "cert.pem"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--tls-key" in done.stderr and "HTTPS needs both" in done.stderr

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -22,6 +23,39 @@ from fedstream.simulation.config import (
     load_toml,
 )
 from fedstream.simulation.presets import PRESETS, preset
+
+if TYPE_CHECKING:
+    from fedstream.serving import PublishTarget
+
+log = logging.getLogger("fedstream.cli")
+
+
+def _publish_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--publish-to, --publish-token-file and --publish-ca, shared by run and server."""
+    options = [
+        click.option(
+            "--publish-to",
+            default=None,
+            metavar="URL",
+            help="Also push every round's model to a fedstream serve at URL (https:// for "
+            "TLS), e.g. on another host.",
+        ),
+        click.option(
+            "--publish-token-file",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="File holding that serving process's publish token.",
+        ),
+        click.option(
+            "--publish-ca",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="CA certificate (PEM) that signed the serving process's TLS certificate.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def _setting_options(
@@ -98,18 +132,7 @@ def main(log_level: str) -> None:
     default=None,
     help="SQLite run store [default: store.sqlite beside the output folder].",
 )
-@click.option(
-    "--publish-to",
-    default=None,
-    metavar="URL",
-    help="Also push every round's model to a fedstream serve at URL.",
-)
-@click.option(
-    "--publish-token-file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="File holding that serving process's publish token.",
-)
+@_publish_options
 @click.option(
     "--serve",
     "serve_port",
@@ -129,6 +152,7 @@ def run(
     serve_port: int | None,
     publish_to: str | None,
     publish_token_file: Path | None,
+    publish_ca: Path | None,
     **flags: str | None,
 ) -> None:
     """Run a simulated federated training (digits, 100 clients, FedAvg by default).
@@ -160,7 +184,7 @@ def run(
             stop = _serve_in_background(
                 store or output.parent / "store.sqlite", output.name, serve_port
             )
-        target = _publish_target(publish_to, publish_token_file)
+        target = _publish_target(publish_to, publish_token_file, publish_ca)
         try:
             fedstream.simulate(
                 config, output_dir=output, progress=not quiet, store=store, publish_to=target
@@ -280,18 +304,7 @@ CONFIG_OPTION = click.option(
     "--wait-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for them."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
-@click.option(
-    "--publish-to",
-    default=None,
-    metavar="URL",
-    help="Push every round's model to a fedstream serve at URL (e.g. on another host).",
-)
-@click.option(
-    "--publish-token-file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="File holding that serving process's publish token.",
-)
+@_publish_options
 @_setting_options
 def server(
     config_path: Path | None,
@@ -310,6 +323,7 @@ def server(
     quiet: bool,
     publish_to: str | None,
     publish_token_file: Path | None,
+    publish_ca: Path | None,
     **flags: str | None,
 ) -> None:
     """Serve a federated run to clients that connect over gRPC (TLS unless --insecure)."""
@@ -355,7 +369,7 @@ def server(
             wait_timeout_s=wait_timeout,
             progress=not quiet,
             on_listening=listening,
-            publish_to=_publish_target(publish_to, publish_token_file),
+            publish_to=_publish_target(publish_to, publish_token_file, publish_ca),
         )
     except FedstreamError as exc:
         _fail(exc)
@@ -452,13 +466,23 @@ def tokens(config_path: Path | None, out: Path, **flags: str | None) -> None:
     click.echo(f"{len(made)} tokens written to {out} (keep it secret)")
 
 
-def _publish_target(url: str | None, token_file: Path | None) -> tuple[str, str] | None:
+def _publish_target(
+    url: str | None, token_file: Path | None, ca_file: Path | None
+) -> PublishTarget | None:
+    from fedstream.serving import PublishTarget
+
     if url is None:
         return None
     token = (_read(token_file, "--publish-token-file") or b"").decode().strip()
     if not token:
         raise ConfigError("--publish-token-file", token_file, "a file holding the publish token")
-    return url, token
+    if ca_file is not None:
+        _read(ca_file, "--publish-ca")  # a clear error now rather than at round 1
+    target = PublishTarget(url, token, str(ca_file) if ca_file is not None else None)
+    host = url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+    if url.startswith("http://") and host not in ("127.0.0.1", "localhost", "[::1]"):
+        log.warning("publishing to %s without TLS: the token and the models travel in clear", url)
+    return target
 
 
 def _serve_in_background(store: Path, run_id: str, port: int) -> Callable[[], None]:
@@ -599,6 +623,13 @@ def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
     default=None,
     help="Accept models pushed by a training server holding this token.",
 )
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Serve HTTPS with this certificate (PEM); needs --tls-key.",
+)
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="Its key (PEM).")
 def serve(
     store: Path,
     run_id: str,
@@ -610,12 +641,23 @@ def serve(
     max_body_bytes: int,
     threads: int,
     publish_token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
-    """Serve a run's global model over HTTP, following new versions as training goes on."""
+    """Serve a run's global model over HTTP(S), following new versions as training goes on."""
     import uvicorn
 
     from fedstream.serving import Server, create_app
 
+    try:
+        if (tls_cert is None) != (tls_key is None):
+            given, missing = ("--tls-cert", "--tls-key") if tls_key is None else (
+                "--tls-key", "--tls-cert")  # fmt: skip
+            raise ConfigError(missing, None, f"a file beside {given}: HTTPS needs both")
+        _read(tls_cert, "--tls-cert")
+        _read(tls_key, "--tls-key")
+    except ConfigError as exc:
+        _fail(exc)
     token = None
     if publish_token_file is not None:
         token = (_read(publish_token_file, "--publish-token-file") or b"").decode().strip()
@@ -631,7 +673,11 @@ def serve(
     except KeyError as exc:
         if version is not None:
             _fail(ConfigError("--version", version, str(exc.args[0])))
-    uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
+    uvicorn.run(
+        create_app(server), host=host, port=port, log_level="warning",
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+    )  # fmt: skip
 
 
 @main.group()

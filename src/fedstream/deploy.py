@@ -21,8 +21,12 @@ import secrets
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from fedstream.serving.app import PublishTarget
 
 from fedstream.client.base import Trainer
 from fedstream.client.vectorized import VectorizedTrainer
@@ -75,7 +79,7 @@ def serve(
     wait_timeout_s: float = 300.0,
     progress: bool = False,
     on_listening: Callable[[int], None] | None = None,
-    publish_to: tuple[str, str] | None = None,
+    publish_to: PublishTarget | None = None,
 ) -> SimulationResult:
     """Run the federated training in ``config`` as a gRPC server on ``listen``.
 

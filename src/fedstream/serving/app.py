@@ -40,7 +40,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from fedstream.errors import WireFormatError
+from fedstream.errors import ConfigError, WireFormatError
 from fedstream.models import build_model
 from fedstream.params import Params
 from fedstream.store.runs import RunStore
@@ -466,32 +466,55 @@ def prometheus_text(server: Server) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class PublishTarget:
+    """Where a training process pushes every round's model: a serving process's base
+    ``url`` (``https://…`` for TLS), its publish ``token``, and, for a server certificate
+    that the system's CAs do not vouch for, the ``ca_file`` (PEM) that signed it."""
+
+    url: str
+    token: str
+    ca_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError("publish_to", self.url, "an http:// or https:// URL")
+        if self.ca_file is not None and not self.url.startswith("https://"):
+            raise ConfigError("publish_ca", self.ca_file, "an https:// publish URL to verify")
+
+
 def publish(
-    url: str,
-    token: str,
+    target: PublishTarget,
     version: int,
     architecture: Mapping[str, Any],
     metrics: Mapping[str, float],
     params: bytes,
     timeout_s: float = 30.0,
 ) -> bool:
-    """Push one model version to a serving process at ``url`` (``POST /v1/models/publish``);
-    ``True`` if it was new there. Uses only the standard library, so a training server
-    needs no HTTP client package."""
+    """Push one model version to the serving process at ``target``
+    (``POST /v1/models/publish``); ``True`` if it was new there. Over https the server's
+    certificate is verified (against ``target.ca_file`` if given). Uses only the standard
+    library, so a training server needs no HTTP client package."""
+    import ssl
     import urllib.request
 
     request = urllib.request.Request(
-        f"{url.rstrip('/')}/v1/models/publish",
+        f"{target.url.rstrip('/')}/v1/models/publish",
         data=params,
         method="POST",
         headers={
-            "Authorization": f"Bearer {token}",
+            "Authorization": f"Bearer {target.token}",
             "Content-Type": "application/octet-stream",
             "X-Model-Version": str(version),
             "X-Model-Architecture": json.dumps(dict(architecture)),
             "X-Model-Metrics": json.dumps(dict(metrics)),
         },
     )
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+    context = (
+        ssl.create_default_context(cafile=target.ca_file)
+        if target.url.startswith("https://")
+        else None
+    )
+    with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
         answer: dict[str, Any] = json.loads(response.read())
     return bool(answer["added"])

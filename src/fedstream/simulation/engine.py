@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from fedstream.transport.inprocess import InProcessTransport
 from fedstream.transport.processes import ProcessTransport, available_cores
 from fedstream.transport.ray import RayTransport
 from fedstream.types import RoundReport, ServerState
+
+if TYPE_CHECKING:  # serving imports FastAPI, which a simulation without it need not load
+    from fedstream.serving.app import PublishTarget
 
 log = logging.getLogger("fedstream.simulation")
 
@@ -224,7 +227,7 @@ def simulate(
     store: str | Path | None = None,
     keep_checkpoints: int = 3,
     transport_factory: Callable[[Setup], Transport] | None = None,
-    publish_to: tuple[str, str] | None = None,
+    publish_to: PublishTarget | None = None,
     **overrides: Any,
 ) -> SimulationResult:
     """Run a simulated federated training and return its result.
@@ -244,9 +247,10 @@ def simulate(
 
     ``transport_factory`` replaces the in-process clients: a deployment passes one that
     returns its gRPC transport, and the same loop, checkpoints and store drive real clients.
-    ``publish_to`` = (url, token) also pushes every round's model to a serving process
-    (``fedstream serve --publish-token-file``), which may run on another machine; a push
-    that fails is logged and training goes on.
+    ``publish_to`` (a ``fedstream.serving.PublishTarget``) also pushes every round's model
+    to a serving process (``fedstream serve --publish-token-file``), which may run on
+    another machine, over TLS for an https URL; a push that fails is logged and training
+    goes on.
     """
     out = Path(output_dir) if output_dir is not None else None
     if resume:
@@ -340,15 +344,14 @@ def how(setup: Setup, config: SimulationConfig) -> tuple[str, str]:
 
 
 def _publish(
-    target: tuple[str, str], report: RoundReport, arch: dict[str, Any], state: ServerState
+    target: PublishTarget, report: RoundReport, arch: dict[str, Any], state: ServerState
 ) -> None:
     from fedstream.serving.app import publish
 
-    url, token = target
     try:
-        publish(url, token, report.round, arch, report.metrics, state.params.to_bytes())
+        publish(target, report.round, arch, report.metrics, state.params.to_bytes())
     except OSError as exc:  # the serving side being down must not stop training
-        log.warning("could not publish round %d to %s: %s", report.round, url, exc)
+        log.warning("could not publish round %d to %s: %s", report.round, target.url, exc)
 
 
 def _restore(
