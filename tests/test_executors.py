@@ -87,10 +87,12 @@ def test_vectorised_cohorts_split_over_workers_agree_to_rounding():
         )
 
 
-def counting_recipe(config: dict[str, object], log: str) -> InProcessTransport:
+def counting_recipe(
+    config: dict[str, object], log: str, worker: int, workers: int
+) -> InProcessTransport:
     with open(log, "a") as out:
         out.write(f"{os.getpid()}\n")
-    return local_transport(config)
+    return local_transport(config, worker, workers)
 
 
 def test_workers_load_their_data_once_and_live_for_the_whole_run(tmp_path: Path):
@@ -129,8 +131,10 @@ class DiesOn:
         return self.inner.evaluate(params, client_id, round_number, data)
 
 
-def dying_recipe(config: dict[str, object], victim: str) -> InProcessTransport:
-    transport = local_transport(config)
+def dying_recipe(
+    config: dict[str, object], victim: str, worker: int, workers: int
+) -> InProcessTransport:
+    transport = local_transport(config, worker, workers)
     return InProcessTransport(transport.clients, DiesOn(transport.trainer, victim))
 
 
@@ -209,3 +213,16 @@ def ray_actor_dies() -> None:
     check_a_dying_worker(
         lambda recipe: RayTransport(recipe, workers=2), dead=1, cause="Ray actor 1 failed"
     )
+
+
+def test_a_worker_keeps_only_its_own_clients_rows():
+    full = build(SMALL).dataset.clients
+    for worker in range(3):
+        share = local_transport(SMALL.to_dict(), worker, 3).clients
+        assert sorted(share) == sorted(c for c in full if worker_of(c, 3) == worker)
+        held = sum(share[c].num_train + share[c].num_test for c in share)
+        assert len(share.x) == held  # type: ignore[attr-defined]
+        for client_id in share:
+            mine, theirs = share[client_id], full[client_id]
+            assert np.array_equal(mine.x_train, theirs.x_train)
+            assert np.array_equal(mine.y_test, theirs.y_test)

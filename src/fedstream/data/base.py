@@ -132,6 +132,36 @@ def check_clients(clients: Mapping[str, ClientData]) -> None:
         data.check(client_id)
 
 
+def packed(parts: Sequence[Array]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Index arrays back to back, and the offsets where each starts (``Clients``' layout)."""
+    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in parts], out=offsets[1:])
+    index = np.concatenate(parts).astype(np.int64) if len(parts) else np.zeros(0, np.int64)
+    return index, offsets
+
+
+def subset(clients: Mapping[str, ClientData], names: Sequence[str]) -> Mapping[str, ClientData]:
+    """Only the clients ``names``, holding only their rows: a ``Clients`` is compacted
+    into new pooled arrays, so the rest of the data can be freed."""
+    if not isinstance(clients, Clients):
+        return {name: clients[name] for name in names}
+    positions = [clients._position[name] for name in names]
+    train_rows, train_offsets = packed(
+        [clients.train_index[clients.train_offsets[k] : clients.train_offsets[k + 1]]
+         for k in positions]
+    )  # fmt: skip
+    test_rows, test_offsets = packed(
+        [clients.test_index[clients.test_offsets[k] : clients.test_offsets[k + 1]]
+         for k in positions]
+    )  # fmt: skip
+    rows = np.concatenate([train_rows, test_rows])
+    return Clients(
+        list(names), clients.x[rows], clients.y[rows],
+        np.arange(len(train_rows)), train_offsets,
+        np.arange(len(train_rows), len(rows)), test_offsets,
+    )  # fmt: skip
+
+
 def train_size(clients: Mapping[str, ClientData], name: str) -> int:
     """One client's number of training examples, without building its data if lazy."""
     if isinstance(clients, Clients):

@@ -20,7 +20,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, loa
 
 from fedstream import checks
 from fedstream.data import shakespeare
-from fedstream.data.base import ClientData, Clients, FederatedDataset, Task
+from fedstream.data.base import ClientData, Clients, FederatedDataset, Task, packed
 from fedstream.data.partition import (
     dirichlet_partition,
     iid_partition,
@@ -127,14 +127,6 @@ def _split(indices: Array, test_fraction: float, rng: np.random.Generator) -> tu
     return np.sort(shuffled[num_test:]), np.sort(shuffled[:num_test])
 
 
-def _packed(parts: list[Array]) -> tuple[Array, Array]:
-    """Index arrays back to back, and the offsets where each starts (``Clients``' layout)."""
-    offsets = np.zeros(len(parts) + 1, dtype=np.int64)
-    np.cumsum([len(p) for p in parts], out=offsets[1:])
-    index = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-    return index, offsets
-
-
 def _client_names(count: int) -> list[str]:
     width = len(str(count - 1))
     return [f"client-{number:0{width}d}" for number in range(count)]
@@ -233,8 +225,8 @@ def federate(
             _client_names(len(parts)),
             x,
             y,
-            *_packed([train for train, _ in splits]),
-            *_packed([test for _, test in splits]),
+            *packed([train for train, _ in splits]),
+            *packed([test for _, test in splits]),
         ),
         x_heldout=x[heldout],
         y_heldout=y[heldout],

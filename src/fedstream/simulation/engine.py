@@ -18,7 +18,7 @@ import torch
 from fedstream.client.base import Trainer
 from fedstream.client.torch_trainer import TorchTrainer, params_from_module
 from fedstream.client.vectorized import VectorizedTrainer
-from fedstream.data.base import ClientData, FederatedDataset
+from fedstream.data.base import ClientData, FederatedDataset, subset
 from fedstream.data.datasets import federate
 from fedstream.errors import ConfigError, RoundFailedError
 from fedstream.models import build_model
@@ -38,6 +38,7 @@ from fedstream.transport.base import Transport
 from fedstream.transport.inprocess import InProcessTransport
 from fedstream.transport.processes import ProcessTransport, available_cores
 from fedstream.transport.ray import RayTransport
+from fedstream.transport.sharded import worker_of
 from fedstream.types import RoundReport, ServerState
 
 if TYPE_CHECKING:  # serving imports FastAPI, which a simulation without it need not load
@@ -129,10 +130,17 @@ def build(config: SimulationConfig) -> Setup:
     )
 
 
-def local_transport(config: Mapping[str, Any]) -> InProcessTransport:
-    """A worker's share of a run: every client's data and the trainer, rebuilt from the
-    run's config and seed (so identical to the parent's), without pickling any data."""
-    return build(from_mapping(config, "worker")).transport
+def local_transport(config: Mapping[str, Any], worker: int, workers: int) -> InProcessTransport:
+    """Worker ``worker`` of ``workers``: the data of the clients it serves (those
+    ``worker_of`` gives it) and the trainer, rebuilt from the run's config and seed, so
+    identical to the server's, without pickling any data. The other clients' rows are
+    dropped once built, so each worker keeps only its own share."""
+    setup = build(from_mapping(config, "worker"))
+    clients = setup.dataset.clients
+    mine = [c for c in clients if worker_of(c, workers) == worker]
+    if not mine:  # more workers than clients: this one will never be asked
+        return setup.transport
+    return InProcessTransport(subset(clients, mine), setup.trainer)
 
 
 def executor_transport(config: SimulationConfig) -> ProcessTransport | RayTransport | None:

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -31,12 +31,11 @@ from typing import Any
 from fedstream.errors import ConfigError
 from fedstream.params import Params
 from fedstream.transport.base import Delivery
-from fedstream.transport.inprocess import InProcessTransport, describe_exception
-from fedstream.transport.sharded import ArgsFor, Failed, ShardedTransport
+from fedstream.transport.inprocess import describe_exception
+from fedstream.transport.sharded import ArgsFor, Failed, Recipe, ShardedTransport
 
 log = logging.getLogger("fedstream.processes")
 
-Recipe = Callable[[], InProcessTransport]
 STARTUP_TIMEOUT_S = 300.0
 STREAM_BATCH = 32
 
@@ -89,13 +88,13 @@ def _stream(connection: Connection, items: Iterator[Any]) -> None:
         connection.send(("items", batch))
 
 
-def _serve(connection: Connection, recipe: Recipe, threads: int) -> None:
+def _serve(connection: Connection, recipe: Recipe, index: int, count: int, threads: int) -> None:
     """A worker's life: build the transport, then answer commands until told to stop."""
     import torch
 
     torch.set_num_threads(threads)
     try:
-        transport = recipe()
+        transport = recipe(index, count)
     except Exception as exc:
         connection.send(("error", describe_exception(exc)))
         return
@@ -135,13 +134,13 @@ def _serve(connection: Connection, recipe: Recipe, threads: int) -> None:
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
-    def __init__(self, index: int, recipe: Recipe, threads: int) -> None:
+    def __init__(self, index: int, count: int, recipe: Recipe, threads: int) -> None:
         context = multiprocessing.get_context("spawn")
         self.index = index
         self.connection, child = context.Pipe(duplex=True)
         self.process: BaseProcess = context.Process(
             target=_serve,
-            args=(child, recipe, threads),
+            args=(child, recipe, index, count, threads),
             name=f"fedstream-worker-{index}",
             daemon=True,
         )
@@ -190,7 +189,7 @@ class ProcessTransport(ShardedTransport):
         self._recipe = recipe
         self._threads = threads
         self.offline: dict[str, str] = {}
-        self._workers = [_Worker(i, recipe, threads) for i in range(workers)]
+        self._workers = [_Worker(i, workers, recipe, threads) for i in range(workers)]
         self._segment: SharedMemory | None = None
         try:
             for worker in self._workers:
@@ -228,7 +227,9 @@ class ProcessTransport(ShardedTransport):
                     worker.process.exitcode,
                 )
                 worker.connection.close()
-                self._workers[index] = _Worker(index, self._recipe, self._threads)
+                self._workers[index] = _Worker(
+                    index, len(self._workers), self._recipe, self._threads
+                )
                 self._workers[index].wait_ready()
 
     @property

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,23 +27,20 @@ from fedstream.client.base import FitTask
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
 from fedstream.transport.base import Delivery
-from fedstream.transport.inprocess import InProcessTransport
-from fedstream.transport.sharded import ArgsFor, Failed, ShardedTransport
+from fedstream.transport.sharded import ArgsFor, Failed, Recipe, ShardedTransport
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
 log = logging.getLogger("fedstream.ray")
-
-Recipe = Callable[[], InProcessTransport]
 
 
 class ClientWorker:
     """The actor: one ``InProcessTransport`` kept for the whole run."""
 
-    def __init__(self, recipe: Recipe, threads: int) -> None:
+    def __init__(self, recipe: Recipe, index: int, count: int, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.transport = recipe()
+        self.transport = recipe(index, count)
 
     def fit(
         self, wire: np.ndarray, tasks: Sequence[FitTask], offline: Mapping[str, str]
@@ -113,15 +110,16 @@ class RayTransport(ShardedTransport):
         self._recipe = recipe
         self._threads = threads
         self.offline: dict[str, str] = {}
-        self._actors = [self._start() for _ in range(workers)]
+        self._count = workers
+        self._actors = [self._start(i) for i in range(workers)]
         try:  # the first call on each actor finishes its construction (data, model)
             ray.get([a.pid.remote() for a in self._actors])
         except Exception:
             self.close()
             raise
 
-    def _start(self) -> Any:
-        return self._actor_class.remote(self._recipe, self._threads)
+    def _start(self, index: int) -> Any:
+        return self._actor_class.remote(self._recipe, index, self._count, self._threads)
 
     @property
     def pids(self) -> list[int]:
@@ -169,7 +167,7 @@ class RayTransport(ShardedTransport):
             except ray.exceptions.RayError as exc:
                 why = f"Ray actor {index} failed: {type(exc).__name__}: {exc}".splitlines()[0]
                 log.warning("%s; starting a new one", why)
-                self._actors[index] = self._start()
+                self._actors[index] = self._start(index)
                 for client_id in shares[index]:
                     yield failed(client_id, why)
                 continue

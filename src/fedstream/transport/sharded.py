@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedstream.client.base import FitTask
 from fedstream.errors import ClientFailure
@@ -18,8 +18,14 @@ from fedstream.params import Params
 from fedstream.transport.base import Delivery
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
+if TYPE_CHECKING:
+    from fedstream.transport.inprocess import InProcessTransport
+
 ArgsFor = Callable[[int], tuple[Any, ...]]
 Failed = Callable[[str, str], Any]
+# builds a worker's state from (its index, the number of workers): an InProcessTransport
+# holding that worker's clients (see ``engine.local_transport``)
+Recipe = Callable[[int, int], "InProcessTransport"]
 
 
 def worker_of(client_id: str, workers: int) -> int:
