@@ -1,15 +1,16 @@
 """Run a simulation's clients on all cores: persistent worker processes, shared-memory
 broadcast, results streamed back as each client finishes.
 
-Each worker is started once (``spawn``) and builds its own ``InProcessTransport`` from a
-picklable recipe, so it loads the data and the model once, not every round. A client
+Each worker is started once (``spawn``) and builds its own ``InProcessTransport`` (its
+clients' data and the model) from a picklable recipe, once, not every round. A client
 always goes to the same worker (by a hash of its id), so its device-side state (the
 compression residual, SecAgg+ keys, an HE key pair) stays where it was made, as it would
-on a device. Each round the parent writes the broadcast's wire bytes into one shared
-memory segment that every worker reads without a copy through a pipe; each worker trains
-its share of the round's tasks (as vectorised cohorts when the trainer allows) and sends
-every delivery back as soon as it has it. The round loop sums updates in task order
-(``rounds.InTaskOrder``), so results do not depend on which worker finished first.
+on a device. Each round the parent writes the broadcast's wire bytes once into a shared
+memory segment that every worker reads, instead of sending a copy down every pipe; each
+worker trains its share of the round's tasks (as vectorised cohorts when the trainer
+allows) and streams the deliveries back in small batches as it finishes them. The round
+loop sums updates in task order (``rounds.InTaskOrder``), so results do not depend on
+which worker finished first.
 
 A worker that dies fails only its own clients' outstanding tasks, with the exit code in
 the failure; a new worker replaces it before the next call.
@@ -176,9 +177,10 @@ class _Worker:
 class ProcessTransport(ShardedTransport):
     """A ``Transport`` over ``workers`` persistent processes on this machine.
 
-    ``recipe`` is a picklable callable that builds, inside a worker, the
-    ``InProcessTransport`` holding every client's data and the trainer (the simulation
-    passes one that rebuilds both from the run's config and seed). ``offline`` simulates
+    ``recipe(index, workers)`` is a picklable callable that builds, inside worker
+    ``index``, the ``InProcessTransport`` holding that worker's clients and the trainer
+    (the simulation passes ``engine.local_transport``, which rebuilds both from the run's
+    config and seed). ``offline`` simulates
     dropouts exactly as on ``InProcessTransport``. Close it (or use ``with``) to stop
     the workers and free the shared memory.
     """
@@ -275,9 +277,10 @@ class ProcessTransport(ShardedTransport):
             by_connection = {self._workers[i].connection: i for i in pending}
             by_sentinel = {self._workers[i].process.sentinel: i for i in pending}
             for handle in wait([*by_connection, *by_sentinel]):
-                index = (
-                    by_connection[handle] if isinstance(handle, Connection) else by_sentinel[handle]  # type: ignore[index]
-                )
+                if isinstance(handle, Connection):
+                    index = by_connection[handle]
+                else:
+                    index = by_sentinel[handle]  # type: ignore[index]
                 if index not in pending:  # settled earlier in this batch
                     continue
                 worker = self._workers[index]
