@@ -38,7 +38,7 @@ HERE = str(Path(__file__).parent)
 sys.path.insert(0, HERE)
 # Ray's actors unpickle the ClientApp, which refers to this folder's workloads module
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)
-from workloads import accuracy, build_module, load, train_locally  # noqa: E402
+from workloads import accuracy, build_module, hyperparameters, load, train_locally  # noqa: E402
 
 WORKLOAD = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else Path()
 _cache: dict[str, Any] = {}
@@ -67,8 +67,7 @@ def train(message: Message, context: Context) -> Message:
     client = int(config["client"])
     offsets = workload["offsets"]
     rows = slice(int(offsets[client]), int(offsets[client + 1]))
-    epochs, batch, lr = (int(workload["hyper"][0]), int(workload["hyper"][1]),
-                         float(workload["hyper"][2]))  # fmt: skip
+    epochs, batch, lr = hyperparameters(workload)
     train_locally(module, held["x"][rows], held["y"][rows], int(config["seed"]), epochs, batch, lr)
     content = RecordDict(
         {

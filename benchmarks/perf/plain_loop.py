@@ -17,13 +17,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from workloads import accuracy, build_module, load, train_locally
+from workloads import accuracy, build_module, hyperparameters, load, train_locally
 
 
 def main() -> None:
     torch.set_num_threads(1)
     spec = load(Path(sys.argv[1]))
-    epochs, batch, lr = int(spec["hyper"][0]), int(spec["hyper"][1]), float(spec["hyper"][2])
+    epochs, batch, lr = hyperparameters(spec)
     x, y, offsets = torch.from_numpy(spec["x"]), torch.from_numpy(spec["y"]), spec["offsets"]
     module = build_module(spec)
     weights = list(module.parameters())

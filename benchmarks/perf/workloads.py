@@ -113,6 +113,12 @@ def load(path: Path) -> dict[str, Any]:
     return out
 
 
+def hyperparameters(spec: dict[str, Any]) -> tuple[int, int, float]:
+    """The exported local epochs, batch size and learning rate."""
+    epochs, batch, lr = spec["hyper"]
+    return int(epochs), int(batch), float(lr)
+
+
 def build_module(spec: dict[str, Any]) -> Any:
     """The torch module the spec names (``mlp`` or ``linear``), with its initial weights."""
     import torch

@@ -143,11 +143,19 @@ def local_transport(config: Mapping[str, Any], worker: int, workers: int) -> InP
     return InProcessTransport(subset(clients, mine), setup.trainer)
 
 
+def worker_count(config: SimulationConfig) -> int:
+    """How many processes or actors train clients: 1 in process, else ``workers`` or
+    the cores available."""
+    if config.executor == "inprocess":
+        return 1
+    return config.workers or available_cores()
+
+
 def executor_transport(config: SimulationConfig) -> ProcessTransport | RayTransport | None:
     """The transport ``config.executor`` asks for, or ``None`` for in-process."""
     if config.executor == "inprocess":
         return None
-    workers = config.workers or available_cores()
+    workers = worker_count(config)
     recipe = functools.partial(local_transport, config.to_dict())
     if config.executor == "ray":
         return RayTransport(recipe, workers, config.threads, config.ray_address)
@@ -189,7 +197,7 @@ def describe(setup: Setup, config: SimulationConfig) -> dict[str, Any]:
         "trainer": setup.trainer_name,
         "trainer_reason": setup.trainer_reason,
         "executor": config.executor,
-        "workers": (config.workers or available_cores()) if config.executor != "inprocess" else 1,
+        "workers": worker_count(config),
     }
 
 
@@ -344,10 +352,9 @@ def simulate(
 
 def how(setup: Setup, config: SimulationConfig) -> tuple[str, str]:
     """The trainer (and why) and the executor, as the summary shows them."""
-    info = describe(setup, config)
-    executor = info["executor"] + (
-        f" × {info['workers']}" if info["executor"] != "inprocess" else ""
-    )
+    executor = config.executor
+    if executor != "inprocess":
+        executor += f" × {worker_count(config)}"
     return f"{setup.trainer_name} ({setup.trainer_reason})", executor
 
 
