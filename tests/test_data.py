@@ -5,6 +5,7 @@ import fedstream
 import fedstream.simulation
 from fedstream import ConfigError
 from fedstream.data import federate
+from fedstream.data.datasets import leaf_sample
 from fedstream.data.partition import (
     dirichlet_partition,
     iid_partition,
@@ -149,6 +150,58 @@ def test_shakespeare_clients_from_a_folder_of_texts(tmp_path):
     assert ber.x_train.shape[1] == 80 and ber.num_test == int((ber.num_train + ber.num_test) * 0.2)
     with pytest.raises(ConfigError, match="num_clients=3 is invalid: expected at most 2"):
         federate("shakespeare", 3, "natural", np.random.default_rng(0), shakespeare_source=tmp_path)
+
+
+def test_leaf_sampler_takes_whole_roles_in_random_order_and_cuts_the_last():
+    sizes = np.array([100, 5, 40, 300, 60, 7])
+    chosen, kept = leaf_sample(sizes, 0.5, np.random.default_rng(3))
+    order = np.random.default_rng(3).permutation(6)
+    assert chosen.tolist() == order[: len(chosen)].tolist()
+    assert kept.sum() == int(0.5 * sizes.sum()) == 256
+    assert kept[:-1].tolist() == sizes[chosen[:-1]].tolist()  # whole roles but the last
+    assert 0 < kept[-1] <= sizes[chosen[-1]]
+    everything, whole = leaf_sample(sizes, 1.0, np.random.default_rng(0))
+    assert (
+        sorted(everything.tolist()) == list(range(6))
+        and whole.tolist() == sizes[everything].tolist()
+    )
+
+
+def test_shakespeare_built_as_leafs_paper_experiment(tmp_path):
+    """--shakespeare-fraction: LEAF's sampler over every role, roles under 64 windows
+    dropped, each role's windows split at random 90/10 (LEAF's -t sample)."""
+    speech = " ".join(f"line {n}," for n in range(60))  # no window repeats
+    hamlet = MODERN_PERIOD.replace("Who's there?", speech)
+    (tmp_path / "hamlet_gut.txt").write_text(hamlet)
+    (tmp_path / "dream_gut.txt").write_text(MODERN_NO_PERIOD + "All the long speech here. " * 30)
+    data = federate(
+        "shakespeare",
+        1,
+        "natural",
+        np.random.default_rng(0),
+        shakespeare_source=tmp_path,
+        heldout_fraction=0.0,
+        client_test_fraction=0.1,
+        shakespeare_fraction=1.0,
+    )
+    # FRANCISCO's few windows are under LEAF's 64 and dropped; num_clients is not used
+    assert sorted(data.clients) == ["dream/HIPPOLYTA", "hamlet/BER"]
+    ber = data.clients["hamlet/BER"]
+    windows, _ = role_examples("\n".join(parse_play(hamlet)["BER"]))
+    start = {row.tobytes(): i for i, row in enumerate(windows)}
+    assert len(start) == len(windows)
+    train = sorted(start[row.tobytes()] for row in ber.x_train)
+    test = sorted(start[row.tobytes()] for row in ber.x_test)
+    assert len(test) == int(len(windows) * 0.1) and sorted(train + test) == list(
+        range(len(windows))
+    )
+    assert test != list(range(len(train), len(windows)))  # at random, not the ordered tail
+    with pytest.raises(
+        ConfigError, match="shakespeare_fraction=0 is invalid: expected a number in"
+    ):
+        SimulationConfig(dataset="shakespeare", shakespeare_fraction=0)
+    with pytest.raises(ConfigError, match=r"shakespeare_fraction=0\.05 is invalid: expected unset"):
+        SimulationConfig(dataset="digits", shakespeare_fraction=0.05)
 
 
 def test_synthetic_follows_the_fedprox_generator():

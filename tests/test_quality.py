@@ -56,6 +56,8 @@ def test_shakespeare_char_lstm_learns_on_real_play_excerpts(tmp_path):
         (tmp_path / f"{play}_gut.txt").write_text("\n".join(lines), encoding="latin-1")
     config = preset(
         "shakespeare_leaf",
+        shakespeare_fraction=None,
+        client_test_fraction=0.2,
         num_clients=6,
         shakespeare_source=str(tmp_path),
         hidden=(32, 32),

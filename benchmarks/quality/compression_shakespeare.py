@@ -29,6 +29,8 @@ def main() -> None:
     args = parser.parse_args()
     base = preset(
         "shakespeare_leaf",
+        shakespeare_fraction=None,
+        client_test_fraction=0.2,
         num_clients=args.clients,
         clients_per_round=args.per_round,
         rounds=args.rounds,

@@ -525,6 +525,7 @@ DATA_SETTINGS = frozenset(
         "synthetic_samples",
         "shakespeare_source",
         "shakespeare_edition",
+        "shakespeare_fraction",
         "seed",
     }
 )

@@ -35,6 +35,7 @@ log = logging.getLogger("fedstream.data")
 Array = npt.NDArray[Any]
 PARTITIONS = ("iid", "dirichlet", "shards", "quantity", "natural")
 SHAKESPEARE_MIN_SAMPLES = 100  # roles with fewer windows are left out, as LEAF drops tiny users
+LEAF_MIN_SAMPLES = 64  # LEAF's paper experiment drops sampled users under 64 windows (-k 64)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,15 @@ DATASETS = (*SOURCES, "shakespeare")
 NATURAL_ONLY = ("synthetic", "synthetic_iid", "shakespeare")
 
 
+def check_shakespeare_fraction(dataset: str, fraction: float | None) -> None:
+    """LEAF's sampling fraction is a number in (0, 1], and only for Shakespeare."""
+    if fraction is None:
+        return
+    checks.in_unit_interval("shakespeare_fraction", fraction, include_zero=False, include_one=True)
+    if dataset != "shakespeare":
+        raise ConfigError("shakespeare_fraction", fraction, "unset unless dataset is shakespeare")
+
+
 def _split(indices: Array, test_fraction: float, rng: np.random.Generator) -> tuple[Array, Array]:
     """Shuffle ``indices`` and cut off ``test_fraction`` of them (floor) as the test part."""
     shuffled = rng.permutation(indices)
@@ -147,6 +157,7 @@ def federate(
     synthetic_samples: int | None = None,
     shakespeare_source: str | Path | None = None,
     shakespeare_edition: str = "modern",
+    shakespeare_fraction: float | None = None,
 ) -> FederatedDataset:
     """Load data set ``name`` and split it over ``num_clients`` clients.
 
@@ -155,7 +166,8 @@ def federate(
     ``shards_per_client``, ``quantity`` with lognormal ``quantity_sigma``, or ``natural``) and
     each client keeps ``client_test_fraction`` of its share as a local test split.
     Synthetic and Shakespeare have natural clients only; for them ``num_clients`` is how
-    many are generated (Synthetic) or drawn from all roles (Shakespeare).
+    many are generated (Synthetic) or drawn from all roles (Shakespeare), unless
+    ``shakespeare_fraction`` asks for LEAF's own sampling (see :func:`leaf_sample`).
     """
     checks.one_of("dataset", name, list(DATASETS))
     checks.one_of("partition", partition, list(PARTITIONS))
@@ -168,6 +180,7 @@ def federate(
     )
     if name in NATURAL_ONLY and partition != "natural":
         raise ConfigError("partition", partition, f"'natural' for the data set {name!r}")
+    check_shakespeare_fraction(name, shakespeare_fraction)
     if name == "shakespeare":
         return _federate_shakespeare(
             num_clients,
@@ -176,6 +189,7 @@ def federate(
             client_test_fraction,
             shakespeare_source,
             shakespeare_edition,
+            shakespeare_fraction,
         )
     source = SOURCES[name](
         rng=rng,
@@ -235,6 +249,22 @@ def federate(
     )
 
 
+def leaf_sample(sizes: Array, fraction: float, rng: np.random.Generator) -> tuple[Array, Array]:
+    """LEAF's non-IID sampler (``data/utils/sample.py --niid``): roles in a random order,
+    taken whole until their windows reach ``fraction`` of all windows; the last one is cut to
+    its first windows so the total is exact. Returns the chosen role indices (in draw
+    order) and how many leading windows each keeps."""
+    target = int(fraction * int(sizes.sum()))
+    order = rng.permutation(len(sizes))
+    before = np.concatenate([[0], np.cumsum(sizes[order])])
+    count = int(np.searchsorted(before, target, side="left"))
+    chosen = order[:count]
+    kept = sizes[chosen].copy()
+    if count:
+        kept[-1] = target - before[count - 1]
+    return chosen, kept
+
+
 def _federate_shakespeare(
     num_clients: int,
     rng: np.random.Generator,
@@ -242,29 +272,52 @@ def _federate_shakespeare(
     client_test_fraction: float,
     source: str | Path | None,
     edition: str,
+    fraction: float | None,
 ) -> FederatedDataset:
     """Clients are ``num_clients`` roles drawn from those with at least
-    ``SHAKESPEARE_MIN_SAMPLES`` windows. Windows stay zero-copy views of each role's text;
-    each role's windows are split in order (train, then test), and ``heldout_fraction`` of
-    the roles that were not drawn give the server's held-out set (capped at 10,000 windows)."""
+    ``SHAKESPEARE_MIN_SAMPLES`` windows, each role's windows split in order (train, then
+    test), so a test window overlaps training text only at the boundary.
+
+    With ``fraction`` the data is built as LEAF's paper experiment builds it instead
+    (``preprocess.sh -s niid --sf 0.05 -k 64 -t sample``): :func:`leaf_sample` over every
+    role, roles under ``LEAF_MIN_SAMPLES`` windows dropped, and each role's windows split
+    at random (``client_test_fraction`` of them, floored, for testing). Test windows then
+    share 79 of their 80 characters with training windows, which makes the task easier;
+    ``num_clients`` is not used.
+
+    Windows stay views of each role's text where they can. ``heldout_fraction`` of the
+    roles that were not drawn give the server's held-out set (capped at 10,000 windows)."""
     roles = shakespeare.load_roles(source, edition)
-    eligible = sorted(
-        r for r, t in roles.items() if len(t) - shakespeare.WINDOW >= SHAKESPEARE_MIN_SAMPLES
-    )
-    if num_clients > len(eligible):
-        raise ConfigError(
-            "num_clients",
-            num_clients,
-            f"at most {len(eligible)}, the roles with >= {SHAKESPEARE_MIN_SAMPLES} samples",
-        )
-    order = rng.permutation(len(eligible))
-    chosen = [eligible[i] for i in sorted(order[:num_clients])]
     clients: dict[str, ClientData] = {}
-    for role in chosen:
-        x, y = shakespeare.role_examples(roles[role])
-        cut = len(y) - int(len(y) * client_test_fraction)
-        clients[role] = ClientData(x[:cut], y[:cut], x[cut:], y[cut:])
-    others = [eligible[i] for i in order[num_clients:]]
+    if fraction is None:
+        eligible = sorted(
+            r for r, t in roles.items() if len(t) - shakespeare.WINDOW >= SHAKESPEARE_MIN_SAMPLES
+        )
+        if num_clients > len(eligible):
+            raise ConfigError(
+                "num_clients",
+                num_clients,
+                f"at most {len(eligible)}, the roles with >= {SHAKESPEARE_MIN_SAMPLES} samples",
+            )
+        order = rng.permutation(len(eligible))
+        for role in [eligible[i] for i in sorted(order[:num_clients])]:
+            x, y = shakespeare.role_examples(roles[role])
+            cut = len(y) - int(len(y) * client_test_fraction)
+            clients[role] = ClientData(x[:cut], y[:cut], x[cut:], y[cut:])
+        others = [eligible[i] for i in order[num_clients:]]
+    else:
+        names = sorted(roles)
+        sizes = np.array([max(len(roles[r]) - shakespeare.WINDOW, 0) for r in names])
+        chosen, kept = leaf_sample(sizes, fraction, rng)
+        for index, keep in sorted(zip(chosen.tolist(), kept.tolist(), strict=True)):
+            if keep < LEAF_MIN_SAMPLES:
+                continue
+            x, y = shakespeare.role_examples(roles[names[index]])
+            train, test = _split(np.arange(keep), client_test_fraction, rng)
+            clients[names[index]] = ClientData(x[train], y[train], x[test], y[test])
+        taken = set(chosen.tolist())
+        others = [names[i] for i in rng.permutation(len(names)) if i not in taken]
+        others = [r for r in others if len(roles[r]) - shakespeare.WINDOW > 0]
     heldout_roles = others[: round(len(others) * heldout_fraction)]
     held = [shakespeare.role_examples(roles[r]) for r in heldout_roles]
     if held:

@@ -14,7 +14,7 @@ from typing import Any
 
 from fedstream import checks
 from fedstream.compression.codecs import Compression
-from fedstream.data.datasets import DATASETS, NATURAL_ONLY, PARTITIONS
+from fedstream.data.datasets import DATASETS, NATURAL_ONLY, PARTITIONS, check_shakespeare_fraction
 from fedstream.data.shakespeare import EDITIONS
 from fedstream.errors import ConfigError
 from fedstream.models import MODELS
@@ -46,6 +46,9 @@ HELP: dict[str, str] = {
     "synthetic_samples": "Synthetic: examples per client (default: the paper's lognormal sizes)",
     "shakespeare_source": "folder of the Shakespeare texts (default: fetched into the cache)",
     "shakespeare_edition": f"Shakespeare edition: {', '.join(EDITIONS)}",
+    "shakespeare_fraction": "Shakespeare: build the data as LEAF's paper experiment does "
+    "(sample roles until this fraction of all windows, drop roles under 64, split windows at "
+    "random; LEAF used 0.05); replaces num_clients",
     "model": f"model: {', '.join(MODELS)}",
     "hidden": "hidden widths: MLP layers (64,64), CNN channels (16,32), LSTM layers (256,256)",
     "strategy": f"federated strategy: {', '.join(STRATEGIES)}",
@@ -132,6 +135,7 @@ class SimulationConfig:
     synthetic_samples: int | None = None
     shakespeare_source: str | None = None
     shakespeare_edition: str = "modern"
+    shakespeare_fraction: float | None = None
     # model
     model: str = "mlp"
     hidden: tuple[int, ...] | None = None
@@ -196,6 +200,7 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         checks.one_of("dataset", self.dataset, list(DATASETS))
         checks.one_of("shakespeare_edition", self.shakespeare_edition, list(EDITIONS))
+        check_shakespeare_fraction(self.dataset, self.shakespeare_fraction)
         checks.positive_int("shards_per_client", self.shards_per_client)
         checks.non_negative("quantity_sigma", self.quantity_sigma)
         checks.non_negative("synthetic_alpha", self.synthetic_alpha)
@@ -369,6 +374,7 @@ class SimulationConfig:
             "synthetic_samples": self.synthetic_samples,
             "shakespeare_source": self.shakespeare_source,
             "shakespeare_edition": self.shakespeare_edition,
+            "shakespeare_fraction": self.shakespeare_fraction,
         }
 
     def to_dict(self) -> dict[str, Any]:
