@@ -132,19 +132,25 @@ def test_missing_texts_say_where_they_looked(tmp_path):
         texts_dir(tmp_path)
 
 
-def test_shakespeare_clients_from_a_folder_of_texts(tmp_path):
-    (tmp_path / "hamlet_gut.txt").write_text(
-        MODERN_PERIOD.replace("Who's there?", "Who's there? " * 20)
+def two_plays(folder, bernardo_speech, hippolyta_repeats, num_clients=2, **settings):
+    """Write a Hamlet and a Dream excerpt into ``folder`` and federate them as Shakespeare."""
+    (folder / "hamlet_gut.txt").write_text(MODERN_PERIOD.replace("Who's there?", bernardo_speech))
+    (folder / "dream_gut.txt").write_text(
+        MODERN_NO_PERIOD + "All the long speech here. " * hippolyta_repeats
     )
-    (tmp_path / "dream_gut.txt").write_text(MODERN_NO_PERIOD + "All the long speech here. " * 12)
-    data = federate(
+    return federate(
         "shakespeare",
-        2,
+        num_clients,
         "natural",
         np.random.default_rng(0),
-        shakespeare_source=tmp_path,
+        shakespeare_source=folder,
         heldout_fraction=0.0,
+        **settings,
     )
+
+
+def test_shakespeare_clients_from_a_folder_of_texts(tmp_path):
+    data = two_plays(tmp_path, "Who's there? " * 20, 12)
     assert sorted(data.clients) == ["dream/HIPPOLYTA", "hamlet/BER"]
     ber = data.clients["hamlet/BER"]
     assert ber.x_train.shape[1] == 80 and ber.num_test == int((ber.num_train + ber.num_test) * 0.2)
@@ -171,19 +177,8 @@ def test_shakespeare_built_as_leafs_paper_experiment(tmp_path):
     """--shakespeare-fraction: LEAF's sampler over every role, roles under 64 windows
     dropped, each role's windows split at random 90/10 (LEAF's -t sample)."""
     speech = " ".join(f"line {n}," for n in range(60))  # no window repeats
+    data = two_plays(tmp_path, speech, 30, 1, client_test_fraction=0.1, shakespeare_fraction=1.0)
     hamlet = MODERN_PERIOD.replace("Who's there?", speech)
-    (tmp_path / "hamlet_gut.txt").write_text(hamlet)
-    (tmp_path / "dream_gut.txt").write_text(MODERN_NO_PERIOD + "All the long speech here. " * 30)
-    data = federate(
-        "shakespeare",
-        1,
-        "natural",
-        np.random.default_rng(0),
-        shakespeare_source=tmp_path,
-        heldout_fraction=0.0,
-        client_test_fraction=0.1,
-        shakespeare_fraction=1.0,
-    )
     # FRANCISCO's few windows are under LEAF's 64 and dropped; num_clients is not used
     assert sorted(data.clients) == ["dream/HIPPOLYTA", "hamlet/BER"]
     ber = data.clients["hamlet/BER"]
