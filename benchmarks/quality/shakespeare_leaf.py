@@ -119,6 +119,7 @@ def main() -> None:
         RESULTS / "shakespeare_leaf.png",
         [("weighted test accuracy over all roles", "fed_accuracy", results)],
         "LEAF Shakespeare (LEAF's 5 % sample, 61 roles)",
+        style=lambda _: {"marker": "o"},  # arms that have run one evaluation show a point
     )
 
 
