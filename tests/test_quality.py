@@ -82,3 +82,23 @@ def test_the_shakespeare_leaf_preset_builds_leafs_paper_data():
     sizes = train_sizes(data.clients)
     assert (len(data.clients), int(sizes.sum()), int(sizes.min())) == (61, 190_744, 70)
     assert sum(client.num_test for client in data.clients.values()) == 21_163
+
+
+def test_data_describe_shakespeare_in_leaf_mode_describes_leafs_sample(tmp_path):
+    """With --shakespeare-fraction the clients are LEAF's sampled roles, so describe prints
+    the corpus and the sample, not the count of roles the ordered split would keep."""
+    import subprocess
+    import sys
+
+    plot = tmp_path / "leaf.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "fedstream.cli", "data", "describe", "shakespeare",
+         "--shakespeare-fraction", "0.05", "--client-test-fraction", "0.1",
+         "--heldout-fraction", "0", "--plot", str(plot)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "natural over 61 clients" in done.stdout
+    assert "1307" in done.stdout and "190744" in done.stdout and "21163" in done.stdout
+    assert "roles_with_enough_samples" not in done.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -548,8 +548,9 @@ def data() -> None:
 def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
     """Print how DATASET splits over clients and draw a clients × classes heatmap.
 
-    Synthetic and Shakespeare have natural clients only; for Shakespeare without
-    --num-clients every role is described.
+    Synthetic and Shakespeare have natural clients only. For Shakespeare the whole corpus
+    is described first; then, without --num-clients, every role with enough windows is a
+    client, and with --shakespeare-fraction the roles LEAF's sampler picks are.
     """
     from rich.console import Console
     from rich.table import Table
@@ -562,18 +563,17 @@ def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
     values: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     values["dataset"] = dataset
     try:
-        if dataset == "shakespeare" and "num_clients" not in values:
-            config = from_mapping(
-                {**values, "num_clients": 1, "clients_per_round": 1}, source="flag"
-            )
+        facts: dict[str, Any] = {}
+        if dataset == "shakespeare":
+            config = from_mapping({**values, "num_clients": 1, "clients_per_round": 1},
+                                  source="flag")  # fmt: skip
             roles = load_roles(config.shakespeare_source, config.shakespeare_edition)
-            facts: dict[str, Any] = describe_roles(roles)
-            facts["roles_with_enough_samples"] = sum(
-                len(t) - 80 >= SHAKESPEARE_MIN_SAMPLES for t in roles.values()
-            )
-            values["num_clients"] = facts["roles_with_enough_samples"]
-        else:
-            facts = {}
+            facts = describe_roles(roles)
+            if "num_clients" not in values and config.shakespeare_fraction is None:
+                facts["roles_with_enough_samples"] = sum(
+                    len(t) - 80 >= SHAKESPEARE_MIN_SAMPLES for t in roles.values()
+                )
+                values["num_clients"] = facts["roles_with_enough_samples"]
         config = from_mapping({**values, "clients_per_round": 1}, source="flag")
         split = build_dataset(config)
     except FedstreamError as exc:
