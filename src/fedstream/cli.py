@@ -555,7 +555,7 @@ def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from fedstream.data.datasets import SHAKESPEARE_MIN_SAMPLES
+    from fedstream.data.datasets import ordered_split_roles
     from fedstream.data.describe import plot_heatmap, summary
     from fedstream.data.shakespeare import describe_roles, load_roles
     from fedstream.simulation.engine import build_dataset
@@ -570,9 +570,7 @@ def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
             roles = load_roles(config.shakespeare_source, config.shakespeare_edition)
             facts = describe_roles(roles)
             if "num_clients" not in values and config.shakespeare_fraction is None:
-                facts["roles_with_enough_samples"] = sum(
-                    len(t) - 80 >= SHAKESPEARE_MIN_SAMPLES for t in roles.values()
-                )
+                facts["roles_with_enough_samples"] = len(ordered_split_roles(roles))
                 values["num_clients"] = facts["roles_with_enough_samples"]
         config = from_mapping({**values, "clients_per_round": 1}, source="flag")
         split = build_dataset(config)

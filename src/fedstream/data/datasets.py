@@ -9,7 +9,7 @@ quantity skew, or natural) and gives each client a local test split.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,6 +249,14 @@ def federate(
     )
 
 
+def ordered_split_roles(roles: Mapping[str, str]) -> list[str]:
+    """The roles the ordered split may use, sorted: those with at least
+    ``SHAKESPEARE_MIN_SAMPLES`` windows of text."""
+    return sorted(
+        r for r, t in roles.items() if len(t) - shakespeare.WINDOW >= SHAKESPEARE_MIN_SAMPLES
+    )
+
+
 def leaf_sample(sizes: Array, fraction: float, rng: np.random.Generator) -> tuple[Array, Array]:
     """LEAF's non-IID sampler (``data/utils/sample.py --niid``): roles in a random order,
     taken whole until their windows reach ``fraction`` of all windows; the last one is cut to
@@ -290,9 +298,7 @@ def _federate_shakespeare(
     roles = shakespeare.load_roles(source, edition)
     clients: dict[str, ClientData] = {}
     if fraction is None:
-        eligible = sorted(
-            r for r, t in roles.items() if len(t) - shakespeare.WINDOW >= SHAKESPEARE_MIN_SAMPLES
-        )
+        eligible = ordered_split_roles(roles)
         if num_clients > len(eligible):
             raise ConfigError(
                 "num_clients",
