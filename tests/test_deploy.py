@@ -16,7 +16,6 @@ import grpc
 import numpy as np
 import pytest
 
-from conftest import make_certificates
 from fedstream import simulate
 from fedstream.deploy import join, make_tokens, serve
 from fedstream.simulation import SimulationConfig
@@ -32,6 +31,7 @@ from fedstream.transport.grpc.server import (
     ServerCredentials,
     start_server,
 )
+from tests.conftest import make_certificates
 
 RUN = {
     "num_clients": 5, "clients_per_round": 5, "partition": "iid", "local_epochs": 1,

@@ -19,6 +19,7 @@ from fedstream.secure.he import (
 )
 from fedstream.secure.secagg import SecAggError, pack, unpack
 from fedstream.simulation import SimulationConfig, build
+from fedstream.transport.faults import Dropouts
 from fedstream.transport.inprocess import InProcessTransport
 
 # the bound on the decrypted sum of 10 vectors of N(0, 10²) against the float64 sum,
@@ -170,12 +171,12 @@ def test_bad_ciphertexts_drop_only_their_client(change, cause):
 def test_the_round_fails_cleanly_when_the_key_holder_is_gone():
     _, setup, transport, ids, secure_config = make(CKKSConfig("n4096"))
     chosen = sorted(ids[int(i)] for i in setup.initial.generator().choice(10, 6, replace=False))
-    transport.offline = {chosen[0]: "keys"}
+    gone = Dropouts(transport, {chosen[0]: "keys"})
     with pytest.raises(RoundFailedError, match=f"key holder '{chosen[0]}' gave no public key"):
-        run_round(setup.initial, FedAvg(), transport, ids, secure_config)
-    transport.offline = {chosen[0]: "decrypt"}
+        run_round(setup.initial, FedAvg(), gone, ids, secure_config)
+    gone = Dropouts(transport, {chosen[0]: "decrypt"})
     with pytest.raises(RoundFailedError, match="did not return the decrypted sum"):
-        run_round(setup.initial, FedAvg(), transport, ids, secure_config)
+        run_round(setup.initial, FedAvg(), gone, ids, secure_config)
     assert setup.initial.round == 0
 
 

@@ -14,7 +14,7 @@ from fedstream import (
     TorchTrainer,
     run_round,
 )
-from fedstream.rounds import sample_clients, sample_size
+from fedstream.rounds import sample_clients
 from fedstream.simulation import SimulationConfig, build
 
 
@@ -57,18 +57,6 @@ def setup(num_clients=8, faults=None):
     assert isinstance(trainer, TorchTrainer)
     transport = InProcessTransport(made.dataset.clients, FaultyTrainer(trainer, faults or {}))
     return made.initial, transport, sorted(made.dataset.clients)
-
-
-def test_sample_size_by_count_fraction_and_minimum():
-    assert sample_size(100, 20, 1) == 20
-    assert sample_size(100, 0.1, 1) == 10
-    assert sample_size(100, 0.001, 1) == 1  # ⌈0.1⌉
-    assert sample_size(100, 0.05, 8) == 8
-    with pytest.raises(
-        ConfigError,
-        match="clients_per_round=30 is invalid: expected at most the number of clients \\(20\\)",
-    ):
-        sample_size(20, 30, 1)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from fedstream.secure.secagg import (
     unpack,
 )
 from fedstream.simulation import SimulationConfig, build
+from fedstream.transport.faults import Dropouts
 from fedstream.transport.inprocess import InProcessTransport
 
 
@@ -124,15 +125,15 @@ def plain_and_secure(offline=None, secagg=None, **changes):
     the clients in ``offline`` dropping at the given stage in the secure one (and not
     contributing to the plain one either)."""
     config, setup, transport, ids = make(**changes)
-    plain_transport = InProcessTransport(setup.dataset.clients, setup.trainer)
-    plain_transport.offline = {
-        c: "fit" for c, stage in (offline or {}).items() if stage != "unmask"
-    }
+    plain_transport = Dropouts(
+        InProcessTransport(setup.dataset.clients, setup.trainer),
+        {c: "fit" for c, stage in (offline or {}).items() if stage != "unmask"},
+    )
     strategy = config.build_strategy()
     plain, _ = run_round(setup.initial, strategy, plain_transport, ids, config.round_config())
-    transport.offline = dict(offline or {})
     secure_config = replace(config.round_config(), secure_aggregation=secagg or SecAggConfig())
-    secure, report = run_round(setup.initial, strategy, transport, ids, secure_config)
+    dropping = Dropouts(transport, offline or {})
+    secure, report = run_round(setup.initial, strategy, dropping, ids, secure_config)
     return plain, secure, report, transport, setup
 
 
@@ -164,14 +165,14 @@ def test_dropouts_at_every_stage_are_recovered(neighbours):
 def test_too_many_dropouts_fail_the_round_saying_what_was_needed():
     config, setup, transport, ids = make()
     chosen = sampled(setup, ids)
-    transport.offline = {c: "unmask" for c in chosen[:6]}  # 2 left; threshold 3
+    dropping = Dropouts(transport, {c: "unmask" for c in chosen[:6]})  # 2 left; threshold 3
     secure_config = replace(
         config.round_config(), secure_aggregation=SecAggConfig(neighbours=7, threshold=3)
     )
     with pytest.raises(
         RoundFailedError, match=r"self-mask seed: needs 3 shares, 2 of its neighbours remained"
     ):
-        run_round(setup.initial, FedAvg(), transport, ids, secure_config)
+        run_round(setup.initial, FedAvg(), dropping, ids, secure_config)
     assert setup.initial.round == 0  # the state passed in is untouched
 
 

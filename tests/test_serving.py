@@ -244,7 +244,7 @@ def test_a_training_process_publishes_to_a_serving_process_elsewhere(tmp_path):
 
 
 def test_models_are_pushed_over_tls_and_only_to_a_certificate_the_pusher_trusts(tmp_path):
-    from conftest import make_certificates
+    from tests.conftest import make_certificates
     from fedstream.serving.app import PublishTarget, publish
 
     ca, cert, key, _, _ = make_certificates(tmp_path)

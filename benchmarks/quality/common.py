@@ -46,6 +46,7 @@ def run_arm(label: str, config: SimulationConfig, evaluate_on: str = "heldout") 
             config.round_config(),
             config.rounds,
             central,
+            config.task_policy(),
         ):
             rounds.append(
                 {

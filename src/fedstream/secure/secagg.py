@@ -35,7 +35,7 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -72,6 +72,7 @@ class SecAggConfig:
     most ``max_abs`` in magnitude, and the sum over all clients must stay below 2⁶³.
     """
 
+    scheme: ClassVar[str] = "secagg+"
     neighbours: int | None = None
     threshold: int | None = None
     fraction_bits: int = 24

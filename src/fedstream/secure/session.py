@@ -56,11 +56,6 @@ class Exchanger(Protocol):
     ) -> Iterator[tuple[str, bytes | ClientFailure]]: ...
 
 
-def secure_name(config: SecAggConfig | HEConfig) -> str:
-    """The ``secure_aggregation`` setting that selects ``config``."""
-    return "secagg+" if isinstance(config, SecAggConfig) else config.scheme
-
-
 def update_vector(update: ClientUpdate) -> tuple[npt.NDArray[np.float64], list[str]]:
     """The vector a client feeds to the secure sum, and the names of its extras."""
     names = sorted(update.extras)
@@ -301,10 +296,12 @@ def he_sum(
     participants: Sequence[str],
     like: Params,
     config: HEConfig,
+    rng: np.random.Generator | None = None,
 ) -> SecureSumResult:
     """Sum the participants' updates under homomorphic encryption (``fedstream.secure.he``).
     The key holder is the first participant in sorted order; it keeps its key pair across
-    the rounds in which it holds the key."""
+    the rounds in which it holds the key. It draws nothing from ``rng`` (taken so that
+    every secure sum is called alike)."""
     exchanges = _Exchanges(transport, round_number)
     failures, stage = exchanges.failures, exchanges.stage
     ordered = sorted(participants)

@@ -23,6 +23,7 @@ from fedstream.privacy.dp import DP_LEVELS, DifferentialPrivacy, DPLevel
 from fedstream.rounds import RoundConfig, sample_size
 from fedstream.secure.he import CKKSConfig, HEConfig, PaillierConfig
 from fedstream.secure.secagg import SecAggConfig
+from fedstream.simulation.stragglers import Stragglers
 from fedstream.strategies import STRATEGIES, make_strategy
 from fedstream.strategies.base import Strategy
 
@@ -229,6 +230,11 @@ class SimulationConfig:
         if self.ray_address is not None and self.executor != "ray":
             raise ConfigError("ray_address", self.ray_address, "executor='ray' to be set with it")
         self.round_config()  # validates the round fields
+        self.task_policy()  # and the simulated devices'
+        if self.straggler_fraction > 0 and self.local_epochs < 2:
+            raise ConfigError(
+                "local_epochs", self.local_epochs, "at least 2 when there are stragglers"
+            )
         if isinstance(self.clients_per_round, int) and self.clients_per_round > self.num_clients:
             raise ConfigError(
                 "clients_per_round",
@@ -323,8 +329,6 @@ class SimulationConfig:
             evaluate_fraction=self.evaluate_fraction,
             evaluate_every=self.evaluate_every,
             max_update_norm=self.max_update_norm,
-            straggler_fraction=self.straggler_fraction,
-            drop_stragglers=self.drop_stragglers,
             secure_aggregation=self.secure_sum(),
             compression=None if self.compression == "none" else Compression.parse(self.compression),
             broadcast=self.broadcast,
@@ -332,6 +336,12 @@ class SimulationConfig:
             prune_structured=self.prune_structured,
             personalize_epochs=self.personalize_epochs,
         )
+
+    def task_policy(self) -> Stragglers | None:
+        """The simulated devices' systems heterogeneity, as the round loop's task policy."""
+        if self.straggler_fraction == 0:
+            return None
+        return Stragglers(self.straggler_fraction, self.drop_stragglers)
 
     def secure_sum(self) -> SecAggConfig | HEConfig | None:
         """The secure-sum backend's settings, or ``None`` for the plain sum."""

@@ -108,10 +108,7 @@ def build(config: SimulationConfig) -> Setup:
         else TorchTrainer(module, dataset.task)
     )
     params = params_from_module(module)
-    strategy = config.build_strategy()
-    initial = ServerState.initial(params, server_seed).evolve(
-        optimizer=strategy.init_optimizer(params)
-    )
+    initial = ServerState.initial(params, server_seed)
     empty = dataset.x_heldout[:0]
     heldout = ClientData(empty, dataset.y_heldout[:0], dataset.x_heldout, dataset.y_heldout)
 
@@ -306,6 +303,7 @@ def simulate(
                     config.round_config(),
                     config.rounds,
                     setup.central_evaluate,
+                    config.task_policy(),
                 ):
                     if out is not None and runs is not None:
                         save_checkpoint(out / "checkpoints", new_state, report, keep_checkpoints)

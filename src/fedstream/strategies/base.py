@@ -47,7 +47,9 @@ class Strategy(Protocol):
         ...
 
     def init_optimizer(self, params: Params) -> Mapping[str, Params]:
-        """Server optimiser moments for a run starting at ``params`` (empty if none)."""
+        """Server optimiser moments for a run starting at ``params`` (empty if none). A
+        strategy makes them itself in its first ``server_update`` when the state has
+        none, so a ``ServerState.initial`` needs nothing from the strategy."""
         ...
 
     def server_update(self, state: ServerState, aggregate: WeightedSum) -> ServerState:

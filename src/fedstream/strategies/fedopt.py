@@ -79,8 +79,9 @@ class FedAvgM(SumStrategy):
         return {"m": params.zeros_like()}
 
     def server_update(self, state: ServerState, aggregate: WeightedSum) -> ServerState:
+        moments = state.optimizer or self.init_optimizer(state.params)
         params, momentum = momentum_step(
-            state.params, state.optimizer["m"], aggregate.mean(), self.server_lr, self.momentum
+            state.params, moments["m"], aggregate.mean(), self.server_lr, self.momentum
         )
         return state.evolve(params=params, optimizer={"m": momentum})
 
@@ -103,11 +104,12 @@ class _Adaptive(SumStrategy):
         return {"m": params.zeros_like(), "v": params.map(lambda a: np.full_like(a, self.tau**2))}
 
     def server_update(self, state: ServerState, aggregate: WeightedSum) -> ServerState:
+        moments = state.optimizer or self.init_optimizer(state.params)
         params, m, v = adaptive_step(
             self.variant,
             state.params,
-            state.optimizer["m"],
-            state.optimizer["v"],
+            moments["m"],
+            moments["v"],
             aggregate.mean(),
             server_lr=self.server_lr,
             beta1=self.beta1,

@@ -22,7 +22,7 @@ from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData, check_clients, train_size
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
-from fedstream.secure.session import STAGES, SecureDevice
+from fedstream.secure.session import SecureDevice
 from fedstream.transport.base import Delivery
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
@@ -79,9 +79,7 @@ class InProcessTransport:
 
     Each client's device-side state for the current round (an update held back for secure
     aggregation, its SecAgg+ keys and shares) lives in this object, as it would on the
-    device. ``offline`` simulates dropouts: a client listed with a stage (``"fit"``,
-    ``"advertise"``, ``"share"``, ``"mask"``, ``"unmask"``) stops answering from that stage
-    on.
+    device. Dropouts are simulated by wrapping it (``fedstream.transport.faults``).
     """
 
     def __init__(
@@ -100,7 +98,6 @@ class InProcessTransport:
         self.cohort_budget_bytes = cohort_budget_bytes
         example = clients[next(iter(clients))]
         self._row_bytes = example.x_train[:1].nbytes + example.y_train[:1].nbytes
-        self.offline: dict[str, str] = {}
         self._devices: dict[str, SecureDevice] = {}  # made on a client's first exchange
         self._residuals: dict[str, Params] = {}  # compression error feedback, per client
 
@@ -109,11 +106,6 @@ class InProcessTransport:
         if device is None:
             device = self._devices[client_id] = SecureDevice(client_id)
         return device
-
-    def _is_offline(self, client_id: str, stage: str) -> bool:
-        order = ("fit", *STAGES)
-        since = self.offline.get(client_id)
-        return since is not None and order.index(since) <= order.index(stage)
 
     def _upload(
         self,
@@ -125,9 +117,6 @@ class InProcessTransport:
         """Encode the update as its client would (``prepare_upload``) and pass it through the
         wire format as a remote client's would be. Under secure aggregation the client
         keeps the update and answers with its metrics only."""
-        if self._is_offline(update.client_id, "fit"):
-            failure = ClientFailure(update.client_id, "train", "offline (simulated dropout)")
-            return Delivery(update.client_id, failure, bytes_down, 0)
         residual = self._residuals.get(update.client_id)
         sent, residual = prepare_upload(update, config, residual, mask)
         if residual is not None:
@@ -147,9 +136,6 @@ class InProcessTransport:
     ) -> Iterator[tuple[str, bytes | ClientFailure]]:
         """Answer one SecAgg+ stage for each client asked, from its device-side state."""
         for client_id, request in requests.items():
-            if self._is_offline(client_id, stage):
-                yield client_id, ClientFailure(client_id, stage, "offline (simulated dropout)")
-                continue
             try:
                 yield client_id, self._device(client_id).answer(stage, round_number, request)
             except Exception as exc:

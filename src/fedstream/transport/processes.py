@@ -110,20 +110,17 @@ def _serve(connection: Connection, recipe: Recipe, index: int, count: int, threa
             break
         try:
             if command == "fit":
-                broadcast, tasks, offline = args
-                transport.offline = offline
+                broadcast, tasks = args
                 _stream(connection, transport.fit(_read(segments, broadcast), tasks))
             elif command == "evaluate":
-                broadcast, round_number, client_ids, codec, personalize, offline = args
-                transport.offline = offline
+                broadcast, round_number, client_ids, codec, personalize = args
                 params = _read(segments, broadcast)
                 _stream(
                     connection,
                     transport.evaluate(params, round_number, client_ids, codec, personalize),
                 )
             elif command == "exchange":
-                stage, round_number, requests, offline = args
-                transport.offline = offline
+                stage, round_number, requests = args
                 _stream(connection, transport.exchange(stage, round_number, requests))
             connection.send(("done", None))
         except Exception as exc:  # reported as this worker's clients failing, then go on
@@ -180,9 +177,8 @@ class ProcessTransport(ShardedTransport):
     ``recipe(index, workers)`` is a picklable callable that builds, inside worker
     ``index``, the ``InProcessTransport`` holding that worker's clients and the trainer
     (the simulation passes ``engine.local_transport``, which rebuilds both from the run's
-    config and seed). ``offline`` simulates
-    dropouts exactly as on ``InProcessTransport``. Close it (or use ``with``) to stop
-    the workers and free the shared memory.
+    config and seed). Close it (or use ``with``) to stop the workers and free the shared
+    memory.
     """
 
     def __init__(self, recipe: Recipe, workers: int, threads: int = 1) -> None:
@@ -190,7 +186,6 @@ class ProcessTransport(ShardedTransport):
             raise ConfigError("workers", workers, "an integer >= 1")
         self._recipe = recipe
         self._threads = threads
-        self.offline: dict[str, str] = {}
         self._workers = [_Worker(i, workers, recipe, threads) for i in range(workers)]
         self._segment: SharedMemory | None = None
         try:

@@ -42,10 +42,7 @@ class ClientWorker:
         torch.set_num_threads(threads)
         self.transport = recipe(index, count)
 
-    def fit(
-        self, wire: np.ndarray, tasks: Sequence[FitTask], offline: Mapping[str, str]
-    ) -> list[Delivery[ClientUpdate]]:
-        self.transport.offline = dict(offline)
+    def fit(self, wire: np.ndarray, tasks: Sequence[FitTask]) -> list[Delivery[ClientUpdate]]:
         return list(self.transport.fit(Params.from_bytes(wire.data), tasks))
 
     def evaluate(
@@ -55,9 +52,7 @@ class ClientWorker:
         client_ids: Sequence[str],
         broadcast: str,
         personalize: FitConfig | None,
-        offline: Mapping[str, str],
     ) -> list[Delivery[EvaluateResult]]:
-        self.transport.offline = dict(offline)
         params = Params.from_bytes(wire.data)
         return list(
             self.transport.evaluate(params, round_number, client_ids, broadcast, personalize)
@@ -68,9 +63,7 @@ class ClientWorker:
         stage: str,
         round_number: int,
         requests: Mapping[str, bytes],
-        offline: Mapping[str, str],
     ) -> list[tuple[str, bytes | ClientFailure]]:
-        self.transport.offline = dict(offline)
         return list(self.transport.exchange(stage, round_number, requests))
 
     def pid(self) -> int:
@@ -109,7 +102,6 @@ class RayTransport(ShardedTransport):
         self._actor_class = ray.remote(num_cpus=1)(ClientWorker)
         self._recipe = recipe
         self._threads = threads
-        self.offline: dict[str, str] = {}
         self._count = workers
         self._actors = [self._start(i) for i in range(workers)]
         try:  # the first call on each actor finishes its construction (data, model)

@@ -38,10 +38,8 @@ class ShardedTransport:
     fixed share of the clients. Subclasses say how the params reach the workers
     (``_broadcast``) and how a command reaches them and answers come back (``_run``).
     A worker runs ``command(*args_for(index))`` on its ``InProcessTransport``-like state:
-    ``fit(broadcast, tasks, offline)``, ``evaluate(broadcast, round, client_ids,
-    codec, personalize, offline)`` or ``exchange(stage, round, requests, offline)``."""
-
-    offline: dict[str, str]
+    ``fit(broadcast, tasks)``, ``evaluate(broadcast, round, client_ids, codec,
+    personalize)`` or ``exchange(stage, round, requests)``."""
 
     @property
     def worker_count(self) -> int:
@@ -73,7 +71,7 @@ class ShardedTransport:
         yield from self._run(
             "fit",
             shares,
-            lambda i: (where, [by_client[c] for c in shares[i]], self.offline),
+            lambda i: (where, [by_client[c] for c in shares[i]]),
             lambda client_id, why: Delivery(
                 client_id, ClientFailure(client_id, "train", why), size, 0
             ),
@@ -94,7 +92,7 @@ class ShardedTransport:
         yield from self._run(
             "evaluate",
             shares,
-            lambda i: (where, round_number, shares[i], broadcast, personalize, self.offline),
+            lambda i: (where, round_number, shares[i], broadcast, personalize),
             lambda client_id, why: Delivery(
                 client_id, ClientFailure(client_id, "evaluate", why), size, 0
             ),
@@ -107,6 +105,6 @@ class ShardedTransport:
         yield from self._run(
             "exchange",
             shares,
-            lambda i: (stage, round_number, {c: requests[c] for c in shares[i]}, self.offline),
+            lambda i: (stage, round_number, {c: requests[c] for c in shares[i]}),
             lambda client_id, why: (client_id, ClientFailure(client_id, stage, why)),
         )

@@ -1,0 +1,102 @@
+"""``RoundConfig``: how every round samples, trains, aggregates and evaluates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedstream import checks
+from fedstream.compression.codecs import BROADCASTS, Compression
+from fedstream.errors import ConfigError
+from fedstream.secure.he import HEConfig
+from fedstream.secure.secagg import SecAggConfig
+from fedstream.types import FitConfig
+
+SecureSumConfig = SecAggConfig | HEConfig
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """How each round samples, trains and evaluates.
+
+    ``clients_per_round`` is a count (int ≥ 1) or a fraction of all clients (float in
+    (0, 1]); at least ``min_clients`` are sampled and at least that many valid updates are
+    needed to aggregate. ``evaluate_fraction`` of all clients evaluate the new global model
+    on their test splits every ``evaluate_every`` rounds (0 disables federated evaluation).
+    ``max_update_norm`` rejects payloads whose L2 norm exceeds it.
+
+    ``compression`` encodes each update on its client (``fedstream.compression``) and
+    ``broadcast`` the global params sent to clients (``"none"``, ``"f16"``, ``"q8"``).
+    ``prune_fraction`` of each weight tensor is pruned by magnitude after every server
+    update (whole output units with ``prune_structured``); clients keep pruned weights at
+    zero and send only the kept entries. With ``personalize_epochs`` every evaluating
+    client also adapts the global model to its own data for that many epochs and reports
+    both (``fed_personal_*``, and per client in ``RoundReport.evaluations``).
+
+    With ``secure_aggregation`` the sum is computed by SecAgg+ (``SecAggConfig``) or under
+    homomorphic encryption (``CKKSConfig``, ``PaillierConfig``): the server never sees an
+    update, only the sum over the clients that completed the protocol.
+
+    Systems heterogeneity (stragglers) is not a round setting: a simulation passes a task
+    policy to :func:`fedstream.rounds.run_round` (``fedstream.simulation.stragglers``).
+    """
+
+    clients_per_round: int | float = 10
+    min_clients: int = 1
+    local_epochs: int = 1
+    batch_size: int = 10
+    lr: float = 0.05
+    evaluate_fraction: float = 1.0
+    evaluate_every: int = 1
+    max_update_norm: float | None = None
+    secure_aggregation: SecureSumConfig | None = None
+    compression: Compression | None = None
+    broadcast: str = "none"
+    prune_fraction: float = 0.0
+    prune_structured: bool = False
+    personalize_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        per_round = self.clients_per_round
+        if isinstance(per_round, float):
+            checks.in_unit_interval(
+                "clients_per_round", per_round, include_zero=False, include_one=True
+            )
+        else:
+            checks.positive_int("clients_per_round", per_round)
+        checks.positive_int("min_clients", self.min_clients)
+        checks.positive_int("local_epochs", self.local_epochs)
+        checks.non_negative_int("batch_size", self.batch_size)
+        checks.positive("lr", self.lr)
+        checks.in_unit_interval(
+            "evaluate_fraction", self.evaluate_fraction, include_zero=True, include_one=True
+        )
+        checks.non_negative_int("evaluate_every", self.evaluate_every)
+        if self.max_update_norm is not None:
+            checks.positive("max_update_norm", self.max_update_norm)
+        checks.one_of("broadcast", self.broadcast, list(BROADCASTS))
+        checks.non_negative_int("personalize_epochs", self.personalize_epochs)
+        checks.in_unit_interval(
+            "prune_fraction", self.prune_fraction, include_zero=True, include_one=False
+        )
+        codec, secure = self.compression, self.secure_aggregation
+        if codec is not None and secure is not None and not codec.secure_sum_compatible:
+            raise ConfigError(
+                "compression",
+                codec.spec,
+                f"no sparsifier with secure_aggregation={secure.scheme!r}: each "
+                "client's sparse support differs, so a masked or encrypted sum cannot add "
+                "them (quantisers q8, q4 and qsgd compose with it)",
+            )
+
+    def fit_config(self) -> FitConfig:
+        """The task config every sampled client starts from, before the strategy adds its
+        own settings and the round its seed."""
+        return FitConfig(
+            local_epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            secure_aggregation=self.secure_aggregation is not None,
+            compression=self.compression,
+            broadcast=self.broadcast,
+            masked=self.prune_fraction > 0,
+        )

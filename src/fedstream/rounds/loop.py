@@ -1,0 +1,163 @@
+"""The one round loop, composed of its phases: plan ▸ broadcast ▸ collect ▸ aggregate ▸
+server step ▸ evaluate ▸ report.
+
+Simulation and deployment both call :func:`run_round`; only the ``Transport`` differs.
+A round takes a ``ServerState`` and returns a new one with a ``RoundReport``; if the round
+cannot produce a model it raises ``RoundFailedError`` and the old state stays valid.
+
+Every random draw comes from the generator kept in ``ServerState.rng_state``, in a fixed
+order (the sample, the seeds, a task policy's draws, the broadcast codec's seed, the
+secure sum's graph, the strategy's noise, then evaluation's sample and codec seed), so a
+run resumed from any round draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from fedstream import checks
+from fedstream.client.encode import upload_codec, upload_mask
+from fedstream.compression.codecs import decode_broadcast
+from fedstream.compression.pruning import prune
+from fedstream.errors import RoundFailedError
+from fedstream.rounds.aggregate import aggregate_updates, aggregation_for, check_composable
+from fedstream.rounds.broadcast import broadcast_params
+from fedstream.rounds.collect import collect_updates
+from fedstream.rounds.config import RoundConfig
+from fedstream.rounds.evaluate import (
+    NO_EVALUATION,
+    CentralEvaluate,
+    evaluate_model,
+    weighted_mean,
+)
+from fedstream.rounds.plan import TaskPolicy, plan_round
+from fedstream.strategies.base import Strategy
+from fedstream.transport.base import Transport
+from fedstream.types import RoundReport, ServerState, WeightedSum
+
+
+def server_step(
+    state: ServerState,
+    strategy: Strategy,
+    aggregate: WeightedSum,
+    config: RoundConfig,
+    rng: np.random.Generator,
+) -> ServerState:
+    """The strategy's update on the aggregate, then pruning if configured. A strategy that
+    draws (DP noise) takes the generator where the round left it, in the state. A model
+    that is no longer finite fails the round."""
+    round_number = state.round + 1
+    new_state = strategy.server_update(state.evolve(rng_state=rng.bit_generator.state), aggregate)
+    if not new_state.params.is_finite():
+        raise RoundFailedError(round_number, "the server update produced NaN or Inf parameters")
+    if config.prune_fraction > 0:
+        pruned = prune(new_state.params, config.prune_fraction, config.prune_structured)
+        new_state = new_state.evolve(params=pruned)
+    return new_state
+
+
+def run_round(
+    state: ServerState,
+    strategy: Strategy,
+    transport: Transport,
+    client_ids: Sequence[str],
+    config: RoundConfig,
+    *,
+    evaluate: bool = True,
+    central_evaluate: CentralEvaluate | None = None,
+    task_policy: TaskPolicy | None = None,
+) -> tuple[ServerState, RoundReport]:
+    """Run round ``state.round + 1`` and return the new state and its report.
+
+    ``task_policy`` may change or drop tasks after sampling (a simulation's stragglers).
+    """
+    started = time.perf_counter()
+    check_composable(strategy, config)
+    rng = state.generator()
+    plan = plan_round(state, strategy, client_ids, config, rng, task_policy)
+    sent = broadcast_params(state.params, config.broadcast, rng)
+    aggregation = aggregation_for(config, state.params)
+    collected = collect_updates(
+        transport.fit(sent, plan.tasks),
+        plan,
+        state.params,
+        None if aggregation.on_clients else aggregation.add,
+        config.max_update_norm,
+        upload_codec(plan.fit),
+        upload_mask(decode_broadcast(sent, config.broadcast), plan.fit),
+    )
+    aggregated = aggregate_updates(
+        aggregation, transport, collected, config, len(plan.sampled), plan.round, rng
+    )
+    fit_done = time.perf_counter()
+
+    new_state = server_step(state, strategy, aggregated.aggregate, config, rng)
+    rng = new_state.generator()
+    update_done = time.perf_counter()
+
+    evaluation = (
+        evaluate_model(
+            new_state.params, transport, client_ids, config, plan.round, rng, central_evaluate
+        )
+        if evaluate
+        else NO_EVALUATION
+    )
+    finished = time.perf_counter()
+
+    outcome = aggregated.collected
+    report = RoundReport(
+        round=plan.round,
+        sampled=plan.sampled,
+        completed=outcome.completed,
+        failures=outcome.failures + evaluation.failures,
+        bytes_down=outcome.bytes_down + evaluation.bytes_down,
+        bytes_up=outcome.bytes_up + evaluation.bytes_up,
+        times={
+            "fit_s": fit_done - started,
+            "update_s": update_done - fit_done,
+            "evaluate_s": finished - update_done,
+            "total_s": finished - started,
+        },
+        metrics={
+            **weighted_mean(outcome.train_metrics, "train_"),
+            **strategy.round_metrics(new_state),
+            **evaluation.metrics,
+        },
+        evaluations=evaluation.per_client,
+    )
+    return new_state.evolve(round=plan.round, rng_state=rng.bit_generator.state), report
+
+
+def run_rounds(
+    state: ServerState,
+    strategy: Strategy,
+    transport: Transport,
+    client_ids: Sequence[str],
+    config: RoundConfig,
+    until_round: int,
+    central_evaluate: CentralEvaluate | None = None,
+    task_policy: TaskPolicy | None = None,
+) -> Iterator[tuple[ServerState, RoundReport]]:
+    """Run rounds until ``state.round == until_round``, yielding each new state and report.
+
+    Evaluation runs every ``config.evaluate_every`` rounds and always in the last one.
+    """
+    checks.non_negative_int("rounds", until_round)
+    while state.round < until_round:
+        number = state.round + 1
+        every = config.evaluate_every
+        evaluate = number == until_round or (every > 0 and number % every == 0)
+        state, report = run_round(
+            state,
+            strategy,
+            transport,
+            client_ids,
+            config,
+            evaluate=evaluate,
+            central_evaluate=central_evaluate,
+            task_policy=task_policy,
+        )
+        yield state, report

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from fedstream import ClientUpdate, FedAvg, RoundConfig, RoundFailedError, SecAggConfig
+from fedstream.errors import ClientFailure, ConfigError
+from fedstream.rounds import Collected, aggregate_updates, aggregation_for
+from fedstream.rounds.aggregate import SecureRound, StreamingSum, check_composable
+from tests.rounds.scripted import GLOBAL, delta_of, transport, weight_of
+
+
+def test_the_streaming_sum_is_the_weighted_sum_in_float64():
+    sum_ = aggregation_for(RoundConfig(), GLOBAL)
+    assert isinstance(sum_, StreamingSum) and not sum_.on_clients
+    for client in ("c0", "c2"):
+        sum_.add(ClientUpdate(client, 1, delta_of(client), weight_of(client), extras={"u": 1.0}))
+    result = sum_.finish(transport(), 1, ["c0", "c2"], np.random.default_rng(0))
+    # 1·1 + 3·3 = 10 in every entry, over weight 4
+    np.testing.assert_array_equal(result.aggregate.total.flat(), [10.0, 10.0, 10.0])
+    assert result.aggregate.weight == 4.0 and result.aggregate.count == 2
+    assert result.aggregate.extras == {"u": 2.0}
+    assert result.included == ("c0", "c2")
+
+
+def test_a_secure_sum_keeps_updates_on_the_clients_and_needs_two():
+    aggregation = aggregation_for(RoundConfig(secure_aggregation=SecAggConfig()), GLOBAL)
+    assert isinstance(aggregation, SecureRound)
+    assert aggregation.on_clients and aggregation.min_participants == 2
+
+
+def test_too_few_valid_updates_fail_the_round_naming_each_failure():
+    failure = ClientFailure("c1", "train", "disk full")
+    collected = Collected(("c0",), (failure,))
+    with pytest.raises(RoundFailedError) as raised:
+        aggregate_updates(
+            aggregation_for(RoundConfig(min_clients=2), GLOBAL),
+            transport(),
+            collected,
+            RoundConfig(min_clients=2),
+            sampled=2,
+            round_number=3,
+            rng=np.random.default_rng(0),
+        )
+    assert str(raised.value) == (
+        "round 3 failed: 1 of 2 sampled clients gave a valid update, min_clients=2\n"
+        "  - client 'c1' (train): disk full"
+    )
+    assert raised.value.failures == (failure,)
+
+
+def test_a_strategy_that_needs_each_update_cannot_run_under_a_secure_sum():
+    class Median(FedAvg):
+        needs_individual_updates = True
+
+    with pytest.raises(ConfigError, match="secure_aggregation='secagg\\+' is invalid"):
+        check_composable(Median(), RoundConfig(secure_aggregation=SecAggConfig()))

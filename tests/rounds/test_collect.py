@@ -1,0 +1,121 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fedstream import ClientUpdate, FedAvg, Params, RoundConfig, ServerState
+from fedstream.errors import ClientFailure
+from fedstream.rounds import InTaskOrder, check_update, collect_updates, plan_round
+from fedstream.transport.base import Delivery
+from fedstream.types import ClientPrivacy, FitConfig
+from tests.rounds.scripted import CLIENTS, GLOBAL, honest
+
+
+def plan(count=4):
+    state = ServerState.initial(GLOBAL, seed=1)
+    return plan_round(
+        state, FedAvg(), CLIENTS, RoundConfig(clients_per_round=count), state.generator()
+    )
+
+
+def delivered(update):
+    return Delivery(update.client_id, update, 11, update.payload.wire_size())
+
+
+def test_in_task_order_waits_only_for_the_outstanding():
+    seen = []
+    order = InTaskOrder(["a", "b", "c"], lambda u: seen.append(u.client_id))
+    update = lambda c: ClientUpdate(c, 1, GLOBAL, 1.0)  # noqa: E731
+    order.settle("c", update("c"))
+    order.settle("a", update("a"))
+    assert seen == ["a"]  # c waits for b
+    order.settle("b", None)  # b failed
+    assert seen == ["a", "c"]
+
+
+def test_accepted_updates_are_passed_on_in_task_order_with_their_metrics():
+    the_plan = plan()
+    updates = [honest(GLOBAL, t) for t in the_plan.tasks]
+    accepted = []
+    collected = collect_updates(
+        map(delivered, reversed(updates)), the_plan, GLOBAL, accepted.append, None, None, None
+    )
+    assert [u.client_id for u in accepted] == [t.client_id for t in the_plan.tasks]
+    assert collected.completed == tuple(u.client_id for u in accepted)
+    assert collected.failures == ()
+    assert collected.bytes_down == 11 * 4
+    assert collected.bytes_up == 4 * GLOBAL.wire_size()
+    assert collected.train_metrics == tuple((u.weight, u.metrics) for u in accepted)
+
+
+@pytest.mark.parametrize(
+    ("change", "cause"),
+    [
+        (lambda u: replace(u, round=0), "update is for round 0, expected round 1"),
+        (lambda u: replace(u, weight=0.0), "weight=0.0 is invalid: expected a finite number > 0"),
+        (lambda u: replace(u, weight=float("inf")), "weight=inf is invalid"),
+        (lambda u: replace(u, payload=u.payload * np.nan), "payload contains NaN or Inf"),
+        (
+            lambda u: replace(u, payload=Params({"w": np.zeros(2, np.float32)})),
+            "payload names do not match: missing ['b'], unexpected []",
+        ),
+        (lambda u: replace(u, payload=u.payload * 100), "exceeds max_update_norm=50"),
+        (lambda u: replace(u, extras={"x": float("nan")}), "extras={'x': nan} is invalid"),
+    ],
+)
+def test_a_bad_update_is_rejected_with_its_cause_and_the_rest_go_on(change, cause):
+    the_plan = plan()
+    updates = [honest(GLOBAL, t) for t in the_plan.tasks]
+    victim = updates[1].client_id
+    updates[1] = change(updates[1])
+    accepted = []
+    collected = collect_updates(
+        map(delivered, updates), the_plan, GLOBAL, accepted.append, 50.0, None, None
+    )
+    (failure,) = collected.failures
+    assert failure.client_id == victim and failure.stage == "validate"
+    assert cause in failure.cause
+    assert victim not in collected.completed and len(accepted) == 3
+
+
+def test_unasked_repeated_missing_and_failed_clients_are_each_recorded():
+    the_plan = plan()
+    first, second, third, fourth = (honest(GLOBAL, t) for t in the_plan.tasks)
+    stranger = replace(first, client_id="nobody")
+    deliveries = [
+        delivered(first),
+        delivered(first),  # twice
+        delivered(stranger),
+        Delivery(second.client_id, ClientFailure(second.client_id, "train", "disk full"), 1, 0),
+        delivered(fourth),
+    ]  # third never answers
+    collected = collect_updates(deliveries, the_plan, GLOBAL, lambda u: None, None, None, None)
+    assert collected.completed == (first.client_id, fourth.client_id)
+    assert [(f.client_id, f.stage, f.cause) for f in collected.failures] == [
+        (first.client_id, "validate", "not asked in this round, or answered twice"),
+        ("nobody", "validate", "not asked in this round, or answered twice"),
+        (second.client_id, "train", "disk full"),
+        (third.client_id, "train", "no answer"),
+    ]
+
+
+def test_under_a_secure_sum_only_the_round_is_checked_and_weights_count_once():
+    the_plan = plan(2)
+    held = [replace(honest(GLOBAL, t), payload=Params({}), weight=0.0) for t in the_plan.tasks]
+    held[1] = replace(held[1], round=7)
+    collected = collect_updates(map(delivered, held), the_plan, GLOBAL, None, None, None, None)
+    assert collected.completed == (held[0].client_id,)
+    assert collected.failures[0].cause == "answer is for round 7, expected round 1"
+    assert collected.train_metrics == ((1.0, held[0].metrics),)
+
+
+def test_under_client_level_dp_the_weight_must_be_one_and_the_norm_within_the_clip():
+    fit = FitConfig(privacy=ClientPrivacy(clip=1.0))
+    update = ClientUpdate("c0", 1, GLOBAL.map(lambda a: np.full_like(a, 0.5)), 1.0)
+    assert check_update(update, GLOBAL, 1, None, fit) is None
+    assert "expected 1 under client-level DP" in check_update(
+        replace(update, weight=2.0), GLOBAL, 1, None, fit
+    )
+    assert "exceeds the DP clip bound" in check_update(
+        replace(update, payload=update.payload * 2), GLOBAL, 1, None, fit
+    )
