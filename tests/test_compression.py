@@ -181,7 +181,7 @@ def test_a_compressed_round_counts_its_bytes_and_keeps_residuals_on_clients():
     # count, 1-2 bytes per index gap, low and step, one byte per value; then the header
     least, most = header + 4 + kept + 8 + kept, header + 4 + 2 * kept + 8 + kept
     assert 5 * least <= report.bytes_up <= 5 * most
-    assert sorted(transport._residuals) == sorted(report.completed)
+    assert sorted(transport.client_states()) == sorted(report.completed)
 
 
 def test_a_client_sending_a_malformed_payload_is_dropped_and_recorded():

@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +17,10 @@ import grpc
 import numpy as np
 import pytest
 
-from fedstream import simulate
+from fedstream import Params, run_round, simulate
 from fedstream.deploy import join, make_tokens, serve
 from fedstream.simulation import SimulationConfig
-from fedstream.simulation.engine import build_dataset
+from fedstream.simulation.engine import build, build_dataset
 from fedstream.store import RunStore, latest_checkpoint, load_checkpoint
 from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
@@ -28,6 +29,7 @@ from fedstream.transport.grpc.framing import CHUNK_BYTES, chunks
 from fedstream.transport.grpc.server import (
     PROTOCOL,
     FedstreamService,
+    GrpcTransport,
     ServerCredentials,
     start_server,
 )
@@ -92,22 +94,17 @@ def start_server_process(toml, tokens, out, *extra, port=0):
     return server, int(line.split("port")[1].split(",")[0])
 
 
+def start_client(toml, tokens, port, client_id):
+    """A client process, keeping its state beside the run file (``toml``'s folder)."""
+    return Process(
+        "client", "--config", str(toml), "--server", f"127.0.0.1:{port}", "--id", client_id,
+        "--token-file", str(tokens), "--insecure",
+        "--state-dir", str(toml.parent / "client-state" / client_id),
+    )  # fmt: skip
+
+
 def start_clients(toml, tokens, port, ids):
-    return {
-        c: Process(
-            "client",
-            "--config",
-            str(toml),
-            "--server",
-            f"127.0.0.1:{port}",
-            "--id",
-            c,
-            "--token-file",
-            str(tokens),
-            "--insecure",
-        )
-        for c in ids
-    }
+    return {c: start_client(toml, tokens, port, c) for c in ids}
 
 
 def deploy_run(tmp_path, toml, tokens, config):
@@ -497,6 +494,47 @@ def test_server_and_clients_on_separate_virtual_hosts(tmp_path, two_hosts):
     run = RunStore(tmp_path / "store.sqlite").run("run")
     assert run["status"] == "finished" and len(run["rounds"]) == 2
     assert all(len(r["completed"]) == 5 for r in run["rounds"])
+
+
+def test_a_client_restarted_between_rounds_continues_from_its_saved_state(tmp_path):
+    """kill -9 of a client process between rounds: the new process reads the client's
+    error-feedback residual back from its disk, so the run still ends bit for bit where
+    the simulation does. The same restart without the saved state does not."""
+    toml, tokens, config = write_run(tmp_path, compression="topk:0.1", rounds=3)
+    ids = sorted(build_dataset(config).clients)
+    expected = simulate(config).state.params
+
+    def deployed(keep_state: bool) -> Params:
+        service = FedstreamService(json.loads(tokens.read_text()), run_id=f"r-{keep_state}")
+        server, port = start_server(service, "127.0.0.1:0", None)
+        clients = start_clients(toml, tokens, port, ids)
+        try:
+            service.wait_for(len(ids), 60)
+            transport = GrpcTransport(service, 60)
+            state, strategy = build(config).initial, config.build_strategy()
+            for round_number in range(1, 4):
+                if round_number == 2:
+                    clients[ids[0]].kill()
+                    deadline = time.monotonic() + 30
+                    while ids[0] in service.connected() and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    if not keep_state:
+                        shutil.rmtree(toml.parent / "client-state" / ids[0])
+                    clients[ids[0]] = start_client(toml, tokens, port, ids[0])
+                    service.wait_for(len(ids), 60)
+                state, report = run_round(
+                    state, strategy, transport, ids, config.round_config(), evaluate=False
+                )
+                assert report.failures == ()
+            return state.params
+        finally:
+            service.finish()
+            server.stop(grace=1.0).wait()
+            for client in clients.values():
+                client.wait()
+
+    assert deployed(keep_state=True).bit_equal(expected)
+    assert not deployed(keep_state=False).bit_equal(expected)
 
 
 @pytest.mark.parametrize("secure", ["secagg+", "ckks"])

@@ -77,6 +77,16 @@ def test_device_state_stays_with_its_worker_across_rounds():
     )
 
 
+def test_a_resume_puts_each_clients_saved_state_back_in_its_worker(tmp_path: Path):
+    compressed = SMALL.with_changes(compression="topk:0.2", rounds=4, clients_per_round=10)
+    straight = fedstream.simulate(compressed)
+    fedstream.simulate(
+        compressed, rounds=2, output_dir=tmp_path / "run", executor="processes", workers=2
+    )
+    resumed = fedstream.simulate(output_dir=tmp_path / "run", resume=True, rounds=4)
+    assert resumed.state.params.bit_equal(straight.state.params)
+
+
 def test_vectorised_cohorts_split_over_workers_agree_to_rounding():
     config = SMALL.with_changes(trainer="vectorized", rounds=2)
     alone = fedstream.simulate(config)

@@ -244,8 +244,8 @@ def test_a_training_process_publishes_to_a_serving_process_elsewhere(tmp_path):
 
 
 def test_models_are_pushed_over_tls_and_only_to_a_certificate_the_pusher_trusts(tmp_path):
-    from tests.conftest import make_certificates
     from fedstream.serving.app import PublishTarget, publish
+    from tests.conftest import make_certificates
 
     ca, cert, key, _, _ = make_certificates(tmp_path)
     for name, pem in (("ca.pem", ca), ("cert.pem", cert), ("key.pem", key)):

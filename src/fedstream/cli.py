@@ -405,6 +405,13 @@ def server(
     help="This client's private key, for mutual TLS.",
 )
 @click.option("--insecure", is_flag=True, help="Connect without TLS.")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep this client's state between rounds (error feedback, control variates, "
+    "local layers) in this folder, so it survives a restart [default: fedstream-state/ID].",
+)
 @_setting_options
 def client(
     config_path: Path | None,
@@ -416,6 +423,7 @@ def client(
     cert: Path | None,
     key: Path | None,
     insecure: bool,
+    state_dir: Path | None,
     **flags: str | None,
 ) -> None:
     """Join a federated run as one client; reconnects until the server ends the run."""
@@ -436,7 +444,14 @@ def client(
             )
         )
         config = _load_config(config_path, None, flags)
-        stats = join(address, client_id, token, config, credentials=credentials)
+        stats = join(
+            address,
+            client_id,
+            token,
+            config,
+            credentials=credentials,
+            state_dir=state_dir or Path("fedstream-state") / client_id,
+        )
     except FedstreamError as exc:
         _fail(exc)
     click.echo(f"client {client_id}: {stats.tasks} tasks over {stats.connections} connection(s)")

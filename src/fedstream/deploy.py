@@ -65,6 +65,20 @@ def load_tokens(path: Path) -> dict[str, str]:
     return tokens
 
 
+def deployment_id(out: Path, resume: bool) -> str:
+    """The run id the server announces to its clients: the run folder's name and a random
+    suffix, made when the run starts and kept in the folder, so a resumed run is the same
+    run to its clients (they continue their saved state) and a new run in a reused folder
+    is not (they start afresh)."""
+    path = out / "deployment-id"
+    if resume and path.exists():
+        return path.read_text().strip()
+    identity = f"{out.name}-{secrets.token_hex(4)}"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(identity + "\n")
+    return identity
+
+
 def serve(
     config: SimulationConfig | None,
     tokens: Mapping[str, str],
@@ -90,7 +104,7 @@ def serve(
     ``None``: the run's own is used).
     """
     out = Path(output_dir)
-    service = FedstreamService(tokens, run_id=out.name)
+    service = FedstreamService(tokens, run_id=deployment_id(out, resume))
     server, port = start_server(service, listen, credentials)
     log.info("listening on port %d", port)
     if on_listening is not None:
@@ -141,9 +155,11 @@ def join(
     credentials: ClientCredentials | None = None,
     stop: threading.Event | None = None,
     give_up_after_s: float | None = None,
+    state_dir: str | Path | None = None,
 ) -> ClientStats:
     """Take part in the run at ``server`` as ``client_id`` until it is over. Uses
-    ``config.threads`` torch threads (one per process is fastest for small models)."""
+    ``config.threads`` torch threads (one per process is fastest for small models). The
+    client's durable state is kept in ``state_dir`` (see ``run_client``)."""
     torch.set_num_threads(config.threads)
     own, trainer = client_setup(config, client_id)
     return run_client(
@@ -155,4 +171,5 @@ def join(
         credentials=credentials,
         stop=stop,
         give_up_after_s=give_up_after_s,
+        state_dir=state_dir,
     )

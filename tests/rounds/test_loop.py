@@ -5,7 +5,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fedstream import FedAvg, FedSGD, RoundConfig, RoundFailedError, ServerState, run_round
+from fedstream import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedSGD,
+    FedYogi,
+    RoundConfig,
+    RoundFailedError,
+    ServerState,
+    run_round,
+)
 from fedstream.rounds import run_rounds, server_step
 from fedstream.types import WeightedSum
 from tests.rounds.scripted import CLIENTS, GLOBAL, delta_of, transport, weight_of
@@ -79,3 +90,15 @@ def test_the_server_step_prunes_after_the_strategy():
         state, FedAvg(), aggregate, RoundConfig(prune_fraction=0.5), state.generator()
     )
     assert pruned.params["w"].tolist() == [[0.0, 2.0]]  # the smaller half is zeroed
+
+
+@pytest.mark.parametrize("strategy", [FedAdam(), FedAvgM(), FedYogi(), FedAdagrad()])
+def test_a_server_optimiser_starts_from_an_initial_state_made_without_it(strategy):
+    # the README's step-by-step loop: ServerState.initial knows nothing of the strategy
+    state = ServerState.initial(GLOBAL, seed=0)
+    for _ in range(2):
+        state, _ = run_round(
+            state, strategy, transport(), CLIENTS, RoundConfig(clients_per_round=2)
+        )
+    assert set(state.optimizer) == set(strategy.init_optimizer(GLOBAL))
+    assert not state.params.bit_equal(GLOBAL)

@@ -17,6 +17,7 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
+from fedstream.client.state import EMPTY, ClientState
 from fedstream.compression.codecs import (
     Compression,
     decode_broadcast,
@@ -51,16 +52,21 @@ def upload_codec(config: FitConfig) -> Compression | None:
     return Compression() if config.masked else None
 
 
+RESIDUAL = "residual"
+"""The client-state entry that holds the compression error feedback."""
+
+
 def prepare_upload(
     update: ClientUpdate,
     config: FitConfig,
-    residual: Params | None = None,
+    state: ClientState = EMPTY,
     mask: npt.NDArray[np.bool_] | None = None,
-) -> tuple[ClientUpdate, Params | None]:
-    """The update as it leaves the client, and the client's next compression residual.
+) -> tuple[ClientUpdate, ClientState]:
+    """The update as it leaves the client, and the client's next state.
 
     Clipped and (for local DP) noised when ``config.privacy`` asks, then compressed when
-    ``config.compression`` asks. Noise comes before compression, so the compression is
+    ``config.compression`` asks, with the error-feedback residual read from and written to
+    ``state[RESIDUAL]``. Noise comes before compression, so the compression is
     post-processing of a private release. Under secure aggregation the client decodes its
     own compressed update again, since a masked or encrypted sum adds dense vectors.
     """
@@ -73,8 +79,10 @@ def prepare_upload(
         update = privatize_update(update, config.privacy, rng)
     codec = upload_codec(config)
     if codec is None:
-        return update, residual
-    encoded, residual = encode_update(update.payload, codec, residual, config.seed, mask)
+        return update, state
+    encoded, residual = encode_update(update.payload, codec, state.get(RESIDUAL), config.seed, mask)
     if config.secure_aggregation:
         encoded = decode_update(encoded, update.payload, codec, config.seed, mask)
-    return replace(update, payload=encoded), residual
+    if residual is not None:
+        state = {**state, RESIDUAL: residual}
+    return replace(update, payload=encoded), state

@@ -31,6 +31,7 @@ from fedstream.store.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
+    load_client_states,
     save_checkpoint,
 )
 from fedstream.store.runs import RunStore
@@ -293,6 +294,13 @@ def simulate(
         client_ids = sorted(setup.dataset.clients)
         workers = None if transport_factory else executor_transport(config)
         transport = transport_factory(setup) if transport_factory else workers or setup.transport
+        # the simulated devices, whose states a checkpoint keeps (a deployment's clients
+        # keep theirs on their own disks)
+        devices = None if transport_factory else workers or setup.transport
+        if resume and devices is not None and out is not None:
+            folder = latest_checkpoint(out / "checkpoints")
+            if folder is not None:
+                devices.restore_client_states(load_client_states(folder))
         try:
             with RoundProgress(config.rounds, enabled=progress, done=state.round) as bar:
                 for new_state, report in run_rounds(
@@ -306,7 +314,13 @@ def simulate(
                     config.task_policy(),
                 ):
                     if out is not None and runs is not None:
-                        save_checkpoint(out / "checkpoints", new_state, report, keep_checkpoints)
+                        save_checkpoint(
+                            out / "checkpoints",
+                            new_state,
+                            report,
+                            keep_checkpoints,
+                            devices.client_states() if devices is not None else None,
+                        )
                         runs.record_round(run_id, report)
                         runs.publish_model(
                             run_id,

@@ -4,8 +4,11 @@ One folder per round, ``checkpoints/round-000012/``:
 
 - ``params.safetensors`` — the global parameters (any safetensors reader opens it);
 - ``optimizer.<name>.safetensors`` — each server-optimiser moment;
+- ``clients.safetensors`` — in a simulation, every simulated client's durable state
+  (``client.state``: error-feedback residuals, control variates, local model entries),
+  which a deployment's clients keep on their own disks instead;
 - ``state.json`` — round, RNG state, privacy ledgers, DP clip bound, the round's report,
-  and the SHA-256 of every file beside it.
+  the client ids of ``clients.safetensors``, and the SHA-256 of every file beside it.
 
 A checkpoint is written into a hidden temporary folder and renamed into place, so a crash
 leaves either the whole checkpoint or none; the loader ignores anything else. Loading
@@ -19,14 +22,18 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from fedstream.client.state import ClientState, checkpoint_layout, from_checkpoint_layout
 from fedstream.errors import FedstreamError, WireFormatError
 from fedstream.params import Params
 from fedstream.privacy.accountant import PrivacyLedger
 from fedstream.types import RoundReport, ServerState
 
 FORMAT = "fedstream-checkpoint-1"
+CLIENTS_FILE = "clients.safetensors"
 _PREFIX = "round-"
 
 
@@ -43,14 +50,22 @@ def checkpoint_dir(root: Path, round_number: int) -> Path:
 
 
 def save_checkpoint(
-    root: Path, state: ServerState, report: RoundReport | None = None, keep: int = 3
+    root: Path,
+    state: ServerState,
+    report: RoundReport | None = None,
+    keep: int = 3,
+    clients: Mapping[str, ClientState] | None = None,
 ) -> Path:
-    """Write ``state`` under ``root`` atomically; keep only the newest ``keep`` checkpoints
-    (0 keeps all). Returns the checkpoint's folder."""
+    """Write ``state`` (and the simulated ``clients``' states) under ``root`` atomically;
+    keep only the newest ``keep`` checkpoints (0 keeps all). Returns the checkpoint's
+    folder."""
     root.mkdir(parents=True, exist_ok=True)
     files: dict[str, bytes] = {"params.safetensors": state.params.to_bytes()}
     for name, moment in state.optimizer.items():
         files[f"optimizer.{name}.safetensors"] = moment.to_bytes()
+    client_ids: list[str] = []
+    if clients:
+        files[CLIENTS_FILE], client_ids = checkpoint_layout(clients)
     document = {
         "format": FORMAT,
         "round": state.round,
@@ -58,6 +73,7 @@ def save_checkpoint(
         "accountant": {k: [list(e) for e in v.entries] for k, v in state.accountant.items()},
         "clip_norm": state.clip_norm,
         "optimizer": sorted(state.optimizer),
+        "clients": client_ids,
         "report": report.to_dict() if report is not None else None,
         "sha256": {name: _digest(data) for name, data in files.items()},
     }
@@ -84,27 +100,11 @@ def save_checkpoint(
 
 def load_checkpoint(folder: Path) -> tuple[ServerState, RoundReport | None]:
     """The state (and report) saved in ``folder``; every file's hash is checked."""
-    try:
-        document = json.loads((folder / "state.json").read_bytes())
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {folder}: state.json is missing") from None
-    except ValueError as exc:
-        raise CheckpointError(f"checkpoint {folder}: state.json is not JSON ({exc})") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {folder}: format is not {FORMAT!r}")
+    document = _document(folder)
 
     def read(name: str) -> Params:
         try:
-            data = (folder / name).read_bytes()
-        except FileNotFoundError:
-            raise CheckpointError(f"checkpoint {folder}: {name} is missing") from None
-        if _digest(data) != document["sha256"].get(name):
-            raise CheckpointError(
-                f"checkpoint {folder}: {name} does not match its SHA-256 in state.json "
-                "(truncated or altered)"
-            )
-        try:
-            return Params.from_bytes(data).copy()
+            return Params.from_bytes(_checked_bytes(folder, document, name)).copy()
         except WireFormatError as exc:
             raise CheckpointError(f"checkpoint {folder}: {name}: {exc}") from None
 
@@ -124,6 +124,44 @@ def load_checkpoint(folder: Path) -> tuple[ServerState, RoundReport | None]:
         raise CheckpointError(f"checkpoint {folder}: state.json lacks a field ({exc})") from None
     report = document.get("report")
     return state, RoundReport.from_dict(report) if report is not None else None
+
+
+def load_client_states(folder: Path) -> dict[str, ClientState]:
+    """The simulated clients' states saved in ``folder`` (none for a checkpoint without)."""
+    document = _document(folder)
+    ids = document.get("clients") or []
+    if not ids:
+        return {}
+    try:
+        return from_checkpoint_layout(_checked_bytes(folder, document, CLIENTS_FILE), ids)
+    except (WireFormatError, ValueError, IndexError) as exc:
+        raise CheckpointError(f"checkpoint {folder}: {CLIENTS_FILE}: {exc}") from None
+
+
+def _document(folder: Path) -> dict[str, Any]:
+    try:
+        document = json.loads((folder / "state.json").read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {folder}: state.json is missing") from None
+    except ValueError as exc:
+        raise CheckpointError(f"checkpoint {folder}: state.json is not JSON ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {folder}: format is not {FORMAT!r}")
+    return document
+
+
+def _checked_bytes(folder: Path, document: Mapping[str, Any], name: str) -> bytes:
+    """File ``name`` of the checkpoint, refused unless it matches its recorded SHA-256."""
+    try:
+        data = (folder / name).read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {folder}: {name} is missing") from None
+    if _digest(data) != document["sha256"].get(name):
+        raise CheckpointError(
+            f"checkpoint {folder}: {name} does not match its SHA-256 in state.json "
+            "(truncated or altered)"
+        )
+    return data
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -2,9 +2,10 @@
 
 Parameters still go through the wire format both ways (the broadcast encoded once per
 round, each update encoded by its client), so simulation exercises the same encoding as
-deployment and the byte counts are exact. Each client's compression residual lives here,
-as it would on the device. Byte counts cover parameters only; the few
-bytes of metrics and config beside them are not counted here.
+deployment and the byte counts are exact. Each client's durable state (``client.state``:
+its compression residual, control variates, local model entries) lives here, as it would
+on the device, and a simulation's checkpoint saves it. Byte counts cover parameters only;
+the few bytes of metrics and config beside them are not counted here.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy.typing as npt
 
 from fedstream.client.base import CohortTrainer, FitTask, Trainer, evaluate_client
 from fedstream.client.encode import prepare_upload, receive_params, upload_mask
+from fedstream.client.state import ClientState, MemoryClientStates
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData, check_clients, train_size
 from fedstream.errors import ClientFailure, ConfigError
@@ -99,7 +101,7 @@ class InProcessTransport:
         example = clients[next(iter(clients))]
         self._row_bytes = example.x_train[:1].nbytes + example.y_train[:1].nbytes
         self._devices: dict[str, SecureDevice] = {}  # made on a client's first exchange
-        self._residuals: dict[str, Params] = {}  # compression error feedback, per client
+        self.states = MemoryClientStates()  # every client's durable state
 
     def _device(self, client_id: str) -> SecureDevice:
         device = self._devices.get(client_id)
@@ -117,10 +119,8 @@ class InProcessTransport:
         """Encode the update as its client would (``prepare_upload``) and pass it through the
         wire format as a remote client's would be. Under secure aggregation the client
         keeps the update and answers with its metrics only."""
-        residual = self._residuals.get(update.client_id)
-        sent, residual = prepare_upload(update, config, residual, mask)
-        if residual is not None:
-            self._residuals[update.client_id] = residual
+        sent, state = prepare_upload(update, config, self.states.of(update.client_id), mask)
+        self.states.put(update.client_id, state)
         if config.secure_aggregation:
             self._device(update.client_id).hold(sent)
             sent = replace(sent, payload=Params({}), weight=0.0, extras={})
@@ -130,6 +130,15 @@ class InProcessTransport:
             sent.extras,
         )  # fmt: skip
         return Delivery(update.client_id, received, bytes_down, len(wire))
+
+    def client_states(self) -> dict[str, ClientState]:
+        """Every client's durable state now, for a checkpoint."""
+        return self.states.snapshot()
+
+    def restore_client_states(self, states: Mapping[str, ClientState]) -> None:
+        """Put back the clients' states a checkpoint saved (those of this transport's
+        clients; a worker holds only its share)."""
+        self.states.restore({c: s for c, s in states.items() if c in self.clients})
 
     def exchange(
         self, stage: str, round_number: int, requests: Mapping[str, bytes]

@@ -122,6 +122,10 @@ def _serve(connection: Connection, recipe: Recipe, index: int, count: int, threa
             elif command == "exchange":
                 stage, round_number, requests = args
                 _stream(connection, transport.exchange(stage, round_number, requests))
+            elif command == "client_states":
+                _stream(connection, iter(transport.client_states().items()))
+            elif command == "restore_client_states":
+                transport.restore_client_states(*args)
             connection.send(("done", None))
         except Exception as exc:  # reported as this worker's clients failing, then go on
             connection.send(("failed", describe_exception(exc)))

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fedstream.client.base import FitTask
+from fedstream.client.state import ClientState
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
 from fedstream.transport.base import Delivery
@@ -65,6 +66,13 @@ class ClientWorker:
         requests: Mapping[str, bytes],
     ) -> list[tuple[str, bytes | ClientFailure]]:
         return list(self.transport.exchange(stage, round_number, requests))
+
+    def client_states(self) -> list[tuple[str, ClientState]]:
+        return list(self.transport.client_states().items())
+
+    def restore_client_states(self, states: Mapping[str, ClientState]) -> list[None]:
+        self.transport.restore_client_states(states)
+        return []
 
     def pid(self) -> int:
         return os.getpid()

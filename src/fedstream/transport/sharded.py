@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fedstream.client.base import FitTask
+from fedstream.client.state import ClientState
 from fedstream.errors import ClientFailure
 from fedstream.params import Params
 from fedstream.transport.base import Delivery
@@ -26,6 +27,14 @@ Failed = Callable[[str, str], Any]
 # builds a worker's state from (its index, the number of workers): an InProcessTransport
 # holding that worker's clients (see ``engine.local_transport``)
 Recipe = Callable[[int, int], "InProcessTransport"]
+
+
+_ALL_CLIENTS = "*all clients*"
+
+
+def _nothing(client_id: str, why: str) -> None:
+    """A command about all clients has no per-client failure to report."""
+    return None
 
 
 def worker_of(client_id: str, workers: int) -> int:
@@ -97,6 +106,27 @@ class ShardedTransport:
                 client_id, ClientFailure(client_id, "evaluate", why), size, 0
             ),
         )
+
+    def _everyone(self) -> dict[int, list[str]]:
+        """A share for every worker, for commands about all its clients."""
+        return {i: [_ALL_CLIENTS] for i in range(self.worker_count)}
+
+    def client_states(self) -> dict[str, ClientState]:
+        """Every worker's clients' durable states (a worker that cannot answer loses its
+        clients' states, as a device that dies loses its disk)."""
+        states: dict[str, ClientState] = {}
+        for item in self._run("client_states", self._everyone(), lambda i: (), _nothing):
+            if item is not None:
+                client_id, state = item
+                states[client_id] = state
+        return states
+
+    def restore_client_states(self, states: Mapping[str, ClientState]) -> None:
+        """Give every worker the saved states; each keeps its own clients'."""
+        for _ in self._run(
+            "restore_client_states", self._everyone(), lambda i: (states,), _nothing
+        ):
+            pass
 
     def exchange(
         self, stage: str, round_number: int, requests: Mapping[str, bytes]

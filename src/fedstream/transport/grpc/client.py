@@ -10,19 +10,23 @@ the server saying the run is over, ends it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from fedstream.client.base import FitTask, Trainer, evaluate_client
 from fedstream.client.encode import prepare_upload, receive_params, upload_mask
+from fedstream.client.state import EMPTY, ClientState, DiskClientState
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
 from fedstream.errors import FedstreamError
@@ -78,14 +82,44 @@ def _channel(address: str, credentials: ClientCredentials | None) -> grpc.Channe
 
 
 class _Device:
-    """The client's state across tasks and reconnects: its data, trainer, SecAgg state."""
+    """The client across tasks and reconnects: its data, trainer, secure-sum state, and its
+    durable state (``client.state``). With ``state_root`` that state is kept on disk, in a
+    folder per run (``state_root/<run id>``), so a restart continues it and a new run
+    starts afresh."""
 
-    def __init__(self, client_id: str, data: ClientData, trainer: Trainer) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        data: ClientData,
+        trainer: Trainer,
+        state_root: Path | None = None,
+    ) -> None:
         self.client_id = client_id
         self.data = data
         self.trainer = trainer
         self.secagg = SecureDevice(client_id)
-        self.residual: Params | None = None  # compression error feedback, across rounds
+        self.state_root = state_root
+        self.run_id: str | None = None
+        self.store: DiskClientState | None = None
+        self.state: ClientState = EMPTY
+
+    def enter_run(self, run_id: str) -> None:
+        """The server named its run: keep this run's state (read back from disk)."""
+        if run_id == self.run_id:
+            return
+        self.run_id = run_id
+        self.store = (
+            None
+            if self.state_root is None
+            else DiskClientState(self.state_root / run_folder(run_id))
+        )
+        self.state = self.store.load() if self.store is not None else EMPTY
+
+    def keep(self, state: ClientState) -> None:
+        """The client's next state, written to its disk before anything is sent."""
+        if state is not self.state and self.store is not None:
+            self.store.save(state)
+        self.state = state
 
     def handle(self, request: pb.Request, payload: bytes) -> tuple[dict[str, Any], bytes]:
         header = json.loads(request.header_json or "{}")
@@ -95,7 +129,8 @@ class _Device:
             params = receive_params(Params.from_bytes(payload), config)
             update = self.trainer.fit(params, task, self.data)
             mask = upload_mask(params, config)
-            sent, self.residual = prepare_upload(update, config, self.residual, mask)
+            sent, state = prepare_upload(update, config, self.state, mask)
+            self.keep(state)
             body = {"round": sent.round, "weight": sent.weight, "metrics": dict(sent.metrics)}
             if config.secure_aggregation:
                 self.secagg.hold(sent)
@@ -125,14 +160,18 @@ def run_client(
     max_backoff_s: float = 10.0,
     give_up_after_s: float | None = None,
     max_payload_bytes: int = 2 << 30,
+    state_dir: str | Path | None = None,
 ) -> ClientStats:
     """Serve the run at ``address`` as ``client_id`` until the server says it is over.
 
     Reconnects after failures with backoff 0.2 s, 0.4 s, … up to ``max_backoff_s``; with
-    ``give_up_after_s`` it stops trying after that long without a connection.
+    ``give_up_after_s`` it stops trying after that long without a connection. With
+    ``state_dir`` the client's durable state (error-feedback residuals, control variates,
+    local model entries) is kept on disk, in a folder per run under it, and read back when
+    the client restarts; without it, it lasts as long as this call.
     """
     data.check(client_id)
-    device = _Device(client_id, data, trainer)
+    device = _Device(client_id, data, trainer, Path(state_dir) if state_dir else None)
     stats = ClientStats()
     stop = stop or threading.Event()
     backoff = 0.2
@@ -162,6 +201,13 @@ def run_client(
         stop.wait(backoff)
         backoff = min(backoff * 2, max_backoff_s)
     return stats
+
+
+def run_folder(run_id: str) -> str:
+    """A folder name for ``run_id``: itself when it is a plain name, else its SHA-256."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", run_id):
+        return run_id
+    return hashlib.sha256(run_id.encode()).hexdigest()
 
 
 def _said_finished(exc: grpc.RpcError) -> bool:
@@ -208,6 +254,7 @@ def _session(
                     return True
                 kind = message.WhichOneof("body")
                 if kind == "welcome":
+                    device.enter_run(message.welcome.run_id)
                     stats.connections += 1
                     threading.Thread(
                         target=heartbeat, args=(message.welcome.heartbeat_s,), daemon=True
