@@ -187,18 +187,21 @@ def test_a_compressed_round_counts_its_bytes_and_keeps_residuals_on_clients():
 def test_a_client_sending_a_malformed_payload_is_dropped_and_recorded():
     config, setup, transport = make(compression="topk:0.01")
     ids = sorted(setup.dataset.clients)
-    original = transport._upload
-
-    def breaks_one(update, fit, down, mask=None):
-        delivery = original(update, fit, down, mask)
-        if delivery.client_id == sorted(report_ids)[0]:
-            broken = corrupt(delivery.result.payload, patch=(4, b"\xff\xff\x7f"))
-            delivery = replace(delivery, result=replace(delivery.result, payload=broken))
-        return delivery
-
     report_ids = [ids[int(i)] for i in setup.initial.generator().choice(10, 5, replace=False)]
-    transport._upload = breaks_one
-    _, report = run_round(setup.initial, FedAvg(), transport, ids, config.round_config())
+
+    class BreaksOne:  # the network garbles one client's upload
+        def __init__(self, inner):
+            self.inner = inner
+            self.evaluate, self.exchange = inner.evaluate, inner.exchange
+
+        def fit(self, params, tasks):
+            for delivery in self.inner.fit(params, tasks):
+                if delivery.client_id == sorted(report_ids)[0]:
+                    broken = corrupt(delivery.result.payload, patch=(4, b"\xff\xff\x7f"))
+                    delivery = replace(delivery, result=replace(delivery.result, payload=broken))
+                yield delivery
+
+    _, report = run_round(setup.initial, FedAvg(), BreaksOne(transport), ids, config.round_config())
     failure = report.failures[0]
     assert failure.stage == "validate" and "indices out of range" in failure.cause
     assert len(report.completed) == 4

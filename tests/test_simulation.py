@@ -169,11 +169,11 @@ def test_a_run_that_fails_midway_keeps_the_rounds_it_finished(tmp_path, monkeypa
     real = VectorizedTrainer.fit_cohort
     calls = {"n": 0}
 
-    def fail_in_round_three(self, params, tasks, datasets):
+    def fail_in_round_three(self, params, tasks, datasets, starts=None):
         calls["n"] += 1
         if tasks[0].round == 3:
             raise OSError("the machine room flooded")
-        return real(self, params, tasks, datasets)
+        return real(self, params, tasks, datasets, starts)
 
     monkeypatch.setattr(VectorizedTrainer, "fit_cohort", fail_in_round_three)
     with pytest.raises(fedstream.RoundFailedError, match="round 3 failed") as caught:

@@ -6,8 +6,9 @@ can be saved after any round and resumed exactly.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -18,6 +19,7 @@ from fedstream.errors import ClientFailure
 from fedstream.params import Params
 
 if TYPE_CHECKING:
+    from fedstream.aggregation.updates import UpdateMatrix
     from fedstream.privacy.accountant import PrivacyLedger
 
 PayloadKind = Literal["delta", "gradient"]
@@ -81,6 +83,8 @@ class FitConfig:
     ``seed`` drives the client's own shuffling, so results do not depend on which
     process or in which order clients run. ``privacy`` asks for a clipped (and, for local
     DP, noised) update; ``sample_dp`` asks for DP-SGD instead of plain SGD.
+    ``local_entries`` name the model entries that stay on the client (``client.local``):
+    the client trains them from its own values and leaves them out of its update.
     """
 
     local_epochs: int = 1
@@ -95,16 +99,17 @@ class FitConfig:
     compression: Compression | None = None
     broadcast: str = "none"
     masked: bool = False
+    local_entries: tuple[str, ...] = ()
 
     def cohort_key(self) -> tuple[object, ...]:
         """Every setting but the seed: tasks with equal keys can be trained as one
-        vectorised cohort. (Cheaper than ``replace(config, seed=0)``, which matters at
-        thousands of clients per round.)"""
-        return (
-            self.local_epochs, self.batch_size, self.lr, self.proximal_mu, self.payload,
-            self.privacy, self.sample_dp, self.secure_aggregation, self.compression,
-            self.broadcast, self.masked,
-        )  # fmt: skip
+        vectorised cohort. Read from the fields, so a new setting is never left out.
+        (Cheaper than ``replace(config, seed=0)``, which matters at thousands of clients
+        per round.)"""
+        return _COHORT_FIELDS(self)
+
+
+_COHORT_FIELDS = operator.attrgetter(*(f.name for f in fields(FitConfig) if f.name != "seed"))
 
 
 @dataclass(frozen=True)
@@ -140,15 +145,18 @@ class EvaluateResult:
 class WeightedSum:
     """What a secure-sum backend reveals: Σ weight·payload over ``count`` clients, and Σ weight.
 
-    Strategies see only this, never individual updates, so every strategy works with every
+    Sum-based strategies see only this, never individual updates, so they work with every
     backend (plain, masking, homomorphic encryption). ``extras`` holds the unweighted sums
-    of the clients' ``ClientUpdate.extras``.
+    of the clients' ``ClientUpdate.extras``. ``updates`` holds the round's individual
+    updates, and only for a strategy that asks for them (``needs_individual_updates``,
+    e.g. a robust rule); it is never set under a secure sum.
     """
 
     total: Params
     weight: float
     count: int
     extras: Mapping[str, float] = field(default_factory=dict)
+    updates: UpdateMatrix | None = None
 
     def mean(self) -> Params:
         """Σ w·x / Σ w, the example-weighted mean payload."""

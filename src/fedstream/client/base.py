@@ -40,8 +40,16 @@ class CohortTrainer(Trainer, Protocol):
     """A trainer that can train many clients of one architecture in one pass."""
 
     def fit_cohort(
-        self, params: Params, tasks: Sequence[FitTask], datasets: Sequence[ClientData]
-    ) -> list[ClientUpdate]: ...
+        self,
+        params: Params,
+        tasks: Sequence[FitTask],
+        datasets: Sequence[ClientData],
+        starts: Sequence[Params] | None = None,
+    ) -> list[ClientUpdate]:
+        """Train every task's client on its data, from ``params``, or from its own entry of
+        ``starts`` (the global params with the client's local entries in); each update's
+        delta is relative to where that client started."""
+        ...
 
 
 def evaluate_client(

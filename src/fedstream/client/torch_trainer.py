@@ -1,7 +1,29 @@
-"""PyTorch adapter: train any ``nn.Module`` one client at a time with plain SGD."""
+"""PyTorch adapter: train any ``nn.Module``, one client at a time, the user's way.
+
+``TorchTrainer(module, task)`` trains with plain SGD on the task's default loss
+(cross-entropy on logits, or squared error). Each part can be the user's own:
+
+- ``loss(outputs, targets) -> scalar tensor``: the mean loss of a batch;
+- ``metrics(outputs, targets) -> {name: float}``: evaluation metrics (the loss is added);
+- ``optimizer(parameters, lr) -> torch.optim.Optimizer``: a fresh optimiser per task;
+- ``train(module, data, config, rng) -> {name: float}``: the whole local training loop,
+  for anything the options above do not cover (it trains ``module`` in place and returns
+  its training metrics);
+- ``evaluate(module, data) -> (num_examples, {name: float})``: the whole evaluation;
+- ``device``: ``"auto"`` (CUDA when present, else CPU) or any torch device.
+
+Every random number a task uses comes from its seed: the batch order from
+``np.random.default_rng(seed)``, and torch's own generator (dropout, augmentation, a user's
+``torch.rand``) reseeded from it for the task and restored afterwards, so runs with dropout
+are reproducible and resume bit for bit.
+"""
 
 from __future__ import annotations
 
+import difflib
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -13,8 +35,51 @@ from torch.func import functional_call, grad_and_value, vmap
 from fedstream.client.base import FitTask
 from fedstream.compression.pruning import prunable
 from fedstream.data.base import ClientData, Task
+from fedstream.errors import ConfigError
 from fedstream.params import Params
-from fedstream.types import ClientUpdate, EvaluateResult
+from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
+
+TASKS: tuple[Task, ...] = ("classification", "regression")
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Metrics = Callable[[torch.Tensor, torch.Tensor], Mapping[str, float]]
+OptimizerFactory = Callable[[Sequence[nn.Parameter], float], torch.optim.Optimizer]
+TrainFunction = Callable[
+    [nn.Module, ClientData, FitConfig, np.random.Generator], Mapping[str, float]
+]
+EvaluateFunction = Callable[[nn.Module, ClientData], tuple[int, Mapping[str, float]]]
+
+TORCH_STREAM = 0x544F5243  # separates torch's generator seed from the batch-order stream
+_GLOBAL_GENERATOR = threading.Lock()
+
+
+def check_task(task: str) -> Task:
+    """``task`` if it is one fedstream knows, else an error that suggests the nearest."""
+    if task not in TASKS:
+        close = difflib.get_close_matches(str(task), TASKS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError("task", task, f"one of {list(TASKS)}{hint}")
+    return task
+
+
+@contextmanager
+def seeded_torch(seed: int) -> Iterator[None]:
+    """Run with torch's global generator seeded from a task's ``seed``, then put it back.
+    A lock keeps two threads of one process (a server and its clients in a test) from
+    drawing from the one global generator at once."""
+    torch_seed = int(np.random.default_rng([seed, TORCH_STREAM]).integers(2**63 - 1))
+    with _GLOBAL_GENERATOR, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(torch_seed)
+        yield
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when torch sees a GPU, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError("device", device, f"'auto', 'cpu', 'cuda' or 'cuda:N' ({exc})") from None
 
 
 def params_from_module(module: nn.Module) -> Params:
@@ -74,86 +139,210 @@ def evaluation_metrics(
     return metrics
 
 
+def has_batch_norm(module: nn.Module) -> bool:
+    """Whether ``module`` normalises by batch statistics in training (BatchNorm layers)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def batch_norm_entries(module: nn.Module) -> tuple[str, ...]:
+    """The state entries of every BatchNorm layer (affine weights and running statistics):
+    what FedBN (Li et al. 2021) keeps local to each client."""
+    names: list[str] = []
+    for prefix, layer in module.named_modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            names += [f"{prefix}.{n}" if prefix else n for n in layer.state_dict()]
+    return tuple(names)
+
+
+SINGLE_EXAMPLE_RULE = (
+    "With batch norm, a batch of one example is skipped: PyTorch's BatchNorm cannot train "
+    "on it (its variance is undefined), so a client's last batch of one is left out."
+)
+
+
 def batch_slices(num_examples: int, batch_size: int) -> list[slice]:
     """Consecutive batches over ``num_examples`` (batch_size 0 = one full batch)."""
     size = batch_size or num_examples
     return [slice(start, start + size) for start in range(0, num_examples, size)]
 
 
+def check_metrics(value: object, what: str) -> dict[str, float]:
+    """A user function's metrics: a mapping of names to finite numbers, or an error that
+    says what came back instead."""
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, int | float | np.number | torch.Tensor)
+        for k, v in value.items()
+    ):
+        raise ConfigError(what, _short(value), "a mapping of metric names to numbers")
+    return {k: float(v) for k, v in value.items()}
+
+
+def _short(value: object) -> object:
+    """``value`` itself, or the start of its repr when that is long (for error messages)."""
+    text = repr(value)
+    return value if len(text) <= 80 else text[:77] + "..."
+
+
 class TorchTrainer:
-    """Trains a shared ``nn.Module`` skeleton on one client at a time.
+    """Trains a shared ``nn.Module`` skeleton on one client at a time (module docstring).
 
     Each epoch shuffles with ``np.random.default_rng(task.config.seed)``, so the batches
-    depend only on the task, not on the process or the order clients run in. The update is
-    plain SGD on mean batch loss (+ μ/2·‖w − w_global‖² when ``proximal_mu > 0``), or
-    DP-SGD when the task asks for sample-level DP.
+    depend only on the task, not on the process or the order clients run in. Without an
+    ``optimizer`` the update is plain SGD on the mean batch loss (+ μ/2·‖w − w_global‖² when
+    ``proximal_mu > 0``), or DP-SGD when the task asks for sample-level DP.
     """
 
-    def __init__(self, module: nn.Module, task: Task) -> None:
-        self.module = module
-        self.task: Task = task
+    def __init__(
+        self,
+        module: nn.Module,
+        task: str = "classification",
+        *,
+        loss: Loss | None = None,
+        metrics: Metrics | None = None,
+        optimizer: OptimizerFactory | None = None,
+        train: TrainFunction | None = None,
+        evaluate: EvaluateFunction | None = None,
+        device: str | torch.device = "auto",
+    ) -> None:
+        self.task: Task = check_task(task)
+        self.device = resolve_device(device)
+        self.module = module.to(self.device)
         self.layout = module_layout(module)
+        self.loss = loss
+        self.metrics = metrics
+        self.optimizer = optimizer
+        self.train_function = train
+        self.evaluate_function = evaluate
         self._names = [n for n, _ in module.named_parameters()]
-        # numpy views of the module's own storage: loading params is one copy per tensor
-        self._storage = {n: t.numpy() for n, t in module.state_dict().items()}
+        self.batch_norm = has_batch_norm(module)
+        self._tensors = dict(module.state_dict(keep_vars=True))
+        # on the CPU, numpy views of the module's own storage: a load is one copy per tensor
+        self._storage = (
+            {n: t.detach().numpy() for n, t in self._tensors.items()}
+            if self.device.type == "cpu"
+            else {}
+        )
 
+    @property
+    def custom(self) -> bool:
+        """Whether the user replaced part of the training (so only this trainer, not the
+        vectorised one, can run it)."""
+        return (
+            any(
+                part is not None
+                for part in (self.loss, self.optimizer, self.train_function, self.evaluate_function)
+            )
+            or self.device.type != "cpu"
+        )
+
+    # -- state in and out --------------------------------------------------------------
     def _load(self, params: Params) -> None:
         check_layout(self.layout, params)
-        for name, view in self._storage.items():
-            view[...] = params[name]
+        if self._storage:
+            for name, view in self._storage.items():
+                view[...] = params[name]
+            return
+        with torch.no_grad():
+            for name, tensor in self._tensors.items():
+                tensor.copy_(torch.from_numpy(np.array(params[name])))
 
+    def _state(self) -> dict[str, np.ndarray]:
+        if self._storage:
+            return self._storage
+        return {n: t.detach().cpu().numpy() for n, t in self._tensors.items()}
+
+    def _delta(self, params: Params) -> Params:
+        state = self._state()
+        return Params({n: state[n] - params[n] for n in params})
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device)
+
+    def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.loss is not None:
+            return self.loss(outputs, targets)
+        return mean_loss(self.task, outputs, targets)
+
+    # -- training ----------------------------------------------------------------------
     def fit(self, params: Params, task: FitTask, data: ClientData) -> ClientUpdate:
         config = task.config
         if data.num_train == 0:
             raise ValueError(f"client {task.client_id!r} has no training examples")
         self._load(params)
-        x = torch.from_numpy(data.x_train)
-        y = torch.from_numpy(data.y_train)
-        weights = [p for _, p in self.module.named_parameters()]
         if not self.module.training:
             self.module.train()
-        if config.payload == "gradient":
-            loss = mean_loss(self.task, self.module(x), y)
-            grads = torch.autograd.grad(loss, weights)
-            payload = Params(
-                {n: g.detach().numpy() for n, g in zip(self._names, grads, strict=True)}
-            )
-            return ClientUpdate(
-                task.client_id, task.round, payload, float(data.num_train), {"loss": loss.item()}
-            )
+        with seeded_torch(config.seed):
+            if config.payload == "gradient":
+                return self._gradient(params, task, data)
+            if self.train_function is not None:
+                metrics = self._user_train(task, data)
+            elif config.sample_dp is not None:
+                metrics = self._fit_dp_sgd(params, task, data)
+            else:
+                metrics = self._fit_sgd(params, task, data)
+        return ClientUpdate(
+            task.client_id, task.round, self._delta(params), float(data.num_train), metrics
+        )
 
-        if config.sample_dp is not None:
-            return self._fit_dp_sgd(params, task, x, y)
+    def _gradient(self, params: Params, task: FitTask, data: ClientData) -> ClientUpdate:
+        """FedSGD's payload: one full-batch gradient of the loss at the global params."""
+        weights = [p for _, p in self.module.named_parameters()]
+        loss = self._loss(self.module(self._tensor(data.x_train)), self._tensor(data.y_train))
+        grads = torch.autograd.grad(loss, weights)
+        payload = Params(
+            {n: g.detach().cpu().numpy() for n, g in zip(self._names, grads, strict=True)}
+        )
+        return ClientUpdate(
+            task.client_id, task.round, payload, float(data.num_train), {"loss": loss.item()}
+        )
+
+    def _user_train(self, task: FitTask, data: ClientData) -> dict[str, float]:
+        assert self.train_function is not None
+        rng = np.random.default_rng(task.config.seed)
+        returned = self.train_function(self.module, data, task.config, rng)
+        return check_metrics(returned, f"train function's result for client {task.client_id!r}")
+
+    def _fit_sgd(self, params: Params, task: FitTask, data: ClientData) -> dict[str, float]:
+        config = task.config
+        x, y = self._tensor(data.x_train), self._tensor(data.y_train)
+        weights = [p for _, p in self.module.named_parameters()]
         anchors = [w.detach().clone() for w in weights] if config.proximal_mu > 0 else []
-        masks = pruning_masks(params) if config.masked else {}
+        masks = (
+            {n: m.to(self.device) for n, m in pruning_masks(params).items()}
+            if config.masked
+            else {}
+        )
+        optimizer = self.optimizer(weights, config.lr) if self.optimizer is not None else None
         rng = np.random.default_rng(config.seed)
         losses: list[torch.Tensor] = []
         for _ in range(config.local_epochs):
-            order = torch.from_numpy(rng.permutation(data.num_train))
+            order = torch.from_numpy(rng.permutation(data.num_train)).to(self.device)
             for batch in batch_slices(data.num_train, config.batch_size):
                 index = order[batch]
-                loss = mean_loss(self.task, self.module(x[index]), y[index])
+                if self.batch_norm and len(index) == 1:
+                    continue  # batch norm cannot train on one example (SINGLE_EXAMPLE_RULE)
+                loss = self._loss(self.module(x[index]), y[index])
                 losses.append(loss.detach())
                 grads = torch.autograd.grad(loss, weights)
                 with torch.no_grad():
-                    for k, (w, g) in enumerate(zip(weights, grads, strict=True)):
-                        if anchors:  # ∇ μ/2·‖w − w_global‖² = μ·(w − w_global)
-                            g = g + config.proximal_mu * (w - anchors[k])
-                        w.add_(g, alpha=-config.lr)
+                    if anchors:  # ∇ μ/2·‖w − w_global‖² = μ·(w − w_global)
+                        grads = tuple(
+                            g + config.proximal_mu * (w - a)
+                            for g, w, a in zip(grads, weights, anchors, strict=True)
+                        )
+                    if optimizer is None:
+                        for w, g in zip(weights, grads, strict=True):
+                            w.add_(g, alpha=-config.lr)
+                    else:
+                        for w, g in zip(weights, grads, strict=True):
+                            w.grad = g
+                        optimizer.step()
+                    for k, w in enumerate(weights):
                         if self._names[k] in masks:
                             w.mul_(masks[self._names[k]])
-        delta = Params({n: self._storage[n] - params[n] for n in params})
-        return ClientUpdate(
-            task.client_id,
-            task.round,
-            delta,
-            float(data.num_train),
-            {"loss": torch.stack(losses).mean().item()},
-        )
+        return {"loss": torch.stack(losses).mean().item()} if losses else {}
 
-    def _fit_dp_sgd(
-        self, params: Params, task: FitTask, x: torch.Tensor, y: torch.Tensor
-    ) -> ClientUpdate:
+    def _fit_dp_sgd(self, params: Params, task: FitTask, data: ClientData) -> dict[str, float]:
         """DP-SGD (``FitConfig.sample_dp``): Poisson-sampled steps, each example's gradient
         clipped to L2 norm C over all parameters, N(0, (z·C)²) added to their sum, divided
         by the expected batch size q·n. Per-example gradients come from ``torch.func``
@@ -161,10 +350,11 @@ class TorchTrainer:
         config = task.config
         dp = config.sample_dp
         assert dp is not None
+        x, y = self._tensor(data.x_train), self._tensor(data.y_train)
         count = x.shape[0]
         rng = np.random.default_rng(config.seed)
         # plain tensors sharing the module's storage: updating them updates the module
-        weights = {n: torch.from_numpy(self._storage[n]) for n in self._names}
+        weights = {n: self._tensors[n].detach() for n in self._names}
         anchors = {n: w.clone() for n, w in weights.items()} if config.proximal_mu > 0 else {}
         masks = pruning_masks(params) if config.masked else {}
 
@@ -172,6 +362,8 @@ class TorchTrainer:
             w: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor
         ) -> torch.Tensor:
             out = functional_call(self.module, w, (xi.unsqueeze(0),))
+            if self.loss is not None:
+                return self.loss(out, yi.unsqueeze(0))
             return per_sample_loss(self.task, out, yi.unsqueeze(0)).sum()
 
         per_example = vmap(grad_and_value(example_loss), in_dims=(None, 0, 0))
@@ -188,18 +380,17 @@ class TorchTrainer:
             with torch.no_grad():
                 for name, w in weights.items():
                     noise = rng.normal(0.0, dp.noise_multiplier * dp.clip, tuple(w.shape))
-                    g = (summed[name] + torch.from_numpy(noise).to(w.dtype)) / (
+                    g = (summed[name] + self._tensor(noise).to(w.dtype)) / (
                         dp.sampling_rate * count
                     )
                     if anchors:
                         g = g + config.proximal_mu * (w - anchors[name])
                     w.sub_(g, alpha=config.lr)
                     if name in masks:
-                        w.mul_(masks[name])
-        delta = Params({n: self._storage[n] - params[n] for n in params})
-        metrics = {"loss": float(np.mean(losses))} if losses else {}
-        return ClientUpdate(task.client_id, task.round, delta, float(count), metrics)
+                        w.mul_(masks[name].to(self.device))
+        return {"loss": float(np.mean(losses))} if losses else {}
 
+    # -- evaluation --------------------------------------------------------------------
     def evaluate(
         self, params: Params, client_id: str, round_number: int, data: ClientData
     ) -> EvaluateResult:
@@ -207,7 +398,28 @@ class TorchTrainer:
         if data.num_test == 0:
             return EvaluateResult(client_id, round_number, 0, {})
         self.module.eval()
+        if self.evaluate_function is not None:
+            answer = self.evaluate_function(self.module, data)
+            what = f"evaluate function's result for client {client_id!r}"
+            if not (isinstance(answer, tuple) and len(answer) == 2):
+                raise ConfigError(what, _short(answer), "a tuple (num_examples, metrics)")
+            count, metrics = answer
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ConfigError(f"{what}[0]", count, "an integer number of examples >= 0")
+            return EvaluateResult(client_id, round_number, count, check_metrics(metrics, what))
         with torch.inference_mode():
-            outputs = self.module(torch.from_numpy(data.x_test))
-        metrics = evaluation_metrics(self.task, outputs, torch.from_numpy(data.y_test))
-        return EvaluateResult(client_id, round_number, data.num_test, metrics)
+            outputs = self.module(self._tensor(data.x_test))
+        targets = self._tensor(data.y_test)
+        if self.loss is None and self.metrics is None:
+            return EvaluateResult(
+                client_id,
+                round_number,
+                data.num_test,
+                evaluation_metrics(self.task, outputs, targets),
+            )
+        measured = {"loss": float(self._loss(outputs, targets))}
+        if self.metrics is not None:
+            measured |= check_metrics(self.metrics(outputs, targets), "metrics function's result")
+        elif self.task == "classification":
+            measured["accuracy"] = float((outputs.argmax(-1) == targets).double().mean())
+        return EvaluateResult(client_id, round_number, data.num_test, measured)

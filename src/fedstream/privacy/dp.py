@@ -125,12 +125,12 @@ class DifferentialPrivacy:
     def __post_init__(self) -> None:
         checks.one_of("dp", self.level, list(DP_LEVELS))
         checks.one_of("dp_accountant", self.accountant, ["rdp", "pld"])
-        if self.inner.needs_individual_updates:
+        if self.inner.needs_individual_updates and self.level == "client":
             raise ConfigError(
                 "strategy",
                 self.inner.name,
-                "a sum-based strategy: DP noise is added to the sum, and "
-                f"{self.inner.name} needs each client's update",
+                "a sum-based strategy with dp='client': the server's DP noise is added to "
+                f"the sum, and {self.inner.name} needs each client's update",
             )
         checks.non_negative("dp_noise", self.noise_multiplier)
         checks.positive("dp_clip", self.clip)
@@ -185,7 +185,9 @@ class DifferentialPrivacy:
 
     @property
     def needs_individual_updates(self) -> bool:
-        return False
+        """Only with noise added on the clients (local DP, DP-SGD), where any aggregation
+        of their releases is post-processing."""
+        return self.inner.needs_individual_updates
 
     @property
     def proximal_mu(self) -> float:

@@ -3,6 +3,9 @@
 One small interface, :class:`Aggregation`, covers every way a round can combine updates:
 
 - the plain streaming sum (``secure.plain.PlainSum``): each update is added as it arrives;
+- the individual updates, for a strategy that needs each one (a robust rule): kept as the
+  rows of one matrix, spilled to a memory-mapped file past a budget
+  (``aggregation.updates``), with the streaming sum beside them;
 - a secure sum (SecAgg+, CKKS, Paillier): updates stay on their clients and a protocol over
   the transport reveals only their sum.
 
@@ -13,11 +16,12 @@ a secure sum is looked up by its scheme's name, never by the config's type.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 
+from fedstream.aggregation.updates import UpdateBuffer
 from fedstream.errors import ConfigError, RoundFailedError
 from fedstream.params import Params
 from fedstream.rounds.collect import Collected
@@ -83,6 +87,32 @@ class StreamingSum:
         return SecureSumResult(self._sum.result(round_number), tuple(participants), (), 0, 0)
 
 
+class IndividualUpdates:
+    """The streaming sum, and every accepted update kept for the strategy to read."""
+
+    on_clients = False
+    min_participants = 1
+
+    def __init__(self, like: Params, capacity: int, budget_bytes: int) -> None:
+        self._sum = StreamingSum(like)
+        self._buffer = UpdateBuffer(like, capacity, budget_bytes)
+
+    def add(self, update: ClientUpdate) -> None:
+        self._sum.add(update)
+        self._buffer.add(update.client_id, update.payload, update.weight)
+
+    def finish(
+        self,
+        transport: Exchanger,
+        round_number: int,
+        participants: Sequence[str],
+        rng: np.random.Generator,
+    ) -> SecureSumResult:
+        summed = self._sum.finish(transport, round_number, participants, rng)
+        aggregate = replace(summed.aggregate, updates=self._buffer.matrix())
+        return replace(summed, aggregate=aggregate)
+
+
 class SecureRound:
     """A secure sum: the clients hold their updates until ``finish`` runs the protocol."""
 
@@ -120,10 +150,17 @@ def check_composable(strategy: Strategy, config: RoundConfig) -> None:
         )
 
 
-def aggregation_for(config: RoundConfig, like: Params) -> Aggregation:
-    """The aggregation a round with ``config`` uses over updates shaped like ``like``."""
+def aggregation_for(
+    config: RoundConfig, like: Params, strategy: Strategy, capacity: int
+) -> Aggregation:
+    """The aggregation a round with ``config`` and ``strategy`` uses over at most
+    ``capacity`` updates shaped like ``like``."""
     secure = config.secure_aggregation
-    return StreamingSum(like) if secure is None else SecureRound(like, secure)
+    if secure is not None:
+        return SecureRound(like, secure)
+    if strategy.needs_individual_updates:
+        return IndividualUpdates(like, capacity, config.updates_budget_bytes)
+    return StreamingSum(like)
 
 
 @dataclass(frozen=True)

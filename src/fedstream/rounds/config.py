@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedstream import checks
+from fedstream.aggregation.updates import DEFAULT_BUDGET_BYTES
 from fedstream.compression.codecs import BROADCASTS, Compression
 from fedstream.errors import ConfigError
 from fedstream.secure.he import HEConfig
@@ -31,6 +32,10 @@ class RoundConfig:
     zero and send only the kept entries. With ``personalize_epochs`` every evaluating
     client also adapts the global model to its own data for that many epochs and reports
     both (``fed_personal_*``, and per client in ``RoundReport.evaluations``).
+    ``local_entries`` name model entries that stay on the clients besides the integer ones
+    (``fedstream.client.local``; FedBN keeps every BatchNorm entry there). A strategy that
+    reads each update (a robust rule) keeps them in memory up to ``updates_budget_bytes``,
+    and in a memory-mapped temporary file beyond.
 
     With ``secure_aggregation`` the sum is computed by SecAgg+ (``SecAggConfig``) or under
     homomorphic encryption (``CKKSConfig``, ``PaillierConfig``): the server never sees an
@@ -54,6 +59,8 @@ class RoundConfig:
     prune_fraction: float = 0.0
     prune_structured: bool = False
     personalize_epochs: int = 0
+    local_entries: tuple[str, ...] = ()
+    updates_budget_bytes: int = DEFAULT_BUDGET_BYTES
 
     def __post_init__(self) -> None:
         per_round = self.clients_per_round
@@ -75,6 +82,7 @@ class RoundConfig:
             checks.positive("max_update_norm", self.max_update_norm)
         checks.one_of("broadcast", self.broadcast, list(BROADCASTS))
         checks.non_negative_int("personalize_epochs", self.personalize_epochs)
+        checks.positive_int("updates_budget_bytes", self.updates_budget_bytes)
         checks.in_unit_interval(
             "prune_fraction", self.prune_fraction, include_zero=True, include_one=False
         )

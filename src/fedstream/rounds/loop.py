@@ -20,6 +20,7 @@ import numpy as np
 
 from fedstream import checks
 from fedstream.client.encode import upload_codec, upload_mask
+from fedstream.client.local import shared_part, with_shared
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.compression.pruning import prune
 from fedstream.errors import RoundFailedError
@@ -45,12 +46,18 @@ def server_step(
     aggregate: WeightedSum,
     config: RoundConfig,
     rng: np.random.Generator,
+    local: Sequence[str] = (),
 ) -> ServerState:
-    """The strategy's update on the aggregate, then pruning if configured. A strategy that
-    draws (DP noise) takes the generator where the round left it, in the state. A model
-    that is no longer finite fails the round."""
+    """The strategy's update on the aggregate, then pruning if configured. The strategy
+    sees only the shared entries (``local`` ones keep their value in the global model). A
+    strategy that draws (DP noise) takes the generator where the round left it, in the
+    state. A model that is no longer finite fails the round."""
     round_number = state.round + 1
-    new_state = strategy.server_update(state.evolve(rng_state=rng.bit_generator.state), aggregate)
+    shared = state.evolve(
+        params=shared_part(state.params, local), rng_state=rng.bit_generator.state
+    )
+    new_state = strategy.server_update(shared, aggregate)
+    new_state = new_state.evolve(params=with_shared(state.params, new_state.params))
     if not new_state.params.is_finite():
         raise RoundFailedError(round_number, "the server update produced NaN or Inf parameters")
     if config.prune_fraction > 0:
@@ -79,11 +86,12 @@ def run_round(
     rng = state.generator()
     plan = plan_round(state, strategy, client_ids, config, rng, task_policy)
     sent = broadcast_params(state.params, config.broadcast, rng)
-    aggregation = aggregation_for(config, state.params)
+    like = shared_part(state.params, plan.fit.local_entries)
+    aggregation = aggregation_for(config, like, strategy, len(plan.tasks))
     collected = collect_updates(
         transport.fit(sent, plan.tasks),
         plan,
-        state.params,
+        like,
         None if aggregation.on_clients else aggregation.add,
         config.max_update_norm,
         upload_codec(plan.fit),
@@ -94,7 +102,9 @@ def run_round(
     )
     fit_done = time.perf_counter()
 
-    new_state = server_step(state, strategy, aggregated.aggregate, config, rng)
+    new_state = server_step(
+        state, strategy, aggregated.aggregate, config, rng, plan.fit.local_entries
+    )
     rng = new_state.generator()
     update_done = time.perf_counter()
 

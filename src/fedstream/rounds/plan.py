@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fedstream.client.base import FitTask
+from fedstream.client.local import local_names
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.rounds.config import RoundConfig
 from fedstream.strategies.base import Strategy
@@ -76,7 +77,8 @@ def plan_round(
     count = sample_size(len(client_ids), config.clients_per_round, config.min_clients)
     sampled = sample_clients(rng, client_ids, count)
     seeds = rng.integers(0, 2**63 - 1, size=len(sampled))
-    fit = strategy.configure_fit(state, config.fit_config())
+    local = local_names(state.params, config.local_entries)
+    fit = strategy.configure_fit(state, replace(config.fit_config(), local_entries=local))
     tasks = [
         FitTask(client_id, round_number, replace(fit, seed=int(seed)))
         for client_id, seed in zip(sampled, seeds, strict=True)

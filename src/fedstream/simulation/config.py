@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fedstream import checks
+from fedstream.aggregation.robust import ROBUST_RULES
 from fedstream.compression.codecs import Compression
 from fedstream.data.datasets import DATASETS, NATURAL_ONLY, PARTITIONS, check_shakespeare_fraction
 from fedstream.data.shakespeare import EDITIONS
@@ -26,6 +27,7 @@ from fedstream.secure.secagg import SecAggConfig
 from fedstream.simulation.stragglers import Stragglers
 from fedstream.strategies import STRATEGIES, make_strategy
 from fedstream.strategies.base import Strategy
+from fedstream.strategies.robust import Robust
 
 SECURE_SUMS = {"secagg+": "SecAgg+", "ckks": "CKKS", "paillier": "Paillier"}
 
@@ -59,6 +61,9 @@ HELP: dict[str, str] = {
     "beta1": "FedAdam/FedYogi/FedAdagrad first-moment decay β1",
     "beta2": "FedAdam/FedYogi second-moment decay β2",
     "tau": "FedAdam/FedYogi/FedAdagrad adaptivity τ",
+    "aggregator": "mean (the weighted sum), or a robust rule over each update: "
+    "median, trimmed_mean",
+    "trim_fraction": "trimmed_mean: share of values dropped at each end of every coordinate",
     "dp": "differential privacy: none, client (central DP-FedAvg), local (clients add the "
     "noise), sample (DP-SGD on every client)",
     "dp_noise": "DP noise multiplier z (noise std = z × clip)",
@@ -148,6 +153,8 @@ class SimulationConfig:
     beta1: float | None = None
     beta2: float | None = None
     tau: float | None = None
+    aggregator: str = "mean"
+    trim_fraction: float = 0.1
     # differential privacy
     dp: str = "none"
     dp_noise: float = 1.0
@@ -253,7 +260,8 @@ class SimulationConfig:
             raise ConfigError(
                 "secure_aggregation",
                 self.secure_aggregation,
-                f"'none' with strategy={self.strategy!r}, which needs each client's update",
+                f"'none' with aggregator={self.aggregator!r}, which reads each client's "
+                "update (a secure sum reveals only their total)",
             )
         if isinstance(strategy, DifferentialPrivacy) and self.dp_target_epsilon is not None:
             planned = strategy.epsilon_after(self.rounds)
@@ -278,7 +286,18 @@ class SimulationConfig:
             beta2=self.beta2,
             tau=self.tau,
         )
+        checks.one_of("aggregator", self.aggregator, ["mean", *ROBUST_RULES])
         checks.one_of("dp", self.dp, ["none", *DP_LEVELS])
+        if self.aggregator != "mean":
+            if self.dp == "client":
+                raise ConfigError(
+                    "aggregator",
+                    self.aggregator,
+                    "'mean' with dp='client': central DP's guarantee is for a noisy sum, "
+                    "and a robust rule replaces the sum (dp='local' or 'sample' compose: "
+                    "their noise is added on the clients)",
+                )
+            strategy = Robust(strategy, self.aggregator, self.trim_fraction)
         if self.dp == "none":
             return strategy
         per_round = sample_size(self.num_clients, self.clients_per_round, self.min_clients)

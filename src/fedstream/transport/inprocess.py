@@ -18,7 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from fedstream.client.base import CohortTrainer, FitTask, Trainer, evaluate_client
-from fedstream.client.encode import prepare_upload, receive_params, upload_mask
+from fedstream.client.encode import finish_fit, receive_params, upload_mask
+from fedstream.client.local import start_params
 from fedstream.client.state import ClientState, MemoryClientStates
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData, check_clients, train_size
@@ -109,17 +110,23 @@ class InProcessTransport:
             device = self._devices[client_id] = SecureDevice(client_id)
         return device
 
+    def _start(self, received: Params, task: FitTask) -> Params:
+        """The model ``task``'s client trains from (its own local entries in)."""
+        return start_params(received, self.states.of(task.client_id), task.config.local_entries)
+
     def _upload(
         self,
         update: ClientUpdate,
+        start: Params,
         config: FitConfig,
         bytes_down: int,
         mask: npt.NDArray[np.bool_] | None = None,
     ) -> Delivery[ClientUpdate]:
-        """Encode the update as its client would (``prepare_upload``) and pass it through the
+        """Finish the update as its client would (``finish_fit``) and pass it through the
         wire format as a remote client's would be. Under secure aggregation the client
         keeps the update and answers with its metrics only."""
-        sent, state = prepare_upload(update, config, self.states.of(update.client_id), mask)
+        state = self.states.of(update.client_id)
+        sent, state = finish_fit(update, start, config, state, mask)
         self.states.put(update.client_id, state)
         if config.secure_aggregation:
             self._device(update.client_id).hold(sent)
@@ -167,9 +174,13 @@ class InProcessTransport:
                 self.cohort_budget_bytes,
             )
             for cohort in cohorts:
+                starts = [self._start(received, t) for t in cohort]
                 try:
                     updates = self.trainer.fit_cohort(
-                        received, cohort, [self.clients[t.client_id] for t in cohort]
+                        received,
+                        cohort,
+                        [self.clients[t.client_id] for t in cohort],
+                        starts if any(s is not received for s in starts) else None,
                     )
                 except Exception as exc:  # the whole cohort failed together
                     cause = describe_exception(exc)
@@ -178,17 +189,33 @@ class InProcessTransport:
                             task.client_id, ClientFailure(task.client_id, "train", cause), down, 0
                         )
                     continue
-                for task, update in zip(cohort, updates, strict=True):
-                    yield self._upload(update, task.config, down, mask)
+                for task, update, start in zip(cohort, updates, starts, strict=True):
+                    yield self._finish(update, start, task, down, mask)
             return
         for task in tasks:
+            start = self._start(received, task)
             try:
-                update = self.trainer.fit(received, task, self.clients[task.client_id])
+                update = self.trainer.fit(start, task, self.clients[task.client_id])
             except Exception as exc:
                 failure = ClientFailure(task.client_id, "train", describe_exception(exc))
                 yield Delivery(task.client_id, failure, down, 0)
                 continue
-            yield self._upload(update, task.config, down, mask)
+            yield self._finish(update, start, task, down, mask)
+
+    def _finish(
+        self,
+        update: ClientUpdate,
+        start: Params,
+        task: FitTask,
+        bytes_down: int,
+        mask: npt.NDArray[np.bool_] | None,
+    ) -> Delivery[ClientUpdate]:
+        """``_upload``, with a failure to encode recorded as the client's failure."""
+        try:
+            return self._upload(update, start, task.config, bytes_down, mask)
+        except Exception as exc:
+            failure = ClientFailure(task.client_id, "train", describe_exception(exc))
+            return Delivery(task.client_id, failure, bytes_down, 0)
 
     def evaluate(
         self,
@@ -201,9 +228,10 @@ class InProcessTransport:
         wire = params.to_bytes()
         received = decode_broadcast(Params.from_bytes(wire), broadcast)
         for client_id in client_ids:
+            own = start_params(received, self.states.of(client_id))
             try:
                 result = evaluate_client(
-                    self.trainer, received, client_id, round_number, self.clients[client_id],
+                    self.trainer, own, client_id, round_number, self.clients[client_id],
                     personalize,
                 )  # fmt: skip
             except Exception as exc:

@@ -25,7 +25,8 @@ from typing import Any
 import grpc
 
 from fedstream.client.base import FitTask, Trainer, evaluate_client
-from fedstream.client.encode import prepare_upload, receive_params, upload_mask
+from fedstream.client.encode import finish_fit, receive_params, upload_mask
+from fedstream.client.local import start_params
 from fedstream.client.state import EMPTY, ClientState, DiskClientState
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
@@ -127,9 +128,10 @@ class _Device:
             config = fit_config_from_dict(header["config"])
             task = FitTask(self.client_id, request.round, config)
             params = receive_params(Params.from_bytes(payload), config)
-            update = self.trainer.fit(params, task, self.data)
+            start = start_params(params, self.state, config.local_entries)
+            update = self.trainer.fit(start, task, self.data)
             mask = upload_mask(params, config)
-            sent, state = prepare_upload(update, config, self.state, mask)
+            sent, state = finish_fit(update, start, config, self.state, mask)
             self.keep(state)
             body = {"round": sent.round, "weight": sent.weight, "metrics": dict(sent.metrics)}
             if config.secure_aggregation:
@@ -137,7 +139,8 @@ class _Device:
                 return {**body, "weight": 0.0}, Params({}).to_bytes()
             return {**body, "extras": dict(sent.extras)}, sent.payload.to_bytes()
         if request.kind == "evaluate":
-            params = decode_broadcast(Params.from_bytes(payload), header.get("broadcast", "none"))
+            received = decode_broadcast(Params.from_bytes(payload), header.get("broadcast", "none"))
+            params = start_params(received, self.state)
             personal = header.get("personalize")
             result = evaluate_client(
                 self.trainer, params, self.client_id, request.round, self.data,

@@ -21,8 +21,12 @@ def fit_config_from_dict(data: Any) -> FitConfig:
         privacy = values.pop("privacy", None)
         sample_dp = values.pop("sample_dp", None)
         compression = values.pop("compression", None)
+        local = values.pop("local_entries", ())
+        if not isinstance(local, list | tuple) or not all(isinstance(n, str) for n in local):
+            raise ValueError(f"local_entries={local!r}: expected a list of names")
         return FitConfig(
             **values,
+            local_entries=tuple(local),
             privacy=ClientPrivacy(**privacy) if privacy is not None else None,
             sample_dp=SampleDP(**sample_dp) if sample_dp is not None else None,
             compression=Compression(**compression) if compression is not None else None,

@@ -1,0 +1,59 @@
+"""Entries that stay on the client: integer counters always, and those a run names."""
+
+import numpy as np
+import pytest
+
+from fedstream import ClientUpdate, ConfigError, Params
+from fedstream.client.local import (
+    LOCAL,
+    keep_local,
+    local_names,
+    shared_part,
+    start_params,
+    with_shared,
+)
+
+MODEL = Params(
+    {
+        "0.weight": np.ones((2, 2), np.float32),
+        "1.running_mean": np.zeros(2, np.float32),
+        "1.num_batches_tracked": np.array(0, np.int64),
+        "2.weight": np.full((1, 2), 2.0, np.float32),
+    }
+)
+
+
+def test_integer_entries_are_always_local_and_named_ones_join_them_in_model_order():
+    assert local_names(MODEL) == ("1.num_batches_tracked",)
+    assert local_names(MODEL, ["2.weight", "1.running_mean"]) == (
+        "1.running_mean",
+        "1.num_batches_tracked",
+        "2.weight",
+    )
+    with pytest.raises(ConfigError, match=r"local_entries=\['head.weight'\] is invalid"):
+        local_names(MODEL, ["head.weight"])
+
+
+def test_the_update_layout_is_the_shared_part_and_the_global_keeps_its_local_entries():
+    local = local_names(MODEL)
+    shared = shared_part(MODEL, local)
+    assert list(shared) == ["0.weight", "1.running_mean", "2.weight"]
+    moved = with_shared(MODEL, shared.map(lambda a: a + 1))
+    assert moved["0.weight"][0, 0] == 2.0 and moved["1.num_batches_tracked"] == 0
+    assert moved["1.num_batches_tracked"].dtype == np.int64
+
+
+def test_a_client_trains_from_its_own_local_values_and_keeps_the_new_ones():
+    local = local_names(MODEL, ["2.weight"])
+    state = {}
+    assert start_params(MODEL, state, local) is MODEL  # first time: the global values
+    delta = MODEL.map(lambda a: np.ones_like(a) * 3)
+    update = ClientUpdate("c", 1, delta, 5.0)
+    sent, state = keep_local(update, MODEL, local, state)
+    assert list(sent.payload) == ["0.weight", "1.running_mean"]
+    assert state[LOCAL]["1.num_batches_tracked"] == 3
+    assert state[LOCAL]["2.weight"].tolist() == [[5.0, 5.0]]
+    again = start_params(MODEL, state, local)
+    assert again["2.weight"].tolist() == [[5.0, 5.0]] and again["0.weight"][0, 0] == 1.0
+    # evaluation takes every local entry the client keeps
+    assert start_params(MODEL, state)["1.num_batches_tracked"] == 3
