@@ -20,7 +20,7 @@ import pytest
 from fedstream import Params, run_round, simulate
 from fedstream.deploy import join, make_tokens, serve
 from fedstream.simulation import SimulationConfig
-from fedstream.simulation.engine import build, build_dataset
+from fedstream.simulation.engine import build, build_dataset, resolve_app
 from fedstream.store import RunStore, latest_checkpoint, load_checkpoint
 from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
@@ -47,7 +47,7 @@ def write_run(folder: Path, **changes) -> tuple[Path, Path, SimulationConfig]:
     toml = folder / "run.toml"
     toml.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()) + "\n")
     tokens = folder / "tokens.json"
-    tokens.write_text(json.dumps(make_tokens(sorted(build_dataset(config).clients))))
+    tokens.write_text(json.dumps(make_tokens(client_ids(config))))
     return toml, tokens, config
 
 
@@ -107,11 +107,16 @@ def start_clients(toml, tokens, port, ids):
     return {c: start_client(toml, tokens, port, c) for c in ids}
 
 
+def client_ids(config):
+    app = resolve_app(config, None)
+    return app.ids() if app is not None else sorted(build_dataset(config).clients)
+
+
 def deploy_run(tmp_path, toml, tokens, config):
     """A whole deployment: the server and every configured client as processes, run to
     the end; the final checkpoint's state and report."""
     server, port = start_server_process(toml, tokens, tmp_path / "run")
-    clients = start_clients(toml, tokens, port, sorted(build_dataset(config).clients))
+    clients = start_clients(toml, tokens, port, client_ids(config))
     assert server.wait() == 0, "".join(server.lines)
     for client in clients.values():
         assert client.wait() == 0, "".join(client.lines)
@@ -535,6 +540,18 @@ def test_a_client_restarted_between_rounds_continues_from_its_saved_state(tmp_pa
 
     assert deployed(keep_state=True).bit_equal(expected)
     assert not deployed(keep_state=False).bit_equal(expected)
+
+
+def test_a_users_app_deploys_over_grpc_and_ends_where_its_simulation_does(tmp_path):
+    """The server reads no client's data; each client process reads only its own, through
+    the app's data function, and trains the app's own model (batch norm, dropout)."""
+    app = "tests.apps.tiny:by_function"
+    toml, tokens, config = write_run(tmp_path, app=app, num_clients=5, rounds=2, batch_size=8)
+    assert sorted(json.loads(tokens.read_text())) == [f"site-{k}" for k in range(5)]
+    final, report = deploy_run(tmp_path, toml, tokens, config)
+    simulated = simulate(config)
+    assert final.params.bit_equal(simulated.state.params)
+    assert report.metrics == simulated.reports[-1].metrics
 
 
 @pytest.mark.parametrize("secure", ["secagg+", "ckks"])

@@ -3,6 +3,7 @@ moving their data, keeps what they send private and small, and serves the freshe
 
 __version__ = "0.1.0"
 
+from fedstream.app import App, load_app
 from fedstream.client import FitTask, TorchTrainer, Trainer, VectorizedTrainer
 from fedstream.compression import Compression
 from fedstream.errors import (
@@ -40,6 +41,7 @@ from fedstream.types import (
 )
 
 __all__ = [
+    "App",
     "CKKSConfig",
     "ClientFailure",
     "ClientUpdate",
@@ -75,6 +77,7 @@ __all__ = [
     "WeightedSum",
     "WireFormatError",
     "__version__",
+    "load_app",
     "make_strategy",
     "run_round",
     "run_rounds",

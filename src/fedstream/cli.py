@@ -21,6 +21,7 @@ from fedstream.simulation.config import (
     fields,
     from_mapping,
     load_toml,
+    project_settings,
 )
 from fedstream.simulation.presets import PRESETS, preset
 
@@ -178,7 +179,7 @@ def run(
         config = _load_config(config_path, preset_name, flags)
         if output is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            output = Path("runs") / f"{stamp}-{config.dataset}-{config.strategy}"
+            output = Path("runs") / f"{stamp}-{config.run_name}"
         stop = None
         if serve_port is not None:
             stop = _serve_in_background(
@@ -205,9 +206,10 @@ def run(
 def _load_config(
     config_path: Path | None, preset_name: str | None, flags: Mapping[str, str | None]
 ) -> SimulationConfig:
-    """The preset, then the TOML file, then the flags."""
+    """The preset, then the TOML file (or, without one, the ``[tool.fedstream]`` table of
+    the current folder's ``pyproject.toml``), then the flags."""
     values = dict(preset(preset_name).to_dict()) if preset_name else {}
-    values |= load_toml(config_path) if config_path else {}
+    values |= load_toml(config_path) if config_path else project_settings()
     values |= {k: v for k, v in flags.items() if v is not None}
     return from_mapping(values, source="config" if config_path else "flag")
 
@@ -351,7 +353,7 @@ def server(
         else:
             config = _load_config(config_path, None, flags)
             stamp = time.strftime("%Y%m%d-%H%M%S")
-            folder = output or Path("runs") / f"{stamp}-{config.dataset}-{config.strategy}"
+            folder = output or Path("runs") / f"{stamp}-{config.run_name}"
 
         def listening(port: int) -> None:
             click.echo(f"fedstream server listening on port {port}, run {folder.name}", err=True)
@@ -469,11 +471,12 @@ def client(
 def tokens(config_path: Path | None, out: Path, **flags: str | None) -> None:
     """Make a random token for every client of a run config."""
     from fedstream.deploy import make_tokens
-    from fedstream.simulation.engine import build_dataset
+    from fedstream.simulation.engine import build_dataset, resolve_app
 
     try:
         config = _load_config(config_path, None, flags)
-        made = make_tokens(sorted(build_dataset(config).clients))
+        app = resolve_app(config, None)
+        made = make_tokens(app.ids() if app is not None else sorted(build_dataset(config).clients))
     except FedstreamError as exc:
         _fail(exc)
     out.write_text(json.dumps(made, indent=1))
@@ -644,6 +647,12 @@ def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
     help="Serve HTTPS with this certificate (PEM); needs --tls-key.",
 )
 @click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="Its key (PEM).")
+@click.option(
+    "--app",
+    default=None,
+    metavar="MODULE:ATTR",
+    help="The app whose model the run trained, for a run started from a Python object.",
+)
 def serve(
     store: Path,
     run_id: str,
@@ -657,6 +666,7 @@ def serve(
     publish_token_file: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
+    app: str | None,
 ) -> None:
     """Serve a run's global model over HTTP(S), following new versions as training goes on."""
     import uvicorn
@@ -680,7 +690,7 @@ def serve(
     server = Server(
         store, run_id, version=version, follow=version is None, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, threads=threads,
-        publish_token=token or None,
+        publish_token=token or None, app=app,
     )  # fmt: skip
     try:
         server.store.model(run_id, version)

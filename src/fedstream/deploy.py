@@ -28,12 +28,13 @@ import torch
 if TYPE_CHECKING:
     from fedstream.serving.app import PublishTarget
 
+from fedstream.app import App
 from fedstream.client.base import Trainer
 from fedstream.client.vectorized import VectorizedTrainer
 from fedstream.data.base import ClientData
 from fedstream.errors import ConfigError
 from fedstream.simulation.config import SimulationConfig
-from fedstream.simulation.engine import Setup, SimulationResult, build, simulate
+from fedstream.simulation.engine import Setup, SimulationResult, build, resolve_app, simulate
 from fedstream.transport.grpc.client import ClientCredentials, ClientStats, run_client
 from fedstream.transport.grpc.server import (
     FedstreamService,
@@ -94,8 +95,10 @@ def serve(
     progress: bool = False,
     on_listening: Callable[[int], None] | None = None,
     publish_to: PublishTarget | None = None,
+    app: App | None = None,
 ) -> SimulationResult:
-    """Run the federated training in ``config`` as a gRPC server on ``listen``.
+    """Run the federated training in ``config`` (and ``app``, whose client data the server
+    never reads) as a gRPC server on ``listen``.
 
     Before round 1 it waits up to ``wait_timeout_s`` for ``wait_for`` clients (default:
     all configured clients). Every configured client needs a token; ``credentials=None``
@@ -121,6 +124,7 @@ def serve(
     try:
         return simulate(
             None if resume else config,
+            app=app,
             output_dir=out,
             resume=resume,
             store=store,
@@ -133,8 +137,16 @@ def serve(
         server.stop(grace=2.0).wait()
 
 
-def client_setup(config: SimulationConfig, client_id: str) -> tuple[ClientData, Trainer]:
-    """The model trainer for ``config`` and this client's share of its data set."""
+def client_setup(
+    config: SimulationConfig, client_id: str, app: App | None = None
+) -> tuple[ClientData, Trainer]:
+    """The model trainer for ``config`` and this client's data: from ``app`` (or the one
+    ``config.app`` names), which reads this client's data only, or this client's share of
+    the built-in data set."""
+    user_app = resolve_app(config, app)
+    if user_app is not None:
+        data = user_app.client_data(client_id)
+        return data, user_app.trainer(user_app.build_model(config.seed))
     setup = build(config)
     if client_id not in setup.dataset.clients:
         known = sorted(setup.dataset.clients)
@@ -156,12 +168,13 @@ def join(
     stop: threading.Event | None = None,
     give_up_after_s: float | None = None,
     state_dir: str | Path | None = None,
+    app: App | None = None,
 ) -> ClientStats:
     """Take part in the run at ``server`` as ``client_id`` until it is over. Uses
     ``config.threads`` torch threads (one per process is fastest for small models). The
     client's durable state is kept in ``state_dir`` (see ``run_client``)."""
     torch.set_num_threads(config.threads)
-    own, trainer = client_setup(config, client_id)
+    own, trainer = client_setup(config, client_id, app)
     return run_client(
         server,
         client_id,

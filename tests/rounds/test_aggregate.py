@@ -9,7 +9,7 @@ from tests.rounds.scripted import GLOBAL, delta_of, transport, weight_of
 
 
 def test_the_streaming_sum_is_the_weighted_sum_in_float64():
-    sum_ = aggregation_for(RoundConfig(), GLOBAL)
+    sum_ = aggregation_for(RoundConfig(), GLOBAL, FedAvg(), 2)
     assert isinstance(sum_, StreamingSum) and not sum_.on_clients
     for client in ("c0", "c2"):
         sum_.add(ClientUpdate(client, 1, delta_of(client), weight_of(client), extras={"u": 1.0}))
@@ -22,7 +22,9 @@ def test_the_streaming_sum_is_the_weighted_sum_in_float64():
 
 
 def test_a_secure_sum_keeps_updates_on_the_clients_and_needs_two():
-    aggregation = aggregation_for(RoundConfig(secure_aggregation=SecAggConfig()), GLOBAL)
+    aggregation = aggregation_for(
+        RoundConfig(secure_aggregation=SecAggConfig()), GLOBAL, FedAvg(), 2
+    )
     assert isinstance(aggregation, SecureRound)
     assert aggregation.on_clients and aggregation.min_participants == 2
 
@@ -32,7 +34,7 @@ def test_too_few_valid_updates_fail_the_round_naming_each_failure():
     collected = Collected(("c0",), (failure,))
     with pytest.raises(RoundFailedError) as raised:
         aggregate_updates(
-            aggregation_for(RoundConfig(min_clients=2), GLOBAL),
+            aggregation_for(RoundConfig(min_clients=2), GLOBAL, FedAvg(), 2),
             transport(),
             collected,
             RoundConfig(min_clients=2),

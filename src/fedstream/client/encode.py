@@ -1,10 +1,10 @@
 """What a client does to its update between training and the wire: clip ▸ DP noise
 (local) ▸ compress ▸ mask / encrypt.
 
-DESIGN.md draws compress before noise; we noise first, on purpose. Compression after the
-noise is post-processing of a private release, so the accountant's ε holds whatever the
-codec does. Compressing first would need the codec's own sensitivity bound, and dense
-noise would undo a sparse codec's savings anyway.
+Noise comes before compression, on purpose (docs/architecture.md, "The dataflow"):
+compression after the noise is post-processing of a private release, so the accountant's
+ε holds whatever the codec does. Compressing first would need the codec's own sensitivity
+bound, and dense noise would undo a sparse codec's savings anyway.
 
 Every transport calls :func:`prepare_upload` on every update, so simulation and deployment
 send the same thing.

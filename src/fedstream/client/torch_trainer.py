@@ -66,10 +66,15 @@ def seeded_torch(seed: int) -> Iterator[None]:
     """Run with torch's global generator seeded from a task's ``seed``, then put it back.
     A lock keeps two threads of one process (a server and its clients in a test) from
     drawing from the one global generator at once."""
-    torch_seed = int(np.random.default_rng([seed, TORCH_STREAM]).integers(2**63 - 1))
     with _GLOBAL_GENERATOR, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(torch_seed)
+        torch.manual_seed(torch_seed(seed))
         yield
+
+
+def torch_seed(seed: int) -> int:
+    """The seed of torch's generator for a task with ``seed`` (its own stream, apart from
+    the batch order's)."""
+    return int(np.random.default_rng([seed, TORCH_STREAM]).integers(2**63 - 1))
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

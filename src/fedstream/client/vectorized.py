@@ -16,10 +16,12 @@ Models people use:
   norm each step runs one vmapped pass per distinct batch length among the clients (most
   are full; the short last batches group by length): exact, and a few passes per step
   instead of one.
-- **Dropout** and other random layers: vmap draws independent randomness per client
-  (``randomness="different"``) from torch's generator, seeded from the cohort's task
-  seeds. Runs are reproducible and resume bit for bit; the masks differ from those the
-  one-at-a-time trainer would draw.
+- **Dropout** (``nn.Dropout``, ``Dropout1d/2d/3d``): each client's masks are drawn from a
+  generator seeded as its own would be when trained alone (``client.dropout``), so they
+  are the one-at-a-time trainer's masks, whoever shares the cohort and on whichever
+  worker. Any other randomness a model draws inside vmap (``randomness="different"``)
+  comes from torch's generator seeded from the cohort's task seeds: reproducible, but
+  not independent of the cohort.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from fedstream.client.base import FitTask
+from fedstream.client.dropout import DropoutReplay, unreplayable
 from fedstream.client.torch_trainer import (
     TorchTrainer,
     batch_slices,
@@ -39,6 +42,7 @@ from fedstream.client.torch_trainer import (
     per_sample_loss,
     pruning_masks,
     seeded_torch,
+    torch_seed,
 )
 from fedstream.data.base import ClientData, Task
 from fedstream.errors import ConfigError
@@ -66,27 +70,38 @@ class VectorizedTrainer:
         self._parameters = [n for n, _ in module.named_parameters()]
         self._buffers = [n for n, _ in module.named_buffers()]
         self._exact_batches = self.sequential.batch_norm
-        self._forward = vmap(
-            lambda weights, buffers, x: functional_call(self.module, {**weights, **buffers}, (x,)),
-            randomness="different",
-        )
+        self._dropout = DropoutReplay(module)
+        self._forward = vmap(self._functional_forward, randomness="different")
+
+    def _functional_forward(
+        self, weights: TensorDict, buffers: TensorDict, masks: TensorDict, x: torch.Tensor
+    ) -> torch.Tensor:
+        """One client's forward pass (vmapped over clients), its dropout masks applied."""
+        with self._dropout.applying(masks):
+            out: torch.Tensor = functional_call(self.module, {**weights, **buffers}, (x,))
+        return out
 
     @staticmethod
     def unsupported(module: nn.Module) -> str | None:
         """Why ``module`` cannot be trained vectorised, or ``None`` if it can: torch.func
-        has no batching rule for the fused RNN kernels."""
+        has no batching rule for the fused RNN kernels, and alpha dropout and RReLU draw in
+        ways that cannot be replayed per client (``client.dropout``)."""
         recurrent = [n for n, m in module.named_modules() if isinstance(m, nn.RNNBase)]
         if recurrent:
             return (
                 "a model without recurrent layers (vmap cannot batch them); "
                 f"this one has {recurrent}"
             )
+        random = unreplayable(module)
+        if random:
+            return f"a model without alpha dropout or RReLU layers; this one has {random}"
         return None
 
     def _gradients(
         self,
         weights: TensorDict,
         buffers: TensorDict,
+        dropouts: TensorDict,
         x: torch.Tensor,
         y: torch.Tensor,
         mask: torch.Tensor,
@@ -100,7 +115,7 @@ class VectorizedTrainer:
         """
         leaves = {n: w.detach().requires_grad_(True) for n, w in weights.items()}
         cohort, width = y.shape[0], y.shape[1]
-        outputs = self._forward(leaves, buffers, x)
+        outputs = self._forward(leaves, buffers, dropouts, x)
         losses = per_sample_loss(self.task, outputs.flatten(0, 1), y.flatten(0, 1))
         losses = losses.view(cohort, width)
         data_loss = (losses * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -114,13 +129,16 @@ class VectorizedTrainer:
         x: torch.Tensor,
         y: torch.Tensor,
         step_mask: torch.Tensor,
+        draws: _Draws | None,
     ) -> tuple[TensorDict, torch.Tensor]:
-        """``_gradients`` for one step of every client. With batch norm, one pass per
-        distinct batch length, each over exactly its clients' real rows, since padded rows
-        would enter the batch statistics; clients with no batch get zero gradients."""
-        if not self._exact_batches:
-            return self._gradients(weights, buffers, x, y, step_mask)
+        """``_gradients`` for one step of every client, each client's dropout masks drawn
+        from its own generator. With batch norm, one pass per distinct batch length, each
+        over exactly its clients' real rows, since padded rows would enter the batch
+        statistics; clients with no batch get zero gradients."""
         lengths = step_mask.sum(1).to(torch.int64)
+        dropouts = draws.step(lengths.tolist(), x.shape[1], x.dtype) if draws is not None else {}
+        if not self._exact_batches:
+            return self._gradients(weights, buffers, dropouts, x, y, step_mask)
         grads = {n: torch.zeros_like(w) for n, w in weights.items()}
         loss = torch.zeros(len(lengths), dtype=x.dtype)
         for length in torch.unique(lengths[lengths > 0]).tolist():
@@ -129,6 +147,7 @@ class VectorizedTrainer:
             group_grads, group_loss = self._gradients(
                 {n: w[members] for n, w in weights.items()},
                 group_buffers,
+                {n: m[members, :length] for n, m in dropouts.items()},
                 x[members, :length],
                 y[members, :length],
                 step_mask[members, :length],
@@ -178,7 +197,10 @@ class VectorizedTrainer:
         for start in starts or ():
             check_layout(self.sequential.layout, start)
         seeds = [t.config.seed for t in tasks]
-        with seeded_torch(int(np.random.SeedSequence(seeds).generate_state(1, np.uint64)[0])):
+        with (
+            seeded_torch(int(np.random.SeedSequence(seeds).generate_state(1, np.uint64)[0])),
+            self._dropout.switched_off(),
+        ):
             return self._fit_cohort(params, tasks, datasets, starts)
 
     def _fit_cohort(
@@ -203,10 +225,11 @@ class VectorizedTrainer:
             buffers = {n: anchor[n].clone() for n in self._buffers}
         rows = torch.arange(cohort).unsqueeze(1)
         self.module.train()
+        draws = _Draws(self._dropout, self.module, x[0, :1], tasks) if self._dropout else None
 
         if config.payload == "gradient":
             mask = torch.from_numpy(np.arange(x.shape[1])[None, :] < sizes[:, None]).to(x.dtype)
-            grads, loss = self._step_gradients(weights, buffers, x, y, mask)
+            grads, loss = self._step_gradients(weights, buffers, x, y, mask, draws)
             return _updates(tasks, sizes, {n: g.numpy() for n, g in grads.items()}, loss)
 
         masks = pruning_masks(params) if config.masked else {}
@@ -222,7 +245,7 @@ class VectorizedTrainer:
                     step_mask = step_mask * (step_mask.sum(1, keepdim=True) > 1)
                 active = (step_mask.sum(1) > 0).to(x.dtype)
                 xb, yb = x[rows, index[step]], y[rows, index[step]]
-                grads, loss = self._step_gradients(weights, buffers, xb, yb, step_mask)
+                grads, loss = self._step_gradients(weights, buffers, xb, yb, step_mask, draws)
                 if mu:  # ∇ μ/2·‖w_k − w_global‖² = μ·(w_k − w_global)
                     grads = {n: g + mu * (weights[n] - anchor[n]) for n, g in grads.items()}
                 scale = _broadcast(active * config.lr)
@@ -234,6 +257,25 @@ class VectorizedTrainer:
         final = {**weights, **buffers}
         deltas = {n: (final[n] - anchor[n]).numpy() for n in params}
         return _updates(tasks, sizes, deltas, loss_sum / step_count, step_count > 0)
+
+
+class _Draws:
+    """A cohort's dropout masks, step by step, each client's from a generator seeded as
+    its own would be when trained alone (``client.dropout``)."""
+
+    def __init__(
+        self,
+        replay: DropoutReplay,
+        module: nn.Module,
+        example: torch.Tensor,
+        tasks: Sequence[FitTask],
+    ) -> None:
+        self.replay = replay
+        self.shapes = replay.input_shapes(module, example)
+        self.generators = [torch.Generator().manual_seed(torch_seed(t.config.seed)) for t in tasks]
+
+    def step(self, lengths: Sequence[int], width: int, dtype: torch.dtype) -> TensorDict:
+        return self.replay.draw(self.generators, lengths, width, self.shapes, dtype)
 
 
 def _per_client(tensor: torch.Tensor, cohort: int) -> torch.Tensor:

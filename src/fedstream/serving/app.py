@@ -40,6 +40,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from fedstream.app import is_torch, load_app
 from fedstream.errors import ConfigError, WireFormatError
 from fedstream.models import build_model
 from fedstream.params import Params
@@ -58,22 +59,41 @@ class LoadedModel:
     metrics: Mapping[str, float]
 
     @property
-    def in_features(self) -> int:
-        return int(self.architecture["in_features"])
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The shape of one input row, or ``None`` when the run did not record it."""
+        if "in_features" in self.architecture:
+            return (int(self.architecture["in_features"]),)
+        shape = self.architecture.get("input_shape")
+        return tuple(int(n) for n in shape) if shape is not None else None
 
     @property
     def dtype(self) -> np.dtype[Any]:
         return np.dtype(str(self.architecture["dtype"]))
 
 
-def load_model(store: RunStore, run_id: str, version: int | None) -> LoadedModel:
+def load_model(
+    store: RunStore, run_id: str, version: int | None, app: str | None = None
+) -> LoadedModel:
+    """Version ``version`` (the newest for ``None``) of ``run_id``'s model, rebuilt from its
+    architecture: a built-in model, or the run's app (``app`` names it for a run whose
+    app was a Python object)."""
     meta, blob = store.model(run_id, version)
     arch = meta["architecture"]
-    dtype = torch.float64 if arch["dtype"] == "float64" else torch.float32
-    hidden = tuple(arch["hidden"]) if arch.get("hidden") else None
-    module = build_model(
-        arch["model"], arch["in_features"], arch["out_features"], arch["seed"], hidden, dtype
-    )
+    if "model" in arch:
+        dtype = torch.float64 if arch["dtype"] == "float64" else torch.float32
+        hidden = tuple(arch["hidden"]) if arch.get("hidden") else None
+        module = build_model(
+            arch["model"], arch["in_features"], arch["out_features"], arch["seed"], hidden, dtype
+        )
+    else:
+        path = app or arch.get("app")
+        if path is None:
+            raise ConfigError(
+                "--app", None, f"the app that made run {run_id!r} (it ran from a Python object)"
+            )
+        module = load_app(path).build_model(int(arch["seed"]))
+        if not is_torch(module):
+            raise ConfigError("--app", path, "an app with a PyTorch model (serving runs torch)")
     params = Params.from_bytes(blob)
     module.load_state_dict({n: torch.from_numpy(np.array(a)) for n, a in params.items()})
     module.eval()
@@ -119,8 +139,10 @@ class Server:
         poll_s: float = 0.2,
         publish_token: str | None = None,
         max_publish_bytes: int = 1 << 30,
+        app: str | None = None,
     ) -> None:
         self.store = RunStore(store_path)
+        self.app = app  # the app that made the run, when it does not name one itself
         self.publish_token = publish_token
         self.max_publish_bytes = max_publish_bytes
         self.run_id = run_id
@@ -140,7 +162,7 @@ class Server:
 
     # -- models ------------------------------------------------------------------------
     def swap_to(self, version: int | None) -> LoadedModel:
-        loaded = load_model(self.store, self.run_id, version)
+        loaded = load_model(self.store, self.run_id, version, self.app)
         with self._lock:
             if self.current is None or self.current.version != loaded.version:
                 self.stats.swaps += self.current is not None
@@ -240,7 +262,8 @@ def _parse_inputs(server: Server, body: bytes, content_type: str) -> np.ndarray:
     model = server.current
     if model is None:
         raise HTTPException(503, "no model is loaded yet")
-    width, dtype = model.in_features, model.dtype
+    shape, dtype = model.input_shape, model.dtype
+    row = "[...]" if shape is None else f"[{shape[0]} numbers]" if len(shape) == 1 else str(shape)
     if content_type.startswith("application/octet-stream"):
         try:
             params = Params.from_bytes(body)
@@ -259,12 +282,11 @@ def _parse_inputs(server: Server, body: bytes, content_type: str) -> np.ndarray:
             array = np.asarray(document["inputs"], dtype=dtype)
         except (ValueError, KeyError, TypeError) as exc:
             raise HTTPException(
-                422, f'body must be JSON {{"inputs": [[{width} numbers], ...]}}: {exc}'
+                422, f'body must be JSON {{"inputs": [{row}, ...]}}: {exc}'
             ) from None
-    if array.ndim != 2 or array.shape[1] != width or array.shape[0] == 0:
-        raise HTTPException(
-            422, f"inputs has shape {tuple(array.shape)}, expected (rows ≥ 1, {width})"
-        )
+    expected = "(rows ≥ 1, …)" if shape is None else f"(rows ≥ 1, {', '.join(map(str, shape))})"
+    if array.ndim < 1 or array.shape[0] == 0 or (shape is not None and array.shape[1:] != shape):
+        raise HTTPException(422, f"inputs has shape {tuple(array.shape)}, expected {expected}")
     if array.shape[0] > server.max_batch:
         raise HTTPException(422, f"inputs has {array.shape[0]} rows, at most {server.max_batch}")
     if not np.all(np.isfinite(array)):

@@ -53,6 +53,10 @@ HELP: dict[str, str] = {
     "(sample roles until this fraction of all windows, drop roles under 64, split windows at "
     "random; LEAF used 0.05); replaces num_clients",
     "model": f"model: {', '.join(MODELS)}",
+    "app": "your own model, data and training: an App at package.module:attribute "
+    "(replaces the data and model settings)",
+    "local_batchnorm": "FedBN: every BatchNorm layer's weights and statistics stay on each "
+    "client (else its statistics are averaged with the weights)",
     "hidden": "hidden widths: MLP layers (64,64), CNN channels (16,32), LSTM layers (256,256)",
     "strategy": f"federated strategy: {', '.join(STRATEGIES)}",
     "server_lr": "server learning rate (strategy default if unset)",
@@ -144,6 +148,8 @@ class SimulationConfig:
     shakespeare_fraction: float | None = None
     # model
     model: str = "mlp"
+    app: str | None = None
+    local_batchnorm: bool = False
     hidden: tuple[int, ...] | None = None
     # strategy (server side)
     strategy: str = "fedavg"
@@ -327,6 +333,12 @@ class SimulationConfig:
         )
 
     @property
+    def run_name(self) -> str:
+        """The data (or app) and strategy, for a run folder's name: ``digits-fedavg``."""
+        data = self.dataset if self.app is None else self.app.partition(":")[0].rpartition(".")[2]
+        return f"{data}-{self.strategy}"
+
+    @property
     def label(self) -> str:
         """The strategy as a person names it, e.g. ``fedavg + DP (client)``."""
         parts = [self.strategy]
@@ -489,16 +501,36 @@ def from_mapping(values: Mapping[str, Any], source: str = "config") -> Simulatio
     return SimulationConfig(**{k: coerce(k, v) for k, v in values.items()})
 
 
-def load_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML run file: settings at the top level (or under a ``[run]`` table)."""
+def _read_toml(path: Path, field: str) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
-            data = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError("--config", str(path), "an existing TOML file") from None
+        raise ConfigError(field, str(path), "an existing TOML file") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("--config", str(path), f"valid TOML ({exc})") from None
+        raise ConfigError(field, str(path), f"valid TOML ({exc})") from None
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML run file: settings at the top level (or under a ``[run]`` table)."""
+    data = _read_toml(path, "--config")
     run = data.get("run", data)
     if not isinstance(run, dict):
         raise ConfigError("--config", str(path), "a table of settings")
     return dict(run)
+
+
+PROJECT_FILE = "pyproject.toml"
+
+
+def project_settings(folder: Path | None = None) -> dict[str, Any]:
+    """The ``[tool.fedstream]`` table of the ``pyproject.toml`` in ``folder`` (the current
+    one by default), as a Python project keeps its tools' settings; empty without one."""
+    path = (folder or Path.cwd()) / PROJECT_FILE
+    if not path.exists():
+        return {}
+    tool = _read_toml(path, PROJECT_FILE).get("tool", {})
+    table = tool.get("fedstream", {}) if isinstance(tool, dict) else {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"{PROJECT_FILE} [tool.fedstream]", table, "a table of settings")
+    return dict(table)

@@ -8,22 +8,23 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from fedstream.client.base import Trainer
-from fedstream.client.torch_trainer import TorchTrainer, params_from_module
+from fedstream.app import App, check_model_fits, is_torch, load_app, model_params
+from fedstream.client.base import FitTask, Trainer
+from fedstream.client.torch_trainer import batch_norm_entries, params_from_module
 from fedstream.client.vectorized import VectorizedTrainer
 from fedstream.data.base import ClientData, FederatedDataset, subset
 from fedstream.data.datasets import federate
 from fedstream.errors import ConfigError, RoundFailedError
 from fedstream.models import build_model
 from fedstream.params import Params
-from fedstream.rounds import CentralEvaluate, run_rounds
+from fedstream.rounds import CentralEvaluate, RoundConfig, run_rounds
 from fedstream.simulation.config import SimulationConfig, from_mapping
 from fedstream.simulation.progress import RoundProgress
 from fedstream.simulation.report import atomic_write, write_outputs
@@ -59,6 +60,12 @@ class SimulationResult:
     output_dir: Path | None
     trainer: str = ""  # which trainer ran and why it was chosen
     executor: str = ""  # where clients trained
+    data: str = ""  # the data's name: a built-in data set's, or the app's
+
+    @property
+    def description(self) -> str:
+        """What ran, as a person says it: ``fedavg + DP (client) on digits``."""
+        return f"{self.config.label} on {self.data or self.config.dataset}"
 
     @property
     def final_metrics(self) -> Mapping[str, float]:
@@ -71,14 +78,17 @@ class SimulationResult:
 
 @dataclass(frozen=True)
 class Setup:
-    """Everything a simulated run is built from, made once before round 1."""
+    """Everything a simulated run is built from, made once before round 1. ``transport``
+    (the simulated clients) is ``None`` for a server whose clients are elsewhere;
+    ``central_evaluate`` is ``None`` when there is no held-out data."""
 
+    app: App
     dataset: FederatedDataset
-    module: torch.nn.Module
+    module: Any
     trainer: Trainer
-    transport: InProcessTransport
+    transport: InProcessTransport | None
     initial: ServerState
-    central_evaluate: CentralEvaluate
+    central_evaluate: CentralEvaluate | None
     trainer_name: str
     trainer_reason: str
 
@@ -94,50 +104,113 @@ def build_dataset(config: SimulationConfig) -> FederatedDataset:
     return federate(rng=np.random.default_rng(_seeds(config)[0]), **config.data_kwargs())
 
 
-def build(config: SimulationConfig) -> Setup:
-    """Data, model, trainer, transport and the initial state, all drawn from ``config.seed``."""
-    server_seed = _seeds(config)[1]
+def builtin_app(config: SimulationConfig) -> tuple[App, FederatedDataset]:
+    """The built-in data set and model that ``config`` names, as an ``App`` (and the
+    federated split it draws, whose pooled clients the run uses directly)."""
     dataset = build_dataset(config)
     dtype = torch.float64 if dataset.x_heldout.dtype == np.float64 else torch.float32
-    module = build_model(
-        config.model, dataset.num_features, dataset.num_outputs, config.seed, config.hidden, dtype
+    model = functools.partial(
+        build_model,
+        config.model,
+        dataset.num_features,
+        dataset.num_outputs,
+        config.seed,
+        config.hidden,
+        dtype,
     )
-    trainer_name, why = choose_trainer(config.trainer, module, sample_dp=config.dp == "sample")
+    heldout = (dataset.x_heldout, dataset.y_heldout)
+    app = App(model, dataset.clients, task=dataset.task, heldout=heldout, name=config.dataset)
+    return app, dataset
+
+
+def app_dataset(app: App) -> FederatedDataset:
+    """A user's app as a federated data set: its clients (read on first use) and its
+    held-out split, if any."""
+    heldout = app.heldout_split()
+    x, y = heldout if heldout is not None else (np.zeros((0, 0), np.float32), np.zeros(0))
+    return FederatedDataset(app.name, app.checked_task, app.clients(), x, y, 0, 0)
+
+
+def resolve_app(config: SimulationConfig, app: App | None) -> App | None:
+    """The app a run uses: the one passed in, else the one ``config.app`` names, else
+    ``None`` for the built-in data and model."""
+    if app is not None:
+        return app
+    return load_app(config.app) if config.app is not None else None
+
+
+def build(config: SimulationConfig, app: App | None = None, *, server_only: bool = False) -> Setup:
+    """Data, model, trainer, transport and the initial state, all drawn from ``config.seed``,
+    for the built-in data and model or for ``app`` (or the one ``config.app`` names).
+
+    Before round 1 a user's app is checked: every client's data is read (an empty client
+    is named), the model's output must fit the labels, and its own train and evaluate
+    functions are run once on the first client. With ``server_only`` (a deployment's
+    server, or a worker) no client data is read and there is no in-process transport.
+    """
+    server_seed = _seeds(config)[1]
+    user_app = resolve_app(config, app)
+    if user_app is None:
+        app, dataset = builtin_app(config)
+    else:
+        app, dataset = user_app, app_dataset(user_app)
+    module = app.build_model(config.seed)
+    trainer_name, why = choose_trainer(config.trainer, module, config.dp == "sample", app)
     trainer: Trainer = (
-        VectorizedTrainer(module, dataset.task)
-        if trainer_name == "vectorized"
-        else TorchTrainer(module, dataset.task)
+        VectorizedTrainer(module, app.task) if trainer_name == "vectorized" else app.trainer(module)
     )
-    params = params_from_module(module)
-    initial = ServerState.initial(params, server_seed)
-    empty = dataset.x_heldout[:0]
-    heldout = ClientData(empty, dataset.y_heldout[:0], dataset.x_heldout, dataset.y_heldout)
+    initial = ServerState.initial(model_params(module), server_seed)
+    central_evaluate: CentralEvaluate | None = None
+    if len(dataset.x_heldout):
+        empty = dataset.x_heldout[:0]
+        heldout = ClientData(empty, dataset.y_heldout[:0], dataset.x_heldout, dataset.y_heldout)
 
-    def central_evaluate(global_params: Params) -> Mapping[str, float]:
-        return trainer.evaluate(global_params, "server", 0, heldout).metrics
+        def central_evaluate(global_params: Params) -> Mapping[str, float]:
+            return trainer.evaluate(global_params, "server", 0, heldout).metrics
 
+    transport = None
+    if not server_only:
+        transport = InProcessTransport(dataset.clients, trainer)
+        if user_app is not None:
+            preflight(app, module, trainer, dataset.clients, config)
     return Setup(
-        dataset,
-        module,
-        trainer,
-        InProcessTransport(dataset.clients, trainer),
-        initial,
-        central_evaluate,
-        trainer_name,
-        why,
+        app, dataset, module, trainer, transport, initial, central_evaluate, trainer_name, why
     )
 
 
-def local_transport(config: Mapping[str, Any], worker: int, workers: int) -> InProcessTransport:
+def preflight(
+    app: App,
+    module: Any,
+    trainer: Trainer,
+    clients: Mapping[str, ClientData],
+    config: SimulationConfig,
+) -> None:
+    """A user's app, checked before round 1: the model's output fits every client's labels,
+    and its own train and evaluate functions give the right structure on the first client
+    (the result is thrown away)."""
+    check_model_fits(module, app, clients)
+    if app.train is None and app.evaluate is None:
+        return
+    first = next(iter(clients))
+    params = params_from_module(module)
+    task = FitTask(first, 0, config.round_config().fit_config())
+    trainer.fit(params, task, clients[first])
+    trainer.evaluate(params, first, 0, clients[first])
+    module.load_state_dict({n: torch.from_numpy(np.array(a)) for n, a in params.items()})
+
+
+def local_transport(
+    config: Mapping[str, Any], worker: int, workers: int, app: App | None = None
+) -> InProcessTransport:
     """Worker ``worker`` of ``workers``: the data of the clients it serves (those
-    ``worker_of`` gives it) and the trainer, rebuilt from the run's config and seed, so
-    identical to the server's, without pickling any data. The other clients' rows are
-    dropped once built, so each worker keeps only its own share."""
-    setup = build(from_mapping(config, "worker"))
+    ``worker_of`` gives it) and the trainer, rebuilt from the run's config and seed (and
+    app), so identical to the server's, without pickling any data. Only its own clients'
+    rows are kept (an app's other clients are never read)."""
+    setup = build(from_mapping(config, "worker"), app, server_only=True)
     clients = setup.dataset.clients
     mine = [c for c in clients if worker_of(c, workers) == worker]
     if not mine:  # more workers than clients: this one will never be asked
-        return setup.transport
+        mine = list(clients)[:1]
     return InProcessTransport(subset(clients, mine), setup.trainer)
 
 
@@ -149,19 +222,39 @@ def worker_count(config: SimulationConfig) -> int:
     return config.workers or available_cores()
 
 
-def executor_transport(config: SimulationConfig) -> ProcessTransport | RayTransport | None:
-    """The transport ``config.executor`` asks for, or ``None`` for in-process."""
+def executor_transport(
+    config: SimulationConfig, app: App | None = None
+) -> ProcessTransport | RayTransport | None:
+    """The transport ``config.executor`` asks for, or ``None`` for in-process. An app
+    object (not named in ``config.app``) is pickled to the workers."""
     if config.executor == "inprocess":
         return None
     workers = worker_count(config)
-    recipe = functools.partial(local_transport, config.to_dict())
+    recipe = functools.partial(local_transport, config.to_dict(), app=app)
     if config.executor == "ray":
         return RayTransport(recipe, workers, config.threads, config.ray_address)
     return ProcessTransport(recipe, workers, config.threads)
 
 
-def architecture(config: SimulationConfig, dataset: FederatedDataset) -> dict[str, Any]:
-    """What a serving process needs to rebuild the module that a run's params fit."""
+def architecture(config: SimulationConfig, setup: Setup) -> dict[str, Any]:
+    """What a serving process needs to rebuild the module that a run's params fit: the
+    built-in model's settings, or the app (``None`` for an app object, which
+    ``fedstream serve --app`` then names) with the shape and dtype of one input row, when
+    the server has seen one."""
+    dataset = setup.dataset
+    if config.app is not None or dataset.num_features == 0:
+        example = dataset.x_heldout
+        if not len(example) and setup.transport is not None:
+            example = dataset.clients[next(iter(dataset.clients))].x_train
+        shape = list(example.shape[1:]) if len(example) else None
+        dtype = str(example.dtype) if len(example) else "float32"
+        return {
+            "app": config.app,
+            "task": dataset.task,
+            "seed": config.seed,
+            "input_shape": shape,
+            "dtype": dtype,
+        }
     return {
         "model": config.model,
         "in_features": dataset.num_features,
@@ -174,12 +267,25 @@ def architecture(config: SimulationConfig, dataset: FederatedDataset) -> dict[st
 
 
 def choose_trainer(
-    requested: str, module: torch.nn.Module, sample_dp: bool = False
+    requested: str, module: Any, sample_dp: bool = False, app: App | None = None
 ) -> tuple[str, str]:
     """The trainer to use and why: ``auto`` picks the vectorised one when the model allows
-    and the clients run plain SGD (DP-SGD's per-example gradients go one client at a time)."""
+    and the clients run plain SGD (DP-SGD's per-example gradients go one client at a time;
+    an app's own loss, optimiser or training loop runs one client at a time)."""
+    if not is_torch(module):
+        return "keras", "a Keras model trains with the Keras adapter"
+    custom = app is not None and app.custom_training
+    if requested == "vectorized" and custom:
+        raise ConfigError(
+            "trainer",
+            "vectorized",
+            "'auto' or 'sequential' for an app with its own loss, metrics, optimiser, device "
+            "or training functions (the vectorised trainer runs plain SGD on the standard loss)",
+        )
     if requested != "auto":
         return requested, "as configured"
+    if custom:
+        return "sequential", "auto: the app brings its own training parts"
     if sample_dp:
         return "sequential", "auto: DP-SGD computes per-example gradients one client at a time"
     reason = VectorizedTrainer.unsupported(module)
@@ -188,10 +294,28 @@ def choose_trainer(
     return "sequential", f"auto: the vectorised trainer needs {reason}"
 
 
+def round_config(config: SimulationConfig, setup: Setup) -> RoundConfig:
+    """The round settings of ``config``, with the model entries that stay on the clients
+    (FedBN's BatchNorm layers) read from the model."""
+    rounds = config.round_config()
+    if not config.local_batchnorm:
+        return rounds
+    local = batch_norm_entries(setup.module) if is_torch(setup.module) else ()
+    if not local:
+        raise ConfigError("local_batchnorm", True, "a model with BatchNorm layers")
+    return replace(rounds, local_entries=local)
+
+
 def describe(setup: Setup, config: SimulationConfig) -> dict[str, Any]:
-    """The data summary plus the trainer and executor chosen, for results.json."""
+    """The data summary plus the trainer and executor chosen, for results.json. A server
+    whose clients are elsewhere knows only how many there are."""
+    summary = (
+        setup.dataset.describe()
+        if setup.transport is not None
+        else {"dataset": setup.dataset.name, "clients": len(setup.dataset.clients)}
+    )
     return {
-        **setup.dataset.describe(),
+        **summary,
         "trainer": setup.trainer_name,
         "trainer_reason": setup.trainer_reason,
         "executor": config.executor,
@@ -202,7 +326,7 @@ def describe(setup: Setup, config: SimulationConfig) -> dict[str, Any]:
 @contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """Run with ``count`` intra-op threads, then restore the previous setting. One thread per
-    process is much faster than two for models this small (DESIGN.md)."""
+    process is much faster than two for models this small (docs/architecture.md, Habits)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -235,6 +359,7 @@ def _resume_config(out: Path, config: SimulationConfig | None, overrides: Any) -
 def simulate(
     config: SimulationConfig | None = None,
     *,
+    app: App | str | None = None,
     output_dir: str | Path | None = None,
     progress: bool = False,
     resume: bool = False,
@@ -245,6 +370,10 @@ def simulate(
     **overrides: Any,
 ) -> SimulationResult:
     """Run a simulated federated training and return its result.
+
+    ``app`` is the user's own model, data and training (``fedstream.App``), or its import
+    path ``"package.module:attribute"``; without one the built-in data set and model of
+    ``config`` train. An app object must be passed again to resume its run.
 
     ``config`` defaults to ``SimulationConfig()``; keyword ``overrides`` change single
     settings (``simulate(rounds=5, strategy="fedprox", mu=0.1)``). ``progress`` shows a live
@@ -266,6 +395,9 @@ def simulate(
     another machine, over TLS for an https URL; a push that fails is logged and training
     goes on.
     """
+    if isinstance(app, str):
+        overrides = {**overrides, "app": app}
+    app_object = app if isinstance(app, App) else None
     out = Path(output_dir) if output_dir is not None else None
     if resume:
         if out is None:
@@ -282,7 +414,7 @@ def simulate(
     run_id = out.name if out is not None else ""
     reports: list[RoundReport] = []
     with torch_threads(config.threads):
-        setup = build(config)
+        setup = build(config, app_object, server_only=transport_factory is not None)
         state = setup.initial
         if out is not None and runs is not None:
             if resume:
@@ -292,11 +424,12 @@ def simulate(
                 atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=1).encode())
             runs.start_run(run_id, config.to_dict(), str(out))
         client_ids = sorted(setup.dataset.clients)
-        workers = None if transport_factory else executor_transport(config)
-        transport = transport_factory(setup) if transport_factory else workers or setup.transport
+        workers = None if transport_factory else executor_transport(config, app_object)
         # the simulated devices, whose states a checkpoint keeps (a deployment's clients
         # keep theirs on their own disks)
         devices = None if transport_factory else workers or setup.transport
+        transport = transport_factory(setup) if transport_factory else devices
+        assert transport is not None
         if resume and devices is not None and out is not None:
             folder = latest_checkpoint(out / "checkpoints")
             if folder is not None:
@@ -308,7 +441,7 @@ def simulate(
                     config.build_strategy(),
                     transport,
                     client_ids,
-                    config.round_config(),
+                    round_config(config, setup),
                     config.rounds,
                     setup.central_evaluate,
                     config.task_policy(),
@@ -325,12 +458,12 @@ def simulate(
                         runs.publish_model(
                             run_id,
                             report.round,
-                            architecture(config, setup.dataset),
+                            architecture(config, setup),
                             report.metrics,
                             new_state.params.to_bytes(),
                         )
                     if publish_to is not None:
-                        _publish(publish_to, report, architecture(config, setup.dataset), new_state)
+                        _publish(publish_to, report, architecture(config, setup), new_state)
                     state = new_state
                     reports.append(report)
                     bar.advance(report)
@@ -362,12 +495,12 @@ def simulate(
     return result
 
 
-def how(setup: Setup, config: SimulationConfig) -> tuple[str, str]:
-    """The trainer (and why) and the executor, as the summary shows them."""
+def how(setup: Setup, config: SimulationConfig) -> tuple[str, str, str]:
+    """The trainer (and why), the executor and the data, as the summary shows them."""
     executor = config.executor
     if executor != "inprocess":
         executor += f" × {worker_count(config)}"
-    return f"{setup.trainer_name} ({setup.trainer_reason})", executor
+    return f"{setup.trainer_name} ({setup.trainer_reason})", executor, setup.dataset.name
 
 
 def _publish(

@@ -165,10 +165,12 @@ def plot_curves(result: SimulationResult, path: Path) -> None:
     if traffic.lines:
         traffic.legend()
     config = result.config
-    figure.suptitle(
-        f"{config.label} on {config.dataset}: {config.num_clients} clients, "
-        f"{config.split} partition, {config.model}"
+    setting = (
+        f"{config.num_clients} clients, {config.split} partition, {config.model}"
+        if config.app is None and result.data in ("", config.dataset)
+        else f"{len(result.reports[-1].sampled) if result.reports else 0} clients a round"
     )
+    figure.suptitle(f"{result.description}: {setting}")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -192,7 +194,7 @@ def write_outputs(
 
 def summary_table(result: SimulationResult) -> Table:
     """The final table a person reads after a run."""
-    table = Table(title=f"fedstream: {result.config.label} on {result.config.dataset}")
+    table = Table(title=f"fedstream: {result.description}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("rounds", str(len(result.reports)))

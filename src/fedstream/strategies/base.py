@@ -17,7 +17,7 @@ from fedstream.types import FitConfig, PayloadKind, ServerState, WeightedSum
 
 @runtime_checkable
 class Strategy(Protocol):
-    """Four parts of a federated algorithm (see DESIGN.md, "Aggregation is a weighted sum").
+    """Four parts of a federated algorithm (docs/architecture.md, "The seams").
 
     - ``configure_fit``: what clients do — the payload kind (``"delta"`` or ``"gradient"``),
       FedProx's μ for the client objective, clipping and noise under DP;
@@ -59,7 +59,7 @@ class Strategy(Protocol):
 
 @dataclass(frozen=True)
 class SumStrategy:
-    """The common parts of the strategies in DESIGN.md's table: clients send a delta (or a
+    """The common parts of the sum-based strategies: clients send a delta (or a
     gradient) and train on their plain local loss unless a subclass says otherwise; no
     server optimiser state; nothing extra to report."""
 
