@@ -501,11 +501,17 @@ def test_server_and_clients_on_separate_virtual_hosts(tmp_path, two_hosts):
     assert all(len(r["completed"]) == 5 for r in run["rounds"])
 
 
-def test_a_client_restarted_between_rounds_continues_from_its_saved_state(tmp_path):
+@pytest.mark.parametrize(
+    "changes",
+    [{"compression": "topk:0.1"}, {"strategy": "scaffold", "alpha": 0.1, "partition": "dirichlet"}],
+    ids=["error-feedback", "scaffold"],
+)
+def test_a_client_restarted_between_rounds_continues_from_its_saved_state(tmp_path, changes):
     """kill -9 of a client process between rounds: the new process reads the client's
-    error-feedback residual back from its disk, so the run still ends bit for bit where
-    the simulation does. The same restart without the saved state does not."""
-    toml, tokens, config = write_run(tmp_path, compression="topk:0.1", rounds=3)
+    state (its error-feedback residual, or its SCAFFOLD control variate) back from its
+    disk, so the run still ends bit for bit where the simulation does. The same restart
+    without the saved state does not."""
+    toml, tokens, config = write_run(tmp_path, rounds=3, **changes)
     ids = sorted(build_dataset(config).clients)
     expected = simulate(config).state.params
 

@@ -85,6 +85,8 @@ class FitConfig:
     DP, noised) update; ``sample_dp`` asks for DP-SGD instead of plain SGD.
     ``local_entries`` name the model entries that stay on the client (``client.local``):
     the client trains them from its own values and leaves them out of its update.
+    ``algorithm`` names what the client does around its training (``client.algorithms``):
+    ``"sgd"``, or ``"scaffold"`` (drift correction with control variates).
     """
 
     local_epochs: int = 1
@@ -100,6 +102,7 @@ class FitConfig:
     broadcast: str = "none"
     masked: bool = False
     local_entries: tuple[str, ...] = ()
+    algorithm: str = "sgd"
 
     def cohort_key(self) -> tuple[object, ...]:
         """Every setting but the seed: tasks with equal keys can be trained as one
@@ -149,7 +152,8 @@ class WeightedSum:
     backend (plain, masking, homomorphic encryption). ``extras`` holds the unweighted sums
     of the clients' ``ClientUpdate.extras``. ``updates`` holds the round's individual
     updates, and only for a strategy that asks for them (``needs_individual_updates``,
-    e.g. a robust rule); it is never set under a secure sum.
+    e.g. a robust rule); it is never set under a secure sum. ``population`` is how many
+    clients the round sampled from (SCAFFOLD scales its control variate by it).
     """
 
     total: Params
@@ -157,6 +161,7 @@ class WeightedSum:
     count: int
     extras: Mapping[str, float] = field(default_factory=dict)
     updates: UpdateMatrix | None = None
+    population: int = 0
 
     def mean(self) -> Params:
         """Σ w·x / Σ w, the example-weighted mean payload."""

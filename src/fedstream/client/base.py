@@ -13,11 +13,14 @@ from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
 @dataclass(frozen=True)
 class FitTask:
-    """A training task for one client in one round."""
+    """A training task for one client in one round. ``correction`` is added to every local
+    gradient (SCAFFOLD's c − c_i, per parameter name); the client makes it, from what the
+    server sent and its own state (``client.algorithms``), never the server."""
 
     client_id: str
     round: int
     config: FitConfig
+    correction: Params | None = None
 
 
 @runtime_checkable

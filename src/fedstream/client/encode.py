@@ -17,7 +17,8 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
-from fedstream.client.local import keep_local, shared_part
+from fedstream.client.algorithms import split_extras
+from fedstream.client.local import shared_part
 from fedstream.client.state import EMPTY, ClientState
 from fedstream.compression.codecs import (
     Compression,
@@ -42,7 +43,10 @@ def receive_params(params: Params, config: FitConfig) -> Params:
 def upload_mask(received: Params, config: FitConfig) -> npt.NDArray[np.bool_] | None:
     """The pruning mask the update is encoded under: read from the shared part of the
     params the client trained from (the server reads it from the same broadcast)."""
-    return kept_mask(shared_part(received, config.local_entries)) if config.masked else None
+    if not config.masked:
+        return None
+    model, _ = split_extras(received)
+    return kept_mask(shared_part(model, config.local_entries))
 
 
 def upload_codec(config: FitConfig) -> Compression | None:
@@ -55,21 +59,6 @@ def upload_codec(config: FitConfig) -> Compression | None:
 
 RESIDUAL = "residual"
 """The client-state entry that holds the compression error feedback."""
-
-
-def finish_fit(
-    update: ClientUpdate,
-    start: Params,
-    config: FitConfig,
-    state: ClientState,
-    mask: npt.NDArray[np.bool_] | None = None,
-) -> tuple[ClientUpdate, ClientState]:
-    """What every transport does with a trained update on the client: keep the local
-    entries (``client.local``), then encode the rest for the wire (``prepare_upload``).
-    ``start`` is the model the client trained from. Returns what to send and the
-    client's next state."""
-    update, state = keep_local(update, start, config.local_entries, state)
-    return prepare_upload(update, config, state, mask)
 
 
 def prepare_upload(

@@ -85,6 +85,12 @@ class KerasTrainer:
                 "> 0",
                 "0 with the Keras adapter (pruned training needs fedstream.TorchTrainer)",
             )
+        if config.algorithm != "sgd":
+            raise ConfigError(
+                "algorithm",
+                config.algorithm,
+                "'sgd' with the Keras adapter (SCAFFOLD needs fedstream.TorchTrainer)",
+            )
         if config.sample_dp is not None:
             raise ConfigError(
                 "dp",

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from fedstream.client.algorithms import STEPS
 from fedstream.client.base import FitTask
 from fedstream.compression.pruning import prunable
 from fedstream.data.base import ClientData, Task
@@ -280,14 +281,23 @@ class TorchTrainer:
             if config.payload == "gradient":
                 return self._gradient(params, task, data)
             if self.train_function is not None:
+                self._refuse_correction(task, "its own train function")
                 metrics = self._user_train(task, data)
             elif config.sample_dp is not None:
+                self._refuse_correction(task, "DP-SGD")
                 metrics = self._fit_dp_sgd(params, task, data)
             else:
                 metrics = self._fit_sgd(params, task, data)
         return ClientUpdate(
             task.client_id, task.round, self._delta(params), float(data.num_train), metrics
         )
+
+    def _refuse_correction(self, task: FitTask, what: str) -> None:
+        """A gradient correction (SCAFFOLD) assumes plain SGD steps the trainer takes."""
+        if task.correction is not None:
+            raise ConfigError(
+                "algorithm", task.config.algorithm, f"'sgd' for a client trained by {what}"
+            )
 
     def _gradient(self, params: Params, task: FitTask, data: ClientData) -> ClientUpdate:
         """FedSGD's payload: one full-batch gradient of the loss at the global params."""
@@ -318,6 +328,9 @@ class TorchTrainer:
             else {}
         )
         optimizer = self.optimizer(weights, config.lr) if self.optimizer is not None else None
+        if optimizer is not None:
+            self._refuse_correction(task, "its own optimiser")
+        corrections = self._corrections(task)
         rng = np.random.default_rng(config.seed)
         losses: list[torch.Tensor] = []
         for _ in range(config.local_epochs):
@@ -335,6 +348,8 @@ class TorchTrainer:
                             g + config.proximal_mu * (w - a)
                             for g, w, a in zip(grads, weights, anchors, strict=True)
                         )
+                    if corrections:  # SCAFFOLD: + (c − c_i)
+                        grads = tuple(g + c for g, c in zip(grads, corrections, strict=True))
                     if optimizer is None:
                         for w, g in zip(weights, grads, strict=True):
                             w.add_(g, alpha=-config.lr)
@@ -345,7 +360,16 @@ class TorchTrainer:
                     for k, w in enumerate(weights):
                         if self._names[k] in masks:
                             w.mul_(masks[self._names[k]])
-        return {"loss": torch.stack(losses).mean().item()} if losses else {}
+        metrics = {"loss": torch.stack(losses).mean().item()} if losses else {}
+        return metrics | ({STEPS: float(len(losses))} if corrections else {})
+
+    def _corrections(self, task: FitTask) -> list[torch.Tensor]:
+        """The task's gradient correction per parameter, in parameter order (empty when it
+        has none); an entry it does not name (a local layer) gets none."""
+        if task.correction is None:
+            return []
+        zeros = {n: np.zeros(self._tensors[n].shape, self.layout[n].dtype) for n in self._names}
+        return [self._tensor(np.array(task.correction.get(n, zeros[n]))) for n in self._names]
 
     def _fit_dp_sgd(self, params: Params, task: FitTask, data: ClientData) -> dict[str, float]:
         """DP-SGD (``FitConfig.sample_dp``): Poisson-sampled steps, each example's gradient

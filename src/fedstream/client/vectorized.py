@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from fedstream.client.algorithms import STEPS
 from fedstream.client.base import FitTask
 from fedstream.client.dropout import DropoutReplay, unreplayable
 from fedstream.client.torch_trainer import (
@@ -233,6 +234,7 @@ class VectorizedTrainer:
             return _updates(tasks, sizes, {n: g.numpy() for n, g in grads.items()}, loss)
 
         masks = pruning_masks(params) if config.masked else {}
+        corrections = self._corrections(tasks)
         generators = [np.random.default_rng(t.config.seed) for t in tasks]
         loss_sum = torch.zeros(cohort, dtype=x.dtype)
         step_count = torch.zeros(cohort, dtype=x.dtype)
@@ -248,6 +250,8 @@ class VectorizedTrainer:
                 grads, loss = self._step_gradients(weights, buffers, xb, yb, step_mask, draws)
                 if mu:  # ∇ μ/2·‖w_k − w_global‖² = μ·(w_k − w_global)
                     grads = {n: g + mu * (weights[n] - anchor[n]) for n, g in grads.items()}
+                if corrections:  # SCAFFOLD: + (c − c_k)
+                    grads = {n: g + corrections[n] for n, g in grads.items()}
                 scale = _broadcast(active * config.lr)
                 weights = {n: w - scale(w) * grads[n] for n, w in weights.items()}
                 if masks:  # pruned weights stay zero
@@ -256,7 +260,28 @@ class VectorizedTrainer:
                 step_count += active
         final = {**weights, **buffers}
         deltas = {n: (final[n] - anchor[n]).numpy() for n in params}
-        return _updates(tasks, sizes, deltas, loss_sum / step_count, step_count > 0)
+        steps = step_count if corrections else None
+        return _updates(tasks, sizes, deltas, loss_sum / step_count, step_count > 0, steps)
+
+    def _corrections(self, tasks: Sequence[FitTask]) -> TensorDict:
+        """Each client's gradient correction (SCAFFOLD), (K, …) per parameter; empty when
+        no task has one. A parameter a task's correction does not name gets none."""
+        if all(t.correction is None for t in tasks):
+            return {}
+        layout = self.sequential.layout
+        return {
+            name: torch.from_numpy(
+                np.stack(
+                    [
+                        np.asarray(t.correction[name])
+                        if t.correction is not None and name in t.correction
+                        else np.zeros(layout[name].shape, layout[name].dtype)
+                        for t in tasks
+                    ]
+                )
+            )
+            for name in self._parameters
+        }
 
 
 class _Draws:
@@ -321,15 +346,15 @@ def _updates(
     payloads: dict[str, np.ndarray],
     loss: torch.Tensor,
     trained: torch.Tensor | None = None,
+    steps: torch.Tensor | None = None,
 ) -> list[ClientUpdate]:
-    """One update per task; a client that took no step (``trained`` false) reports no loss."""
-    return [
-        ClientUpdate(
-            task.client_id,
-            task.round,
-            Params({n: p[k] for n, p in payloads.items()}),
-            float(sizes[k]),
-            {"loss": float(loss[k])} if trained is None or bool(trained[k]) else {},
-        )
-        for k, task in enumerate(tasks)
-    ]
+    """One update per task; a client that took no step (``trained`` false) reports no
+    loss; with ``steps`` each reports how many steps it took (``client.algorithms``)."""
+    updates = []
+    for k, task in enumerate(tasks):
+        metrics = {"loss": float(loss[k])} if trained is None or bool(trained[k]) else {}
+        if steps is not None:
+            metrics[STEPS] = float(steps[k])
+        payload = Params({n: p[k] for n, p in payloads.items()})
+        updates.append(ClientUpdate(task.client_id, task.round, payload, float(sizes[k]), metrics))
+    return updates

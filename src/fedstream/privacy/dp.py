@@ -196,6 +196,12 @@ class DifferentialPrivacy:
     def init_optimizer(self, params: Params) -> Mapping[str, Params]:
         return self.inner.init_optimizer(params)
 
+    def broadcast(self, state: ServerState) -> Params:
+        return self.inner.broadcast(state)
+
+    def payload_like(self, shared: Params) -> Params:
+        return self.inner.payload_like(shared)
+
     def release(self) -> tuple[float, float, int]:
         """One round's entry in the ledger: (noise multiplier, sampling rate, steps)."""
         if self.level == "client":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -85,8 +86,8 @@ def run_round(
     check_composable(strategy, config)
     rng = state.generator()
     plan = plan_round(state, strategy, client_ids, config, rng, task_policy)
-    sent = broadcast_params(state.params, config.broadcast, rng)
-    like = shared_part(state.params, plan.fit.local_entries)
+    sent = broadcast_params(strategy.broadcast(state), config.broadcast, rng)
+    like = strategy.payload_like(shared_part(state.params, plan.fit.local_entries))
     aggregation = aggregation_for(config, like, strategy, len(plan.tasks))
     collected = collect_updates(
         transport.fit(sent, plan.tasks),
@@ -102,9 +103,8 @@ def run_round(
     )
     fit_done = time.perf_counter()
 
-    new_state = server_step(
-        state, strategy, aggregated.aggregate, config, rng, plan.fit.local_entries
-    )
+    aggregate = replace(aggregated.aggregate, population=len(client_ids))
+    new_state = server_step(state, strategy, aggregate, config, rng, plan.fit.local_entries)
     rng = new_state.generator()
     update_done = time.perf_counter()
 

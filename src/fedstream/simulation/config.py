@@ -259,6 +259,20 @@ class SimulationConfig:
                 "min_clients", self.min_clients, f"at most num_clients ({self.num_clients})"
             )
         strategy = self.build_strategy()  # validates the strategy and its hyperparameters
+        if self.strategy == "scaffold" and self.dp == "sample":
+            raise ConfigError(
+                "dp",
+                "sample",
+                "'none', 'client' or 'local' with SCAFFOLD (its correction of "
+                "each step is not part of DP-SGD's analysis)",
+            )
+        if self.strategy == "scaffold" and self.prune_fraction > 0:
+            raise ConfigError(
+                "prune_fraction",
+                self.prune_fraction,
+                "0 with SCAFFOLD (a pruned model sends "
+                "only its kept weights, and the control variates have no such mask)",
+            )
         secure = self.round_config().secure_aggregation
         if isinstance(secure, SecAggConfig):
             secure.resolve(sample_size(self.num_clients, self.clients_per_round, self.min_clients))

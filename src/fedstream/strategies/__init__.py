@@ -9,9 +9,12 @@ from fedstream.errors import ConfigError
 from fedstream.strategies.base import Strategy
 from fedstream.strategies.fedavg import FedAvg, FedProx, FedSGD
 from fedstream.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from fedstream.strategies.robust import Robust
+from fedstream.strategies.scaffold import Scaffold
 
 STRATEGIES: dict[str, type[Any]] = {
-    cls.name: cls for cls in (FedAvg, FedProx, FedSGD, FedAvgM, FedAdam, FedYogi, FedAdagrad)
+    cls.name: cls
+    for cls in (FedAvg, FedProx, FedSGD, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold)
 }
 
 
@@ -46,6 +49,8 @@ __all__ = [
     "FedProx",
     "FedSGD",
     "FedYogi",
+    "Robust",
+    "Scaffold",
     "Strategy",
     "make_strategy",
 ]

@@ -56,6 +56,17 @@ class Strategy(Protocol):
         """Return ``state`` with new ``params`` and ``optimizer``; ``round`` is left alone."""
         ...
 
+    def broadcast(self, state: ServerState) -> Params:
+        """What the sampled clients are sent: the global params, and any server quantity
+        a client algorithm needs beside them (SCAFFOLD's control variate), as entries
+        named ``@<name>/<param>`` (``client.algorithms``)."""
+        ...
+
+    def payload_like(self, shared: Params) -> Params:
+        """The layout of every update, given the shared part of the model: that part, and
+        any further sums the strategy asks for (SCAFFOLD's Δc), as ``@<name>/`` entries."""
+        ...
+
 
 @dataclass(frozen=True)
 class SumStrategy:
@@ -78,3 +89,9 @@ class SumStrategy:
 
     def init_optimizer(self, params: Params) -> Mapping[str, Params]:
         return {}
+
+    def broadcast(self, state: ServerState) -> Params:
+        return state.params
+
+    def payload_like(self, shared: Params) -> Params:
+        return shared

@@ -65,6 +65,12 @@ class Robust:
     def init_optimizer(self, params: Params) -> Mapping[str, Params]:
         return self.inner.init_optimizer(params)
 
+    def broadcast(self, state: ServerState) -> Params:
+        return self.inner.broadcast(state)
+
+    def payload_like(self, shared: Params) -> Params:
+        return self.inner.payload_like(shared)
+
     def robust_delta(self, updates: UpdateMatrix) -> npt.NDArray[np.float64]:
         """The rule applied to the round's updates: one flat float64 vector."""
         if self.rule == "median":

@@ -17,9 +17,11 @@ from dataclasses import replace
 import numpy as np
 import numpy.typing as npt
 
+from fedstream.client.algorithms import split_extras
 from fedstream.client.base import CohortTrainer, FitTask, Trainer, evaluate_client
-from fedstream.client.encode import finish_fit, receive_params, upload_mask
+from fedstream.client.encode import receive_params, upload_mask
 from fedstream.client.local import start_params
+from fedstream.client.runtime import Started, finish_fit, start_fit
 from fedstream.client.state import ClientState, MemoryClientStates
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData, check_clients, train_size
@@ -110,23 +112,23 @@ class InProcessTransport:
             device = self._devices[client_id] = SecureDevice(client_id)
         return device
 
-    def _start(self, received: Params, task: FitTask) -> Params:
-        """The model ``task``'s client trains from (its own local entries in)."""
-        return start_params(received, self.states.of(task.client_id), task.config.local_entries)
+    def _start(self, received: Params, task: FitTask) -> Started:
+        """The task as its client runs it (``client.runtime.start_fit``)."""
+        return start_fit(received, task, self.states.of(task.client_id))
 
     def _upload(
         self,
         update: ClientUpdate,
-        start: Params,
-        config: FitConfig,
+        started: Started,
         bytes_down: int,
         mask: npt.NDArray[np.bool_] | None = None,
     ) -> Delivery[ClientUpdate]:
         """Finish the update as its client would (``finish_fit``) and pass it through the
         wire format as a remote client's would be. Under secure aggregation the client
         keeps the update and answers with its metrics only."""
+        config = started.task.config
         state = self.states.of(update.client_id)
-        sent, state = finish_fit(update, start, config, state, mask)
+        sent, state = finish_fit(update, started, state, mask)
         self.states.put(update.client_id, state)
         if config.secure_aggregation:
             self._device(update.client_id).hold(sent)
@@ -173,14 +175,16 @@ class InProcessTransport:
                 self.cohort_size,
                 self.cohort_budget_bytes,
             )
+            model, _ = split_extras(received)
             for cohort in cohorts:
-                starts = [self._start(received, t) for t in cohort]
                 try:
+                    started = [self._start(received, t) for t in cohort]
+                    starts = [s.start for s in started]
                     updates = self.trainer.fit_cohort(
-                        received,
-                        cohort,
+                        model,
+                        [s.task for s in started],
                         [self.clients[t.client_id] for t in cohort],
-                        starts if any(s is not received for s in starts) else None,
+                        starts if any(s is not model for s in starts) else None,
                     )
                 except Exception as exc:  # the whole cohort failed together
                     cause = describe_exception(exc)
@@ -189,30 +193,30 @@ class InProcessTransport:
                             task.client_id, ClientFailure(task.client_id, "train", cause), down, 0
                         )
                     continue
-                for task, update, start in zip(cohort, updates, starts, strict=True):
-                    yield self._finish(update, start, task, down, mask)
+                for one, update in zip(started, updates, strict=True):
+                    yield self._finish(update, one, down, mask)
             return
         for task in tasks:
-            start = self._start(received, task)
             try:
-                update = self.trainer.fit(start, task, self.clients[task.client_id])
+                one = self._start(received, task)
+                update = self.trainer.fit(one.start, one.task, self.clients[task.client_id])
             except Exception as exc:
                 failure = ClientFailure(task.client_id, "train", describe_exception(exc))
                 yield Delivery(task.client_id, failure, down, 0)
                 continue
-            yield self._finish(update, start, task, down, mask)
+            yield self._finish(update, one, down, mask)
 
     def _finish(
         self,
         update: ClientUpdate,
-        start: Params,
-        task: FitTask,
+        started: Started,
         bytes_down: int,
         mask: npt.NDArray[np.bool_] | None,
     ) -> Delivery[ClientUpdate]:
         """``_upload``, with a failure to encode recorded as the client's failure."""
+        task = started.task
         try:
-            return self._upload(update, start, task.config, bytes_down, mask)
+            return self._upload(update, started, bytes_down, mask)
         except Exception as exc:
             failure = ClientFailure(task.client_id, "train", describe_exception(exc))
             return Delivery(task.client_id, failure, bytes_down, 0)

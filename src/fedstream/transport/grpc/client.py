@@ -25,8 +25,9 @@ from typing import Any
 import grpc
 
 from fedstream.client.base import FitTask, Trainer, evaluate_client
-from fedstream.client.encode import finish_fit, receive_params, upload_mask
+from fedstream.client.encode import receive_params, upload_mask
 from fedstream.client.local import start_params
+from fedstream.client.runtime import finish_fit, start_fit
 from fedstream.client.state import EMPTY, ClientState, DiskClientState
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
@@ -128,10 +129,10 @@ class _Device:
             config = fit_config_from_dict(header["config"])
             task = FitTask(self.client_id, request.round, config)
             params = receive_params(Params.from_bytes(payload), config)
-            start = start_params(params, self.state, config.local_entries)
-            update = self.trainer.fit(start, task, self.data)
+            started = start_fit(params, task, self.state)
+            update = self.trainer.fit(started.start, started.task, self.data)
             mask = upload_mask(params, config)
-            sent, state = finish_fit(update, start, config, self.state, mask)
+            sent, state = finish_fit(update, started, self.state, mask)
             self.keep(state)
             body = {"round": sent.round, "weight": sent.weight, "metrics": dict(sent.metrics)}
             if config.secure_aggregation:

@@ -1,0 +1,78 @@
+"""What every transport does on the client around one training task, in one place.
+
+The in-process transport (and each worker process or Ray actor) and the gRPC client all
+call these, so a simulated client sends exactly what a deployed one sends:
+
+1. :func:`start_fit`: split what the server sent into the model and its extras
+   (``client.algorithms``), put the client's own local entries in (``client.local``),
+   and give the task the client algorithm's gradient correction;
+2. the trainer trains;
+3. :func:`finish_fit`: keep the local entries, finish the client algorithm (SCAFFOLD's
+   control variate), then clip, noise and compress for the wire (``client.encode``).
+
+Each takes the client's state and returns its next one (``client.state``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from fedstream.client.algorithms import (
+    CONTROL,
+    STEPS,
+    scaffold_correction,
+    scaffold_finish,
+    split_extras,
+)
+from fedstream.client.base import FitTask
+from fedstream.client.encode import prepare_upload
+from fedstream.client.local import keep_local, shared_part, start_params
+from fedstream.client.state import ClientState
+from fedstream.errors import ConfigError
+from fedstream.params import Params
+from fedstream.types import ClientUpdate
+
+
+@dataclass(frozen=True)
+class Started:
+    """A task as the client runs it: the model it trains from, the task with its gradient
+    correction, and what the server sent beside the model."""
+
+    start: Params
+    task: FitTask
+    extras: dict[str, Params]
+
+
+def start_fit(received: Params, task: FitTask, state: ClientState) -> Started:
+    """Step 1 of the module docstring."""
+    model, extras = split_extras(received)
+    start = start_params(model, state, task.config.local_entries)
+    if task.config.algorithm == "scaffold":
+        if CONTROL not in extras:
+            raise ConfigError("broadcast", sorted(extras), "the server's control variate @c")
+        control = shared_part(extras[CONTROL], task.config.local_entries)
+        extras = {**extras, CONTROL: control}
+        task = replace(task, correction=scaffold_correction(control, state))
+    return Started(start, task, extras)
+
+
+def finish_fit(
+    update: ClientUpdate,
+    started: Started,
+    state: ClientState,
+    mask: npt.NDArray[np.bool_] | None = None,
+) -> tuple[ClientUpdate, ClientState]:
+    """Step 3 of the module docstring: what to send, and the client's next state."""
+    config = started.task.config
+    update, state = keep_local(update, started.start, config.local_entries, state)
+    if config.algorithm == "scaffold":
+        steps = int(update.metrics.get(STEPS, 0))
+        payload, state = scaffold_finish(
+            update.payload, started.extras[CONTROL], state, steps, config.lr
+        )
+        metrics = {k: v for k, v in update.metrics.items() if k != STEPS}
+        update = replace(update, payload=payload, metrics=metrics)
+    return prepare_upload(update, config, state, mask)
