@@ -29,7 +29,7 @@ import grpc
 
 from fedstream import simulate
 from fedstream.deploy import make_tokens
-from fedstream.simulation import SimulationConfig
+from fedstream.simulation import SimulationConfig, from_mapping
 from fedstream.simulation.engine import build_dataset
 from fedstream.store import RunStore
 from fedstream.transport.grpc import fedstream_pb2 as pb
@@ -107,13 +107,7 @@ def round_times(config: SimulationConfig, folder: Path) -> tuple[float, float, f
     local = simulate(config)
     local_median = statistics.median(r.times["total_s"] for r in local.reports)
     toml = folder / "run.toml"
-    toml.write_text(
-        "\n".join(
-            f"{k} = {json.dumps(v)}"
-            for k, v in config.to_dict().items()
-            if v is not None and k != "hidden"
-        )
-    )
+    toml.write_text(config.to_toml())
     tokens = folder / "tokens.json"
     tokens.write_text(json.dumps(make_tokens(sorted(build_dataset(config).clients))))
     cli = [sys.executable, "-m", "fedstream.cli"]
@@ -178,10 +172,13 @@ def main() -> None:
     upload["grpc_over_socket"] = upload["grpc_mb_s"] / upload["socket_mb_s"]
     print(json.dumps(upload), flush=True)
 
-    config = SimulationConfig(
-        num_clients=10, clients_per_round=10, rounds=args.rounds, trainer="sequential",
-        evaluate_every=args.rounds,
-    )  # fmt: skip
+    config = from_mapping(
+        {
+            "data": {"num_clients": 10},
+            "run": {"clients_per_round": 10, "rounds": args.rounds, "evaluate_every": args.rounds},
+            "execution": {"trainer": "sequential"},
+        }
+    )
     timings = []
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory() as folder:

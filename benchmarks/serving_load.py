@@ -190,7 +190,7 @@ def main() -> None:
         plain_server(store, run, int(port))
         return
     with tempfile.TemporaryDirectory() as folder:
-        simulate(rounds=3, output_dir=Path(folder) / "run")
+        simulate(run={"rounds": 3}, output_dir=Path(folder) / "run")
         store_path = str(Path(folder) / "store.sqlite")
         store = RunStore(store_path)
         ours_url = f"http://127.0.0.1:{(ours_port := free_port())}"

@@ -3,7 +3,8 @@ data, ten clinics, FedAvg through the Keras adapter (torch backend).
 
     pip install "fedstream[keras]"
     python examples/keras_diabetes.py
-    fedstream run --app examples.keras_diabetes:app --rounds 20 --lr 0.002
+    fedstream run --model.app examples.keras_diabetes:app --run.rounds 20 \\
+        --run.clients-per-round 10 --client.lr 0.002
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     result = fedstream.simulate(
-        app=app, rounds=args.rounds, clients_per_round=10, local_epochs=2, batch_size=16,
-        lr=0.002,
-    )  # fmt: skip
+        app=app,
+        run={"rounds": args.rounds, "clients_per_round": 10},
+        client={"local_epochs": 2, "batch_size": 16, "lr": 0.002},
+    )
     for report in result.reports:
         print(f"round {report.round:2d}: client-test MSE {report.metrics['fed_loss']:9.1f}")

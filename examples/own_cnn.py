@@ -3,11 +3,11 @@
 Nine sites each hold a share of sklearn's 8×8 digits (as a hospital holds its own scans);
 a tenth share is the server's held-out set. The model is an ordinary ``nn.Module``.
 
-    python examples/own_cnn.py                       # 15 rounds, results in runs/own-cnn
-    fedstream run --app examples.own_cnn:app --rounds 15   # the same from the command line
+    python examples/own_cnn.py            # 15 rounds, results in runs/own-cnn
+    fedstream run --model.app examples.own_cnn:app --run.rounds 15 --run.clients-per-round 5
 
 Batch norm's running statistics are averaged with the weights (its counter stays on each
-site); add ``--local-entries`` of the BatchNorm layers to keep them per site (FedBN).
+site); ``--model.local-batchnorm true`` keeps them, and the layers' weights, per site (FedBN).
 """
 
 from __future__ import annotations
@@ -63,11 +63,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     result = fedstream.simulate(
         app=app,
-        rounds=args.rounds,
-        clients_per_round=5,
-        local_epochs=2,
-        batch_size=16,
-        lr=0.1,
+        run={"rounds": args.rounds, "clients_per_round": 5},
+        client={"local_epochs": 2, "batch_size": 16, "lr": 0.1},
         output_dir="runs/own-cnn",
         progress=True,
     )

@@ -7,7 +7,8 @@ beside the loss. fedstream only needs the loop to train the module it is given i
 return its metrics.
 
     python examples/own_training_loop.py
-    fedstream run --app examples.own_training_loop:app --rounds 20
+    fedstream run --model.app examples.own_training_loop:app --run.rounds 20 \\
+        --run.clients-per-round 4 --client.lr 0.01
 """
 
 from __future__ import annotations
@@ -86,11 +87,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     result = fedstream.simulate(
         app=app,
-        rounds=args.rounds,
-        clients_per_round=4,
-        local_epochs=2,
-        batch_size=16,
-        lr=0.01,
+        run={"rounds": args.rounds, "clients_per_round": 4},
+        client={"local_epochs": 2, "batch_size": 16, "lr": 0.01},
         output_dir="runs/own-training-loop",
         progress=True,
     )

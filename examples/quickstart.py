@@ -6,8 +6,13 @@ python examples/quickstart.py
 import fedstream
 
 # The default job (digits, 100 clients, Dirichlet(0.5) label skew, MLP, FedAvg), but with
-# FedProx and fewer rounds; any setting of `fedstream run --help` is a keyword here.
-result = fedstream.simulate(strategy="fedprox", mu=0.01, rounds=10, output_dir="runs/quickstart")
+# FedProx and fewer rounds. Settings go by section, as in a run file's tables and in the
+# flags of `fedstream run --help` (--strategy.mu, --run.rounds).
+result = fedstream.simulate(
+    strategy={"name": "fedprox", "mu": 0.01},
+    run={"rounds": 10},
+    output_dir="runs/quickstart",
+)
 
 for report in result.reports:
     print(

@@ -21,13 +21,14 @@ from fedstream.serving.app import load_model
 from fedstream.store import RunStore
 from tests.apps.tiny import SmallCNN, by_function, digits, heldout, sites
 from tests.apps.tiny import app as tiny
+from tests.settings import nested
 
 RUN = {"rounds": 4, "clients_per_round": 3, "local_epochs": 1, "batch_size": 8, "lr": 0.1}
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_an_app_holding_data_in_every_form_trains_and_writes_every_output(tmp_path):
-    result = fedstream.simulate(app=tiny, output_dir=tmp_path / "run", **RUN)
+    result = fedstream.simulate(app=tiny, output_dir=tmp_path / "run", **nested(**RUN))
     assert result.trainer.startswith("vectorized")  # batch norm and dropout stay vectorised
     assert result.final_metrics["central_accuracy"] > 0.5  # 10 classes: chance is 0.1
     document = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -42,44 +43,48 @@ def test_an_app_holding_data_in_every_form_trains_and_writes_every_output(tmp_pa
     # integer buffers stay integers, and on the clients
     assert result.state.params["features.1.num_batches_tracked"].dtype == np.int64
     # the same data given as a function of the client id trains the same
-    again = fedstream.simulate(app=by_function, **RUN)
+    again = fedstream.simulate(app=by_function, **nested(**RUN))
     assert again.state.params.bit_equal(result.state.params)
 
 
 @pytest.mark.parametrize("trainer", ["vectorized", "sequential"])
 def test_a_run_with_batch_norm_and_dropout_resumes_bit_for_bit(tmp_path, trainer):
-    straight = fedstream.simulate(app=tiny, trainer=trainer, **RUN)
+    straight = fedstream.simulate(app=tiny, **nested(trainer=trainer, **RUN))
     fedstream.simulate(
-        app=tiny, trainer=trainer, output_dir=tmp_path / "run", **RUN | {"rounds": 2}
+        app=tiny, output_dir=tmp_path / "run", **nested(trainer=trainer, **RUN | {"rounds": 2})
     )
-    resumed = fedstream.simulate(app=tiny, output_dir=tmp_path / "run", resume=True, rounds=4)
+    resumed = fedstream.simulate(
+        app=tiny, output_dir=tmp_path / "run", resume=True, **nested(rounds=4)
+    )
     assert resumed.state.params.bit_equal(straight.state.params)
     assert resumed.final_metrics == straight.final_metrics
 
 
 def test_an_app_runs_on_worker_processes_and_ends_where_the_in_process_run_does():
     one_at_a_time = {**RUN, "trainer": "sequential"}
-    alone = fedstream.simulate(app="tests.apps.tiny:app", **one_at_a_time)
+    alone = fedstream.simulate(app="tests.apps.tiny:app", **nested(**one_at_a_time))
     spread = fedstream.simulate(
-        app="tests.apps.tiny:app", executor="processes", workers=2, **one_at_a_time
+        app="tests.apps.tiny:app", **nested(executor="processes", workers=2, **one_at_a_time)
     )
     assert spread.state.params.bit_equal(alone.state.params)
     # vectorised, each worker's cohort is a different batch for the BLAS: equal to rounding
     # (dropout masks and batch statistics are each client's own)
-    cohorts = fedstream.simulate(app="tests.apps.tiny:app", executor="processes", workers=2, **RUN)
+    cohorts = fedstream.simulate(
+        app="tests.apps.tiny:app", **nested(executor="processes", workers=2, **RUN)
+    )
     np.testing.assert_allclose(cohorts.state.params.flat(), alone.state.params.flat(), atol=2e-5)
 
 
 def test_fedbn_keeps_every_batch_norm_entry_on_each_client():
-    result = fedstream.simulate(app=tiny, local_batchnorm=True, **RUN)
-    initial = fedstream.simulate(app=tiny, **RUN | {"rounds": 0}).state.params
+    result = fedstream.simulate(app=tiny, **nested(local_batchnorm=True, **RUN))
+    initial = fedstream.simulate(app=tiny, **nested(**RUN | {"rounds": 0})).state.params
     for name in ("features.1.weight", "features.1.running_mean", "features.1.running_var"):
         assert result.state.params[name].tolist() == initial[name].tolist()  # never averaged
     assert result.state.params["head.2.weight"].tolist() != initial["head.2.weight"].tolist()
 
 
 def test_a_served_app_model_answers_as_the_module_does(tmp_path):
-    fedstream.simulate(app="tests.apps.tiny:app", output_dir=tmp_path / "run", **RUN)
+    fedstream.simulate(app="tests.apps.tiny:app", output_dir=tmp_path / "run", **nested(**RUN))
     store = RunStore(tmp_path / "store.sqlite")
     loaded = load_model(store, "run", None)
     assert loaded.input_shape == (1, 8, 8) and loaded.version == 4
@@ -94,7 +99,7 @@ def test_a_served_app_model_answers_as_the_module_does(tmp_path):
             loaded.module(torch.from_numpy(x)), module(torch.from_numpy(x))
         )
     # a run made from an app object needs the app named to be served
-    fedstream.simulate(app=tiny, output_dir=tmp_path / "object", **RUN | {"rounds": 1})
+    fedstream.simulate(app=tiny, output_dir=tmp_path / "object", **nested(**RUN | {"rounds": 1}))
     with pytest.raises(ConfigError, match="--app=None is invalid: expected the app that made run"):
         load_model(store, "object", None)
     assert load_model(store, "object", None, app="tests.apps.tiny:app").version == 1
@@ -140,7 +145,7 @@ def bad(**changes):
 )
 def test_an_app_that_does_not_fit_is_refused_before_round_one_naming_the_client(app, message):
     with pytest.raises(ConfigError, match=message):
-        fedstream.simulate(app=app, **RUN)
+        fedstream.simulate(app=app, **nested(**RUN))
 
 
 def test_bad_app_parts_are_named_when_the_app_is_made():
@@ -153,7 +158,9 @@ def test_bad_app_parts_are_named_when_the_app_is_made():
     with pytest.raises(ConfigError, match=r"app=.nowhere:app. is invalid: expected an importable"):
         fedstream.simulate(app="nowhere:app")
     with pytest.raises(ConfigError, match="trainer='vectorized' is invalid: expected 'auto' or"):
-        fedstream.simulate(app=bad(optimizer=torch.optim.Adam), trainer="vectorized", **RUN)
+        fedstream.simulate(
+            app=bad(optimizer=torch.optim.Adam), **nested(trainer="vectorized", **RUN)
+        )
 
 
 def write_project(folder: Path, table: str = "") -> None:
@@ -183,21 +190,24 @@ def fedstream_cli(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_command_line_runs_an_app_named_by_flag_or_in_pyproject(tmp_path):
-    flags = ["--rounds", "2", "--clients-per-round", "2", "--quiet"]
+    flags = ["--run.rounds", "2", "--run.clients-per-round", "2", "--quiet"]
     by_flag = tmp_path / "flag"
     by_flag.mkdir()
     write_project(by_flag)
-    done = fedstream_cli(by_flag, "run", "--app", "clinic.job:app", *flags, "--output", "out")
+    done = fedstream_cli(by_flag, "run", "--model.app", "clinic.job:app", *flags, "--output", "out")
     assert done.returncode == 0, done.stderr
     by_table = tmp_path / "table"
     by_table.mkdir()
-    write_project(by_table, '[tool.fedstream]\napp = "clinic.job:app"\nlr = 0.1\n')
+    write_project(
+        by_table,
+        '[tool.fedstream.model]\napp = "clinic.job:app"\n[tool.fedstream.client]\nlr = 0.1\n',
+    )
     done = fedstream_cli(by_table, "run", *flags, "--output", "out")
     assert done.returncode == 0, done.stderr
     config = json.loads((by_table / "out" / "config.json").read_text())
-    assert config["app"] == "clinic.job:app" and config["lr"] == 0.1
+    assert config["model"]["app"] == "clinic.job:app" and config["client"]["lr"] == 0.1
     results = json.loads((by_table / "out" / "results.json").read_text())
     assert results["data"]["dataset"] == "clinic" and len(results["rounds"]) == 2
-    broken = fedstream_cli(by_table, "run", "--app", "clinic.job:nothing", *flags)
+    broken = fedstream_cli(by_table, "run", "--model.app", "clinic.job:nothing", *flags)
     assert broken.returncode == 2
     assert "app='clinic.job:nothing' is invalid: expected an attribute 'nothing'" in broken.stderr

@@ -19,8 +19,9 @@ from fedstream.compression import (
 )
 from fedstream.compression.codecs import PAYLOAD, encode_gaps
 from fedstream.secure.secagg import SecAggConfig
-from fedstream.simulation import SimulationConfig, build
+from fedstream.simulation import build
 from fedstream.transport.inprocess import InProcessTransport
+from tests.settings import make_config, nested
 
 
 def update(seed=0, size=(50, 200)):
@@ -160,7 +161,7 @@ def test_broadcasts_decode_to_the_models_own_dtypes_and_shapes(codec):
 
 
 def make(**changes):
-    config = SimulationConfig(
+    config = make_config(
         num_clients=10, clients_per_round=5, partition="iid", local_epochs=1, **changes
     )
     setup = build(config)
@@ -210,9 +211,9 @@ def test_a_client_sending_a_malformed_payload_is_dropped_and_recorded():
 def test_sparsifiers_are_refused_with_secure_aggregation_and_quantisers_compose():
     with pytest.raises(
         ConfigError,
-        match=r"compression='topk:0.01' is invalid: expected no sparsifier with secure_agg",
+        match=r"compression\.codec='topk:0.01' is invalid: expected no sparsifier with secure",
     ):
-        SimulationConfig(compression="topk:0.01", secure_aggregation="secagg+")
+        make_config(compression="topk:0.01", secure_aggregation="secagg+")
     config, setup, transport = make(compression="q8")
     ids = sorted(setup.dataset.clients)
     secure = replace(config.round_config(), secure_aggregation=SecAggConfig())
@@ -224,8 +225,12 @@ def test_sparsifiers_are_refused_with_secure_aggregation_and_quantisers_compose(
 
 
 def test_compressed_runs_are_reproducible_and_reported():
-    first = simulate(num_clients=10, clients_per_round=5, rounds=3, compression="topk:0.1+q4")
-    again = simulate(num_clients=10, clients_per_round=5, rounds=3, compression="topk:0.1+q4")
+    first = simulate(
+        **nested(num_clients=10, clients_per_round=5, rounds=3, compression="topk:0.1+q4")
+    )
+    again = simulate(
+        **nested(num_clients=10, clients_per_round=5, rounds=3, compression="topk:0.1+q4")
+    )
     assert first.state.params.bit_equal(again.state.params)
     assert first.reports[-1].bytes_up > 0
 
@@ -267,13 +272,26 @@ def test_pruned_weights_stay_zero_through_training_and_rounds(trainer):
     from fedstream.compression.pruning import prunable
 
     result = simulate(
-        num_clients=10, clients_per_round=5, rounds=3, prune_fraction=0.6, trainer=trainer,
-        compression="topk:0.2+q8",
-    )  # fmt: skip
+        **nested(
+            num_clients=10,
+            clients_per_round=5,
+            rounds=3,
+            prune_fraction=0.6,
+            trainer=trainer,
+            compression="topk:0.2+q8",
+        )
+    )
     for name, array in result.state.params.items():
         if prunable(array):
             assert (array == 0).mean() == pytest.approx(0.6, abs=0.01), name
     assert all(not r.failures for r in result.reports)
-    dense = simulate(num_clients=10, clients_per_round=5, rounds=3, trainer=trainer,
-                     compression="topk:0.2+q8")  # fmt: skip
+    dense = simulate(
+        **nested(
+            num_clients=10,
+            clients_per_round=5,
+            rounds=3,
+            trainer=trainer,
+            compression="topk:0.2+q8",
+        )
+    )
     assert result.reports[-1].bytes_up < 0.6 * dense.reports[-1].bytes_up

@@ -23,7 +23,7 @@ from fedstream.data.shakespeare import (
     texts_dir,
 )
 from fedstream.data.synthetic import synthetic_clients
-from fedstream.simulation import SimulationConfig
+from tests.settings import make_config
 
 MODERN_PERIOD = """\
 ACT I.
@@ -192,11 +192,13 @@ def test_shakespeare_built_as_leafs_paper_experiment(tmp_path):
     )
     assert test != list(range(len(train), len(windows)))  # at random, not the ordered tail
     with pytest.raises(
-        ConfigError, match="shakespeare_fraction=0 is invalid: expected a number in"
+        ConfigError, match=r"data\.shakespeare_fraction=0\.0 is invalid: expected a number in"
     ):
-        SimulationConfig(dataset="shakespeare", shakespeare_fraction=0)
-    with pytest.raises(ConfigError, match=r"shakespeare_fraction=0\.05 is invalid: expected unset"):
-        SimulationConfig(dataset="digits", shakespeare_fraction=0.05)
+        make_config(dataset="shakespeare", shakespeare_fraction=0)
+    with pytest.raises(
+        ConfigError, match=r"data\.shakespeare_fraction=0\.05 is invalid: expected unset"
+    ):
+        make_config(dataset="digits", shakespeare_fraction=0.05)
 
 
 def test_synthetic_follows_the_fedprox_generator():
@@ -298,7 +300,7 @@ def test_100k_clients_are_index_ranges_not_objects():
 
     from fedstream.data.base import ClientData, Clients
 
-    config = SimulationConfig(
+    config = make_config(
         dataset="synthetic",
         num_clients=100_000,
         synthetic_samples=10,

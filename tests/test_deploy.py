@@ -34,6 +34,7 @@ from fedstream.transport.grpc.server import (
     start_server,
 )
 from tests.conftest import make_certificates
+from tests.settings import make_config, toml_text
 
 RUN = {
     "num_clients": 5, "clients_per_round": 5, "partition": "iid", "local_epochs": 1,
@@ -43,9 +44,9 @@ RUN = {
 
 def write_run(folder: Path, **changes) -> tuple[Path, Path, SimulationConfig]:
     settings = {**RUN, **changes}
-    config = SimulationConfig(**settings)
+    config = make_config(**settings)
     toml = folder / "run.toml"
-    toml.write_text("\n".join(f"{k} = {json.dumps(v)}" for k, v in settings.items()) + "\n")
+    toml.write_text(toml_text(**settings))
     tokens = folder / "tokens.json"
     tokens.write_text(json.dumps(make_tokens(client_ids(config))))
     return toml, tokens, config
@@ -403,7 +404,7 @@ def test_a_payload_far_above_grpcs_message_limit_passes_in_chunks(live_service):
 
 def test_a_run_over_tls_and_a_client_that_cannot_verify_the_server(tmp_path):
     ca, cert, key, _, _ = make_certificates(tmp_path)
-    config = SimulationConfig(**{**RUN, "rounds": 1})
+    config = make_config(**{**RUN, "rounds": 1})
     ids = sorted(build_dataset(config).clients)
     tokens = make_tokens(ids)
     ready = threading.Event()
@@ -451,7 +452,7 @@ def test_the_server_refuses_to_start_without_tls_unless_told(tmp_path):
 
 def test_wrong_token_from_python_raises_client_refused(live_service):
     _, port = live_service
-    config = SimulationConfig(**{**RUN, "rounds": 1})
+    config = make_config(**{**RUN, "rounds": 1})
     with pytest.raises(ClientRefused, match="unknown or its token is wrong"):
         join(f"127.0.0.1:{port}", "client-0", "nope", config)
 

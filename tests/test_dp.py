@@ -36,8 +36,9 @@ from fedstream.privacy import (
     update_noise_multiplier,
 )
 from fedstream.rounds import check_update
-from fedstream.simulation import SimulationConfig, build
+from fedstream.simulation import build
 from fedstream.types import ClientPrivacy, SampleDP
+from tests.settings import make_config, nested
 
 
 def update(payload, weight=7.0):
@@ -148,9 +149,17 @@ def test_reported_epsilon_over_a_run_matches_dp_accounting():
     dp_accounting = pytest.importorskip("dp_accounting")
     logging.getLogger("absl").setLevel(logging.ERROR)
     result = simulate(
-        num_clients=20, clients_per_round=5, rounds=6, local_epochs=1, dp="client",
-        dp_noise=1.3, dp_clip=0.5, evaluate_every=1,
-    )  # fmt: skip
+        **nested(
+            num_clients=20,
+            clients_per_round=5,
+            rounds=6,
+            local_epochs=1,
+            dp="client",
+            dp_noise=1.3,
+            dp_clip=0.5,
+            evaluate_every=1,
+        )
+    )
     epsilons = [r.metrics["dp_epsilon"] for r in result.reports]
     assert epsilons == sorted(epsilons) and epsilons[0] > 0
     reference = dp_accounting.rdp.RdpAccountant(list(DEFAULT_ORDERS))
@@ -161,17 +170,24 @@ def test_reported_epsilon_over_a_run_matches_dp_accounting():
 
 
 def test_noise_free_client_dp_is_the_uniform_mean_of_clipped_deltas():
-    config = SimulationConfig(
-        num_clients=6, clients_per_round=6, partition="iid", local_epochs=1, rounds=1,
-        trainer="sequential", dp="client", dp_noise=0.0, dp_clip=0.05,
-    )  # fmt: skip
+    config = make_config(
+        num_clients=6,
+        clients_per_round=6,
+        partition="iid",
+        local_epochs=1,
+        rounds=1,
+        trainer="sequential",
+        dp="client",
+        dp_noise=0.0,
+        dp_clip=0.05,
+    )
     setup = build(config)
     strategy = config.build_strategy()
     ids = sorted(setup.dataset.clients)
     new, report = run_round(setup.initial, strategy, setup.transport, ids, config.round_config())
     assert len(report.completed) == 6
     # replay: every client trains on its own, clips to 0.05, and the mean is unweighted
-    fit = strategy.configure_fit(setup.initial, FitConfig(1, 10, config.lr))
+    fit = strategy.configure_fit(setup.initial, FitConfig(1, 10, config.client.lr))
     replay = setup.initial.generator()
     chosen = replay.choice(len(ids), size=6, replace=False)
     seeds = replay.integers(0, 2**63 - 1, size=6)
@@ -179,7 +195,7 @@ def test_noise_free_client_dp_is_the_uniform_mean_of_clipped_deltas():
     deltas = []
     for index, seed in zip(chosen, seeds, strict=True):
         client = ids[int(index)]
-        task = FitTask(client, 1, FitConfig(1, 10, config.lr, seed=int(seed)))
+        task = FitTask(client, 1, FitConfig(1, 10, config.client.lr, seed=int(seed)))
         raw = trainer.fit(setup.initial.params, task, setup.dataset.clients[client]).payload
         assert raw.norm() > 0.05  # every update really was clipped
         deltas.append(raw * (0.05 / raw.norm()))
@@ -208,12 +224,19 @@ def test_server_rejects_updates_that_break_the_dp_contract():
 
 
 def test_a_run_given_a_target_epsilon_refuses_to_start_or_stops():
-    with pytest.raises(ConfigError, match=r"dp_target_epsilon=1.0 is invalid: expected at least"):
-        SimulationConfig(dp="client", dp_noise=1.0, rounds=30, dp_target_epsilon=1.0)
-    config = SimulationConfig(
-        num_clients=10, clients_per_round=5, partition="iid", local_epochs=1, rounds=10,
-        trainer="sequential", dp="client",
-    )  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"privacy\.target_epsilon=1.0 is invalid: expected at least"
+    ):
+        make_config(dp="client", dp_noise=1.0, rounds=30, dp_target_epsilon=1.0)
+    config = make_config(
+        num_clients=10,
+        clients_per_round=5,
+        partition="iid",
+        local_epochs=1,
+        rounds=10,
+        trainer="sequential",
+        dp="client",
+    )
     setup = build(config)
     base = config.build_strategy()
     assert isinstance(base, DifferentialPrivacy)
@@ -235,24 +258,27 @@ def test_a_run_given_a_target_epsilon_refuses_to_start_or_stops():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"dp": "global"}, r"dp='global' is invalid: expected one of"),
-        ({"dp": "client", "dp_clip": 0.0}, r"dp_clip=0.0 is invalid"),
-        ({"dp": "client", "dp_noise": -1.0}, r"dp_noise=-1.0 is invalid"),
-        ({"dp": "client", "dp_delta": 1.0}, r"dp_delta=1.0 is invalid: expected a number in"),
-        ({"dp": "client", "dp_delta": 0.0}, r"dp_delta=0.0 is invalid"),
-        ({"dp": "client", "dp_target_epsilon": 0.0}, r"dp_target_epsilon=0.0 is invalid"),
-        ({"dp": "local", "dp_adaptive_clip": True}, r"dp_adaptive_clip=True is invalid"),
+        ({"dp": "global"}, r"privacy.level='global' is invalid: expected one of"),
+        ({"dp": "client", "dp_clip": 0.0}, r"privacy\.clip=0\.0 is invalid"),
+        ({"dp": "client", "dp_noise": -1.0}, r"privacy\.noise=-1\.0 is invalid"),
+        (
+            {"dp": "client", "dp_delta": 1.0},
+            r"privacy\.delta=1\.0 is invalid: expected a number in",
+        ),
+        ({"dp": "client", "dp_delta": 0.0}, r"privacy\.delta=0\.0 is invalid"),
+        ({"dp": "client", "dp_target_epsilon": 0.0}, r"privacy\.target_epsilon=0.0 is invalid"),
+        ({"dp": "local", "dp_adaptive_clip": True}, r"privacy\.adaptive_clip=True is invalid"),
         (
             {"dp": "client", "dp_adaptive_clip": True, "dp_clipped_count_stddev": 0.1},
-            r"dp_clipped_count_stddev=0.1 is invalid",
+            r"privacy\.clipped_count_stddev=0\.1 is invalid",
         ),
-        ({"dp": "sample", "strategy": "fedsgd"}, r"strategy='fedsgd' is invalid"),
-        ({"dp": "sample", "dp_sampling_rate": 0.0}, r"dp_sampling_rate=0.0 is invalid"),
+        ({"dp": "sample", "strategy": "fedsgd"}, r"strategy\.name='fedsgd' is invalid"),
+        ({"dp": "sample", "dp_sampling_rate": 0.0}, r"privacy\.sampling_rate=0\.0 is invalid"),
     ],
 )
 def test_bad_dp_settings_are_named(changes, message):
     with pytest.raises(ConfigError, match=message):
-        SimulationConfig(**changes)
+        make_config(**changes)
 
 
 def test_dp_sgd_step_is_the_mean_of_per_example_clipped_gradients():
@@ -308,9 +334,17 @@ def test_dp_sgd_noise_has_the_calibrated_spread():
 
 def test_dp_runs_end_to_end_report_epsilon_everywhere(tmp_path):
     result = simulate(
-        num_clients=20, clients_per_round=5, rounds=3, local_epochs=1, dp="sample",
-        dp_noise=1.0, dp_sampling_rate=0.2, output_dir=tmp_path,
-    )  # fmt: skip
+        output_dir=tmp_path,
+        **nested(
+            num_clients=20,
+            clients_per_round=5,
+            rounds=3,
+            local_epochs=1,
+            dp="sample",
+            dp_noise=1.0,
+            dp_sampling_rate=0.2,
+        ),
+    )
     epsilons = [r.metrics["dp_epsilon"] for r in result.reports]
     assert 0 < epsilons[0] < epsilons[1] < epsilons[2]
     steps = math.ceil(1 / 0.2)
@@ -321,9 +355,17 @@ def test_dp_runs_end_to_end_report_epsilon_everywhere(tmp_path):
     assert "dp_epsilon" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
 
     adaptive = simulate(
-        num_clients=20, clients_per_round=10, rounds=3, local_epochs=1, dp="client",
-        dp_adaptive_clip=True, dp_noise=0.5, dp_clip=0.01,
-    )  # fmt: skip
+        **nested(
+            num_clients=20,
+            clients_per_round=10,
+            rounds=3,
+            local_epochs=1,
+            dp="client",
+            dp_adaptive_clip=True,
+            dp_noise=0.5,
+            dp_clip=0.01,
+        )
+    )
     clips = [r.metrics["dp_clip"] for r in adaptive.reports]
     assert 0.01 < clips[0] < clips[1] < clips[2]  # all clipped: the bound grows
 
@@ -332,9 +374,16 @@ def test_dp_composes_with_server_optimisers_and_rejects_fedsgd_for_dp_sgd():
     with pytest.raises(ConfigError, match="a strategy whose clients train locally"):
         DifferentialPrivacy(FedSGD(), level="sample")
     result = simulate(
-        num_clients=10, clients_per_round=5, rounds=2, local_epochs=1, strategy="fedadam",
-        dp="client", dp_noise=0.3,
-    )  # fmt: skip
+        **nested(
+            num_clients=10,
+            clients_per_round=5,
+            rounds=2,
+            local_epochs=1,
+            strategy="fedadam",
+            dp="client",
+            dp_noise=0.3,
+        )
+    )
     assert "m" in result.state.optimizer and result.state.accountant["client"].entries
     assert result.config.label == "fedadam + DP (client)"
 
@@ -346,10 +395,17 @@ def test_pld_accounting_is_tighter_than_rdp_and_selectable_per_run():
     assert rdp == pytest.approx(8.9393, abs=1e-4)
     assert 0.8 * rdp < pld < rdp  # dp-accounting's PLD gives 7.93 here
     result = simulate(
-        num_clients=10, clients_per_round=2, rounds=2, local_epochs=1, dp="client",
-        dp_accountant="pld", evaluate_every=0,
-    )  # fmt: skip
+        **nested(
+            num_clients=10,
+            clients_per_round=2,
+            rounds=2,
+            local_epochs=1,
+            dp="client",
+            dp_accountant="pld",
+            evaluate_every=0,
+        )
+    )
     expected = PrivacyLedger().record(1.0, 0.2, 2).epsilon(1e-5, method="pld")
     assert result.final_metrics["dp_epsilon"] == pytest.approx(expected)
-    with pytest.raises(ConfigError, match="dp_accountant='moments' is invalid"):
-        SimulationConfig(dp="client", dp_accountant="moments")
+    with pytest.raises(ConfigError, match=r"privacy\.accountant='moments' is invalid"):
+        make_config(dp="client", dp_accountant="moments")

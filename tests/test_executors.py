@@ -19,15 +19,16 @@ from fedstream.client.base import FitTask, Trainer
 from fedstream.data.base import ClientData
 from fedstream.errors import ConfigError
 from fedstream.params import Params
-from fedstream.simulation import SimulationConfig, build
+from fedstream.simulation import build
 from fedstream.simulation.engine import local_transport
 from fedstream.transport.inprocess import InProcessTransport
 from fedstream.transport.processes import ProcessTransport, Recipe
 from fedstream.transport.sharded import worker_of
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
+from tests.settings import make_config, nested
 
 HERE = Path(__file__).resolve().parent
-SMALL = SimulationConfig(
+SMALL = make_config(
     num_clients=12,
     rounds=3,
     clients_per_round=6,
@@ -57,40 +58,44 @@ def same_run(
 
 def test_worker_processes_end_bit_exact_where_the_in_process_run_does():
     alone = fedstream.simulate(SMALL)
-    spread = fedstream.simulate(SMALL, executor="processes", workers=2)
+    spread = fedstream.simulate(SMALL, **nested(executor="processes", workers=2))
     same_run(alone, spread)
 
 
 def test_device_state_stays_with_its_worker_across_rounds():
     """Error feedback keeps a residual per client between rounds, and SecAgg+ keeps keys
     and shares per client between stages: both live in the worker that owns the client."""
-    compressed = SMALL.with_changes(compression="topk:0.2", rounds=4, clients_per_round=10)
+    compressed = SMALL.with_changes(
+        **nested(compression="topk:0.2", rounds=4, clients_per_round=10)
+    )
     same_run(
         fedstream.simulate(compressed),
-        fedstream.simulate(compressed, executor="processes", workers=2),
+        fedstream.simulate(compressed, **nested(executor="processes", workers=2)),
     )
-    secure = SMALL.with_changes(secure_aggregation="secagg+", evaluate_fraction=0.0)
+    secure = SMALL.with_changes(**nested(secure_aggregation="secagg+", evaluate_fraction=0.0))
     same_run(
         fedstream.simulate(secure),
-        fedstream.simulate(secure, executor="processes", workers=2),
+        fedstream.simulate(secure, **nested(executor="processes", workers=2)),
         fresh_keys=True,
     )
 
 
 def test_a_resume_puts_each_clients_saved_state_back_in_its_worker(tmp_path: Path):
-    compressed = SMALL.with_changes(compression="topk:0.2", rounds=4, clients_per_round=10)
+    compressed = SMALL.with_changes(
+        **nested(compression="topk:0.2", rounds=4, clients_per_round=10)
+    )
     straight = fedstream.simulate(compressed)
     fedstream.simulate(
-        compressed, rounds=2, output_dir=tmp_path / "run", executor="processes", workers=2
+        compressed, output_dir=tmp_path / "run", **nested(rounds=2, executor="processes", workers=2)
     )
-    resumed = fedstream.simulate(output_dir=tmp_path / "run", resume=True, rounds=4)
+    resumed = fedstream.simulate(output_dir=tmp_path / "run", resume=True, **nested(rounds=4))
     assert resumed.state.params.bit_equal(straight.state.params)
 
 
 def test_vectorised_cohorts_split_over_workers_agree_to_rounding():
-    config = SMALL.with_changes(trainer="vectorized", rounds=2)
+    config = SMALL.with_changes(**nested(trainer="vectorized", rounds=2))
     alone = fedstream.simulate(config)
-    spread = fedstream.simulate(config, executor="processes", workers=2)
+    spread = fedstream.simulate(config, **nested(executor="processes", workers=2))
     for name in alone.state.params:
         np.testing.assert_allclose(
             spread.state.params[name], alone.state.params[name], rtol=0, atol=1e-6
@@ -107,7 +112,7 @@ def counting_recipe(
 
 def test_workers_load_their_data_once_and_live_for_the_whole_run(tmp_path: Path):
     log = tmp_path / "builds.txt"
-    config = SMALL.with_changes(rounds=4)
+    config = SMALL.with_changes(**nested(rounds=4))
     setup = build(config)
     recipe = functools.partial(counting_recipe, config.to_dict(), str(log))
     with ProcessTransport(recipe, workers=2) as transport:
@@ -118,7 +123,7 @@ def test_workers_load_their_data_once_and_live_for_the_whole_run(tmp_path: Path)
             transport,
             sorted(setup.dataset.clients),
             config.round_config(),
-            config.rounds,
+            config.run.rounds,
         ):
             assert transport.pids == pids
     assert sorted(int(line) for line in log.read_text().split()) == sorted(pids)
@@ -180,11 +185,11 @@ def test_a_worker_killed_mid_round_fails_only_its_clients_and_is_replaced():
 
 def test_executor_settings_are_checked():
     with pytest.raises(ConfigError, match="workers"):
-        SMALL.with_changes(workers=0)
+        SMALL.with_changes(**nested(workers=0))
     with pytest.raises(ConfigError, match="executor"):
-        SMALL.with_changes(executor="threads")
+        SMALL.with_changes(**nested(executor="threads"))
     with pytest.raises(ConfigError, match=r"ray_address.*executor='ray'"):
-        SMALL.with_changes(ray_address="ray://head:10001")
+        SMALL.with_changes(**nested(ray_address="ray://head:10001"))
 
 
 def in_private_network(namespace: str, body: str) -> None:
@@ -209,7 +214,7 @@ def test_ray_actors_end_bit_exact_where_the_in_process_run_does(loopback_only: s
 
 def ray_run_matches_in_process() -> None:
     alone = fedstream.simulate(SMALL)
-    on_ray = fedstream.simulate(SMALL, executor="ray", workers=2)
+    on_ray = fedstream.simulate(SMALL, **nested(executor="ray", workers=2))
     same_run(alone, on_ray)
 
 

@@ -18,9 +18,10 @@ from fedstream.secure.he import (
     split_ciphertexts,
 )
 from fedstream.secure.secagg import SecAggError, pack, unpack
-from fedstream.simulation import SimulationConfig, build
+from fedstream.simulation import build
 from fedstream.transport.faults import Dropouts
 from fedstream.transport.inprocess import InProcessTransport
+from tests.settings import make_config, nested
 
 # the bound on the decrypted sum of 10 vectors of N(0, 10²) against the float64 sum,
 # about 4× what was measured (1.2e-2, 2.8e-8, 5.4e-11)
@@ -91,10 +92,15 @@ def test_ciphertext_lists_round_trip_and_refuse_truncation():
 
 
 def make(secure, **changes):
-    config = SimulationConfig(
-        num_clients=10, clients_per_round=6, partition="iid", local_epochs=1, model="linear",
-        trainer="sequential", **changes,
-    )  # fmt: skip
+    config = make_config(
+        num_clients=10,
+        clients_per_round=6,
+        partition="iid",
+        local_epochs=1,
+        model="linear",
+        trainer="sequential",
+        **changes,
+    )
     setup = build(config)
     transport = InProcessTransport(setup.dataset.clients, setup.trainer)
     secure_config = replace(config.round_config(), secure_aggregation=secure)
@@ -188,9 +194,9 @@ class CoordinateMedian(FedAvg):
 
 def test_bad_he_settings_are_named():
     with pytest.raises(ConfigError, match="he_preset='n2048' is invalid"):
-        SimulationConfig(secure_aggregation="ckks", he_preset="n2048")
+        make_config(secure_aggregation="ckks", he_preset="n2048")
     with pytest.raises(ConfigError, match="paillier_key_bits=1024 is invalid"):
-        SimulationConfig(secure_aggregation="paillier", paillier_key_bits=1024)
+        make_config(secure_aggregation="paillier", paillier_key_bits=1024)
     _, setup, transport, ids, secure_config = make(CKKSConfig())
     with pytest.raises(ConfigError, match=r"secure_aggregation='ckks' is invalid.*median"):
         run_round(setup.initial, CoordinateMedian(), transport, ids, secure_config)
@@ -201,8 +207,8 @@ def test_he_runs_with_dp_and_reports_like_any_other_run():
         num_clients=8, clients_per_round=4, rounds=2, local_epochs=1, model="linear",
         partition="iid", dp="client", dp_noise=0.3, evaluate_every=0,
     )  # fmt: skip
-    plain = simulate(**common)
-    ckks = simulate(**common, secure_aggregation="ckks")
+    plain = simulate(**nested(**common))
+    ckks = simulate(**nested(**common, secure_aggregation="ckks"))
     np.testing.assert_allclose(ckks.state.params.flat(), plain.state.params.flat(), atol=1e-6)
     assert ckks.config.label == "fedavg + DP (client) + CKKS"
 

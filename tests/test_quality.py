@@ -3,10 +3,11 @@ that learning happens, so a regression in learning fails CI."""
 
 import fedstream
 from fedstream.simulation import centralised_baseline, preset
+from tests.settings import nested
 
 
 def test_breast_cancer_across_five_hospitals_is_close_to_centralised():
-    config = preset("breast_cancer_hospitals", seed=0, evaluate_every=0)
+    config = preset("breast_cancer_hospitals", **nested(seed=0, evaluate_every=0))
     federated = fedstream.simulate(config).final_metrics["central_accuracy"]
     centralised = centralised_baseline(config, epochs=50)["accuracy"]
     assert centralised > 0.95
@@ -14,20 +15,22 @@ def test_breast_cancer_across_five_hospitals_is_close_to_centralised():
 
 
 def test_digits_under_strong_label_skew_still_learns():
-    result = fedstream.simulate(alpha=0.1, rounds=10, evaluate_every=0)
+    result = fedstream.simulate(**nested(alpha=0.1, rounds=10, evaluate_every=0))
     assert result.final_metrics["central_accuracy"] > 0.5  # chance is 0.1
 
 
 def test_fedprox_with_stragglers_learns_on_synthetic():
     config = preset(
         "fedprox_synthetic",
-        local_epochs=5,
-        rounds=8,
-        straggler_fraction=0.5,
-        drop_stragglers=False,
-        strategy="fedprox",
-        mu=1.0,
-        evaluate_every=0,
+        **nested(
+            local_epochs=5,
+            rounds=8,
+            straggler_fraction=0.5,
+            drop_stragglers=False,
+            strategy="fedprox",
+            mu=1.0,
+            evaluate_every=0,
+        ),
     )
     result = fedstream.simulate(config)
     assert result.final_metrics["fed_accuracy"] > 0.3  # chance is 0.1
@@ -36,7 +39,8 @@ def test_fedprox_with_stragglers_learns_on_synthetic():
 
 def test_fedavg_drops_stragglers_and_says_so():
     config = preset(
-        "fedprox_synthetic", local_epochs=5, rounds=2, straggler_fraction=0.5, evaluate_every=0
+        "fedprox_synthetic",
+        **nested(local_epochs=5, rounds=2, straggler_fraction=0.5, evaluate_every=0),
     )
     for report in fedstream.simulate(config).reports:
         assert len(report.completed) == 5
@@ -56,17 +60,19 @@ def test_shakespeare_char_lstm_learns_on_real_play_excerpts(tmp_path):
         (tmp_path / f"{play}_gut.txt").write_text("\n".join(lines), encoding="latin-1")
     config = preset(
         "shakespeare_leaf",
-        shakespeare_fraction=None,
-        client_test_fraction=0.2,
-        num_clients=6,
-        shakespeare_source=str(tmp_path),
-        hidden=(32, 32),
-        clients_per_round=4,
-        rounds=3,
-        evaluate_every=1,
+        **nested(
+            shakespeare_fraction=None,
+            client_test_fraction=0.2,
+            num_clients=6,
+            shakespeare_source=str(tmp_path),
+            hidden=(32, 32),
+            clients_per_round=4,
+            rounds=3,
+            evaluate_every=1,
+        ),
     )
     result = fedstream.simulate(config)
-    assert result.config.trainer == "auto"
+    assert result.config.execution.trainer == "auto"
     losses = [r.metrics["fed_loss"] for r in result.reports]
     assert losses[0] > losses[1] > losses[2]
     assert result.reports[-1].metrics["fed_accuracy"] > 0.2
@@ -93,8 +99,8 @@ def test_data_describe_shakespeare_in_leaf_mode_describes_leafs_sample(tmp_path)
     plot = tmp_path / "leaf.png"
     done = subprocess.run(
         [sys.executable, "-m", "fedstream.cli", "data", "describe", "shakespeare",
-         "--shakespeare-fraction", "0.05", "--client-test-fraction", "0.1",
-         "--heldout-fraction", "0", "--plot", str(plot)],
+         "--data.shakespeare-fraction", "0.05", "--data.client-test-fraction", "0.1",
+         "--data.heldout-fraction", "0", "--plot", str(plot)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

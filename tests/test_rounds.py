@@ -15,7 +15,8 @@ from fedstream import (
     run_round,
 )
 from fedstream.rounds import sample_clients
-from fedstream.simulation import SimulationConfig, build
+from fedstream.simulation import build
+from tests.settings import make_config
 
 
 class FaultyTrainer(TorchTrainer):
@@ -49,7 +50,7 @@ class FaultyTrainer(TorchTrainer):
 
 def setup(num_clients=8, faults=None):
     made = build(
-        SimulationConfig(
+        make_config(
             num_clients=num_clients, clients_per_round=2, partition="iid", trainer="sequential"
         )
     )

@@ -20,9 +20,10 @@ from fedstream.secure.secagg import (
     shamir_split,
     unpack,
 )
-from fedstream.simulation import SimulationConfig, build
+from fedstream.simulation import build
 from fedstream.transport.faults import Dropouts
 from fedstream.transport.inprocess import InProcessTransport
+from tests.settings import make_config, nested
 
 
 def test_shamir_recovers_from_any_threshold_shares_and_not_from_fewer():
@@ -111,10 +112,14 @@ class RecordingTransport(InProcessTransport):
 
 
 def make(clients=12, per_round=8, tamper=None, **changes):
-    config = SimulationConfig(
-        num_clients=clients, clients_per_round=per_round, partition="iid", local_epochs=1,
-        trainer="sequential", **changes,
-    )  # fmt: skip
+    config = make_config(
+        num_clients=clients,
+        clients_per_round=per_round,
+        partition="iid",
+        local_epochs=1,
+        trainer="sequential",
+        **changes,
+    )
     setup = build(config)
     transport = RecordingTransport(setup.dataset.clients, setup.trainer, tamper)
     return config, setup, transport, sorted(setup.dataset.clients)
@@ -258,10 +263,10 @@ def test_an_aggregator_that_needs_each_update_cannot_use_secure_aggregation():
     secure_config = replace(config.round_config(), secure_aggregation=SecAggConfig())
     with pytest.raises(ConfigError, match=r"secure_aggregation='secagg\+' is invalid.*median"):
         run_round(setup.initial, CoordinateMedian(), transport, ids, secure_config)
-    with pytest.raises(ConfigError, match="secure_aggregation='tee' is invalid"):
-        SimulationConfig(secure_aggregation="tee")
-    with pytest.raises(ConfigError, match="secagg_threshold=30 is invalid"):
-        SimulationConfig(secure_aggregation="secagg+", secagg_threshold=30)
+    with pytest.raises(ConfigError, match=r"secure\.scheme='tee' is invalid"):
+        make_config(secure_aggregation="tee")
+    with pytest.raises(ConfigError, match=r"secure\.threshold=30 is invalid"):
+        make_config(secure_aggregation="secagg+", secagg_threshold=30)
 
 
 def test_secure_aggregation_with_central_dp_and_adaptive_clipping():
@@ -269,8 +274,8 @@ def test_secure_aggregation_with_central_dp_and_adaptive_clipping():
         num_clients=12, clients_per_round=8, rounds=2, local_epochs=1, partition="iid",
         dp="client", dp_noise=0.5, dp_adaptive_clip=True, dp_clip=0.05, evaluate_every=0,
     )  # fmt: skip
-    plain = simulate(**common)
-    secure = simulate(**common, secure_aggregation="secagg+")
+    plain = simulate(**nested(**common))
+    secure = simulate(**nested(**common, secure_aggregation="secagg+"))
     # the unclipped count travels inside the secure sum; the DP noise draws are the same
     assert secure.final_metrics["dp_clip"] == pytest.approx(plain.final_metrics["dp_clip"])
     np.testing.assert_allclose(secure.state.params.flat(), plain.state.params.flat(), atol=1e-5)

@@ -16,6 +16,7 @@ from fedstream import Params, simulate
 from fedstream.serving import load_model
 from fedstream.serving.app import _forward
 from fedstream.store import RunStore
+from tests.settings import nested
 
 
 def free_port() -> int:
@@ -27,7 +28,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serving")
-    simulate(num_clients=10, clients_per_round=5, rounds=3, output_dir=folder / "run")
+    simulate(output_dir=folder / "run", **nested(num_clients=10, clients_per_round=5, rounds=3))
     store = folder / "store.sqlite"
     port = free_port()
     process = subprocess.Popen(
@@ -121,7 +122,7 @@ def test_pin_rollback_unknown_version_and_metrics(served):
 
 def test_new_versions_are_swapped_in_under_load_with_no_failed_or_mixed_answer(served):
     url, store = served
-    base = simulate(num_clients=10, clients_per_round=5, rounds=1).state.params
+    base = simulate(**nested(num_clients=10, clients_per_round=5, rounds=1)).state.params
     meta, _ = store.model("run", 3)
     inputs = np.random.default_rng(1).random((2, 64)).astype(np.float32)
 
@@ -151,7 +152,7 @@ def test_new_versions_are_swapped_in_under_load_with_no_failed_or_mixed_answer(s
 
 
 def test_personalised_evaluation_reports_both_models_per_client():
-    result = simulate(num_clients=10, clients_per_round=5, rounds=2, personalize_epochs=2)
+    result = simulate(**nested(num_clients=10, clients_per_round=5, rounds=2, personalize_epochs=2))
     report = result.reports[-1]
     assert len(report.evaluations) == 10
     for metrics in report.evaluations.values():
@@ -170,8 +171,8 @@ def test_personalised_evaluation_reports_both_models_per_client():
 def test_run_with_serve_serves_each_new_round_while_training(tmp_path):
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "fedstream.cli", "run", "--rounds", "40", "--quiet",
-         "--output", str(tmp_path / "run"), "--serve", str(port), "--evaluate-every", "0"],
+        [sys.executable, "-m", "fedstream.cli", "run", "--run.rounds", "40", "--quiet",
+         "--output", str(tmp_path / "run"), "--serve", str(port), "--run.evaluate-every", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     seen: set[int] = set()
@@ -212,7 +213,9 @@ def test_a_training_process_publishes_to_a_serving_process_elsewhere(tmp_path):
                 time.sleep(0.1)
         assert httpx.get(f"{url}/readyz").status_code == 503  # nothing published yet
         target = PublishTarget(url, "s3cret")
-        result = simulate(num_clients=10, clients_per_round=5, rounds=3, publish_to=target)
+        result = simulate(
+            publish_to=target, **nested(num_clients=10, clients_per_round=5, rounds=3)
+        )
         deadline = time.monotonic() + 10
         while (
             httpx.get(f"{url}/readyz").status_code != 200

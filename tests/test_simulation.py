@@ -1,13 +1,12 @@
 import json
-import math
 
 import numpy as np
 import pytest
 
 import fedstream
-from fedstream import ConfigError, SimulationConfig
-from fedstream.simulation import from_mapping, load_toml
+from fedstream import ConfigError
 from fedstream.transport.inprocess import InProcessTransport
+from tests.settings import make_config, nested
 
 
 def test_default_job_reaches_ninety_percent_and_writes_its_outputs(tmp_path):
@@ -18,8 +17,8 @@ def test_default_job_reaches_ninety_percent_and_writes_its_outputs(tmp_path):
 
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["error"] is None
-    assert document["config"]["strategy"] == "fedavg"
-    assert document["config"]["num_clients"] == 100
+    assert document["config"]["strategy"]["name"] == "fedavg"
+    assert document["config"]["data"]["num_clients"] == 100
     assert document["versions"]["fedstream"] == fedstream.__version__
     assert len(document["rounds"]) == 30
     assert document["final_metrics"]["central_accuracy"] == result.final_metrics["central_accuracy"]
@@ -33,18 +32,18 @@ def test_default_job_reaches_ninety_percent_and_writes_its_outputs(tmp_path):
 @pytest.mark.parametrize("trainer", ["sequential", "vectorized"])
 def test_same_seed_gives_bit_identical_parameters(trainer):
     settings = {"rounds": 4, "trainer": trainer, "evaluate_every": 0, "seed": 11}
-    first = fedstream.simulate(**settings)
-    second = fedstream.simulate(**settings)
+    first = fedstream.simulate(**nested(**settings))
+    second = fedstream.simulate(**nested(**settings))
     assert first.state.params.bit_equal(second.state.params)
     assert [r.sampled for r in first.reports] == [r.sampled for r in second.reports]
-    other = fedstream.simulate(**{**settings, "seed": 12})
+    other = fedstream.simulate(**nested(**{**settings, "seed": 12}))
     assert not first.state.params.bit_equal(other.state.params)
 
 
 def test_vectorized_and_sequential_runs_agree():
     settings = {"rounds": 3, "evaluate_every": 0, "strategy": "fedprox", "mu": 0.1}
-    sequential = fedstream.simulate(trainer="sequential", **settings)
-    vectorized = fedstream.simulate(trainer="vectorized", **settings)
+    sequential = fedstream.simulate(**nested(trainer="sequential", **settings))
+    vectorized = fedstream.simulate(**nested(trainer="vectorized", **settings))
     for name in sequential.state.params:
         np.testing.assert_allclose(
             vectorized.state.params[name], sequential.state.params[name], rtol=1e-4, atol=1e-5
@@ -55,56 +54,61 @@ def test_vectorized_and_sequential_runs_agree():
     "strategy", ["fedavg", "fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
 )
 def test_every_strategy_trains_end_to_end(strategy):
-    result = fedstream.simulate(strategy=strategy, rounds=3, evaluate_every=0)
-    first = fedstream.simulate(strategy=strategy, rounds=1, evaluate_every=0)
+    result = fedstream.simulate(**nested(strategy=strategy, rounds=3, evaluate_every=0))
+    first = fedstream.simulate(**nested(strategy=strategy, rounds=1, evaluate_every=0))
     assert result.state.params.is_finite()
     assert result.final_metrics["central_loss"] < 2.5  # better than chance (ln 10 ≈ 2.30)...
     assert result.final_metrics["central_loss"] < first.final_metrics["central_loss"] + 0.05
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("sections", "message"),
     [
-        ({"strategy": "fedmagic"}, "strategy='fedmagic' is invalid: expected one of"),
-        ({"lr": -0.5}, "lr=-0.5 is invalid: expected a finite number > 0"),
         (
-            {"clients_per_round": 1.5},
-            r"clients_per_round=1.5 is invalid: expected a number in \(0, 1\]",
+            {"strategy": {"name": "fedmagic"}},
+            "strategy.name='fedmagic' is invalid: expected one of",
         ),
-        ({"clients_per_round": 0.0}, "clients_per_round=0.0 is invalid"),
+        ({"client": {"lr": -0.5}}, "client.lr=-0.5 is invalid: expected a finite number > 0"),
         (
-            {"clients_per_round": 101},
-            r"clients_per_round=101 is invalid: expected at most num_clients \(100\)",
+            {"run": {"clients_per_round": 1.5}},
+            r"run\.clients_per_round=1\.5 is invalid: expected a number in \(0, 1\]",
         ),
-        ({"dataset": "mnist"}, "dataset='mnist' is invalid: expected one of"),
-        ({"num_clients": 0}, "num_clients=0 is invalid"),
-        ({"mu": 0.1}, "mu=0.1 is invalid: expected no such hyperparameter for fedavg"),
+        ({"run": {"clients_per_round": 0.0}}, r"run\.clients_per_round=0\.0 is invalid"),
         (
-            {"learning_rate": 0.1},
-            "override.learning_rate=0.1 is invalid: expected one of the settings",
+            {"run": {"clients_per_round": 101}},
+            r"run\.clients_per_round=101 is invalid: expected at most data\.num_clients \(100\)",
         ),
-        ({"rounds": "many"}, "rounds='many' is invalid: expected int"),
+        ({"data": {"dataset": "mnist"}}, "data.dataset='mnist' is invalid: expected one of"),
+        ({"data": {"num_clients": 0}}, "data.num_clients=0 is invalid"),
+        (
+            {"strategy": {"mu": 0.1}},
+            r"strategy\.mu=0\.1 is invalid: expected a hyperparameter of fedavg: \['server_lr'\]",
+        ),
+        (
+            {"client": {"learning_rat": 0.1}},
+            r"client\.learning_rat=0\.1 is invalid: expected a setting of \[client\]",
+        ),
+        ({"run": {"rounds": "many"}}, "run.rounds='many' is invalid: expected int"),
+        ({"rounds": 5}, r"rounds=5 is invalid: expected the key 'run\.rounds' now"),
     ],
 )
-def test_bad_settings_name_the_field_and_value(overrides, message):
+def test_bad_settings_name_the_field_and_value(sections, message):
     with pytest.raises(ConfigError, match=message):
-        fedstream.simulate(**overrides)
+        fedstream.simulate(**sections)
 
 
 def test_a_partition_that_would_leave_a_client_empty_is_an_error():
     with pytest.raises(ConfigError, match="num_clients=2000 is invalid: expected at most 1438"):
-        fedstream.simulate(num_clients=2000, clients_per_round=10, rounds=1)
+        fedstream.simulate(**nested(num_clients=2000, clients_per_round=10, rounds=1))
     with pytest.raises(
         ConfigError, match=r"each of 1000 clients at least 1 examples .* raise alpha"
     ):
-        fedstream.simulate(num_clients=1000, clients_per_round=10, rounds=1)
+        fedstream.simulate(**nested(num_clients=1000, clients_per_round=10, rounds=1))
 
 
 def test_a_client_that_raises_is_reported_and_the_round_goes_on():
     # 0 local examples cannot happen through the partitioner, so break one client's data
-    config = SimulationConfig(
-        rounds=2, clients_per_round=1.0, evaluate_every=0, trainer="sequential"
-    )
+    config = make_config(rounds=2, clients_per_round=1.0, evaluate_every=0, trainer="sequential")
     setup = fedstream.simulation.build(config)
     clients = dict(setup.dataset.clients)
     broken = next(iter(clients))
@@ -122,29 +126,6 @@ def test_a_client_that_raises_is_reported_and_the_round_goes_on():
     assert failure.client_id == broken and failure.stage == "train"
     assert "RuntimeError" in failure.cause and "shapes cannot be multiplied" in failure.cause
     assert len(report.completed) == 99 and state.round == 1
-
-
-def test_toml_settings_and_coercion(tmp_path):
-    path = tmp_path / "run.toml"
-    path.write_text(
-        'strategy = "fedprox"\nmu = 0.01\nrounds = 3\nhidden = [32]\nclients_per_round = 0.1\n'
-    )
-    config = from_mapping(load_toml(path))
-    assert config.strategy == "fedprox" and config.mu == 0.01 and config.hidden == (32,)
-    assert isinstance(config.clients_per_round, float)
-    assert from_mapping({"clients_per_round": "20", "hidden": "16,8"}).clients_per_round == 20
-    assert from_mapping({"server_lr": "none"}).server_lr is None
-    (tmp_path / "bad.toml").write_text("rounds = [\n")
-    with pytest.raises(ConfigError, match="valid TOML"):
-        load_toml(tmp_path / "bad.toml")
-    with pytest.raises(ConfigError, match="an existing TOML file"):
-        load_toml(tmp_path / "missing.toml")
-
-
-def test_config_round_trips_through_its_dict():
-    config = SimulationConfig(strategy="fedadam", tau=1e-3, hidden=(16,), clients_per_round=0.25)
-    assert from_mapping(config.to_dict()) == config
-    assert math.isclose(config.with_changes(lr=0.1).lr, 0.1)
 
 
 def test_an_empty_client_is_refused_by_name():
@@ -177,7 +158,7 @@ def test_a_run_that_fails_midway_keeps_the_rounds_it_finished(tmp_path, monkeypa
 
     monkeypatch.setattr(VectorizedTrainer, "fit_cohort", fail_in_round_three)
     with pytest.raises(fedstream.RoundFailedError, match="round 3 failed") as caught:
-        fedstream.simulate(rounds=5, output_dir=tmp_path)
+        fedstream.simulate(output_dir=tmp_path, **nested(rounds=5))
     assert "OSError: the machine room flooded" in str(caught.value)
     document = json.loads((tmp_path / "results.json").read_text())
     assert [r["round"] for r in document["rounds"]] == [1, 2]
@@ -201,8 +182,12 @@ def test_stragglers_train_the_same_vectorised_as_one_at_a_time():
         "num_clients": 12,
         "clients_per_round": 6,
     }
-    sequential = fedstream.simulate(preset("fedprox_synthetic", trainer="sequential", **settings))
-    vectorized = fedstream.simulate(preset("fedprox_synthetic", trainer="vectorized", **settings))
+    sequential = fedstream.simulate(
+        preset("fedprox_synthetic", **nested(trainer="sequential", **settings))
+    )
+    vectorized = fedstream.simulate(
+        preset("fedprox_synthetic", **nested(trainer="vectorized", **settings))
+    )
     for name in sequential.state.params:
         np.testing.assert_allclose(
             vectorized.state.params[name], sequential.state.params[name], rtol=1e-4, atol=1e-5

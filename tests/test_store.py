@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from fedstream import ConfigError, simulate
 from fedstream.cli import main
 from fedstream.privacy import PrivacyLedger
-from fedstream.simulation import SimulationConfig
+from fedstream.simulation import from_mapping
 from fedstream.store import (
     CheckpointError,
     RunStore,
@@ -24,6 +24,7 @@ from fedstream.store import (
     save_checkpoint,
 )
 from fedstream.store.checkpoint import load_client_states
+from tests.settings import nested
 
 # FedAdam (optimiser moments), adaptive DP clipping (clip bound, ledger, noise drawn from the
 # run's generator) and client sampling: every part of ServerState moves each round.
@@ -34,7 +35,7 @@ STATEFUL = dict(
 
 
 def test_a_checkpoint_round_trips_every_part_of_the_state(tmp_path):
-    result = simulate(rounds=2, **STATEFUL)
+    result = simulate(**nested(rounds=2, **STATEFUL))
     state, report = result.state, result.reports[-1]
     folder = save_checkpoint(tmp_path, state, report)
     assert folder.name == "round-000002"
@@ -55,7 +56,7 @@ def test_a_checkpoint_round_trips_every_part_of_the_state(tmp_path):
 
 
 def test_old_checkpoints_are_pruned_and_partial_ones_ignored(tmp_path):
-    state = simulate(rounds=1, num_clients=6, clients_per_round=2, local_epochs=1).state
+    state = simulate(**nested(rounds=1, num_clients=6, clients_per_round=2, local_epochs=1)).state
     for number in range(1, 6):
         save_checkpoint(tmp_path, state.evolve(round=number), keep=2)
     assert sorted(p.name for p in tmp_path.glob("round-*")) == ["round-000004", "round-000005"]
@@ -66,7 +67,7 @@ def test_old_checkpoints_are_pruned_and_partial_ones_ignored(tmp_path):
 
 
 def test_an_altered_or_truncated_checkpoint_is_refused(tmp_path):
-    state = simulate(rounds=1, num_clients=6, clients_per_round=2, local_epochs=1).state
+    state = simulate(**nested(rounds=1, num_clients=6, clients_per_round=2, local_epochs=1)).state
     folder = save_checkpoint(tmp_path, state)
     data = (folder / "params.safetensors").read_bytes()
     (folder / "params.safetensors").write_bytes(data[:-4])
@@ -81,10 +82,10 @@ def test_an_altered_or_truncated_checkpoint_is_refused(tmp_path):
 
 
 def test_a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path):
-    straight = simulate(rounds=6, **STATEFUL)
-    first = simulate(rounds=3, output_dir=tmp_path / "run", **STATEFUL)
+    straight = simulate(**nested(rounds=6, **STATEFUL))
+    first = simulate(output_dir=tmp_path / "run", **nested(rounds=3, **STATEFUL))
     assert first.state.round == 3
-    resumed = simulate(output_dir=tmp_path / "run", resume=True, rounds=6)
+    resumed = simulate(output_dir=tmp_path / "run", resume=True, **nested(rounds=6))
     assert resumed.state.params.bit_equal(straight.state.params)
     assert resumed.state.optimizer["v"].bit_equal(straight.state.optimizer["v"])
     assert resumed.state.clip_norm == straight.state.clip_norm
@@ -99,12 +100,12 @@ def test_a_resumed_run_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path
 def test_a_resume_with_error_feedback_continues_every_clients_residual(tmp_path):
     # each client's top-k residual is part of the checkpoint (before, 3 rounds and a resume
     # to 6 ended at 0.4986 against 0.4930 uninterrupted)
-    straight = simulate(rounds=6, compression="topk:0.05")
-    simulate(rounds=3, compression="topk:0.05", output_dir=tmp_path / "run")
+    straight = simulate(**nested(rounds=6, compression="topk:0.05"))
+    simulate(output_dir=tmp_path / "run", **nested(rounds=3, compression="topk:0.05"))
     folder = latest_checkpoint(tmp_path / "run" / "checkpoints")
     saved = load_client_states(folder)
     assert len(saved) > 20 and all(set(s) == {"residual"} for s in saved.values())
-    resumed = simulate(output_dir=tmp_path / "run", resume=True, rounds=6)
+    resumed = simulate(output_dir=tmp_path / "run", resume=True, **nested(rounds=6))
     assert resumed.state.params.bit_equal(straight.state.params)
     assert resumed.final_metrics["central_accuracy"] == straight.final_metrics["central_accuracy"]
     folder = latest_checkpoint(tmp_path / "run" / "checkpoints")
@@ -114,11 +115,11 @@ def test_a_resume_with_error_feedback_continues_every_clients_residual(tmp_path)
 
 
 def test_a_round_checkpointed_but_not_stored_is_recovered_from_the_checkpoint(tmp_path):
-    simulate(rounds=3, output_dir=tmp_path / "run", **STATEFUL)
+    simulate(output_dir=tmp_path / "run", **nested(rounds=3, **STATEFUL))
     with sqlite3.connect(tmp_path / "store.sqlite") as db:  # as if killed between the two
         db.execute("DELETE FROM rounds WHERE round = 3")
         db.execute("DELETE FROM metrics WHERE round = 3")
-    resumed = simulate(output_dir=tmp_path / "run", resume=True, rounds=4)
+    resumed = simulate(output_dir=tmp_path / "run", resume=True, **nested(rounds=4))
     rounds = RunStore(tmp_path / "store.sqlite").run("run")["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
     assert [r.round for r in resumed.reports] == [1, 2, 3, 4]
@@ -129,18 +130,18 @@ def test_bad_resumes_say_what_is_wrong(tmp_path):
         simulate(output_dir=tmp_path / "empty", resume=True)
     with pytest.raises(ConfigError, match="resume=True is invalid: expected an output_dir"):
         simulate(resume=True)
-    simulate(rounds=1, output_dir=tmp_path / "run", num_clients=6, clients_per_round=2)
+    simulate(output_dir=tmp_path / "run", **nested(rounds=1, num_clients=6, clients_per_round=2))
     with pytest.raises(ConfigError, match=r"lr=0.1 is invalid: expected 0.3, the value the"):
-        simulate(output_dir=tmp_path / "run", resume=True, lr=0.1)
+        simulate(output_dir=tmp_path / "run", resume=True, **nested(lr=0.1))
     # a checkpoint from another model is refused, not loaded into the wrong shapes
-    other = simulate(rounds=1, num_clients=6, clients_per_round=2, model="linear").state
+    other = simulate(**nested(rounds=1, num_clients=6, clients_per_round=2, model="linear")).state
     save_checkpoint(tmp_path / "run" / "checkpoints", other.evolve(round=7))
     with pytest.raises(CheckpointError, match=r"checkpoint .*round-000007"):
-        simulate(output_dir=tmp_path / "run", resume=True, rounds=9)
+        simulate(output_dir=tmp_path / "run", resume=True, **nested(rounds=9))
 
 
 def test_runs_list_and_show_read_the_store(tmp_path):
-    simulate(rounds=2, output_dir=tmp_path / "alpha", num_clients=6, clients_per_round=2)
+    simulate(output_dir=tmp_path / "alpha", **nested(rounds=2, num_clients=6, clients_per_round=2))
     store = str(tmp_path / "store.sqlite")
     runner = CliRunner()
     listed = runner.invoke(main, ["runs", "list", "--store", store])
@@ -161,9 +162,9 @@ def test_runs_list_and_show_read_the_store(tmp_path):
 
 def test_kill_9_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     flags = [
-        "--num-clients", "12", "--clients-per-round", "5", "--local-epochs", "20",
-        "--partition", "iid", "--strategy", "fedadam", "--dp", "client", "--dp-noise", "0.3",
-        "--rounds", "12", "--quiet",
+        "--data.num-clients", "12", "--run.clients-per-round", "5", "--client.local-epochs", "20",
+        "--data.partition", "iid", "--strategy.name", "fedadam", "--privacy.level", "client",
+        "--privacy.noise", "0.3", "--run.rounds", "12", "--quiet",
     ]  # fmt: skip
     out = tmp_path / "run"
     command = [sys.executable, "-m", "fedstream.cli", "run", *flags, "--output", str(out)]
@@ -189,7 +190,7 @@ def test_kill_9_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     final, _ = load_checkpoint(latest_checkpoint(out / "checkpoints"))
-    config = SimulationConfig(**json.loads((out / "config.json").read_text()))
+    config = from_mapping(json.loads((out / "config.json").read_text()))
     straight = simulate(config)
     assert final.round == 12 and final.params.bit_equal(straight.state.params)
     run = RunStore(tmp_path / "store.sqlite").run("run")

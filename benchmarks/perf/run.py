@@ -106,7 +106,7 @@ def run_fedstream(workload: str, kind: str) -> dict[str, Any]:
         cfg = config(workload, trainer="vectorized", executor=kind)
     else:
         cfg = config(workload, trainer=kind)
-    with torch_threads(cfg.threads):
+    with torch_threads(cfg.execution.threads):
         setup = build(cfg)
         workers = executor_transport(cfg)
         transport = workers or setup.transport
@@ -118,7 +118,7 @@ def run_fedstream(workload: str, kind: str) -> dict[str, Any]:
             transport,
             sorted(setup.dataset.clients),
             cfg.round_config(),
-            cfg.rounds,
+            cfg.run.rounds,
             setup.central_evaluate,
         ):
             updates += len(report.completed)

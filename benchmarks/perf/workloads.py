@@ -23,52 +23,43 @@ from typing import Any
 
 import numpy as np
 
-COMMON = {"local_epochs": 1, "batch_size": 10, "lr": 0.05, "strategy": "fedavg"}
-WORKLOADS: dict[str, dict[str, Any]] = {
+CLIENT = {"local_epochs": 1, "batch_size": 10, "lr": 0.05}
+SYNTHETIC = {
+    "dataset": "synthetic", "synthetic_samples": 20, "heldout_fraction": 0.1,
+    "client_test_fraction": 0.0,
+}  # fmt: skip
+WORKLOADS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     "W1": {
-        **COMMON,
-        "dataset": "digits",
-        "num_clients": 100,
-        "alpha": 0.5,
-        "model": "mlp",
-        "clients_per_round": 20,
-        "rounds": 30,
+        "data": {"dataset": "digits", "num_clients": 100, "alpha": 0.5},
+        "model": {"name": "mlp"},
+        "client": CLIENT,
+        "run": {"clients_per_round": 20, "rounds": 30},
     },
     "W2": {
-        **COMMON,
-        "dataset": "synthetic",
-        "num_clients": 1_000,
-        "synthetic_samples": 20,
-        "heldout_fraction": 0.1,
-        "client_test_fraction": 0.0,
-        "model": "linear",
-        "clients_per_round": 100,
-        "rounds": 10,
-        "lr": 0.01,
+        "data": {**SYNTHETIC, "num_clients": 1_000},
+        "model": {"name": "linear"},
+        "client": {**CLIENT, "lr": 0.01},
+        "run": {"clients_per_round": 100, "rounds": 10},
     },
     "W3": {
-        **COMMON,
-        "dataset": "synthetic",
-        "num_clients": 10_000,
-        "synthetic_samples": 20,
-        "heldout_fraction": 0.1,
-        "client_test_fraction": 0.0,
-        "model": "linear",
-        "clients_per_round": 1_000,
-        "rounds": 10,
-        "lr": 0.01,
+        "data": {**SYNTHETIC, "num_clients": 10_000},
+        "model": {"name": "linear"},
+        "client": {**CLIENT, "lr": 0.01},
+        "run": {"clients_per_round": 1_000, "rounds": 10},
     },
 }
 # only the last round evaluates, on the server's held-out set (no federated evaluation)
-TIMING = {"evaluate_every": 0, "evaluate_fraction": 0.0}
+TIMING = {"run": {"evaluate_every": 0, "evaluate_fraction": 0.0}}
 
 
-def config(workload: str, **changes: Any) -> Any:
-    """The ``SimulationConfig`` of a workload (``changes`` pick trainer, executor, …)."""
-    from fedstream.simulation import SimulationConfig
+def config(workload: str, **execution: Any) -> Any:
+    """The ``SimulationConfig`` of a workload (``execution`` settings pick the trainer,
+    executor, …)."""
+    from fedstream.simulation.config import from_mapping, merge
 
-    return SimulationConfig(**{**WORKLOADS[workload], **TIMING, **changes})
+    settings = merge(merge(WORKLOADS[workload], TIMING), {"execution": execution})
+    return from_mapping(settings)
 
 
 def export(workload: str, path: Path) -> None:
@@ -85,9 +76,10 @@ def export(workload: str, path: Path) -> None:
     bit_generator.state = dict(setup.initial.rng_state)
     rng = np.random.Generator(bit_generator)
     chosen, seeds = [], []
-    for _ in range(cfg.rounds):  # as rounds.run_round draws them (FedAvg draws nothing else)
-        chosen.append(rng.choice(len(ids), size=cfg.clients_per_round, replace=False))
-        seeds.append(rng.integers(0, 2**63 - 1, size=cfg.clients_per_round))
+    per_round = cfg.run.clients_per_round
+    for _ in range(cfg.run.rounds):  # as rounds.run_round draws them (FedAvg draws no more)
+        chosen.append(rng.choice(len(ids), size=per_round, replace=False))
+        seeds.append(rng.integers(0, 2**63 - 1, size=per_round))
     params = setup.initial.params
     np.savez(
         path,
@@ -98,9 +90,11 @@ def export(workload: str, path: Path) -> None:
         y_heldout=setup.dataset.y_heldout,
         chosen=np.stack(chosen),
         seeds=np.stack(seeds),
-        hyper=np.array([cfg.local_epochs, cfg.batch_size, cfg.lr], dtype=np.float64),
-        model=np.array(cfg.model),
-        hidden=np.array([64, 64] if cfg.model == "mlp" else [], dtype=np.int64),
+        hyper=np.array(
+            [cfg.client.local_epochs, cfg.client.batch_size, cfg.client.lr], dtype=np.float64
+        ),
+        model=np.array(cfg.model.name),
+        hidden=np.array([64, 64] if cfg.model.name == "mlp" else [], dtype=np.int64),
         **{f"weight_{i:02d}": params[name] for i, name in enumerate(params)},
     )
 

@@ -21,7 +21,7 @@ from fedstream.simulation import SimulationConfig, centralised_baseline, preset
 
 
 def hospitals(seed: int) -> SimulationConfig:
-    return preset("breast_cancer_hospitals", seed=seed)
+    return preset("breast_cancer_hospitals", execution={"seed": seed})
 
 
 def main() -> None:

@@ -16,16 +16,27 @@ import numpy as np
 from fedstream.data.base import ClientData
 from fedstream.rounds import run_rounds
 from fedstream.simulation import SimulationConfig, build
+from fedstream.simulation.config import flat_names
 from fedstream.simulation.engine import torch_threads
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def by_section(**flat: Any) -> dict[str, dict[str, Any]]:
+    """Settings written flat in an arm's table (``strategy="fedprox", mu=1.0``) placed in
+    their sections, by the library's table of flat names."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, _, name = flat_names()[key].partition(".")
+        out.setdefault(section, {})[name] = value
+    return out
 
 
 def run_arm(label: str, config: SimulationConfig, evaluate_on: str = "heldout") -> dict[str, Any]:
     """One federated run; every round's metrics. ``evaluate_on="train"`` makes the central
     evaluation use all clients' pooled training data (the FedProx paper's training loss)."""
     started = time.perf_counter()
-    with torch_threads(config.threads):
+    with torch_threads(config.execution.threads):
         setup = build(config)
         central = setup.central_evaluate
         if evaluate_on == "train":
@@ -44,7 +55,7 @@ def run_arm(label: str, config: SimulationConfig, evaluate_on: str = "heldout") 
             setup.transport,
             sorted(setup.dataset.clients),
             config.round_config(),
-            config.rounds,
+            config.run.rounds,
             central,
             config.task_policy(),
         ):
@@ -57,10 +68,11 @@ def run_arm(label: str, config: SimulationConfig, evaluate_on: str = "heldout") 
                     "bytes_down": report.bytes_down,
                 }
             )
-            if report.round % max(1, config.rounds // 20) == 0 or report.round == config.rounds:
+            rounds_total = config.run.rounds
+            if report.round % max(1, rounds_total // 20) == 0 or report.round == rounds_total:
                 shown = {k: round(v, 4) for k, v in report.metrics.items()}
                 print(
-                    f"[{label}] round {report.round}/{config.rounds} "
+                    f"[{label}] round {report.round}/{rounds_total} "
                     f"{time.perf_counter() - started:.0f}s {shown}",
                     file=sys.stderr,
                     flush=True,

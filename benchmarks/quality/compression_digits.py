@@ -17,9 +17,9 @@ import json
 import statistics
 from typing import Any
 
-from common import RESULTS, print_table, run_arms, save
+from common import RESULTS, by_section, print_table, run_arms, save
 
-from fedstream.simulation import SimulationConfig
+from fedstream.simulation.config import from_mapping
 
 ARMS: dict[str, dict[str, str]] = {
     "none": {},
@@ -49,7 +49,7 @@ def main() -> None:
     jobs = [
         (
             f"{name}|{seed}",
-            SimulationConfig(rounds=args.rounds, seed=seed, evaluate_every=5, **arm),  # type: ignore[arg-type]
+            from_mapping(by_section(rounds=args.rounds, seed=seed, evaluate_every=5, **arm)),
             "heldout",
         )
         for name, arm in ARMS.items()

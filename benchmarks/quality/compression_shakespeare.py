@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import RESULTS, plot_grid, print_table, run_arms, save
+from common import RESULTS, by_section, plot_grid, print_table, run_arms, save
 
 from fedstream.simulation import preset
 
@@ -29,14 +29,19 @@ def main() -> None:
     args = parser.parse_args()
     base = preset(
         "shakespeare_leaf",
-        shakespeare_fraction=None,
-        client_test_fraction=0.2,
-        num_clients=args.clients,
-        clients_per_round=args.per_round,
-        rounds=args.rounds,
-        evaluate_every=max(1, args.rounds // 2),
+        **by_section(
+            shakespeare_fraction=None,
+            client_test_fraction=0.2,
+            num_clients=args.clients,
+            clients_per_round=args.per_round,
+            rounds=args.rounds,
+            evaluate_every=max(1, args.rounds // 2),
+        ),
     )
-    jobs = [(name, base.with_changes(compression=codec), "heldout") for name, codec in ARMS.items()]
+    jobs = [
+        (name, base.with_changes(compression={"codec": codec}), "heldout")
+        for name, codec in ARMS.items()
+    ]
     runs = run_arms(jobs, workers=args.workers)
     rows = [
         {

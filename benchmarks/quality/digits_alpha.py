@@ -13,17 +13,25 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from typing import Any
 
 from common import RESULTS, plot_grid, print_table, run_arms, save
 
 from fedstream.simulation import SimulationConfig, centralised_baseline
+from fedstream.simulation.config import from_mapping, merge
 
 ALPHAS = (0.1, 0.5, 100.0)
 ARMS = {
-    "FedAvg": {"strategy": "fedavg"},
-    "FedProx μ=0.01": {"strategy": "fedprox", "mu": 0.01},
-    "FedAdam": {"strategy": "fedadam", "server_lr": 0.03},
+    "FedAvg": {"name": "fedavg"},
+    "FedProx μ=0.01": {"name": "fedprox", "mu": 0.01},
+    "FedAdam": {"name": "fedadam", "server_lr": 0.03},
 }
+
+
+def settings(alpha: float, seed: int, **sections: dict[str, Any]) -> SimulationConfig:
+    """The default job at Dirichlet ``alpha`` and ``seed``, with ``sections`` laid over."""
+    base = {"data": {"alpha": alpha}, "execution": {"seed": seed}}
+    return from_mapping(merge(base, sections))
 
 
 def main() -> None:
@@ -34,7 +42,7 @@ def main() -> None:
     jobs = [
         (
             f"{name}|{alpha}|{seed}",
-            SimulationConfig(alpha=alpha, rounds=args.rounds, seed=seed, **arm),
+            settings(alpha, seed, run={"rounds": args.rounds}, strategy=arm),
             "heldout",
         )
         for alpha in ALPHAS
@@ -43,7 +51,7 @@ def main() -> None:
     ]
     runs = run_arms(jobs, workers=2)
     central = {
-        (alpha, seed): centralised_baseline(SimulationConfig(alpha=alpha, seed=seed), epochs=30)
+        (alpha, seed): centralised_baseline(settings(alpha, seed), epochs=30)
         for alpha in ALPHAS
         for seed in args.seeds
     }

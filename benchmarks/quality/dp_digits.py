@@ -20,29 +20,26 @@ from typing import Any
 
 from common import RESULTS, plot_grid, print_table, run_arms, save
 
-from fedstream.simulation import SimulationConfig
+from fedstream.simulation.config import from_mapping, merge
 
 MODELS = ("linear", "mlp")
 NOISES = (0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0)
-BASE: dict[str, Any] = {"clients_per_round": 50, "evaluate_every": 5}
+BASE: dict[str, Any] = {"run": {"clients_per_round": 50, "evaluate_every": 5}}
 
 
 def arms() -> dict[str, dict[str, Any]]:
+    """Each arm's privacy settings."""
     out: dict[str, dict[str, Any]] = {
         "no DP": {},
-        "clip only (z=0)": {"dp": "client", "dp_noise": 0.0},
+        "clip only (z=0)": {"level": "client", "noise": 0.0},
     }
     for z in NOISES:
-        out[f"central z={z}"] = {"dp": "client", "dp_noise": z}
+        out[f"central z={z}"] = {"level": "client", "noise": z}
     for lr in (0.2, 0.5):
         out[f"adaptive z=1 η={lr}"] = {
-            "dp": "client",
-            "dp_noise": 1.0,
-            "dp_clip": 0.1,
-            "dp_adaptive_clip": True,
-            "dp_clip_lr": lr,
-        }
-    out["local z=1"] = {"dp": "local", "dp_noise": 1.0}
+            "level": "client", "noise": 1.0, "clip": 0.1, "adaptive_clip": True, "clip_lr": lr,
+        }  # fmt: skip
+    out["local z=1"] = {"level": "local", "noise": 1.0}
     return out
 
 
@@ -59,7 +56,17 @@ def main() -> None:
     jobs = [
         (
             f"{name}|{model}|{seed}",
-            SimulationConfig(model=model, rounds=args.rounds, seed=seed, **BASE, **arm),
+            from_mapping(
+                merge(
+                    BASE,
+                    {
+                        "model": {"name": model},
+                        "run": {"rounds": args.rounds},
+                        "execution": {"seed": seed},
+                        "privacy": arm,
+                    },
+                )
+            ),
             "heldout",
         )
         for model in MODELS

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from common import RESULTS, plot_grid, print_table, run_arms, save
+from common import RESULTS, by_section, plot_grid, print_table, run_arms, save
 
 from fedstream.simulation import SimulationConfig, preset
 
@@ -30,7 +30,9 @@ STRAGGLERS = (0.0, 0.5, 0.9)
 
 
 def config(rounds: int, stragglers: float, **arm: object) -> SimulationConfig:
-    return preset("fedprox_synthetic", rounds=rounds, straggler_fraction=stragglers, **arm)
+    return preset(
+        "fedprox_synthetic", **by_section(rounds=rounds, straggler_fraction=stragglers, **arm)
+    )
 
 
 def report(runs: list[dict], rounds: int) -> None:  # type: ignore[type-arg]

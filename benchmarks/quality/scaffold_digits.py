@@ -16,14 +16,14 @@ import statistics
 
 from common import RESULTS, plot_grid, print_table, run_arms, save
 
-from fedstream.simulation import SimulationConfig
+from fedstream.simulation.config import from_mapping
 
 ALPHAS = (0.1, 0.5)
 RATES = (0.05, 0.1, 0.3)
 ARMS = {
-    "FedAvg": {"strategy": "fedavg"},
-    "FedProx μ=0.01": {"strategy": "fedprox", "mu": 0.01},
-    "SCAFFOLD": {"strategy": "scaffold"},
+    "FedAvg": {"name": "fedavg"},
+    "FedProx μ=0.01": {"name": "fedprox", "mu": 0.01},
+    "SCAFFOLD": {"name": "scaffold"},
 }
 
 
@@ -35,7 +35,15 @@ def main() -> None:
     jobs = [
         (
             f"{name}|{alpha}|{lr}|{seed}",
-            SimulationConfig(alpha=alpha, lr=lr, rounds=args.rounds, seed=seed, **arm),
+            from_mapping(
+                {
+                    "data": {"alpha": alpha},
+                    "client": {"lr": lr},
+                    "run": {"rounds": args.rounds},
+                    "execution": {"seed": seed},
+                    "strategy": arm,
+                }
+            ),
             "heldout",
         )
         for alpha in ALPHAS

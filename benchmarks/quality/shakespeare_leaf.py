@@ -31,7 +31,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common import RESULTS, plot_grid, print_table, save
+from common import RESULTS, by_section, plot_grid, print_table, save
 
 import fedstream
 from fedstream.simulation import preset
@@ -81,7 +81,7 @@ def train(arm: str, rounds: int, threads: int, runs: Path) -> None:
     done = RunStore(runs / "store.sqlite").reports(out.name) if out.is_dir() else []
     if len(done) >= rounds:
         return
-    config = preset("shakespeare_leaf", rounds=rounds, threads=threads, **ARMS[arm])
+    config = preset("shakespeare_leaf", **by_section(rounds=rounds, threads=threads, **ARMS[arm]))
     resume = (out / "checkpoints").is_dir()
     fedstream.simulate(config, output_dir=out, resume=resume, progress=True)
 

@@ -15,12 +15,14 @@ import click
 import fedstream
 from fedstream.errors import ConfigError, FedstreamError
 from fedstream.simulation.config import (
-    HELP,
+    PROJECT_FILE,
     SimulationConfig,
     coerce,
-    fields,
+    dotted,
     from_mapping,
+    keys,
     load_toml,
+    merge,
     project_settings,
 )
 from fedstream.simulation.presets import PRESETS, preset
@@ -59,25 +61,35 @@ def _publish_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+FLAG_SEPARATOR = "__"  # a flag --section.field arrives as the parameter section__field
+
+
 def _setting_options(
-    command: Callable[..., Any], only: frozenset[str] | None = None
+    command: Callable[..., Any], sections: frozenset[str] | None = None
 ) -> Callable[..., Any]:
-    """One ``--flag`` per ``SimulationConfig`` field (or those in ``only``), so flags and
-    TOML keys never drift."""
-    defaults = SimulationConfig()
-    for field in reversed(fields()):
-        if only is not None and field.name not in only:
+    """One ``--section.field`` flag per setting (of the ``sections`` given, or all), read
+    from the config's own fields and the strategies' declared hyperparameters, so flags
+    and TOML keys never drift."""
+    defaults = SimulationConfig().to_dict()
+    for key, text in reversed(list(keys().items())):
+        section, _, name = key.partition(".")
+        if sections is not None and section not in sections:
             continue
-        default = getattr(defaults, field.name)
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        default = defaults[section].get(name, "the strategy's own")
+        shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
         command = click.option(
-            f"--{field.name.replace('_', '-')}",
-            field.name,
+            f"--{section}.{name.replace('_', '-')}",
+            f"{section}{FLAG_SEPARATOR}{name}",
             default=None,
             metavar="VALUE",
-            help=f"{HELP.get(field.name, field.name)} [default: {shown}]",
+            help=f"{text} [default: {shown}]",
         )(command)
     return command
+
+
+def _flag_settings(flags: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
+    """The flags given, as settings by section."""
+    return dotted({k.replace(FLAG_SEPARATOR, "."): v for k, v in flags.items() if v is not None})
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -164,12 +176,14 @@ def run(
     """
     try:
         if resume_dir is not None:
-            given = {k: v for k, v in flags.items() if v is not None}
             if config_path or preset_name or output:
                 raise ConfigError(
                     "--resume", str(resume_dir), "no --config, --preset or --output beside it"
                 )
-            changes = {k: coerce(k, v) for k, v in given.items()}
+            changes: dict[str, Any] = {
+                section: {name: coerce(f"{section}.{name}", v) for name, v in values.items()}
+                for section, values in _flag_settings(flags).items()
+            }
             fedstream.simulate(
                 output_dir=resume_dir, resume=True, store=store, progress=not quiet, **changes
             )
@@ -208,9 +222,12 @@ def _load_config(
 ) -> SimulationConfig:
     """The preset, then the TOML file (or, without one, the ``[tool.fedstream]`` table of
     the current folder's ``pyproject.toml``), then the flags."""
-    values = dict(preset(preset_name).to_dict()) if preset_name else {}
-    values |= load_toml(config_path) if config_path else project_settings()
-    values |= {k: v for k, v in flags.items() if v is not None}
+    values: dict[str, Any] = preset(preset_name).to_dict() if preset_name else {}
+    if config_path is not None:
+        values = merge(values, load_toml(config_path), source="config")
+    else:
+        values = merge(values, project_settings(), source=f"{PROJECT_FILE} [tool.fedstream]")
+    values = merge(values, _flag_settings(flags))
     return from_mapping(values, source="config" if config_path else "flag")
 
 
@@ -529,26 +546,6 @@ def _serve_in_background(store: Path, run_id: str, port: int) -> Callable[[], No
     return stop
 
 
-DATA_SETTINGS = frozenset(
-    {
-        "num_clients",
-        "partition",
-        "alpha",
-        "shards_per_client",
-        "quantity_sigma",
-        "heldout_fraction",
-        "client_test_fraction",
-        "synthetic_alpha",
-        "synthetic_beta",
-        "synthetic_samples",
-        "shakespeare_source",
-        "shakespeare_edition",
-        "shakespeare_fraction",
-        "seed",
-    }
-)
-
-
 @main.group()
 def data() -> None:
     """Inspect data sets and how they split over clients."""
@@ -562,13 +559,13 @@ def data() -> None:
     default=None,
     help="Heatmap PNG of clients × classes [default: data-<dataset>.png].",
 )
-@lambda command: _setting_options(command, DATA_SETTINGS)
+@lambda command: _setting_options(command, frozenset({"data", "execution"}))
 def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
     """Print how DATASET splits over clients and draw a clients × classes heatmap.
 
     Synthetic and Shakespeare have natural clients only. For Shakespeare the whole corpus
-    is described first; then, without --num-clients, every role with enough windows is a
-    client, and with --shakespeare-fraction the roles LEAF's sampler picks are.
+    is described first; then, without --data.num-clients, every role with enough windows is
+    a client, and with --data.shakespeare-fraction the roles LEAF's sampler picks are.
     """
     from rich.console import Console
     from rich.table import Table
@@ -578,31 +575,31 @@ def describe(dataset: str, plot: Path | None, **flags: str | None) -> None:
     from fedstream.data.shakespeare import describe_roles, load_roles
     from fedstream.simulation.engine import build_dataset
 
-    values: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
-    values["dataset"] = dataset
+    values = merge(_flag_settings(flags), {"data": {"dataset": dataset}})
+    one_a_round = {"run": {"clients_per_round": 1}}
     try:
         facts: dict[str, Any] = {}
         if dataset == "shakespeare":
-            config = from_mapping({**values, "num_clients": 1, "clients_per_round": 1},
-                                  source="flag")  # fmt: skip
-            roles = load_roles(config.shakespeare_source, config.shakespeare_edition)
+            config = from_mapping(merge(values, {"data": {"num_clients": 1}} | one_a_round))
+            data_settings = config.data
+            roles = load_roles(data_settings.shakespeare_source, data_settings.shakespeare_edition)
             facts = describe_roles(roles)
-            if "num_clients" not in values and config.shakespeare_fraction is None:
+            if "num_clients" not in values["data"] and data_settings.shakespeare_fraction is None:
                 facts["roles_with_enough_samples"] = len(ordered_split_roles(roles))
-                values["num_clients"] = facts["roles_with_enough_samples"]
-        config = from_mapping({**values, "clients_per_round": 1}, source="flag")
+                values["data"]["num_clients"] = facts["roles_with_enough_samples"]
+        config = from_mapping(merge(values, one_a_round), source="flag")
         split = build_dataset(config)
     except FedstreamError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(2)
     facts |= summary(split)
-    table = Table(title=f"{dataset}: {config.split} over {len(split.clients)} clients")
+    table = Table(title=f"{dataset}: {config.data.split} over {len(split.clients)} clients")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in facts.items():
         table.add_row(key, f"{value:.1f}" if isinstance(value, float) else str(value))
     path = plot or Path(f"data-{dataset}.png")
-    plot_heatmap(split, path, f"{dataset}, {config.split} partition")
+    plot_heatmap(split, path, f"{dataset}, {config.data.split} partition")
     table.add_row("heatmap", str(path))
     Console().print(table)
 

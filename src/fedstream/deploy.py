@@ -141,12 +141,12 @@ def client_setup(
     config: SimulationConfig, client_id: str, app: App | None = None
 ) -> tuple[ClientData, Trainer]:
     """The model trainer for ``config`` and this client's data: from ``app`` (or the one
-    ``config.app`` names), which reads this client's data only, or this client's share of
+    ``config.model.app`` names), which reads this client's data only, or this client's share of
     the built-in data set."""
     user_app = resolve_app(config, app)
     if user_app is not None:
         data = user_app.client_data(client_id)
-        return data, user_app.trainer(user_app.build_model(config.seed))
+        return data, user_app.trainer(user_app.build_model(config.execution.seed))
     setup = build(config)
     if client_id not in setup.dataset.clients:
         known = sorted(setup.dataset.clients)
@@ -171,9 +171,9 @@ def join(
     app: App | None = None,
 ) -> ClientStats:
     """Take part in the run at ``server`` as ``client_id`` until it is over. Uses
-    ``config.threads`` torch threads (one per process is fastest for small models). The
+    ``config.execution.threads`` torch threads (one per process is fastest for small models). The
     client's durable state is kept in ``state_dir`` (see ``run_client``)."""
-    torch.set_num_threads(config.threads)
+    torch.set_num_threads(config.execution.threads)
     own, trainer = client_setup(config, client_id, app)
     return run_client(
         server,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from fedstream import ConfigError, FedAvg, FedAvgM, RoundConfig, ServerState, run_round
-from fedstream.simulation import SimulationConfig
 from fedstream.strategies.robust import Robust
 from tests.rounds.scripted import CLIENTS, GLOBAL, transport
+from tests.settings import make_config
 
 
 def attacked():
@@ -45,11 +45,11 @@ def test_a_robust_rule_composes_with_a_server_optimiser():
 
 def test_robust_rules_compose_with_client_side_dp_and_not_with_central_dp():
     with pytest.raises(
-        ConfigError, match="aggregator='median' is invalid: expected 'mean' with dp"
+        ConfigError, match=r"strategy\.aggregator='median' is invalid: expected 'mean' with privacy"
     ):
-        SimulationConfig(aggregator="median", dp="client")
+        make_config(aggregator="median", dp="client")
     with pytest.raises(ConfigError, match="aggregator='median', which reads each client's update"):
-        SimulationConfig(aggregator="median", secure_aggregation="secagg+")
-    SimulationConfig(aggregator="trimmed_mean", dp="local")  # noise on the clients: composes
+        make_config(aggregator="median", secure_aggregation="secagg+")
+    make_config(aggregator="trimmed_mean", dp="local")  # noise on the clients: composes
     with pytest.raises(ConfigError, match="aggregator='mode' is invalid"):
-        SimulationConfig(aggregator="mode")
+        make_config(aggregator="mode")

@@ -8,6 +8,7 @@ from fedstream import ConfigError, Params, ServerState
 from fedstream.client.algorithms import CONTROL, join_extras, split_extras
 from fedstream.strategies import Scaffold
 from fedstream.types import WeightedSum
+from tests.settings import make_config, nested
 
 MODEL = Params({"w": np.array([1.0, 2.0])})
 
@@ -31,29 +32,44 @@ def test_scaffold_beats_fedavg_where_label_skew_makes_clients_drift():
     # digits over 100 clients at Dirichlet 0.1, 5 local epochs: FedAvg drifts (about 0.59
     # after 30 rounds), SCAFFOLD's correction does not (about 0.85)
     skewed = {"rounds": 30, "alpha": 0.1, "local_epochs": 5, "lr": 0.05}
-    fedavg = fedstream.simulate(strategy="fedavg", **skewed).final_metrics["central_accuracy"]
-    scaffold = fedstream.simulate(strategy="scaffold", **skewed).final_metrics["central_accuracy"]
+    fedavg = fedstream.simulate(**nested(strategy="fedavg", **skewed)).final_metrics[
+        "central_accuracy"
+    ]
+    scaffold = fedstream.simulate(**nested(strategy="scaffold", **skewed)).final_metrics[
+        "central_accuracy"
+    ]
     assert fedavg == pytest.approx(0.5933, abs=1e-4)
     assert scaffold == pytest.approx(0.8468, abs=1e-4)
 
 
 def test_scaffold_resumes_bit_for_bit_with_every_clients_variate(tmp_path):
     run = {"strategy": "scaffold", "rounds": 4, "alpha": 0.1, "clients_per_round": 10}
-    straight = fedstream.simulate(**run)
-    fedstream.simulate(**run | {"rounds": 2}, output_dir=tmp_path / "run")
-    resumed = fedstream.simulate(output_dir=tmp_path / "run", resume=True, rounds=4)
+    straight = fedstream.simulate(**nested(**run))
+    fedstream.simulate(output_dir=tmp_path / "run", **nested(**run | {"rounds": 2}))
+    resumed = fedstream.simulate(output_dir=tmp_path / "run", resume=True, **nested(rounds=4))
     assert resumed.state.params.bit_equal(straight.state.params)
     assert resumed.state.optimizer["c"].bit_equal(straight.state.optimizer["c"])
 
 
 def test_scaffold_composes_with_secure_sums_and_refuses_what_it_cannot_do():
     secure = fedstream.simulate(
-        strategy="scaffold", secure_aggregation="secagg+", rounds=2, num_clients=20,
-        clients_per_round=6,
-    )  # fmt: skip
-    plain = fedstream.simulate(strategy="scaffold", rounds=2, num_clients=20, clients_per_round=6)
+        **nested(
+            strategy="scaffold",
+            secure_aggregation="secagg+",
+            rounds=2,
+            num_clients=20,
+            clients_per_round=6,
+        )
+    )
+    plain = fedstream.simulate(
+        **nested(strategy="scaffold", rounds=2, num_clients=20, clients_per_round=6)
+    )
     np.testing.assert_allclose(secure.state.params.flat(), plain.state.params.flat(), atol=1e-6)
-    with pytest.raises(ConfigError, match="dp='sample' is invalid: expected 'none', 'client'"):
-        fedstream.SimulationConfig(strategy="scaffold", dp="sample")
-    with pytest.raises(ConfigError, match=r"prune_fraction=0\.3 is invalid: expected 0 with SCAFF"):
-        fedstream.SimulationConfig(strategy="scaffold", prune_fraction=0.3)
+    with pytest.raises(
+        ConfigError, match=r"privacy\.level='sample' is invalid: expected 'none', 'client'"
+    ):
+        make_config(strategy="scaffold", dp="sample")
+    with pytest.raises(
+        ConfigError, match=r"compression\.prune_fraction=0\.3 is invalid: expected 0 with"
+    ):
+        make_config(strategy="scaffold", prune_fraction=0.3)

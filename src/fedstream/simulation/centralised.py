@@ -21,7 +21,7 @@ from fedstream.types import FitConfig
 def centralised_baseline(config: SimulationConfig, epochs: int) -> Mapping[str, float]:
     """Train ``config``'s model for ``epochs`` over the pooled client training data and
     return its metrics on the held-out set (``loss``, and ``accuracy`` for classification)."""
-    with torch_threads(config.threads):
+    with torch_threads(config.execution.threads):
         setup = build(config)
         clients = list(setup.dataset.clients.values())
         pooled = ClientData(
@@ -32,7 +32,10 @@ def centralised_baseline(config: SimulationConfig, epochs: int) -> Mapping[str, 
         )
         trainer = TorchTrainer(setup.module, setup.dataset.task)
         fit = FitConfig(
-            local_epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed
+            local_epochs=epochs,
+            batch_size=config.client.batch_size,
+            lr=config.client.lr,
+            seed=config.execution.seed,
         )
         update = trainer.fit(setup.initial.params, FitTask("centralised", 1, fit), pooled)
         trained = setup.initial.params + update.payload

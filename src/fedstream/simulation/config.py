@@ -1,14 +1,38 @@
-"""``SimulationConfig``: every knob of a simulated run, flat, validated, TOML- and CLI-ready."""
+"""``SimulationConfig``: every setting of a simulated run, by concern.
+
+Nine sections, each a small frozen dataclass whose fields carry their help text:
+
+| section | what it sets |
+|---|---|
+| ``data`` | the data set and how it is split over clients |
+| ``model`` | the model, or the user's own app |
+| ``strategy`` | the federated strategy, its declared hyperparameters, the aggregator |
+| ``client`` | local training |
+| ``run`` | rounds, sampling, validation bound, evaluation |
+| ``privacy`` | differential privacy |
+| ``secure`` | the secure sum |
+| ``compression`` | codecs each way, pruning |
+| ``execution`` | trainer, seed, threads, where clients train |
+
+The same keys everywhere: a TOML file has a table per section (``[strategy]`` then
+``mu = 0.01``), a flag is ``--section.field`` (``--strategy.mu 0.01``), and Python passes a
+mapping per section (``simulate(strategy={"name": "fedprox", "mu": 0.01})``). A strategy's
+hyperparameters are the fields of its dataclass (``fedstream.strategies``), with their help;
+the config knows no list of them. A key in the old flat form, or a mistyped one, is an error
+that names the key to write instead.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
 import math
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,381 +54,65 @@ from fedstream.strategies.base import Strategy
 from fedstream.strategies.robust import Robust
 
 SECURE_SUMS = {"secagg+": "SecAgg+", "ckks": "CKKS", "paillier": "Paillier"}
-
 TRAINERS = ("auto", "sequential", "vectorized")
 EXECUTORS = ("inprocess", "processes", "ray")
 
-HELP: dict[str, str] = {
-    "dataset": f"data set: {', '.join(DATASETS)}",
-    "num_clients": "number of clients the data is split over",
-    "partition": f"how data is split: {', '.join(PARTITIONS)} "
-    "(default: natural for synthetic and shakespeare, else dirichlet)",
-    "alpha": "Dirichlet concentration for label skew (smaller = more skew)",
-    "shards_per_client": "shards partition: label-sorted shards per client",
-    "quantity_sigma": "quantity partition: σ of the lognormal client sizes",
-    "heldout_fraction": "share of the data held out for centralised evaluation",
-    "client_test_fraction": "share of each client's data kept as its local test split",
-    "synthetic_alpha": "Synthetic(α, β): how much client models differ",
-    "synthetic_beta": "Synthetic(α, β): how much client data differ",
-    "synthetic_samples": "Synthetic: examples per client (default: the paper's lognormal sizes)",
-    "shakespeare_source": "folder of the Shakespeare texts (default: fetched into the cache)",
-    "shakespeare_edition": f"Shakespeare edition: {', '.join(EDITIONS)}",
-    "shakespeare_fraction": "Shakespeare: build the data as LEAF's paper experiment does "
-    "(sample roles until this fraction of all windows, drop roles under 64, split windows at "
-    "random; LEAF used 0.05); replaces num_clients",
-    "model": f"model: {', '.join(MODELS)}",
-    "app": "your own model, data and training: an App at package.module:attribute "
-    "(replaces the data and model settings)",
-    "local_batchnorm": "FedBN: every BatchNorm layer's weights and statistics stay on each "
-    "client (else its statistics are averaged with the weights)",
-    "hidden": "hidden widths: MLP layers (64,64), CNN channels (16,32), LSTM layers (256,256)",
-    "strategy": f"federated strategy: {', '.join(STRATEGIES)}",
-    "server_lr": "server learning rate (strategy default if unset)",
-    "mu": "FedProx proximal coefficient μ",
-    "momentum": "FedAvgM server momentum β",
-    "beta1": "FedAdam/FedYogi/FedAdagrad first-moment decay β1",
-    "beta2": "FedAdam/FedYogi second-moment decay β2",
-    "tau": "FedAdam/FedYogi/FedAdagrad adaptivity τ",
-    "aggregator": "mean (the weighted sum), or a robust rule over each update: "
-    "median, trimmed_mean",
-    "trim_fraction": "trimmed_mean: share of values dropped at each end of every coordinate",
-    "dp": "differential privacy: none, client (central DP-FedAvg), local (clients add the "
-    "noise), sample (DP-SGD on every client)",
-    "dp_noise": "DP noise multiplier z (noise std = z × clip)",
-    "dp_clip": "DP clip bound: each update's L2 norm (client, local; start value when "
-    "adaptive) or each example's gradient norm (sample)",
-    "dp_delta": "DP δ at which ε is reported",
-    "dp_adaptive_clip": "dp=client: move the clip bound to a quantile of the update norms "
-    "(Andrew et al. 2021)",
-    "dp_target_quantile": "adaptive clipping: share of updates meant to fit within the bound",
-    "dp_clip_lr": "adaptive clipping: geometric learning rate of the bound",
-    "dp_clipped_count_stddev": "adaptive clipping: noise std on the count of unclipped "
-    "clients (default: clients per round / 20)",
-    "dp_sampling_rate": "dp=sample: Poisson rate at which each example joins a local step; "
-    "local steps per round = ceil(local_epochs / rate)",
-    "dp_target_epsilon": "refuse to start (or stop) a run that would spend more than this ε",
-    "dp_accountant": "how ε is computed: rdp, or pld (tighter, about 1 s per round, needs "
-    "dp-accounting)",
-    "dp_secure_noise": "draw DP noise from the OS CSPRNG (unpredictable, not reproducible)",
-    "secure_aggregation": "how the server sums updates: none (plain), secagg+ (masking), "
-    "ckks or paillier (homomorphic encryption); all but none show it only the sum",
-    "secagg_neighbours": "SecAgg+: neighbours each client shares secrets with "
-    "(default: min(clients per round − 1, 20))",
-    "secagg_threshold": "SecAgg+: shares needed to recover a client (default: max(2, ⌈k/4⌉))",
-    "secagg_fraction_bits": "SecAgg+: fixed-point fraction bits (quantisation step 2^-bits)",
-    "secagg_max_abs": "SecAgg+: largest magnitude of weight × update entry a client may send",
-    "he_preset": "CKKS parameters: n4096, n8192 or n16384 (ring degree; all 128-bit secure)",
-    "paillier_key_bits": "Paillier modulus bits: 2048, 3072 or 4096",
-    "paillier_fraction_bits": "Paillier: fixed-point fraction bits",
-    "paillier_max_abs": "Paillier: largest magnitude of weight × update entry a client may send",
-    "compression": "uplink codec: none, or a sparsifier topk:f, randk:f, threshold:τ (with "
-    "error feedback) and/or a quantiser q8, q4, qsgd:s, joined by + (e.g. topk:0.01+q8)",
-    "broadcast": "downlink codec for the global model: none, f16, q8",
-    "prune_fraction": "share of each weight tensor pruned by magnitude after every round",
-    "prune_structured": "prune whole output units (rows, filters) instead of single weights",
-    "rounds": "number of rounds",
-    "clients_per_round": "clients sampled per round: a count (20) or a fraction (0.2)",
-    "min_clients": "minimum clients sampled and valid updates needed per round",
-    "local_epochs": "local epochs per round",
-    "batch_size": "local batch size (0 = full batch)",
-    "lr": "client learning rate (SGD)",
-    "max_update_norm": "reject updates whose L2 norm exceeds this",
-    "straggler_fraction": "share of each round's clients that are stragglers",
-    "drop_stragglers": "true: drop stragglers (FedAvg); false: keep their partial work (FedProx)",
-    "evaluate_every": "federated and central evaluation every N rounds (0 = last only)",
-    "evaluate_fraction": "fraction of all clients that evaluate (0 = none)",
-    "personalize_epochs": "evaluating clients also adapt the global model for this many local "
-    "epochs and report both (0 = off)",
-    "trainer": "client trainer: auto (vectorized when the model allows), sequential, vectorized",
-    "seed": "seed for data split, model initialisation, sampling and shuffling",
-    "threads": "torch intra-op threads (per process)",
-    "executor": "where clients train: inprocess (this process), processes (persistent worker "
-    "processes on this machine), ray (Ray actors, on a cluster with --ray-address)",
-    "workers": "worker processes or Ray actors (default: the cores available)",
-    "ray_address": "address of a running Ray cluster (default: start a local one)",
-}
+
+def setting(default: Any, help: str) -> Any:
+    """A config field with its help text beside it."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
-class SimulationConfig:
-    """A simulated federated run. The defaults are the out-of-the-box job: sklearn digits
-    over 100 clients with Dirichlet(0.5) label skew, an MLP 64-64, FedAvg, 30 rounds of 20
-    clients. Strategy hyperparameters left ``None`` take the strategy's own defaults."""
+class DataSettings:
+    """``[data]``: the data set and how it is split over clients."""
 
-    # data
-    dataset: str = "digits"
-    num_clients: int = 100
-    partition: str | None = None
-    alpha: float = 0.5
-    shards_per_client: int = 2
-    quantity_sigma: float = 1.0
-    heldout_fraction: float = 0.2
-    client_test_fraction: float = 0.2
-    synthetic_alpha: float = 1.0
-    synthetic_beta: float = 1.0
-    synthetic_samples: int | None = None
-    shakespeare_source: str | None = None
-    shakespeare_edition: str = "modern"
-    shakespeare_fraction: float | None = None
-    # model
-    model: str = "mlp"
-    app: str | None = None
-    local_batchnorm: bool = False
-    hidden: tuple[int, ...] | None = None
-    # strategy (server side)
-    strategy: str = "fedavg"
-    server_lr: float | None = None
-    mu: float | None = None
-    momentum: float | None = None
-    beta1: float | None = None
-    beta2: float | None = None
-    tau: float | None = None
-    aggregator: str = "mean"
-    trim_fraction: float = 0.1
-    # differential privacy
-    dp: str = "none"
-    dp_noise: float = 1.0
-    dp_clip: float = 1.0
-    dp_delta: float = 1e-5
-    dp_adaptive_clip: bool = False
-    dp_target_quantile: float = 0.5
-    dp_clip_lr: float = 0.2
-    dp_clipped_count_stddev: float | None = None
-    dp_sampling_rate: float = 0.05
-    dp_target_epsilon: float | None = None
-    dp_secure_noise: bool = False
-    dp_accountant: str = "rdp"
-    # secure aggregation
-    secure_aggregation: str = "none"
-    secagg_neighbours: int | None = None
-    secagg_threshold: int | None = None
-    secagg_fraction_bits: int = 24
-    secagg_max_abs: float = 2.0**20
-    he_preset: str = "n8192"
-    paillier_key_bits: int = 2048
-    paillier_fraction_bits: int = 16
-    paillier_max_abs: float = 2.0**16
-    # communication
-    compression: str = "none"
-    broadcast: str = "none"
-    prune_fraction: float = 0.0
-    prune_structured: bool = False
-    # rounds and local training
-    rounds: int = 30
-    clients_per_round: int | float = 20
-    min_clients: int = 1
-    local_epochs: int = 5
-    batch_size: int = 10
-    lr: float = 0.3
-    max_update_norm: float | None = None
-    straggler_fraction: float = 0.0
-    drop_stragglers: bool = True
-    # evaluation
-    evaluate_every: int = 1
-    evaluate_fraction: float = 1.0
-    personalize_epochs: int = 0
-    # execution
-    trainer: str = "auto"
-    seed: int = 0
-    threads: int = 1
-    executor: str = "inprocess"
-    workers: int | None = None
-    ray_address: str | None = None
+    dataset: str = setting("digits", f"data set: {', '.join(DATASETS)}")
+    num_clients: int = setting(100, "number of clients the data is split over")
+    partition: str | None = setting(
+        None,
+        f"how data is split: {', '.join(PARTITIONS)} "
+        "(default: natural for synthetic and shakespeare, else dirichlet)",
+    )
+    alpha: float = setting(0.5, "Dirichlet concentration for label skew (smaller = more skew)")
+    shards_per_client: int = setting(2, "shards partition: label-sorted shards per client")
+    quantity_sigma: float = setting(1.0, "quantity partition: σ of the lognormal client sizes")
+    heldout_fraction: float = setting(0.2, "share held out for centralised evaluation")
+    client_test_fraction: float = setting(0.2, "share of each client's data kept for its tests")
+    synthetic_alpha: float = setting(1.0, "Synthetic(α, β): how much client models differ")
+    synthetic_beta: float = setting(1.0, "Synthetic(α, β): how much client data differ")
+    synthetic_samples: int | None = setting(
+        None, "Synthetic: examples per client (default: the paper's lognormal sizes)"
+    )
+    shakespeare_source: str | None = setting(
+        None, "folder of the Shakespeare texts (default: fetched into the cache)"
+    )
+    shakespeare_edition: str = setting("modern", f"Shakespeare edition: {', '.join(EDITIONS)}")
+    shakespeare_fraction: float | None = setting(
+        None,
+        "Shakespeare: build the data as LEAF's paper experiment does (sample roles until "
+        "this fraction of all windows, drop roles under 64, split windows at random; LEAF "
+        "used 0.05); replaces num_clients",
+    )
 
     def __post_init__(self) -> None:
-        checks.one_of("dataset", self.dataset, list(DATASETS))
-        checks.one_of("shakespeare_edition", self.shakespeare_edition, list(EDITIONS))
-        check_shakespeare_fraction(self.dataset, self.shakespeare_fraction)
-        checks.positive_int("shards_per_client", self.shards_per_client)
-        checks.non_negative("quantity_sigma", self.quantity_sigma)
-        checks.non_negative("synthetic_alpha", self.synthetic_alpha)
-        checks.non_negative("synthetic_beta", self.synthetic_beta)
+        checks.one_of("data.dataset", self.dataset, list(DATASETS))
+        checks.positive_int("data.num_clients", self.num_clients)
+        checks.one_of("data.partition", self.split, list(PARTITIONS))
+        checks.positive("data.alpha", self.alpha)
+        checks.positive_int("data.shards_per_client", self.shards_per_client)
+        checks.non_negative("data.quantity_sigma", self.quantity_sigma)
+        for name in ("heldout_fraction", "client_test_fraction"):
+            checks.in_unit_interval(
+                f"data.{name}", getattr(self, name), include_zero=True, include_one=False
+            )
+        checks.non_negative("data.synthetic_alpha", self.synthetic_alpha)
+        checks.non_negative("data.synthetic_beta", self.synthetic_beta)
         if self.synthetic_samples is not None:
-            checks.positive_int("synthetic_samples", self.synthetic_samples)
-        checks.in_unit_interval(
-            "heldout_fraction", self.heldout_fraction, include_zero=True, include_one=False
-        )
-        checks.in_unit_interval(
-            "client_test_fraction", self.client_test_fraction, include_zero=True, include_one=False
-        )
-        checks.one_of("partition", self.split, list(PARTITIONS))
-        checks.one_of("model", self.model, list(MODELS))
-        checks.one_of("trainer", self.trainer, list(TRAINERS))
-        checks.positive_int("num_clients", self.num_clients)
-        checks.positive("alpha", self.alpha)
-        for width in self.hidden or ():
-            checks.positive_int("hidden", width)
-        checks.non_negative_int("rounds", self.rounds)
-        checks.non_negative_int("seed", self.seed)
-        checks.positive_int("threads", self.threads)
-        checks.one_of("executor", self.executor, list(EXECUTORS))
-        if self.workers is not None:
-            checks.positive_int("workers", self.workers)
-        if self.ray_address is not None and self.executor != "ray":
-            raise ConfigError("ray_address", self.ray_address, "executor='ray' to be set with it")
-        self.round_config()  # validates the round fields
-        self.task_policy()  # and the simulated devices'
-        if self.straggler_fraction > 0 and self.local_epochs < 2:
-            raise ConfigError(
-                "local_epochs", self.local_epochs, "at least 2 when there are stragglers"
-            )
-        if isinstance(self.clients_per_round, int) and self.clients_per_round > self.num_clients:
-            raise ConfigError(
-                "clients_per_round",
-                self.clients_per_round,
-                f"at most num_clients ({self.num_clients})",
-            )
-        if self.min_clients > self.num_clients:
-            raise ConfigError(
-                "min_clients", self.min_clients, f"at most num_clients ({self.num_clients})"
-            )
-        strategy = self.build_strategy()  # validates the strategy and its hyperparameters
-        if self.strategy == "scaffold" and self.dp == "sample":
-            raise ConfigError(
-                "dp",
-                "sample",
-                "'none', 'client' or 'local' with SCAFFOLD (its correction of "
-                "each step is not part of DP-SGD's analysis)",
-            )
-        if self.strategy == "scaffold" and self.prune_fraction > 0:
-            raise ConfigError(
-                "prune_fraction",
-                self.prune_fraction,
-                "0 with SCAFFOLD (a pruned model sends "
-                "only its kept weights, and the control variates have no such mask)",
-            )
-        secure = self.round_config().secure_aggregation
-        if isinstance(secure, SecAggConfig):
-            secure.resolve(sample_size(self.num_clients, self.clients_per_round, self.min_clients))
-        if secure is not None and strategy.needs_individual_updates:
-            raise ConfigError(
-                "secure_aggregation",
-                self.secure_aggregation,
-                f"'none' with aggregator={self.aggregator!r}, which reads each client's "
-                "update (a secure sum reveals only their total)",
-            )
-        if isinstance(strategy, DifferentialPrivacy) and self.dp_target_epsilon is not None:
-            planned = strategy.epsilon_after(self.rounds)
-            if planned > self.dp_target_epsilon:
-                raise ConfigError(
-                    "dp_target_epsilon",
-                    self.dp_target_epsilon,
-                    f"at least {planned:.4g}, the ε (at δ={self.dp_delta:g}) that {self.rounds} "
-                    f"rounds spend at dp_noise={self.dp_noise:g}; raise dp_noise or run fewer "
-                    "rounds",
-                )
-
-    def build_strategy(self) -> Strategy:
-        """The configured strategy, wrapped in ``DifferentialPrivacy`` when ``dp`` is on."""
-        checks.one_of("strategy", self.strategy, list(STRATEGIES))
-        strategy = make_strategy(
-            self.strategy,
-            server_lr=self.server_lr,
-            mu=self.mu,
-            momentum=self.momentum,
-            beta1=self.beta1,
-            beta2=self.beta2,
-            tau=self.tau,
-        )
-        checks.one_of("aggregator", self.aggregator, ["mean", *ROBUST_RULES])
-        checks.one_of("dp", self.dp, ["none", *DP_LEVELS])
-        if self.aggregator != "mean":
-            if self.dp == "client":
-                raise ConfigError(
-                    "aggregator",
-                    self.aggregator,
-                    "'mean' with dp='client': central DP's guarantee is for a noisy sum, "
-                    "and a robust rule replaces the sum (dp='local' or 'sample' compose: "
-                    "their noise is added on the clients)",
-                )
-            strategy = Robust(strategy, self.aggregator, self.trim_fraction)
-        if self.dp == "none":
-            return strategy
-        per_round = sample_size(self.num_clients, self.clients_per_round, self.min_clients)
-        checks.in_unit_interval(
-            "dp_sampling_rate", self.dp_sampling_rate, include_zero=False, include_one=True
-        )
-        return DifferentialPrivacy(
-            strategy,
-            level=typing.cast(DPLevel, self.dp),
-            noise_multiplier=self.dp_noise,
-            clip=self.dp_clip,
-            delta=self.dp_delta,
-            client_sampling_rate=per_round / self.num_clients,
-            adaptive_clip=self.dp_adaptive_clip,
-            target_quantile=self.dp_target_quantile,
-            clip_lr=self.dp_clip_lr,
-            clipped_count_stddev=(
-                self.dp_clipped_count_stddev
-                if self.dp_clipped_count_stddev is not None
-                else per_round / 20
-            ),
-            example_sampling_rate=self.dp_sampling_rate,
-            local_steps=math.ceil(self.local_epochs / self.dp_sampling_rate),
-            target_epsilon=self.dp_target_epsilon,
-            secure_noise=self.dp_secure_noise,
-            accountant=typing.cast(AccountantMethod, self.dp_accountant),
-        )
-
-    @property
-    def run_name(self) -> str:
-        """The data (or app) and strategy, for a run folder's name: ``digits-fedavg``."""
-        data = self.dataset if self.app is None else self.app.partition(":")[0].rpartition(".")[2]
-        return f"{data}-{self.strategy}"
-
-    @property
-    def label(self) -> str:
-        """The strategy as a person names it, e.g. ``fedavg + DP (client)``."""
-        parts = [self.strategy]
-        if self.dp != "none":
-            parts.append(f"DP ({self.dp})")
-        if self.secure_aggregation != "none":
-            parts.append(SECURE_SUMS[self.secure_aggregation])
-        if self.compression != "none":
-            parts.append(self.compression)
-        return " + ".join(parts)
-
-    def round_config(self) -> RoundConfig:
-        return RoundConfig(
-            clients_per_round=self.clients_per_round,
-            min_clients=self.min_clients,
-            local_epochs=self.local_epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            evaluate_fraction=self.evaluate_fraction,
-            evaluate_every=self.evaluate_every,
-            max_update_norm=self.max_update_norm,
-            secure_aggregation=self.secure_sum(),
-            compression=None if self.compression == "none" else Compression.parse(self.compression),
-            broadcast=self.broadcast,
-            prune_fraction=self.prune_fraction,
-            prune_structured=self.prune_structured,
-            personalize_epochs=self.personalize_epochs,
-        )
-
-    def task_policy(self) -> Stragglers | None:
-        """The simulated devices' systems heterogeneity, as the round loop's task policy."""
-        if self.straggler_fraction == 0:
-            return None
-        return Stragglers(self.straggler_fraction, self.drop_stragglers)
-
-    def secure_sum(self) -> SecAggConfig | HEConfig | None:
-        """The secure-sum backend's settings, or ``None`` for the plain sum."""
-        checks.one_of("secure_aggregation", self.secure_aggregation, ["none", *SECURE_SUMS])
-        if self.secure_aggregation == "secagg+":
-            return SecAggConfig(
-                neighbours=self.secagg_neighbours,
-                threshold=self.secagg_threshold,
-                fraction_bits=self.secagg_fraction_bits,
-                max_abs=self.secagg_max_abs,
-            )
-        if self.secure_aggregation == "ckks":
-            return CKKSConfig(preset=self.he_preset)
-        if self.secure_aggregation == "paillier":
-            return PaillierConfig(
-                self.paillier_key_bits, self.paillier_fraction_bits, self.paillier_max_abs
-            )
-        return None
+            checks.positive_int("data.synthetic_samples", self.synthetic_samples)
+        checks.one_of("data.shakespeare_edition", self.shakespeare_edition, list(EDITIONS))
+        with qualified():
+            check_shakespeare_fraction(self.dataset, self.shakespeare_fraction)
 
     @property
     def split(self) -> str:
@@ -413,50 +121,597 @@ class SimulationConfig:
             return self.partition
         return "natural" if self.dataset in NATURAL_ONLY else "dirichlet"
 
-    def data_kwargs(self) -> dict[str, Any]:
-        """The arguments of ``fedstream.data.federate`` that this config sets."""
-        return {
-            "name": self.dataset,
-            "num_clients": self.num_clients,
-            "partition": self.split,
-            "alpha": self.alpha,
-            "shards_per_client": self.shards_per_client,
-            "quantity_sigma": self.quantity_sigma,
-            "heldout_fraction": self.heldout_fraction,
-            "client_test_fraction": self.client_test_fraction,
-            "synthetic_alpha": self.synthetic_alpha,
-            "synthetic_beta": self.synthetic_beta,
-            "synthetic_samples": self.synthetic_samples,
-            "shakespeare_source": self.shakespeare_source,
-            "shakespeare_edition": self.shakespeare_edition,
-            "shakespeare_fraction": self.shakespeare_fraction,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in fields()}
-
-    def with_changes(self, **changes: Any) -> SimulationConfig:
-        """A copy with ``changes`` applied (and validated); unknown names are an error."""
-        return from_mapping({**self.to_dict(), **changes}, source="override")
+    def federate_kwargs(self) -> dict[str, Any]:
+        """The arguments of ``fedstream.data.federate`` that this section sets."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        name = values.pop("dataset")
+        return {**values, "name": name, "partition": self.split}
 
 
-def fields() -> list[dataclasses.Field[Any]]:
-    """The settings, in declaration order."""
-    return list(dataclasses.fields(SimulationConfig))
+@dataclass(frozen=True)
+class ModelSettings:
+    """``[model]``: the model, or the user's own app."""
+
+    name: str = setting("mlp", f"built-in model: {', '.join(MODELS)}")
+    hidden: tuple[int, ...] | None = setting(
+        None, "hidden widths: MLP layers (64,64), CNN channels (16,32), LSTM layers (256,256)"
+    )
+    app: str | None = setting(
+        None,
+        "your own model, data and training: an App at package.module:attribute (replaces "
+        "the data settings and the built-in model)",
+    )
+    local_batchnorm: bool = setting(
+        False,
+        "FedBN: every BatchNorm layer's weights and statistics stay on each client (else its "
+        "statistics are averaged with the weights)",
+    )
+
+    def __post_init__(self) -> None:
+        checks.one_of("model.name", self.name, list(MODELS))
+        for width in self.hidden or ():
+            checks.positive_int("model.hidden", width)
 
 
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+@dataclass(frozen=True)
+class StrategySettings:
+    """``[strategy]``: the strategy, its hyperparameters, and how updates are combined.
+
+    ``hyperparameters`` holds the strategy's own settings by name (``mu``, ``server_lr``,
+    …): each must be a field of the chosen strategy's dataclass; those not given take the
+    strategy's defaults."""
+
+    name: str = setting("fedavg", f"federated strategy: {', '.join(STRATEGIES)}")
+    aggregator: str = setting(
+        "mean",
+        f"mean (the weighted sum), or a robust rule over each update: {', '.join(ROBUST_RULES)}",
+    )
+    trim_fraction: float = setting(
+        0.1, "trimmed_mean: share of values dropped at each end of every coordinate"
+    )
+    hyperparameters: Mapping[str, Any] = field(
+        default_factory=dict, metadata={"help": "the strategy's own settings, by name"}
+    )
+
+    def __post_init__(self) -> None:
+        checks.one_of("strategy.name", self.name, list(STRATEGIES))
+        checks.one_of("strategy.aggregator", self.aggregator, ["mean", *ROBUST_RULES])
+        checks.in_unit_interval(
+            "strategy.trim_fraction", self.trim_fraction, include_zero=True, include_one=False
+        )
+        declared = hyperparameters_of(self.name)
+        for key, value in self.hyperparameters.items():
+            if key not in declared:
+                raise ConfigError(
+                    f"strategy.{key}",
+                    value,
+                    f"a hyperparameter of {self.name}: {sorted(declared)}"
+                    + _nearest(key, declared),
+                )
+
+    def build(self) -> Strategy:
+        """The strategy, robust when the aggregator asks for it."""
+        strategy = make_strategy(self.name, **self.hyperparameters)
+        if self.aggregator == "mean":
+            return strategy
+        return Robust(strategy, self.aggregator, self.trim_fraction)
 
 
-def field_types() -> dict[str, Any]:
-    hints = typing.get_type_hints(SimulationConfig)
-    return {f.name: hints[f.name] for f in fields()}
+@dataclass(frozen=True)
+class ClientSettings:
+    """``[client]``: each client's local training, and simulated stragglers."""
+
+    local_epochs: int = setting(5, "local epochs per round")
+    batch_size: int = setting(10, "local batch size (0 = full batch)")
+    lr: float = setting(0.3, "client learning rate (SGD)")
+    straggler_fraction: float = setting(0.0, "share of each round's clients that are stragglers")
+    drop_stragglers: bool = setting(
+        True, "true: drop stragglers (FedAvg); false: keep their partial work (FedProx)"
+    )
+
+    def __post_init__(self) -> None:
+        checks.positive_int("client.local_epochs", self.local_epochs)
+        checks.non_negative_int("client.batch_size", self.batch_size)
+        checks.positive("client.lr", self.lr)
+        Stragglers(self.straggler_fraction, self.drop_stragglers)
+        if self.straggler_fraction > 0 and self.local_epochs < 2:
+            raise ConfigError(
+                "client.local_epochs", self.local_epochs, "at least 2 when there are stragglers"
+            )
 
 
-def coerce(name: str, value: Any) -> Any:
-    """Convert ``value`` (from TOML, or a CLI string) to the type of field ``name``."""
-    kind = field_types()[name]
+@dataclass(frozen=True)
+class RunSettings:
+    """``[run]``: how many rounds, who takes part, what is refused, what is evaluated."""
+
+    rounds: int = setting(30, "number of rounds")
+    clients_per_round: int | float = setting(
+        20, "clients sampled per round: a count (20) or a fraction (0.2)"
+    )
+    min_clients: int = setting(1, "minimum clients sampled and valid updates needed per round")
+    max_update_norm: float | None = setting(None, "reject updates whose L2 norm exceeds this")
+    evaluate_every: int = setting(
+        1, "federated and central evaluation every N rounds (0 = last only)"
+    )
+    evaluate_fraction: float = setting(1.0, "fraction of all clients that evaluate (0 = none)")
+    personalize_epochs: int = setting(
+        0,
+        "evaluating clients also adapt the global model for this many local epochs and "
+        "report both (0 = off)",
+    )
+
+    def __post_init__(self) -> None:
+        checks.non_negative_int("run.rounds", self.rounds)
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    """``[privacy]``: differential privacy."""
+
+    level: str = setting(
+        "none",
+        "differential privacy: none, client (central DP-FedAvg), local (clients add the "
+        "noise), sample (DP-SGD on every client)",
+    )
+    noise: float = setting(1.0, "noise multiplier z (noise std = z × clip)")
+    clip: float = setting(
+        1.0,
+        "clip bound: each update's L2 norm (client, local; start value when adaptive) or "
+        "each example's gradient norm (sample)",
+    )
+    delta: float = setting(1e-5, "δ at which ε is reported")
+    adaptive_clip: bool = setting(
+        False, "level=client: move the clip bound to a quantile of the update norms"
+    )
+    target_quantile: float = setting(
+        0.5, "adaptive clipping: share of updates meant to fit within the bound"
+    )
+    clip_lr: float = setting(0.2, "adaptive clipping: geometric learning rate of the bound")
+    clipped_count_stddev: float | None = setting(
+        None,
+        "adaptive clipping: noise std on the count of unclipped clients (default: clients "
+        "per round / 20)",
+    )
+    sampling_rate: float = setting(
+        0.05,
+        "level=sample: Poisson rate at which each example joins a local step; local steps "
+        "per round = ceil(local_epochs / rate)",
+    )
+    target_epsilon: float | None = setting(
+        None, "refuse to start (or stop) a run that would spend more than this ε"
+    )
+    secure_noise: bool = setting(
+        False, "draw DP noise from the OS CSPRNG (unpredictable, not reproducible)"
+    )
+    accountant: str = setting(
+        "rdp", "how ε is computed: rdp, or pld (tighter, about 1 s per round)"
+    )
+
+    def __post_init__(self) -> None:
+        checks.one_of("privacy.level", self.level, ["none", *DP_LEVELS])
+        checks.one_of("privacy.accountant", self.accountant, ["rdp", "pld"])
+        checks.in_unit_interval(
+            "privacy.sampling_rate", self.sampling_rate, include_zero=False, include_one=True
+        )
+
+
+@dataclass(frozen=True)
+class SecureSettings:
+    """``[secure]``: the secure sum."""
+
+    scheme: str = setting(
+        "none",
+        "how the server sums updates: none (plain), secagg+ (masking), ckks or paillier "
+        "(homomorphic encryption); all but none show it only the sum",
+    )
+    neighbours: int | None = setting(
+        None,
+        "SecAgg+: neighbours each client shares secrets with (default: min(clients per "
+        "round − 1, 20))",
+    )
+    threshold: int | None = setting(
+        None, "SecAgg+: shares needed to recover a client (default: max(2, ⌈k/4⌉))"
+    )
+    fraction_bits: int = setting(24, "SecAgg+: fixed-point fraction bits (step 2^-bits)")
+    max_abs: float = setting(
+        2.0**20, "SecAgg+: largest magnitude of weight × update entry a client may send"
+    )
+    he_preset: str = setting(
+        "n8192", "CKKS parameters: n4096, n8192 or n16384 (ring degree; all 128-bit secure)"
+    )
+    paillier_key_bits: int = setting(2048, "Paillier modulus bits: 2048, 3072 or 4096")
+    paillier_fraction_bits: int = setting(16, "Paillier: fixed-point fraction bits")
+    paillier_max_abs: float = setting(
+        2.0**16, "Paillier: largest magnitude of weight × update entry a client may send"
+    )
+
+    def __post_init__(self) -> None:
+        checks.one_of("secure.scheme", self.scheme, ["none", *SECURE_SUMS])
+        self.backend()
+
+    def backend(self) -> SecAggConfig | HEConfig | None:
+        """The secure sum's settings, or ``None`` for the plain sum."""
+        if self.scheme == "secagg+":
+            return SecAggConfig(self.neighbours, self.threshold, self.fraction_bits, self.max_abs)
+        if self.scheme == "ckks":
+            return CKKSConfig(preset=self.he_preset)
+        if self.scheme == "paillier":
+            return PaillierConfig(
+                self.paillier_key_bits, self.paillier_fraction_bits, self.paillier_max_abs
+            )
+        return None
+
+
+@dataclass(frozen=True)
+class CompressionSettings:
+    """``[compression]``: what travels each way, and pruning."""
+
+    codec: str = setting(
+        "none",
+        "uplink codec: none, or a sparsifier topk:f, randk:f, threshold:τ (with error "
+        "feedback) and/or a quantiser q8, q4, qsgd:s, joined by + (e.g. topk:0.01+q8)",
+    )
+    broadcast: str = setting("none", "downlink codec for the global model: none, f16, q8")
+    prune_fraction: float = setting(
+        0.0, "share of each weight tensor pruned by magnitude after every round"
+    )
+    prune_structured: bool = setting(
+        False, "prune whole output units (rows, filters) instead of single weights"
+    )
+
+    def uplink(self) -> Compression | None:
+        return None if self.codec == "none" else Compression.parse(self.codec)
+
+
+@dataclass(frozen=True)
+class ExecutionSettings:
+    """``[execution]``: how and where the clients train."""
+
+    trainer: str = setting(
+        "auto", "client trainer: auto (vectorized when the model allows), sequential, vectorized"
+    )
+    seed: int = setting(0, "seed for data split, model initialisation, sampling and shuffling")
+    threads: int = setting(1, "torch intra-op threads (per process)")
+    executor: str = setting(
+        "inprocess",
+        "where clients train: inprocess (this process), processes (persistent worker "
+        "processes on this machine), ray (Ray actors, on a cluster with ray_address)",
+    )
+    workers: int | None = setting(None, "worker processes or Ray actors (default: all cores)")
+    ray_address: str | None = setting(
+        None, "address of a running Ray cluster (default: start a local one)"
+    )
+
+    def __post_init__(self) -> None:
+        checks.one_of("execution.trainer", self.trainer, list(TRAINERS))
+        checks.non_negative_int("execution.seed", self.seed)
+        checks.positive_int("execution.threads", self.threads)
+        checks.one_of("execution.executor", self.executor, list(EXECUTORS))
+        if self.workers is not None:
+            checks.positive_int("execution.workers", self.workers)
+        if self.ray_address is not None and self.executor != "ray":
+            raise ConfigError(
+                "execution.ray_address", self.ray_address, "execution.executor='ray' with it"
+            )
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "data": DataSettings,
+    "model": ModelSettings,
+    "strategy": StrategySettings,
+    "client": ClientSettings,
+    "run": RunSettings,
+    "privacy": PrivacySettings,
+    "secure": SecureSettings,
+    "compression": CompressionSettings,
+    "execution": ExecutionSettings,
+}
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """A simulated federated run, by concern (module docstring). The defaults are the
+    out-of-the-box job: sklearn digits over 100 clients with Dirichlet(0.5) label skew, an
+    MLP 64-64, FedAvg, 30 rounds of 20 clients."""
+
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    strategy: StrategySettings = field(default_factory=StrategySettings)
+    client: ClientSettings = field(default_factory=ClientSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    secure: SecureSettings = field(default_factory=SecureSettings)
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
+    execution: ExecutionSettings = field(default_factory=ExecutionSettings)
+
+    def __post_init__(self) -> None:
+        with qualified():
+            self.round_config()  # the round settings, checked together
+        run, data = self.run, self.data
+        if isinstance(run.clients_per_round, int) and run.clients_per_round > data.num_clients:
+            raise ConfigError(
+                "run.clients_per_round",
+                run.clients_per_round,
+                f"at most data.num_clients ({data.num_clients})",
+            )
+        if run.min_clients > data.num_clients:
+            raise ConfigError(
+                "run.min_clients", run.min_clients, f"at most data.num_clients ({data.num_clients})"
+            )
+        with qualified():
+            strategy = self.build_strategy()
+        self._check_combinations(strategy)
+
+    def _check_combinations(self, strategy: Strategy) -> None:
+        """Settings of different sections that cannot run together, each refused with why."""
+        name, level = self.strategy.name, self.privacy.level
+        if name == "scaffold" and level == "sample":
+            raise ConfigError(
+                "privacy.level",
+                "sample",
+                "'none', 'client' or 'local' with SCAFFOLD (its correction of each step is "
+                "not part of DP-SGD's analysis)",
+            )
+        if name == "scaffold" and self.compression.prune_fraction > 0:
+            raise ConfigError(
+                "compression.prune_fraction",
+                self.compression.prune_fraction,
+                "0 with SCAFFOLD (a pruned model sends only its kept weights, and the control "
+                "variates have no such mask)",
+            )
+        secure = self.secure.backend()
+        if isinstance(secure, SecAggConfig):
+            with qualified():
+                secure.resolve(self.clients_per_round_count())
+        if secure is not None and strategy.needs_individual_updates:
+            raise ConfigError(
+                "secure.scheme",
+                self.secure.scheme,
+                f"'none' with strategy.aggregator={self.strategy.aggregator!r}, which reads "
+                "each client's update (a secure sum reveals only their total)",
+            )
+        privacy = self.privacy
+        if isinstance(strategy, DifferentialPrivacy) and privacy.target_epsilon is not None:
+            planned = strategy.epsilon_after(self.run.rounds)
+            if planned > privacy.target_epsilon:
+                raise ConfigError(
+                    "privacy.target_epsilon",
+                    privacy.target_epsilon,
+                    f"at least {planned:.4g}, the ε (at δ={privacy.delta:g}) that "
+                    f"{self.run.rounds} rounds spend at privacy.noise={privacy.noise:g}; raise "
+                    "the noise or run fewer rounds",
+                )
+
+    def clients_per_round_count(self) -> int:
+        return sample_size(self.data.num_clients, self.run.clients_per_round, self.run.min_clients)
+
+    def build_strategy(self) -> Strategy:
+        """The configured strategy, robust if the aggregator says so, wrapped in
+        ``DifferentialPrivacy`` when privacy is on."""
+        strategy = self.strategy.build()
+        privacy = self.privacy
+        if privacy.level == "none":
+            return strategy
+        if self.strategy.aggregator != "mean" and privacy.level == "client":
+            raise ConfigError(
+                "strategy.aggregator",
+                self.strategy.aggregator,
+                "'mean' with privacy.level='client': central DP's guarantee is for a noisy "
+                "sum, and a robust rule replaces the sum (levels local and sample compose: "
+                "their noise is added on the clients)",
+            )
+        per_round = self.clients_per_round_count()
+        return DifferentialPrivacy(
+            strategy,
+            level=typing.cast(DPLevel, privacy.level),
+            noise_multiplier=privacy.noise,
+            clip=privacy.clip,
+            delta=privacy.delta,
+            client_sampling_rate=per_round / self.data.num_clients,
+            adaptive_clip=privacy.adaptive_clip,
+            target_quantile=privacy.target_quantile,
+            clip_lr=privacy.clip_lr,
+            clipped_count_stddev=(
+                privacy.clipped_count_stddev
+                if privacy.clipped_count_stddev is not None
+                else per_round / 20
+            ),
+            example_sampling_rate=privacy.sampling_rate,
+            local_steps=math.ceil(self.client.local_epochs / privacy.sampling_rate),
+            target_epsilon=privacy.target_epsilon,
+            secure_noise=privacy.secure_noise,
+            accountant=typing.cast(AccountantMethod, privacy.accountant),
+        )
+
+    @property
+    def run_name(self) -> str:
+        """The data (or app) and strategy, for a run folder's name: ``digits-fedavg``."""
+        app = self.model.app
+        data = self.data.dataset if app is None else app.partition(":")[0].rpartition(".")[2]
+        return f"{data}-{self.strategy.name}"
+
+    @property
+    def label(self) -> str:
+        """The strategy as a person names it, e.g. ``fedavg + DP (client)``."""
+        parts = [self.strategy.name]
+        if self.strategy.aggregator != "mean":
+            parts.append(self.strategy.aggregator)
+        if self.privacy.level != "none":
+            parts.append(f"DP ({self.privacy.level})")
+        if self.secure.scheme != "none":
+            parts.append(SECURE_SUMS[self.secure.scheme])
+        if self.compression.codec != "none":
+            parts.append(self.compression.codec)
+        return " + ".join(parts)
+
+    def round_config(self) -> RoundConfig:
+        run, client, compression = self.run, self.client, self.compression
+        return RoundConfig(
+            clients_per_round=run.clients_per_round,
+            min_clients=run.min_clients,
+            local_epochs=client.local_epochs,
+            batch_size=client.batch_size,
+            lr=client.lr,
+            evaluate_fraction=run.evaluate_fraction,
+            evaluate_every=run.evaluate_every,
+            max_update_norm=run.max_update_norm,
+            secure_aggregation=self.secure.backend(),
+            compression=compression.uplink(),
+            broadcast=compression.broadcast,
+            prune_fraction=compression.prune_fraction,
+            prune_structured=compression.prune_structured,
+            personalize_epochs=run.personalize_epochs,
+        )
+
+    def task_policy(self) -> Stragglers | None:
+        """The simulated devices' systems heterogeneity, as the round loop's task policy."""
+        if self.client.straggler_fraction == 0:
+            return None
+        return Stragglers(self.client.straggler_fraction, self.client.drop_stragglers)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Every setting, by section (a strategy's hyperparameters inline in its section)."""
+        return {name: section_dict(getattr(self, name)) for name in SECTIONS}
+
+    def to_toml(self) -> str:
+        """This config as a run file: a table per section; unset values left out."""
+        lines: list[str] = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items() if v is not None]
+            lines.append("")
+        return "\n".join(lines)
+
+    def with_changes(self, **sections: Mapping[str, Any]) -> SimulationConfig:
+        """A copy with each named section's settings changed (and validated), e.g.
+        ``with_changes(run={"rounds": 5})``; a key the section lacks is an error."""
+        return from_mapping(merge(self.to_dict(), sections), source="override")
+
+
+# -- keys, old names, conversion ------------------------------------------------------------
+
+
+def section_dict(section: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if f.name == "hyperparameters":
+            values |= dict(value)
+        else:
+            values[f.name] = list(value) if isinstance(value, tuple) else value
+    return values
+
+
+def merge(base: Mapping[str, Any], changes: Mapping[str, Any], source: str = "") -> dict[str, Any]:
+    """``base`` with each section of ``changes`` (from ``source``, for errors) laid over its
+    own; sections are mappings."""
+    merged = {name: dict(values) for name, values in base.items()}
+    for name, values in changes.items():
+        if not isinstance(values, Mapping):
+            where = f"{source}.{name}" if source else name
+            raise ConfigError(where, values, _placement(name, values))
+        merged.setdefault(name, {}).update(values)
+    return merged
+
+
+def hyperparameters_of(strategy: str) -> dict[str, dataclasses.Field[Any]]:
+    """The hyperparameters strategy ``strategy`` declares: its dataclass fields."""
+    return {f.name: f for f in dataclasses.fields(STRATEGIES[strategy])}
+
+
+def all_hyperparameters() -> dict[str, str]:
+    """Every hyperparameter any strategy declares, with the help of the first to declare it
+    and the strategies that take it."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for name in STRATEGIES:
+        for key, f in hyperparameters_of(name).items():
+            _, takers = found.setdefault(key, (f.metadata.get("help", key), []))
+            takers.append(name)
+    return {key: f"{text} ({', '.join(takers)})" for key, (text, takers) in found.items()}
+
+
+def keys() -> dict[str, str]:
+    """Every valid key (``section.field``) with its help."""
+    out: dict[str, str] = {}
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.name != "hyperparameters":
+                out[f"{name}.{f.name}"] = f.metadata.get("help", f.name)
+    out |= {f"strategy.{k}": text for k, text in all_hyperparameters().items()}
+    return out
+
+
+RENAMED = {
+    "model": "model.name", "hidden": "model.hidden", "app": "model.app",
+    "strategy": "strategy.name", "dp": "privacy.level", "dp_noise": "privacy.noise",
+    "dp_clip": "privacy.clip", "dp_delta": "privacy.delta",
+    "dp_adaptive_clip": "privacy.adaptive_clip", "dp_target_quantile": "privacy.target_quantile",
+    "dp_clip_lr": "privacy.clip_lr", "dp_clipped_count_stddev": "privacy.clipped_count_stddev",
+    "dp_sampling_rate": "privacy.sampling_rate", "dp_target_epsilon": "privacy.target_epsilon",
+    "dp_secure_noise": "privacy.secure_noise", "dp_accountant": "privacy.accountant",
+    "secure_aggregation": "secure.scheme", "secagg_neighbours": "secure.neighbours",
+    "secagg_threshold": "secure.threshold", "secagg_fraction_bits": "secure.fraction_bits",
+    "secagg_max_abs": "secure.max_abs", "compression": "compression.codec",
+}  # fmt: skip
+"""Settings of the old flat configuration whose name changed, and their new key."""
+
+
+def flat_names() -> dict[str, str]:
+    """Every old flat name (``mu``, ``dp_noise``) → its key now (``strategy.mu``,
+    ``privacy.noise``): for the errors that tell an old config file what to write."""
+    names = {key.rpartition(".")[2]: key for key in keys() if not key.endswith(".name")}
+    return names | RENAMED
+
+
+def _nearest(key: str, options: Any) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _placement(key: str, value: Any) -> str:
+    """What to write instead of a flat ``key = value``."""
+    new = flat_names().get(key)
+    if new is None:
+        return f"a section among {list(SECTIONS)}{_nearest(key, SECTIONS)}"
+    section, _, name = new.partition(".")
+    return (
+        f"the key {new!r} now (the old flat form; in TOML write it under [{section}] as "
+        f"{name} = {value!r}, as a flag --{new.replace('_', '-')}, in Python "
+        f"{section}={{{name!r}: {value!r}}})"
+    )
+
+
+class qualified:
+    """Context manager: a ``ConfigError`` raised under an old flat name by a setting's
+    own checks (``lr``, ``dp_clip``) is raised again under its key (``client.lr``)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if isinstance(error, ConfigError) and "." not in error.field:
+            key = flat_names().get(error.field)
+            if key is not None:
+                raise ConfigError(key, error.value, error.expected) from None
+
+
+def field_types(cls: type[Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert ``value`` (from TOML, or a CLI string) to the type of setting ``key``
+    (``section.field``)."""
+    section, _, name = key.partition(".")
+    cls = SECTIONS[section]
+    types_ = field_types(cls)
+    if name in types_ and name != "hyperparameters":
+        return _coerce_to(key, types_[name], value)
+    return _coerce_to(key, float | int | bool | str | None, value)
+
+
+def _coerce_to(key: str, kind: Any, value: Any) -> Any:
     options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
     if value is None and type(None) in options:
         return None
@@ -467,15 +722,15 @@ def coerce(name: str, value: Any) -> Any:
         try:
             return tuple(int(p) for p in parts if str(p).strip() != "")
         except (TypeError, ValueError):
-            raise ConfigError(name, value, "a list of integers such as 64,64") from None
+            raise ConfigError(key, value, "a list of integers such as 64,64") from None
     for option in options:
         if option is type(None):
             continue
         converted = _convert(value, option)
         if converted is not None:
             return converted
-    names = " or ".join(o.__name__ for o in options)
-    raise ConfigError(name, value, names)
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(key, value, names)
 
 
 def _convert(value: Any, target: type) -> Any:
@@ -505,33 +760,69 @@ def _convert(value: Any, target: type) -> Any:
 
 
 def from_mapping(values: Mapping[str, Any], source: str = "config") -> SimulationConfig:
-    """Build a validated config; an unknown key names the key and lists the known ones."""
-    known = {f.name for f in fields()}
-    for key in values:
-        if key not in known:
-            raise ConfigError(
-                f"{source}.{key}", values[key], f"one of the settings {sorted(known)}"
+    """Build a validated config from settings by section (``{"strategy": {"mu": 0.01}}``,
+    a TOML file's tables). An old flat key, an unknown section or an unknown key is an
+    error that names what to write instead."""
+    sections: dict[str, Any] = {}
+    for section, table in values.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}.{section}", table, _placement(section, table))
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{source}.{section}", table, _placement(section, table))
+        sections[section] = _section(section, table)
+    return SimulationConfig(**sections)
+
+
+def _section(section: str, table: Mapping[str, Any]) -> Any:
+    cls = SECTIONS[section]
+    own = {f.name for f in dataclasses.fields(cls)} - {"hyperparameters"}
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in own:
+            values[key] = coerce(f"{section}.{key}", value)
+        elif section == "strategy" and key in all_hyperparameters():
+            extra[key] = coerce(f"{section}.{key}", value)
+        else:
+            moved = flat_names().get(key)
+            hint = (
+                f" (it is {moved!r})"
+                if moved is not None and not moved.startswith(f"{section}.")
+                else _nearest(
+                    key, own | (set(all_hyperparameters()) if section == "strategy" else set())
+                )
             )
-    return SimulationConfig(**{k: coerce(k, v) for k, v in values.items()})
+            raise ConfigError(f"{section}.{key}", value, f"a setting of [{section}]{hint}")
+    if section == "strategy":
+        extra = {k: v for k, v in extra.items() if v is not None}
+        values["hyperparameters"] = extra
+    return cls(**values)
 
 
-def _read_toml(path: Path, field: str) -> dict[str, Any]:
+def dotted(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Settings given as ``section.field`` keys (flags), by section."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, dot, name = key.partition(".")
+        if not dot:
+            raise ConfigError(key, value, _placement(key, value))
+        nested.setdefault(section, {})[name] = value
+    return nested
+
+
+def _read_toml(path: Path, field_name: str) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(field, str(path), "an existing TOML file") from None
+        raise ConfigError(field_name, str(path), "an existing TOML file") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(field, str(path), f"valid TOML ({exc})") from None
+        raise ConfigError(field_name, str(path), f"valid TOML ({exc})") from None
 
 
 def load_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML run file: settings at the top level (or under a ``[run]`` table)."""
-    data = _read_toml(path, "--config")
-    run = data.get("run", data)
-    if not isinstance(run, dict):
-        raise ConfigError("--config", str(path), "a table of settings")
-    return dict(run)
+    """Read a TOML run file: a table per section."""
+    return _read_toml(path, "--config")
 
 
 PROJECT_FILE = "pyproject.toml"

@@ -25,7 +25,7 @@ from fedstream.errors import ConfigError, RoundFailedError
 from fedstream.models import build_model
 from fedstream.params import Params
 from fedstream.rounds import CentralEvaluate, RoundConfig, run_rounds
-from fedstream.simulation.config import SimulationConfig, from_mapping
+from fedstream.simulation.config import SimulationConfig, from_mapping, merge
 from fedstream.simulation.progress import RoundProgress
 from fedstream.simulation.report import atomic_write, write_outputs
 from fedstream.store.checkpoint import (
@@ -65,7 +65,7 @@ class SimulationResult:
     @property
     def description(self) -> str:
         """What ran, as a person says it: ``fedavg + DP (client) on digits``."""
-        return f"{self.config.label} on {self.data or self.config.dataset}"
+        return f"{self.config.label} on {self.data or self.config.data.dataset}"
 
     @property
     def final_metrics(self) -> Mapping[str, float]:
@@ -95,13 +95,13 @@ class Setup:
 
 def _seeds(config: SimulationConfig) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
     """Independent streams for the data split and the server, both from ``config.seed``."""
-    data_seed, server_seed = np.random.SeedSequence(config.seed).spawn(2)
+    data_seed, server_seed = np.random.SeedSequence(config.execution.seed).spawn(2)
     return data_seed, server_seed
 
 
 def build_dataset(config: SimulationConfig) -> FederatedDataset:
     """The federated split ``config`` describes, exactly as a run with it would see it."""
-    return federate(rng=np.random.default_rng(_seeds(config)[0]), **config.data_kwargs())
+    return federate(rng=np.random.default_rng(_seeds(config)[0]), **config.data.federate_kwargs())
 
 
 def builtin_app(config: SimulationConfig) -> tuple[App, FederatedDataset]:
@@ -111,15 +111,15 @@ def builtin_app(config: SimulationConfig) -> tuple[App, FederatedDataset]:
     dtype = torch.float64 if dataset.x_heldout.dtype == np.float64 else torch.float32
     model = functools.partial(
         build_model,
-        config.model,
+        config.model.name,
         dataset.num_features,
         dataset.num_outputs,
-        config.seed,
-        config.hidden,
+        config.execution.seed,
+        config.model.hidden,
         dtype,
     )
     heldout = (dataset.x_heldout, dataset.y_heldout)
-    app = App(model, dataset.clients, task=dataset.task, heldout=heldout, name=config.dataset)
+    app = App(model, dataset.clients, task=dataset.task, heldout=heldout, name=config.data.dataset)
     return app, dataset
 
 
@@ -136,7 +136,7 @@ def resolve_app(config: SimulationConfig, app: App | None) -> App | None:
     ``None`` for the built-in data and model."""
     if app is not None:
         return app
-    return load_app(config.app) if config.app is not None else None
+    return load_app(config.model.app) if config.model.app is not None else None
 
 
 def build(config: SimulationConfig, app: App | None = None, *, server_only: bool = False) -> Setup:
@@ -154,8 +154,10 @@ def build(config: SimulationConfig, app: App | None = None, *, server_only: bool
         app, dataset = builtin_app(config)
     else:
         app, dataset = user_app, app_dataset(user_app)
-    module = app.build_model(config.seed)
-    trainer_name, why = choose_trainer(config.trainer, module, config.dp == "sample", app)
+    module = app.build_model(config.execution.seed)
+    trainer_name, why = choose_trainer(
+        config.execution.trainer, module, config.privacy.level == "sample", app
+    )
     trainer: Trainer = (
         VectorizedTrainer(module, app.task) if trainer_name == "vectorized" else app.trainer(module)
     )
@@ -217,9 +219,9 @@ def local_transport(
 def worker_count(config: SimulationConfig) -> int:
     """How many processes or actors train clients: 1 in process, else ``workers`` or
     the cores available."""
-    if config.executor == "inprocess":
+    if config.execution.executor == "inprocess":
         return 1
-    return config.workers or available_cores()
+    return config.execution.workers or available_cores()
 
 
 def executor_transport(
@@ -227,13 +229,14 @@ def executor_transport(
 ) -> ProcessTransport | RayTransport | None:
     """The transport ``config.executor`` asks for, or ``None`` for in-process. An app
     object (not named in ``config.app``) is pickled to the workers."""
-    if config.executor == "inprocess":
+    execution = config.execution
+    if execution.executor == "inprocess":
         return None
     workers = worker_count(config)
     recipe = functools.partial(local_transport, config.to_dict(), app=app)
-    if config.executor == "ray":
-        return RayTransport(recipe, workers, config.threads, config.ray_address)
-    return ProcessTransport(recipe, workers, config.threads)
+    if execution.executor == "ray":
+        return RayTransport(recipe, workers, execution.threads, execution.ray_address)
+    return ProcessTransport(recipe, workers, execution.threads)
 
 
 def architecture(config: SimulationConfig, setup: Setup) -> dict[str, Any]:
@@ -242,27 +245,28 @@ def architecture(config: SimulationConfig, setup: Setup) -> dict[str, Any]:
     ``fedstream serve --app`` then names) with the shape and dtype of one input row, when
     the server has seen one."""
     dataset = setup.dataset
-    if config.app is not None or dataset.num_features == 0:
+    seed = config.execution.seed
+    if config.model.app is not None or dataset.num_features == 0:
         example = dataset.x_heldout
         if not len(example) and setup.transport is not None:
             example = dataset.clients[next(iter(dataset.clients))].x_train
         shape = list(example.shape[1:]) if len(example) else None
         dtype = str(example.dtype) if len(example) else "float32"
         return {
-            "app": config.app,
+            "app": config.model.app,
             "task": dataset.task,
-            "seed": config.seed,
+            "seed": seed,
             "input_shape": shape,
             "dtype": dtype,
         }
     return {
-        "model": config.model,
+        "model": config.model.name,
         "in_features": dataset.num_features,
         "out_features": dataset.num_outputs,
-        "hidden": list(config.hidden) if config.hidden is not None else None,
+        "hidden": list(config.model.hidden) if config.model.hidden is not None else None,
         "dtype": str(dataset.x_heldout.dtype),
         "task": dataset.task,
-        "seed": config.seed,
+        "seed": seed,
     }
 
 
@@ -298,7 +302,7 @@ def round_config(config: SimulationConfig, setup: Setup) -> RoundConfig:
     """The round settings of ``config``, with the model entries that stay on the clients
     (FedBN's BatchNorm layers) read from the model."""
     rounds = config.round_config()
-    if not config.local_batchnorm:
+    if not config.model.local_batchnorm:
         return rounds
     local = batch_norm_entries(setup.module) if is_torch(setup.module) else ()
     if not local:
@@ -318,7 +322,7 @@ def describe(setup: Setup, config: SimulationConfig) -> dict[str, Any]:
         **summary,
         "trainer": setup.trainer_name,
         "trainer_reason": setup.trainer_reason,
-        "executor": config.executor,
+        "executor": config.execution.executor,
         "workers": worker_count(config),
     }
 
@@ -335,10 +339,12 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-RESUMABLE_CHANGES = frozenset({"rounds", "threads"})
+RESUMABLE_CHANGES = frozenset({"run.rounds", "execution.threads"})
 
 
-def _resume_config(out: Path, config: SimulationConfig | None, overrides: Any) -> SimulationConfig:
+def _resume_config(
+    out: Path, config: SimulationConfig | None, overrides: Mapping[str, Any]
+) -> SimulationConfig:
     """The config a run in ``out`` started with, changed only where a resume may change it
     (more rounds, other threads); any other difference would break exactness."""
     try:
@@ -348,11 +354,14 @@ def _resume_config(out: Path, config: SimulationConfig | None, overrides: Any) -
             "resume", str(out), "a run folder with config.json (written when a run starts)"
         ) from None
     wanted = (config or started).with_changes(**overrides) if overrides else (config or started)
-    for key, value in wanted.to_dict().items():
-        if key not in RESUMABLE_CHANGES and started.to_dict()[key] != value:
-            raise ConfigError(
-                key, value, f"{started.to_dict()[key]!r}, the value the resumed run started with"
-            )
+    before = started.to_dict()
+    for section, values in wanted.to_dict().items():
+        for name, value in values.items():
+            key = f"{section}.{name}"
+            if key not in RESUMABLE_CHANGES and before[section].get(name) != value:
+                raise ConfigError(
+                    key, value, f"{before[section].get(name)!r}, the value the run started with"
+                )
     return wanted
 
 
@@ -367,17 +376,18 @@ def simulate(
     keep_checkpoints: int = 3,
     transport_factory: Callable[[Setup], Transport] | None = None,
     publish_to: PublishTarget | None = None,
-    **overrides: Any,
+    **overrides: Mapping[str, Any],
 ) -> SimulationResult:
     """Run a simulated federated training and return its result.
 
-    ``app`` is the user's own model, data and training (``fedstream.App``), or its import
-    path ``"package.module:attribute"``; without one the built-in data set and model of
-    ``config`` train. An app object must be passed again to resume its run.
+    ``config`` defaults to ``SimulationConfig()``; keyword ``overrides`` change settings
+    section by section (``simulate(strategy={"name": "fedprox", "mu": 0.1},
+    run={"rounds": 5})``, as a TOML file's tables would). ``app`` is the user's own model,
+    data and training (``fedstream.App``), or its import path ``"package.module:attribute"``;
+    without one the built-in data set and model of ``config`` train. An app object must be
+    passed again to resume its run.
 
-    ``config`` defaults to ``SimulationConfig()``; keyword ``overrides`` change single
-    settings (``simulate(rounds=5, strategy="fedprox", mu=0.1)``). ``progress`` shows a live
-    progress bar and a final table on the terminal.
+    ``progress`` shows a live progress bar and a final table on the terminal.
 
     With ``output_dir`` the run is persistent: ``config.json`` at the start, a checkpoint of
     the server state after every round (the newest ``keep_checkpoints``) under
@@ -396,7 +406,7 @@ def simulate(
     goes on.
     """
     if isinstance(app, str):
-        overrides = {**overrides, "app": app}
+        overrides = merge(overrides, {"model": {"app": app}})
     app_object = app if isinstance(app, App) else None
     out = Path(output_dir) if output_dir is not None else None
     if resume:
@@ -413,7 +423,7 @@ def simulate(
     runs = RunStore(store or out.parent / "store.sqlite") if out is not None else None
     run_id = out.name if out is not None else ""
     reports: list[RoundReport] = []
-    with torch_threads(config.threads):
+    with torch_threads(config.execution.threads):
         setup = build(config, app_object, server_only=transport_factory is not None)
         state = setup.initial
         if out is not None and runs is not None:
@@ -435,14 +445,14 @@ def simulate(
             if folder is not None:
                 devices.restore_client_states(load_client_states(folder))
         try:
-            with RoundProgress(config.rounds, enabled=progress, done=state.round) as bar:
+            with RoundProgress(config.run.rounds, enabled=progress, done=state.round) as bar:
                 for new_state, report in run_rounds(
                     state,
                     config.build_strategy(),
                     transport,
                     client_ids,
                     round_config(config, setup),
-                    config.rounds,
+                    config.run.rounds,
                     setup.central_evaluate,
                     config.task_policy(),
                 ):
@@ -497,7 +507,7 @@ def simulate(
 
 def how(setup: Setup, config: SimulationConfig) -> tuple[str, str, str]:
     """The trainer (and why), the executor and the data, as the summary shows them."""
-    executor = config.executor
+    executor = config.execution.executor
     if executor != "inprocess":
         executor += f" × {worker_count(config)}"
     return f"{setup.trainer_name} ({setup.trainer_reason})", executor, setup.dataset.name

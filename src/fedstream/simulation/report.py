@@ -166,8 +166,8 @@ def plot_curves(result: SimulationResult, path: Path) -> None:
         traffic.legend()
     config = result.config
     setting = (
-        f"{config.num_clients} clients, {config.split} partition, {config.model}"
-        if config.app is None and result.data in ("", config.dataset)
+        f"{config.data.num_clients} clients, {config.data.split} partition, {config.model.name}"
+        if config.model.app is None and result.data in ("", config.data.dataset)
         else f"{len(result.reports[-1].sampled) if result.reports else 0} clients a round"
     )
     figure.suptitle(f"{result.description}: {setting}")

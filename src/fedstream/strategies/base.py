@@ -8,8 +8,8 @@ strategy can be called out of order, shared between runs, and saved with a check
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import ClassVar, Protocol, runtime_checkable
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from fedstream.params import Params
 from fedstream.types import FitConfig, PayloadKind, ServerState, WeightedSum
@@ -66,6 +66,12 @@ class Strategy(Protocol):
         """The layout of every update, given the shared part of the model: that part, and
         any further sums the strategy asks for (SCAFFOLD's Δc), as ``@<name>/`` entries."""
         ...
+
+
+def hyperparameter(default: float, help: str) -> Any:
+    """A strategy's hyperparameter: a dataclass field with its help text, which the run
+    configuration reads (its ``[strategy]`` keys and flags come from these fields)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)

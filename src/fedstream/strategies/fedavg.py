@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from fedstream import checks
 from fedstream.params import Params
-from fedstream.strategies.base import SumStrategy
+from fedstream.strategies.base import SumStrategy, hyperparameter
 from fedstream.types import PayloadKind, ServerState, WeightedSum
 
 
@@ -27,7 +27,7 @@ class FedAvg(SumStrategy):
     ``weight · (w_local − w_global)``; the server adds the example-weighted mean delta."""
 
     name: ClassVar[str] = "fedavg"
-    server_lr: float = 1.0
+    server_lr: float = hyperparameter(1.0, "server learning rate η on the mean delta")
 
     def __post_init__(self) -> None:
         checks.positive("server_lr", self.server_lr)
@@ -42,7 +42,7 @@ class FedProx(FedAvg):
     step is FedAvg's."""
 
     name: ClassVar[str] = "fedprox"
-    mu: float = 0.01
+    mu: float = hyperparameter(0.01, "proximal coefficient μ of the client objective")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,7 +60,7 @@ class FedSGD(SumStrategy):
 
     name: ClassVar[str] = "fedsgd"
     payload: ClassVar[PayloadKind] = "gradient"
-    server_lr: float = 0.1
+    server_lr: float = hyperparameter(0.1, "server learning rate η on the mean gradient")
 
     def __post_init__(self) -> None:
         checks.positive("server_lr", self.server_lr)

@@ -23,7 +23,7 @@ import numpy as np
 
 from fedstream import checks
 from fedstream.params import Params
-from fedstream.strategies.base import SumStrategy
+from fedstream.strategies.base import SumStrategy, hyperparameter
 from fedstream.types import ServerState, WeightedSum
 
 AdaptiveVariant = Literal["adagrad", "adam", "yogi"]
@@ -68,8 +68,8 @@ class FedAvgM(SumStrategy):
     η/(1 − β) near 1, hence the default η = 0.1 with β = 0.9."""
 
     name: ClassVar[str] = "fedavgm"
-    server_lr: float = 0.1
-    momentum: float = 0.9
+    server_lr: float = hyperparameter(0.1, "server learning rate η")
+    momentum: float = hyperparameter(0.9, "server momentum β")
 
     def __post_init__(self) -> None:
         checks.positive("server_lr", self.server_lr)
@@ -89,10 +89,10 @@ class FedAvgM(SumStrategy):
 @dataclass(frozen=True)
 class _Adaptive(SumStrategy):
     variant: ClassVar[AdaptiveVariant]
-    server_lr: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    tau: float = 1e-3
+    server_lr: float = hyperparameter(0.01, "server learning rate η")
+    beta1: float = hyperparameter(0.9, "first-moment decay β1")
+    beta2: float = hyperparameter(0.99, "second-moment decay β2 (Adam, Yogi)")
+    tau: float = hyperparameter(1e-3, "adaptivity τ (v starts at τ²)")
 
     def __post_init__(self) -> None:
         checks.positive("server_lr", self.server_lr)

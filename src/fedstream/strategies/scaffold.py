@@ -22,7 +22,7 @@ from fedstream import checks
 from fedstream.client.algorithms import CONTROL, join_extras, split_extras
 from fedstream.errors import RoundFailedError
 from fedstream.params import Params
-from fedstream.strategies.base import SumStrategy
+from fedstream.strategies.base import SumStrategy, hyperparameter
 from fedstream.strategies.fedavg import apply_mean_delta
 from fedstream.types import FitConfig, ServerState, WeightedSum
 
@@ -32,7 +32,7 @@ class Scaffold(SumStrategy):
     """SCAFFOLD with server learning rate ``server_lr`` (η_g; 1 is the paper's default)."""
 
     name: ClassVar[str] = "scaffold"
-    server_lr: float = 1.0
+    server_lr: float = hyperparameter(1.0, "server learning rate η_g on the mean delta")
 
     def __post_init__(self) -> None:
         checks.positive("server_lr", self.server_lr)

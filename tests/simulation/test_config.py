@@ -1,0 +1,88 @@
+"""The run configuration, by concern: sections, TOML, flags, and what an old or mistyped
+key is told."""
+
+import pytest
+
+from fedstream import ConfigError
+from fedstream.simulation import SimulationConfig, from_mapping, load_toml
+from fedstream.simulation.config import keys, project_settings
+from tests.settings import make_config
+
+
+def test_a_toml_file_has_a_table_per_concern_and_values_are_coerced(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        '[strategy]\nname = "fedprox"\nmu = 0.01\n\n[run]\nrounds = 3\n'
+        "clients_per_round = 0.1\n\n[model]\nhidden = [32]\n"
+    )
+    config = from_mapping(load_toml(path))
+    assert config.strategy.name == "fedprox" and config.strategy.hyperparameters == {"mu": 0.01}
+    assert config.build_strategy().mu == 0.01
+    assert config.model.hidden == (32,) and isinstance(config.run.clients_per_round, float)
+    coerced = from_mapping({"run": {"clients_per_round": "20"}, "model": {"hidden": "16,8"}})
+    assert coerced.run.clients_per_round == 20 and coerced.model.hidden == (16, 8)
+    assert from_mapping({"strategy": {"server_lr": "none"}}).strategy.hyperparameters == {}
+    (tmp_path / "bad.toml").write_text("[run]\nrounds = [\n")
+    with pytest.raises(ConfigError, match="valid TOML"):
+        load_toml(tmp_path / "bad.toml")
+    with pytest.raises(ConfigError, match="an existing TOML file"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_an_old_flat_file_is_told_the_key_to_write_instead(tmp_path):
+    path = tmp_path / "old.toml"
+    path.write_text('strategy = "fedprox"\nmu = 0.01\n')
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.strategy='fedprox' is invalid: expected the key 'strategy\.name' now .* "
+        r"under \[strategy\] as name = 'fedprox', as a flag --strategy\.name",
+    ):
+        from_mapping(load_toml(path))
+    with pytest.raises(ConfigError, match=r"dp_noise=1\.5 is invalid: .* 'privacy\.noise'"):
+        from_mapping({"dp_noise": 1.5})
+    with pytest.raises(ConfigError, match=r"client\.dp_noise=1\.5 .* \(it is 'privacy\.noise'\)"):
+        from_mapping({"client": {"dp_noise": 1.5}})
+
+
+def test_a_mistyped_key_gets_a_did_you_mean():
+    with pytest.raises(ConfigError, match=r"client\.lrr=0\.1 .* \(did you mean 'lr'\?\)"):
+        from_mapping({"client": {"lrr": 0.1}})
+    with pytest.raises(ConfigError, match=r"strategy\.muu=0\.1 .* \(did you mean 'mu'\?\)"):
+        from_mapping({"strategy": {"name": "fedprox", "muu": 0.1}})
+    with pytest.raises(ConfigError, match=r"privcy=\{\} is invalid: .* \(did you mean 'privacy'"):
+        from_mapping({"privcy": {}})
+
+
+def test_a_strategy_declares_its_own_hyperparameters_with_their_help():
+    every = keys()
+    assert "strategy.mu" in every and "proximal coefficient" in every["strategy.mu"]
+    assert "(fedprox)" in every["strategy.mu"]
+    assert "(fedavgm)" in every["strategy.momentum"]
+    with pytest.raises(ConfigError, match=r"strategy\.momentum=0\.5 .* of fedadam: \['beta1',"):
+        from_mapping({"strategy": {"name": "fedadam", "momentum": 0.5}})
+
+
+def test_the_config_round_trips_through_its_dict_and_changes_by_section():
+    config = make_config(strategy="fedadam", tau=1e-3, hidden=(16,), clients_per_round=0.25)
+    assert from_mapping(config.to_dict()) == config
+    changed = config.with_changes(client={"lr": 0.1}, strategy={"beta1": 0.5})
+    assert changed.client.lr == 0.1 and changed.strategy.hyperparameters == {
+        "tau": 1e-3, "beta1": 0.5,
+    }  # fmt: skip
+    assert changed.client.local_epochs == config.client.local_epochs
+    assert SimulationConfig() == from_mapping({})
+
+
+def test_a_settings_own_check_is_reported_under_its_key():
+    with pytest.raises(ConfigError, match=r"secure\.neighbours=25 is invalid: expected at most"):
+        from_mapping({"secure": {"scheme": "secagg+", "neighbours": 25}})
+    with pytest.raises(ConfigError, match=r"privacy\.clip=0\.0 is invalid"):
+        from_mapping({"privacy": {"level": "client", "clip": 0.0}})
+
+
+def test_a_projects_pyproject_holds_its_settings_under_tool_fedstream(tmp_path):
+    assert project_settings(tmp_path) == {}
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\n\n[tool.fedstream.run]\nrounds = 4\n'
+    )
+    assert from_mapping(project_settings(tmp_path)).run.rounds == 4
