@@ -17,7 +17,7 @@ from torch import nn
 
 import fedstream
 from fedstream import App, ConfigError
-from fedstream.serving.app import load_model
+from fedstream.serving.registry import load_model
 from fedstream.store import RunStore
 from tests.apps.tiny import SmallCNN, by_function, digits, heldout, sites
 from tests.apps.tiny import app as tiny

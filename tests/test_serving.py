@@ -14,7 +14,7 @@ import pytest
 
 from fedstream import Params, simulate
 from fedstream.serving import load_model
-from fedstream.serving.app import _forward
+from fedstream.serving.batcher import _forward
 from fedstream.store import RunStore
 from tests.settings import nested
 
@@ -190,7 +190,7 @@ def test_run_with_serve_serves_each_new_round_while_training(tmp_path):
 
 
 def test_a_training_process_publishes_to_a_serving_process_elsewhere(tmp_path):
-    from fedstream.serving.app import PublishTarget, publish
+    from fedstream.serving.publish import PublishTarget, publish
 
     token_file = tmp_path / "publish.token"
     token_file.write_text("s3cret\n")
@@ -247,7 +247,7 @@ def test_a_training_process_publishes_to_a_serving_process_elsewhere(tmp_path):
 
 
 def test_models_are_pushed_over_tls_and_only_to_a_certificate_the_pusher_trusts(tmp_path):
-    from fedstream.serving.app import PublishTarget, publish
+    from fedstream.serving.publish import PublishTarget, publish
     from tests.conftest import make_certificates
 
     ca, cert, key, _, _ = make_certificates(tmp_path)
@@ -294,7 +294,7 @@ def test_models_are_pushed_over_tls_and_only_to_a_certificate_the_pusher_trusts(
 
 def test_bad_publish_and_tls_settings_are_named():
     from fedstream.errors import ConfigError
-    from fedstream.serving.app import PublishTarget
+    from fedstream.serving.publish import PublishTarget
 
     with pytest.raises(ConfigError, match="publish_to='ftp://x' is invalid: expected an http"):
         PublishTarget("ftp://x", "t")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from fedstream.serving.app import PublishTarget
+    from fedstream.serving.publish import PublishTarget
 
 from fedstream.app import App
 from fedstream.client.base import Trainer

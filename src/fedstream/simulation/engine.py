@@ -44,7 +44,7 @@ from fedstream.transport.sharded import worker_of
 from fedstream.types import RoundReport, ServerState
 
 if TYPE_CHECKING:  # serving imports FastAPI, which a simulation without it need not load
-    from fedstream.serving.app import PublishTarget
+    from fedstream.serving.publish import PublishTarget
 
 log = logging.getLogger("fedstream.simulation")
 
@@ -516,7 +516,7 @@ def how(setup: Setup, config: SimulationConfig) -> tuple[str, str, str]:
 def _publish(
     target: PublishTarget, report: RoundReport, arch: dict[str, Any], state: ServerState
 ) -> None:
-    from fedstream.serving.app import publish
+    from fedstream.serving.publish import publish
 
     try:
         publish(target, report.round, arch, report.metrics, state.params.to_bytes())

@@ -1,0 +1,13 @@
+"""The ``fedstream`` command line, a module per command:
+
+- ``run`` (``cli/run.py``): a simulated run;
+- ``server``, ``client``, ``tokens`` (``cli/deploy.py``): a deployment over gRPC;
+- ``serve`` (``cli/serve.py``): real-time inference;
+- ``data describe`` (``cli/data.py``) and ``runs list/show`` (``cli/runs.py``);
+- ``cli/options.py``: the setting flags and config loading they share.
+"""
+
+from fedstream.cli import data, deploy, run, runs, serve  # noqa: F401 (they register)
+from fedstream.cli.root import main
+
+__all__ = ["main"]

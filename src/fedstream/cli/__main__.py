@@ -1,0 +1,5 @@
+"""``python -m fedstream.cli``."""
+
+from fedstream.cli import main
+
+main()

@@ -1,0 +1,268 @@
+"""``fedstream server``, ``client`` and ``tokens``: a deployment over gRPC."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from fedstream.cli.options import (
+    CONFIG_OPTION,
+    fail,
+    load_config,
+    publish_options,
+    publish_target,
+    read_file,
+    setting_options,
+)
+from fedstream.cli.root import main
+from fedstream.errors import ConfigError, FedstreamError
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option(
+    "--tokens",
+    "tokens_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="JSON file of client id → token; unknown clients are refused.",
+)
+@click.option(
+    "--listen",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="host:port to listen on (port 0 picks a free one and prints it).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Server certificate chain (PEM).",
+)
+@click.option(
+    "--tls-key", type=click.Path(path_type=Path), default=None, help="Server private key (PEM)."
+)
+@click.option(
+    "--client-ca",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CA for client certificates: turns on mutual TLS.",
+)
+@click.option(
+    "--insecure", is_flag=True, help="Serve without TLS (tests, or a network you trust entirely)."
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run folder [default: runs/<time>-<dataset>-<strategy>].",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Continue the run in this folder from its newest checkpoint.",
+)
+@click.option(
+    "--store",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SQLite run store [default: store.sqlite beside the run folder].",
+)
+@click.option(
+    "--round-timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds a round waits for answers before recording the silent as dropped.",
+)
+@click.option(
+    "--wait-for",
+    type=int,
+    default=None,
+    help="Clients to wait for before round 1 [default: all configured].",
+)
+@click.option(
+    "--wait-timeout", type=float, default=300.0, show_default=True, help="Seconds to wait for them."
+)
+@click.option("--quiet", is_flag=True, help="No progress bar or table.")
+@publish_options
+@setting_options
+def server(
+    config_path: Path | None,
+    tokens_path: Path,
+    listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    client_ca: Path | None,
+    insecure: bool,
+    output: Path | None,
+    resume_dir: Path | None,
+    store: Path | None,
+    round_timeout: float,
+    wait_for: int | None,
+    wait_timeout: float,
+    quiet: bool,
+    publish_to: str | None,
+    publish_token_file: Path | None,
+    publish_ca: Path | None,
+    **flags: str | None,
+) -> None:
+    """Serve a federated run to clients that connect over gRPC (TLS unless --insecure)."""
+    from fedstream.deploy import load_tokens, serve
+    from fedstream.transport.grpc.server import ServerCredentials
+
+    try:
+        tokens = load_tokens(tokens_path)
+        credentials = None
+        if not insecure:
+            if tls_cert is None or tls_key is None:
+                raise ConfigError(
+                    "--tls-cert",
+                    None,
+                    "a certificate and --tls-key (or --insecure to serve "
+                    "without TLS); docs/deployment.md shows how to make them",
+                )
+            credentials = ServerCredentials(
+                read_file(tls_cert, "--tls-cert") or b"",
+                read_file(tls_key, "--tls-key") or b"",
+                read_file(client_ca, "--client-ca"),
+            )
+        if resume_dir is not None:
+            config, folder = None, resume_dir
+        else:
+            config = load_config(config_path, None, flags)
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            folder = output or Path("runs") / f"{stamp}-{config.run_name}"
+
+        def listening(port: int) -> None:
+            click.echo(f"fedstream server listening on port {port}, run {folder.name}", err=True)
+
+        serve(
+            config,
+            tokens,
+            listen=listen,
+            credentials=credentials,
+            output_dir=folder,
+            resume=resume_dir is not None,
+            store=store,
+            round_timeout_s=round_timeout,
+            wait_for=wait_for,
+            wait_timeout_s=wait_timeout,
+            progress=not quiet,
+            on_listening=listening,
+            publish_to=publish_target(publish_to, publish_token_file, publish_ca),
+        )
+    except FedstreamError as exc:
+        fail(exc)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--server", "address", required=True, help="The server's host:port.")
+@click.option("--id", "client_id", required=True, help="This client's id.")
+@click.option("--token", default=None, help="This client's token.")
+@click.option(
+    "--token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Read the token from this file (or the id's entry of a tokens JSON).",
+)
+@click.option(
+    "--ca-cert",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CA that signed the server's certificate (PEM).",
+)
+@click.option(
+    "--cert",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="This client's certificate, for mutual TLS.",
+)
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="This client's private key, for mutual TLS.",
+)
+@click.option("--insecure", is_flag=True, help="Connect without TLS.")
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Keep this client's state between rounds (error feedback, control variates, "
+    "local layers) in this folder, so it survives a restart [default: fedstream-state/ID].",
+)
+@setting_options
+def client(
+    config_path: Path | None,
+    address: str,
+    client_id: str,
+    token: str | None,
+    token_file: Path | None,
+    ca_cert: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    insecure: bool,
+    state_dir: Path | None,
+    **flags: str | None,
+) -> None:
+    """Join a federated run as one client; reconnects until the server ends the run."""
+    from fedstream.deploy import join, load_tokens
+    from fedstream.transport.grpc.client import ClientCredentials
+
+    try:
+        if token is None and token_file is not None:
+            text = (read_file(token_file, "--token-file") or b"").decode().strip()
+            token = load_tokens(token_file).get(client_id) if text.startswith("{") else text
+        if not token:
+            raise ConfigError("--token", token, "a token (or --token-file)")
+        credentials = (
+            None
+            if insecure
+            else ClientCredentials(
+                read_file(ca_cert, "--ca-cert"), read_file(cert, "--cert"), read_file(key, "--key")
+            )
+        )
+        config = load_config(config_path, None, flags)
+        stats = join(
+            address,
+            client_id,
+            token,
+            config,
+            credentials=credentials,
+            state_dir=state_dir or Path("fedstream-state") / client_id,
+        )
+    except FedstreamError as exc:
+        fail(exc)
+    click.echo(f"client {client_id}: {stats.tasks} tasks over {stats.connections} connection(s)")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Where to write the JSON of client id → token.",
+)
+@setting_options
+def tokens(config_path: Path | None, out: Path, **flags: str | None) -> None:
+    """Make a random token for every client of a run config."""
+    from fedstream.deploy import make_tokens
+    from fedstream.simulation.engine import build_dataset, resolve_app
+
+    try:
+        config = load_config(config_path, None, flags)
+        app = resolve_app(config, None)
+        made = make_tokens(app.ids() if app is not None else sorted(build_dataset(config).clients))
+    except FedstreamError as exc:
+        fail(exc)
+    out.write_text(json.dumps(made, indent=1))
+    out.chmod(0o600)
+    click.echo(f"{len(made)} tokens written to {out} (keep it secret)")

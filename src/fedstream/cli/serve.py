@@ -1,0 +1,108 @@
+"""``fedstream serve``: the newest model of a run over HTTP(S)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fedstream.cli.options import fail, read_file
+from fedstream.cli.root import main
+from fedstream.errors import ConfigError
+
+
+@main.command()
+@click.option(
+    "--store",
+    type=click.Path(path_type=Path),
+    default=Path("runs") / "store.sqlite",
+    show_default=True,
+    help="SQLite run store holding the model registry.",
+)
+@click.option("--run", "run_id", required=True, help="The run whose models to serve.")
+@click.option(
+    "--version",
+    type=int,
+    default=None,
+    help="Serve this version only [default: follow the newest].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-batch", type=int, default=64, show_default=True, help="Rows per micro-batch.")
+@click.option(
+    "--max-wait-ms",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="How long a request waits for others to batch with.",
+)
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="Torch threads.")
+@click.option(
+    "--publish-token-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Accept models pushed by a training server holding this token.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Serve HTTPS with this certificate (PEM); needs --tls-key.",
+)
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="Its key (PEM).")
+@click.option(
+    "--app",
+    default=None,
+    metavar="MODULE:ATTR",
+    help="The app whose model the run trained, for a run started from a Python object.",
+)
+def serve(
+    store: Path,
+    run_id: str,
+    version: int | None,
+    host: str,
+    port: int,
+    max_batch: int,
+    max_wait_ms: float,
+    max_body_bytes: int,
+    threads: int,
+    publish_token_file: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    app: str | None,
+) -> None:
+    """Serve a run's global model over HTTP(S), following new versions as training goes on."""
+    import uvicorn
+
+    from fedstream.serving import Server, create_app
+
+    try:
+        if (tls_cert is None) != (tls_key is None):
+            given, missing = ("--tls-cert", "--tls-key") if tls_key is None else (
+                "--tls-key", "--tls-cert")  # fmt: skip
+            raise ConfigError(missing, None, f"a file beside {given}: HTTPS needs both")
+        read_file(tls_cert, "--tls-cert")
+        read_file(tls_key, "--tls-key")
+    except ConfigError as exc:
+        fail(exc)
+    token = None
+    if publish_token_file is not None:
+        token = (read_file(publish_token_file, "--publish-token-file") or b"").decode().strip()
+    elif not store.exists():
+        fail(ConfigError("--store", str(store), "an existing run store"))
+    server = Server(
+        store, run_id, version=version, follow=version is None, max_batch=max_batch,
+        max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, threads=threads,
+        publish_token=token or None, app=app,
+    )  # fmt: skip
+    try:
+        server.store.model(run_id, version)
+    except KeyError as exc:
+        if version is not None:
+            fail(ConfigError("--version", version, str(exc.args[0])))
+    uvicorn.run(
+        create_app(server), host=host, port=port, log_level="warning",
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+    )  # fmt: skip
