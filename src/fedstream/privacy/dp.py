@@ -18,7 +18,10 @@ Three guarantees, each with its own ledger in ``ServerState.accountant``:
   in every round.
 
 The mean the inner strategy sees is the noisy sum over the number of clients aggregated,
-which the server knows (it is public in the usual DP-FedAvg threat model).
+which the server knows (it is public in the usual DP-FedAvg threat model). An inner
+strategy that reads each update (a robust rule) composes with ``local`` and ``sample``,
+whose noise is added on the clients (any aggregation of their releases is
+post-processing), and is refused with ``client``.
 """
 
 from __future__ import annotations
@@ -32,16 +35,14 @@ import numpy as np
 
 from fedstream import checks
 from fedstream.errors import ConfigError, PrivacyBudgetExceeded
-from fedstream.params import Params
 from fedstream.privacy.accountant import AccountantMethod, PrivacyLedger
 from fedstream.privacy.clipping import clip_l2
 from fedstream.privacy.mechanisms import NoiseSource, SecureGenerator, add_gaussian
-from fedstream.strategies.base import Strategy
+from fedstream.strategies.base import StrategyWrapper
 from fedstream.types import (
     ClientPrivacy,
     ClientUpdate,
     FitConfig,
-    PayloadKind,
     SampleDP,
     ServerState,
     WeightedSum,
@@ -93,7 +94,7 @@ def next_clip(clip: float, unclipped_fraction: float, target_quantile: float, lr
 
 
 @dataclass(frozen=True)
-class DifferentialPrivacy:
+class DifferentialPrivacy(StrategyWrapper):
     """A strategy with differential privacy at ``level`` (module docstring).
 
     ``noise_multiplier`` is z; ``clip`` is C, the update bound (its start value under
@@ -106,7 +107,6 @@ class DifferentialPrivacy:
     tighter and slower ``"pld"``.
     """
 
-    inner: Strategy
     level: DPLevel = "client"
     noise_multiplier: float = 1.0
     clip: float = 1.0
@@ -174,33 +174,10 @@ class DifferentialPrivacy:
             "dp_clipped_count_stddev", None, "a number > 0 when dp_adaptive_clip is on"
         )
 
-    # the Strategy protocol, delegated to the inner strategy where DP changes nothing
+    # the Strategy protocol where DP changes it (the rest is the inner strategy's)
     @property
     def name(self) -> str:
         return f"dp-{self.level}-{self.inner.name}"
-
-    @property
-    def payload(self) -> PayloadKind:
-        return self.inner.payload
-
-    @property
-    def needs_individual_updates(self) -> bool:
-        """Only with noise added on the clients (local DP, DP-SGD), where any aggregation
-        of their releases is post-processing."""
-        return self.inner.needs_individual_updates
-
-    @property
-    def proximal_mu(self) -> float:
-        return self.inner.proximal_mu
-
-    def init_optimizer(self, params: Params) -> Mapping[str, Params]:
-        return self.inner.init_optimizer(params)
-
-    def broadcast(self, state: ServerState) -> Params:
-        return self.inner.broadcast(state)
-
-    def payload_like(self, shared: Params) -> Params:
-        return self.inner.payload_like(shared)
 
     def release(self) -> tuple[float, float, int]:
         """One round's entry in the ledger: (noise multiplier, sampling rate, steps)."""

@@ -68,6 +68,42 @@ class Strategy(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class StrategyWrapper:
+    """A strategy around ``inner`` (differential privacy, a robust rule): each part it does
+    not change is ``inner``'s. Subclasses give ``name`` and ``server_update`` and override
+    what they change."""
+
+    inner: Strategy
+
+    @property
+    def payload(self) -> PayloadKind:
+        return self.inner.payload
+
+    @property
+    def needs_individual_updates(self) -> bool:
+        return self.inner.needs_individual_updates
+
+    @property
+    def proximal_mu(self) -> float:
+        return self.inner.proximal_mu
+
+    def configure_fit(self, state: ServerState, fit: FitConfig) -> FitConfig:
+        return self.inner.configure_fit(state, fit)
+
+    def round_metrics(self, state: ServerState) -> Mapping[str, float]:
+        return self.inner.round_metrics(state)
+
+    def init_optimizer(self, params: Params) -> Mapping[str, Params]:
+        return self.inner.init_optimizer(params)
+
+    def broadcast(self, state: ServerState) -> Params:
+        return self.inner.broadcast(state)
+
+    def payload_like(self, shared: Params) -> Params:
+        return self.inner.payload_like(shared)
+
+
 def hyperparameter(default: float, help: str) -> Any:
     """A strategy's hyperparameter: a dataclass field with its help text, which the run
     configuration reads (its ``[strategy]`` keys and flags come from these fields)."""

@@ -11,7 +11,6 @@ configuration time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -22,18 +21,16 @@ from fedstream import checks
 from fedstream.aggregation.robust import ROBUST_RULES, coordinate_median, trimmed_mean
 from fedstream.aggregation.updates import UpdateMatrix
 from fedstream.errors import RoundFailedError
-from fedstream.params import Params
-from fedstream.strategies.base import Strategy
-from fedstream.types import FitConfig, PayloadKind, ServerState, WeightedSum
+from fedstream.strategies.base import StrategyWrapper
+from fedstream.types import ServerState, WeightedSum
 
 
 @dataclass(frozen=True)
-class Robust:
+class Robust(StrategyWrapper):
     """``inner`` with its mean delta replaced by ``rule`` over the round's updates:
     ``"median"`` (coordinate-wise) or ``"trimmed_mean"`` (dropping ``trim_fraction`` of the
     values at each end of every coordinate)."""
 
-    inner: Strategy
     rule: str = "median"
     trim_fraction: float = 0.1
     needs_individual_updates: ClassVar[bool] = True
@@ -47,29 +44,6 @@ class Robust:
     @property
     def name(self) -> str:
         return f"{self.inner.name}+{self.rule}"
-
-    @property
-    def payload(self) -> PayloadKind:
-        return self.inner.payload
-
-    @property
-    def proximal_mu(self) -> float:
-        return self.inner.proximal_mu
-
-    def configure_fit(self, state: ServerState, fit: FitConfig) -> FitConfig:
-        return self.inner.configure_fit(state, fit)
-
-    def round_metrics(self, state: ServerState) -> Mapping[str, float]:
-        return self.inner.round_metrics(state)
-
-    def init_optimizer(self, params: Params) -> Mapping[str, Params]:
-        return self.inner.init_optimizer(params)
-
-    def broadcast(self, state: ServerState) -> Params:
-        return self.inner.broadcast(state)
-
-    def payload_like(self, shared: Params) -> Params:
-        return self.inner.payload_like(shared)
 
     def robust_delta(self, updates: UpdateMatrix) -> npt.NDArray[np.float64]:
         """The rule applied to the round's updates: one flat float64 vector."""

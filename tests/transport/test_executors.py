@@ -27,7 +27,7 @@ from fedstream.transport.sharded import worker_of
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 from tests.settings import make_config, nested
 
-HERE = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = make_config(
     num_clients=12,
     rounds=3,
@@ -196,10 +196,10 @@ def in_private_network(namespace: str, body: str) -> None:
     """Run this module's function ``body`` in a fresh Python inside ``namespace``: Ray's
     daemons listen on every interface, so its tests start it where only loopback
     exists. PYTHONPATH lets Ray's workers import this module's recipes too."""
-    path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     done = subprocess.run(
         ["ip", "netns", "exec", namespace, sys.executable, "-c",
-         f"import test_executors; test_executors.{body}()"],
+         f"from tests.transport import test_executors; test_executors.{body}()"],
         env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
         text=True,
@@ -216,6 +216,17 @@ def ray_run_matches_in_process() -> None:
     alone = fedstream.simulate(SMALL)
     on_ray = fedstream.simulate(SMALL, **nested(executor="ray", workers=2))
     same_run(alone, on_ray)
+    # each actor's clients' states are checkpointed and put back in the actors on resume
+    import tempfile
+
+    compressed = SMALL.with_changes(**nested(compression="topk:0.2", rounds=4))
+    straight = fedstream.simulate(compressed)
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "run"
+        on_actors = compressed.with_changes(**nested(executor="ray", workers=2, rounds=2))
+        fedstream.simulate(on_actors, output_dir=out)
+        resumed = fedstream.simulate(output_dir=out, resume=True, run={"rounds": 4})
+    assert resumed.state.params.bit_equal(straight.state.params)
 
 
 def test_a_ray_actor_that_dies_fails_only_its_clients_and_is_replaced(loopback_only: str):
