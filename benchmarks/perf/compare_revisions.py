@@ -110,7 +110,9 @@ def main() -> None:
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)],
                 check=False, capture_output=True,
             )  # fmt: skip
-    print(f"\n{'workload':<10}{'same params':>13}{'before upd/s':>14}{'after upd/s':>13}{'ratio':>8}")
+    print(
+        f"\n{'workload':<10}{'same params':>13}{'before upd/s':>14}{'after upd/s':>13}{'ratio':>8}"
+    )
     for row in rows:
         print(
             f"{row['workload']:<10}{row['same_params']!s:>13}{row['before_updates_per_s']:>14.0f}"
