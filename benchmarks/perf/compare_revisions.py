@@ -41,7 +41,8 @@ result = fedstream.simulate(config({workload!r}))
 digest = hashlib.sha256()
 for name, array in result.state.params.items():
     digest.update(name.encode()); digest.update(np.ascontiguousarray(array).tobytes())
-print(json.dumps({{"sha256": digest.hexdigest(), "accuracy": result.final_metrics["central_accuracy"]}}))
+accuracy = result.final_metrics["central_accuracy"]
+print(json.dumps({{"sha256": digest.hexdigest(), "accuracy": accuracy}}))
 """
 
 
