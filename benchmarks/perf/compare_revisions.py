@@ -9,8 +9,15 @@ The earlier revision is checked out into a temporary git worktree and imported f
 
 - ``sha256``: of the final parameters of ``simulate(config(workload))`` (the same seed must
   end at the same parameters: a refactor may not change a number);
-- ``updates_per_s``: the median over ``--repeats`` of ``run.py --one fedstream-vectorized``
-  (the rounds alone, after set-up), the two revisions alternating run by run.
+- ``updates_per_s``: client updates per CPU second of the rounds alone (after set-up, the
+  vectorised trainer, one torch thread), each process timing ``--passes`` passes over the
+  rounds and keeping its fastest; the median over ``--repeats`` processes, the two
+  revisions alternating. CPU time, not wall time: on these shared machines a pass is
+  often descheduled for longer than the whole difference being measured.
+
+- with ``--instructions``: also the machine instructions the rounds take (one pass after
+  a warm one, counted by valgrind's callgrind, switched on only around the rounds), which
+  do not depend on what else the machine is doing: the figure to trust for a few percent.
 
 Prints one JSON line per run and per median, then a table with the ratio after / before.
 """
@@ -63,16 +70,99 @@ def fingerprint(tree: Path, workload: str) -> dict[str, Any]:
     return run_python(tree, ["-c", code])
 
 
-def timed(tree: Path, workload: str) -> float:
-    script = str(tree / "benchmarks" / "perf" / "run.py")
-    figures = run_python(tree, [script, "--one", "fedstream-vectorized", "--workloads", workload])
-    return float(figures["client_updates"]) / float(figures["wall_s"])
+TIMING = """
+import json, sys, time
+sys.path.insert(0, {perf!r})
+from workloads import config
+from fedstream.rounds import run_rounds
+from fedstream.simulation import build
+from fedstream.simulation.engine import torch_threads
+cfg = config({workload!r}, trainer="vectorized")
+rounds = cfg.run.rounds if hasattr(cfg, "run") else cfg.rounds
+best = float("inf")
+with torch_threads(1):
+    setup = build(cfg)
+    for _ in range({passes}):
+        started, updates = time.process_time(), 0
+        for _, report in run_rounds(
+            setup.initial, cfg.build_strategy(), setup.transport,
+            sorted(setup.dataset.clients), cfg.round_config(), rounds, setup.central_evaluate,
+        ):
+            updates += len(report.completed)
+        best = min(best, time.process_time() - started)
+print(json.dumps({{"updates_per_s": updates / best}}))
+"""
+
+
+def timed(tree: Path, workload: str, passes: int) -> float:
+    perf = str(tree / "benchmarks" / "perf")
+    code = TIMING.format(perf=perf, workload=workload, passes=passes)
+    return float(run_python(tree, ["-c", code])["updates_per_s"])
+
+
+COUNTED = """
+import sys
+sys.path.insert(0, {perf!r})
+from workloads import config
+from fedstream.rounds import run_rounds
+from fedstream.simulation import build
+from fedstream.simulation.engine import torch_threads
+cfg = config({workload!r}, trainer="vectorized")
+rounds = cfg.run.rounds if hasattr(cfg, "run") else cfg.rounds
+with torch_threads(1):
+    setup = build(cfg)
+    def once():
+        for _ in run_rounds(
+            setup.initial, cfg.build_strategy(), setup.transport,
+            sorted(setup.dataset.clients), cfg.round_config(), rounds, setup.central_evaluate,
+        ):
+            pass
+    once()
+    print("READY", flush=True)
+    sys.stdin.readline()
+    once()
+    print("DONE", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def instructions(tree: Path, workload: str) -> int:
+    """Instructions one pass of the workload's rounds takes under callgrind (valgrind):
+    counting is switched on when the process says READY and off when it says DONE."""
+    perf = str(tree / "benchmarks" / "perf")
+    code = COUNTED.format(perf=perf, workload=workload)
+    with tempfile.TemporaryDirectory() as folder:
+        process = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+             f"--callgrind-out-file={folder}/out.%p", sys.executable, "-c", code],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, env={**os.environ, "PYTHONPATH": str(tree / "src")}, cwd=tree,
+        )  # fmt: skip
+        assert process.stdin is not None and process.stdout is not None
+        for word, switch in (("READY", "on"), ("DONE", "off")):
+            for line in process.stdout:
+                if word in line:
+                    break
+            subprocess.run(["callgrind_control", "-i", switch, str(process.pid)], check=True,
+                           capture_output=True)  # fmt: skip
+            process.stdin.write("\n")
+            process.stdin.flush()
+        process.wait(timeout=1800)
+        totals = [
+            int(line.split()[1])
+            for out in Path(folder).glob("out.*")
+            for line in out.read_text().splitlines()
+            if line.startswith(("summary:", "totals:"))
+        ]
+    return max(totals)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="the earlier git revision")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--instructions", action="store_true", help="count them (valgrind)")
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -89,7 +179,7 @@ def main() -> None:
                 speeds: dict[str, list[float]] = {name: [] for name in trees}
                 for repeat in range(args.repeats):
                     for name, tree in trees.items():
-                        speed = timed(tree, workload)
+                        speed = timed(tree, workload, args.passes)
                         speeds[name].append(speed)
                         line = {"workload": workload, "revision": name, "repeat": repeat}
                         print(json.dumps(line | {"updates_per_s": speed}), flush=True)
@@ -104,6 +194,13 @@ def main() -> None:
                     "repeats": args.repeats,
                     "before": args.before,
                 }
+                if args.instructions:
+                    counts = {name: instructions(tree, workload) for name, tree in trees.items()}
+                    row |= {
+                        "before_instructions": counts["before"],
+                        "after_instructions": counts["after"],
+                        "instruction_ratio": counts["after"] / counts["before"],
+                    }
                 print(json.dumps(row), flush=True)
                 rows.append(row)
         finally:

@@ -52,7 +52,7 @@ def test_a_scaffold_task_corrects_every_gradient_and_keeps_the_new_variate():
     start = params_from_module(model)
     control = start.map(lambda a: np.full_like(a, 0.5))
     config = FitConfig(local_epochs=1, batch_size=1, lr=0.1, algorithm="scaffold")
-    started = start_fit(join_extras(start, {CONTROL: control}), FitTask("c", 1, config), {})
+    started = start_fit(start, {CONTROL: control}, FitTask("c", 1, config), {})
     assert started.start.bit_equal(start)
     update = TorchTrainer(model, "regression").fit(started.start, started.task, data)
     np.testing.assert_allclose(update.payload.flat(), [-0.25, -0.25])
@@ -71,8 +71,8 @@ def test_scaffold_needs_the_servers_variate_and_plain_sgd():
     start = params_from_module(model)
     config = FitConfig(algorithm="scaffold")
     with pytest.raises(ConfigError, match="the server's control variate @c"):
-        start_fit(start, FitTask("c", 1, config), {})
-    started = start_fit(join_extras(start, {CONTROL: start}), FitTask("c", 1, config), {})
+        start_fit(start, {}, FitTask("c", 1, config), {})
+    started = start_fit(start, {CONTROL: start}, FitTask("c", 1, config), {})
     adam = TorchTrainer(model, "regression", optimizer=lambda p, lr: torch.optim.Adam(p))
     with pytest.raises(ConfigError, match="algorithm='scaffold' is invalid: expected 'sgd' for a"):
         adam.fit(started.start, started.task, data)

@@ -15,6 +15,7 @@ Each takes the client's state and returns its next one (``client.state``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -25,7 +26,6 @@ from fedstream.client.algorithms import (
     STEPS,
     scaffold_correction,
     scaffold_finish,
-    split_extras,
 )
 from fedstream.client.base import FitTask
 from fedstream.client.encode import prepare_upload
@@ -43,14 +43,20 @@ class Started:
 
     start: Params
     task: FitTask
-    extras: dict[str, Params]
+    extras: Mapping[str, Params]
 
 
-def start_fit(received: Params, task: FitTask, state: ClientState) -> Started:
-    """Step 1 of the module docstring."""
-    model, extras = split_extras(received)
-    start = start_params(model, state, task.config.local_entries)
-    if task.config.algorithm == "scaffold":
+def start_fit(
+    model: Params, extras: Mapping[str, Params], task: FitTask, state: ClientState
+) -> Started:
+    """Step 1 of the module docstring, given what the server sent split into the model and
+    its extras (``client.algorithms.split_extras``, once for all of a call's tasks)."""
+    config = task.config
+    start = start_params(model, state, config.local_entries) if state else model
+    if config.algorithm == "sgd":
+        return Started(start, task, extras)
+    extras = dict(extras)
+    if config.algorithm == "scaffold":
         if CONTROL not in extras:
             raise ConfigError("broadcast", sorted(extras), "the server's control variate @c")
         control = shared_part(extras[CONTROL], task.config.local_entries)
@@ -67,7 +73,8 @@ def finish_fit(
 ) -> tuple[ClientUpdate, ClientState]:
     """Step 3 of the module docstring: what to send, and the client's next state."""
     config = started.task.config
-    update, state = keep_local(update, started.start, config.local_entries, state)
+    if config.local_entries:
+        update, state = keep_local(update, started.start, config.local_entries, state)
     if config.algorithm == "scaffold":
         steps = int(update.metrics.get(STEPS, 0))
         payload, state = scaffold_finish(

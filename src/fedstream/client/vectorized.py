@@ -72,14 +72,21 @@ class VectorizedTrainer:
         self._buffers = [n for n, _ in module.named_buffers()]
         self._exact_batches = self.sequential.batch_norm
         self._dropout = DropoutReplay(module)
-        self._forward = vmap(self._functional_forward, randomness="different")
+        # vmapped over clients; the masks go in only where there is dropout (each pytree
+        # argument costs vmap time on every call)
+        self._forward_masked = vmap(self._functional_forward, randomness="different")
+        self._forward_plain = vmap(self._plain_forward, randomness="different")
 
     def _functional_forward(
-        self, weights: TensorDict, buffers: TensorDict, masks: TensorDict, x: torch.Tensor
+        self, state: TensorDict, masks: TensorDict, x: torch.Tensor
     ) -> torch.Tensor:
-        """One client's forward pass (vmapped over clients), its dropout masks applied."""
+        """One client's forward pass, its dropout masks applied."""
         with self._dropout.applying(masks):
-            out: torch.Tensor = functional_call(self.module, {**weights, **buffers}, (x,))
+            return self._plain_forward(state, x)
+
+    def _plain_forward(self, state: TensorDict, x: torch.Tensor) -> torch.Tensor:
+        """One client's forward pass from its parameters and buffers (``state``)."""
+        out: torch.Tensor = functional_call(self.module, state, (x,))
         return out
 
     @staticmethod
@@ -116,7 +123,10 @@ class VectorizedTrainer:
         """
         leaves = {n: w.detach().requires_grad_(True) for n, w in weights.items()}
         cohort, width = y.shape[0], y.shape[1]
-        outputs = self._forward(leaves, buffers, dropouts, x)
+        state = {**leaves, **buffers} if buffers else leaves
+        outputs = (
+            self._forward_masked(state, dropouts, x) if dropouts else self._forward_plain(state, x)
+        )
         losses = per_sample_loss(self.task, outputs.flatten(0, 1), y.flatten(0, 1))
         losses = losses.view(cohort, width)
         data_loss = (losses * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -197,11 +207,11 @@ class VectorizedTrainer:
         check_layout(self.sequential.layout, params)
         for start in starts or ():
             check_layout(self.sequential.layout, start)
-        seeds = [t.config.seed for t in tasks]
-        with (
-            seeded_torch(int(np.random.SeedSequence(seeds).generate_state(1, np.uint64)[0])),
-            self._dropout.switched_off(),
-        ):
+        # the cohort's own randomness (beyond the replayed dropout): from all its task seeds
+        cohort_seed = 0
+        for task in tasks:
+            cohort_seed ^= task.config.seed
+        with seeded_torch(cohort_seed), self._dropout.switched_off():
             return self._fit_cohort(params, tasks, datasets, starts)
 
     def _fit_cohort(
@@ -225,7 +235,8 @@ class VectorizedTrainer:
             weights = {n: anchor[n].clone() for n in self._parameters}
             buffers = {n: anchor[n].clone() for n in self._buffers}
         rows = torch.arange(cohort).unsqueeze(1)
-        self.module.train()
+        if not self.module.training:
+            self.module.train()
         draws = _Draws(self._dropout, self.module, x[0, :1], tasks) if self._dropout else None
 
         if config.payload == "gradient":
@@ -350,11 +361,14 @@ def _updates(
 ) -> list[ClientUpdate]:
     """One update per task; a client that took no step (``trained`` false) reports no
     loss; with ``steps`` each reports how many steps it took (``client.algorithms``)."""
+    losses = loss.tolist()  # one conversion, not a tensor index per client
+    took = trained.tolist() if trained is not None else [True] * len(tasks)
+    counts = steps.tolist() if steps is not None else None
     updates = []
     for k, task in enumerate(tasks):
-        metrics = {"loss": float(loss[k])} if trained is None or bool(trained[k]) else {}
-        if steps is not None:
-            metrics[STEPS] = float(steps[k])
+        metrics = {"loss": losses[k]} if took[k] else {}
+        if counts is not None:
+            metrics[STEPS] = counts[k]
         payload = Params({n: p[k] for n, p in payloads.items()})
         updates.append(ClientUpdate(task.client_id, task.round, payload, float(sizes[k]), metrics))
     return updates

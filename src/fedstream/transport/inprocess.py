@@ -112,9 +112,9 @@ class InProcessTransport:
             device = self._devices[client_id] = SecureDevice(client_id)
         return device
 
-    def _start(self, received: Params, task: FitTask) -> Started:
+    def _start(self, model: Params, extras: dict[str, Params], task: FitTask) -> Started:
         """The task as its client runs it (``client.runtime.start_fit``)."""
-        return start_fit(received, task, self.states.of(task.client_id))
+        return start_fit(model, extras, task, self.states.of(task.client_id))
 
     def _upload(
         self,
@@ -127,9 +127,10 @@ class InProcessTransport:
         wire format as a remote client's would be. Under secure aggregation the client
         keeps the update and answers with its metrics only."""
         config = started.task.config
-        state = self.states.of(update.client_id)
-        sent, state = finish_fit(update, started, state, mask)
-        self.states.put(update.client_id, state)
+        before = self.states.of(update.client_id)
+        sent, state = finish_fit(update, started, before, mask)
+        if state is not before:
+            self.states.put(update.client_id, state)
         if config.secure_aggregation:
             self._device(update.client_id).hold(sent)
             sent = replace(sent, payload=Params({}), weight=0.0, extras={})
@@ -166,6 +167,7 @@ class InProcessTransport:
         down = len(wire)
         received = receive_params(Params.from_bytes(wire), tasks[0].config)
         mask = upload_mask(received, tasks[0].config)
+        model, extras = split_extras(received)
         if isinstance(self.trainer, CohortTrainer) and len(tasks) > 1:
             cohorts = _cohorts(
                 tasks,
@@ -175,10 +177,9 @@ class InProcessTransport:
                 self.cohort_size,
                 self.cohort_budget_bytes,
             )
-            model, _ = split_extras(received)
             for cohort in cohorts:
                 try:
-                    started = [self._start(received, t) for t in cohort]
+                    started = [self._start(model, extras, t) for t in cohort]
                     starts = [s.start for s in started]
                     updates = self.trainer.fit_cohort(
                         model,
@@ -198,7 +199,7 @@ class InProcessTransport:
             return
         for task in tasks:
             try:
-                one = self._start(received, task)
+                one = self._start(model, extras, task)
                 update = self.trainer.fit(one.start, one.task, self.clients[task.client_id])
             except Exception as exc:
                 failure = ClientFailure(task.client_id, "train", describe_exception(exc))

@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from fedstream.client.algorithms import split_extras
 from fedstream.client.base import FitTask, Trainer, evaluate_client
 from fedstream.client.encode import receive_params, upload_mask
 from fedstream.client.local import start_params
@@ -129,7 +130,7 @@ class _Device:
             config = fit_config_from_dict(header["config"])
             task = FitTask(self.client_id, request.round, config)
             params = receive_params(Params.from_bytes(payload), config)
-            started = start_fit(params, task, self.state)
+            started = start_fit(*split_extras(params), task, self.state)
             update = self.trainer.fit(started.start, started.task, self.data)
             mask = upload_mask(params, config)
             sent, state = finish_fit(update, started, self.state, mask)
