@@ -75,6 +75,20 @@ def test_an_app_runs_on_worker_processes_and_ends_where_the_in_process_run_does(
     np.testing.assert_allclose(cohorts.state.params.flat(), alone.state.params.flat(), atol=2e-5)
 
 
+def test_an_app_composes_with_dp_secure_sums_compression_and_robust_rules():
+    private = fedstream.simulate(
+        app=tiny, privacy={"level": "client", "noise": 0.5, "clip": 1.0},
+        secure={"scheme": "secagg+"}, compression={"codec": "q8"}, **nested(**RUN),
+    )  # fmt: skip
+    assert private.final_metrics["dp_epsilon"] > 0 and private.state.params.is_finite()
+    assert private.config.label == "fedavg + DP (client) + SecAgg+ + q8"
+    robust = fedstream.simulate(
+        app=tiny, strategy={"aggregator": "median"}, compression={"codec": "topk:0.2"},
+        **nested(**RUN),
+    )  # fmt: skip
+    assert robust.final_metrics["central_accuracy"] > 0.5  # 0.61; one round reaches 0.19
+
+
 def test_fedbn_keeps_every_batch_norm_entry_on_each_client():
     result = fedstream.simulate(app=tiny, **nested(local_batchnorm=True, **RUN))
     initial = fedstream.simulate(app=tiny, **nested(**RUN | {"rounds": 0})).state.params
