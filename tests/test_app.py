@@ -208,8 +208,11 @@ def test_the_command_line_runs_an_app_named_by_flag_or_in_pyproject(tmp_path):
     by_flag = tmp_path / "flag"
     by_flag.mkdir()
     write_project(by_flag)
-    done = fedstream_cli(by_flag, "run", "--model.app", "clinic.job:app", *flags, "--output", "out")
+    done = fedstream_cli(by_flag, "run", "--app", "clinic.job:app", *flags, "--output", "out")
     assert done.returncode == 0, done.stderr
+    assert json.loads((by_flag / "out" / "config.json").read_text())["model"]["app"] == (
+        "clinic.job:app"
+    )  # --app is --model.app
     by_table = tmp_path / "table"
     by_table.mkdir()
     write_project(

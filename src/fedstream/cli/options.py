@@ -59,6 +59,7 @@ def publish_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 FLAG_SEPARATOR = "__"  # a flag --section.field arrives as the parameter section__field
+SHORT_FLAGS = {"model.app": ("--app",)}  # the one setting a user types on every command
 
 
 def setting_options(
@@ -76,6 +77,7 @@ def setting_options(
         shown = ",".join(map(str, default)) if isinstance(default, list | tuple) else default
         command = click.option(
             f"--{section}.{name.replace('_', '-')}",
+            *SHORT_FLAGS.get(key, ()),
             f"{section}{FLAG_SEPARATOR}{name}",
             default=None,
             metavar="VALUE",
