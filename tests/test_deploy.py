@@ -565,7 +565,7 @@ def test_a_users_app_deploys_over_grpc_and_ends_where_its_simulation_does(tmp_pa
 def test_secure_aggregation_and_dp_over_grpc_match_the_simulation(tmp_path, secure):
     toml, tokens, config = write_run(
         tmp_path, rounds=2, secure_aggregation=secure, dp="client", dp_noise=0.3,
-        dp_adaptive_clip=True, dp_clip=0.05,
+        dp_adaptive_clip=True, dp_clip=0.05, dp_secure_noise=False,
     )  # fmt: skip
     final, report = deploy_run(tmp_path, toml, tokens, config)
     simulated = simulate(config)

@@ -63,7 +63,7 @@ def main() -> None:
                         "model": {"name": model},
                         "run": {"rounds": args.rounds},
                         "execution": {"seed": seed},
-                        "privacy": arm,
+                        "privacy": {**arm, "secure_noise": False},  # reproducible
                     },
                 )
             ),

@@ -34,7 +34,8 @@ class ClientPrivacy:
     The payload is scaled to L2 norm at most ``clip`` (over all entries) and sent with
     weight 1, so adding or removing one client changes the sum by at most ``clip``. With
     ``noise_multiplier > 0`` (local DP) the client itself adds N(0, (noise_multiplier·clip)²)
-    to every entry, from the OS CSPRNG when ``secure_noise``; with 0 the server adds the
+    to every entry, from its own randomness (``FitTask.noise_seed``, or the OS CSPRNG; always
+    the CSPRNG when ``secure_noise``); with 0 the server adds the
     noise to the sum (central DP). The client also reports whether its update was within
     ``clip`` (``ClientUpdate.extras["unclipped"]``), which adaptive clipping needs.
     """
@@ -57,12 +58,16 @@ class SampleDP:
     N(0, (noise_multiplier·clip)²) to their sum and divides by the expected batch size
     (sampling_rate × examples). ``steps`` replaces the task's epochs and batch size, so that
     every client's privacy cost per round is the same and the server can account for it.
+    The sampling and the noise come from the client's own randomness
+    (``FitTask.noise_seed``); ``secure_noise`` asks for the OS CSPRNG even where a
+    simulated device has a seed.
     """
 
     clip: float
     noise_multiplier: float
     sampling_rate: float
     steps: int
+    secure_noise: bool = False
 
     def __post_init__(self) -> None:
         checks.positive("dp_sample_clip", self.clip)

@@ -67,17 +67,25 @@ def test_local_noise_has_std_z_times_clip_and_the_input_is_untouched():
     assert not original.payload["w"].any() and original.weight == 7.0
 
 
-def test_prepare_upload_is_seeded_by_the_task_and_can_use_the_os_csprng():
-    config = FitConfig(seed=5, privacy=ClientPrivacy(clip=1.0, noise_multiplier=1.0))
-    first, _ = prepare_upload(update(np.zeros(8)), config)
-    again, _ = prepare_upload(update(np.zeros(8)), config)
-    assert first.payload.bit_equal(again.payload)
+def test_local_noise_follows_the_clients_own_seed_not_the_tasks():
+    private = ClientPrivacy(clip=1.0, noise_multiplier=1.0)
+    first, _ = prepare_upload(update(np.zeros(8)), FitConfig(seed=5, privacy=private), noise_seed=9)
+    other_task, _ = prepare_upload(
+        update(np.zeros(8)), FitConfig(seed=6, privacy=private), noise_seed=9
+    )
+    assert first.payload.bit_equal(other_task.payload)  # the server's seed changes nothing
+    other_device, _ = prepare_upload(
+        update(np.zeros(8)), FitConfig(seed=5, privacy=private), noise_seed=10
+    )
+    assert not first.payload.bit_equal(other_device.payload)
     plain, _ = prepare_upload(update([1.0, 2.0]), FitConfig())
     assert plain.weight == 7.0 and plain.payload["w"][1] == 2.0
+    # no seed of its own (a deployed client), or secure_noise: the OS CSPRNG, never repeated
     secure = FitConfig(privacy=ClientPrivacy(clip=1.0, noise_multiplier=1.0, secure_noise=True))
-    one, _ = prepare_upload(update(np.zeros(8)), secure)
-    two, _ = prepare_upload(update(np.zeros(8)), secure)
-    assert not one.payload.bit_equal(two.payload)
+    for config, seed in ((FitConfig(seed=5, privacy=private), None), (secure, 9)):
+        one, _ = prepare_upload(update(np.zeros(8)), config, noise_seed=seed)
+        two, _ = prepare_upload(update(np.zeros(8)), config, noise_seed=seed)
+        assert not one.payload.bit_equal(two.payload)
 
 
 def test_adaptive_clipping_maths():
@@ -96,7 +104,9 @@ def state_with(params, seed=3):
 
 
 def test_central_noise_is_z_times_clip_on_the_sum_and_the_state_carries_the_rest():
-    dp = DifferentialPrivacy(FedAvg(), noise_multiplier=0.5, clip=2.0, client_sampling_rate=0.1)
+    dp = DifferentialPrivacy(
+        FedAvg(), noise_multiplier=0.5, clip=2.0, client_sampling_rate=0.1, secure_noise=False
+    )
     state = state_with(np.zeros(4))
     total = Params({"w": np.array([1.0, 2.0, 3.0, 4.0])})
     new = dp.server_update(state, WeightedSum(total, 4.0, 4, {"unclipped": 3.0}))
@@ -112,8 +122,9 @@ def test_central_noise_is_z_times_clip_on_the_sum_and_the_state_carries_the_rest
 
 def test_adaptive_clip_follows_the_noisy_unclipped_fraction():
     dp = DifferentialPrivacy(
-        FedAvg(), noise_multiplier=1.0, clip=1.0, adaptive_clip=True, clipped_count_stddev=2.0
-    )
+        FedAvg(), noise_multiplier=1.0, clip=1.0, adaptive_clip=True, clipped_count_stddev=2.0,
+        secure_noise=False,
+    )  # fmt: skip
     state = state_with(np.zeros(3))
     total = Params({"w": np.ones(3)})
     new = dp.server_update(state, WeightedSum(total, 10.0, 10, {"unclipped": 8.0}))
@@ -125,7 +136,7 @@ def test_adaptive_clip_follows_the_noisy_unclipped_fraction():
     assert new.clip_norm == pytest.approx(next_clip(1.0, (8.0 + count_noise) / 10, 0.5, 0.2))
     # the next round's clients are asked to clip at the new bound
     fit = dp.configure_fit(new, FitConfig())
-    assert fit.privacy == ClientPrivacy(clip=new.clip_norm)
+    assert fit.privacy == ClientPrivacy(clip=new.clip_norm, secure_noise=False)
 
 
 def test_local_and_sample_levels_record_their_own_ledgers():
@@ -135,13 +146,14 @@ def test_local_and_sample_levels_record_their_own_ledgers():
     new = local.server_update(state, aggregate)
     np.testing.assert_array_equal(new.params["w"], [1.0, 2.0])  # no server noise
     assert new.accountant["local"].entries == ((1.0, 1.0, 1),)  # z/2 at sensitivity 2C
-    assert local.configure_fit(state, FitConfig()).privacy == ClientPrivacy(1.0, 2.0)
+    # the clients are asked for CSPRNG noise unless secure_noise is turned off
+    assert local.configure_fit(state, FitConfig()).privacy == ClientPrivacy(1.0, 2.0, True)
 
     sample = DifferentialPrivacy(
         FedAvg(), level="sample", noise_multiplier=1.1, clip=0.7, example_sampling_rate=0.02,
         local_steps=50,
     )  # fmt: skip
-    assert sample.configure_fit(state, FitConfig()).sample_dp == SampleDP(0.7, 1.1, 0.02, 50)
+    assert sample.configure_fit(state, FitConfig()).sample_dp == SampleDP(0.7, 1.1, 0.02, 50, True)
     assert sample.server_update(state, aggregate).accountant["sample"].entries == ((1.1, 0.02, 50),)
 
 
@@ -202,7 +214,7 @@ def test_noise_free_client_dp_is_the_uniform_mean_of_clipped_deltas():
     mean = sum(deltas[1:], deltas[0]) / 6
     got = new.params - setup.initial.params
     np.testing.assert_allclose(got.flat(), mean.flat(), atol=1e-6)
-    assert fit.privacy == ClientPrivacy(0.05)
+    assert fit.privacy == ClientPrivacy(0.05, secure_noise=True)
 
 
 def test_server_rejects_updates_that_break_the_dp_contract():

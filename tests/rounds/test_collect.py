@@ -7,7 +7,7 @@ from fedstream import ClientUpdate, FedAvg, Params, RoundConfig, ServerState
 from fedstream.errors import ClientFailure
 from fedstream.rounds import InTaskOrder, check_update, collect_updates, plan_round
 from fedstream.transport.base import Delivery
-from fedstream.types import ClientPrivacy, FitConfig
+from fedstream.types import ClientPrivacy, FitConfig, SampleDP
 from tests.rounds.scripted import CLIENTS, GLOBAL, honest
 
 
@@ -119,3 +119,13 @@ def test_under_client_level_dp_the_weight_must_be_one_and_the_norm_within_the_cl
     assert "exceeds the DP clip bound" in check_update(
         replace(update, payload=update.payload * 2), GLOBAL, 1, None, fit
     )
+
+
+def test_an_update_under_dp_sgd_must_not_carry_its_example_count():
+    fit = FitConfig(sample_dp=SampleDP(clip=1.0, noise_multiplier=1.0, sampling_rate=0.1, steps=2))
+    like = Params({"w": np.zeros(2)})
+    counted = ClientUpdate("a", 1, Params({"w": np.array([0.6, 0.8])}), 37.0)
+    assert "weight=37.0 is invalid: expected 1 under sample-level DP" in check_update(
+        counted, like, 1, None, fit
+    )
+    assert check_update(replace(counted, weight=1.0), like, 1, None, fit) is None

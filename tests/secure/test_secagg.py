@@ -273,6 +273,7 @@ def test_secure_aggregation_with_central_dp_and_adaptive_clipping():
     common = dict(
         num_clients=12, clients_per_round=8, rounds=2, local_epochs=1, partition="iid",
         dp="client", dp_noise=0.5, dp_adaptive_clip=True, dp_clip=0.05, evaluate_every=0,
+        dp_secure_noise=False,
     )  # fmt: skip
     plain = simulate(**nested(**common))
     secure = simulate(**nested(**common, secure_aggregation="secagg+"))

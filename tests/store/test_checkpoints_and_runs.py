@@ -30,7 +30,7 @@ from tests.settings import nested
 # run's generator) and client sampling: every part of ServerState moves each round.
 STATEFUL = dict(
     num_clients=12, clients_per_round=5, local_epochs=1, partition="iid", strategy="fedadam",
-    dp="client", dp_noise=0.3, dp_adaptive_clip=True, dp_clip=0.1,
+    dp="client", dp_noise=0.3, dp_adaptive_clip=True, dp_clip=0.1, dp_secure_noise=False,
 )  # fmt: skip
 
 
@@ -164,7 +164,8 @@ def test_kill_9_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     flags = [
         "--data.num-clients", "12", "--run.clients-per-round", "5", "--client.local-epochs", "20",
         "--data.partition", "iid", "--strategy.name", "fedadam", "--privacy.level", "client",
-        "--privacy.noise", "0.3", "--run.rounds", "12", "--quiet",
+        "--privacy.noise", "0.3", "--privacy.secure-noise", "false", "--run.rounds", "12",
+        "--quiet",
     ]  # fmt: skip
     out = tmp_path / "run"
     command = [sys.executable, "-m", "fedstream.cli", "run", *flags, "--output", str(out)]

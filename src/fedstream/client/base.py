@@ -15,12 +15,19 @@ from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 class FitTask:
     """A training task for one client in one round. ``correction`` is added to every local
     gradient (SCAFFOLD's c − c_i, per parameter name); the client makes it, from what the
-    server sent and its own state (``client.algorithms``), never the server."""
+    server sent and its own state (``client.algorithms``), never the server.
+
+    ``noise_seed`` seeds the client's privacy noise (local DP, DP-SGD's Poisson sampling
+    and noise). The client's device makes it from a secret of its own
+    (``privacy.device_noise_seed``), never from what the server sends, so the server cannot
+    draw the same noise and subtract it. ``None``, the default and what a deployed client
+    uses, draws that noise from the OS CSPRNG instead."""
 
     client_id: str
     round: int
     config: FitConfig
     correction: Params | None = None
+    noise_seed: int | None = None
 
 
 @runtime_checkable

@@ -29,10 +29,8 @@ from fedstream.compression.codecs import (
 from fedstream.compression.pruning import kept_mask
 from fedstream.params import Params
 from fedstream.privacy.dp import privatize_update
-from fedstream.privacy.mechanisms import NoiseSource, SecureGenerator
+from fedstream.privacy.mechanisms import LOCAL_NOISE_STREAM, client_noise
 from fedstream.types import ClientUpdate, FitConfig
-
-LOCAL_NOISE_STREAM = 0x4C4450  # separates local-DP noise from the client's shuffling stream
 
 
 def receive_params(params: Params, config: FitConfig) -> Params:
@@ -66,6 +64,7 @@ def prepare_upload(
     config: FitConfig,
     state: ClientState = EMPTY,
     mask: npt.NDArray[np.bool_] | None = None,
+    noise_seed: int | None = None,
 ) -> tuple[ClientUpdate, ClientState]:
     """The update as it leaves the client, and the client's next state.
 
@@ -74,14 +73,15 @@ def prepare_upload(
     ``state[RESIDUAL]``. Noise comes before compression, so the compression is
     post-processing of a private release. Under secure aggregation the client decodes its
     own compressed update again, since a masked or encrypted sum adds dense vectors.
+    Under DP-SGD the weight is 1: the client's number of examples is as private as the
+    examples. Local-DP noise comes from ``noise_seed``, the client's own (``FitTask.noise_seed``),
+    or from the OS CSPRNG without one; never from the server's task seed.
     """
+    if config.sample_dp is not None:  # the example count is private too
+        update = replace(update, weight=1.0)
     if config.privacy is not None:
-        rng: NoiseSource = (
-            SecureGenerator()
-            if config.privacy.secure_noise
-            else np.random.default_rng([config.seed, LOCAL_NOISE_STREAM])
-        )
-        update = privatize_update(update, config.privacy, rng)
+        seed = None if config.privacy.secure_noise else noise_seed
+        update = privatize_update(update, config.privacy, client_noise(seed, LOCAL_NOISE_STREAM))
     codec = upload_codec(config)
     if codec is None:
         return update, state

@@ -33,7 +33,8 @@ from fedstream.client.local import keep_local, shared_part, start_params
 from fedstream.client.state import ClientState
 from fedstream.errors import ConfigError
 from fedstream.params import Params
-from fedstream.types import ClientUpdate
+from fedstream.privacy.mechanisms import device_noise_seed
+from fedstream.types import ClientUpdate, FitConfig
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,22 @@ class Started:
 
 
 def start_fit(
-    model: Params, extras: Mapping[str, Params], task: FitTask, state: ClientState
+    model: Params,
+    extras: Mapping[str, Params],
+    task: FitTask,
+    state: ClientState,
+    device_secret: int | None = None,
 ) -> Started:
     """Step 1 of the module docstring, given what the server sent split into the model and
-    its extras (``client.algorithms.split_extras``, once for all of a call's tasks)."""
+    its extras (``client.algorithms.split_extras``, once for all of a call's tasks).
+
+    ``device_secret`` is a simulated device's secret: its privacy noise is then seeded from
+    it (reproducible), else drawn from the OS CSPRNG (``FitTask.noise_seed``)."""
     config = task.config
+    if device_secret is not None and seeded_noise(config):
+        task = replace(
+            task, noise_seed=device_noise_seed(device_secret, task.client_id, task.round)
+        )
     start = start_params(model, state, config.local_entries) if state else model
     if config.algorithm == "sgd":
         return Started(start, task, extras)
@@ -63,6 +75,15 @@ def start_fit(
         extras = {**extras, CONTROL: control}
         task = replace(task, correction=scaffold_correction(control, state))
     return Started(start, task, extras)
+
+
+def seeded_noise(config: FitConfig) -> bool:
+    """Whether the task draws privacy noise on the client that a device secret may seed:
+    local DP or DP-SGD, unless the server asked for the CSPRNG."""
+    privacy, sample = config.privacy, config.sample_dp
+    if privacy is not None and privacy.noise_multiplier > 0:
+        return not privacy.secure_noise
+    return sample is not None and not sample.secure_noise
 
 
 def finish_fit(
@@ -82,4 +103,4 @@ def finish_fit(
         )
         metrics = {k: v for k, v in update.metrics.items() if k != STEPS}
         update = replace(update, payload=payload, metrics=metrics)
-    return prepare_upload(update, config, state, mask)
+    return prepare_upload(update, config, state, mask, started.task.noise_seed)

@@ -38,6 +38,7 @@ from fedstream.compression.pruning import prunable
 from fedstream.data.base import ClientData, Task
 from fedstream.errors import ConfigError
 from fedstream.params import Params
+from fedstream.privacy.mechanisms import DP_SGD_STREAM, client_noise
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
 TASKS: tuple[Task, ...] = ("classification", "regression")
@@ -387,14 +388,16 @@ class TorchTrainer:
     def _fit_dp_sgd(self, params: Params, task: FitTask, data: ClientData) -> dict[str, float]:
         """DP-SGD (``FitConfig.sample_dp``): Poisson-sampled steps, each example's gradient
         clipped to L2 norm C over all parameters, N(0, (z·C)²) added to their sum, divided
-        by the expected batch size q·n. Per-example gradients come from ``torch.func``
+        by the expected batch size q·n. The sampling and the noise come from the client's
+        own randomness (``FitTask.noise_seed``, else the OS CSPRNG), never from the server's
+        task seed. Per-example gradients come from ``torch.func``
         (vmap over ``grad``), which needs a model vmap can batch (no recurrent layers)."""
         config = task.config
         dp = config.sample_dp
         assert dp is not None
         x, y = self._tensor(data.x_train), self._tensor(data.y_train)
         count = x.shape[0]
-        rng = np.random.default_rng(config.seed)
+        rng = client_noise(None if dp.secure_noise else task.noise_seed, DP_SGD_STREAM)
         # plain tensors sharing the module's storage: updating them updates the module
         weights = {n: self._tensors[n].detach() for n in self._names}
         anchors = {n: w.clone() for n, w in weights.items()} if config.proximal_mu > 0 else {}

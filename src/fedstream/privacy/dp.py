@@ -102,9 +102,11 @@ class DifferentialPrivacy(StrategyWrapper):
     sample level. ``client_sampling_rate`` is q for the client-level accountant.
     ``example_sampling_rate`` and ``local_steps`` set DP-SGD's Poisson rate and steps per
     round. ε is reported at ``delta``; with ``target_epsilon`` a round that would spend more
-    is refused before it starts. ``secure_noise`` draws noise from the OS CSPRNG (not
-    reproducible) instead of the run's seeded generator. ``accountant`` is ``"rdp"`` or the
-    tighter and slower ``"pld"``.
+    is refused before it starts. ``secure_noise`` (the default) draws all DP noise from
+    the OS CSPRNG. Turned off, the server's noise comes from the run's seeded generator
+    and the clients' from their simulated devices' secret: reproducible, for tests and
+    benchmarks, and removable by anyone holding the seed or a checkpoint. ``accountant`` is
+    ``"rdp"`` or the tighter and slower ``"pld"``.
     """
 
     level: DPLevel = "client"
@@ -119,7 +121,7 @@ class DifferentialPrivacy(StrategyWrapper):
     example_sampling_rate: float = 0.05
     local_steps: int = 20
     target_epsilon: float | None = None
-    secure_noise: bool = False
+    secure_noise: bool = True
     accountant: AccountantMethod = "rdp"
 
     def __post_init__(self) -> None:
@@ -212,7 +214,11 @@ class DifferentialPrivacy(StrategyWrapper):
             return replace(
                 fit,
                 sample_dp=SampleDP(
-                    self.clip, self.noise_multiplier, self.example_sampling_rate, self.local_steps
+                    self.clip,
+                    self.noise_multiplier,
+                    self.example_sampling_rate,
+                    self.local_steps,
+                    self.secure_noise,
                 ),
             )
         local = self.noise_multiplier if self.level == "local" else 0.0

@@ -8,13 +8,17 @@ arrays and ``Params``, from a generator the caller passes in.
   the classic σ.
 
 For production, :class:`SecureGenerator` draws from the operating system's CSPRNG
-(``os.urandom``) instead of a seeded PRNG. It still turns uniform bits into floating-point
-noise the textbook way, so it does not defend against the floating-point attacks on the
-Laplace mechanism (Mironov 2012); use it where an attacker must not predict the noise.
+(``os.urandom``) instead of a seeded PRNG. :func:`client_noise` is where a client gets the
+generator for its own privacy noise: the CSPRNG, or in a simulation a generator seeded
+from the simulated device's secret (never from anything the server sends). The CSPRNG
+still turns uniform bits into floating-point noise the textbook way, so it does not
+defend against the floating-point attacks on the Laplace mechanism (Mironov 2012); use it
+where an attacker must not predict the noise.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from typing import Any, Protocol, TypeVar
@@ -34,6 +38,8 @@ class NoiseSource(Protocol):
     """What a mechanism needs from a generator: ``numpy.random.Generator`` fits."""
 
     def normal(self, loc: float, scale: float, size: Any = None) -> Any: ...
+
+    def random(self, size: Any = None) -> Any: ...
 
     def laplace(self, loc: float, scale: float, size: Any = None) -> Any: ...
 
@@ -127,8 +133,45 @@ class SecureGenerator:
         out = loc + scale * z
         return out.reshape(size) if size is not None else float(out[0])
 
+    def random(self, size: Any = None) -> Any:
+        """Uniform draws in (0, 1), as ``numpy.random.Generator.random``."""
+        count = int(np.prod(size)) if size is not None else 1
+        out = self._uniform(count)
+        return out.reshape(size) if size is not None else float(out[0])
+
     def laplace(self, loc: float, scale: float, size: Any = None) -> Any:
         count = int(np.prod(size)) if size is not None else 1
         u = self._uniform(count) - 0.5
         out = loc - scale * np.sign(u) * np.log1p(-2.0 * np.abs(u))
         return out.reshape(size) if size is not None else float(out[0])
+
+
+DEVICE_SECRET_STREAM = 0x44455649  # separates the simulated devices' secret from the run's
+LOCAL_NOISE_STREAM = 0x4C4450  # local-DP noise and DP-SGD draw apart from one noise seed
+DP_SGD_STREAM = 0x445053
+
+
+def device_secret(run_seed: int) -> int:
+    """The secret every simulated device of a run derives its noise seeds from: 128 bits
+    from the run's seed in a stream of its own. Only the simulated devices hold it; the
+    server's code never reads it, and a deployed client has none (it uses the CSPRNG)."""
+    words = np.random.SeedSequence([run_seed, DEVICE_SECRET_STREAM]).generate_state(2, np.uint64)
+    return int(words[0]) << 64 | int(words[1])
+
+
+def device_noise_seed(secret: int, client_id: str, round_number: int) -> int:
+    """A simulated client's noise seed for one round: a keyed hash (BLAKE2b) of its id and
+    the round under the device secret, so seeds of different clients and rounds are
+    unrelated and none can be computed without the secret."""
+    key = secret.to_bytes(16, "little")
+    digest = hashlib.blake2b(f"{client_id}\x00{round_number}".encode(), key=key, digest_size=16)
+    return int.from_bytes(digest.digest(), "little")
+
+
+def client_noise(noise_seed: int | None, stream: int) -> NoiseSource:
+    """The generator a client draws its privacy noise from: seeded by its own
+    ``noise_seed`` (a simulated device's, reproducible) in ``stream``, or the OS CSPRNG
+    when it has none."""
+    if noise_seed is None:
+        return SecureGenerator()
+    return np.random.default_rng([noise_seed, stream])

@@ -30,7 +30,9 @@ def check_update(
 ) -> str | None:
     """Why ``update`` must be rejected, or ``None`` if it is acceptable.
 
-    Under client-level DP (``fit.privacy``) the weight must be 1 and, when the server adds
+    Under DP-SGD (``fit.sample_dp``) the weight must be 1, so that it does not tell the
+    server the client's number of examples. Under client-level DP (``fit.privacy``) the
+    weight must be 1 and, when the server adds
     the noise, the norm at most the clip bound: an update that breaks either would break
     the sum's sensitivity, and with it the privacy guarantee.
     """
@@ -47,6 +49,11 @@ def check_update(
     if not all(math.isfinite(v) for v in update.extras.values()):
         return f"extras={dict(update.extras)!r} is invalid: expected finite numbers"
     bounds = {"max_update_norm": max_norm} if max_norm is not None else {}
+    if fit is not None and fit.sample_dp is not None and update.weight != 1.0:
+        return (
+            f"weight={update.weight!r} is invalid: expected 1 under sample-level DP "
+            "(a client's example count is private)"
+        )
     privacy = fit.privacy if fit is not None else None
     if privacy is not None:
         if update.weight != 1.0:

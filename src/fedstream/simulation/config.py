@@ -281,7 +281,11 @@ class PrivacySettings:
         None, "refuse to start (or stop) a run that would spend more than this ε"
     )
     secure_noise: bool = setting(
-        False, "draw DP noise from the OS CSPRNG (unpredictable, not reproducible)"
+        True,
+        "draw DP noise from the OS CSPRNG (unpredictable, not reproducible). false seeds "
+        "the server's noise from the run's seed and the clients' from their simulated "
+        "devices' secret: reproducible, for tests and benchmarks only, since anyone with "
+        "the seed or a checkpoint can redraw the server's noise and remove it",
     )
     accountant: str = setting(
         "rdp", "how ε is computed: rdp, or pld (tighter, about 1 s per round)"

@@ -24,6 +24,7 @@ from fedstream.data.datasets import federate
 from fedstream.errors import ConfigError, RoundFailedError
 from fedstream.models import build_model
 from fedstream.params import Params
+from fedstream.privacy.mechanisms import device_secret
 from fedstream.rounds import CentralEvaluate, RoundConfig, run_rounds
 from fedstream.simulation.config import SimulationConfig, from_mapping, merge
 from fedstream.simulation.progress import RoundProgress
@@ -172,7 +173,9 @@ def build(config: SimulationConfig, app: App | None = None, *, server_only: bool
 
     transport = None
     if not server_only:
-        transport = InProcessTransport(dataset.clients, trainer)
+        transport = InProcessTransport(
+            dataset.clients, trainer, device_secret=device_secret(config.execution.seed)
+        )
         if user_app is not None:
             preflight(app, module, trainer, dataset.clients, config)
     return Setup(
@@ -208,12 +211,14 @@ def local_transport(
     ``worker_of`` gives it) and the trainer, rebuilt from the run's config and seed (and
     app), so identical to the server's, without pickling any data. Only its own clients'
     rows are kept (an app's other clients are never read)."""
-    setup = build(from_mapping(config, "worker"), app, server_only=True)
+    settings = from_mapping(config, "worker")
+    setup = build(settings, app, server_only=True)
     clients = setup.dataset.clients
     mine = [c for c in clients if worker_of(c, workers) == worker]
     if not mine:  # more workers than clients: this one will never be asked
         mine = list(clients)[:1]
-    return InProcessTransport(subset(clients, mine), setup.trainer)
+    secret = device_secret(settings.execution.seed)
+    return InProcessTransport(subset(clients, mine), setup.trainer, device_secret=secret)
 
 
 def worker_count(config: SimulationConfig) -> int:

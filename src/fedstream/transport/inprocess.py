@@ -85,6 +85,11 @@ class InProcessTransport:
     Each client's device-side state for the current round (an update held back for secure
     aggregation, its SecAgg+ keys and shares) lives in this object, as it would on the
     device. Dropouts are simulated by wrapping it (``fedstream.transport.faults``).
+
+    ``device_secret`` is the simulated devices' secret (``privacy.mechanisms.device_secret``)
+    from which each client seeds its own privacy noise, so a run is reproducible while the
+    server, which sees only its own task seeds, cannot redraw the noise. Without it every
+    client draws that noise from the OS CSPRNG, as a deployed client does.
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class InProcessTransport:
         trainer: Trainer,
         cohort_size: int = 256,
         cohort_budget_bytes: int = COHORT_BUDGET_BYTES,
+        device_secret: int | None = None,
     ) -> None:
         if not clients:
             raise ConfigError("clients", {}, "at least one client")
@@ -101,6 +107,7 @@ class InProcessTransport:
         self.trainer = trainer
         self.cohort_size = cohort_size
         self.cohort_budget_bytes = cohort_budget_bytes
+        self.device_secret = device_secret
         example = clients[next(iter(clients))]
         self._row_bytes = example.x_train[:1].nbytes + example.y_train[:1].nbytes
         self._devices: dict[str, SecureDevice] = {}  # made on a client's first exchange
@@ -114,7 +121,7 @@ class InProcessTransport:
 
     def _start(self, model: Params, extras: dict[str, Params], task: FitTask) -> Started:
         """The task as its client runs it (``client.runtime.start_fit``)."""
-        return start_fit(model, extras, task, self.states.of(task.client_id))
+        return start_fit(model, extras, task, self.states.of(task.client_id), self.device_secret)
 
     def _upload(
         self,

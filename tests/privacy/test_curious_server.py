@@ -1,0 +1,94 @@
+"""The server as the attacker: each test plays one attack a curious or lying server can
+make on the privacy guarantees, against the real code path, and checks that it fails while
+the honest run still gives the right numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedstream import FitTask, Params
+from fedstream.client.base import Trainer
+from fedstream.client.torch_trainer import TorchTrainer
+from fedstream.privacy import clip_l2
+from fedstream.rounds import plan_round
+from fedstream.simulation import build
+from fedstream.types import ClientUpdate
+from tests.settings import make_config
+
+OLD_LOCAL_NOISE_STREAM = 0x4C4450  # the stream local-DP noise was once drawn in, from the task seed
+
+
+def sent_updates(
+    config_flat: dict[str, object],
+) -> tuple[list[FitTask], list[ClientUpdate], object]:
+    """One round's tasks as the server planned them and the updates it received."""
+    config = make_config(**config_flat)
+    setup = build(config)
+    ids = sorted(setup.dataset.clients)
+    plan = plan_round(
+        setup.initial, config.build_strategy(), ids, config.round_config(),
+        setup.initial.generator(),
+    )  # fmt: skip
+    received = [d.result for d in setup.transport.fit(setup.initial.params, plan.tasks)]
+    assert all(isinstance(u, ClientUpdate) for u in received)
+    return list(plan.tasks), received, setup
+
+
+def clean_update(trainer: Trainer, setup: object, task: FitTask, clip: float) -> Params:
+    """What the client computed before its noise: the attacker's goal."""
+    update = trainer.fit(setup.initial.params, task, setup.dataset.clients[task.client_id])  # type: ignore[attr-defined]
+    return clip_l2(update.payload, clip)[0]
+
+
+def test_the_server_cannot_redraw_and_subtract_local_dp_noise():
+    flat = {
+        "num_clients": 6, "clients_per_round": 3, "rounds": 1, "trainer": "sequential",
+        "dp": "local", "dp_noise": 0.5, "dp_clip": 0.5, "dp_secure_noise": False,
+    }  # fmt: skip
+    tasks, received, setup = sent_updates(flat)
+    trainer = TorchTrainer(setup.module, setup.dataset.task)  # type: ignore[attr-defined]
+    for task, sent in zip(tasks, received, strict=True):
+        truth = clean_update(trainer, setup, task, 0.5)
+        # the attack: every seed the server chose and sent, in every stream it could guess
+        for stream in (OLD_LOCAL_NOISE_STREAM, None):
+            rng = np.random.default_rng(
+                [task.config.seed, stream] if stream is not None else task.config.seed
+            )
+            guess = Params({n: rng.normal(0.0, 0.25, a.shape) for n, a in sent.payload.items()})
+            recovered = sent.payload - guess
+            # the guess is independent noise: what is left is √2·σ away per entry, not 0
+            error = (recovered - truth).flat()
+            assert np.std(error) > 0.3, "the server removed the client's noise"
+        # and the client's own noise is really there, of the right size (σ = z·C = 0.25)
+        assert 0.2 < np.std((sent.payload - truth).flat()) < 0.3
+
+
+def test_the_server_cannot_redraw_and_subtract_dp_sgd_noise():
+    flat = {
+        "num_clients": 6, "clients_per_round": 2, "rounds": 1, "trainer": "sequential",
+        "dp": "sample", "dp_noise": 5.0, "dp_clip": 1.0, "dp_secure_noise": False,
+    }  # fmt: skip
+    tasks, received, setup = sent_updates(flat)
+    for task, sent in zip(tasks, received, strict=True):
+        dp, lr = task.config.sample_dp, task.config.lr
+        assert dp is not None
+        assert sent.weight == 1.0  # the client's example count does not travel either
+        count = setup.dataset.clients[task.client_id].num_train  # type: ignore[attr-defined]
+        assert count > 1  # (the attacker is given it here, to show the noise alone holds)
+        # the attack: replay DP-SGD's draws from the task seed (masks, then noise per
+        # parameter), and take their sum off the update
+        rng = np.random.default_rng(task.config.seed)
+        noise = sent.payload.map(np.zeros_like)
+        chosen = 0
+        for _ in range(dp.steps):
+            chosen += int((rng.random(count) < dp.sampling_rate).sum())
+            step = Params(
+                {n: rng.normal(0.0, dp.noise_multiplier * dp.clip, a.shape)
+                 for n, a in sent.payload.items()}
+            )  # fmt: skip
+            noise = noise + step
+        residual = sent.payload + noise * (lr / (dp.sampling_rate * count))
+        # had the noise gone, what is left would be clipped gradients: at most lr·C per
+        # chosen example, over the expected batch
+        clean_bound = lr * dp.clip * chosen / (dp.sampling_rate * count)
+        assert residual.norm() > 3 * clean_bound, "the server removed the DP-SGD noise"
