@@ -27,6 +27,10 @@ PayloadKind = Literal["delta", "gradient"]
 the global params."""
 
 
+WITHIN_CLIP = "within_clip"
+"""The ``ClientUpdate.extras`` entry holding a client's centred clipping bit, ±½."""
+
+
 @dataclass(frozen=True)
 class ClientPrivacy:
     """What a client does to its update before it leaves, for client-level DP.
@@ -37,7 +41,8 @@ class ClientPrivacy:
     to every entry, from its own randomness (``FitTask.noise_seed``, or the OS CSPRNG; always
     the CSPRNG when ``secure_noise``); with 0 the server adds the
     noise to the sum (central DP). The client also reports whether its update was within
-    ``clip`` (``ClientUpdate.extras["unclipped"]``), which adaptive clipping needs.
+    ``clip``, as a centred bit ±½ (``ClientUpdate.extras["within_clip"]``), which adaptive
+    clipping needs.
     """
 
     clip: float
@@ -128,7 +133,7 @@ class ClientUpdate:
     params. ``weight`` is the number of training examples it came from (FedAvg's n_k).
     ``metrics`` are plain numbers such as the mean training loss. ``extras`` are scalars
     the server may only learn summed over clients, so they travel inside the secure sum
-    beside the payload (e.g. DP's ``unclipped`` indicator for adaptive clipping).
+    beside the payload (e.g. DP's centred ``within_clip`` bit for adaptive clipping).
     """
 
     client_id: str

@@ -5,14 +5,21 @@ the honest run still gives the right numbers."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from fedstream import FitTask, Params
+from fedstream import ClientUpdate, FedAvg, FitConfig, FitTask, Params, ServerState
 from fedstream.client.base import Trainer
 from fedstream.client.torch_trainer import TorchTrainer
-from fedstream.privacy import clip_l2
+from fedstream.privacy import (
+    DifferentialPrivacy,
+    SecureGenerator,
+    clip_l2,
+    privatize_update,
+    update_noise_multiplier,
+)
 from fedstream.rounds import plan_round
 from fedstream.simulation import build
-from fedstream.types import ClientUpdate
+from fedstream.types import WITHIN_CLIP
 from tests.settings import make_config
 
 OLD_LOCAL_NOISE_STREAM = 0x4C4450  # the stream local-DP noise was once drawn in, from the task seed
@@ -92,3 +99,34 @@ def test_the_server_cannot_redraw_and_subtract_dp_sgd_noise():
         # chosen example, over the expected batch
         clean_bound = lr * dp.clip * chosen / (dp.sampling_rate * count)
         assert residual.norm() > 3 * clean_bound, "the server removed the DP-SGD noise"
+
+
+def test_adaptive_clipping_spends_exactly_the_reported_epsilon():
+    """Independent of the code's own arithmetic: measure how far one client moves each of
+    the two releases (the clipped sum and the clipping-bit sum) with the real client code,
+    compose the two Gaussian mechanisms by their definition, and compare ε with
+    dp-accounting's."""
+    dp_accounting = pytest.importorskip("dp_accounting")
+    z, stddev, clip, rate, rounds = 1.0, 2.0, 1.0, 0.1, 100
+    strategy = DifferentialPrivacy(
+        FedAvg(), noise_multiplier=z, clip=clip, adaptive_clip=True,
+        clipped_count_stddev=stddev, client_sampling_rate=rate,
+    )  # fmt: skip
+    fit = strategy.configure_fit(ServerState.initial(Params({"w": np.zeros(2)}), 0), FitConfig())
+    assert fit.privacy is not None
+    bits = [
+        privatize_update(
+            ClientUpdate("c", 1, Params({"w": np.array(v)}), 1.0), fit.privacy, SecureGenerator()
+        ).extras[WITHIN_CLIP]
+        for v in ([0.1, 0.0], [30.0, 40.0])
+    ]
+    bit_sensitivity = max(abs(b) for b in bits)  # one client added or removed
+    sum_noise = update_noise_multiplier(z, stddev) * clip  # σ on the update sum
+    # two Gaussian releases of one neighbour: their privacy losses add as one Gaussian's
+    effective = ((clip / sum_noise) ** 2 + (bit_sensitivity / stddev) ** 2) ** -0.5
+    accountant = dp_accounting.rdp.RdpAccountant()
+    event = dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(effective))
+    accountant.compose(dp_accounting.SelfComposedDpEvent(event, rounds))
+    reported = strategy.epsilon_after(rounds)
+    assert bit_sensitivity == 0.5 and effective == pytest.approx(z, rel=1e-12)
+    assert reported == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-3)

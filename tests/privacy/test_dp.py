@@ -49,13 +49,13 @@ def test_privatize_clips_sets_unit_weight_and_flags_clipping():
     rng = np.random.default_rng(0)
     big = privatize_update(update([3.0, 4.0]), ClientPrivacy(clip=1.0), rng)
     np.testing.assert_allclose(big.payload["w"], [0.6, 0.8])
-    assert big.weight == 1.0 and big.extras == {"unclipped": 0.0}
+    assert big.weight == 1.0 and big.extras == {"within_clip": -0.5}
     small = privatize_update(update([0.3, 0.4]), ClientPrivacy(clip=1.0), rng)
     np.testing.assert_array_equal(small.payload["w"], [0.3, 0.4])
-    assert small.extras == {"unclipped": 1.0}
+    assert small.extras == {"within_clip": 0.5}
     zero = privatize_update(update([0.0, 0.0]), ClientPrivacy(clip=1.0), rng)
     np.testing.assert_array_equal(zero.payload["w"], [0.0, 0.0])  # no division by a zero norm
-    assert zero.extras == {"unclipped": 1.0}
+    assert zero.extras == {"within_clip": 0.5}
 
 
 def test_local_noise_has_std_z_times_clip_and_the_input_is_untouched():
@@ -109,7 +109,7 @@ def test_central_noise_is_z_times_clip_on_the_sum_and_the_state_carries_the_rest
     )
     state = state_with(np.zeros(4))
     total = Params({"w": np.array([1.0, 2.0, 3.0, 4.0])})
-    new = dp.server_update(state, WeightedSum(total, 4.0, 4, {"unclipped": 3.0}))
+    new = dp.server_update(state, WeightedSum(total, 4.0, 4, {"within_clip": 1.0}))
     expected_noise = state.generator().normal(0.0, 0.5 * 2.0, 4)  # the same draw, replayed
     np.testing.assert_allclose(new.params["w"], (total["w"] + expected_noise) / 4, rtol=1e-12)
     assert new.accountant["client"].entries == ((0.5, 0.1, 1),)
@@ -127,13 +127,14 @@ def test_adaptive_clip_follows_the_noisy_unclipped_fraction():
     )  # fmt: skip
     state = state_with(np.zeros(3))
     total = Params({"w": np.ones(3)})
-    new = dp.server_update(state, WeightedSum(total, 10.0, 10, {"unclipped": 8.0}))
+    # 8 of 10 within the bound: the centred bits sum to 8·½ − 2·½ = 3
+    new = dp.server_update(state, WeightedSum(total, 10.0, 10, {"within_clip": 3.0}))
     replay = state.generator()
     z_update = update_noise_multiplier(1.0, 2.0)
     noise = replay.normal(0.0, z_update * 1.0, 3)
     count_noise = replay.normal(0.0, 2.0, None)
     np.testing.assert_allclose(new.params["w"], (1.0 + noise) / 10, rtol=1e-12)
-    assert new.clip_norm == pytest.approx(next_clip(1.0, (8.0 + count_noise) / 10, 0.5, 0.2))
+    assert new.clip_norm == pytest.approx(next_clip(1.0, (3.0 + count_noise) / 10 + 0.5, 0.5, 0.2))
     # the next round's clients are asked to clip at the new bound
     fit = dp.configure_fit(new, FitConfig())
     assert fit.privacy == ClientPrivacy(clip=new.clip_norm, secure_noise=False)
@@ -220,7 +221,9 @@ def test_noise_free_client_dp_is_the_uniform_mean_of_clipped_deltas():
 def test_server_rejects_updates_that_break_the_dp_contract():
     fit = FitConfig(privacy=ClientPrivacy(clip=1.0))
     like = Params({"w": np.zeros(2)})
-    good = ClientUpdate("a", 1, Params({"w": np.array([0.6, 0.8])}), 1.0, extras={"unclipped": 1})
+    good = ClientUpdate(
+        "a", 1, Params({"w": np.array([0.6, 0.8])}), 1.0, extras={"within_clip": 0.5}
+    )
     assert check_update(good, like, 1, None, fit) is None
     heavy = ClientUpdate("a", 1, Params({"w": np.array([0.6, 0.8])}), 5.0)
     assert "weight=5.0 is invalid: expected 1 under client-level DP" in check_update(
@@ -228,8 +231,13 @@ def test_server_rejects_updates_that_break_the_dp_contract():
     )
     long = ClientUpdate("a", 1, Params({"w": np.array([3.0, 4.0])}), 1.0)
     assert "payload norm 5 exceeds the DP clip bound=1" in check_update(long, like, 1, None, fit)
-    bad_extra = ClientUpdate("a", 1, good.payload, 1.0, extras={"unclipped": math.nan})
+    bad_extra = ClientUpdate("a", 1, good.payload, 1.0, extras={"within_clip": math.nan})
     assert "extras" in check_update(bad_extra, like, 1, None, fit)
+    # a client that claims a bit of 50 would drag the adaptive bound: only ±½ is accepted
+    dragging = ClientUpdate("a", 1, good.payload, 1.0, extras={"within_clip": 50.0})
+    assert "extras['within_clip']=50.0 is invalid: expected -0.5 or 0.5" in check_update(
+        dragging, like, 1, None, fit
+    )
     # local DP: the update is noisy, so its norm is not bounded by the clip
     local = FitConfig(privacy=ClientPrivacy(clip=1.0, noise_multiplier=1.0))
     assert check_update(long, like, 1, None, local) is None

@@ -277,7 +277,7 @@ def test_secure_aggregation_with_central_dp_and_adaptive_clipping():
     )  # fmt: skip
     plain = simulate(**nested(**common))
     secure = simulate(**nested(**common, secure_aggregation="secagg+"))
-    # the unclipped count travels inside the secure sum; the DP noise draws are the same
+    # the centred clipping bits travel inside the secure sum; the DP noise draws are the same
     assert secure.final_metrics["dp_clip"] == pytest.approx(plain.final_metrics["dp_clip"])
     np.testing.assert_allclose(secure.state.params.flat(), plain.state.params.flat(), atol=1e-5)
     assert secure.config.label == "fedavg + DP (client) + SecAgg+"

@@ -7,7 +7,9 @@ Three guarantees, each with its own ledger in ``ServerState.accountant``:
   one client changes the sum by at most C, so each round is a sampled Gaussian mechanism
   with noise multiplier z and sampling rate q = clients per round / clients. With
   adaptive clipping (Andrew et al. 2021) C follows a target quantile of the update norms,
-  learnt from a noisy count of the clients whose update was within C.
+  learnt from a noisy sum of centred bits b − ½ (b = 1 when the update was within C). One
+  client moves that sum by at most ½, the sensitivity the split of z between the two
+  releases assumes (:func:`update_noise_multiplier`).
 - ``local``: each client clips and adds N(0, (z·C)²) itself, so the server never sees an
   un-noised update. Any two updates differ by at most 2C, so each client's release is a
   Gaussian mechanism with multiplier z/2; the ledger records one such release per round, an
@@ -40,6 +42,7 @@ from fedstream.privacy.clipping import clip_l2
 from fedstream.privacy.mechanisms import NoiseSource, SecureGenerator, add_gaussian
 from fedstream.strategies.base import StrategyWrapper
 from fedstream.types import (
+    WITHIN_CLIP,
     ClientPrivacy,
     ClientUpdate,
     FitConfig,
@@ -56,15 +59,15 @@ def privatize_update(
     update: ClientUpdate, privacy: ClientPrivacy, rng: NoiseSource
 ) -> ClientUpdate:
     """The client's side of client-level DP: clip the payload to ``privacy.clip``, set the
-    weight to 1, add local noise if asked, and report in ``extras["unclipped"]`` whether the
-    update was already within the bound (1.0) or had to be scaled down (0.0)."""
+    weight to 1, add local noise if asked, and report in ``extras[WITHIN_CLIP]`` the
+    centred bit: +½ if the update was already within the bound, −½ if it was scaled down."""
     clipped, norm = clip_l2(update.payload, privacy.clip)
     payload = (
         add_gaussian(clipped, privacy.noise_multiplier * privacy.clip, rng)
         if privacy.noise_multiplier > 0
         else clipped
     )
-    extras = {**update.extras, "unclipped": 1.0 if norm <= privacy.clip else 0.0}
+    extras = {**update.extras, WITHIN_CLIP: 0.5 if norm <= privacy.clip else -0.5}
     return replace(update, payload=payload, weight=1.0, extras=extras)
 
 
@@ -239,10 +242,10 @@ class DifferentialPrivacy(StrategyWrapper):
                 add_gaussian(aggregate.total, noise * clip, rng) if noise > 0 else aggregate.total
             )
             if self.adaptive_clip:
-                unclipped = aggregate.extras.get("unclipped", 0.0)
-                noisy = unclipped + float(rng.normal(0.0, self.count_stddev, None))
+                centred = aggregate.extras.get(WITHIN_CLIP, 0.0)
+                noisy = centred + float(rng.normal(0.0, self.count_stddev, None))
                 new_clip = next_clip(
-                    clip, noisy / aggregate.count, self.target_quantile, self.clip_lr
+                    clip, noisy / aggregate.count + 0.5, self.target_quantile, self.clip_lr
                 )
             aggregate = WeightedSum(
                 total, float(aggregate.count), aggregate.count, aggregate.extras

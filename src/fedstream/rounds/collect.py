@@ -15,7 +15,7 @@ from fedstream.errors import ClientFailure
 from fedstream.params import Params
 from fedstream.rounds.plan import RoundPlan
 from fedstream.transport.base import Delivery
-from fedstream.types import ClientUpdate, FitConfig
+from fedstream.types import WITHIN_CLIP, ClientUpdate, FitConfig
 
 if TYPE_CHECKING:
     from fedstream.secure.session import SecureSumResult
@@ -58,6 +58,9 @@ def check_update(
     if privacy is not None:
         if update.weight != 1.0:
             return f"weight={update.weight!r} is invalid: expected 1 under client-level DP"
+        bit = update.extras.get(WITHIN_CLIP)
+        if bit is not None and bit not in (-0.5, 0.5):
+            return f"extras[{WITHIN_CLIP!r}]={bit!r} is invalid: expected -0.5 or 0.5"
         if privacy.noise_multiplier == 0:  # float rounding of the client's scaling aside
             bounds["the DP clip bound"] = privacy.clip * (1 + 1e-6)
     if bounds:
