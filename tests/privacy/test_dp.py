@@ -429,3 +429,15 @@ def test_pld_accounting_is_tighter_than_rdp_and_selectable_per_run():
     assert result.final_metrics["dp_epsilon"] == pytest.approx(expected)
     with pytest.raises(ConfigError, match=r"privacy\.accountant='moments' is invalid"):
         make_config(dp="client", dp_accountant="moments")
+
+
+@pytest.mark.parametrize("codec", ["q8", "q4", "qsgd:4", "topk:0.1+q8"])
+def test_central_dp_runs_with_every_quantiser_and_no_update_is_refused(codec):
+    result = simulate(
+        **nested(
+            num_clients=6, clients_per_round=4, rounds=2, local_epochs=1, dp="client",
+            dp_noise=0.5, dp_clip=0.05, compression=codec, evaluate_every=0,
+        )
+    )  # fmt: skip
+    assert [len(r.completed) for r in result.reports] == [4, 4]  # none above the bound
+    assert result.final_metrics["dp_epsilon"] > 0

@@ -85,9 +85,61 @@ def prepare_upload(
     codec = upload_codec(config)
     if codec is None:
         return update, state
-    encoded, residual = encode_update(update.payload, codec, state.get(RESIDUAL), config.seed, mask)
+    bound = clip_bound(config)
+    if bound is None:
+        encoded, residual = encode_update(
+            update.payload, codec, state.get(RESIDUAL), config.seed, mask
+        )
+    else:
+        encoded, residual = encode_within(
+            update.payload, codec, state.get(RESIDUAL), config.seed, mask, bound
+        )
     if config.secure_aggregation:
         encoded = decode_update(encoded, update.payload, codec, config.seed, mask)
     if residual is not None:
         state = {**state, RESIDUAL: residual}
     return replace(update, payload=encoded), state
+
+
+ENCODE_ATTEMPTS = 4
+
+
+def clip_bound(config: FitConfig) -> float | None:
+    """The L2 bound the decoded update must keep: the clip under central DP, whose
+    accountant assumes every released update within it. (Local-DP noise comes before the
+    codec, which is then post-processing, so it needs none.)"""
+    privacy = config.privacy
+    if privacy is None or privacy.noise_multiplier > 0:
+        return None
+    return privacy.clip
+
+
+def encode_within(
+    payload: Params,
+    codec: Compression,
+    residual: Params | None,
+    seed: int,
+    mask: npt.NDArray[np.bool_] | None,
+    bound: float,
+) -> tuple[Params, Params | None]:
+    """``encode_update`` whose decoded result has L2 norm at most ``bound``.
+
+    A quantiser can lengthen a clipped update (q4 to 1.03·C, qsgd:4 to 4·C), and error
+    feedback adds the residual after clipping, so the update the server decodes is what
+    must fit. The input (update and residual together) is scaled down by bound/‖decoded‖
+    until it does. Every codec here is scale-equivariant (the same draws round the same
+    way at any scale), so one step suffices up to the rounding of their float32 fields,
+    which a margin growing tenfold per attempt covers; after
+    ``ENCODE_ATTEMPTS`` the client sends a zero update, which fits any bound. What is
+    scaled away is not fed back, as what clipping removes is not."""
+    scale = 1.0
+    for attempt in range(ENCODE_ATTEMPTS):
+        scaled = payload if scale == 1.0 else payload * scale
+        carried = residual if residual is None or scale == 1.0 else residual * scale
+        encoded, left = encode_update(scaled, codec, carried, seed, mask)
+        norm = decode_update(encoded, payload, codec, seed, mask).norm()
+        if norm <= bound:
+            return encoded, left
+        scale *= bound / norm * (1 - 1e-6 * 10**attempt)  # a margin for float32 fields
+    zero = payload.map(np.zeros_like)
+    return encode_update(zero, codec, None, seed, mask)
