@@ -174,7 +174,10 @@ class WeightedSum:
     population: int = 0
 
     def mean(self) -> Params:
-        """Σ w·x / Σ w, the example-weighted mean payload."""
+        """Σ w·x / Σ w, the example-weighted mean payload; zero for an empty sum (a round
+        no client joined moves nothing)."""
+        if self.weight == 0:
+            return self.total.map(np.zeros_like)
         return self.total / self.weight
 
 

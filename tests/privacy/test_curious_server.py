@@ -4,10 +4,21 @@ the honest run still gives the right numbers."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from fedstream import ClientUpdate, FedAvg, FitConfig, FitTask, Params, ServerState
+from fedstream import (
+    ClientUpdate,
+    ConfigError,
+    FedAvg,
+    FitConfig,
+    FitTask,
+    Params,
+    ServerState,
+    simulate,
+)
 from fedstream.client.base import Trainer
 from fedstream.client.torch_trainer import TorchTrainer
 from fedstream.privacy import (
@@ -20,7 +31,7 @@ from fedstream.privacy import (
 from fedstream.rounds import plan_round
 from fedstream.simulation import build
 from fedstream.types import WITHIN_CLIP
-from tests.settings import make_config
+from tests.settings import make_config, nested
 
 OLD_LOCAL_NOISE_STREAM = 0x4C4450  # the stream local-DP noise was once drawn in, from the task seed
 
@@ -130,3 +141,69 @@ def test_adaptive_clipping_spends_exactly_the_reported_epsilon():
     reported = strategy.epsilon_after(rounds)
     assert bit_sensitivity == 0.5 and effective == pytest.approx(z, rel=1e-12)
     assert reported == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-3)
+
+
+def test_epsilon_is_accounted_for_the_client_sampling_that_ran(tmp_path):
+    """The issue's audit: z = 1, q = 0.1, 100 rounds is ε ≈ 7.9 under Poisson sampling
+    and ≈ 14.1 for a fixed 10 of 100 without replacement. Each run reports the figure of
+    the sampling it did, checked against dp-accounting directly."""
+    dp_accounting = pytest.importorskip("dp_accounting")
+    fixed = DifferentialPrivacy(
+        FedAvg(), noise_multiplier=1.0, client_sampling_rate=0.1, client_sampling="fixed",
+        clients=100,
+    )  # fmt: skip
+    poisson = DifferentialPrivacy(FedAvg(), noise_multiplier=1.0, client_sampling_rate=0.1)
+    replace_one = dp_accounting.rdp.RdpAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE
+    )
+    event = dp_accounting.SampledWithoutReplacementDpEvent(
+        100, 10, dp_accounting.GaussianDpEvent(1.0)
+    )
+    replace_one.compose(dp_accounting.SelfComposedDpEvent(event, 100))
+    assert fixed.epsilon_after(100) == pytest.approx(replace_one.get_epsilon(1e-5), rel=1e-9)
+    assert fixed.epsilon_after(100) == pytest.approx(14.05, abs=0.01)
+    assert poisson.epsilon_after(100) == pytest.approx(7.90, abs=0.01)
+    # a whole run: the sampling it did, in its ledger and in results.json
+    flat = {
+        "num_clients": 10, "clients_per_round": 3, "rounds": 2, "local_epochs": 1,
+        "dp": "client", "dp_noise": 1.0, "evaluate_every": 0,
+    }  # fmt: skip
+    for sampling, relation in (
+        ("fixed", "replace one client"),
+        ("auto", "add or remove one client"),
+    ):
+        out = tmp_path / sampling
+        result = simulate(output_dir=out, **nested(**flat, sampling=sampling))
+        terms = json.loads((out / "results.json").read_text())["data"]["privacy"]
+        assert terms["neighbouring"] == relation
+        ledger = result.state.accountant["client"]
+        assert ledger.entries == ((1.0, 0.3, 2, 10 if sampling == "fixed" else 0),)
+        if sampling == "fixed":
+            assert all(len(r.sampled) == 3 for r in result.reports)
+            with pytest.raises(ConfigError, match="'rdp' with fixed-size client sampling"):
+                ledger.epsilon(1e-5, method="pld")
+
+
+def test_poisson_rounds_vary_in_size_and_an_empty_one_still_releases_noise():
+    flat = {
+        "num_clients": 6, "clients_per_round": 1, "rounds": 8, "local_epochs": 1,
+        "dp": "client", "dp_noise": 1.0, "dp_secure_noise": False, "evaluate_every": 0,
+    }  # fmt: skip
+    result = simulate(**nested(**flat))
+    sizes = [len(r.sampled) for r in result.reports]
+    assert 0 in sizes and max(sizes) > 1  # q = 1/6: each client joins on its own
+    assert result.state.accountant["client"].entries == ((1.0, 1 / 6, 8, 0),)
+    # the empty round moved the model by the noise alone: N(0, (z·C)²)/(q·N) per entry
+    empty = sizes.index(0) + 1
+    before = simulate(**nested(**flat | {"rounds": empty - 1})).state.params
+    after = simulate(**nested(**flat | {"rounds": empty})).state.params
+    assert 0.5 < np.std((after - before).flat()) < 1.5
+    # without DP, an empty Poisson round leaves the model where it was
+    plain = {**flat, "dp": "none", "sampling": "poisson"}
+    plain_result = simulate(**nested(**plain))
+    plain_sizes = [len(r.sampled) for r in plain_result.reports]
+    assert 0 in plain_sizes
+    k = plain_sizes.index(0) + 1
+    same_before = simulate(**nested(**plain | {"rounds": k - 1})).state.params
+    same_after = simulate(**nested(**plain | {"rounds": k})).state.params
+    assert same_after.bit_equal(same_before)

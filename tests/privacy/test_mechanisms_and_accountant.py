@@ -126,10 +126,10 @@ def test_full_batch_rdp_is_the_gaussian_mechanism_formula():
 
 def test_ledger_keeps_history_and_composes():
     ledger = PrivacyLedger().record(1.1, 0.01).record(1.1, 0.01, 9)
-    assert ledger.entries == ((1.1, 0.01, 10),)
+    assert ledger.entries == ((1.1, 0.01, 10, 0),)
     assert PrivacyLedger().epsilon(1e-5) == 0.0
     assert ledger.epsilon(1e-5) == PrivacyLedger().record(1.1, 0.01, 10).epsilon(1e-5)
     more = ledger.record(1.1, 0.01, 90)
     assert more.epsilon(1e-5) > ledger.epsilon(1e-5) > 0
     mixed = ledger.record(2.0, 0.05, 5)
-    assert len(mixed.entries) == 2 and ledger.entries == ((1.1, 0.01, 10),)  # immutable
+    assert len(mixed.entries) == 2 and ledger.entries == ((1.1, 0.01, 10, 0),)  # immutable

@@ -15,6 +15,14 @@ The conversion to (ε, δ) is the tighter one of Balle et al. 2020 (Thm 21):
 
 The same history can also be accounted with privacy-loss distributions (PLD) through
 Google's dp-accounting, which gives a tighter ε at about a second per call.
+
+Those analyses are for Poisson sampling (each client joins a round independently with
+probability q) under the add-or-remove-one neighbouring relation. A round that samples a
+fixed number k of N clients without replacement is a different mechanism: replacing one
+client moves the clipped sum by up to 2C, and ε can be about twice the Poisson figure.
+Such entries carry the population N, and are accounted with dp-accounting's analysis of
+sampling without replacement under the replace-one relation (Wang, Balle and
+Kasiviswanathan 2019).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from scipy.special import binom, gammaln, log_ndtr
@@ -140,27 +148,56 @@ def epsilon_from_rdp(
     return max(float(eps[best]), 0.0), float(alphas[best])
 
 
+Entry = tuple[float, float, int, int]
+"""(noise multiplier, sampling rate, steps, population): population 0 for Poisson
+sampling at the rate; N > 0 for round(rate·N) of N drawn without replacement."""
+
+POISSON = 0
+
+
 @dataclass(frozen=True)
 class PrivacyLedger:
-    """The history of noisy releases: each entry is (noise multiplier, sampling rate,
-    steps). ``record`` returns a new ledger; ``epsilon`` is computed from the entries."""
+    """The history of noisy releases (``Entry``). ``record`` returns a new ledger;
+    ``epsilon`` is computed from the entries."""
 
-    entries: tuple[tuple[float, float, int], ...] = ()
+    entries: tuple[Entry, ...] = ()
 
     def record(
-        self, noise_multiplier: float, sampling_rate: float, steps: int = 1
+        self,
+        noise_multiplier: float,
+        sampling_rate: float,
+        steps: int = 1,
+        population: int = POISSON,
     ) -> PrivacyLedger:
         checks.non_negative("noise_multiplier", noise_multiplier)
         checks.in_unit_interval("sampling_rate", sampling_rate, include_zero=True, include_one=True)
         checks.positive_int("steps", steps)
+        checks.non_negative_int("population", population)
+        if self.entries and (population == POISSON) != (self.entries[0][3] == POISSON):
+            raise ConfigError(
+                "client sampling",
+                "fixed" if population else "poisson",
+                "the sampling this ledger's earlier rounds used: Poisson and fixed-size "
+                "releases are accounted under different neighbouring relations",
+            )
         last = self.entries[-1] if self.entries else None
-        if last is not None and last[:2] == (noise_multiplier, sampling_rate):
-            return PrivacyLedger((*self.entries[:-1], (last[0], last[1], last[2] + steps)))
-        return PrivacyLedger((*self.entries, (noise_multiplier, sampling_rate, steps)))
+        if last is not None and (last[0], last[1], last[3]) == (
+            noise_multiplier, sampling_rate, population
+        ):  # fmt: skip
+            merged = (last[0], last[1], last[2] + steps, last[3])
+            return PrivacyLedger((*self.entries[:-1], merged))
+        entry = (noise_multiplier, sampling_rate, steps, population)
+        return PrivacyLedger((*self.entries, entry))
+
+    @property
+    def fixed_size(self) -> bool:
+        """Whether the releases sampled a fixed number of clients (replace-one relation)."""
+        return bool(self.entries) and self.entries[0][3] != POISSON
 
     def rdp(self, orders: Sequence[float] = DEFAULT_ORDERS) -> np.ndarray:
+        """RDP of the Poisson entries at each order (fixed-size ones are dp-accounting's)."""
         total = np.zeros(len(orders))
-        for noise, rate, steps in self.entries:
+        for noise, rate, steps, _ in self.entries:
             total += steps * rdp_sampled_gaussian(rate, noise, orders)
         return total
 
@@ -174,12 +211,56 @@ class PrivacyLedger:
         by privacy-loss distributions (``method="pld"``, see :func:`epsilon_pld`)."""
         if not self.entries:
             return 0.0
+        if self.fixed_size:
+            if method == "pld":
+                raise ConfigError(
+                    "privacy.accountant",
+                    "pld",
+                    "'rdp' with fixed-size client sampling (dp-accounting's PLD has no "
+                    "analysis of sampling without replacement), or Poisson sampling",
+                )
+            return epsilon_without_replacement(self.entries, delta)
         if method == "pld":
             return epsilon_pld(self.entries, delta)
         return epsilon_from_rdp(self.rdp(orders), delta, orders)[0]
 
+    @property
+    def neighbouring(self) -> str:
+        """The neighbouring relation ε is stated under, for the report."""
+        return "replace one client" if self.fixed_size else "add or remove one"
 
-def epsilon_pld(entries: Sequence[tuple[float, float, int]], delta: float) -> float:
+
+def _dp_accounting(purpose: str) -> object:
+    try:
+        import dp_accounting
+    except ImportError:
+        raise ConfigError(
+            "privacy", purpose, "dp-accounting installed: pip install 'fedstream[privacy]'"
+        ) from None
+    return dp_accounting
+
+
+def epsilon_without_replacement(entries: Sequence[Entry], delta: float) -> float:
+    """ε at ``delta`` for rounds that each sample round(rate·N) of N clients without
+    replacement, under the replace-one relation: dp-accounting's RDP analysis (Wang, Balle
+    and Kasiviswanathan 2019), an optional dependency."""
+    checks.in_unit_interval("delta", delta, include_zero=False, include_one=False)
+    if any(noise == 0 and rate > 0 for noise, rate, _, _ in entries):
+        return math.inf  # a release without noise
+    dp_accounting: Any = _dp_accounting("fixed-size client sampling")
+    from dp_accounting.rdp import RdpAccountant
+
+    accountant = RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
+    for noise, rate, steps, population in entries:
+        sampled = round(rate * population)
+        event = dp_accounting.SampledWithoutReplacementDpEvent(
+            population, sampled, dp_accounting.GaussianDpEvent(noise)
+        )
+        accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
+    return float(accountant.get_epsilon(delta))
+
+
+def epsilon_pld(entries: Sequence[Entry], delta: float) -> float:
     """ε at ``delta`` by composing privacy-loss distributions (Koskela et al. 2020; Doroshenko
     et al. 2022) with Google's dp-accounting library: tighter than RDP, about a second per
     call. dp-accounting is an optional dependency (``pip install 'fedstream[privacy]'``)."""
@@ -194,7 +275,7 @@ def epsilon_pld(entries: Sequence[tuple[float, float, int]], delta: float) -> fl
             "'rdp', or install dp-accounting: pip install 'fedstream[privacy]'",
         ) from None
     accountant = PLDAccountant()
-    for noise, rate, steps in entries:
+    for noise, rate, steps, _ in entries:
         event = dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(noise))
         accountant.compose(dp_accounting.SelfComposedDpEvent(event, steps))
     return float(accountant.get_epsilon(delta))

@@ -19,8 +19,12 @@ Three guarantees, each with its own ledger in ``ServerState.accountant``:
   rate, so one ledger entry per round bounds every example of every client that takes part
   in every round.
 
-The mean the inner strategy sees is the noisy sum over the number of clients aggregated,
-which the server knows (it is public in the usual DP-FedAvg threat model). An inner
+Client sampling is Poisson by default (each client joins a round independently with
+probability q), which is what the accountant's analysis assumes, and the mean the inner
+strategy sees is the noisy sum over the expected count q·N. With fixed-size sampling the
+ledger entries carry N and ε is computed for sampling without replacement under the
+replace-one relation (``privacy.accountant``), and the mean divides by the number of
+clients aggregated, which the server chose. An inner
 strategy that reads each update (a robust rule) composes with ``local`` and ``sample``,
 whose noise is added on the clients (any aggregation of their releases is
 post-processing), and is refused with ``client``.
@@ -37,7 +41,7 @@ import numpy as np
 
 from fedstream import checks
 from fedstream.errors import ConfigError, PrivacyBudgetExceeded
-from fedstream.privacy.accountant import AccountantMethod, PrivacyLedger
+from fedstream.privacy.accountant import POISSON, AccountantMethod, Entry, PrivacyLedger
 from fedstream.privacy.clipping import clip_l2
 from fedstream.privacy.mechanisms import NoiseSource, SecureGenerator, add_gaussian
 from fedstream.strategies.base import StrategyWrapper
@@ -52,6 +56,8 @@ from fedstream.types import (
 )
 
 DPLevel = Literal["client", "local", "sample"]
+ClientSampling = Literal["poisson", "fixed"]
+CLIENT_SAMPLINGS: tuple[ClientSampling, ...] = ("poisson", "fixed")
 DP_LEVELS: tuple[DPLevel, ...] = ("client", "local", "sample")
 
 
@@ -102,7 +108,11 @@ class DifferentialPrivacy(StrategyWrapper):
 
     ``noise_multiplier`` is z; ``clip`` is C, the update bound (its start value under
     adaptive clipping) at the client levels and the per-example gradient bound at the
-    sample level. ``client_sampling_rate`` is q for the client-level accountant.
+    sample level. ``client_sampling_rate`` is q for the client-level accountant, and
+    ``client_sampling`` how the rounds sample (``RoundConfig.sampling``): ``"poisson"``
+    (each of the ``clients`` joins with probability q; the mean divides by the expected
+    count q·N, so the number who joined is not released) or ``"fixed"`` (round(q·N) of
+    ``clients`` without replacement, accounted under the replace-one relation).
     ``example_sampling_rate`` and ``local_steps`` set DP-SGD's Poisson rate and steps per
     round. ε is reported at ``delta``; with ``target_epsilon`` a round that would spend more
     is refused before it starts. ``secure_noise`` (the default) draws all DP noise from
@@ -117,6 +127,8 @@ class DifferentialPrivacy(StrategyWrapper):
     clip: float = 1.0
     delta: float = 1e-5
     client_sampling_rate: float = 1.0
+    client_sampling: ClientSampling = "poisson"
+    clients: int = 0
     adaptive_clip: bool = False
     target_quantile: float = 0.5
     clip_lr: float = 0.2
@@ -150,6 +162,12 @@ class DifferentialPrivacy(StrategyWrapper):
             "dp_target_quantile", self.target_quantile, include_zero=True, include_one=True
         )
         checks.non_negative("dp_clip_lr", self.clip_lr)
+        checks.one_of("client_sampling", self.client_sampling, list(CLIENT_SAMPLINGS))
+        checks.non_negative_int("clients", self.clients)
+        if self.client_sampling == "fixed" and self.level == "client" and self.clients == 0:
+            raise ConfigError(
+                "clients", 0, "the number of clients sampled from, for fixed-size sampling"
+            )
         if self.adaptive_clip:
             if self.level != "client":
                 raise ConfigError(
@@ -184,13 +202,14 @@ class DifferentialPrivacy(StrategyWrapper):
     def name(self) -> str:
         return f"dp-{self.level}-{self.inner.name}"
 
-    def release(self) -> tuple[float, float, int]:
-        """One round's entry in the ledger: (noise multiplier, sampling rate, steps)."""
+    def release(self) -> Entry:
+        """One round's entry in the ledger (``privacy.accountant.Entry``)."""
         if self.level == "client":
-            return self.noise_multiplier, self.client_sampling_rate, 1
+            population = self.clients if self.client_sampling == "fixed" else POISSON
+            return self.noise_multiplier, self.client_sampling_rate, 1, population
         if self.level == "local":
-            return self.noise_multiplier / 2, 1.0, 1
-        return self.noise_multiplier, self.example_sampling_rate, self.local_steps
+            return self.noise_multiplier / 2, 1.0, 1, POISSON
+        return self.noise_multiplier, self.example_sampling_rate, self.local_steps, POISSON
 
     def ledger(self, state: ServerState) -> PrivacyLedger:
         return state.accountant.get(self.level, PrivacyLedger())
@@ -198,9 +217,9 @@ class DifferentialPrivacy(StrategyWrapper):
     def epsilon_after(self, rounds: int, ledger: PrivacyLedger | None = None) -> float:
         """ε at ``delta`` once ``rounds`` more rounds are recorded on ``ledger``."""
         ledger = ledger or PrivacyLedger()
-        noise, rate, steps = self.release()
+        noise, rate, steps, population = self.release()
         if rounds > 0:
-            ledger = ledger.record(noise, rate, steps * rounds)
+            ledger = ledger.record(noise, rate, steps * rounds, population)
         return self.epsilon(ledger)
 
     def epsilon(self, ledger: PrivacyLedger) -> float:
@@ -241,14 +260,15 @@ class DifferentialPrivacy(StrategyWrapper):
             total = (
                 add_gaussian(aggregate.total, noise * clip, rng) if noise > 0 else aggregate.total
             )
+            clients = self.denominator(aggregate)
             if self.adaptive_clip:
                 centred = aggregate.extras.get(WITHIN_CLIP, 0.0)
                 noisy = centred + float(rng.normal(0.0, self.count_stddev, None))
                 new_clip = next_clip(
-                    clip, noisy / aggregate.count + 0.5, self.target_quantile, self.clip_lr
+                    clip, noisy / clients + 0.5, self.target_quantile, self.clip_lr
                 )
             aggregate = WeightedSum(
-                total, float(aggregate.count), aggregate.count, aggregate.extras
+                total, clients, aggregate.count, aggregate.extras, None, aggregate.population
             )
         new_state = self.inner.server_update(state, aggregate)
         ledger = self.ledger(state).record(*self.release())
@@ -259,6 +279,15 @@ class DifferentialPrivacy(StrategyWrapper):
         if isinstance(rng, np.random.Generator):
             changes["rng_state"] = rng.bit_generator.state
         return new_state.evolve(**changes)
+
+    def denominator(self, aggregate: WeightedSum) -> float:
+        """What the noisy sum is divided by: under Poisson sampling the expected number of
+        clients q·N (McMahan et al. 2018's fixed-denominator estimator, so how many joined
+        stays private, and a round nobody joined still releases its noise); under
+        fixed-size sampling the number aggregated, which the server chose."""
+        if self.client_sampling == "poisson" and aggregate.population > 0:
+            return self.client_sampling_rate * aggregate.population
+        return float(max(aggregate.count, 1))
 
     def round_metrics(self, state: ServerState) -> Mapping[str, float]:
         """``dp_epsilon``: ε spent so far at ``delta``; ``dp_clip``: the clip bound the next

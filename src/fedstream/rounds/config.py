@@ -21,9 +21,12 @@ class RoundConfig:
 
     ``clients_per_round`` is a count (int ≥ 1) or a fraction of all clients (float in
     (0, 1]); at least ``min_clients`` are sampled and at least that many valid updates are
-    needed to aggregate. ``evaluate_fraction`` of all clients evaluate the new global model
-    on their test splits every ``evaluate_every`` rounds (0 disables federated evaluation).
-    ``max_update_norm`` rejects payloads whose L2 norm exceeds it.
+    needed to aggregate. ``sampling`` is ``"fixed"`` (exactly that many, without
+    replacement) or ``"poisson"`` (each client independently with probability
+    clients_per_round / clients, so a round's size varies and may be 0; what differential
+    privacy's accountant assumes). ``evaluate_fraction`` of all clients evaluate the new
+    global model on their test splits every ``evaluate_every`` rounds (0 disables
+    federated evaluation). ``max_update_norm`` rejects payloads whose L2 norm exceeds it.
 
     ``compression`` encodes each update on its client (``fedstream.compression``) and
     ``broadcast`` the global params sent to clients (``"none"``, ``"f16"``, ``"q8"``).
@@ -47,6 +50,7 @@ class RoundConfig:
 
     clients_per_round: int | float = 10
     min_clients: int = 1
+    sampling: str = "fixed"
     local_epochs: int = 1
     batch_size: int = 10
     lr: float = 0.05
@@ -71,6 +75,7 @@ class RoundConfig:
         else:
             checks.positive_int("clients_per_round", per_round)
         checks.positive_int("min_clients", self.min_clients)
+        checks.one_of("sampling", self.sampling, ["fixed", "poisson"])
         checks.positive_int("local_epochs", self.local_epochs)
         checks.non_negative_int("batch_size", self.batch_size)
         checks.positive("lr", self.lr)

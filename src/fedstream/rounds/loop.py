@@ -25,7 +25,12 @@ from fedstream.client.local import shared_part, with_shared
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.compression.pruning import prune
 from fedstream.errors import RoundFailedError
-from fedstream.rounds.aggregate import aggregate_updates, aggregation_for, check_composable
+from fedstream.rounds.aggregate import (
+    Aggregated,
+    aggregate_updates,
+    aggregation_for,
+    check_composable,
+)
 from fedstream.rounds.broadcast import broadcast_params
 from fedstream.rounds.collect import collect_updates
 from fedstream.rounds.config import RoundConfig
@@ -98,9 +103,13 @@ def run_round(
         upload_codec(plan.fit),
         upload_mask(decode_broadcast(sent, config.broadcast), plan.fit),
     )
-    aggregated = aggregate_updates(
-        aggregation, transport, collected, config, len(plan.sampled), plan.round, rng
-    )
+    aggregated = (
+        aggregate_updates(
+            aggregation, transport, collected, config, len(plan.sampled), plan.round, rng
+        )
+        if plan.sampled
+        else Aggregated(WeightedSum(like.map(np.zeros_like), 0.0, 0), collected)
+    )  # a Poisson sample may be empty: the round still steps (DP still adds its noise)
     fit_done = time.perf_counter()
 
     aggregate = replace(aggregated.aggregate, population=len(client_ids))

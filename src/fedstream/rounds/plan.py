@@ -62,6 +62,15 @@ def sample_clients(
     return tuple(client_ids[int(i)] for i in chosen)
 
 
+def poisson_sample(
+    rng: np.random.Generator, client_ids: Sequence[str], rate: float
+) -> tuple[str, ...]:
+    """Each client independently with probability ``rate``, in ``client_ids`` order: one
+    uniform draw per client, so the size varies (and may be 0)."""
+    joined = np.flatnonzero(rng.random(len(client_ids)) < rate)
+    return tuple(client_ids[int(i)] for i in joined)
+
+
 def plan_round(
     state: ServerState,
     strategy: Strategy,
@@ -70,12 +79,16 @@ def plan_round(
     rng: np.random.Generator,
     task_policy: TaskPolicy | None = None,
 ) -> RoundPlan:
-    """Sample the round's clients and give each its task: the strategy's config with a seed
-    of its own for the client's shuffling. Draws, in this order, the sample, the seeds,
-    then whatever ``task_policy`` draws."""
+    """Sample the round's clients (``config.sampling``) and give each its task: the
+    strategy's config with a seed of its own for the client's shuffling. Draws, in this
+    order, the sample, the seeds, then whatever ``task_policy`` draws."""
     round_number = state.round + 1
     count = sample_size(len(client_ids), config.clients_per_round, config.min_clients)
-    sampled = sample_clients(rng, client_ids, count)
+    sampled = (
+        poisson_sample(rng, client_ids, count / len(client_ids))
+        if config.sampling == "poisson"
+        else sample_clients(rng, client_ids, count)
+    )
     seeds = rng.integers(0, 2**63 - 1, size=len(sampled))
     local = local_names(state.params, config.local_entries)
     fit = strategy.configure_fit(state, replace(config.fit_config(), local_entries=local))

@@ -44,7 +44,7 @@ from fedstream.data.shakespeare import EDITIONS
 from fedstream.errors import ConfigError
 from fedstream.models import MODELS
 from fedstream.privacy.accountant import AccountantMethod
-from fedstream.privacy.dp import DP_LEVELS, DifferentialPrivacy, DPLevel
+from fedstream.privacy.dp import DP_LEVELS, ClientSampling, DifferentialPrivacy, DPLevel
 from fedstream.rounds import RoundConfig, sample_size
 from fedstream.secure.he import CKKSConfig, HEConfig, PaillierConfig
 from fedstream.secure.secagg import SecAggConfig
@@ -229,6 +229,12 @@ class RunSettings:
         20, "clients sampled per round: a count (20) or a fraction (0.2)"
     )
     min_clients: int = setting(1, "minimum clients sampled and valid updates needed per round")
+    sampling: str = setting(
+        "auto",
+        "how a round samples its clients: fixed (exactly clients_per_round, without "
+        "replacement), poisson (each client with probability clients_per_round / clients; "
+        "what the DP accountant assumes), or auto (poisson when privacy is on)",
+    )
     max_update_norm: float | None = setting(None, "reject updates whose L2 norm exceeds this")
     evaluate_every: int = setting(
         1, "federated and central evaluation every N rounds (0 = last only)"
@@ -242,6 +248,7 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         checks.non_negative_int("run.rounds", self.rounds)
+        checks.one_of("run.sampling", self.sampling, ["auto", "fixed", "poisson"])
 
 
 @dataclass(frozen=True)
@@ -512,6 +519,8 @@ class SimulationConfig:
             clip=privacy.clip,
             delta=privacy.delta,
             client_sampling_rate=per_round / self.data.num_clients,
+            client_sampling=typing.cast(ClientSampling, self.client_sampling),
+            clients=self.data.num_clients,
             adaptive_clip=privacy.adaptive_clip,
             target_quantile=privacy.target_quantile,
             clip_lr=privacy.clip_lr,
@@ -526,6 +535,13 @@ class SimulationConfig:
             secure_noise=privacy.secure_noise,
             accountant=typing.cast(AccountantMethod, privacy.accountant),
         )
+
+    @property
+    def client_sampling(self) -> str:
+        """``run.sampling`` resolved: ``auto`` is Poisson when privacy is on."""
+        if self.run.sampling != "auto":
+            return self.run.sampling
+        return "poisson" if self.privacy.level != "none" else "fixed"
 
     @property
     def run_name(self) -> str:
@@ -553,6 +569,7 @@ class SimulationConfig:
         return RoundConfig(
             clients_per_round=run.clients_per_round,
             min_clients=run.min_clients,
+            sampling=self.client_sampling,
             local_epochs=client.local_epochs,
             batch_size=client.batch_size,
             lr=client.lr,

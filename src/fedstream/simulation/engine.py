@@ -329,6 +329,24 @@ def describe(setup: Setup, config: SimulationConfig) -> dict[str, Any]:
         "trainer_reason": setup.trainer_reason,
         "executor": config.execution.executor,
         "workers": worker_count(config),
+        "client_sampling": config.client_sampling,
+        **({"privacy": privacy_terms(config)} if config.privacy.level != "none" else {}),
+    }
+
+
+def privacy_terms(config: SimulationConfig) -> dict[str, Any]:
+    """What a DP run's ε means, for results.json: the guarantee, the sampling the
+    accountant assumed (the one that ran) and the neighbouring relation."""
+    level = config.privacy.level
+    fixed = level == "client" and config.client_sampling == "fixed"
+    unit = "example" if level == "sample" else "client"
+    return {
+        "level": level,
+        "delta": config.privacy.delta,
+        "accountant": config.privacy.accountant,
+        "sampling": "fixed-size without replacement" if fixed else "poisson",
+        "neighbouring": f"replace one {unit}" if fixed else f"add or remove one {unit}",
+        "noise_source": "OS CSPRNG" if config.privacy.secure_noise else "seeded (reproducible)",
     }
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from fedstream.client.state import ClientState, checkpoint_layout, from_checkpoint_layout
 from fedstream.errors import FedstreamError, WireFormatError
 from fedstream.params import Params
-from fedstream.privacy.accountant import PrivacyLedger
+from fedstream.privacy.accountant import POISSON, Entry, PrivacyLedger
 from fedstream.types import RoundReport, ServerState
 
 FORMAT = "fedstream-checkpoint-1"
@@ -114,7 +114,7 @@ def load_checkpoint(folder: Path) -> tuple[ServerState, RoundReport | None]:
             params=read("params.safetensors"),
             optimizer={n: read(f"optimizer.{n}.safetensors") for n in document["optimizer"]},
             accountant={
-                level: PrivacyLedger(tuple((float(z), float(q), int(s)) for z, q, s in entries))
+                level: PrivacyLedger(tuple(ledger_entry(e) for e in entries))
                 for level, entries in document["accountant"].items()
             },
             clip_norm=document["clip_norm"],
@@ -168,3 +168,11 @@ def latest_checkpoint(root: Path) -> Path | None:
     """The newest complete checkpoint folder under ``root``, or ``None``."""
     folders = sorted(p for p in root.glob(f"{_PREFIX}*") if (p / "state.json").exists())
     return folders[-1] if folders else None
+
+
+def ledger_entry(saved: list[float]) -> Entry:
+    """A ledger entry as a checkpoint keeps it; three fields (before populations were
+    kept) are Poisson entries."""
+    noise, rate, steps, *rest = saved
+    population = int(rest[0]) if rest else POISSON
+    return float(noise), float(rate), int(steps), population
