@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from fedstream.aggregation.updates import UpdateMatrix
     from fedstream.privacy.accountant import PrivacyLedger
 
+ClientMetrics = Literal["clear", "summed", "none"]
+METRIC_PREFIX = "metric:"
+"""Extras named ``metric:<name>`` carry weight × a training metric inside the sum."""
+
 PayloadKind = Literal["delta", "gradient"]
 """What a client sends: ``delta`` = local params − global params; ``gradient`` = ∇loss at
 the global params."""
@@ -97,6 +101,9 @@ class FitConfig:
     the client trains them from its own values and leaves them out of its update.
     ``algorithm`` names what the client does around its training (``client.algorithms``):
     ``"sgd"``, or ``"scaffold"`` (drift correction with control variates).
+    ``client_metrics`` says how the client's training metrics travel: ``"clear"`` beside
+    the update, ``"summed"`` only inside the (secure) sum as weight·value extras, or
+    ``"none"`` not at all (``client.encode.metrics_for_wire``).
     """
 
     local_epochs: int = 1
@@ -113,6 +120,7 @@ class FitConfig:
     masked: bool = False
     local_entries: tuple[str, ...] = ()
     algorithm: str = "sgd"
+    client_metrics: ClientMetrics = "clear"
 
     def cohort_key(self) -> tuple[object, ...]:
         """Every setting but the seed: tasks with equal keys can be trained as one

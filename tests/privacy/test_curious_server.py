@@ -30,17 +30,18 @@ from fedstream.privacy import (
 )
 from fedstream.rounds import plan_round
 from fedstream.simulation import build
+from fedstream.simulation.config import from_mapping
 from fedstream.types import WITHIN_CLIP
-from tests.settings import make_config, nested
+from tests.settings import nested
 
 OLD_LOCAL_NOISE_STREAM = 0x4C4450  # the stream local-DP noise was once drawn in, from the task seed
 
 
 def sent_updates(
-    config_flat: dict[str, object],
+    config_flat: dict[str, object], sections: dict[str, dict[str, object]] | None = None
 ) -> tuple[list[FitTask], list[ClientUpdate], object]:
     """One round's tasks as the server planned them and the updates it received."""
-    config = make_config(**config_flat)
+    config = from_mapping(nested(sections or {}, **config_flat))
     setup = build(config)
     ids = sorted(setup.dataset.clients)
     plan = plan_round(
@@ -207,3 +208,27 @@ def test_poisson_rounds_vary_in_size_and_an_empty_one_still_releases_noise():
     same_before = simulate(**nested(**plain | {"rounds": k - 1})).state.params
     same_after = simulate(**nested(**plain | {"rounds": k})).state.params
     assert same_after.bit_equal(same_before)
+
+
+def test_clients_metrics_reach_the_server_only_inside_the_sum_or_not_at_all():
+    base = {
+        "num_clients": 8, "clients_per_round": 4, "rounds": 1, "local_epochs": 1,
+        "trainer": "sequential",
+    }  # fmt: skip
+    # what the server receives from each client, as it would log it
+    _, secure, _ = sent_updates({**base, "secure_aggregation": "secagg+"})
+    assert all(u.metrics == {} and u.extras == {} for u in secure)  # masked: nothing
+    _, private, _ = sent_updates({**base, "dp": "client"})
+    assert all(u.metrics == {} and set(u.extras) == {WITHIN_CLIP} for u in private)
+    _, asked, _ = sent_updates({**base, "dp": "client"}, {"privacy": {"client_metrics": True}})
+    assert all("loss" in u.metrics for u in asked)  # the user's choice, outside ε
+    # the run still reports the mean training loss, from the secure sum alone
+    clear = simulate(**nested(**base | {"rounds": 2}))
+    summed = simulate(**nested(**base | {"rounds": 2, "secure_aggregation": "secagg+"}))
+    assert summed.reports[-1].metrics["train_loss"] == pytest.approx(
+        clear.reports[-1].metrics["train_loss"], rel=1e-5
+    )
+    # and no client's own evaluation exists to leak: federated evaluation is off
+    assert "fed_accuracy" in clear.final_metrics and clear.reports[-1].evaluations
+    assert "fed_accuracy" not in summed.final_metrics and not summed.reports[-1].evaluations
+    assert "central_accuracy" in summed.final_metrics

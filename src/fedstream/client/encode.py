@@ -30,7 +30,7 @@ from fedstream.compression.pruning import kept_mask
 from fedstream.params import Params
 from fedstream.privacy.dp import privatize_update
 from fedstream.privacy.mechanisms import LOCAL_NOISE_STREAM, client_noise
-from fedstream.types import ClientUpdate, FitConfig
+from fedstream.types import METRIC_PREFIX, ClientMetrics, ClientUpdate, FitConfig
 
 
 def receive_params(params: Params, config: FitConfig) -> Params:
@@ -79,6 +79,7 @@ def prepare_upload(
     """
     if config.sample_dp is not None:  # the example count is private too
         update = replace(update, weight=1.0)
+    update = metrics_for_wire(update, config.client_metrics)
     if config.privacy is not None:
         seed = None if config.privacy.secure_noise else noise_seed
         update = privatize_update(update, config.privacy, client_noise(seed, LOCAL_NOISE_STREAM))
@@ -143,3 +144,15 @@ def encode_within(
         scale *= bound / norm * (1 - 1e-6 * 10**attempt)  # a margin for float32 fields
     zero = payload.map(np.zeros_like)
     return encode_update(zero, codec, None, seed, mask)
+
+
+def metrics_for_wire(update: ClientUpdate, how: ClientMetrics) -> ClientUpdate:
+    """The update with its training metrics as ``how`` asks (``FitConfig.client_metrics``):
+    unchanged, moved into ``extras`` as weight × value (so a secure sum shows the server
+    only their total), or dropped."""
+    if how == "clear" or not update.metrics:
+        return update
+    if how == "none":
+        return replace(update, metrics={})
+    summed = {f"{METRIC_PREFIX}{k}": update.weight * v for k, v in update.metrics.items()}
+    return replace(update, metrics={}, extras={**update.extras, **summed})

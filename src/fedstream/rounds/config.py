@@ -10,7 +10,7 @@ from fedstream.compression.codecs import BROADCASTS, Compression
 from fedstream.errors import ConfigError
 from fedstream.secure.he import HEConfig
 from fedstream.secure.secagg import SecAggConfig
-from fedstream.types import FitConfig
+from fedstream.types import ClientMetrics, FitConfig
 
 SecureSumConfig = SecAggConfig | HEConfig
 
@@ -44,6 +44,10 @@ class RoundConfig:
     homomorphic encryption (``CKKSConfig``, ``PaillierConfig``): the server never sees an
     update, only the sum over the clients that completed the protocol.
 
+    ``client_metrics`` (``FitConfig.client_metrics``) is how clients' training metrics
+    reach the server; only ``"clear"`` runs federated evaluation, whose per-client
+    results are in the clear.
+
     Systems heterogeneity (stragglers) is not a round setting: a simulation passes a task
     policy to :func:`fedstream.rounds.run_round` (``fedstream.simulation.stragglers``).
     """
@@ -65,6 +69,7 @@ class RoundConfig:
     personalize_epochs: int = 0
     local_entries: tuple[str, ...] = ()
     updates_budget_bytes: int = DEFAULT_BUDGET_BYTES
+    client_metrics: ClientMetrics = "clear"
 
     def __post_init__(self) -> None:
         per_round = self.clients_per_round
@@ -76,6 +81,7 @@ class RoundConfig:
             checks.positive_int("clients_per_round", per_round)
         checks.positive_int("min_clients", self.min_clients)
         checks.one_of("sampling", self.sampling, ["fixed", "poisson"])
+        checks.one_of("client_metrics", self.client_metrics, ["clear", "summed", "none"])
         checks.positive_int("local_epochs", self.local_epochs)
         checks.non_negative_int("batch_size", self.batch_size)
         checks.positive("lr", self.lr)
@@ -112,4 +118,5 @@ class RoundConfig:
             compression=self.compression,
             broadcast=self.broadcast,
             masked=self.prune_fraction > 0,
+            client_metrics=self.client_metrics,
         )

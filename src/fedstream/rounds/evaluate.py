@@ -14,7 +14,7 @@ from fedstream.rounds.broadcast import broadcast_params
 from fedstream.rounds.config import RoundConfig
 from fedstream.rounds.plan import sample_clients
 from fedstream.transport.base import Transport
-from fedstream.types import FitConfig
+from fedstream.types import METRIC_PREFIX, FitConfig, WeightedSum
 
 CentralEvaluate = Callable[[Params], Mapping[str, float]]
 """Metrics of the global params on data no client holds (the server's held-out set)."""
@@ -48,6 +48,18 @@ def weighted_mean(
     return {f"{prefix}{k}": totals[k] / weights[k] for k in totals if weights[k] > 0}
 
 
+def summed_metrics(aggregate: WeightedSum, prefix: str) -> dict[str, float]:
+    """The mean of each metric the clients sent inside the sum (``metric:<name>`` extras
+    of weight × value), over the sum of weights; keys prefixed."""
+    if aggregate.weight <= 0:
+        return {}
+    return {
+        f"{prefix}{key.removeprefix(METRIC_PREFIX)}": value / aggregate.weight
+        for key, value in aggregate.extras.items()
+        if key.startswith(METRIC_PREFIX)
+    }
+
+
 def evaluate_federated(
     params: Params,
     transport: Transport,
@@ -57,9 +69,10 @@ def evaluate_federated(
     rng: np.random.Generator,
 ) -> Evaluation:
     """``evaluate_fraction`` of all clients (drawn from ``rng`` unless all) evaluate
-    ``params`` as the broadcast codec delivers them; with ``personalize_epochs`` each also
+    ``params`` as the broadcast codec delivers them (none when the clients' metrics may
+    not travel in the clear, ``RoundConfig.client_metrics``); with ``personalize_epochs`` each also
     reports the model it adapts to its own data."""
-    if config.evaluate_fraction <= 0:
+    if config.evaluate_fraction <= 0 or config.client_metrics != "clear":
         return NO_EVALUATION
     evaluators = (
         list(client_ids)

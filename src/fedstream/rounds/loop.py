@@ -38,6 +38,7 @@ from fedstream.rounds.evaluate import (
     NO_EVALUATION,
     CentralEvaluate,
     evaluate_model,
+    summed_metrics,
     weighted_mean,
 )
 from fedstream.rounds.plan import TaskPolicy, plan_round
@@ -142,6 +143,7 @@ def run_round(
         },
         metrics={
             **weighted_mean(outcome.train_metrics, "train_"),
+            **summed_metrics(aggregated.aggregate, "train_"),
             **strategy.round_metrics(new_state),
             **evaluation.metrics,
         },

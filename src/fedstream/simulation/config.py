@@ -52,6 +52,7 @@ from fedstream.simulation.stragglers import Stragglers
 from fedstream.strategies import STRATEGIES, make_strategy
 from fedstream.strategies.base import Strategy
 from fedstream.strategies.robust import Robust
+from fedstream.types import ClientMetrics
 
 SECURE_SUMS = {"secagg+": "SecAgg+", "ckks": "CKKS", "paillier": "Paillier"}
 TRAINERS = ("auto", "sequential", "vectorized")
@@ -297,6 +298,13 @@ class PrivacySettings:
     accountant: str = setting(
         "rdp", "how ε is computed: rdp, or pld (tighter, about 1 s per round)"
     )
+    client_metrics: bool | None = setting(
+        None,
+        "send each client's own metrics (training loss, federated evaluation) in the "
+        "clear. Default: on unless DP or a secure sum is on; then training metrics travel "
+        "only inside the secure sum (or not at all) and federated evaluation is off. "
+        "Turned on under DP, they are outside ε",
+    )
 
     def __post_init__(self) -> None:
         checks.one_of("privacy.level", self.level, ["none", *DP_LEVELS])
@@ -537,6 +545,15 @@ class SimulationConfig:
         )
 
     @property
+    def client_metrics(self) -> str:
+        """``privacy.client_metrics`` resolved to ``RoundConfig.client_metrics``."""
+        wanted = self.privacy.client_metrics
+        private = self.privacy.level != "none" or self.secure.scheme != "none"
+        if wanted or (wanted is None and not private):
+            return "clear"
+        return "summed" if self.secure.scheme != "none" else "none"
+
+    @property
     def client_sampling(self) -> str:
         """``run.sampling`` resolved: ``auto`` is Poisson when privacy is on."""
         if self.run.sampling != "auto":
@@ -570,6 +587,7 @@ class SimulationConfig:
             clients_per_round=run.clients_per_round,
             min_clients=run.min_clients,
             sampling=self.client_sampling,
+            client_metrics=typing.cast(ClientMetrics, self.client_metrics),
             local_epochs=client.local_epochs,
             batch_size=client.batch_size,
             lr=client.lr,
