@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fedstream import Params, run_round, simulate
-from fedstream.deploy import join, make_tokens, serve
+from fedstream.deploy import join, make_tokens, serve, write_identities
 from fedstream.simulation import SimulationConfig
 from fedstream.simulation.engine import build, build_dataset, resolve_app
 from fedstream.store import RunStore, latest_checkpoint, load_checkpoint
@@ -49,6 +49,7 @@ def write_run(folder: Path, **changes) -> tuple[Path, Path, SimulationConfig]:
     toml.write_text(toml_text(**settings))
     tokens = folder / "tokens.json"
     tokens.write_text(json.dumps(make_tokens(client_ids(config))))
+    write_identities(folder, client_ids(config))  # what `fedstream tokens` provisions
     return toml, tokens, config
 
 
@@ -101,6 +102,7 @@ def start_client(toml, tokens, port, client_id):
         "client", "--config", str(toml), "--server", f"127.0.0.1:{port}", "--id", client_id,
         "--token-file", str(tokens), "--insecure",
         "--state-dir", str(toml.parent / "client-state" / client_id),
+        "--identity", str(tokens.parent / "identities.json"),
     )  # fmt: skip
 
 

@@ -33,6 +33,7 @@ from fedstream.client.base import Trainer
 from fedstream.client.vectorized import VectorizedTrainer
 from fedstream.data.base import ClientData
 from fedstream.errors import ConfigError
+from fedstream.secure.secagg import Identity, load_identity, make_identities
 from fedstream.simulation.config import SimulationConfig
 from fedstream.simulation.engine import Setup, SimulationResult, build, resolve_app, simulate
 from fedstream.transport.grpc.client import ClientCredentials, ClientStats, run_client
@@ -49,6 +50,37 @@ log = logging.getLogger("fedstream.deploy")
 def make_tokens(client_ids: list[str]) -> dict[str, str]:
     """A fresh random token (32 bytes, URL-safe) for each client."""
     return {client_id: secrets.token_urlsafe(32) for client_id in client_ids}
+
+
+IDENTITIES_FILE = "identities.json"
+ROSTER_FILE = "roster.json"
+
+
+def write_identities(folder: Path, client_ids: list[str]) -> None:
+    """Provision SecAgg+ identities beside the tokens: ``identities.json`` (client id →
+    private signing key, secret: each client should get only its own entry) and
+    ``roster.json`` (client id → public key, which every client gets)."""
+    private, public = make_identities(client_ids)
+    keys = folder / IDENTITIES_FILE
+    keys.write_text(json.dumps(private, indent=1))
+    keys.chmod(0o600)
+    (folder / ROSTER_FILE).write_text(json.dumps(public, indent=1))
+
+
+def load_identities(client_id: str, identity_file: Path, roster_file: Path) -> Identity:
+    """A client's identity from its key file (a JSON of id → key, or the key alone, in hex)
+    and the roster (a JSON of id → public key, in hex)."""
+    try:
+        text = identity_file.read_text().strip()
+        roster = json.loads(roster_file.read_text())
+        key = json.loads(text).get(client_id) if text.startswith("{") else text
+    except FileNotFoundError as exc:
+        raise ConfigError("--identity", str(exc.filename), "an existing file") from None
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError("--identity", str(identity_file), f"JSON or hex ({exc})") from None
+    if not isinstance(key, str) or not isinstance(roster, dict):
+        raise ConfigError("--identity", client_id, f"an entry for this client in {identity_file}")
+    return load_identity(client_id, key, roster)
 
 
 def load_tokens(path: Path) -> dict[str, str]:
@@ -169,10 +201,12 @@ def join(
     give_up_after_s: float | None = None,
     state_dir: str | Path | None = None,
     app: App | None = None,
+    identity: Identity | None = None,
 ) -> ClientStats:
     """Take part in the run at ``server`` as ``client_id`` until it is over. Uses
     ``config.execution.threads`` torch threads (one per process is fastest for small models). The
-    client's durable state is kept in ``state_dir`` (see ``run_client``)."""
+    client's durable state is kept in ``state_dir`` (see ``run_client``); ``identity``
+    (``load_identities``) is what SecAgg+ needs of it."""
     torch.set_num_threads(config.execution.threads)
     own, trainer = client_setup(config, client_id, app)
     return run_client(
@@ -185,4 +219,6 @@ def join(
         stop=stop,
         give_up_after_s=give_up_after_s,
         state_dir=state_dir,
+        identity=identity,
+        corrupt_fraction=config.secure.corrupt_fraction,
     )

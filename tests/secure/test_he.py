@@ -206,6 +206,7 @@ def test_he_runs_with_dp_and_reports_like_any_other_run():
     common = dict(
         num_clients=8, clients_per_round=4, rounds=2, local_epochs=1, model="linear",
         partition="iid", dp="client", dp_noise=0.3, dp_secure_noise=False, evaluate_every=0,
+        sampling="fixed",
     )  # fmt: skip
     plain = simulate(**nested(**common))
     ckks = simulate(**nested(**common, secure_aggregation="ckks"))

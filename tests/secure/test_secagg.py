@@ -75,6 +75,26 @@ def test_neighbour_graph_is_regular_and_symmetric(n, k):
     ("config", "clients", "message"),
     [
         (SecAggConfig(neighbours=4, threshold=5), 10, "secagg_threshold=5 is invalid: expected at"),
+        (
+            SecAggConfig(neighbours=8, threshold=4),
+            10,
+            "secagg_threshold=4 is invalid: expected at least 5 with 8 neighbours",
+        ),
+        (
+            SecAggConfig(neighbours=8, threshold=5, corrupt_fraction=0.25),
+            10,
+            "secagg_threshold=5 is invalid: expected at least 6 with 8 neighbours and corrupt",
+        ),
+        (
+            SecAggConfig(neighbours=2, corrupt_fraction=0.9),
+            10,
+            r"secure.corrupt_fraction=0.9 is invalid: expected small enough",
+        ),
+        (
+            SecAggConfig(neighbours=8, dropout_rate=0.5),
+            10,
+            r"secure.dropout_rate=0.5 is invalid: expected at most 0.375",
+        ),
         (SecAggConfig(neighbours=12), 10, r"secagg_neighbours=12 is invalid: expected at most"),
         (SecAggConfig(), 1, "clients_per_round=1 is invalid: expected at least 2"),
         (SecAggConfig(max_abs=2.0**37), 5, "secagg_max_abs=.* small enough that 5 clients"),
@@ -132,7 +152,11 @@ def plain_and_secure(offline=None, secagg=None, **changes):
     config, setup, transport, ids = make(**changes)
     plain_transport = Dropouts(
         InProcessTransport(setup.dataset.clients, setup.trainer),
-        {c: "fit" for c, stage in (offline or {}).items() if stage != "unmask"},
+        {
+            c: "fit"
+            for c, stage in (offline or {}).items()
+            if stage not in ("consistency", "unmask")
+        },
     )
     strategy = config.build_strategy()
     plain, _ = run_round(setup.initial, strategy, plain_transport, ids, config.round_config())
@@ -154,14 +178,17 @@ def sampled(setup, ids, count=8):
     return [ids[int(i)] for i in setup.initial.generator().choice(len(ids), count, replace=False)]
 
 
-@pytest.mark.parametrize("neighbours", [None, 6])  # complete graph, and a sparse SecAgg+ one
+@pytest.mark.parametrize("neighbours", [None, 12])  # complete graph, and a sparse SecAgg+ one
 def test_dropouts_at_every_stage_are_recovered(neighbours):
-    _, setup, _, ids = make()
-    chosen = sampled(setup, ids)
-    offline = {chosen[0]: "advertise", chosen[1]: "share", chosen[2]: "mask", chosen[3]: "unmask"}
-    secagg = SecAggConfig(neighbours=neighbours, threshold=2)
-    plain, secure, report, _, _ = plain_and_secure(offline, secagg)
-    # the unmask dropout's input is in the sum; the earlier dropouts' are not
+    _, setup, _, ids = make(clients=16, per_round=14)
+    chosen = sampled(setup, ids, 14)
+    offline = {
+        chosen[0]: "advertise", chosen[1]: "share", chosen[2]: "mask",
+        chosen[3]: "consistency", chosen[4]: "unmask",
+    }  # fmt: skip
+    secagg = SecAggConfig(neighbours=neighbours)  # t = ⌊k/2⌋ + 1: 7 of 12 or 13
+    plain, secure, report, _, _ = plain_and_secure(offline, secagg, clients=16, per_round=14)
+    # the late dropouts' inputs are in the sum (masked); the earlier dropouts' are not
     assert set(report.completed) == set(chosen) - set(chosen[:3])
     assert {(f.client_id, f.stage) for f in report.failures} == {(c, s) for c, s in offline.items()}
     np.testing.assert_allclose(secure.params.flat(), plain.params.flat(), atol=1e-6)
@@ -170,12 +197,12 @@ def test_dropouts_at_every_stage_are_recovered(neighbours):
 def test_too_many_dropouts_fail_the_round_saying_what_was_needed():
     config, setup, transport, ids = make()
     chosen = sampled(setup, ids)
-    dropping = Dropouts(transport, {c: "unmask" for c in chosen[:6]})  # 2 left; threshold 3
+    dropping = Dropouts(transport, {c: "unmask" for c in chosen[:6]})  # 2 left; threshold 4
     secure_config = replace(
-        config.round_config(), secure_aggregation=SecAggConfig(neighbours=7, threshold=3)
+        config.round_config(), secure_aggregation=SecAggConfig(neighbours=7, threshold=4)
     )
     with pytest.raises(
-        RoundFailedError, match=r"self-mask seed: needs 3 shares, 2 of its neighbours remained"
+        RoundFailedError, match=r"self-mask seed: needs 4 shares, [12] of its neighbours remained"
     ):
         run_round(setup.initial, FedAvg(), dropping, ids, secure_config)
     assert setup.initial.round == 0  # the state passed in is untouched
@@ -201,7 +228,7 @@ def test_the_server_sees_nothing_but_the_sum():
         shares = [
             (x, int(y, 16)) for s in revealed.values() for o, (x, y, _) in s.items() if o == client
         ]
-        without_self_mask = vector - prg(shamir_combine(shares[:2]), len(vector))
+        without_self_mask = vector - prg(shamir_combine(shares), len(vector))
         decoded = decode_fixed(without_self_mask, 24)
         # a real entry of weight·Δ is at most a few units; the masked ones are ~2^38 wide
         assert np.median(np.abs(decoded)) > 1e9

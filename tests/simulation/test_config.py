@@ -86,3 +86,20 @@ def test_a_projects_pyproject_holds_its_settings_under_tool_fedstream(tmp_path):
         '[project]\nname = "x"\n\n[tool.fedstream.run]\nrounds = 4\n'
     )
     assert from_mapping(project_settings(tmp_path)).run.rounds == 4
+
+
+def test_client_sampling_follows_privacy_and_refuses_rounds_too_small_for_a_secure_sum():
+    assert make_config().round_config().sampling == "fixed"
+    assert make_config(dp="client").round_config().sampling == "poisson"
+    assert make_config(dp="client", sampling="fixed").round_config().sampling == "fixed"
+    with pytest.raises(ConfigError, match=r"run\.sampling='poisson' is invalid: expected 'fixed'"):
+        make_config(
+            num_clients=5, clients_per_round=3, rounds=4, dp="client",
+            secure_aggregation="secagg+",
+        )  # fmt: skip
+    # 8 of 12 a round: a round of one is a 1e-5 event, and the run goes ahead
+    make_config(
+        num_clients=12, clients_per_round=8, rounds=2, dp="client", secure_aggregation="secagg+"
+    )
+    with pytest.raises(ConfigError, match=r"run\.sampling='often' is invalid"):
+        make_config(sampling="often")

@@ -198,6 +198,22 @@ def server(
     help="Keep this client's state between rounds (error feedback, control variates, "
     "local layers) in this folder, so it survives a restart [default: fedstream-state/ID].",
 )
+@click.option(
+    "--identity",
+    "identity_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="This client's SecAgg+ signing key (hex, or the id's entry of identities.json "
+    "from fedstream tokens); needed for secure.scheme secagg+.",
+)
+@click.option(
+    "--roster",
+    "roster_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The others' public signing keys (roster.json from fedstream tokens) "
+    "[default: roster.json beside --identity].",
+)
 @setting_options
 def client(
     config_path: Path | None,
@@ -210,10 +226,12 @@ def client(
     key: Path | None,
     insecure: bool,
     state_dir: Path | None,
+    identity_file: Path | None,
+    roster_file: Path | None,
     **flags: str | None,
 ) -> None:
     """Join a federated run as one client; reconnects until the server ends the run."""
-    from fedstream.deploy import join, load_tokens
+    from fedstream.deploy import ROSTER_FILE, join, load_identities, load_tokens
     from fedstream.transport.grpc.client import ClientCredentials
 
     try:
@@ -230,6 +248,13 @@ def client(
             )
         )
         config = load_config(config_path, None, flags)
+        identity = (
+            load_identities(
+                client_id, identity_file, roster_file or identity_file.parent / ROSTER_FILE
+            )
+            if identity_file is not None
+            else None
+        )
         stats = join(
             address,
             client_id,
@@ -237,6 +262,7 @@ def client(
             config,
             credentials=credentials,
             state_dir=state_dir or Path("fedstream-state") / client_id,
+            identity=identity,
         )
     except FedstreamError as exc:
         fail(exc)
@@ -253,8 +279,10 @@ def client(
 )
 @setting_options
 def tokens(config_path: Path | None, out: Path, **flags: str | None) -> None:
-    """Make a random token for every client of a run config."""
-    from fedstream.deploy import make_tokens
+    """Make a random token for every client of a run config, and each client's SecAgg+
+    signing key (identities.json) with the roster of their public keys (roster.json),
+    beside it."""
+    from fedstream.deploy import make_tokens, write_identities
     from fedstream.simulation.engine import build_dataset, resolve_app
 
     try:
@@ -265,4 +293,9 @@ def tokens(config_path: Path | None, out: Path, **flags: str | None) -> None:
         fail(exc)
     out.write_text(json.dumps(made, indent=1))
     out.chmod(0o600)
-    click.echo(f"{len(made)} tokens written to {out} (keep it secret)")
+    write_identities(out.parent, sorted(made))
+    click.echo(
+        f"{len(made)} tokens written to {out}, signing keys to identities.json and their "
+        "public keys to roster.json beside it (keep the first two secret; give each client "
+        "its own entries and the roster)"
+    )

@@ -19,28 +19,51 @@ subtracts the self-masks and the dropped clients' pairwise masks from Σ y_u, wh
 Σ x_u over U₃ exactly (mod 2⁶⁴). Any secret it lacks t shares of fails the round with how
 many were needed and how many there were.
 
-The server is assumed honest-but-curious: it follows the protocol, and it learns nothing
-beyond the sum unless it colludes with t or more of a client's neighbours. Bonawitz et
-al.'s consistency round with signatures, which defends against a server that lies about
-dropouts, is not implemented. The masked arithmetic is in the ring Z_{2⁶⁴} (uint64
-wrap-around), which Bonawitz et al. allow (any Z_R). Shamir sharing is over the prime field
-GF(2⁵²¹ − 1), whose elements hold the 32-byte secrets.
+Against a server that lies (Bonawitz et al. 2017, §4 "active adversaries"; Bell et al.
+2020), four defences hold, each enforced by the client:
+
+- **Authenticated keys.** Every client has a long-term Ed25519 identity key, and every
+  client holds the roster of the others' public identity keys, provisioned out of band
+  (the PKI these papers assume). A client signs its advertised keys, and refuses a
+  neighbour's keys that the neighbour did not sign, so the server cannot slip in keys of
+  its own and collect the shares meant for a neighbour.
+- **Threshold above half.** A client refuses to share with a threshold t ≤ (k + c)/2,
+  where k is its own number of neighbours and c = ⌈γ·k⌉ of them may collude with the
+  server (γ = ``corrupt_fraction``). Every honest neighbour reveals at most one kind of
+  share of a client, a share of its self-mask seed or of its mask key. The server would
+  need t of each kind, 2t honest neighbours (less the colluders), and there are not so
+  many. Whatever it tells whom, it cannot unmask one client's vector.
+- **Consistency check.** After masking, each survivor signs the survivor set U₃ the
+  server showed it. It reveals shares only when at least t of its neighbours signed the
+  very same set. A signature over another set, or too few signatures, makes it refuse
+  loudly: the round fails, naming the client.
+- **One answer per round.** What it reveals for a neighbour u follows from the signed U₃
+  alone (a self-mask share if u ∈ U₃, a mask-key share if not), once per round.
+
+The masked arithmetic is in the ring Z_{2⁶⁴} (uint64 wrap-around), which Bonawitz et al.
+allow (any Z_R). Shamir sharing is over the prime field GF(2⁵²¹ − 1), whose elements hold
+the 32-byte secrets.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -67,9 +90,14 @@ class SecAggConfig:
     ``neighbours`` (k) is how many others each client shares its secrets with (``None``:
     min(clients − 1, 20); all others makes it Bonawitz et al.'s original SecAgg).
     ``threshold`` (t) is how many of a client's neighbours must stay to recover it
-    (``None``: max(2, ⌈k/4⌉)). Any fewer than t colluding neighbours learn nothing from the
-    server's view. Values are encoded in fixed point with ``fraction_bits``; each must be at
-    most ``max_abs`` in magnitude, and the sum over all clients must stay below 2⁶³.
+    (``None``: the smallest safe one, :func:`minimum_threshold`). ``corrupt_fraction``
+    (γ) is the share of a client's neighbours assumed to collude with the server. A
+    lying server then learns nothing beyond the sum while t > (k + ⌈γk⌉)/2 (module
+    docstring), and a round survives up to k − t dropped neighbours per client.
+    ``dropout_rate``, when given, is the share of neighbours the round must survive; a
+    configuration that cannot both survive it and stay safe is refused. Values are encoded
+    in fixed point with ``fraction_bits``; each must be at most ``max_abs`` in magnitude,
+    and the sum over all clients must stay below 2⁶³.
     """
 
     scheme: ClassVar[str] = "secagg+"
@@ -77,6 +105,8 @@ class SecAggConfig:
     threshold: int | None = None
     fraction_bits: int = 24
     max_abs: float = 2.0**20
+    corrupt_fraction: float = 0.0
+    dropout_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.neighbours is not None:
@@ -84,6 +114,13 @@ class SecAggConfig:
         if self.threshold is not None:
             checks.positive_int("secagg_threshold", self.threshold)
         checks.positive_int("secagg_fraction_bits", self.fraction_bits)
+        checks.in_unit_interval(
+            "secure.corrupt_fraction", self.corrupt_fraction, include_zero=True, include_one=False
+        )
+        if self.dropout_rate is not None:
+            checks.in_unit_interval(
+                "secure.dropout_rate", self.dropout_rate, include_zero=True, include_one=False
+            )
         checks.positive("secagg_max_abs", self.max_abs)
         if self.fraction_bits + math.log2(self.max_abs) >= 62:
             raise ConfigError(
@@ -101,10 +138,33 @@ class SecAggConfig:
             raise ConfigError(
                 "secagg_neighbours", k, f"at most clients per round − 1 ({clients - 1})"
             )
-        t = self.threshold if self.threshold is not None else max(2, math.ceil(k / 4))
+        safe = minimum_threshold(k, self.corrupt_fraction)
+        if safe > k:
+            raise ConfigError(
+                "secure.corrupt_fraction",
+                self.corrupt_fraction,
+                f"small enough that a safe threshold fits {k} neighbours (it needs {safe})",
+            )
+        t = self.threshold if self.threshold is not None else safe
         if t > k:
             raise ConfigError(
                 "secagg_threshold", t, f"at most the number of neighbours secagg_neighbours={k}"
+            )
+        if t < safe:
+            raise ConfigError(
+                "secagg_threshold",
+                t,
+                f"at least {safe} with {k} neighbours and corrupt_fraction="
+                f"{self.corrupt_fraction:g}: below it a server that lies about who dropped "
+                "can collect both kinds of share of one client and unmask its update",
+            )
+        if self.dropout_rate is not None and k - t < math.ceil(self.dropout_rate * k):
+            raise ConfigError(
+                "secure.dropout_rate",
+                self.dropout_rate,
+                f"at most {(k - t) / k:.3g}: with {k} neighbours a safe threshold is {t}, so "
+                f"a round survives only {k - t} dropped neighbours per client (more "
+                "neighbours, or a smaller corrupt_fraction, allow more)",
             )
         headroom = 2.0**63 / (2.0**self.fraction_bits * self.max_abs)
         if clients > headroom:
@@ -114,6 +174,15 @@ class SecAggConfig:
                 f"small enough that {clients} clients' sum fits in 63 bits",
             )
         return k, t
+
+
+def minimum_threshold(neighbours: int, corrupt_fraction: float) -> int:
+    """The smallest threshold t a client accepts with k = ``neighbours``: the least t with
+    2t > k + ⌈γk⌉, so that its honest neighbours, each revealing one kind of share of it,
+    can never hand the server t shares of both kinds. It may exceed k when γ is large:
+    then no threshold is safe."""
+    colluders = math.ceil(corrupt_fraction * neighbours - 1e-9)
+    return (neighbours + colluders) // 2 + 1
 
 
 def neighbour_graph(
@@ -215,6 +284,121 @@ def _private_bytes(key: X25519PrivateKey) -> bytes:
     )
 
 
+# -- identities (the PKI against an active server) ----------------------------------------
+
+
+class Roster(Protocol):
+    """Every client's public Ed25519 identity key, as this client was given it out of band;
+    ``None`` for a client it does not know."""
+
+    def public_key(self, client_id: str) -> bytes | None: ...
+
+
+@dataclass(frozen=True)
+class KeyRoster:
+    """A roster read from a provisioning file: client id → 32-byte public key."""
+
+    keys: Mapping[str, bytes]
+
+    def public_key(self, client_id: str) -> bytes | None:
+        return self.keys.get(client_id)
+
+
+@dataclass(frozen=True)
+class DerivedRoster:
+    """A simulation's roster: every simulated device's identity key is derived from the
+    run's device secret (:func:`derived_identity_key`), so any process of the run can
+    give any client's public key without a file."""
+
+    secret: int
+
+    def public_key(self, client_id: str) -> bytes:
+        key = derived_identity_key(self.secret, client_id).public_key()
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def derived_identity_key(secret: int, client_id: str) -> Ed25519PrivateKey:
+    """A simulated device's identity key: a keyed hash (BLAKE2b) of its id."""
+    seed = hashlib.blake2b(
+        f"identity\x00{client_id}".encode(), key=secret.to_bytes(16, "little"), digest_size=32
+    ).digest()
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """This client's identity key and the roster it checks the others' signatures with."""
+
+    client_id: str
+    key: Ed25519PrivateKey
+    roster: Roster
+
+    def sign(self, message: bytes) -> bytes:
+        return self.key.sign(message)
+
+    def verify(self, signer: str, signature: bytes, message: bytes, what: str) -> None:
+        """Refuse, naming ``what``, unless ``signer`` signed ``message``."""
+        public = self.roster.public_key(signer)
+        if public is None:
+            raise SecAggError(f"{what}: client {signer!r} is not in this client's roster")
+        try:
+            Ed25519PublicKey.from_public_bytes(public).verify(signature, message)
+        except (InvalidSignature, ValueError):
+            raise SecAggError(
+                f"{what}: not signed by {signer!r} (the server relayed something it did not send)"
+            ) from None
+
+
+def make_identities(client_ids: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Fresh identity keys for a deployment: (client id → private key hex, to give each
+    client its own; client id → public key hex, the roster every client gets)."""
+    private: dict[str, str] = {}
+    public: dict[str, str] = {}
+    for client_id in client_ids:
+        key = Ed25519PrivateKey.generate()
+        private[client_id] = key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        ).hex()  # fmt: skip
+        public[client_id] = (
+            key.public_key()
+            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            .hex()
+        )
+    return private, public
+
+
+def load_identity(client_id: str, private_hex: str, roster: Mapping[str, str]) -> Identity:
+    """A deployed client's identity from its provisioned key and the roster (hex)."""
+    try:
+        key = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(private_hex))
+        keys = {c: bytes.fromhex(k) for c, k in roster.items()}
+    except ValueError as exc:
+        raise ConfigError(
+            "--identity", client_id, f"a hex Ed25519 key and roster ({exc})"
+        ) from None
+    mine = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    if keys.get(client_id) != mine:
+        raise ConfigError(
+            "--identity", client_id, "a key whose public half is this client's roster entry"
+        )
+    return Identity(client_id, key, KeyRoster(keys))
+
+
+def advertised(round_number: int, client_id: str, cipher_key: bytes, mask_key: bytes) -> bytes:
+    """What a client signs when it advertises its round keys."""
+    return b"|".join(
+        [b"fedstream secagg keys", str(round_number).encode(), client_id.encode(),
+         cipher_key, mask_key]
+    )  # fmt: skip
+
+
+def survivors_message(round_number: int, survivors: Sequence[str]) -> bytes:
+    """What a client signs in the consistency check: the survivor set it was shown."""
+    body = json.dumps(sorted(survivors), separators=(",", ":")).encode()
+    return b"fedstream secagg survivors|" + str(round_number).encode() + b"|" + body
+
+
 # -- message framing ----------------------------------------------------------------------
 
 
@@ -256,12 +440,23 @@ def hex_field(header: Mapping[str, Any], key: str, size: int, what: str) -> byte
 
 class SecAggClient:
     """One client's state for one round of SecAgg+. Its secrets never leave it except as
-    encrypted shares and, at unmasking, the shares the protocol allows."""
+    encrypted shares and, at unmasking, the shares the protocol allows. ``identity`` signs
+    what it sends and checks what the others signed; ``corrupt_fraction`` is the share of
+    its neighbours it assumes may collude with the server (module docstring)."""
 
-    def __init__(self, client_id: str, round_number: int, config: SecAggConfig) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        round_number: int,
+        config: SecAggConfig,
+        identity: Identity,
+        corrupt_fraction: float = 0.0,
+    ) -> None:
         self.client_id = client_id
         self.round = round_number
         self.config = config
+        self.identity = identity
+        self.corrupt_fraction = corrupt_fraction
         self._cipher_key = X25519PrivateKey.generate()
         self._mask_key = X25519PrivateKey.generate()
         self._self_seed = os.urandom(32)
@@ -270,39 +465,50 @@ class SecAggClient:
         self._keys: dict[str, tuple[bytes, bytes]] = {}  # neighbour → (C_v, S_v)
         self._held: dict[str, tuple[int, int, int]] = {}  # owner → (x, b share, s share)
         self._maskers: tuple[str, ...] = ()
+        self._survivors: tuple[str, ...] | None = None  # the set this client signed
 
     def advertise(self, request: bytes) -> bytes:
-        """Stage 1: learn the neighbours and threshold; answer with both public keys."""
+        """Stage 1: learn the neighbours and threshold (refusing an unsafe one); answer
+        with both public keys, signed."""
         header, _ = unpack(request, "advertise request")
         neighbours = header.get("neighbours")
         if not isinstance(neighbours, list) or self.client_id in neighbours:
             raise SecAggError("advertise request: neighbours must be a list of other clients")
         self.neighbours = tuple(str(v) for v in neighbours)
         self.threshold = int(header.get("threshold", 0))
-        if not 1 <= self.threshold <= len(self.neighbours):
+        k = len(self.neighbours)
+        if not 1 <= self.threshold <= k:
             raise SecAggError(
                 f"advertise request: threshold={self.threshold} is invalid: expected 1 … "
-                f"{len(self.neighbours)} (the number of neighbours)"
+                f"{k} (the number of neighbours)"
             )
+        safe = minimum_threshold(k, self.corrupt_fraction)
+        if self.threshold < safe:
+            raise SecAggError(
+                f"advertise request: threshold={self.threshold} is invalid: expected at least "
+                f"{safe} with {k} neighbours (below it a lying server can collect both kinds "
+                "of share of one client)"
+            )
+        cipher, mask = _public_bytes(self._cipher_key), _public_bytes(self._mask_key)
+        signature = self.identity.sign(advertised(self.round, self.client_id, cipher, mask))
         return pack(
-            {
-                "cipher_key": _public_bytes(self._cipher_key).hex(),
-                "mask_key": _public_bytes(self._mask_key).hex(),
-            }
+            {"cipher_key": cipher.hex(), "mask_key": mask.hex(), "signature": signature.hex()}
         )
 
     def share(self, request: bytes) -> bytes:
-        """Stage 2: given the neighbours' public keys, encrypt one share pair for each."""
+        """Stage 2: given the neighbours' public keys (each signed by its owner), encrypt
+        one share pair for each."""
         header, _ = unpack(request, "share request")
         keys = header.get("keys")
         if not isinstance(keys, dict) or set(keys) - set(self.neighbours):
             raise SecAggError("share request: keys must be given for neighbours only")
         for v, pair in keys.items():
             what = f"share request, keys of {v!r}"
-            self._keys[v] = (
-                hex_field(pair, "cipher_key", 32, what),
-                hex_field(pair, "mask_key", 32, what),
-            )
+            cipher = hex_field(pair, "cipher_key", 32, what)
+            mask = hex_field(pair, "mask_key", 32, what)
+            signature = hex_field(pair, "signature", 64, what)
+            self.identity.verify(v, signature, advertised(self.round, v, cipher, mask), what)
+            self._keys[v] = (cipher, mask)
         if len(self._keys) < self.threshold:
             raise SecAggError(
                 f"share request: {len(self._keys)} neighbours advertised keys, "
@@ -354,20 +560,62 @@ class SecAggClient:
             masked = masked + pairwise if self.client_id < v else masked - pairwise
         return pack({"extras": list(extras)}, masked.tobytes())
 
+    def consistency(self, request: bytes) -> bytes:
+        """The consistency check: sign the survivor set U₃ the server shows, once."""
+        header, _ = unpack(request, "consistency request")
+        survivors = header.get("survivors")
+        if not isinstance(survivors, list) or not all(isinstance(u, str) for u in survivors):
+            raise SecAggError("consistency request: survivors must be a list of client ids")
+        if self.client_id not in survivors:
+            raise SecAggError("consistency request: this client masked, but is not a survivor")
+        if self._survivors is not None:
+            raise SecAggError("consistency request: this client already signed a survivor set")
+        self._survivors = tuple(sorted(set(survivors)))
+        signature = self.identity.sign(survivors_message(self.round, self._survivors))
+        return pack({"signature": signature.hex()})
+
     def unmask(self, request: bytes) -> bytes:
-        """Stage 4: a share of b_u for each live neighbour, of s_u for each dropped one."""
+        """Stage 4: once at least t neighbours have signed the same survivor set as this
+        client, a share of b_u for each neighbour u in it, of s_u for each one not."""
         header, _ = unpack(request, "unmask request")
-        live, dropped = set(header.get("live", [])), set(header.get("dropped", []))
-        if live & dropped:
+        survivors = self._survivors
+        if survivors is None:
+            raise SecAggError("unmask request before this client signed a survivor set")
+        named = header.get("survivors")
+        if not isinstance(named, list) or tuple(sorted(set(map(str, named)))) != survivors:
             raise SecAggError(
-                f"unmask request: clients {sorted(live & dropped)} are both live and dropped"
+                "unmask request: it names another survivor set than the one this client signed"
             )
-        if (live | dropped) - set(self._held):
-            raise SecAggError("unmask request: names clients this one holds no shares of")
+        signatures = header.get("signatures")
+        if not isinstance(signatures, dict):
+            raise SecAggError("unmask request: signatures must map client ids to signatures")
+        message = survivors_message(self.round, survivors)
+        confirmed = set()
+        for signer, signature_hex in signatures.items():
+            what = f"unmask request, {signer!r}'s survivor set"
+            try:
+                signature = bytes.fromhex(str(signature_hex))
+            except ValueError:
+                raise SecAggError(f"{what}: not hex") from None
+            try:
+                self.identity.verify(str(signer), signature, message, what)
+            except SecAggError:
+                raise SecAggError(
+                    f"unmask request: {signer!r} did not sign the survivor set this client "
+                    "saw; the server showed clients different sets, refusing to reveal shares"
+                ) from None
+            confirmed.add(str(signer))
+        agreeing = len(confirmed & set(self.neighbours))
+        if agreeing < self.threshold:
+            raise SecAggError(
+                f"unmask request: only {agreeing} neighbours confirmed the survivor set this "
+                f"client saw, the threshold is {self.threshold}; refusing to reveal shares"
+            )
         revealed = {}
-        for u in sorted(live | dropped):
+        for u in sorted(self._held):
             x, b_y, s_y = self._held[u]
-            revealed[u] = [x, hex(b_y if u in live else s_y), "b" if u in live else "s"]
+            live = u in survivors
+            revealed[u] = [x, hex(b_y if live else s_y), "b" if live else "s"]
         return pack({"shares": revealed})
 
 

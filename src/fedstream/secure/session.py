@@ -29,6 +29,7 @@ from fedstream.secure.he import (
     split_ciphertexts,
 )
 from fedstream.secure.secagg import (
+    Identity,
     SecAggClient,
     SecAggConfig,
     SecAggError,
@@ -41,8 +42,9 @@ from fedstream.secure.secagg import (
 )
 from fedstream.types import ClientUpdate, WeightedSum
 
-STAGES = ("advertise", "share", "mask", "unmask", "keys", "encrypt", "decrypt")
-"""Every secure-sum stage: SecAgg+'s four, then the HE sum's three."""
+STAGES = ("advertise", "share", "mask", "consistency", "unmask", "keys", "encrypt", "decrypt")
+"""Every secure-sum stage: SecAgg+'s five (with the consistency check), then the HE sum's
+three."""
 
 Answer = tuple[str, bytes | ClientFailure]
 
@@ -72,10 +74,16 @@ def update_vector(update: ClientUpdate) -> tuple[npt.NDArray[np.float64], list[s
 class SecureDevice:
     """The client's side of a secure sum, as it runs on the device: it holds the update
     back at training time, then answers each stage of SecAgg+ or of an HE sum. Its HE key
-    pair, if it is the key holder, lasts across rounds."""
+    pair, if it is the key holder, lasts across rounds. SecAgg+ needs its ``identity``
+    (``secagg.Identity``: its signing key and the roster of the others'), without which it
+    refuses to take part; ``corrupt_fraction`` is what it assumes of its neighbours."""
 
-    def __init__(self, client_id: str) -> None:
+    def __init__(
+        self, client_id: str, identity: Identity | None = None, corrupt_fraction: float = 0.0
+    ) -> None:
         self.client_id = client_id
+        self.identity = identity
+        self.corrupt_fraction = corrupt_fraction
         self._held: ClientUpdate | None = None
         self._protocol: SecAggClient | None = None
         self._he = DeviceHE()
@@ -106,7 +114,15 @@ class SecureDevice:
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise SecAggError(f"advertise request: bad settings ({exc})") from None
-            self._protocol = SecAggClient(self.client_id, round_number, config)
+            if self.identity is None:
+                raise SecAggError(
+                    "advertise request: SecAgg+ needs this client's identity key and the "
+                    "roster of the others' (fedstream tokens --identities; fedstream client "
+                    "--identity), without which a lying server could impersonate its peers"
+                )
+            self._protocol = SecAggClient(
+                self.client_id, round_number, config, self.identity, self.corrupt_fraction
+            )
             return self._protocol.advertise(request)
         protocol = self._protocol
         if protocol is None or protocol.round != round_number:
@@ -115,6 +131,8 @@ class SecureDevice:
             return protocol.share(request)
         if stage == "mask":
             return protocol.mask(request, *self._take(round_number, stage))
+        if stage == "consistency":
+            return protocol.consistency(request)
         if stage == "unmask":
             self._protocol = None
             return protocol.unmask(request)
@@ -178,6 +196,7 @@ def secure_sum(
             for u in graph
         },
     )
+    keys_signed: dict[str, bytes] = {}
     for u, message in advertised.items():
         try:
             header, _ = unpack(message, f"keys from {u!r}")
@@ -186,11 +205,17 @@ def secure_sum(
                 hex_field(header, "cipher_key", 32, what),
                 hex_field(header, "mask_key", 32, what),
             )
+            keys_signed[u] = hex_field(header, "signature", 64, what)
         except SecAggError as exc:
+            keys.pop(u, None)
             failures.append(ClientFailure(u, "advertise", str(exc)))
 
     def public(u: str) -> dict[str, str]:
-        return {"cipher_key": keys[u][0].hex(), "mask_key": keys[u][1].hex()}
+        return {
+            "cipher_key": keys[u][0].hex(),
+            "mask_key": keys[u][1].hex(),
+            "signature": keys_signed[u].hex(),
+        }
 
     shared = stage(
         "share",
@@ -238,18 +263,25 @@ def secure_sum(
         masked[u] = np.frombuffer(blob, dtype=np.uint64)
     if not masked:
         raise RoundFailedError(round_number, "no client completed secure aggregation", failures)
-    dropped = sorted(set(maskers) - set(masked))
     live = sorted(masked)
+    signed = stage("consistency", {v: pack({"survivors": live}) for v in live})
+    signatures: dict[str, str] = {}
+    for v, message in signed.items():
+        try:
+            header, _ = unpack(message, f"consistency signature from {v!r}")
+            signatures[v] = hex_field(header, "signature", 64, "consistency signature").hex()
+        except SecAggError as exc:
+            failures.append(ClientFailure(v, "consistency", str(exc)))
     answers = stage(
         "unmask",
         {
             v: pack(
                 {
-                    "live": [u for u in live if u in maskers[v]],
-                    "dropped": [u for u in dropped if u in maskers[v]],
+                    "survivors": live,
+                    "signatures": {w: signatures[w] for w in graph[v] if w in signatures},
                 }
             )
-            for v in live
+            for v in signatures
         },
     )
     revealed: dict[str, dict[str, tuple[int, int, str]]] = {}

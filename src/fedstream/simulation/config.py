@@ -329,7 +329,17 @@ class SecureSettings:
         "round − 1, 20))",
     )
     threshold: int | None = setting(
-        None, "SecAgg+: shares needed to recover a client (default: max(2, ⌈k/4⌉))"
+        None,
+        "SecAgg+: shares needed to recover a client (default and minimum: ⌊(k + ⌈γk⌉)/2⌋ + "
+        "1, so a lying server cannot collect both kinds of share of one client)",
+    )
+    corrupt_fraction: float = setting(
+        0.0, "SecAgg+: share γ of each client's neighbours assumed to collude with the server"
+    )
+    dropout_rate: float | None = setting(
+        None,
+        "SecAgg+: share of each client's neighbours a round must survive losing; refused "
+        "when no safe threshold allows it",
     )
     fraction_bits: int = setting(24, "SecAgg+: fixed-point fraction bits (step 2^-bits)")
     max_abs: float = setting(
@@ -351,7 +361,10 @@ class SecureSettings:
     def backend(self) -> SecAggConfig | HEConfig | None:
         """The secure sum's settings, or ``None`` for the plain sum."""
         if self.scheme == "secagg+":
-            return SecAggConfig(self.neighbours, self.threshold, self.fraction_bits, self.max_abs)
+            return SecAggConfig(
+                self.neighbours, self.threshold, self.fraction_bits, self.max_abs,
+                self.corrupt_fraction, self.dropout_rate,
+            )  # fmt: skip
         if self.scheme == "ckks":
             return CKKSConfig(preset=self.he_preset)
         if self.scheme == "paillier":
@@ -489,6 +502,7 @@ class SimulationConfig:
                 f"'none' with strategy.aggregator={self.strategy.aggregator!r}, which reads "
                 "each client's update (a secure sum reveals only their total)",
             )
+        self.check_poisson_rounds()
         privacy = self.privacy
         if isinstance(strategy, DifferentialPrivacy) and privacy.target_epsilon is not None:
             planned = strategy.epsilon_after(self.run.rounds)
@@ -503,6 +517,30 @@ class SimulationConfig:
 
     def clients_per_round_count(self) -> int:
         return sample_size(self.data.num_clients, self.run.clients_per_round, self.run.min_clients)
+
+    def check_poisson_rounds(self) -> None:
+        """Under Poisson sampling a round's size varies. An empty round is fine (it still
+        steps), but one with fewer clients than ``run.min_clients``, or than the 2 a secure
+        sum needs, fails the run. Refuse a run where that is likely (over 1 %)."""
+        if self.client_sampling != "poisson":
+            return
+        needed = max(self.run.min_clients, 2 if self.secure.scheme != "none" else 1)
+        if needed <= 1:
+            return
+        n = self.data.num_clients
+        q = self.clients_per_round_count() / n
+        short = sum(math.comb(n, j) * q**j * (1 - q) ** (n - j) for j in range(1, needed))
+        chance = 1 - (1 - short) ** max(self.run.rounds, 1)
+        if chance > 0.01:
+            raise ConfigError(
+                "run.sampling",
+                self.client_sampling,
+                f"'fixed', or more clients per round: under Poisson sampling at q = {q:.3g} "
+                f"a round draws 1 to {needed - 1} of the {n} clients with probability "
+                f"{short:.3g}, fewer than the {needed} a round needs "
+                f"({'a secure sum' if self.secure.scheme != 'none' else 'run.min_clients'}), "
+                f"so {self.run.rounds} rounds would fail with probability {chance:.0%}",
+            )
 
     def build_strategy(self) -> Strategy:
         """The configured strategy, robust if the aggregator says so, wrapped in

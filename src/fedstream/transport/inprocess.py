@@ -10,6 +10,7 @@ the few bytes of metrics and config beside them are not counted here.
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -27,6 +28,7 @@ from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData, check_clients, train_size
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
+from fedstream.secure.secagg import DerivedRoster, Identity, derived_identity_key
 from fedstream.secure.session import SecureDevice
 from fedstream.transport.base import Delivery
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
@@ -108,6 +110,10 @@ class InProcessTransport:
         self.cohort_size = cohort_size
         self.cohort_budget_bytes = cohort_budget_bytes
         self.device_secret = device_secret
+        # the simulated PKI: every device's identity key derives from this secret
+        self._identity_secret = (
+            device_secret if device_secret is not None else int.from_bytes(os.urandom(16))
+        )
         example = clients[next(iter(clients))]
         self._row_bytes = example.x_train[:1].nbytes + example.y_train[:1].nbytes
         self._devices: dict[str, SecureDevice] = {}  # made on a client's first exchange
@@ -116,7 +122,11 @@ class InProcessTransport:
     def _device(self, client_id: str) -> SecureDevice:
         device = self._devices.get(client_id)
         if device is None:
-            device = self._devices[client_id] = SecureDevice(client_id)
+            secret = self._identity_secret
+            identity = Identity(
+                client_id, derived_identity_key(secret, client_id), DerivedRoster(secret)
+            )
+            device = self._devices[client_id] = SecureDevice(client_id, identity)
         return device
 
     def _start(self, model: Params, extras: dict[str, Params], task: FitTask) -> Started:

@@ -34,6 +34,7 @@ from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
 from fedstream.errors import FedstreamError
 from fedstream.params import Params
+from fedstream.secure.secagg import Identity
 from fedstream.secure.session import SecureDevice
 from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
@@ -96,11 +97,13 @@ class _Device:
         data: ClientData,
         trainer: Trainer,
         state_root: Path | None = None,
+        identity: Identity | None = None,
+        corrupt_fraction: float = 0.0,
     ) -> None:
         self.client_id = client_id
         self.data = data
         self.trainer = trainer
-        self.secagg = SecureDevice(client_id)
+        self.secagg = SecureDevice(client_id, identity, corrupt_fraction)
         self.state_root = state_root
         self.run_id: str | None = None
         self.store: DiskClientState | None = None
@@ -166,6 +169,8 @@ def run_client(
     give_up_after_s: float | None = None,
     max_payload_bytes: int = 2 << 30,
     state_dir: str | Path | None = None,
+    identity: Identity | None = None,
+    corrupt_fraction: float = 0.0,
 ) -> ClientStats:
     """Serve the run at ``address`` as ``client_id`` until the server says it is over.
 
@@ -173,10 +178,15 @@ def run_client(
     ``give_up_after_s`` it stops trying after that long without a connection. With
     ``state_dir`` the client's durable state (error-feedback residuals, control variates,
     local model entries) is kept on disk, in a folder per run under it, and read back when
-    the client restarts; without it, it lasts as long as this call.
+    the client restarts; without it, it lasts as long as this call. ``identity`` (its
+    signing key and the roster of the others') lets it take part in SecAgg+, assuming
+    ``corrupt_fraction`` of its neighbours collude with the server.
     """
     data.check(client_id)
-    device = _Device(client_id, data, trainer, Path(state_dir) if state_dir else None)
+    device = _Device(
+        client_id, data, trainer, Path(state_dir) if state_dir else None, identity,
+        corrupt_fraction,
+    )  # fmt: skip
     stats = ClientStats()
     stop = stop or threading.Event()
     backoff = 0.2
