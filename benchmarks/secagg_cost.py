@@ -2,10 +2,13 @@
 with 0 %, 10 % and 30 % of the clients dropping out after they have shared their keys (the
 expensive case: the server must rebuild their mask keys and strip their pairwise masks).
 
-Every client's device side (``SecureDevice``) runs in this process; the time spent in it is
-client CPU time, and the rest of ``secure_sum`` is server time. The neighbour count k and
-threshold t are the defaults: k = min(n − 1, 20), t = max(2, ⌈k/4⌉). The plain sum is
-``PlainSum`` over the same vectors, with its bytes those of the Params wire format.
+Every client's device side (``SecureDevice``, with its identity key and the roster) runs in
+this process; the time spent in it is client CPU time, and the rest of ``secure_sum`` is
+server time. The protocol is the one safe against a lying server: signed keys, a
+consistency check, and t = ⌊k/2⌋ + 1. The neighbour count k is the one SecAgg+ chooses for
+the dropout rate (``SecAggConfig(dropout_rate=…)``: a round fails with chance ≤ 1e-6),
+and min(n − 1, 20) without dropouts. The plain sum is ``PlainSum`` over the same vectors,
+with its bytes those of the Params wire format.
 
     python benchmarks/secagg_cost.py [--params 100000] [--clients 10 50 100 200] [--repeats 3]
 
@@ -26,16 +29,22 @@ import numpy as np
 from fedstream.errors import ClientFailure
 from fedstream.params import Params
 from fedstream.secure.plain import PlainSum
-from fedstream.secure.secagg import SecAggConfig
+from fedstream.secure.secagg import DerivedRoster, Identity, SecAggConfig, derived_identity_key
 from fedstream.secure.session import SecureDevice, secure_sum
 from fedstream.types import ClientUpdate
+
+SECRET = 20261201  # the simulated PKI's secret
 
 
 class Devices:
     """Clients in this process, each holding one update; times their side of the protocol."""
 
     def __init__(self, updates: Mapping[str, ClientUpdate], drop_after_share: set[str]) -> None:
-        self.devices = {c: SecureDevice(c) for c in updates}
+        roster = DerivedRoster(SECRET)
+        self.devices = {
+            c: SecureDevice(c, Identity(c, derived_identity_key(SECRET, c), roster))
+            for c in updates
+        }
         for client_id, update in updates.items():
             self.devices[client_id].hold(update)
         self.drop = drop_after_share
@@ -45,7 +54,7 @@ class Devices:
         self, stage: str, round_number: int, requests: Mapping[str, bytes]
     ) -> Iterator[tuple[str, bytes | ClientFailure]]:
         for client_id, request in requests.items():
-            if client_id in self.drop and stage in ("mask", "unmask"):
+            if client_id in self.drop and stage in ("mask", "consistency", "unmask"):
                 yield client_id, ClientFailure(client_id, stage, "dropped out")
                 continue
             started = time.process_time()
@@ -73,16 +82,18 @@ def measure(clients: int, dropout: float, length: int, seed: int) -> dict[str, f
 
     devices = Devices(updates, dropped)
     started = time.perf_counter()
-    result = secure_sum(devices, 1, sorted(updates), like, SecAggConfig(), rng)
+    config = SecAggConfig(dropout_rate=dropout if dropout > 0 else None)
+    result = secure_sum(devices, 1, sorted(updates), like, config, rng)
     total_s = time.perf_counter() - started
     expected = sum(u.payload.flat(np.float64) for c, u in updates.items() if c not in dropped)
     error = float(np.max(np.abs(result.aggregate.total.flat(np.float64) - expected)))
-    k = min(clients - 1, 20)
+    k, t = config.resolve(clients)
     return {
         "clients": clients,
         "params": length,
         "dropout": dropout,
         "neighbours": k,
+        "threshold": t,
         "included": len(result.included),
         "client_cpu_s_mean": devices.client_cpu_s / clients,
         "server_s": total_s - devices.client_cpu_s,
@@ -114,6 +125,8 @@ def main() -> None:
     columns = (
         ("clients", "{:>7}"),
         ("dropout", "{:>7.0%}"),
+        ("neighbours", "{:>4}"),
+        ("threshold", "{:>4}"),
         ("client_cpu_s_mean", "{:>10.3f}"),
         ("server_s", "{:>8.2f}"),
         ("plain_server_s", "{:>8.3f}"),

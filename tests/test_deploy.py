@@ -574,8 +574,8 @@ def test_secure_aggregation_and_dp_over_grpc_match_the_simulation(tmp_path, secu
     if secure == "secagg+":  # fixed-point sums are exact whatever the order: bit for bit
         assert final.params.bit_equal(simulated.state.params)
         assert final.clip_norm == simulated.state.clip_norm
-    else:  # CKKS decrypts with noise of about 1e-8
-        np.testing.assert_allclose(final.params.flat(), simulated.state.params.flat(), atol=1e-5)
+    else:  # CKKS decryptions are noise-flooded, independently in each run (σ = 0.029)
+        np.testing.assert_allclose(final.params.flat(), simulated.state.params.flat(), atol=0.1)
     assert report.metrics["dp_epsilon"] == simulated.reports[-1].metrics["dp_epsilon"]
     assert report.bytes_up > 0 and len(report.completed) == 5
 

@@ -109,7 +109,9 @@ def make(secure, **changes):
 
 @pytest.mark.parametrize(
     ("secure", "tolerance"),
-    [(CKKSConfig("n8192"), 1e-6), (PaillierConfig(), 1e-4)],
+    # CKKS: the key holder floods each decrypted slot with N(0, 0.029²) (2^20 × the n8192
+    # error), on a sum whose weights total about 850, so each parameter moves by ~3e-5
+    [(CKKSConfig("n8192"), 2e-4), (PaillierConfig(key_bits=2048), 1e-4)],
     ids=["ckks", "paillier"],
 )
 def test_a_round_under_he_matches_the_plain_round(secure, tolerance):
@@ -210,15 +212,21 @@ def test_he_runs_with_dp_and_reports_like_any_other_run():
     )  # fmt: skip
     plain = simulate(**nested(**common))
     ckks = simulate(**nested(**common, secure_aggregation="ckks"))
-    np.testing.assert_allclose(ckks.state.params.flat(), plain.state.params.flat(), atol=1e-6)
+    # the key holder's noise flooding, N(0, 0.029²) per slot of a sum of 4 weight-1 updates:
+    # about 0.01 per parameter after two rounds
+    difference = ckks.state.params.flat() - plain.state.params.flat()
+    assert 0 < np.abs(difference).max() < 0.06
     assert ckks.config.label == "fedavg + DP (client) + CKKS"
 
 
 @pytest.mark.parametrize(
     "strategy", ["fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
 )
-def test_every_strategy_gets_the_same_model_under_ckks(strategy):
-    config, setup, transport, ids, secure_config = make(CKKSConfig(), strategy=strategy)
+def test_every_strategy_gets_the_same_model_under_paillier(strategy):
+    # Paillier sums are exact up to 2^-16 per entry; CKKS results carry the key holder's
+    # flooding noise, which adaptive optimisers amplify where an update is near zero
+    secure = PaillierConfig(key_bits=2048)
+    config, setup, transport, ids, secure_config = make(secure, strategy=strategy)
     strategy_object = config.build_strategy()
     plain, _ = run_round(setup.initial, strategy_object, transport, ids, config.round_config())
     encrypted, _ = run_round(setup.initial, strategy_object, transport, ids, secure_config)

@@ -11,7 +11,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from fedstream import ClientUpdate, Params
+from fedstream import ClientUpdate, ConfigError, Params
+from fedstream.secure.he import (
+    CKKSConfig,
+    PaillierConfig,
+    config_header,
+    fingerprint,
+    join_ciphertexts,
+    split_ciphertexts,
+)
 from fedstream.secure.secagg import (
     DerivedRoster,
     Identity,
@@ -174,3 +182,59 @@ def test_keys_the_server_slips_in_for_a_client_are_refused():
     with pytest.raises(SecAggError, match="needs this client's identity key and the roster"):
         bare.answer("advertise", ROUND, pack({"threshold": 4, "fraction_bits": 24,
                                                "max_abs": 1.0, "neighbours": IDS}))  # fmt: skip
+
+
+# -- homomorphic encryption: the key holder is not a decryption oracle ---------------------
+
+
+def he_devices(config):
+    """Four client devices under HE; c0 holds the key. Each encrypts ones × (index + 1)."""
+    clients = devices()
+    holder = clients["c0"]
+    settings = config_header(config, 4)
+    public = holder.answer("keys", ROUND, pack(settings))
+    header = {**settings, "fingerprint": fingerprint(public)}
+    sent = {
+        u: unpack(clients[u].answer("encrypt", ROUND, pack(header, public)), "ciphertexts")
+        for u in IDS[:4]
+    }
+    return holder, header, sent
+
+
+def decrypt_request(header, sent, claimed):
+    """A decrypt request carrying ``claimed``: reported client → the client whose
+    ciphertexts and signature are sent under that name."""
+    contributions = {
+        name: {"sha256": sent[real][0]["sha256"], "extras": sent[real][0]["extras"],
+               "signature": sent[real][0]["signature"]}
+        for name, real in claimed.items()
+    }  # fmt: skip
+    blob = join_ciphertexts(
+        [c for name in sorted(claimed) for c in split_ciphertexts(sent[claimed[name]][1], "c")]
+    )
+    return pack({**header, "length": 6, "contributions": contributions}, blob)
+
+
+@pytest.mark.parametrize("config", [PaillierConfig(key_bits=2048), CKKSConfig("n8192")])
+def test_the_key_holder_decrypts_only_a_signed_sum_of_several_clients_once(config):
+    holder, header, sent = he_devices(config)
+    # one client's ciphertext sent as "the aggregate"
+    with pytest.raises(SecAggError, match="at least 2 clients' signed contributions"):
+        holder.answer("decrypt", ROUND, decrypt_request(header, sent, {"c1": "c1"}))
+    # the same client under two names, or the server's own ciphertext as a second client
+    with pytest.raises(SecAggError, match=r"'c2'.*not signed by 'c2'"):
+        holder.answer("decrypt", ROUND, decrypt_request(header, sent, {"c1": "c1", "c2": "c1"}))
+    # an honest sum of three clients is decrypted, once a round
+    honest = decrypt_request(header, sent, {"c1": "c1", "c2": "c2", "c3": "c3"})
+    values = np.frombuffer(holder.answer("decrypt", ROUND, honest), dtype="<f8")
+    expected = np.array([2 + 3 + 4] * 5 + [3.0])  # Σ weight·payload (w = 1), then Σ weight
+    flood = config.flood_sigma if isinstance(config, CKKSConfig) else 0.0
+    np.testing.assert_allclose(values, expected, atol=max(6 * flood, 1e-4))
+    with pytest.raises(SecAggError, match="round 1 was decrypted already"):
+        holder.answer("decrypt", ROUND, decrypt_request(header, sent, {"c1": "c1", "c2": "c2"}))
+
+
+def test_paillier_keys_default_to_128_bit_security():
+    assert PaillierConfig().key_bits == 3072
+    with pytest.raises(ConfigError, match="paillier_key_bits=1024 is invalid"):
+        PaillierConfig(key_bits=1024)

@@ -11,11 +11,13 @@ from fedstream import ConfigError, FedAvg, RoundFailedError, run_round, simulate
 from fedstream.secure.secagg import (
     SecAggConfig,
     SecAggError,
+    choose_neighbours,
     decode_fixed,
     encode_fixed,
     neighbour_graph,
     pack,
     prg,
+    round_failure_chance,
     shamir_combine,
     shamir_split,
     unpack,
@@ -91,9 +93,10 @@ def test_neighbour_graph_is_regular_and_symmetric(n, k):
             r"secure.corrupt_fraction=0.9 is invalid: expected small enough",
         ),
         (
-            SecAggConfig(neighbours=8, dropout_rate=0.5),
+            SecAggConfig(neighbours=8, dropout_rate=0.3),
             10,
-            r"secure.dropout_rate=0.5 is invalid: expected at most 0.375",
+            r"secure.dropout_rate=0.3 is invalid: expected a rate 8 neighbours with threshold "
+            r"5 survive.*secure.neighbours=9",
         ),
         (SecAggConfig(neighbours=12), 10, r"secagg_neighbours=12 is invalid: expected at most"),
         (SecAggConfig(), 1, "clients_per_round=1 is invalid: expected at least 2"),
@@ -339,3 +342,17 @@ def test_every_strategy_gets_the_same_model_through_secagg(strategy):
     np.testing.assert_allclose(secure.params.flat(), plain.params.flat(), atol=1e-5)
     for name, moment in plain.optimizer.items():
         np.testing.assert_allclose(secure.optimizer[name].flat(), moment.flat(), atol=1e-5)
+
+
+def test_neighbours_are_chosen_for_the_dropout_rate_and_threshold_above_half():
+    # 100 clients dropping at 10 %: the fewest neighbours whose t = ⌊k/2⌋ + 1 a round
+    # survives with chance of failure ≤ 1e-6 (union bound over the clients)
+    k, t = SecAggConfig(dropout_rate=0.1).resolve(100)
+    assert (k, t) == (choose_neighbours(100, 0.1, 0.0), k // 2 + 1)
+    assert (
+        round_failure_chance(100, k, t, 0.1)
+        <= 1e-6
+        < round_failure_chance(100, k - 1, (k - 1) // 2 + 1, 0.1)
+    )
+    assert SecAggConfig(dropout_rate=0.3).resolve(100)[0] > k  # more dropout, more neighbours
+    assert SecAggConfig().resolve(100) == (20, 11)  # no rate given: min(n − 1, 20)

@@ -13,17 +13,27 @@ One round, over the transport's ``exchange``:
 3. The server checks each client's message (right key, right number of ciphertexts, intact,
    parseable) and adds the ciphertexts it accepts. It cannot decrypt anything: it has no
    secret key.
-4. **decrypt**: the key holder decrypts only the aggregate and returns the plain sum.
+4. **decrypt**: the server sends the key holder every included client's ciphertexts with
+   their signed hashes. The key holder decrypts only a sum it made itself: it checks each
+   client's signature (``secagg.Identity``: every client signs its ciphertexts' SHA-256
+   with its identity key) and that at least ``MIN_CONTRIBUTORS`` distinct clients are in
+   it. It adds their ciphertexts, decrypts the total, and does this once a round. So a
+   server that sends one client's ciphertext as "the aggregate", or the same round twice
+   with different subsets to difference them, gets nothing decrypted.
+5. CKKS decryption leaks its error, and from enough decryptions the secret key (Li and
+   Micciancio 2021). The key holder adds Gaussian noise from the OS CSPRNG to what it
+   returns (noise flooding), with σ = 2^flood_bits times the preset's measured decryption
+   error: 2^20 by default, about 0.03 per slot of the sum at n8192.
 
-The key holder sees the sum, which the server learns anyway, and never an individual
-ciphertext. It could decrypt one if it were given one, so it must not collude with the
-server. Threshold decryption among several key holders would remove that trust and is
-not implemented.
+The key holder sees the sum, which the server learns anyway. Threshold decryption among
+several key holders would remove the trust that it does not collude with the server, and
+is not implemented.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import struct
 from collections.abc import Mapping, Sequence
@@ -35,20 +45,28 @@ import numpy.typing as npt
 
 from fedstream import checks
 from fedstream.errors import ConfigError
-from fedstream.secure.secagg import SecAggError, pack, unpack
+from fedstream.privacy.mechanisms import SecureGenerator
+from fedstream.secure.secagg import Identity, SecAggError, hex_field, pack, unpack
 
 Floats = npt.NDArray[np.float64]
+
+
+MIN_CONTRIBUTORS = 2
+"""The fewest distinct signed contributions a key holder decrypts a sum of."""
 
 
 @dataclass(frozen=True)
 class CKKSPreset:
     """CKKS parameters. ``security`` is the level the HE standard (homomorphicencryption.org,
-    2018) gives for this ring degree and total modulus size."""
+    2018) gives for this ring degree and total modulus size. ``error`` is the largest
+    absolute decryption error of one slot measured for a sum of 10 vectors
+    (docs/privacy.md, "CKKS presets")."""
 
     poly_modulus_degree: int
     coeff_mod_bit_sizes: tuple[int, ...]
     scale_bits: int
     security: str
+    error: float = 0.0
 
     @property
     def slots(self) -> int:
@@ -56,23 +74,35 @@ class CKKSPreset:
 
 
 CKKS_PRESETS: dict[str, CKKSPreset] = {
-    "n4096": CKKSPreset(4096, (40, 20, 40), 20, "128-bit (100 of at most 109 modulus bits)"),
-    "n8192": CKKSPreset(8192, (60, 40, 40, 60), 40, "128-bit (200 of at most 218 modulus bits)"),
+    "n4096": CKKSPreset(
+        4096, (40, 20, 40), 20, "128-bit (100 of at most 109 modulus bits)", 1.2e-2
+    ),
+    "n8192": CKKSPreset(
+        8192, (60, 40, 40, 60), 40, "128-bit (200 of at most 218 modulus bits)", 2.8e-8
+    ),
     "n16384": CKKSPreset(
-        16384, (60, 50, 50, 50, 60), 50, "128-bit (270 of at most 438 modulus bits)"
+        16384, (60, 50, 50, 50, 60), 50, "128-bit (270 of at most 438 modulus bits)", 5.4e-11
     ),
 }
 
 
 @dataclass(frozen=True)
 class CKKSConfig:
-    """Secure sums with CKKS. ``preset`` names one of ``CKKS_PRESETS``."""
+    """Secure sums with CKKS. ``preset`` names one of ``CKKS_PRESETS``; ``flood_bits`` sets
+    the noise flooding of decryptions (module docstring; 0 turns it off)."""
 
     scheme: ClassVar[str] = "ckks"
     preset: str = "n8192"
+    flood_bits: int = 20
 
     def __post_init__(self) -> None:
         checks.one_of("he_preset", self.preset, list(CKKS_PRESETS))
+        checks.non_negative_int("secure.he_flood_bits", self.flood_bits)
+
+    @property
+    def flood_sigma(self) -> float:
+        """The standard deviation of the noise the key holder adds to each decrypted slot."""
+        return float(2.0**self.flood_bits * CKKS_PRESETS[self.preset].error)
 
 
 @dataclass(frozen=True)
@@ -84,7 +114,7 @@ class PaillierConfig:
     error is the rounding to 2^-fraction_bits."""
 
     scheme: ClassVar[str] = "paillier"
-    key_bits: int = 2048
+    key_bits: int = 3072
     fraction_bits: int = 16
     max_abs: float = 2.0**16
 
@@ -93,7 +123,7 @@ class PaillierConfig:
             raise ConfigError(
                 "paillier_key_bits",
                 self.key_bits,
-                "2048, 3072 or 4096 (112 bits of security or more)",
+                "2048, 3072 or 4096 (3072 gives 128 bits of security, 2048 only 112)",
             )
         checks.positive_int("paillier_fraction_bits", self.fraction_bits)
         checks.positive("paillier_max_abs", self.max_abs)
@@ -353,12 +383,22 @@ def config_from_header(header: Mapping[str, Any]) -> tuple[HEConfig, int]:
     raise SecAggError(f"unknown HE scheme {header.get('scheme')!r}")
 
 
+def contribution_message(
+    round_number: int, client_id: str, key: str, hashes: Sequence[str], extras: Sequence[str]
+) -> bytes:
+    """What a client signs about its ciphertexts: the round, itself, the key, their hashes
+    and the names of its extras."""
+    body = json.dumps([round_number, client_id, key, list(hashes), list(extras)]).encode()
+    return b"fedstream he contribution|" + body
+
+
 class DeviceHE:
-    """A client's HE state: the key pair it made as key holder (kept across rounds), and
-    the answers to the three stages."""
+    """A client's HE state: the key pair it made as key holder (kept across rounds), the
+    rounds it has decrypted a sum for, and the answers to the three stages."""
 
     def __init__(self) -> None:
         self._keys: dict[tuple[Any, ...], Backend] = {}
+        self._decrypted: set[int] = set()
 
     def keys(self, request: bytes) -> bytes:
         header, _ = unpack(request, "keys request")
@@ -368,7 +408,14 @@ class DeviceHE:
             self._keys[key] = make_backend(config)
         return self._keys[key].public_bytes()
 
-    def encrypt(self, request: bytes, vector: Floats, extras: Sequence[str]) -> bytes:
+    def encrypt(
+        self,
+        request: bytes,
+        vector: Floats,
+        extras: Sequence[str],
+        round_number: int,
+        identity: Identity,
+    ) -> bytes:
         header, public = unpack(request, "encrypt request")
         config, clients = config_from_header(header)
         if fingerprint(public) != header.get("fingerprint"):
@@ -377,27 +424,66 @@ class DeviceHE:
         if isinstance(backend, Paillier):
             backend.clients = clients
         ciphertexts = backend.encrypt(vector)
+        hashes = [hashlib.sha256(c).hexdigest() for c in ciphertexts]
+        message = contribution_message(
+            round_number, identity.client_id, fingerprint(public), hashes, extras
+        )
         return pack(
             {
                 "fingerprint": fingerprint(public),
                 "extras": list(extras),
-                "sha256": [hashlib.sha256(c).hexdigest() for c in ciphertexts],
+                "sha256": hashes,
+                "signature": identity.sign(message).hex(),
             },
             join_ciphertexts(ciphertexts),
         )
 
-    def decrypt(self, request: bytes) -> bytes:
+    def decrypt(self, request: bytes, round_number: int, identity: Identity) -> bytes:
+        """Decrypt the sum of the signed contributions the request carries, once a round,
+        and only of at least ``MIN_CONTRIBUTORS`` distinct clients (module docstring)."""
         header, blob = unpack(request, "decrypt request")
         config, clients = config_from_header(header)
         key = tuple(sorted(config_header(config, 0).items()))
         backend = self._keys.get(key)
         if backend is None or fingerprint(backend.public_bytes()) != header.get("fingerprint"):
             raise SecAggError("decrypt request: this client holds no such key")
-        ciphertexts = split_ciphertexts(blob, "decrypt request")
+        held = fingerprint(backend.public_bytes())
+        if round_number in self._decrypted:
+            raise SecAggError(f"decrypt request: round {round_number} was decrypted already")
+        contributions = header.get("contributions")
+        if not isinstance(contributions, dict) or len(contributions) < MIN_CONTRIBUTORS:
+            raise SecAggError(
+                f"decrypt request: a sum of at least {MIN_CONTRIBUTORS} clients' signed "
+                "contributions is decrypted, never fewer"
+            )
         length = int(header["length"])
+        items = split_ciphertexts(blob, "decrypt request")
+        per_client = backend.count(length)
+        if len(items) != per_client * len(contributions):
+            raise SecAggError(
+                f"decrypt request: {len(items)} ciphertexts for {len(contributions)} clients "
+                f"of {per_client}"
+            )
+        total: Any = None
+        for k, (client_id, signed) in enumerate(sorted(contributions.items())):
+            what = f"decrypt request, {client_id!r}'s ciphertexts"
+            own = items[k * per_client : (k + 1) * per_client]
+            hashes = [hashlib.sha256(c).hexdigest() for c in own]
+            if not isinstance(signed, dict) or signed.get("sha256") != hashes:
+                raise SecAggError(f"{what}: they do not match the hashes they came with")
+            message = contribution_message(
+                round_number, client_id, held, hashes, list(signed.get("extras", []))
+            )
+            identity.verify(client_id, hex_field(signed, "signature", 64, what), message, what)
+            loaded = [backend.load(c, what) for c in own]
+            total = backend.add(total, loaded)
+        self._decrypted.add(round_number)
+        summed = backend.dump(total)
         if isinstance(backend, Paillier):
             backend.clients = clients
-            values = backend.decrypt_sum(ciphertexts, length, int(header["summed"]))
+            values = backend.decrypt_sum(summed, length, len(contributions))
         else:
-            values = backend.decrypt(ciphertexts, length)
+            values = backend.decrypt(summed, length)
+            if isinstance(config, CKKSConfig) and config.flood_bits > 0:
+                values = values + SecureGenerator().normal(0.0, config.flood_sigma, values.shape)
         return values.astype("<f8").tobytes()

@@ -68,6 +68,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from scipy.stats import binom
 
 from fedstream import checks
 from fedstream.errors import ConfigError, FedstreamError
@@ -94,8 +95,10 @@ class SecAggConfig:
     (γ) is the share of a client's neighbours assumed to collude with the server. A
     lying server then learns nothing beyond the sum while t > (k + ⌈γk⌉)/2 (module
     docstring), and a round survives up to k − t dropped neighbours per client.
-    ``dropout_rate``, when given, is the share of neighbours the round must survive; a
-    configuration that cannot both survive it and stay safe is refused. Values are encoded
+    ``dropout_rate``, when given, is the rate at which clients drop: without an explicit k
+    the fewest neighbours that survive it (:func:`choose_neighbours`; every other client
+    when none does, as in a small round), and an explicit k that more neighbours would
+    make survive it is refused. Values are encoded
     in fixed point with ``fraction_bits``; each must be at most ``max_abs`` in magnitude,
     and the sum over all clients must stay below 2⁶³.
     """
@@ -133,7 +136,12 @@ class SecAggConfig:
         """(k, t) for a round of ``clients`` participants; bad combinations are named."""
         if clients < 2:
             raise ConfigError("clients_per_round", clients, "at least 2 with secure aggregation")
-        k = self.neighbours if self.neighbours is not None else min(clients - 1, 20)
+        if self.neighbours is not None:
+            k = self.neighbours
+        elif self.dropout_rate is not None:
+            k = choose_neighbours(clients, self.dropout_rate, self.corrupt_fraction)
+        else:
+            k = min(clients - 1, 20)
         if k > clients - 1:
             raise ConfigError(
                 "secagg_neighbours", k, f"at most clients per round − 1 ({clients - 1})"
@@ -158,14 +166,18 @@ class SecAggConfig:
                 f"{self.corrupt_fraction:g}: below it a server that lies about who dropped "
                 "can collect both kinds of share of one client and unmask its update",
             )
-        if self.dropout_rate is not None and k - t < math.ceil(self.dropout_rate * k):
-            raise ConfigError(
-                "secure.dropout_rate",
-                self.dropout_rate,
-                f"at most {(k - t) / k:.3g}: with {k} neighbours a safe threshold is {t}, so "
-                f"a round survives only {k - t} dropped neighbours per client (more "
-                "neighbours, or a smaller corrupt_fraction, allow more)",
-            )
+        if self.dropout_rate is not None and self.neighbours is not None:
+            risk = round_failure_chance(clients, k, t, self.dropout_rate)
+            better = choose_neighbours(clients, self.dropout_rate, self.corrupt_fraction)
+            if risk > FAILURE_TARGET and better > k:
+                raise ConfigError(
+                    "secure.dropout_rate",
+                    self.dropout_rate,
+                    f"a rate {k} neighbours with threshold {t} survive: at this rate some "
+                    f"client loses more than {k - t} of its neighbours with probability "
+                    f"{risk:.2g} a round; secure.neighbours={better} (or none, to choose it) "
+                    "would survive it",
+                )
         headroom = 2.0**63 / (2.0**self.fraction_bits * self.max_abs)
         if clients > headroom:
             raise ConfigError(
@@ -174,6 +186,28 @@ class SecAggConfig:
                 f"small enough that {clients} clients' sum fits in 63 bits",
             )
         return k, t
+
+
+FAILURE_TARGET = 1e-6
+"""The chance per round that dropouts leave some client short of t neighbours, at most."""
+
+
+def round_failure_chance(clients: int, neighbours: int, threshold: int, dropout: float) -> float:
+    """A union bound on the chance that, with each client dropping independently at rate
+    ``dropout``, some client keeps fewer than ``threshold`` of its ``neighbours``."""
+    short = float(binom.cdf(threshold - 1, neighbours, 1 - dropout))
+    return min(1.0, clients * short)
+
+
+def choose_neighbours(clients: int, dropout: float, corrupt_fraction: float) -> int:
+    """The fewest neighbours k (so the least work: cost grows with k) whose safe threshold
+    a round survives at ``dropout`` with failure chance at most ``FAILURE_TARGET``, as
+    Bell et al. size their graphs; every other client if none smaller does."""
+    for k in range(1, clients - 1):
+        t = minimum_threshold(k, corrupt_fraction)
+        if t <= k and round_failure_chance(clients, k, t, dropout) <= FAILURE_TARGET:
+            return k
+    return clients - 1
 
 
 def minimum_threshold(neighbours: int, corrupt_fraction: float) -> int:

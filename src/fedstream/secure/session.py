@@ -88,6 +88,15 @@ class SecureDevice:
         self._protocol: SecAggClient | None = None
         self._he = DeviceHE()
 
+    def _identity(self, stage: str) -> Identity:
+        if self.identity is None:
+            raise SecAggError(
+                f"{stage} request: a secure sum needs this client's identity key and the "
+                "roster of the others' (fedstream tokens writes them; fedstream client "
+                "--identity), without which a lying server could impersonate its peers"
+            )
+        return self.identity
+
     def _take(self, round_number: int, stage: str) -> tuple[npt.NDArray[np.float64], list[str]]:
         if self._held is None or self._held.round != round_number:
             raise SecAggError(f"{stage} request: no update held for round {round_number}")
@@ -102,10 +111,12 @@ class SecureDevice:
     def answer(self, stage: str, round_number: int, request: bytes) -> bytes:
         if stage == "keys":
             return self._he.keys(request)
-        if stage == "encrypt":
-            return self._he.encrypt(request, *self._take(round_number, stage))
-        if stage == "decrypt":
-            return self._he.decrypt(request)
+        if stage in ("encrypt", "decrypt"):
+            identity = self._identity(stage)
+            if stage == "encrypt":
+                vector, names = self._take(round_number, stage)
+                return self._he.encrypt(request, vector, names, round_number, identity)
+            return self._he.decrypt(request, round_number, identity)
         if stage == "advertise":
             header, _ = unpack(request, "advertise request")
             try:
@@ -114,15 +125,10 @@ class SecureDevice:
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise SecAggError(f"advertise request: bad settings ({exc})") from None
-            if self.identity is None:
-                raise SecAggError(
-                    "advertise request: SecAgg+ needs this client's identity key and the "
-                    "roster of the others' (fedstream tokens --identities; fedstream client "
-                    "--identity), without which a lying server could impersonate its peers"
-                )
             self._protocol = SecAggClient(
-                self.client_id, round_number, config, self.identity, self.corrupt_fraction
-            )
+                self.client_id, round_number, config, self._identity(stage),
+                self.corrupt_fraction,
+            )  # fmt: skip
             return self._protocol.advertise(request)
         protocol = self._protocol
         if protocol is None or protocol.round != round_number:
@@ -353,9 +359,10 @@ def he_sum(
     header = {**settings, "fingerprint": key}
     encrypted = stage("encrypt", {u: pack(header, public) for u in ordered})
     length = like.num_elements + 1
-    total: Any = None
     included: list[str] = []
     names: list[str] | None = None
+    signed: dict[str, dict[str, Any]] = {}
+    ciphertexts: dict[str, list[bytes]] = {}
     for u in ordered:
         if u not in encrypted:
             continue
@@ -377,18 +384,22 @@ def he_sum(
                 or [hashlib.sha256(c).hexdigest() for c in items] != hashes
             ):
                 raise SecAggError(f"{what}: a ciphertext does not match its SHA-256 (tampered)")
-            loaded = [server_side.load(c, f"{what}, ciphertext {i}") for i, c in enumerate(items)]
+            for i, c in enumerate(items):
+                server_side.load(c, f"{what}, ciphertext {i}")
+            signature = hex_field(reply, "signature", 64, what)
         except SecAggError as exc:
             failures.append(ClientFailure(u, "encrypt", str(exc)))
             continue
-        total = server_side.add(total, loaded)
         included.append(u)
         names = [str(n) for n in extras]
-    if total is None or names is None:
+        signed[u] = {"sha256": hashes, "extras": names, "signature": signature.hex()}
+        ciphertexts[u] = items
+    if not included or names is None:
         raise RoundFailedError(round_number, "no client's ciphertexts could be added", failures)
+    # the key holder adds the signed ciphertexts itself, and decrypts only that sum
     request = pack(
-        {**header, "length": length + len(names), "summed": len(included)},
-        join_ciphertexts(server_side.dump(total)),
+        {**header, "length": length + len(names), "contributions": signed},
+        join_ciphertexts([c for u in sorted(signed) for c in ciphertexts[u]]),
     )
     plain = stage("decrypt", {holder: request}).get(holder)
     if plain is None or len(plain) != 8 * (length + len(names)):

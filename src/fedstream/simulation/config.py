@@ -348,7 +348,9 @@ class SecureSettings:
     he_preset: str = setting(
         "n8192", "CKKS parameters: n4096, n8192 or n16384 (ring degree; all 128-bit secure)"
     )
-    paillier_key_bits: int = setting(2048, "Paillier modulus bits: 2048, 3072 or 4096")
+    paillier_key_bits: int = setting(
+        3072, "Paillier modulus bits: 3072 (128-bit security), 4096, or 2048 (112-bit)"
+    )
     paillier_fraction_bits: int = setting(16, "Paillier: fixed-point fraction bits")
     paillier_max_abs: float = setting(
         2.0**16, "Paillier: largest magnitude of weight × update entry a client may send"
