@@ -31,6 +31,7 @@ from fedstream.privacy import (
     DEFAULT_ORDERS,
     DifferentialPrivacy,
     PrivacyLedger,
+    discrete_gaussian_release,
     next_clip,
     privatize_update,
     update_noise_multiplier,
@@ -110,8 +111,10 @@ def test_central_noise_is_z_times_clip_on_the_sum_and_the_state_carries_the_rest
     state = state_with(np.zeros(4))
     total = Params({"w": np.array([1.0, 2.0, 3.0, 4.0])})
     new = dp.server_update(state, WeightedSum(total, 4.0, 4, {"within_clip": 1.0}))
-    expected_noise = state.generator().normal(0.0, 0.5 * 2.0, 4)  # the same draw, replayed
-    np.testing.assert_allclose(new.params["w"], (total["w"] + expected_noise) / 4, rtol=1e-12)
+    # the same draw, replayed: the discrete Gaussian mechanism at z = 0.5, Δ = C = 2
+    released = discrete_gaussian_release(total, 0.5, 2.0, state.generator())
+    np.testing.assert_allclose(new.params["w"], released["w"] / 4, rtol=1e-12)
+    assert np.std(released["w"] - total["w"]) > 0.1  # noise really was added
     assert new.accountant["client"].entries == ((0.5, 0.1, 1, 0),)
     assert new.rng_state != state.rng_state  # the draw moved the run's generator on
     assert new.clip_norm is None and state.accountant == {}  # fixed clip; old state untouched
@@ -131,10 +134,10 @@ def test_adaptive_clip_follows_the_noisy_unclipped_fraction():
     new = dp.server_update(state, WeightedSum(total, 10.0, 10, {"within_clip": 3.0}))
     replay = state.generator()
     z_update = update_noise_multiplier(1.0, 2.0)
-    noise = replay.normal(0.0, z_update * 1.0, 3)
-    count_noise = replay.normal(0.0, 2.0, None)
-    np.testing.assert_allclose(new.params["w"], (1.0 + noise) / 10, rtol=1e-12)
-    assert new.clip_norm == pytest.approx(next_clip(1.0, (3.0 + count_noise) / 10 + 0.5, 0.5, 0.2))
+    released = discrete_gaussian_release(total, z_update, 1.0, replay)
+    count = discrete_gaussian_release(3.0, 2 * 2.0, 0.5, replay)  # σ_b = 2 at sensitivity ½
+    np.testing.assert_allclose(new.params["w"], released["w"] / 10, rtol=1e-12)
+    assert new.clip_norm == pytest.approx(next_clip(1.0, count / 10 + 0.5, 0.5, 0.2))
     # the next round's clients are asked to clip at the new bound
     fit = dp.configure_fit(new, FitConfig())
     assert fit.privacy == ClientPrivacy(clip=new.clip_norm, secure_noise=False)

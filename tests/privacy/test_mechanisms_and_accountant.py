@@ -12,12 +12,15 @@ from fedstream.privacy import (
     add_gaussian,
     add_laplace,
     clip_l2,
+    discrete_gaussian,
+    discrete_gaussian_release,
     gaussian_delta,
     gaussian_sigma_analytic,
     gaussian_sigma_classic,
     laplace_scale,
     rdp_sampled_gaussian,
 )
+from fedstream.privacy.mechanisms import GRID_BITS
 
 
 def test_laplace_and_classic_gaussian_calibration():
@@ -133,3 +136,35 @@ def test_ledger_keeps_history_and_composes():
     assert more.epsilon(1e-5) > ledger.epsilon(1e-5) > 0
     mixed = ledger.record(2.0, 0.05, 5)
     assert len(mixed.entries) == 2 and ledger.entries == ((1.1, 0.01, 10, 0),)  # immutable
+
+
+def test_the_discrete_gaussian_has_the_exact_probabilities():
+    draws = discrete_gaussian(1.5, 400_000, np.random.default_rng(7))
+    support = np.arange(-40, 41)
+    pmf = np.exp(-(support**2) / (2 * 1.5**2))
+    pmf /= pmf.sum()
+    assert draws.dtype == np.int64 and np.abs(draws).max() < 40
+    for y in range(-5, 6):
+        seen = np.mean(draws == y)
+        expected = pmf[support == y][0]
+        standard_error = np.sqrt(expected * (1 - expected) / draws.size)
+        assert abs(seen - expected) < 4.5 * standard_error, (y, seen, expected)
+    wide = discrete_gaussian(2.0**40, 200_000, SecureGenerator())
+    assert np.std(wide) / 2.0**40 == pytest.approx(1.0, rel=0.01)
+
+
+def test_a_dp_release_lies_on_its_grid_whatever_the_input():
+    """Mironov's attack reads the low-order bits of a floating-point sum x + noise, whose
+    set of possible values depends on x. A discrete release γ·(k + noise) takes values on
+    the grid γℤ for every input, so no output tells two neighbouring inputs apart by its
+    bits; only by its distribution, which DP bounds."""
+    z, sensitivity = 2.0, 0.5
+    step = z * sensitivity / 2.0**GRID_BITS
+    for x in (np.zeros(100_000), np.full(100_000, 1 / 3), np.full(100_000, 0.1 + 2.0**-40)):
+        released = discrete_gaussian_release(x, z, sensitivity, np.random.default_rng(3))
+        units = released / step
+        assert np.abs(units - np.rint(units)).max() < 1e-3  # on the grid
+        # noise of σ = z·(Δ + γ√d): z·Δ = 1 here, up to a factor 1 + 3e-10
+        assert np.std(released - x) == pytest.approx(1.0, rel=0.02)
+    again = discrete_gaussian_release(1.0, z, sensitivity, np.random.default_rng(3))
+    assert again == discrete_gaussian_release(1.0, z, sensitivity, np.random.default_rng(3))

@@ -38,7 +38,12 @@ from fedstream.compression.pruning import prunable
 from fedstream.data.base import ClientData, Task
 from fedstream.errors import ConfigError
 from fedstream.params import Params
-from fedstream.privacy.mechanisms import DP_SGD_STREAM, client_noise
+from fedstream.privacy.mechanisms import (
+    DP_SGD_STREAM,
+    NoiseSource,
+    client_noise,
+    discrete_gaussian_release,
+)
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
 TASKS: tuple[Task, ...] = ("classification", "regression")
@@ -423,17 +428,30 @@ class TorchTrainer:
                 summed = {n: torch.tensordot(factor, g, dims=1) for n, g in grads.items()}
                 losses.append(float(loss.mean()))
             with torch.no_grad():
+                noisy = self._noisy_sum(summed, dp.noise_multiplier, dp.clip, rng)
                 for name, w in weights.items():
-                    noise = rng.normal(0.0, dp.noise_multiplier * dp.clip, tuple(w.shape))
-                    g = (summed[name] + self._tensor(noise).to(w.dtype)) / (
-                        dp.sampling_rate * count
-                    )
+                    g = noisy[name].to(w.dtype) / (dp.sampling_rate * count)
                     if anchors:
                         g = g + config.proximal_mu * (w - anchors[name])
                     w.sub_(g, alpha=config.lr)
                     if name in masks:
                         w.mul_(masks[name].to(self.device))
         return {"loss": float(np.mean(losses))} if losses else {}
+
+    def _noisy_sum(
+        self,
+        summed: dict[str, torch.Tensor],
+        noise_multiplier: float,
+        clip: float,
+        rng: NoiseSource,
+    ) -> dict[str, torch.Tensor]:
+        """DP-SGD's noisy sum of clipped per-example gradients: all parameters as one
+        vector through the discrete Gaussian mechanism (``privacy.mechanisms``)."""
+        if noise_multiplier == 0:
+            return summed
+        vector = Params({n: g.detach().cpu().double().numpy() for n, g in summed.items()})
+        noisy = discrete_gaussian_release(vector, noise_multiplier, clip, rng)
+        return {n: self._tensor(noisy[n]) for n in summed}
 
     # -- evaluation --------------------------------------------------------------------
     def evaluate(

@@ -43,7 +43,7 @@ from fedstream import checks
 from fedstream.errors import ConfigError, PrivacyBudgetExceeded
 from fedstream.privacy.accountant import POISSON, AccountantMethod, Entry, PrivacyLedger
 from fedstream.privacy.clipping import clip_l2
-from fedstream.privacy.mechanisms import NoiseSource, SecureGenerator, add_gaussian
+from fedstream.privacy.mechanisms import NoiseSource, SecureGenerator, discrete_gaussian_release
 from fedstream.strategies.base import StrategyWrapper
 from fedstream.types import (
     WITHIN_CLIP,
@@ -68,8 +68,8 @@ def privatize_update(
     weight to 1, add local noise if asked, and report in ``extras[WITHIN_CLIP]`` the
     centred bit: +½ if the update was already within the bound, −½ if it was scaled down."""
     clipped, norm = clip_l2(update.payload, privacy.clip)
-    payload = (
-        add_gaussian(clipped, privacy.noise_multiplier * privacy.clip, rng)
+    payload = (  # any two clipped updates differ by 2C: multiplier z/2, noise z·C
+        discrete_gaussian_release(clipped, privacy.noise_multiplier / 2, 2 * privacy.clip, rng)
         if privacy.noise_multiplier > 0
         else clipped
     )
@@ -258,12 +258,15 @@ class DifferentialPrivacy(StrategyWrapper):
                 else self.noise_multiplier
             )
             total = (
-                add_gaussian(aggregate.total, noise * clip, rng) if noise > 0 else aggregate.total
+                discrete_gaussian_release(aggregate.total, noise, clip, rng)
+                if noise > 0
+                else aggregate.total
             )
             clients = self.denominator(aggregate)
             if self.adaptive_clip:
                 centred = aggregate.extras.get(WITHIN_CLIP, 0.0)
-                noisy = centred + float(rng.normal(0.0, self.count_stddev, None))
+                # one client moves the centred bits' sum by ½: multiplier 2σ_b
+                noisy = discrete_gaussian_release(centred, 2 * self.count_stddev, 0.5, rng)
                 new_clip = next_clip(
                     clip, noisy / clients + 0.5, self.target_quantile, self.clip_lr
                 )
