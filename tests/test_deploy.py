@@ -17,8 +17,10 @@ import grpc
 import numpy as np
 import pytest
 
-from fedstream import Params, run_round, simulate
+from fedstream import Params, TorchTrainer, run_round, simulate
 from fedstream.deploy import join, make_tokens, serve, write_identities
+from fedstream.privacy import clip_l2
+from fedstream.rounds import plan_round
 from fedstream.simulation import SimulationConfig
 from fedstream.simulation.engine import build, build_dataset, resolve_app
 from fedstream.store import RunStore, latest_checkpoint, load_checkpoint
@@ -591,3 +593,42 @@ def test_compressed_pruned_updates_over_grpc_match_the_simulation_bit_for_bit(tm
     assert final.params.bit_equal(simulated.state.params)
     assert report.bytes_up == simulated.reports[-1].bytes_up
     assert report.bytes_down == simulated.reports[-1].bytes_down
+
+
+def test_a_deployed_clients_local_dp_noise_cannot_be_redrawn_by_the_server(tmp_path):
+    """Over gRPC, the server plays the attack of tests/privacy/test_curious_server.py: it
+    redraws local-DP noise from the task seeds it sent and subtracts it. A deployed client
+    draws that noise from its OS CSPRNG, so what is left is still noise."""
+    toml, tokens, config = write_run(
+        tmp_path, rounds=1, dp="local", dp_noise=0.5, dp_clip=0.5, trainer="sequential"
+    )
+    ids = sorted(build_dataset(config).clients)
+    setup = build(config)
+    service = FedstreamService(json.loads(tokens.read_text()), run_id="local-dp")
+    server, port = start_server(service, "127.0.0.1:0", None)
+    clients = start_clients(toml, tokens, port, ids)
+    try:
+        service.wait_for(len(ids), 60)
+        plan = plan_round(
+            setup.initial, config.build_strategy(), ids, config.round_config(),
+            setup.initial.generator(),
+        )  # fmt: skip
+        received = {
+            d.client_id: d.result
+            for d in GrpcTransport(service, 60).fit(setup.initial.params, plan.tasks)
+        }
+    finally:
+        service.finish()
+        server.stop(grace=1.0).wait()
+        for client in clients.values():
+            client.wait()
+    trainer = TorchTrainer(setup.module, setup.dataset.task)
+    assert len(received) == len(plan.tasks) > 0
+    for task in plan.tasks:
+        sent = received[task.client_id]
+        clean = trainer.fit(setup.initial.params, task, setup.dataset.clients[task.client_id])
+        truth = clip_l2(clean.payload, 0.5)[0]
+        redraw = np.random.default_rng([task.config.seed, 0x4C4450])  # the old noise stream
+        guess = Params({n: redraw.normal(0.0, 0.25, a.shape) for n, a in sent.payload.items()})
+        assert np.std((sent.payload - guess - truth).flat()) > 0.3  # √2 σ: not removed
+        assert 0.2 < np.std((sent.payload - truth).flat()) < 0.3  # σ = z·C = 0.25 is there
