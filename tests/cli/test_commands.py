@@ -4,7 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import fedstream
+from fedstream import ConfigError
+from fedstream.deploy import load_identities
 from tests.settings import nested
 
 
@@ -127,3 +131,22 @@ def test_run_on_worker_processes_reports_them_and_matches_the_in_process_run(tmp
         **nested(rounds=2, num_clients=20, clients_per_round=6, trainer="sequential")
     )
     assert document["final_metrics"] == alone.final_metrics
+
+
+def test_tokens_provisions_each_clients_signing_key_and_the_roster(tmp_path):
+    out = tmp_path / "tokens.json"
+    done = fedstream_cli("tokens", "--data.num-clients", "3", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    tokens = json.loads(out.read_text())
+    keys = json.loads((tmp_path / "identities.json").read_text())
+    roster = json.loads((tmp_path / "roster.json").read_text())
+    assert sorted(tokens) == sorted(keys) == sorted(roster) == ["client-0", "client-1", "client-2"]
+    assert oct((tmp_path / "identities.json").stat().st_mode & 0o777) == "0o600"
+    # one site gets its own key alone, and the roster
+    own = tmp_path / "identity-1.key"
+    own.write_text(keys["client-1"])
+    identity = load_identities("client-1", own, tmp_path / "roster.json")
+    message = b"survivors"
+    identity.verify("client-1", identity.sign(message), message, "check")
+    with pytest.raises(ConfigError, match="a key whose public half is this client's roster"):
+        load_identities("client-2", own, tmp_path / "roster.json")
