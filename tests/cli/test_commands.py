@@ -135,7 +135,9 @@ def test_run_on_worker_processes_reports_them_and_matches_the_in_process_run(tmp
 
 def test_tokens_provisions_each_clients_signing_key_and_the_roster(tmp_path):
     out = tmp_path / "tokens.json"
-    done = fedstream_cli("tokens", "--data.num-clients", "3", "--out", str(out))
+    done = fedstream_cli(
+        "tokens", "--data.num-clients", "3", "--run.clients-per-round", "3", "--out", str(out)
+    )
     assert done.returncode == 0, done.stderr
     tokens = json.loads(out.read_text())
     keys = json.loads((tmp_path / "identities.json").read_text())
