@@ -37,7 +37,8 @@ SECRET = 20261201  # the simulated PKI's secret
 
 
 class Devices:
-    """Clients in this process, each holding one update; times their side of the protocol."""
+    """Clients in this process, each holding one update; times their side of the protocol
+    (also used by ``he_protocol.py``)."""
 
     def __init__(self, updates: Mapping[str, ClientUpdate], drop_after_share: set[str]) -> None:
         roster = DerivedRoster(SECRET)
@@ -49,6 +50,8 @@ class Devices:
             self.devices[client_id].hold(update)
         self.drop = drop_after_share
         self.client_cpu_s = 0.0
+        self.stage_cpu_s: dict[str, float] = {}  # client CPU per stage, over all clients
+        self.stage_bytes_down: dict[str, int] = {}  # request bytes per stage
 
     def exchange(
         self, stage: str, round_number: int, requests: Mapping[str, bytes]
@@ -59,7 +62,10 @@ class Devices:
                 continue
             started = time.process_time()
             answer = self.devices[client_id].answer(stage, round_number, request)
-            self.client_cpu_s += time.process_time() - started
+            spent = time.process_time() - started
+            self.client_cpu_s += spent
+            self.stage_cpu_s[stage] = self.stage_cpu_s.get(stage, 0.0) + spent
+            self.stage_bytes_down[stage] = self.stage_bytes_down.get(stage, 0) + len(request)
             yield client_id, answer
 
 

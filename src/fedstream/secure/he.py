@@ -458,6 +458,8 @@ class DeviceHE:
             )
         length = int(header["length"])
         items = split_ciphertexts(blob, "decrypt request")
+        if isinstance(backend, Paillier):
+            backend.clients = clients  # its packing depends on how many are summed
         per_client = backend.count(length)
         if len(items) != per_client * len(contributions):
             raise SecAggError(
@@ -480,7 +482,6 @@ class DeviceHE:
         self._decrypted.add(round_number)
         summed = backend.dump(total)
         if isinstance(backend, Paillier):
-            backend.clients = clients
             values = backend.decrypt_sum(summed, length, len(contributions))
         else:
             values = backend.decrypt(summed, length)
