@@ -17,10 +17,12 @@ import grpc
 import numpy as np
 import pytest
 
-from fedstream import Params, TorchTrainer, run_round, simulate
+from fedstream import Params, RoundFailedError, TorchTrainer, run_round, simulate
 from fedstream.deploy import join, make_tokens, serve, write_identities
 from fedstream.privacy import clip_l2
 from fedstream.rounds import plan_round
+from fedstream.secure.he import join_ciphertexts, split_ciphertexts
+from fedstream.secure.secagg import pack, unpack
 from fedstream.simulation import SimulationConfig
 from fedstream.simulation.engine import build, build_dataset, resolve_app
 from fedstream.store import RunStore, latest_checkpoint, load_checkpoint
@@ -632,3 +634,112 @@ def test_a_deployed_clients_local_dp_noise_cannot_be_redrawn_by_the_server(tmp_p
         guess = Params({n: redraw.normal(0.0, 0.25, a.shape) for n, a in sent.payload.items()})
         assert np.std((sent.payload - guess - truth).flat()) > 0.3  # √2 σ: not removed
         assert 0.2 < np.std((sent.payload - truth).flat()) < 0.3  # σ = z·C = 0.25 is there
+
+
+class LyingServer:
+    """The real gRPC transport, with the server telling some clients at unmasking that
+    ``victim`` dropped, after they signed a survivor set with it in: the move that once
+    collected both kinds of share of one client. Records every share kind it receives."""
+
+    def __init__(self, inner: GrpcTransport, victim: str, told_dropped: set[str]) -> None:
+        self.inner, self.victim, self.told_dropped = inner, victim, told_dropped
+        self.kinds: list[str] = []
+
+    def fit(self, params, tasks):
+        return self.inner.fit(params, tasks)
+
+    def exchange(self, stage, round_number, requests):
+        if stage == "unmask":
+            requests = dict(requests)
+            for client in self.told_dropped & set(requests):
+                header, blob = unpack(requests[client], "unmask")
+                header["survivors"] = [u for u in header["survivors"] if u != self.victim]
+                requests[client] = pack(header, blob)
+        for client, answer in self.inner.exchange(stage, round_number, requests):
+            if stage == "unmask" and isinstance(answer, bytes):
+                shares = unpack(answer, "shares")[0]["shares"]
+                self.kinds += [
+                    kind for owner, (_, _, kind) in shares.items() if owner == self.victim
+                ]
+            yield client, answer
+
+
+def test_client_processes_refuse_a_lying_servers_survivor_story_over_grpc(tmp_path):
+    toml, tokens, config = write_run(
+        tmp_path, num_clients=7, clients_per_round=7, rounds=1, secure_aggregation="secagg+"
+    )
+    ids = sorted(build_dataset(config).clients)
+    victim, told = ids[0], set(ids[1:4])
+    service = FedstreamService(json.loads(tokens.read_text()), run_id="lying")
+    server, port = start_server(service, "127.0.0.1:0", None)
+    clients = start_clients(toml, tokens, port, ids)
+    try:
+        service.wait_for(len(ids), 60)
+        lying = LyingServer(GrpcTransport(service, 60), victim, told)
+        setup = build(config)
+        with pytest.raises(RoundFailedError) as failed:
+            run_round(
+                setup.initial, config.build_strategy(), lying, ids, config.round_config(),
+                evaluate=False,
+            )  # fmt: skip
+    finally:
+        service.finish()
+        server.stop(grace=1.0).wait()
+        for client in clients.values():
+            client.wait()
+    refusals = {f.client_id: f.cause for f in failed.value.failures if f.stage == "unmask"}
+    assert set(refusals) == told  # each client told the lie refused, in its own process
+    assert all(
+        "another survivor set than the one this client signed" in c for c in refusals.values()
+    )
+    assert "s" not in lying.kinds  # the server never held a share of the victim's mask key
+    assert "cannot recover client" in str(failed.value)  # and the round failed loudly
+
+
+class OracleSeeker:
+    """The real gRPC transport, with the server sending the HE key holder one client's
+    ciphertexts as "the aggregate" to decrypt."""
+
+    def __init__(self, inner: GrpcTransport) -> None:
+        self.inner = inner
+
+    def fit(self, params, tasks):
+        return self.inner.fit(params, tasks)
+
+    def exchange(self, stage, round_number, requests):
+        if stage == "decrypt":
+            ((holder, request),) = requests.items()
+            header, blob = unpack(request, "decrypt")
+            victim = sorted(header["contributions"])[-1]
+            count = len(header["contributions"][victim]["sha256"])
+            items = split_ciphertexts(blob, "decrypt")[-count:]
+            header["contributions"] = {victim: header["contributions"][victim]}
+            requests = {holder: pack(header, join_ciphertexts(items))}
+        yield from self.inner.exchange(stage, round_number, requests)
+
+
+def test_the_he_key_holder_process_refuses_to_decrypt_one_clients_ciphertext(tmp_path):
+    toml, tokens, config = write_run(
+        tmp_path, num_clients=4, clients_per_round=4, rounds=1, secure_aggregation="ckks",
+        he_preset="n4096",
+    )  # fmt: skip
+    ids = sorted(build_dataset(config).clients)
+    service = FedstreamService(json.loads(tokens.read_text()), run_id="oracle")
+    server, port = start_server(service, "127.0.0.1:0", None)
+    clients = start_clients(toml, tokens, port, ids)
+    try:
+        service.wait_for(len(ids), 60)
+        setup = build(config)
+        with pytest.raises(RoundFailedError, match="did not return the decrypted sum") as failed:
+            run_round(
+                setup.initial, config.build_strategy(), OracleSeeker(GrpcTransport(service, 60)),
+                ids, config.round_config(), evaluate=False,
+            )  # fmt: skip
+    finally:
+        service.finish()
+        server.stop(grace=1.0).wait()
+        for client in clients.values():
+            client.wait()
+    refusal = next(f for f in failed.value.failures if f.stage == "decrypt")
+    assert refusal.client_id == ids[0]  # the key holder, in its own process
+    assert "at least 2 clients' signed contributions" in refusal.cause

@@ -175,8 +175,8 @@ class FedstreamService(pb_grpc.FedstreamServicer):
                     except ProtocolError as exc:
                         self._answer(session, reply, b"", str(exc))
                         raise
-                    if payload is not None:
-                        self._answer(session, reply, payload, None)
+                    if payload is not None:  # the client's own error, if it had one
+                        self._answer(session, reply, payload, reply.error or None)
                         reply, assembler = None, None
                     continue
                 raise ProtocolError(f"unexpected {kind!r} message")
