@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from fedstream import Params, RoundFailedError, TorchTrainer, run_round, simulate
-from fedstream.deploy import join, make_tokens, serve, write_identities
+from fedstream.deploy import join, make_tokens, serve, write_identities, write_tokens
 from fedstream.privacy import clip_l2
 from fedstream.rounds import plan_round
 from fedstream.secure.he import join_ciphertexts, split_ciphertexts
@@ -52,8 +52,8 @@ def write_run(folder: Path, **changes) -> tuple[Path, Path, SimulationConfig]:
     toml = folder / "run.toml"
     toml.write_text(toml_text(**settings))
     tokens = folder / "tokens.json"
-    tokens.write_text(json.dumps(make_tokens(client_ids(config))))
-    write_identities(folder, client_ids(config))  # what `fedstream tokens` provisions
+    write_tokens(tokens, make_tokens(client_ids(config)))  # what `fedstream tokens` writes
+    write_identities(folder, client_ids(config))
     return toml, tokens, config
 
 
@@ -92,8 +92,10 @@ class Process:
 
 
 def start_server_process(toml, tokens, out, *extra, port=0):
+    """The server process, given only the salted hashes of the clients' tokens."""
+    hashed = tokens.parent / "server-tokens.json"
     server = Process(
-        "server", "--config", str(toml), "--tokens", str(tokens), "--insecure", "--quiet",
+        "server", "--config", str(toml), "--tokens", str(hashed), "--insecure", "--quiet",
         "--listen", f"127.0.0.1:{port}", "--output", str(out), *extra,
     )  # fmt: skip
     line = server.wait_for_line("listening on port")
@@ -127,6 +129,9 @@ def deploy_run(tmp_path, toml, tokens, config):
     assert server.wait() == 0, "".join(server.lines)
     for client in clients.values():
         assert client.wait() == 0, "".join(client.lines)
+    # --insecure is said loudly on both sides
+    for process in (server, *clients.values()):
+        assert "runs WITHOUT TLS (--insecure)" in "".join(process.lines)
     return load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
 
 

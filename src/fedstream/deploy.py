@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,6 +43,7 @@ from fedstream.transport.grpc.server import (
     FedstreamService,
     GrpcTransport,
     ServerCredentials,
+    hash_token,
     start_server,
 )
 
@@ -52,6 +55,33 @@ def make_tokens(client_ids: list[str]) -> dict[str, str]:
     return {client_id: secrets.token_urlsafe(32) for client_id in client_ids}
 
 
+SERVER_TOKENS_FILE = "server-tokens.json"
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only from the first byte: into a
+    temporary file that ``mkstemp`` creates 0600, then renamed over ``path``."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_tokens(out: Path, tokens: Mapping[str, str]) -> None:
+    """The clients' tokens at ``out`` (to hand each client its own) and, beside it,
+    ``server-tokens.json``: the salted hashes the server needs, so its disk holds no
+    token. Both are written owner-only from the start."""
+    write_secret(out, json.dumps(dict(tokens), indent=1))
+    hashed = {client_id: hash_token(token) for client_id, token in tokens.items()}
+    write_secret(out.parent / SERVER_TOKENS_FILE, json.dumps(hashed, indent=1))
+
+
 IDENTITIES_FILE = "identities.json"
 ROSTER_FILE = "roster.json"
 
@@ -61,9 +91,7 @@ def write_identities(folder: Path, client_ids: list[str]) -> None:
     private signing key, secret: each client should get only its own entry) and
     ``roster.json`` (client id → public key, which every client gets)."""
     private, public = make_identities(client_ids)
-    keys = folder / IDENTITIES_FILE
-    keys.write_text(json.dumps(private, indent=1))
-    keys.chmod(0o600)
+    write_secret(folder / IDENTITIES_FILE, json.dumps(private, indent=1))
     (folder / ROSTER_FILE).write_text(json.dumps(public, indent=1))
 
 

@@ -9,6 +9,7 @@ import pytest
 import fedstream
 from fedstream import ConfigError
 from fedstream.deploy import load_identities
+from fedstream.transport.grpc.server import FedstreamService, token_matches
 from tests.settings import nested
 
 
@@ -143,7 +144,17 @@ def test_tokens_provisions_each_clients_signing_key_and_the_roster(tmp_path):
     keys = json.loads((tmp_path / "identities.json").read_text())
     roster = json.loads((tmp_path / "roster.json").read_text())
     assert sorted(tokens) == sorted(keys) == sorted(roster) == ["client-0", "client-1", "client-2"]
-    assert oct((tmp_path / "identities.json").stat().st_mode & 0o777) == "0o600"
+    for secret in ("tokens.json", "identities.json", "server-tokens.json"):
+        assert oct((tmp_path / secret).stat().st_mode & 0o777) == "0o600", secret
+    assert not list(tmp_path.glob(".*"))  # no temporary file left behind
+    # the server's file holds salted hashes only, which the service accepts
+    hashed = json.loads((tmp_path / "server-tokens.json").read_text())
+    assert all(h.startswith("sha256$") and tokens[c] not in h for c, h in hashed.items())
+    service = FedstreamService(hashed, run_id="r")
+    assert token_matches(service.tokens["client-0"], tokens["client-0"])
+    assert not token_matches(service.tokens["client-0"], tokens["client-1"])
+    plain = FedstreamService(tokens, run_id="r")  # a plaintext file is hashed on load
+    assert all(tokens[c] not in h for c, h in plain.tokens.items())
     # one site gets its own key alone, and the roster
     own = tmp_path / "identity-1.key"
     own.write_text(keys["client-1"])

@@ -19,6 +19,7 @@ from fedstream.simulation import from_mapping
 from fedstream.store import (
     CheckpointError,
     RunStore,
+    StoreError,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -197,3 +198,42 @@ def test_kill_9_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     run = RunStore(tmp_path / "store.sqlite").run("run")
     assert run["status"] == "finished"
     assert [r["round"] for r in run["rounds"]] == list(range(1, 13))
+
+
+def test_a_damaged_newest_checkpoint_is_passed_over_with_the_reason(tmp_path, caplog):
+    straight = simulate(**nested(rounds=6, compression="topk:0.05"))
+    simulate(output_dir=tmp_path / "run", **nested(rounds=4, compression="topk:0.05"))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    newest = latest_checkpoint(checkpoints)
+    assert newest is not None and newest.name == "round-000004"
+    damaged = newest / "params.safetensors"
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 1
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"params\.safetensors does not match its SHA-256"):
+        load_checkpoint(newest)  # the cause, not "state.json lacks a field"
+    with caplog.at_level("WARNING", logger="fedstream.store"):
+        resumed = simulate(output_dir=tmp_path / "run", resume=True, **nested(rounds=6))
+    said = caplog.text
+    assert "round-000004" in said and "does not match its SHA-256" in said
+    assert "resuming from round-000003 (round 3)" in said
+    # round 3's state and its clients' residuals: the run still ends where it would have
+    assert resumed.state.params.bit_equal(straight.state.params)
+    for folder in checkpoints.glob("round-*"):  # with every checkpoint damaged, say so
+        (folder / "params.safetensors").write_bytes(b"broken")
+    with pytest.raises(CheckpointError, match="no intact checkpoint to resume from"):
+        simulate(output_dir=tmp_path / "run", resume=True, **nested(rounds=8))
+
+
+def test_a_corrupt_run_store_is_named_with_how_to_recover(tmp_path):
+    simulate(output_dir=tmp_path / "run", **nested(rounds=1))
+    store = tmp_path / "store.sqlite"
+    store.write_bytes(b"this is not a SQLite database, it was overwritten " * 200)
+    for wal in tmp_path.glob("store.sqlite-*"):
+        wal.unlink()
+    listed = CliRunner().invoke(main, ["runs", "list", "--store", str(store)])
+    assert listed.exit_code == 1 and "Traceback" not in listed.output
+    assert f"the run store {store} cannot be read" in listed.output
+    assert "--resume" in listed.output  # and how to go on: the checkpoints hold the state
+    with pytest.raises(StoreError, match="cannot be read"):
+        simulate(output_dir=tmp_path / "again", store=store, **nested(rounds=1))

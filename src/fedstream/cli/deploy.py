@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from fedstream.cli.options import (
     CONFIG_OPTION,
     fail,
     load_config,
+    log,
     publish_options,
     publish_target,
     read_file,
@@ -21,6 +21,17 @@ from fedstream.cli.root import main
 from fedstream.errors import ConfigError, FedstreamError
 
 
+def warn_insecure(side: str) -> None:
+    """Say loudly, on stderr and in the log, what --insecure gives away."""
+    message = (
+        f"WARNING: this {side} runs WITHOUT TLS (--insecure): client tokens, model "
+        "parameters and updates cross the network in the clear, readable and changeable by "
+        "anyone on the path. Use it only on a network you trust entirely."
+    )
+    click.secho(message, fg="red", bold=True, err=True)
+    log.warning(message)
+
+
 @main.command()
 @CONFIG_OPTION
 @click.option(
@@ -28,7 +39,8 @@ from fedstream.errors import ConfigError, FedstreamError
     "tokens_path",
     type=click.Path(path_type=Path),
     required=True,
-    help="JSON file of client id → token; unknown clients are refused.",
+    help="JSON file of client id → token, or → salted hash (server-tokens.json from "
+    "fedstream tokens, so the server holds no token); unknown clients are refused.",
 )
 @click.option(
     "--listen",
@@ -119,7 +131,9 @@ def server(
     try:
         tokens = load_tokens(tokens_path)
         credentials = None
-        if not insecure:
+        if insecure:
+            warn_insecure("server")
+        else:
             if tls_cert is None or tls_key is None:
                 raise ConfigError(
                     "--tls-cert",
@@ -240,6 +254,8 @@ def client(
             token = load_tokens(token_file).get(client_id) if text.startswith("{") else text
         if not token:
             raise ConfigError("--token", token, "a token (or --token-file)")
+        if insecure:
+            warn_insecure("client")
         credentials = (
             None
             if insecure
@@ -282,7 +298,7 @@ def tokens(config_path: Path | None, out: Path, **flags: str | None) -> None:
     """Make a random token for every client of a run config, and each client's SecAgg+
     signing key (identities.json) with the roster of their public keys (roster.json),
     beside it."""
-    from fedstream.deploy import make_tokens, write_identities
+    from fedstream.deploy import make_tokens, write_identities, write_tokens
     from fedstream.simulation.engine import build_dataset, resolve_app
 
     try:
@@ -291,11 +307,11 @@ def tokens(config_path: Path | None, out: Path, **flags: str | None) -> None:
         made = make_tokens(app.ids() if app is not None else sorted(build_dataset(config).clients))
     except FedstreamError as exc:
         fail(exc)
-    out.write_text(json.dumps(made, indent=1))
-    out.chmod(0o600)
+    write_tokens(out, made)
     write_identities(out.parent, sorted(made))
     click.echo(
-        f"{len(made)} tokens written to {out}, signing keys to identities.json and their "
-        "public keys to roster.json beside it (keep the first two secret; give each client "
-        "its own entries and the roster)"
+        f"{len(made)} tokens written to {out}, their salted hashes to server-tokens.json "
+        "(the server needs only these), signing keys to identities.json and their public "
+        "keys to roster.json beside it. Give each client its own token and key and the "
+        "roster, then delete tokens.json and identities.json from the server"
     )

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import click
 
+from fedstream.cli.options import fail
 from fedstream.cli.root import main
-from fedstream.errors import ConfigError
+from fedstream.errors import ConfigError, FedstreamError
 
 
 @main.group()
@@ -42,7 +43,11 @@ def runs_list(store: Path) -> None:
     table = Table(title=str(store))
     for column in ("run", "status", "rounds", "of", "strategy", "dataset", "started"):
         table.add_column(column)
-    for row in RunStore(store).runs():
+    try:
+        rows = RunStore(store).runs()
+    except FedstreamError as exc:
+        fail(exc)
+    for row in rows:
         config = row["config"]
         table.add_row(
             row["id"],
@@ -72,9 +77,8 @@ def runs_show(run_id: str, store: Path, as_json: bool) -> None:
         if not store.exists():
             raise ConfigError("--store", str(store), "an existing run store")
         run = RunStore(store).run(run_id)
-    except ConfigError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(2)
+    except FedstreamError as exc:
+        fail(exc)
     if as_json:
         click.echo(json.dumps(run, indent=1))
         return

@@ -17,6 +17,7 @@ import torch
 
 from fedstream.app import App, check_model_fits, is_torch, load_app, model_params
 from fedstream.client.base import FitTask, Trainer
+from fedstream.client.state import ClientState
 from fedstream.client.torch_trainer import batch_norm_entries, params_from_module
 from fedstream.client.vectorized import VectorizedTrainer
 from fedstream.data.base import ClientData, FederatedDataset, subset
@@ -31,9 +32,7 @@ from fedstream.simulation.progress import RoundProgress
 from fedstream.simulation.report import atomic_write, write_outputs
 from fedstream.store.checkpoint import (
     CheckpointError,
-    latest_checkpoint,
-    load_checkpoint,
-    load_client_states,
+    newest_intact_checkpoint,
     save_checkpoint,
 )
 from fedstream.store.runs import RunStore
@@ -449,9 +448,10 @@ def simulate(
     with torch_threads(config.execution.threads):
         setup = build(config, app_object, server_only=transport_factory is not None)
         state = setup.initial
+        saved_clients: dict[str, ClientState] = {}
         if out is not None and runs is not None:
             if resume:
-                state, reports = _restore(out, setup, runs, run_id)
+                state, reports, saved_clients = _restore(out, setup, runs, run_id)
             else:
                 out.mkdir(parents=True, exist_ok=True)
                 atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=1).encode())
@@ -463,10 +463,8 @@ def simulate(
         devices = None if transport_factory else workers or setup.transport
         transport = transport_factory(setup) if transport_factory else devices
         assert transport is not None
-        if resume and devices is not None and out is not None:
-            folder = latest_checkpoint(out / "checkpoints")
-            if folder is not None:
-                devices.restore_client_states(load_client_states(folder))
+        if resume and devices is not None and saved_clients:
+            devices.restore_client_states(saved_clients)
         try:
             with RoundProgress(config.run.rounds, enabled=progress, done=state.round) as bar:
                 for new_state, report in run_rounds(
@@ -549,14 +547,16 @@ def _publish(
 
 def _restore(
     out: Path, setup: Setup, runs: RunStore, run_id: str
-) -> tuple[ServerState, list[RoundReport]]:
-    """The newest checkpoint's state and the reports of the rounds up to it. A round whose
-    checkpoint was written but whose store record was not (a crash between the two) is
-    recorded from the checkpoint; rounds after the checkpoint are dropped and rerun."""
-    folder = latest_checkpoint(out / "checkpoints")
-    if folder is None:
-        return setup.initial, []
-    state, report = load_checkpoint(folder)
+) -> tuple[ServerState, list[RoundReport], dict[str, ClientState]]:
+    """The newest intact checkpoint's state, the reports of the rounds up to it, and the
+    simulated clients' states it saved. A damaged newer checkpoint is passed over, with a
+    warning naming it and why. A round whose checkpoint was written but whose store record
+    was not (a crash between the two) is recorded from the checkpoint; rounds after the
+    checkpoint are dropped and rerun."""
+    restored = newest_intact_checkpoint(out / "checkpoints")
+    if restored is None:
+        return setup.initial, [], {}
+    folder, state, report = restored.folder, restored.state, restored.report
     try:
         setup.initial.params.check_compatible(state.params, f"checkpoint {folder}")
     except ValueError as exc:
@@ -567,7 +567,7 @@ def _restore(
         runs.record_round(run_id, report)
         known[report.round] = report
     runs.forget_after(run_id, state.round)
-    return state, [known[r] for r in sorted(known) if r <= state.round]
+    return state, [known[r] for r in sorted(known) if r <= state.round], restored.clients
 
 
 def _has_run(runs: RunStore, run_id: str) -> bool:

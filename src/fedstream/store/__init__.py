@@ -6,11 +6,12 @@ from fedstream.store.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from fedstream.store.runs import RunStore
+from fedstream.store.runs import RunStore, StoreError
 
 __all__ = [
     "CheckpointError",
     "RunStore",
+    "StoreError",
     "latest_checkpoint",
     "load_checkpoint",
     "save_checkpoint",

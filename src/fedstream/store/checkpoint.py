@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ from fedstream.errors import FedstreamError, WireFormatError
 from fedstream.params import Params
 from fedstream.privacy.accountant import POISSON, Entry, PrivacyLedger
 from fedstream.types import RoundReport, ServerState
+
+log = logging.getLogger("fedstream.store")
 
 FORMAT = "fedstream-checkpoint-1"
 CLIENTS_FILE = "clients.safetensors"
@@ -120,6 +124,8 @@ def load_checkpoint(folder: Path) -> tuple[ServerState, RoundReport | None]:
             clip_norm=document["clip_norm"],
             rng_state=document["rng_state"],
         )
+    except CheckpointError:
+        raise  # a file that is missing or fails its hash says so itself
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {folder}: state.json lacks a field ({exc})") from None
     report = document.get("report")
@@ -168,6 +174,42 @@ def latest_checkpoint(root: Path) -> Path | None:
     """The newest complete checkpoint folder under ``root``, or ``None``."""
     folders = sorted(p for p in root.glob(f"{_PREFIX}*") if (p / "state.json").exists())
     return folders[-1] if folders else None
+
+
+@dataclass(frozen=True)
+class Restored:
+    """The checkpoint a resume continues from, and the newer ones it had to pass over."""
+
+    folder: Path
+    state: ServerState
+    report: RoundReport | None
+    clients: dict[str, ClientState]
+    skipped: tuple[str, ...] = ()
+
+
+def newest_intact_checkpoint(root: Path) -> Restored | None:
+    """The newest checkpoint under ``root`` whose every file matches its hash, passing over
+    (and logging) newer ones that do not; ``None`` when there is none at all. When every
+    checkpoint is damaged, the error names each one and why."""
+    folders = sorted(p for p in root.glob(f"{_PREFIX}*") if (p / "state.json").exists())
+    skipped: list[str] = []
+    for folder in reversed(folders):
+        try:
+            state, report = load_checkpoint(folder)
+            clients = load_client_states(folder)
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            log.warning("skipping a damaged checkpoint: %s", exc)
+            continue
+        if skipped:
+            log.warning(
+                "resuming from %s (round %d), the newest intact checkpoint", folder.name,
+                state.round,
+            )  # fmt: skip
+        return Restored(folder, state, report, clients, tuple(skipped))
+    if skipped:
+        raise CheckpointError("no intact checkpoint to resume from: " + "; ".join(skipped))
+    return None
 
 
 def ledger_entry(saved: list[float]) -> Entry:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedstream.errors import ConfigError
+from fedstream.errors import ConfigError, FedstreamError
 from fedstream.types import RoundReport
 
 _SCHEMA = """
@@ -72,6 +72,19 @@ CREATE TABLE IF NOT EXISTS metrics (
 STATUSES = ("running", "finished", "failed")
 
 
+class StoreError(FedstreamError):
+    """The run store's file cannot be read as a SQLite database: it names the file and how
+    to recover."""
+
+    def __init__(self, path: Path, cause: Exception) -> None:
+        super().__init__(
+            f"the run store {path} cannot be read ({type(cause).__name__}: {cause}). Move it "
+            "aside (or pass another --store); each run's checkpoints/ folder still holds its "
+            "state, and `fedstream run --resume <run folder>` continues from there"
+        )
+        self.path = path
+
+
 class RunStore:
     """A SQLite run store at ``path`` (created with its tables if missing)."""
 
@@ -83,11 +96,16 @@ class RunStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db = sqlite3.connect(self.path, timeout=30)
+        except sqlite3.Error as exc:
+            raise StoreError(self.path, exc) from None
         try:
             db.execute("PRAGMA journal_mode=WAL")
             with db:  # one transaction: committed on success, rolled back on error
                 yield db
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
+            raise StoreError(self.path, exc) from None
         finally:
             db.close()
 

@@ -11,9 +11,11 @@ and the server goes on serving everyone else.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -63,8 +65,32 @@ class _Answer:
     error: str | None
 
 
+TOKEN_HASH = "sha256"
+
+
+def hash_token(token: str, salt: bytes | None = None) -> str:
+    """``sha256$<salt>$<digest>`` of a token under a fresh 16-byte salt. Tokens are 32
+    random bytes, so one salted SHA-256 is enough: there is nothing to guess."""
+    salt = salt if salt is not None else os.urandom(16)
+    digest = hashlib.sha256(salt + token.encode()).hexdigest()
+    return f"{TOKEN_HASH}${salt.hex()}${digest}"
+
+
+def is_token_hash(value: str) -> bool:
+    parts = value.split("$")
+    return len(parts) == 3 and parts[0] == TOKEN_HASH
+
+
+def token_matches(stored: str, token: str) -> bool:
+    """Whether ``token`` hashes to ``stored`` (compared in constant time)."""
+    _, salt, _ = stored.split("$")
+    return hmac.compare_digest(stored, hash_token(token, bytes.fromhex(salt)))
+
+
 class FedstreamService(pb_grpc.FedstreamServicer):
-    """Authenticates clients and moves requests and answers between them and the transport."""
+    """Authenticates clients and moves requests and answers between them and the transport.
+    ``tokens`` maps client ids to their tokens or to salted hashes of them (``hash_token``);
+    the service keeps only the hashes."""
 
     def __init__(
         self,
@@ -73,7 +99,8 @@ class FedstreamService(pb_grpc.FedstreamServicer):
         heartbeat_s: float = 5.0,
         max_payload_bytes: int = 2 << 30,
     ) -> None:
-        self.tokens = dict(tokens)
+        # only salted hashes are kept: a memory dump or a debug print leaks no token
+        self.tokens = {c: t if is_token_hash(t) else hash_token(t) for c, t in tokens.items()}
         self.run_id = run_id
         self.heartbeat_s = heartbeat_s
         self.max_payload_bytes = max_payload_bytes
@@ -137,7 +164,7 @@ class FedstreamService(pb_grpc.FedstreamServicer):
                 f"protocol {hello.protocol!r} is not supported: expected {PROTOCOL!r}",
             )
         expected = self.tokens.get(hello.client_id)
-        if expected is None or not hmac.compare_digest(expected, hello.token):
+        if expected is None or not token_matches(expected, hello.token):
             self._refuse(
                 context,
                 grpc.StatusCode.UNAUTHENTICATED,
