@@ -90,6 +90,11 @@ def test_predictions_match_the_model_version_they_name(served):
             {"content": b"\x00" * 200_000, "headers": {"content-type": "application/octet-stream"}},
             413, "exceeds 100000",
         ),
+        # hostile JSON: nesting deeper than any parser's stack, a 400-digit number, booleans
+        ({"content": b'{"inputs": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"}, 422, "nested too"),
+        ({"content": b'{"inputs": [[1' + b"0" * 400 + b"]]}"}, 422, 'body must be JSON'),
+        ({"json": {"inputs": [[True] * 64]}}, 422, "numbers, not booleans"),
+        ({"json": {"inputs": [[1.5] * 63 + [False]]}}, 422, "numbers, not booleans"),
     ],
 )  # fmt: skip
 def test_bad_requests_are_refused_with_what_was_expected(served, kwargs, status, detail):
@@ -103,6 +108,10 @@ def test_bad_requests_are_refused_with_what_was_expected(served, kwargs, status,
 def test_pin_rollback_unknown_version_and_metrics(served):
     url, store = served
     assert httpx.post(f"{url}/v1/models/pin", json={"version": 42}).status_code == 404
+    for bad in (b'{"version": 1e400}', b'{"version": 123456789012345678901}',
+                b'{"version": -5}', b'{"version": true}', b"[" * 30_000):  # fmt: skip
+        refused = httpx.post(f"{url}/v1/models/pin", content=bad)
+        assert refused.status_code == 422, (bad[:40], refused.text)
     assert httpx.post(f"{url}/v1/models/pin", json={"version": 1}).json()["current"] == 1
     inputs = np.ones((1, 64), np.float32)
     answer = httpx.post(f"{url}/v1/predict", json={"inputs": inputs.tolist()}).json()
@@ -241,6 +250,17 @@ def test_a_training_process_publishes_to_a_serving_process_elsewhere(tmp_path):
             publish(PublishTarget(url, "wrong"), 4, {}, {}, result.state.params.to_bytes())
         again = (result.state.params * 2.0).to_bytes()
         assert publish(target, 3, {"model": "mlp"}, {}, again) is False  # immutable
+        # with a token, routes that change what is served need it: nobody rolls back
+        assert httpx.post(f"{url}/v1/models/pin", json={"version": 1}).status_code == 401
+        assert httpx.post(f"{url}/v1/models/follow").status_code == 401
+        bearer = {"authorization": "Bearer s3cret"}
+        pinned = httpx.post(f"{url}/v1/models/pin", json={"version": 1}, headers=bearer)
+        assert pinned.status_code == 200 and pinned.json()["current"] == 1
+        assert httpx.post(f"{url}/v1/models/follow", headers=bearer).status_code == 200
+        with pytest.raises(urllib.error.HTTPError, match="422"):  # a version out of range
+            publish(target, 10**22, {"model": "mlp"}, {}, again)
+        with pytest.raises(urllib.error.HTTPError, match="422"):
+            publish(target, -5, {"model": "mlp"}, {}, again)
     finally:
         process.kill()
         process.wait()
@@ -307,3 +327,14 @@ def test_bad_publish_and_tls_settings_are_named():
     )  # fmt: skip
     assert done.returncode == 2
     assert "--tls-key" in done.stderr and "HTTPS needs both" in done.stderr
+
+
+def test_serving_on_a_public_address_without_a_token_is_refused(served):
+    _, store = served
+    done = subprocess.run(
+        [sys.executable, "-m", "fedstream.cli", "serve", "--store", str(store.path), "--run",
+         "run", "--host", "0.0.0.0", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "--host='0.0.0.0' is invalid: expected 127.0.0.1 or ::1" in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import click
@@ -91,6 +92,15 @@ def serve(
         token = (read_file(publish_token_file, "--publish-token-file") or b"").decode().strip()
     elif not store.exists():
         fail(ConfigError("--store", str(store), "an existing run store"))
+    if token is None and not is_loopback(host):
+        fail(
+            ConfigError(
+                "--host",
+                host,
+                "127.0.0.1 or ::1 without --publish-token-file: pinning and following change "
+                "what is served, and need that token on any other address",
+            )
+        )
     server = Server(
         store, run_id, version=version, follow=version is None, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, threads=threads,
@@ -106,3 +116,13 @@ def serve(
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
     )  # fmt: skip
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (a loopback address or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -37,11 +37,38 @@ from fedstream.serving.stats import prometheus_text
 def _loads(body: bytes) -> Any:
     """JSON through orjson (ten times faster than the standard library on a row of
     floats); what orjson refuses goes to ``json.loads``, which also reads the NaN and
-    Infinity literals, so those get their own 422 rather than a syntax error."""
+    Infinity literals, so those get their own 422 rather than a syntax error. Nesting too
+    deep for either, and numbers too large for them, are a ``ValueError`` too."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        return json.loads(body)
+        try:
+            return json.loads(body)
+        except RecursionError:
+            raise ValueError("the JSON is nested too deeply") from None
+
+
+MAX_VERSION = 2**63 - 1
+
+
+def _version(value: Any, where: str) -> int:
+    """A model version from a request: an integer in 0 … 2⁶³ − 1 (what the store holds),
+    never a boolean, a float such as 1e400, or a number too large."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise HTTPException(422, f"{where} must be an integer version, got {str(value)[:30]}")
+    try:
+        version = int(value)
+    except ValueError:
+        raise HTTPException(422, f"{where} must be an integer version") from None
+    if not 0 <= version <= MAX_VERSION:
+        raise HTTPException(422, f"{where}={str(version)[:30]} is invalid: expected 0 … 2^63 − 1")
+    return version
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list) and any(_has_bool(v) for v in value)
 
 
 def _parse_inputs(server: Server, body: bytes, content_type: str) -> np.ndarray:
@@ -65,10 +92,14 @@ def _parse_inputs(server: Server, body: bytes, content_type: str) -> np.ndarray:
     else:
         try:
             document = _loads(body)
-            array = np.asarray(document["inputs"], dtype=dtype)
-        except (ValueError, KeyError, TypeError) as exc:
+            inputs = document["inputs"]
+            # true/false would become 1.0/0.0; the byte test keeps the walk off the hot path
+            if (b"true" in body or b"false" in body) and _has_bool(inputs):
+                raise ValueError("inputs must be numbers, not booleans")
+            array = np.asarray(inputs, dtype=dtype)
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             raise HTTPException(
-                422, f'body must be JSON {{"inputs": [{row}, ...]}}: {exc}'
+                422, f'body must be JSON {{"inputs": [{row}, ...]}}: {str(exc)[:200]}'
             ) from None
     expected = "(rows ≥ 1, …)" if shape is None else f"(rows ≥ 1, {', '.join(map(str, shape))})"
     if array.ndim < 1 or array.shape[0] == 0 or (shape is not None and array.shape[1:] != shape):
@@ -171,10 +202,20 @@ def create_app(server: Server) -> App:
             "versions": server.store.models(server.run_id),
         }
 
+    def authorise(request: Request) -> None:
+        """Routes that change what is served need the publish token when there is one
+        (without one the server listens on loopback only: ``fedstream serve`` refuses
+        another address)."""
+        expected = server.publish_token
+        given = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if expected is not None and not hmac.compare_digest(given, expected):
+            raise HTTPException(401, "this route changes the served model: the token is wrong")
+
     @app.post("/v1/models/pin")
     async def pin(request: Request) -> dict[str, Any]:
+        authorise(request)
         try:
-            version = int((await request.json())["version"])
+            version = _version(_loads(await request.body())["version"], "version")
         except (ValueError, KeyError, TypeError):
             raise HTTPException(422, 'body must be {"version": <int>}') from None
         try:
@@ -201,7 +242,7 @@ def create_app(server: Server) -> App:
                 413, f"model of {declared} bytes exceeds {server.max_publish_bytes}"
             )
         try:
-            version = int(request.headers["x-model-version"])
+            version = _version(request.headers["x-model-version"], "X-Model-Version")
             arch = json.loads(request.headers["x-model-architecture"])
             metrics = json.loads(request.headers.get("x-model-metrics", "{}"))
         except (KeyError, ValueError) as exc:
@@ -217,7 +258,8 @@ def create_app(server: Server) -> App:
         return JSONResponse({"version": version, "added": added}, status_code=201 if added else 200)
 
     @app.post("/v1/models/follow")
-    async def follow() -> dict[str, Any]:
+    async def follow(request: Request) -> dict[str, Any]:
+        authorise(request)
         server.pin(None)
         return {"following": True}
 
