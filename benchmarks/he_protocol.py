@@ -25,8 +25,7 @@ import numpy as np
 from fedstream.params import Params
 from fedstream.secure.he import CKKSConfig, HEConfig, PaillierConfig
 from fedstream.secure.session import he_sum
-from fedstream.types import ClientUpdate
-from secagg_cost import Devices
+from secagg_cost import Devices, random_updates
 
 CASES: list[tuple[str, HEConfig, int]] = [
     ("ckks n8192", CKKSConfig("n8192"), 10_000),
@@ -39,12 +38,7 @@ CASES: list[tuple[str, HEConfig, int]] = [
 def measure(config: HEConfig, length: int, clients: int, seed: int) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     like = Params({"w": np.zeros(length, dtype=np.float32)})
-    updates = {
-        f"c{i:03d}": ClientUpdate(
-            f"c{i:03d}", 1, Params({"w": rng.normal(0, 0.05, length).astype(np.float32)}), 1.0
-        )
-        for i in range(clients)
-    }
+    updates = random_updates(clients, length, 0.05, rng)
     devices = Devices(updates, set())
     started = time.perf_counter()
     result = he_sum(devices, 1, sorted(updates), like, config)

@@ -69,15 +69,23 @@ class Devices:
             yield client_id, answer
 
 
-def measure(clients: int, dropout: float, length: int, seed: int) -> dict[str, float]:
-    rng = np.random.default_rng(seed)
-    like = Params({"w": np.zeros(length, dtype=np.float32)})
-    updates = {
+def random_updates(
+    clients: int, length: int, scale: float, rng: np.random.Generator
+) -> dict[str, ClientUpdate]:
+    """Round-1 updates of ``length`` float32 entries drawn N(0, scale²), weight 1, for
+    clients ``c000``, ``c001``, … (also used by ``he_protocol.py``)."""
+    return {
         f"c{i:03d}": ClientUpdate(
-            f"c{i:03d}", 1, Params({"w": rng.normal(0, 0.01, length).astype(np.float32)}), 1.0
+            f"c{i:03d}", 1, Params({"w": rng.normal(0, scale, length).astype(np.float32)}), 1.0
         )
         for i in range(clients)
     }
+
+
+def measure(clients: int, dropout: float, length: int, seed: int) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    like = Params({"w": np.zeros(length, dtype=np.float32)})
+    updates = random_updates(clients, length, 0.01, rng)
     dropped = set(rng.choice(sorted(updates), size=round(dropout * clients), replace=False))
     started = time.perf_counter()
     plain = PlainSum(like)

@@ -116,6 +116,23 @@ def start_clients(toml, tokens, port, ids):
     return {c: start_client(toml, tokens, port, c) for c in ids}
 
 
+@contextlib.contextmanager
+def deployment(toml, tokens, ids, run_id):
+    """An in-test gRPC server with every client as a process, all connected; torn down
+    (run finished, server stopped, clients exited) however the test leaves."""
+    service = FedstreamService(json.loads(tokens.read_text()), run_id=run_id)
+    server, port = start_server(service, "127.0.0.1:0", None)
+    clients = start_clients(toml, tokens, port, ids)
+    try:
+        service.wait_for(len(ids), 60)
+        yield service
+    finally:
+        service.finish()
+        server.stop(grace=1.0).wait()
+        for client in clients.values():
+            client.wait()
+
+
 def client_ids(config):
     app = resolve_app(config, None)
     return app.ids() if app is not None else sorted(build_dataset(config).clients)
@@ -611,24 +628,13 @@ def test_a_deployed_clients_local_dp_noise_cannot_be_redrawn_by_the_server(tmp_p
     )
     ids = sorted(build_dataset(config).clients)
     setup = build(config)
-    service = FedstreamService(json.loads(tokens.read_text()), run_id="local-dp")
-    server, port = start_server(service, "127.0.0.1:0", None)
-    clients = start_clients(toml, tokens, port, ids)
-    try:
-        service.wait_for(len(ids), 60)
+    with deployment(toml, tokens, ids, "local-dp") as service:
         plan = plan_round(
             setup.initial, config.build_strategy(), ids, config.round_config(),
             setup.initial.generator(),
         )  # fmt: skip
-        received = {
-            d.client_id: d.result
-            for d in GrpcTransport(service, 60).fit(setup.initial.params, plan.tasks)
-        }
-    finally:
-        service.finish()
-        server.stop(grace=1.0).wait()
-        for client in clients.values():
-            client.wait()
+        transport = GrpcTransport(service, 60)
+        received = {d.client_id: d.result for d in transport.fit(setup.initial.params, plan.tasks)}
     trainer = TorchTrainer(setup.module, setup.dataset.task)
     assert len(received) == len(plan.tasks) > 0
     for task in plan.tasks:
@@ -675,11 +681,7 @@ def test_client_processes_refuse_a_lying_servers_survivor_story_over_grpc(tmp_pa
     )
     ids = sorted(build_dataset(config).clients)
     victim, told = ids[0], set(ids[1:4])
-    service = FedstreamService(json.loads(tokens.read_text()), run_id="lying")
-    server, port = start_server(service, "127.0.0.1:0", None)
-    clients = start_clients(toml, tokens, port, ids)
-    try:
-        service.wait_for(len(ids), 60)
+    with deployment(toml, tokens, ids, "lying") as service:
         lying = LyingServer(GrpcTransport(service, 60), victim, told)
         setup = build(config)
         with pytest.raises(RoundFailedError) as failed:
@@ -687,11 +689,6 @@ def test_client_processes_refuse_a_lying_servers_survivor_story_over_grpc(tmp_pa
                 setup.initial, config.build_strategy(), lying, ids, config.round_config(),
                 evaluate=False,
             )  # fmt: skip
-    finally:
-        service.finish()
-        server.stop(grace=1.0).wait()
-        for client in clients.values():
-            client.wait()
     refusals = {f.client_id: f.cause for f in failed.value.failures if f.stage == "unmask"}
     assert set(refusals) == told  # each client told the lie refused, in its own process
     assert all(
@@ -729,22 +726,13 @@ def test_the_he_key_holder_process_refuses_to_decrypt_one_clients_ciphertext(tmp
         he_preset="n4096",
     )  # fmt: skip
     ids = sorted(build_dataset(config).clients)
-    service = FedstreamService(json.loads(tokens.read_text()), run_id="oracle")
-    server, port = start_server(service, "127.0.0.1:0", None)
-    clients = start_clients(toml, tokens, port, ids)
-    try:
-        service.wait_for(len(ids), 60)
+    with deployment(toml, tokens, ids, "oracle") as service:
         setup = build(config)
         with pytest.raises(RoundFailedError, match="did not return the decrypted sum") as failed:
             run_round(
                 setup.initial, config.build_strategy(), OracleSeeker(GrpcTransport(service, 60)),
                 ids, config.round_config(), evaluate=False,
             )  # fmt: skip
-    finally:
-        service.finish()
-        server.stop(grace=1.0).wait()
-        for client in clients.values():
-            client.wait()
     refusal = next(f for f in failed.value.failures if f.stage == "decrypt")
     assert refusal.client_id == ids[0]  # the key holder, in its own process
     assert "at least 2 clients' signed contributions" in refusal.cause
