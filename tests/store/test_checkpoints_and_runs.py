@@ -145,8 +145,10 @@ def test_runs_list_and_show_read_the_store(tmp_path):
     simulate(output_dir=tmp_path / "alpha", **nested(rounds=2, num_clients=6, clients_per_round=2))
     store = str(tmp_path / "store.sqlite")
     runner = CliRunner()
-    listed = runner.invoke(main, ["runs", "list", "--store", store])
+    listed = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["runs", "list", "--store", store])
     assert listed.exit_code == 0 and "alpha" in listed.output and "finished" in listed.output
+    row = next(line for line in listed.output.splitlines() if "alpha" in line)
+    assert all(cell in row for cell in ("fedavg", "digits", "2")), row  # rounds, of, …
     shown = runner.invoke(main, ["runs", "show", "alpha", "--store", store, "--json"])
     assert shown.exit_code == 0
     run = json.loads(shown.output)
@@ -154,6 +156,7 @@ def test_runs_list_and_show_read_the_store(tmp_path):
     table = runner.invoke(main, ["runs", "show", "alpha", "--store", store])
     accuracy = run["rounds"][-1]["metrics"]["central_accuracy"]
     assert table.exit_code == 0 and f"{accuracy:.4f}" in table.output
+    assert "finished, 2 of 2 rounds" in table.output  # the planned rounds, from [run]
     unknown = runner.invoke(main, ["runs", "show", "beta", "--store", store])
     assert unknown.exit_code == 2 and "run='beta' is invalid" in unknown.output
     assert "['alpha']" in unknown.output

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -26,6 +27,17 @@ STORE_OPTION = click.option(
     show_default=True,
     help="SQLite run store.",
 )
+
+
+def setting(config: dict[str, Any], section: str, name: str) -> Any:
+    """A run's setting as its config.json holds it: by section (``config["run"]["rounds"]``),
+    or flat in a run stored before the sections; ``""`` when absent."""
+    table = config.get(section)
+    if isinstance(table, dict) and name in table:
+        return table[name]
+    flat = "strategy" if (section, name) == ("strategy", "name") else name
+    value = config.get(flat, "")
+    return "" if isinstance(value, dict) else value
 
 
 @runs.command("list")
@@ -53,9 +65,9 @@ def runs_list(store: Path) -> None:
             row["id"],
             row["status"],
             str(row["rounds_done"]),
-            str(config.get("rounds", "")),
-            str(config.get("strategy", "")),
-            str(config.get("dataset", "")),
+            str(setting(config, "run", "rounds")),
+            str(setting(config, "strategy", "name")),
+            str(setting(config, "model", "app") or setting(config, "data", "dataset")),
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"])),
         )
     Console().print(table)
@@ -85,7 +97,7 @@ def runs_show(run_id: str, store: Path, as_json: bool) -> None:
     console = Console()
     console.print(
         f"[bold]{run_id}[/]: {run['status']}, {run['rounds_done']} of "
-        f"{run['config'].get('rounds')} rounds, output {run['output_dir']}"
+        f"{setting(run['config'], 'run', 'rounds')} rounds, output {run['output_dir']}"
     )
     if run["error"]:
         console.print(f"[red]{run['error']}[/]")
