@@ -224,18 +224,15 @@ class PrivacyLedger:
             return epsilon_pld(self.entries, delta)
         return epsilon_from_rdp(self.rdp(orders), delta, orders)[0]
 
-    @property
-    def neighbouring(self) -> str:
-        """The neighbouring relation ε is stated under, for the report."""
-        return "replace one client" if self.fixed_size else "add or remove one"
 
-
-def _dp_accounting(purpose: str) -> object:
+def _dp_accounting(field: str, value: str, alternative: str) -> Any:
+    """The optional dp-accounting package, or an error naming what needed it and what to
+    do instead."""
     try:
         import dp_accounting
     except ImportError:
         raise ConfigError(
-            "privacy", purpose, "dp-accounting installed: pip install 'fedstream[privacy]'"
+            field, value, f"{alternative}install dp-accounting: pip install 'fedstream[privacy]'"
         ) from None
     return dp_accounting
 
@@ -247,7 +244,7 @@ def epsilon_without_replacement(entries: Sequence[Entry], delta: float) -> float
     checks.in_unit_interval("delta", delta, include_zero=False, include_one=False)
     if any(noise == 0 and rate > 0 for noise, rate, _, _ in entries):
         return math.inf  # a release without noise
-    dp_accounting: Any = _dp_accounting("fixed-size client sampling")
+    dp_accounting = _dp_accounting("privacy", "fixed-size client sampling", "")
     from dp_accounting.rdp import RdpAccountant
 
     accountant = RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
@@ -265,15 +262,9 @@ def epsilon_pld(entries: Sequence[Entry], delta: float) -> float:
     et al. 2022) with Google's dp-accounting library: tighter than RDP, about a second per
     call. dp-accounting is an optional dependency (``pip install 'fedstream[privacy]'``)."""
     checks.in_unit_interval("delta", delta, include_zero=False, include_one=False)
-    try:
-        import dp_accounting
-        from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
-    except ImportError:
-        raise ConfigError(
-            "dp_accountant",
-            "pld",
-            "'rdp', or install dp-accounting: pip install 'fedstream[privacy]'",
-        ) from None
+    dp_accounting = _dp_accounting("dp_accountant", "pld", "'rdp', or ")
+    from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+
     accountant = PLDAccountant()
     for noise, rate, steps, _ in entries:
         event = dp_accounting.PoissonSampledDpEvent(rate, dp_accounting.GaussianDpEvent(noise))

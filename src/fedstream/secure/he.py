@@ -445,9 +445,9 @@ class DeviceHE:
         config, clients = config_from_header(header)
         key = tuple(sorted(config_header(config, 0).items()))
         backend = self._keys.get(key)
-        if backend is None or fingerprint(backend.public_bytes()) != header.get("fingerprint"):
+        held = fingerprint(backend.public_bytes()) if backend is not None else None
+        if backend is None or held is None or held != header.get("fingerprint"):
             raise SecAggError("decrypt request: this client holds no such key")
-        held = fingerprint(backend.public_bytes())
         if round_number in self._decrypted:
             raise SecAggError(f"decrypt request: round {round_number} was decrypted already")
         contributions = header.get("contributions")

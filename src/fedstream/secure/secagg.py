@@ -308,11 +308,11 @@ def decode_fixed(total: Vector, fraction_bits: int) -> npt.NDArray[np.float64]:
     return total.view(np.int64).astype(np.float64) / 2.0**fraction_bits
 
 
-def _public_bytes(key: X25519PrivateKey) -> bytes:
+def _public_bytes(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _private_bytes(key: X25519PrivateKey) -> bytes:
+def _private_bytes(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
@@ -347,8 +347,7 @@ class DerivedRoster:
     secret: int
 
     def public_key(self, client_id: str) -> bytes:
-        key = derived_identity_key(self.secret, client_id).public_key()
-        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return _public_bytes(derived_identity_key(self.secret, client_id))
 
 
 def derived_identity_key(secret: int, client_id: str) -> Ed25519PrivateKey:
@@ -390,15 +389,8 @@ def make_identities(client_ids: Sequence[str]) -> tuple[dict[str, str], dict[str
     public: dict[str, str] = {}
     for client_id in client_ids:
         key = Ed25519PrivateKey.generate()
-        private[client_id] = key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        ).hex()  # fmt: skip
-        public[client_id] = (
-            key.public_key()
-            .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            .hex()
-        )
+        private[client_id] = _private_bytes(key).hex()
+        public[client_id] = _public_bytes(key).hex()
     return private, public
 
 
@@ -411,8 +403,7 @@ def load_identity(client_id: str, private_hex: str, roster: Mapping[str, str]) -
         raise ConfigError(
             "--identity", client_id, f"a hex Ed25519 key and roster ({exc})"
         ) from None
-    mine = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    if keys.get(client_id) != mine:
+    if keys.get(client_id) != _public_bytes(key):
         raise ConfigError(
             "--identity", client_id, "a key whose public half is this client's roster entry"
         )
