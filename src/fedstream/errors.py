@@ -60,6 +60,11 @@ class RoundFailedError(FedstreamError, RuntimeError):
         super().__init__("\n".join(lines))
 
 
+class NonFiniteModelError(RoundFailedError):
+    """The server update made the global model NaN or Inf. The round loop leaves that
+    round out (the model stays as it was) and the run goes on."""
+
+
 class PrivacyBudgetExceeded(RoundFailedError):
     """The next round would spend more privacy than the run's target ε allows, so it is
     not started; the state after the last round stands."""

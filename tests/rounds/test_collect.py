@@ -6,9 +6,14 @@ import pytest
 from fedstream import ClientUpdate, FedAvg, Params, RoundConfig, ServerState
 from fedstream.errors import ClientFailure
 from fedstream.rounds import InTaskOrder, check_update, collect_updates, plan_round
+from fedstream.rounds.collect import relative_rejections
+from fedstream.rounds.config import UpdateBounds
 from fedstream.transport.base import Delivery
 from fedstream.types import ClientPrivacy, FitConfig, SampleDP
 from tests.rounds.scripted import CLIENTS, GLOBAL, honest
+
+NO_BOUNDS = UpdateBounds()
+BOUND_50 = UpdateBounds(max_norm=50.0)
 
 
 def plan(count=4):
@@ -38,7 +43,7 @@ def test_accepted_updates_are_passed_on_in_task_order_with_their_metrics():
     updates = [honest(GLOBAL, t) for t in the_plan.tasks]
     accepted = []
     collected = collect_updates(
-        map(delivered, reversed(updates)), the_plan, GLOBAL, accepted.append, None, None, None
+        map(delivered, reversed(updates)), the_plan, GLOBAL, accepted.append, NO_BOUNDS, None, None
     )
     assert [u.client_id for u in accepted] == [t.client_id for t in the_plan.tasks]
     assert collected.completed == tuple(u.client_id for u in accepted)
@@ -52,8 +57,10 @@ def test_accepted_updates_are_passed_on_in_task_order_with_their_metrics():
     ("change", "cause"),
     [
         (lambda u: replace(u, round=0), "update is for round 0, expected round 1"),
-        (lambda u: replace(u, weight=0.0), "weight=0.0 is invalid: expected a finite number > 0"),
+        (lambda u: replace(u, weight=0.0), "weight=0.0 is invalid: expected a number in (0, 2^53]"),
         (lambda u: replace(u, weight=float("inf")), "weight=inf is invalid"),
+        (lambda u: replace(u, weight=1e300), "weight=1e+300 is invalid"),
+        (lambda u: replace(u, payload=u.payload * np.float32(1e19)), "payload norm overflows"),
         (lambda u: replace(u, payload=u.payload * np.nan), "payload contains NaN or Inf"),
         (
             lambda u: replace(u, payload=Params({"w": np.zeros(2, np.float32)})),
@@ -70,7 +77,13 @@ def test_a_bad_update_is_rejected_with_its_cause_and_the_rest_go_on(change, caus
     updates[1] = change(updates[1])
     accepted = []
     collected = collect_updates(
-        map(delivered, updates), the_plan, GLOBAL, accepted.append, 50.0, None, None
+        map(delivered, updates),
+        the_plan,
+        GLOBAL,
+        accepted.append,
+        UpdateBounds(max_norm=50.0),
+        None,
+        None,
     )
     (failure,) = collected.failures
     assert failure.client_id == victim and failure.stage == "validate"
@@ -89,7 +102,7 @@ def test_unasked_repeated_missing_and_failed_clients_are_each_recorded():
         Delivery(second.client_id, ClientFailure(second.client_id, "train", "disk full"), 1, 0),
         delivered(fourth),
     ]  # third never answers
-    collected = collect_updates(deliveries, the_plan, GLOBAL, lambda u: None, None, None, None)
+    collected = collect_updates(deliveries, the_plan, GLOBAL, lambda u: None, NO_BOUNDS, None, None)
     assert collected.completed == (first.client_id, fourth.client_id)
     assert [(f.client_id, f.stage, f.cause) for f in collected.failures] == [
         (first.client_id, "validate", "not asked in this round, or answered twice"),
@@ -103,7 +116,7 @@ def test_under_a_secure_sum_only_the_round_is_checked_and_weights_count_once():
     the_plan = plan(2)
     held = [replace(honest(GLOBAL, t), payload=Params({}), weight=0.0) for t in the_plan.tasks]
     held[1] = replace(held[1], round=7)
-    collected = collect_updates(map(delivered, held), the_plan, GLOBAL, None, None, None, None)
+    collected = collect_updates(map(delivered, held), the_plan, GLOBAL, None, NO_BOUNDS, None, None)
     assert collected.completed == (held[0].client_id,)
     assert collected.failures[0].cause == "answer is for round 7, expected round 1"
     assert collected.train_metrics == ((1.0, held[0].metrics),)
@@ -129,3 +142,75 @@ def test_an_update_under_dp_sgd_must_not_carry_its_example_count():
         counted, like, 1, None, fit
     )
     assert check_update(replace(counted, weight=1.0), like, 1, None, fit) is None
+
+
+def collect_with(bounds, change, count=5):
+    """Five honest updates (weights 1..6, norms 2..) with ``change`` made to the second."""
+    the_plan = plan(count)
+    updates = [honest(GLOBAL, t) for t in the_plan.tasks]
+    updates[1] = change(updates[1])
+    accepted = []
+    collected = collect_updates(
+        map(delivered, updates), the_plan, GLOBAL, accepted.append, bounds, None, None
+    )
+    return updates[1].client_id, collected, accepted
+
+
+def test_a_huge_weight_cannot_carry_a_small_update_past_the_norm_bound():
+    # the attack of issue 18: a huge weight on minus the global model, whose norm is small
+    # (above 2^53 the weight is refused outright, as a parametrised case above shows)
+    def liar(u):
+        return replace(u, weight=1e15, payload=GLOBAL.map(np.negative))
+
+    victim, collected, accepted = collect_with(UpdateBounds(max_norm=25.0), liar)
+    (failure,) = collected.failures
+    assert failure.client_id == victim
+    assert "weight × norm" in failure.cause and "above max_update_norm=25" in failure.cause
+    assert [u.client_id for u in accepted] == list(collected.completed)
+    assert victim not in collected.completed and len(accepted) == 4
+
+
+def test_max_client_weight_is_a_plain_cap():
+    victim, collected, _ = collect_with(
+        UpdateBounds(max_weight=100.0), lambda u: replace(u, weight=101.0)
+    )
+    assert collected.failures[0].client_id == victim
+    assert collected.failures[0].cause == "weight=101.0 exceeds max_client_weight=100"
+
+
+@pytest.mark.parametrize(
+    ("change", "cause"),
+    [
+        (lambda u: replace(u, weight=1e12), "weight=1e+12 is an outlier"),
+        (lambda u: replace(u, payload=u.payload * 1e6), "is an outlier: above outlier_factor=10"),
+    ],
+)
+def test_outliers_against_the_round_median_are_left_out(change, cause):
+    victim, collected, accepted = collect_with(UpdateBounds(outlier_factor=10.0), change)
+    (failure,) = collected.failures
+    assert failure.client_id == victim and cause in failure.cause
+    assert len(accepted) == 4 and victim not in collected.completed
+    # the rest still arrive in task order, each with its pull (weight × norm)
+    assert [c for c, _ in collected.pulls] == list(collected.completed)
+
+
+def test_honest_updates_pass_the_outlier_screen_unchanged():
+    _, screened, kept = collect_with(UpdateBounds(outlier_factor=10.0), lambda u: u)
+    _, plain, passed = collect_with(NO_BOUNDS, lambda u: u)
+    assert screened.failures == () and screened.completed == plain.completed
+    assert [u.client_id for u in kept] == [u.client_id for u in passed]
+
+
+def test_relative_rejections_use_the_lower_median():
+    bounds = UpdateBounds(max_norm=None, outlier_factor=10.0)
+    # lower median weight is 2, lower median norm is 1
+    assert relative_rejections([1, 2, 20, 21], [1, 1, 1, 1], bounds) == [
+        None,
+        None,
+        None,
+        "weight=21 is an outlier: above outlier_factor=10 × the round's median weight 2",
+    ]
+    pull = relative_rejections([1, 3], [2.0, 2.0], UpdateBounds(max_norm=5.0))
+    assert pull[0] is None and "pulls 6, above max_update_norm=5" in pull[1]
+    # all-zero updates: a norm screen against a zero median would refuse any honest step
+    assert relative_rejections([1, 1, 1], [0.0, 0.0, 3.0], bounds) == [None, None, None]

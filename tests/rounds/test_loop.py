@@ -102,3 +102,21 @@ def test_a_server_optimiser_starts_from_an_initial_state_made_without_it(strateg
         )
     assert set(state.optimizer) == set(strategy.init_optimizer(GLOBAL))
     assert not state.params.bit_equal(GLOBAL)
+
+
+def test_a_non_finite_server_update_leaves_out_its_round_and_the_run_goes_on():
+    # a server step so large that float32 overflows: the round is left out, the model stays,
+    # the failure names the largest contribution, and the next rounds still run
+    state = ServerState.initial(GLOBAL, seed=0)
+    config = RoundConfig(clients_per_round=3, evaluate_fraction=0.0)
+    runs = list(run_rounds(state, FedAvgM(server_lr=1e39), transport(), CLIENTS, config, 2))
+    assert [s.round for s, _ in runs] == [1, 2]
+    for new, report in runs:
+        assert new.params.bit_equal(GLOBAL)
+        assert report.completed == () and report.metrics == {}
+        (failure,) = report.failures
+        heaviest = max(report.sampled, key=weight_of)  # weight k+1 on norm (k+1)·√3
+        assert failure.client_id == heaviest and failure.stage == "aggregate"
+        assert "NaN or Inf" in failure.cause and "the round was left out" in failure.cause
+    # the two rounds sampled afresh: the generator moved on
+    assert runs[0][1].sampled != runs[1][1].sampled

@@ -103,3 +103,34 @@ def test_client_sampling_follows_privacy_and_refuses_rounds_too_small_for_a_secu
     )
     with pytest.raises(ConfigError, match=r"run\.sampling='often' is invalid"):
         make_config(sampling="often")
+
+
+def test_the_outlier_screen_is_on_by_default_only_in_a_deployment():
+    config = SimulationConfig()
+    assert config.round_config().outlier_factor is None
+    assert config.round_config(deployed=True).outlier_factor == 10.0
+    assert config.with_changes(run={"outlier_factor": 0}).round_config(True).outlier_factor is None
+    assert config.with_changes(run={"outlier_factor": 3}).round_config().outlier_factor == 3
+    # DP and secure sums turn the default off: their clients' updates are shielded
+    private = config.with_changes(privacy={"level": "client"})
+    assert private.round_config(deployed=True).outlier_factor is None
+    with pytest.raises(ConfigError, match=r"run\.outlier_factor=1\.0 is invalid: expected 0"):
+        config.with_changes(run={"outlier_factor": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"run": {"outlier_factor": 10}, "privacy": {"level": "client"}},
+            r"run\.outlier_factor=10\.0 .* breaks DP's sensitivity bound",
+        ),
+        (
+            {"run": {"max_client_weight": 100}, "secure": {"scheme": "secagg+"}},
+            r"run\.max_client_weight=100\.0 .* never sees a client's update or weight",
+        ),
+    ],
+)
+def test_update_bounds_that_cannot_compose_say_why(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        SimulationConfig().with_changes(**changes)

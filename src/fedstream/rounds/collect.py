@@ -13,6 +13,7 @@ import numpy.typing as npt
 from fedstream.compression.codecs import Compression, CompressionError, decode_update
 from fedstream.errors import ClientFailure
 from fedstream.params import Params
+from fedstream.rounds.config import UpdateBounds
 from fedstream.rounds.plan import RoundPlan
 from fedstream.transport.base import Delivery
 from fedstream.types import WITHIN_CLIP, ClientUpdate, FitConfig
@@ -21,54 +22,118 @@ if TYPE_CHECKING:
     from fedstream.secure.session import SecureSumResult
 
 
+MAX_WEIGHT = float(2**53)
+"""No declared weight may exceed 2^53: past it a float64 no longer holds every integer, so
+it cannot be an example count, and a sum of such weights can overflow."""
+
+
 def check_update(
     update: ClientUpdate,
     global_params: Params,
     round_number: int,
     max_norm: float | None,
     fit: FitConfig | None = None,
+    max_weight: float | None = None,
 ) -> str | None:
-    """Why ``update`` must be rejected, or ``None`` if it is acceptable.
+    """Why ``update`` must be rejected, or ``None`` if it is acceptable."""
+    return _check(update, global_params, round_number, max_norm, fit, max_weight)[0]
+
+
+def _check(
+    update: ClientUpdate,
+    global_params: Params,
+    round_number: int,
+    max_norm: float | None,
+    fit: FitConfig | None,
+    max_weight: float | None,
+) -> tuple[str | None, float]:
+    """Why ``update`` must be rejected (or ``None``), and its payload's L2 norm.
 
     Under DP-SGD (``fit.sample_dp``) the weight must be 1, so that it does not tell the
     server the client's number of examples. Under client-level DP (``fit.privacy``) the
-    weight must be 1 and, when the server adds
-    the noise, the norm at most the clip bound: an update that breaks either would break
-    the sum's sensitivity, and with it the privacy guarantee.
+    weight must be 1 and, when the server adds the noise, the norm at most the clip bound:
+    an update that breaks either would break the sum's sensitivity, and with it the privacy
+    guarantee.
     """
     if update.round != round_number:
-        return f"update is for round {update.round}, expected round {round_number}"
-    if not (math.isfinite(update.weight) and update.weight > 0):
-        return f"weight={update.weight!r} is invalid: expected a finite number > 0"
+        return f"update is for round {update.round}, expected round {round_number}", 0.0
+    if not (math.isfinite(update.weight) and 0 < update.weight <= MAX_WEIGHT):
+        return f"weight={update.weight!r} is invalid: expected a number in (0, 2^53]", 0.0
+    if max_weight is not None and update.weight > max_weight:
+        return f"weight={update.weight!r} exceeds max_client_weight={max_weight:g}", 0.0
     try:
         global_params.check_compatible(update.payload, "payload")
     except ValueError as exc:
-        return str(exc)
-    if not update.payload.is_finite():
-        return "payload contains NaN or Inf"
+        return str(exc), 0.0
+    norm = update.payload.norm()  # one pass: NaN or Inf anywhere makes it non-finite
+    if not math.isfinite(norm):
+        if not update.payload.is_finite():
+            return "payload contains NaN or Inf", norm
+        return "payload norm overflows: entries beyond any model's range", norm
     if not all(math.isfinite(v) for v in update.extras.values()):
-        return f"extras={dict(update.extras)!r} is invalid: expected finite numbers"
+        return f"extras={dict(update.extras)!r} is invalid: expected finite numbers", norm
     bounds = {"max_update_norm": max_norm} if max_norm is not None else {}
     if fit is not None and fit.sample_dp is not None and update.weight != 1.0:
         return (
             f"weight={update.weight!r} is invalid: expected 1 under sample-level DP "
             "(a client's example count is private)"
-        )
+        ), norm
     privacy = fit.privacy if fit is not None else None
     if privacy is not None:
         if update.weight != 1.0:
-            return f"weight={update.weight!r} is invalid: expected 1 under client-level DP"
+            return f"weight={update.weight!r} is invalid: expected 1 under client-level DP", norm
         bit = update.extras.get(WITHIN_CLIP)
         if bit is not None and bit not in (-0.5, 0.5):
-            return f"extras[{WITHIN_CLIP!r}]={bit!r} is invalid: expected -0.5 or 0.5"
+            return f"extras[{WITHIN_CLIP!r}]={bit!r} is invalid: expected -0.5 or 0.5", norm
         if privacy.noise_multiplier == 0:  # float rounding of the client's scaling aside
             bounds["the DP clip bound"] = privacy.clip * (1 + 1e-6)
-    if bounds:
-        norm = update.payload.norm()
-        for label, bound in bounds.items():
-            if norm > bound:
-                return f"payload norm {norm:.6g} exceeds {label}={bound:.6g}"
-    return None
+    for label, bound in bounds.items():
+        if norm > bound:
+            return f"payload norm {norm:.6g} exceeds {label}={bound:.6g}", norm
+    return None, norm
+
+
+def lower_median(values: Sequence[float]) -> float:
+    """The lower median: with an honest majority it is an honest client's value."""
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def relative_rejections(
+    weights: Sequence[float], norms: Sequence[float], bounds: UpdateBounds
+) -> list[str | None]:
+    """For each of a round's accepted updates (its declared weight and payload norm), why
+    it is rejected relative to the others, or ``None``.
+
+    An update's pull on the weighted mean is its norm times its weight over the round's
+    median weight: ``max_norm`` bounds that (a client cannot get past the norm bound by
+    declaring a huge weight), and ``outlier_factor`` bounds weight and norm each by that
+    multiple of the round's (lower) median."""
+    if not weights:
+        return []
+    median_weight, median_norm = lower_median(weights), lower_median(norms)
+    factor = bounds.outlier_factor
+    reasons: list[str | None] = []
+    for weight, norm in zip(weights, norms, strict=True):
+        pull = weight / median_weight * norm
+        reason = None
+        if bounds.max_norm is not None and pull > bounds.max_norm:
+            reason = (
+                f"weight × norm: norm {norm:.6g} at weight {weight:g} "
+                f"({weight / median_weight:.3g}× the round's median weight) pulls "
+                f"{pull:.6g}, above max_update_norm={bounds.max_norm:g}"
+            )
+        elif factor is not None and weight > factor * median_weight:
+            reason = (
+                f"weight={weight:g} is an outlier: above outlier_factor={factor:g} × the "
+                f"round's median weight {median_weight:g}"
+            )
+        elif factor is not None and median_norm > 0 and norm > factor * median_norm:
+            reason = (
+                f"payload norm {norm:.6g} is an outlier: above outlier_factor={factor:g} × "
+                f"the round's median norm {median_norm:.6g}"
+            )
+        reasons.append(reason)
+    return reasons
 
 
 class InTaskOrder:
@@ -105,13 +170,15 @@ class InTaskOrder:
 @dataclass(frozen=True)
 class Collected:
     """Who gave a valid update (in task order), who failed and why, each accepted client's
-    (weight, training metrics), and the bytes each way so far."""
+    (weight, training metrics) and pull (weight × payload norm; none under a secure sum),
+    and the bytes each way so far."""
 
     completed: tuple[str, ...]
     failures: tuple[ClientFailure, ...]
     train_metrics: tuple[tuple[float, Mapping[str, float]], ...] = ()
     bytes_down: int = 0
     bytes_up: int = 0
+    pulls: tuple[tuple[str, float], ...] = ()
 
     def joined(self, outcome: SecureSumResult) -> Collected:
         """After the aggregation protocol: only the clients it included count as completed;
@@ -129,6 +196,7 @@ class Collected:
 class _Tally:
     completed: list[str] = field(default_factory=list)
     train_metrics: list[tuple[float, Mapping[str, float]]] = field(default_factory=list)
+    pulls: list[tuple[str, float]] = field(default_factory=list)
 
 
 def collect_updates(
@@ -136,26 +204,32 @@ def collect_updates(
     plan: RoundPlan,
     like: Params,
     accept: Callable[[ClientUpdate], None] | None,
-    max_norm: float | None,
+    bounds: UpdateBounds,
     codec: Compression | None,
     mask: npt.NDArray[np.bool_] | None,
 ) -> Collected:
     """Take every delivery of the round's fit call: decode (``codec``) and validate each
-    answer against ``like`` and the plan, and hand the accepted updates to ``accept`` in
-    task order. With ``accept=None`` the updates stay on the clients (a secure sum): the
-    server gets only their metrics and checks only the round."""
+    answer against ``like``, the plan and ``bounds``, and hand the accepted updates to
+    ``accept`` in task order. With ``accept=None`` the updates stay on the clients (a
+    secure sum): the server gets only their metrics and checks only the round. Bounds
+    relative to the round hold the updates until the last answer, then screen them."""
     round_number = plan.round
     failures = list(plan.failures)
     tally = _Tally()
     on_clients = accept is None
+    norms: dict[str, float] = {}
+    held: list[ClientUpdate] = []
 
     def accepted(update: ClientUpdate) -> None:
         if accept is not None:
             accept(update)
         tally.completed.append(update.client_id)
         tally.train_metrics.append((1.0 if on_clients else update.weight, update.metrics))
+        if not on_clients:
+            tally.pulls.append((update.client_id, update.weight * norms[update.client_id]))
 
-    in_order = InTaskOrder([t.client_id for t in plan.tasks], accepted)
+    screened = bounds.relative and not on_clients
+    in_order = InTaskOrder([t.client_id for t in plan.tasks], held.append if screened else accepted)
     bytes_down = bytes_up = 0
     expected = {task.client_id for task in plan.tasks}
     seeds = {t.client_id: t.config.seed for t in plan.tasks}
@@ -186,11 +260,22 @@ def collect_updates(
         else:
             result, rejection = _decode(result, like, codec, seeds[result.client_id], mask)
             if rejection is None:
-                rejection = check_update(result, like, round_number, max_norm, plan.fit)
+                rejection, norms[result.client_id] = _check(
+                    result, like, round_number, bounds.max_norm, plan.fit, bounds.max_weight
+                )
         if rejection is not None:
             failures.append(ClientFailure(result.client_id, "validate", rejection))
         in_order.settle(result.client_id, None if rejection is not None else result)
     in_order.finish()
+    if screened:
+        reasons = relative_rejections(
+            [u.weight for u in held], [norms[u.client_id] for u in held], bounds
+        )
+        for update, reason in zip(held, reasons, strict=True):
+            if reason is None:
+                accepted(update)
+            else:
+                failures.append(ClientFailure(update.client_id, "validate", reason))
     failures += [
         ClientFailure(t.client_id, "train", "no answer")
         for t in plan.tasks
@@ -202,6 +287,7 @@ def collect_updates(
         tuple(tally.train_metrics),
         bytes_down,
         bytes_up,
+        tuple(tally.pulls),
     )
 
 

@@ -16,6 +16,23 @@ SecureSumConfig = SecAggConfig | HEConfig
 
 
 @dataclass(frozen=True)
+class UpdateBounds:
+    """What an update may be. ``max_norm`` bounds its L2 norm and, scaled by its weight
+    relative to the round's median weight, its pull on the average; ``max_weight`` bounds
+    its declared weight; ``outlier_factor`` rejects an update whose weight or norm exceeds
+    that multiple of the round's median (docs/deployment.md, "Lying clients"). The bounds
+    relative to the round hold its accepted updates until every answer is in."""
+
+    max_norm: float | None = None
+    max_weight: float | None = None
+    outlier_factor: float | None = None
+
+    @property
+    def relative(self) -> bool:
+        return self.max_norm is not None or self.outlier_factor is not None
+
+
+@dataclass(frozen=True)
 class RoundConfig:
     """How each round samples, trains and evaluates.
 
@@ -26,7 +43,10 @@ class RoundConfig:
     clients_per_round / clients, so a round's size varies and may be 0; what differential
     privacy's accountant assumes). ``evaluate_fraction`` of all clients evaluate the new
     global model on their test splits every ``evaluate_every`` rounds (0 disables
-    federated evaluation). ``max_update_norm`` rejects payloads whose L2 norm exceeds it.
+    federated evaluation). ``max_update_norm`` rejects payloads whose L2 norm, or whose
+    pull (norm × weight / the round's median weight), exceeds it; ``max_client_weight``
+    rejects a declared weight above it; ``outlier_factor`` rejects a weight or norm above
+    that multiple of the round's median (``collect.UpdateBounds``).
 
     ``compression`` encodes each update on its client (``fedstream.compression``) and
     ``broadcast`` the global params sent to clients (``"none"``, ``"f16"``, ``"q8"``).
@@ -61,6 +81,8 @@ class RoundConfig:
     evaluate_fraction: float = 1.0
     evaluate_every: int = 1
     max_update_norm: float | None = None
+    max_client_weight: float | None = None
+    outlier_factor: float | None = None
     secure_aggregation: SecureSumConfig | None = None
     compression: Compression | None = None
     broadcast: str = "none"
@@ -91,6 +113,10 @@ class RoundConfig:
         checks.non_negative_int("evaluate_every", self.evaluate_every)
         if self.max_update_norm is not None:
             checks.positive("max_update_norm", self.max_update_norm)
+        if self.max_client_weight is not None:
+            checks.positive("max_client_weight", self.max_client_weight)
+        if self.outlier_factor is not None and not self.outlier_factor > 1:
+            raise ConfigError("outlier_factor", self.outlier_factor, "a number > 1")
         checks.one_of("broadcast", self.broadcast, list(BROADCASTS))
         checks.non_negative_int("personalize_epochs", self.personalize_epochs)
         checks.positive_int("updates_budget_bytes", self.updates_budget_bytes)
@@ -106,6 +132,11 @@ class RoundConfig:
                 "client's sparse support differs, so a masked or encrypted sum cannot add "
                 "them (quantisers q8, q4 and qsgd compose with it)",
             )
+
+    @property
+    def bounds(self) -> UpdateBounds:
+        """What the server accepts of an update."""
+        return UpdateBounds(self.max_update_norm, self.max_client_weight, self.outlier_factor)
 
     def fit_config(self) -> FitConfig:
         """The task config every sampled client starts from, before the strategy adds its

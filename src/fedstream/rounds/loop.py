@@ -3,7 +3,9 @@ server step ▸ evaluate ▸ report.
 
 Simulation and deployment both call :func:`run_round`; only the ``Transport`` differs.
 A round takes a ``ServerState`` and returns a new one with a ``RoundReport``; if the round
-cannot produce a model it raises ``RoundFailedError`` and the old state stays valid.
+cannot produce a model it raises ``RoundFailedError`` and the old state stays valid. A
+round whose server update is not finite is left out instead (:func:`left_out`): one bad
+update fails its round, never the run.
 
 Every random draw comes from the generator kept in ``ServerState.rng_state``, in a fixed
 order (the sample, the seeds, a task policy's draws, the broadcast codec's seed, the
@@ -13,6 +15,7 @@ run resumed from any round draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -24,7 +27,7 @@ from fedstream.client.encode import upload_codec, upload_mask
 from fedstream.client.local import shared_part, with_shared
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.compression.pruning import prune
-from fedstream.errors import RoundFailedError
+from fedstream.errors import ClientFailure, NonFiniteModelError
 from fedstream.rounds.aggregate import (
     Aggregated,
     aggregate_updates,
@@ -32,7 +35,7 @@ from fedstream.rounds.aggregate import (
     check_composable,
 )
 from fedstream.rounds.broadcast import broadcast_params
-from fedstream.rounds.collect import collect_updates
+from fedstream.rounds.collect import Collected, collect_updates, lower_median
 from fedstream.rounds.config import RoundConfig
 from fedstream.rounds.evaluate import (
     NO_EVALUATION,
@@ -45,6 +48,8 @@ from fedstream.rounds.plan import TaskPolicy, plan_round
 from fedstream.strategies.base import Strategy
 from fedstream.transport.base import Transport
 from fedstream.types import RoundReport, ServerState, WeightedSum
+
+log = logging.getLogger("fedstream.rounds")
 
 
 def server_step(
@@ -63,10 +68,11 @@ def server_step(
     shared = state.evolve(
         params=shared_part(state.params, local), rng_state=rng.bit_generator.state
     )
-    new_state = strategy.server_update(shared, aggregate)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below, as a failed round
+        new_state = strategy.server_update(shared, aggregate)
     new_state = new_state.evolve(params=with_shared(state.params, new_state.params))
     if not new_state.params.is_finite():
-        raise RoundFailedError(round_number, "the server update produced NaN or Inf parameters")
+        raise NonFiniteModelError(round_number, "the server update produced NaN or Inf parameters")
     if config.prune_fraction > 0:
         pruned = prune(new_state.params, config.prune_fraction, config.prune_structured)
         new_state = new_state.evolve(params=pruned)
@@ -100,7 +106,7 @@ def run_round(
         plan,
         like,
         None if aggregation.on_clients else aggregation.add,
-        config.max_update_norm,
+        config.bounds,
         upload_codec(plan.fit),
         upload_mask(decode_broadcast(sent, config.broadcast), plan.fit),
     )
@@ -114,7 +120,10 @@ def run_round(
     fit_done = time.perf_counter()
 
     aggregate = replace(aggregated.aggregate, population=len(client_ids))
-    new_state = server_step(state, strategy, aggregate, config, rng, plan.fit.local_entries)
+    try:
+        new_state = server_step(state, strategy, aggregate, config, rng, plan.fit.local_entries)
+    except NonFiniteModelError as exc:
+        return left_out(state, rng, plan.sampled, aggregated.collected, str(exc), started)
     rng = new_state.generator()
     update_done = time.perf_counter()
 
@@ -150,6 +159,48 @@ def run_round(
         evaluations=evaluation.per_client,
     )
     return new_state.evolve(round=plan.round, rng_state=rng.bit_generator.state), report
+
+
+def left_out(
+    state: ServerState,
+    rng: np.random.Generator,
+    sampled: tuple[str, ...],
+    collected: Collected,
+    reason: str,
+    started: float,
+) -> tuple[ServerState, RoundReport]:
+    """A round whose server update was not finite, left out: the model stays as it was,
+    the round counts (so the next one samples afresh), and its report has no completed
+    client and a failure naming the largest contribution, the likely culprit."""
+    failures = list(collected.failures)
+    if collected.pulls:
+        pulls = dict(collected.pulls)
+        culprit = max(pulls, key=lambda c: pulls[c])
+        median = lower_median(list(pulls.values()))
+        ratio = f", {pulls[culprit] / median:.3g}× the round's median" if median > 0 else ""
+        failures.append(
+            ClientFailure(
+                culprit,
+                "aggregate",
+                f"{reason}; the largest contribution was this client's (weight × norm = "
+                f"{pulls[culprit]:.6g}{ratio}); the round was left out",
+            )
+        )
+    else:
+        failures.append(ClientFailure("*", "aggregate", f"{reason}; the round was left out"))
+    log.warning("%s", failures[-1])
+    elapsed = time.perf_counter() - started
+    report = RoundReport(
+        round=state.round + 1,
+        sampled=sampled,
+        completed=(),
+        failures=tuple(failures),
+        bytes_down=collected.bytes_down,
+        bytes_up=collected.bytes_up,
+        times={"fit_s": elapsed, "update_s": 0.0, "evaluate_s": 0.0, "total_s": elapsed},
+        metrics={},
+    )
+    return state.evolve(round=state.round + 1, rng_state=rng.bit_generator.state), report
 
 
 def run_rounds(

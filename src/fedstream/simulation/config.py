@@ -56,6 +56,7 @@ from fedstream.types import ClientMetrics
 
 SECURE_SUMS = {"secagg+": "SecAgg+", "ckks": "CKKS", "paillier": "Paillier"}
 TRAINERS = ("auto", "sequential", "vectorized")
+DEPLOYED_OUTLIER_FACTOR = 10.0  # run.outlier_factor when unset, in a deployment
 EXECUTORS = ("inprocess", "processes", "ray")
 
 
@@ -236,7 +237,20 @@ class RunSettings:
         "replacement), poisson (each client with probability clients_per_round / clients; "
         "what the DP accountant assumes), or auto (poisson when privacy is on)",
     )
-    max_update_norm: float | None = setting(None, "reject updates whose L2 norm exceeds this")
+    max_update_norm: float | None = setting(
+        None,
+        "reject updates whose L2 norm exceeds this, or whose norm × weight / the round's "
+        "median weight does",
+    )
+    max_client_weight: float | None = setting(
+        None, "reject updates that declare a weight (example count) above this"
+    )
+    outlier_factor: float | None = setting(
+        None,
+        "reject updates whose weight or norm exceeds this multiple of the round's median "
+        "(0 = off; default: 10 in a deployment, off in a simulation, off with DP or a "
+        "secure sum)",
+    )
     evaluate_every: int = setting(
         1, "federated and central evaluation every N rounds (0 = last only)"
     )
@@ -250,6 +264,9 @@ class RunSettings:
     def __post_init__(self) -> None:
         checks.non_negative_int("run.rounds", self.rounds)
         checks.one_of("run.sampling", self.sampling, ["auto", "fixed", "poisson"])
+        factor = self.outlier_factor
+        if factor is not None and factor != 0 and not factor > 1:
+            raise ConfigError("run.outlier_factor", factor, "0 (off) or a number > 1")
 
 
 @dataclass(frozen=True)
@@ -504,6 +521,7 @@ class SimulationConfig:
                 f"'none' with strategy.aggregator={self.strategy.aggregator!r}, which reads "
                 "each client's update (a secure sum reveals only their total)",
             )
+        self._check_update_bounds()
         self.check_poisson_rounds()
         privacy = self.privacy
         if isinstance(strategy, DifferentialPrivacy) and privacy.target_epsilon is not None:
@@ -515,6 +533,34 @@ class SimulationConfig:
                     f"at least {planned:.4g}, the ε (at δ={privacy.delta:g}) that "
                     f"{self.run.rounds} rounds spend at privacy.noise={privacy.noise:g}; raise "
                     "the noise or run fewer rounds",
+                )
+
+    def _check_update_bounds(self) -> None:
+        """Bounds relative to the round cannot run with DP (whether one client's update is
+        kept would depend on the others', which breaks the sum's sensitivity; the clip
+        bound is the norm bound there) or with a secure sum (the server sees no update or
+        weight, so it cannot compare them)."""
+        relative = {
+            "run.outlier_factor": self.run.outlier_factor or None,
+            "run.max_client_weight": self.run.max_client_weight,
+        }
+        for key, value in relative.items():
+            if value is None:
+                continue
+            if self.privacy.level != "none" and key == "run.outlier_factor":
+                raise ConfigError(
+                    key,
+                    value,
+                    f"0 or unset with privacy.level={self.privacy.level!r}: whether one "
+                    "client's update is kept would depend on the others', which breaks DP's "
+                    "sensitivity bound (the clip bound already bounds every update)",
+                )
+            if self.secure.scheme != "none":
+                raise ConfigError(
+                    key,
+                    value,
+                    f"unset with secure.scheme={self.secure.scheme!r}: the server never sees "
+                    "a client's update or weight under a secure sum, so it cannot check them",
                 )
 
     def clients_per_round_count(self) -> int:
@@ -621,7 +667,18 @@ class SimulationConfig:
             parts.append(self.compression.codec)
         return " + ".join(parts)
 
-    def round_config(self) -> RoundConfig:
+    def outlier_factor(self, deployed: bool) -> float | None:
+        """``run.outlier_factor`` resolved: unset is 10 in a deployment, whose clients the
+        server does not control, and off in a simulation, whose clients are the user's own
+        code; off under DP or a secure sum (see ``_check_combinations``)."""
+        factor = self.run.outlier_factor
+        if factor is None:
+            shielded = self.privacy.level != "none" or self.secure.scheme != "none"
+            factor = DEPLOYED_OUTLIER_FACTOR if deployed and not shielded else 0
+        return factor or None
+
+    def round_config(self, deployed: bool = False) -> RoundConfig:
+        """The round settings; ``deployed``: for a server whose clients are remote."""
         run, client, compression = self.run, self.client, self.compression
         return RoundConfig(
             clients_per_round=run.clients_per_round,
@@ -634,6 +691,8 @@ class SimulationConfig:
             evaluate_fraction=run.evaluate_fraction,
             evaluate_every=run.evaluate_every,
             max_update_norm=run.max_update_norm,
+            max_client_weight=run.max_client_weight,
+            outlier_factor=self.outlier_factor(deployed),
             secure_aggregation=self.secure.backend(),
             compression=compression.uplink(),
             broadcast=compression.broadcast,

@@ -302,10 +302,10 @@ def choose_trainer(
     return "sequential", f"auto: the vectorised trainer needs {reason}"
 
 
-def round_config(config: SimulationConfig, setup: Setup) -> RoundConfig:
-    """The round settings of ``config``, with the model entries that stay on the clients
-    (FedBN's BatchNorm layers) read from the model."""
-    rounds = config.round_config()
+def round_config(config: SimulationConfig, setup: Setup, deployed: bool = False) -> RoundConfig:
+    """The round settings of ``config`` (for remote clients when ``deployed``), with the
+    model entries that stay on the clients (FedBN's BatchNorm layers) read from the model."""
+    rounds = config.round_config(deployed)
     if not config.model.local_batchnorm:
         return rounds
     local = batch_norm_entries(setup.module) if is_torch(setup.module) else ()
@@ -472,7 +472,7 @@ def simulate(
                     config.build_strategy(),
                     transport,
                     client_ids,
-                    round_config(config, setup),
+                    round_config(config, setup, deployed=transport_factory is not None),
                     config.run.rounds,
                     setup.central_evaluate,
                     config.task_policy(),
