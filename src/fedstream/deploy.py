@@ -38,7 +38,12 @@ from fedstream.errors import ConfigError
 from fedstream.secure.secagg import Identity, load_identity, make_identities
 from fedstream.simulation.config import SimulationConfig
 from fedstream.simulation.engine import Setup, SimulationResult, build, resolve_app, simulate
-from fedstream.transport.grpc.client import ClientCredentials, ClientStats, run_client
+from fedstream.transport.grpc.client import (
+    DEFAULT_GIVE_UP_S,
+    ClientCredentials,
+    ClientStats,
+    run_client,
+)
 from fedstream.transport.grpc.server import (
     FedstreamService,
     GrpcTransport,
@@ -226,7 +231,7 @@ def join(
     data: ClientData | None = None,
     credentials: ClientCredentials | None = None,
     stop: threading.Event | None = None,
-    give_up_after_s: float | None = None,
+    give_up_after_s: float | None = DEFAULT_GIVE_UP_S,
     state_dir: str | Path | None = None,
     app: App | None = None,
     identity: Identity | None = None,

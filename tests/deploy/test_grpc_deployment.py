@@ -4,152 +4,48 @@ and the server killed with SIGKILL, bad clients and bad messages, and TLS."""
 import contextlib
 import hashlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
 from fedstream import Params, RoundFailedError, TorchTrainer, run_round, simulate
-from fedstream.deploy import join, make_tokens, serve, write_identities, write_tokens
+from fedstream.deploy import join, make_tokens, serve
 from fedstream.privacy import clip_l2
 from fedstream.rounds import plan_round
 from fedstream.secure.he import join_ciphertexts, split_ciphertexts
 from fedstream.secure.secagg import pack, unpack
-from fedstream.simulation import SimulationConfig
-from fedstream.simulation.engine import build, build_dataset, resolve_app
+from fedstream.simulation.engine import build, build_dataset
 from fedstream.store import RunStore, latest_checkpoint, load_checkpoint
 from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
-from fedstream.transport.grpc.client import ClientCredentials, ClientRefused
+from fedstream.transport.grpc.client import ClientCredentials, ClientRefused, ServerUnreachable
 from fedstream.transport.grpc.framing import CHUNK_BYTES, chunks
 from fedstream.transport.grpc.server import (
-    PROTOCOL,
     FedstreamService,
     GrpcTransport,
     ServerCredentials,
     start_server,
 )
 from tests.conftest import make_certificates
-from tests.settings import make_config, toml_text
-
-RUN = {
-    "num_clients": 5, "clients_per_round": 5, "partition": "iid", "local_epochs": 1,
-    "trainer": "sequential", "rounds": 4, "evaluate_every": 2,
-}  # fmt: skip
-
-
-def write_run(folder: Path, **changes) -> tuple[Path, Path, SimulationConfig]:
-    settings = {**RUN, **changes}
-    config = make_config(**settings)
-    toml = folder / "run.toml"
-    toml.write_text(toml_text(**settings))
-    tokens = folder / "tokens.json"
-    write_tokens(tokens, make_tokens(client_ids(config)))  # what `fedstream tokens` writes
-    write_identities(folder, client_ids(config))
-    return toml, tokens, config
-
-
-class Process:
-    """A fedstream CLI process whose stderr is drained in the background."""
-
-    def __init__(self, *args: str) -> None:
-        command = [sys.executable, "-m", "fedstream.cli", *args]
-        self.popen = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            self.lines.append(line)
-
-    def wait_for_line(self, text: str, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if text in line:
-                    return line
-            assert self.popen.poll() is None, "".join(self.lines)
-            time.sleep(0.05)
-        raise AssertionError(f"no {text!r} within {timeout} s: {''.join(self.lines)}")
-
-    def wait(self, timeout: float = 120) -> int:
-        return self.popen.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        os.kill(self.popen.pid, signal.SIGKILL)
-        self.popen.wait()
-
-
-def start_server_process(toml, tokens, out, *extra, port=0):
-    """The server process, given only the salted hashes of the clients' tokens."""
-    hashed = tokens.parent / "server-tokens.json"
-    server = Process(
-        "server", "--config", str(toml), "--tokens", str(hashed), "--insecure", "--quiet",
-        "--listen", f"127.0.0.1:{port}", "--output", str(out), *extra,
-    )  # fmt: skip
-    line = server.wait_for_line("listening on port")
-    return server, int(line.split("port")[1].split(",")[0])
-
-
-def start_client(toml, tokens, port, client_id):
-    """A client process, keeping its state beside the run file (``toml``'s folder)."""
-    return Process(
-        "client", "--config", str(toml), "--server", f"127.0.0.1:{port}", "--id", client_id,
-        "--token-file", str(tokens), "--insecure",
-        "--state-dir", str(toml.parent / "client-state" / client_id),
-        "--identity", str(tokens.parent / "identities.json"),
-    )  # fmt: skip
-
-
-def start_clients(toml, tokens, port, ids):
-    return {c: start_client(toml, tokens, port, c) for c in ids}
-
-
-@contextlib.contextmanager
-def deployment(toml, tokens, ids, run_id):
-    """An in-test gRPC server with every client as a process, all connected; torn down
-    (run finished, server stopped, clients exited) however the test leaves."""
-    service = FedstreamService(json.loads(tokens.read_text()), run_id=run_id)
-    server, port = start_server(service, "127.0.0.1:0", None)
-    clients = start_clients(toml, tokens, port, ids)
-    try:
-        service.wait_for(len(ids), 60)
-        yield service
-    finally:
-        service.finish()
-        server.stop(grace=1.0).wait()
-        for client in clients.values():
-            client.wait()
-
-
-def client_ids(config):
-    app = resolve_app(config, None)
-    return app.ids() if app is not None else sorted(build_dataset(config).clients)
-
-
-def deploy_run(tmp_path, toml, tokens, config):
-    """A whole deployment: the server and every configured client as processes, run to
-    the end; the final checkpoint's state and report."""
-    server, port = start_server_process(toml, tokens, tmp_path / "run")
-    clients = start_clients(toml, tokens, port, client_ids(config))
-    assert server.wait() == 0, "".join(server.lines)
-    for client in clients.values():
-        assert client.wait() == 0, "".join(client.lines)
-    # --insecure is said loudly on both sides
-    for process in (server, *clients.values()):
-        assert "runs WITHOUT TLS (--insecure)" in "".join(process.lines)
-    return load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+from tests.deploy.harness import (
+    RUN,
+    Process,
+    RawSession,
+    deploy_run,
+    deployment,
+    hello,
+    start_client,
+    start_clients,
+    start_server_process,
+    write_run,
+)
+from tests.settings import make_config
 
 
 def test_a_server_and_five_client_processes_match_the_simulation(tmp_path):
@@ -236,15 +132,6 @@ def test_a_client_with_a_wrong_token_is_refused_and_the_others_are_served(tmp_pa
 # -- bad messages, against a real server in this process --------------------------------
 
 
-@pytest.fixture
-def live_service():
-    service = FedstreamService({"alice": "a-token", "bob": "b-token"}, run_id="run-x")
-    server, port = start_server(service, "127.0.0.1:0", None)
-    yield service, port
-    service.finish()
-    server.stop(grace=None)
-
-
 def session(port, *messages):
     """Open a raw Session, send ``messages``, and return what the server sent back within
     a second (or the error that ended the stream)."""
@@ -268,10 +155,6 @@ def drain(stream):
     """Read a response stream to its end; the server closing it is expected."""
     with contextlib.suppress(grpc.RpcError):
         list(stream)
-
-
-def hello(client_id, token):
-    return pb.ClientMessage(hello=pb.Hello(client_id=client_id, token=token, protocol=PROTOCOL))
 
 
 def test_a_connected_client_that_stops_sending_heartbeats_is_dropped():
@@ -366,12 +249,19 @@ def test_answers_to_unknown_tasks_other_rounds_and_bad_payloads_are_refused(live
 
 def test_a_truncated_payload_and_an_oversized_message_end_only_that_stream(live_service):
     service, port = live_service
-    reply = pb.ClientMessage(reply=pb.Reply(task_id="t", run_id="run-x", round=1, kind="fit"))
-    lying = pb.ClientMessage(chunk=pb.Chunk(data=b"abc", last=True, sha256="0", total_bytes=10))
-    session(port, hello("alice", "a-token"), reply, lying)
-    assert any("truncated" in r for r in service.refusals)
+    alice = RawSession(port, hello("alice", "a-token"))
+    alice.next("welcome")
+    task = service.send("alice", "fit", 1, {}, b"params")
+    alice.next("request")
+    reply = pb.Reply(task_id=task, run_id="run-x", round=1, kind="fit")
+    lying = pb.Chunk(data=b"abc", last=True, sha256="0", total_bytes=10)
+    alice.send(pb.ClientMessage(reply=reply), pb.ClientMessage(chunk=lying))
+    answer = service.answers.get(timeout=5)
+    assert answer.task_id == task and "payload is 3 bytes, its last chunk says 10" in answer.error
+    alice.close()
+    unknown = pb.ClientMessage(reply=pb.Reply(task_id="t", run_id="run-x", round=1, kind="fit"))
     huge = pb.ClientMessage(chunk=pb.Chunk(data=bytes(5 * CHUNK_BYTES), last=True))
-    _, error = session(port, hello("alice", "a-token"), reply, huge)
+    _, error = session(port, hello("alice", "a-token"), unknown, huge)
     assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # the server still serves: bob connects and is welcomed
     received, _ = session(port, hello("bob", "b-token"))
@@ -424,7 +314,8 @@ def test_a_payload_far_above_grpcs_message_limit_passes_in_chunks(live_service):
     stream = pb_grpc.FedstreamStub(channel).Session(messages(), timeout=30)
     threading.Thread(target=drain, args=(stream,), daemon=True).start()
     service.wait_for(1, 5)
-    task = service.send("alice", "fit", 1, {}, b"")
+    # a fit answer may be 4× the model sent (plus 1 MiB): a 16 MiB model here
+    task = service.send("alice", "fit", 1, {}, bytes(16 << 20))
     answer = service.answers.get(timeout=30)
     assert answer.task_id == task and answer.error is None and answer.payload == payload
     channel.close()
@@ -451,7 +342,7 @@ def test_a_run_over_tls_and_a_client_that_cannot_verify_the_server(tmp_path):
     assert ready.wait(30)
     address = f"localhost:{port['p']}"
     # a client that does not trust the server's CA never gets through
-    with pytest.raises(ConnectionError, match="no connection"):
+    with pytest.raises(ServerUnreachable, match="TLS handshake failed: the certificate of"):
         join(address, ids[0], tokens[ids[0]], config,
              credentials=ClientCredentials(root_ca=None), give_up_after_s=1.0)  # fmt: skip
     workers = [

@@ -295,14 +295,18 @@ def test_models_are_pushed_over_tls_and_only_to_a_certificate_the_pusher_trusts(
             except httpx.TransportError:
                 assert time.monotonic() < deadline and process.poll() is None
                 time.sleep(0.1)
-        blob = Params({"0.weight": np.ones((2, 3), np.float32)}).to_bytes()
+        blob = Params(
+            {"0.weight": np.ones((2, 3), np.float32), "0.bias": np.zeros(2, np.float32)}
+        ).to_bytes()
+        arch = {"model": "linear", "in_features": 3, "out_features": 2, "seed": 0}
+        arch |= {"dtype": "float32", "hidden": None}
         import urllib.error
 
         with pytest.raises(urllib.error.URLError) as refused:  # not a CA it trusts
-            publish(PublishTarget(url, "s3cret"), 1, {"model": "linear"}, {}, blob)
+            publish(PublishTarget(url, "s3cret"), 1, arch, {}, blob)
         assert isinstance(refused.value.reason, ssl.SSLCertVerificationError)
         trusted = PublishTarget(url, "s3cret", str(tmp_path / "ca.pem"))
-        assert publish(trusted, 1, {"model": "linear"}, {}, blob) is True
+        assert publish(trusted, 1, arch, {}, blob) is True
         listed = httpx.get(f"{url}/v1/models", verify=trust).json()
         assert [m["version"] for m in listed["versions"]] == [1]
         with pytest.raises(httpx.RemoteProtocolError):  # plain HTTP gets no answer

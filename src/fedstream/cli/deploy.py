@@ -228,6 +228,15 @@ def server(
     help="The others' public signing keys (roster.json from fedstream tokens) "
     "[default: roster.json beside --identity].",
 )
+@click.option(
+    "--give-up-after",
+    "give_up_after",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Exit (status 1) after this many seconds without a session with the server "
+    "(0 = keep trying for ever).",
+)
 @setting_options
 def client(
     config_path: Path | None,
@@ -242,9 +251,11 @@ def client(
     state_dir: Path | None,
     identity_file: Path | None,
     roster_file: Path | None,
+    give_up_after: float,
     **flags: str | None,
 ) -> None:
-    """Join a federated run as one client; reconnects until the server ends the run."""
+    """Join a federated run as one client; reconnects until the server ends the run, or
+    gives up after --give-up-after seconds without it."""
     from fedstream.deploy import ROSTER_FILE, join, load_identities, load_tokens
     from fedstream.transport.grpc.client import ClientCredentials
 
@@ -279,6 +290,7 @@ def client(
             credentials=credentials,
             state_dir=state_dir or Path("fedstream-state") / client_id,
             identity=identity,
+            give_up_after_s=give_up_after,
         )
     except FedstreamError as exc:
         fail(exc)

@@ -47,7 +47,51 @@ log = logging.getLogger("fedstream.client")
 
 
 class ClientRefused(FedstreamError, PermissionError):
-    """The server refused this client (wrong token, unknown id, other protocol)."""
+    """The server refused this client (wrong token, unknown id, other protocol, or another
+    process holding this client's session)."""
+
+
+class ServerUnreachable(FedstreamError, ConnectionError):
+    """No session could be had with the server within the give-up time, or the TLS
+    settings of the two sides do not match (which waiting would not change)."""
+
+
+DEFAULT_GIVE_UP_S = 600.0  # a client's give-up time without a connection (0 or None: never)
+SECOND_SESSION_GRACE_S = 60.0  # how long a client retries while its id has a live session
+TLS_ATTEMPTS = 3  # TLS mismatches in a row before a client gives up
+
+
+def connect_failure(details: str, tls: bool, address: str) -> tuple[str, bool]:
+    """What a failed connection to ``address`` means, from gRPC's ``details``, for a
+    person; and whether it is a TLS mismatch between the two sides."""
+    if "WRONG_VERSION_NUMBER" in details:
+        return (
+            f"TLS handshake failed: {address} does not speak TLS (is the server running "
+            "with --insecure?)",
+            True,
+        )
+    if "handshake failed" in details.lower() or "CERTIFICATE_VERIFY" in details:
+        cause = details.rsplit("SSL_ERROR_SSL:", 1)[-1].strip()
+        return (
+            f"TLS handshake failed: the certificate of {address} cannot be verified with the "
+            f"CA given (--ca-cert), or is not for this host name ({cause})",
+            True,
+        )
+    if "Socket closed" in details and not tls:
+        return (
+            f"{address} closed the connection during the handshake: if the server uses "
+            "TLS, give this client --ca-cert instead of --insecure",
+            True,
+        )
+    if "Connection refused" in details:
+        return (
+            f"connection refused: nothing listens at {address} (the server is not started "
+            "yet, has finished, or the address is wrong)",
+            False,
+        )
+    if "DNS resolution failed" in details:
+        return f"cannot resolve the host name of {address}", False
+    return details or "connection lost", False
 
 
 @dataclass(frozen=True)
@@ -166,16 +210,21 @@ def run_client(
     credentials: ClientCredentials | None = None,
     stop: threading.Event | None = None,
     max_backoff_s: float = 10.0,
-    give_up_after_s: float | None = None,
+    give_up_after_s: float | None = DEFAULT_GIVE_UP_S,
     max_payload_bytes: int = 2 << 30,
     state_dir: str | Path | None = None,
     identity: Identity | None = None,
     corrupt_fraction: float = 0.0,
+    second_session_grace_s: float = SECOND_SESSION_GRACE_S,
 ) -> ClientStats:
     """Serve the run at ``address`` as ``client_id`` until the server says it is over.
 
-    Reconnects after failures with backoff 0.2 s, 0.4 s, … up to ``max_backoff_s``; with
-    ``give_up_after_s`` it stops trying after that long without a connection. With
+    Reconnects after failures with backoff 0.2 s, 0.4 s, … up to ``max_backoff_s``, saying
+    each time why the last attempt failed; it gives up (``ServerUnreachable``) after
+    ``give_up_after_s`` without a connection (0 or ``None``: never), and at once when the
+    TLS settings of the two sides do not match. While another process holds a live session
+    under this client's id it retries for ``second_session_grace_s``, then raises
+    ``ClientRefused``. With
     ``state_dir`` the client's durable state (error-feedback residuals, control variates,
     local model entries) is kept on disk, in a folder per run under it, and read back when
     the client restarts; without it, it lasts as long as this call. ``identity`` (its
@@ -191,28 +240,44 @@ def run_client(
     stop = stop or threading.Event()
     backoff = 0.2
     last_connected = time.monotonic()
+    taken_since: float | None = None  # the first refusal in a row for a live session
+    tls_failures = 0
+    mode = "plaintext (--insecure)" if credentials is None else "TLS"
+    log.warning("client %s: connecting to %s over %s", client_id, address, mode)
     while not stop.is_set():
         try:
             finished = _session(address, token, device, credentials, stop, stats, max_payload_bytes)
-            last_connected = time.monotonic()
+            last_connected, taken_since, tls_failures = time.monotonic(), None, 0
             if finished:
                 return stats
             backoff = 0.2
+            reason = "connection lost"
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
+            details = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
             if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION):
-                raise ClientRefused(
-                    exc.details() if hasattr(exc, "details") else str(exc)
-                ) from None
+                raise ClientRefused(details) from None
             if stats.connections and code is grpc.StatusCode.UNAVAILABLE and _said_finished(exc):
                 return stats
-            log.info(
-                "client %s: connection lost (%s); retrying in %.1f s", client_id, code, backoff
+            now = time.monotonic()
+            if code is grpc.StatusCode.ALREADY_EXISTS:
+                taken_since = taken_since if taken_since is not None else now
+                if now - taken_since > second_session_grace_s:
+                    raise ClientRefused(
+                        f"{details}. Gave up after {second_session_grace_s:g} s: another "
+                        f"process is connected as client {client_id!r}"
+                    ) from None
+            reason, tls_mismatch = connect_failure(details, credentials is not None, address)
+            tls_failures = tls_failures + 1 if tls_mismatch else 0
+            if tls_failures >= TLS_ATTEMPTS:
+                raise ServerUnreachable(f"client {client_id!r}: {reason}") from None
+        waited = time.monotonic() - last_connected
+        if give_up_after_s and waited > give_up_after_s:
+            raise ServerUnreachable(
+                f"client {client_id!r}: no session with {address} for {give_up_after_s:g} s; "
+                f"the last attempt: {reason}"
             )
-        if give_up_after_s is not None and time.monotonic() - last_connected > give_up_after_s:
-            raise ConnectionError(
-                f"client {client_id!r}: no connection to {address} for {give_up_after_s:g} s"
-            )
+        log.warning("client %s: %s; retrying in %.1f s", client_id, reason, backoff)
         stop.wait(backoff)
         backoff = min(backoff * 2, max_backoff_s)
     return stats

@@ -11,6 +11,7 @@ and the server goes on serving everyone else.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import json
@@ -35,6 +36,7 @@ from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
 from fedstream.transport.grpc.codec import fit_config_to_dict
 from fedstream.transport.grpc.framing import CHUNK_BYTES, Assembler, ProtocolError, chunks
+from fedstream.transport.grpc.handshake import HANDSHAKE_DEADLINE_S, HandshakeGuard, worker_count
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
 PROTOCOL = "fedstream/1"
@@ -44,9 +46,17 @@ log = logging.getLogger("fedstream.server")
 @dataclass
 class _Session:
     client_id: str
+    peer: str = ""
+    context: grpc.ServicerContext | None = None
     outbound: queue.Queue[pb.ServerMessage | None] = field(default_factory=queue.Queue)
     alive: bool = True
     last_seen: float = field(default_factory=time.monotonic)
+
+    def live(self, heartbeat_s: float) -> bool:
+        """Its stream is open and it was heard from within three heartbeats."""
+        quiet = time.monotonic() - self.last_seen
+        active = self.context is None or self.context.is_active()
+        return self.alive and active and quiet <= 3 * heartbeat_s
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,18 @@ class _Pending:
     client_id: str
     kind: str
     round: int
+    max_reply_bytes: int
+
+
+def max_reply_bytes(kind: str, sent_bytes: int, limit: int) -> int:
+    """The most a reply to a ``kind`` request of ``sent_bytes`` may carry: a fit's update is
+    at most a few times the model sent (SCAFFOLD adds a control variate), an evaluation
+    sends only a header; a secure-sum stage is bounded by ``limit`` alone."""
+    if kind == "fit":
+        return min(limit, 4 * sent_bytes + CHUNK_BYTES)
+    if kind == "evaluate":
+        return min(limit, CHUNK_BYTES)
+    return limit
 
 
 @dataclass(frozen=True)
@@ -107,7 +129,8 @@ class FedstreamService(pb_grpc.FedstreamServicer):
         self.sessions: dict[str, _Session] = {}
         self.pending: dict[str, _Pending] = {}
         self.answers: queue.Queue[_Answer] = queue.Queue()
-        self.refusals: list[str] = []
+        self.refusals: collections.deque[str] = collections.deque(maxlen=1000)  # the newest
+        self.handshakes = HandshakeGuard()
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.finished = False
@@ -116,20 +139,39 @@ class FedstreamService(pb_grpc.FedstreamServicer):
     def Session(
         self, request_iterator: Iterator[pb.ClientMessage], context: grpc.ServicerContext
     ) -> Iterator[pb.ServerMessage]:
+        crowded = self.handshakes.admit(context)
+        if crowded is not None:
+            if self.handshakes.report_due():
+                log.warning("refused %d connections so far: %s", self.handshakes.refused, crowded)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, crowded)
         try:
-            first = next(request_iterator)
+            first = next(request_iterator)  # the guard cancels the stream if it is overdue
         except (StopIteration, grpc.RpcError):
             return
+        finally:
+            self.handshakes.release(context)
         client_id = self._authenticate(first, context)  # aborts the RPC if refused
-        session = _Session(client_id)
+        session = _Session(client_id, context.peer(), context)
         with self.changed:
             old = self.sessions.get(client_id)
-            if old is not None:  # a reconnect replaces the stale stream
+            taken = old is not None and old.live(self.heartbeat_s)
+            if old is not None and not taken:  # a reconnect replaces the stale stream
                 old.alive = False
                 old.outbound.put(None)
-            self.sessions[client_id] = session
-            self.changed.notify_all()
-        log.info("client %s connected from %s", client_id, context.peer())
+            if not taken:
+                self.sessions[client_id] = session
+                self.changed.notify_all()
+        if taken:
+            assert old is not None
+            self._refuse(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"client {client_id!r} already has a live session from {old.peer}; refused a "
+                f"second one from {session.peer} (a copy of its token in use elsewhere?). A "
+                f"reconnect is let in once the old session misses its heartbeats "
+                f"({3 * self.heartbeat_s:g} s)",
+            )
+        log.info("client %s connected from %s", client_id, session.peer)
         reader = threading.Thread(target=self._read, args=(session, request_iterator), daemon=True)
         reader.start()
         yield pb.ServerMessage(welcome=pb.Welcome(run_id=self.run_id, heartbeat_s=self.heartbeat_s))
@@ -181,9 +223,12 @@ class FedstreamService(pb_grpc.FedstreamServicer):
         context.abort(code, reason)
 
     def _read(self, session: _Session, messages: Iterator[pb.ClientMessage]) -> None:
-        """Turn a client's stream of replies and chunks into answers, until it ends."""
+        """Turn a client's stream of replies and chunks into answers, until it ends. A
+        reply is checked before its first chunk: the chunks of a refused one are dropped
+        as they come, never held."""
         reply: pb.Reply | None = None
         assembler: Assembler | None = None
+        discarding = False
         try:
             for message in messages:
                 session.last_seen = time.monotonic()
@@ -191,10 +236,17 @@ class FedstreamService(pb_grpc.FedstreamServicer):
                 if kind == "heartbeat":
                     continue
                 if kind == "reply":
-                    if reply is not None:
+                    if reply is not None or discarding:
                         raise ProtocolError("a reply began before the last one's payload ended")
+                    limit = self._claim(session, message.reply)
+                    if limit is None:
+                        discarding = True
+                        continue
                     reply = message.reply
-                    assembler = Assembler(self.max_payload_bytes, f"reply {reply.task_id}")
+                    assembler = Assembler(limit, f"reply {reply.task_id}")
+                    continue
+                if kind == "chunk" and discarding:
+                    discarding = not message.chunk.last
                     continue
                 if kind == "chunk" and reply is not None and assembler is not None:
                     try:
@@ -216,27 +268,42 @@ class FedstreamService(pb_grpc.FedstreamServicer):
         finally:
             self._drop(session, "disconnected")
 
-    def _answer(
-        self, session: _Session, reply: pb.Reply, payload: bytes, error: str | None
-    ) -> None:
+    def _claim(self, session: _Session, reply: pb.Reply) -> int | None:
+        """Check a reply's task, run and round before any of its payload: the most bytes
+        its payload may have, or ``None`` if it is refused. A reply to this client's own
+        task for the wrong run or round ends that task with the reason; a reply to a task
+        that is unknown, finished or another client's is refused on the stream."""
         with self.lock:
             pending = self.pending.get(reply.task_id)
+            if pending is None or pending.client_id != session.client_id:
+                refusal = (
+                    f"task {reply.task_id!r} is unknown or already finished"
+                    if pending is None
+                    else f"task {reply.task_id!r} was given to another client"
+                )
+                self.refusals.append(f"client {session.client_id!r}: {refusal}")
+                session.outbound.put(pb.ServerMessage(refusal=pb.Refusal(reason=refusal)))
+                log.warning("refused an answer from %s: %s", session.client_id, refusal)
+                return None
             problem = None
-            if pending is None:
-                problem = f"task {reply.task_id!r} is unknown or already finished"
-            elif pending.client_id != session.client_id:
-                problem = f"task {reply.task_id!r} was given to another client"
-            elif reply.run_id != self.run_id:
+            if reply.run_id != self.run_id:
                 problem = f"answer is for run {reply.run_id!r}, expected {self.run_id!r}"
             elif reply.round != pending.round:
                 problem = f"answer is for round {reply.round}, expected round {pending.round}"
-            if pending is None or pending.client_id != session.client_id:
-                problem = problem or "not this client's task"
-                self.refusals.append(f"client {session.client_id!r}: {problem}")
-                session.outbound.put(pb.ServerMessage(refusal=pb.Refusal(reason=problem)))
-                log.warning("refused an answer from %s: %s", session.client_id, problem)
-                return
+            if problem is None:
+                return pending.max_reply_bytes
             del self.pending[reply.task_id]
+        self.answers.put(_Answer(reply.task_id, session.client_id, {}, b"", problem))
+        return None
+
+    def _answer(
+        self, session: _Session, reply: pb.Reply, payload: bytes, error: str | None
+    ) -> None:
+        """Pass on a claimed reply whose payload has arrived (or broke, ``error``)."""
+        with self.lock:
+            if self.pending.pop(reply.task_id, None) is None:
+                return  # the transport gave up on it (deadline) or the client dropped
+        problem = None
         try:
             header = json.loads(reply.header_json) if reply.header_json else {}
         except ValueError:
@@ -266,11 +333,12 @@ class FedstreamService(pb_grpc.FedstreamServicer):
     ) -> str | None:
         """Queue a request for ``client_id``; its task id, or ``None`` if not connected."""
         task_id = uuid.uuid4().hex
+        limit = max_reply_bytes(kind, len(payload), self.max_payload_bytes)
         with self.lock:
             session = self.sessions.get(client_id)
             if session is None or not session.alive:
                 return None
-            self.pending[task_id] = _Pending(client_id, kind, round_number)
+            self.pending[task_id] = _Pending(client_id, kind, round_number, limit)
         request = pb.Request(
             task_id=task_id,
             run_id=self.run_id,
@@ -440,15 +508,28 @@ def start_server(
 ) -> tuple[grpc.Server, int]:
     """Serve ``service`` on ``address`` ("host:port", port 0 picks a free one), with TLS
     unless ``credentials`` is ``None``. Returns the server and the port it listens on.
-    A single message above ``max_message_bytes`` is refused by gRPC itself."""
+    A single message above ``max_message_bytes`` is refused by gRPC itself.
+
+    The worker pool has one thread per client plus the allowance of streams still awaiting
+    their Hello (``handshake.worker_count``); gRPC refuses a stream beyond it at once
+    (``RESOURCE_EXHAUSTED``) instead of queueing it behind the others. A connection that
+    does not finish its TLS and HTTP/2 handshake within the handshake deadline is closed,
+    and one with no stream for a minute too."""
+    workers = worker_count(len(service.tokens), service.handshakes.total)
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_DEADLINE_S * 1000)),
+        ("grpc.max_connection_idle_ms", 60_000),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=256), options=options)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        options=options,
+        maximum_concurrent_rpcs=workers,
+    )
     pb_grpc.add_FedstreamServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     if credentials is None:
         port = server.add_insecure_port(address)

@@ -1,0 +1,192 @@
+"""Real deployments for tests: run files, tokens, and server and client processes (the
+fedstream CLI, or a test's own module playing a client) on 127.0.0.1."""
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from fedstream.deploy import make_tokens, write_identities, write_tokens
+from fedstream.simulation import SimulationConfig
+from fedstream.simulation.engine import build_dataset, resolve_app
+from fedstream.store import latest_checkpoint, load_checkpoint
+from fedstream.transport.grpc import fedstream_pb2 as pb
+from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
+from fedstream.transport.grpc.framing import CHUNK_BYTES
+from fedstream.transport.grpc.server import PROTOCOL, FedstreamService, start_server
+from tests.settings import make_config, toml_text
+
+RUN = {
+    "num_clients": 5, "clients_per_round": 5, "partition": "iid", "local_epochs": 1,
+    "trainer": "sequential", "rounds": 4, "evaluate_every": 2,
+}  # fmt: skip
+
+
+def write_run(folder: Path, **changes) -> tuple[Path, Path, SimulationConfig]:
+    settings = {**RUN, **changes}
+    config = make_config(**settings)
+    toml = folder / "run.toml"
+    toml.write_text(toml_text(**settings))
+    tokens = folder / "tokens.json"
+    write_tokens(tokens, make_tokens(client_ids(config)))  # what `fedstream tokens` writes
+    write_identities(folder, client_ids(config))
+    return toml, tokens, config
+
+
+class Process:
+    """A fedstream CLI process whose stderr is drained in the background."""
+
+    def __init__(self, *args: str, module: str = "fedstream.cli") -> None:
+        command = [sys.executable, "-m", module, *args]
+        self.popen = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.popen.stderr is not None
+        for line in self.popen.stderr:
+            self.lines.append(line)
+
+    def wait_for_line(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if text in line:
+                    return line
+            assert self.popen.poll() is None, "".join(self.lines)
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} within {timeout} s: {''.join(self.lines)}")
+
+    def wait(self, timeout: float = 120) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        os.kill(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
+
+def start_server_process(toml, tokens, out, *extra, port=0):
+    """The server process, given only the salted hashes of the clients' tokens."""
+    hashed = tokens.parent / "server-tokens.json"
+    server = Process(
+        "server", "--config", str(toml), "--tokens", str(hashed), "--insecure", "--quiet",
+        "--listen", f"127.0.0.1:{port}", "--output", str(out), *extra,
+    )  # fmt: skip
+    line = server.wait_for_line("listening on port")
+    return server, int(line.split("port")[1].split(",")[0])
+
+
+def start_client(toml, tokens, port, client_id):
+    """A client process, keeping its state beside the run file (``toml``'s folder)."""
+    return Process(
+        "client", "--config", str(toml), "--server", f"127.0.0.1:{port}", "--id", client_id,
+        "--token-file", str(tokens), "--insecure",
+        "--state-dir", str(toml.parent / "client-state" / client_id),
+        "--identity", str(tokens.parent / "identities.json"),
+    )  # fmt: skip
+
+
+def start_clients(toml, tokens, port, ids):
+    return {c: start_client(toml, tokens, port, c) for c in ids}
+
+
+@contextlib.contextmanager
+def deployment(toml, tokens, ids, run_id):
+    """An in-test gRPC server with every client as a process, all connected; torn down
+    (run finished, server stopped, clients exited) however the test leaves."""
+    service = FedstreamService(json.loads(tokens.read_text()), run_id=run_id)
+    server, port = start_server(service, "127.0.0.1:0", None)
+    clients = start_clients(toml, tokens, port, ids)
+    try:
+        service.wait_for(len(ids), 60)
+        yield service
+    finally:
+        service.finish()
+        server.stop(grace=1.0).wait()
+        for client in clients.values():
+            client.wait()
+
+
+def client_ids(config):
+    app = resolve_app(config, None)
+    return app.ids() if app is not None else sorted(build_dataset(config).clients)
+
+
+def deploy_run(tmp_path, toml, tokens, config):
+    """A whole deployment: the server and every configured client as processes, run to
+    the end; the final checkpoint's state and report."""
+    server, port = start_server_process(toml, tokens, tmp_path / "run")
+    clients = start_clients(toml, tokens, port, client_ids(config))
+    assert server.wait() == 0, "".join(server.lines)
+    for client in clients.values():
+        assert client.wait() == 0, "".join(client.lines)
+    # --insecure is said loudly on both sides
+    for process in (server, *clients.values()):
+        assert "runs WITHOUT TLS (--insecure)" in "".join(process.lines)
+    return load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+
+
+class RawSession:
+    """A Session stream driven by hand: the test sends each message a client would (or an
+    attacker would) and reads what the server sends back."""
+
+    def __init__(self, port: int, *first: pb.ClientMessage, timeout: float = 30) -> None:
+        self.channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 * CHUNK_BYTES)]
+        )
+        self.outbound: queue.Queue[pb.ClientMessage | None] = queue.Queue()
+        self.received: queue.Queue[pb.ServerMessage] = queue.Queue()
+        self.error: grpc.RpcError | None = None
+        self.ended = threading.Event()
+        for message in first:
+            self.outbound.put(message)
+        stream = pb_grpc.FedstreamStub(self.channel).Session(
+            iter(self.outbound.get, None), timeout=timeout
+        )
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        try:
+            for message in stream:
+                self.received.put(message)
+        except grpc.RpcError as exc:
+            self.error = exc
+        finally:
+            self.ended.set()
+
+    def send(self, *messages: pb.ClientMessage) -> None:
+        for message in messages:
+            self.outbound.put(message)
+
+    def next(self, kind: str, timeout: float = 10) -> pb.ServerMessage:
+        """The next message of ``kind`` from the server (others are skipped)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = self.received.get(timeout=min(left, 0.1))
+            except queue.Empty:
+                if self.ended.is_set() and self.received.empty():
+                    break
+                continue
+            if message.WhichOneof("body") == kind:
+                return message
+        raise AssertionError(f"no {kind!r} from the server within {timeout} s ({self.error})")
+
+    def close(self) -> None:
+        self.outbound.put(None)
+        self.channel.close()
+
+
+def hello(client_id: str, token: str) -> pb.ClientMessage:
+    return pb.ClientMessage(hello=pb.Hello(client_id=client_id, token=token, protocol=PROTOCOL))
