@@ -30,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from fedstream.errors import WireFormatError
 from fedstream.params import Params
+from fedstream.serving.registry import ModelLoadError, build_version
 from fedstream.serving.server import Server
 from fedstream.serving.stats import prometheus_text
 
@@ -222,6 +223,8 @@ def create_app(server: Server) -> App:
             loaded = await asyncio.get_running_loop().run_in_executor(None, server.swap_to, version)
         except KeyError as exc:
             raise HTTPException(404, str(exc.args[0])) from None
+        except ModelLoadError as exc:
+            raise HTTPException(422, str(exc)) from None
         server.pin(version)
         return {"current": loaded.version, "following": False}
 
@@ -254,6 +257,14 @@ def create_app(server: Server) -> App:
             Params.from_bytes(body)
         except WireFormatError as exc:
             raise HTTPException(422, f"body is not a Params payload: {exc}") from None
+        if any(m["version"] == version for m in server.store.models(server.run_id)):
+            return JSONResponse({"version": version, "added": False})  # versions are immutable
+        try:  # built and run once, off the event loop, before it can be listed
+            await asyncio.get_running_loop().run_in_executor(
+                None, build_version, version, arch, metrics, body, server.registry.app
+            )
+        except ModelLoadError as exc:
+            raise HTTPException(422, f"{exc}: not published") from None
         added = server.store.publish_model(server.run_id, version, arch, metrics, body)
         return JSONResponse({"version": version, "added": added}, status_code=201 if added else 200)
 
@@ -270,15 +281,20 @@ def create_app(server: Server) -> App:
     @app.get("/readyz")
     async def readyz() -> Response:
         current = server.current
+        broken = {str(v): why for v, why in sorted(server.registry.broken.items())}
         if current is None:
-            return JSONResponse({"ready": False}, status_code=503)
-        return JSONResponse({"ready": True, "version": current.version})
+            return JSONResponse({"ready": False, "broken_versions": broken}, status_code=503)
+        return JSONResponse({"ready": True, "version": current.version, "broken_versions": broken})
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
         current = server.current
         return PlainTextResponse(
-            prometheus_text(server.stats, current.version if current is not None else None)
+            prometheus_text(
+                server.stats,
+                current.version if current is not None else None,
+                len(server.registry.broken),
+            )
         )
 
     return App(server, app)

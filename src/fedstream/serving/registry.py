@@ -7,6 +7,7 @@ reader sees the old model or the new one, never a mix.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -15,11 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedstream.app import is_torch, load_app
-from fedstream.errors import ConfigError
+from fedstream.app import load_app
+from fedstream.errors import ConfigError, FedstreamError, WireFormatError
 from fedstream.models import build_model
 from fedstream.params import Params
 from fedstream.store.runs import RunStore
+
+log = logging.getLogger("fedstream.serving")
 
 
 @dataclass(frozen=True)
@@ -44,33 +47,74 @@ class LoadedModel:
         return np.dtype(str(self.architecture["dtype"]))
 
 
-def load_model(
-    store: RunStore, run_id: str, version: int | None, app: str | None = None
+class ModelLoadError(FedstreamError, ValueError):
+    """A model version cannot be served: its architecture cannot be built, its params do
+    not fit it, or one forward pass fails or is not finite."""
+
+    def __init__(self, version: int | None, reason: str) -> None:
+        self.version = version
+        self.reason = reason
+        super().__init__(f"model version {version}: {reason}")
+
+
+def build_version(
+    version: int,
+    arch: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    blob: bytes,
+    app: str | None = None,
 ) -> LoadedModel:
-    """Version ``version`` (the newest for ``None``) of ``run_id``'s model, rebuilt from its
-    architecture: a built-in model, or the run's app (``app`` names it for a run whose
-    app was a Python object)."""
-    meta, blob = store.model(run_id, version)
-    arch = meta["architecture"]
+    """Model ``version`` rebuilt from its architecture (a built-in model, or the app that
+    made it; ``app`` names one for a run whose app was a Python object) with the params in
+    ``blob``, checked by one forward pass on a zero input when the input shape is known.
+    Anything that would stop it from serving is a ``ModelLoadError`` saying what."""
+    try:
+        module = _build(arch, app)
+        params = Params.from_bytes(blob)
+        module.load_state_dict({n: torch.from_numpy(np.array(a)) for n, a in params.items()})
+        module.eval()
+        loaded = LoadedModel(version, module, arch, metrics)
+        shape = loaded.input_shape
+        if shape is not None:
+            with torch.no_grad():
+                probe = torch.zeros(
+                    (1, *shape),
+                    dtype=torch.float64 if loaded.dtype == np.float64 else torch.float32,
+                )
+                output = module(probe)
+            if not bool(torch.isfinite(output).all()):
+                raise ModelLoadError(version, "a forward pass on a zero input is not finite")
+    except ModelLoadError:
+        raise
+    except (ConfigError, WireFormatError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:400] or "no detail"  # torch's span many lines
+        raise ModelLoadError(version, f"{type(exc).__name__}: {reason}") from None
+    return loaded
+
+
+def _build(arch: Mapping[str, Any], app: str | None) -> torch.nn.Module:
     if "model" in arch:
         dtype = torch.float64 if arch["dtype"] == "float64" else torch.float32
         hidden = tuple(arch["hidden"]) if arch.get("hidden") else None
-        module = build_model(
+        return build_model(
             arch["model"], arch["in_features"], arch["out_features"], arch["seed"], hidden, dtype
         )
-    else:
-        path = app or arch.get("app")
-        if path is None:
-            raise ConfigError(
-                "--app", None, f"the app that made run {run_id!r} (it ran from a Python object)"
-            )
-        module = load_app(path).build_model(int(arch["seed"]))
-        if not is_torch(module):
-            raise ConfigError("--app", path, "an app with a PyTorch model (serving runs torch)")
-    params = Params.from_bytes(blob)
-    module.load_state_dict({n: torch.from_numpy(np.array(a)) for n, a in params.items()})
-    module.eval()
-    return LoadedModel(meta["version"], module, arch, meta["metrics"])
+    path = app or arch.get("app")
+    if path is None:
+        raise ConfigError("--app", None, "the app that made this run (it ran from a Python object)")
+    module = load_app(path).build_model(int(arch["seed"]))
+    if not isinstance(module, torch.nn.Module):
+        raise ConfigError("--app", path, "an app with a PyTorch model (serving runs torch)")
+    return module
+
+
+def load_model(
+    store: RunStore, run_id: str, version: int | None, app: str | None = None
+) -> LoadedModel:
+    """Version ``version`` (the newest for ``None``) of ``run_id``'s model, ready to serve
+    (``build_version``)."""
+    meta, blob = store.model(run_id, version)
+    return build_version(meta["version"], meta["architecture"], meta["metrics"], blob, app)
 
 
 class ModelRegistry:
@@ -96,6 +140,7 @@ class ModelRegistry:
         self.app = app  # the app that made the run, when it does not name one itself
         self.current: LoadedModel | None = None
         self._on_swap = on_swap
+        self.broken: dict[int, str] = {}  # version → why it cannot be served
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
@@ -108,22 +153,43 @@ class ModelRegistry:
                 self.current = loaded  # one reference: a batch sees the old or the new
         return loaded
 
+    def refresh(self) -> None:
+        """Swap in the newest version that loads. A version that does not is recorded in
+        ``broken`` with why, logged once, and passed over for good: an older good one (or
+        the current) goes on serving, and a newer good one is still picked up."""
+        current = self.current.version if self.current is not None else None
+        versions = sorted((m["version"] for m in self.store.models(self.run_id)), reverse=True)
+        for version in versions:
+            if current is not None and version <= current:
+                return
+            if version in self.broken:
+                continue
+            try:
+                self.swap_to(version)
+                return
+            except ModelLoadError as exc:
+                self.broken[version] = exc.reason
+                log.warning("passing over %s", exc)
+
     def _follow(self) -> None:
+        problem = None
         while not self._stop.wait(self.poll_s):
             if not self.follow:
                 continue
             try:
-                newest = self.store.models(self.run_id)
-                if newest and (
-                    self.current is None or newest[-1]["version"] > self.current.version
-                ):
-                    self.swap_to(newest[-1]["version"])
-            except Exception:  # the store may be mid-write by the trainer; try again
-                continue
+                self.refresh()
+                problem = None
+            except Exception as exc:  # the store may be mid-write by the trainer: try again
+                if str(exc) != problem:  # said once until it changes
+                    log.warning("could not read the run store (retrying): %s", exc)
+                    problem = str(exc)
 
     def start(self) -> None:
         try:
-            self.swap_to(self.pinned)
+            if self.pinned is not None or not self.follow:
+                self.swap_to(self.pinned)
+            else:
+                self.refresh()
         except KeyError:
             if not self.follow:
                 raise

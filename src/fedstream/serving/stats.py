@@ -29,7 +29,9 @@ class Stats:
                     self.latency_buckets[i] += 1
 
 
-def prometheus_text(stats: Stats, version: int | None) -> str:
+def prometheus_text(stats: Stats, version: int | None, broken: int = 0) -> str:
+    """The counters, the served ``version`` and the number of ``broken`` versions (ones
+    that failed to load and were passed over), in Prometheus' text format."""
     lines = [
         "# HELP fedstream_requests_total Prediction requests by HTTP status.",
         "# TYPE fedstream_requests_total counter",
@@ -55,6 +57,9 @@ def prometheus_text(stats: Stats, version: int | None) -> str:
         "# HELP fedstream_model_swaps_total Model swaps since start.",
         "# TYPE fedstream_model_swaps_total counter",
         f"fedstream_model_swaps_total {stats.swaps}",
+        "# HELP fedstream_broken_versions Published versions that failed to load.",
+        "# TYPE fedstream_broken_versions gauge",
+        f"fedstream_broken_versions {broken}",
         "# HELP fedstream_batches_total Forward passes (micro-batches).",
         "# TYPE fedstream_batches_total counter",
         f"fedstream_batches_total {stats.batches}",
