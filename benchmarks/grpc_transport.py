@@ -48,7 +48,7 @@ def grpc_upload_mb_s(payload: bytes) -> float:
     def messages():  # type: ignore[no-untyped-def]
         yield pb.ClientMessage(hello=pb.Hello(client_id="c", token="t", protocol=PROTOCOL))
         ready.wait()
-        reply = pb.Reply(task_id=task_box["id"], run_id="bench", round=1, kind="fit")
+        reply = pb.Reply(task_id=task_box["id"], run_id="bench", round=1, kind="upload")
         task_box["start"] = str(time.perf_counter())
         yield pb.ClientMessage(reply=reply)
         for chunk in chunks(payload):
@@ -64,7 +64,9 @@ def grpc_upload_mb_s(payload: bytes) -> float:
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
     service.wait_for(1, 10)
-    task_box["id"] = service.send("c", "fit", 1, {}, b"") or ""
+    # a kind with no size of its own (as a secure-sum stage): a fit answer may be at most
+    # 4× the model sent, and no model is sent here
+    task_box["id"] = service.send("c", "upload", 1, {}, b"") or ""
     ready.set()
     answer = service.answers.get(timeout=300)
     elapsed = time.perf_counter() - float(task_box["start"])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 from fastapi import Request  # at module level: FastAPI resolves the handler's annotations here
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.deploy.harness import free_port
 
 from fedstream import simulate
 from fedstream.store import RunStore
@@ -56,12 +59,6 @@ def plain_server(store: str, run: str, port: int) -> None:
         return {"version": model.version, "outputs": outputs.tolist()}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start(command: list[str], url: str) -> subprocess.Popen[bytes]:

@@ -66,6 +66,7 @@ if __name__ == "__main__":
         run={"rounds": args.rounds, "clients_per_round": 5},
         client={"local_epochs": 2, "batch_size": 16, "lr": 0.1},
         output_dir="runs/own-cnn",
+        overwrite=True,  # a rerun replaces the last one's outputs
         progress=True,
     )
     print(f"held-out accuracy {result.final_metrics['central_accuracy']:.3f}; {result.trainer}")

@@ -90,6 +90,7 @@ if __name__ == "__main__":
         run={"rounds": args.rounds, "clients_per_round": 4},
         client={"local_epochs": 2, "batch_size": 16, "lr": 0.01},
         output_dir="runs/own-training-loop",
+        overwrite=True,  # a rerun replaces the last one's outputs
         progress=True,
     )
     print(f"balanced accuracy {result.final_metrics['fed_balanced_accuracy']:.3f}")

@@ -12,6 +12,7 @@ result = fedstream.simulate(
     strategy={"name": "fedprox", "mu": 0.01},
     run={"rounds": 10},
     output_dir="runs/quickstart",
+    overwrite=True,  # a rerun replaces the last one's outputs
 )
 
 for report in result.reports:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
 import torch
 
 if TYPE_CHECKING:
@@ -153,6 +154,7 @@ def serve(
     credentials: ServerCredentials | None = None,
     output_dir: str | Path,
     resume: bool = False,
+    overwrite: bool = False,
     store: str | Path | None = None,
     round_timeout_s: float = 120.0,
     wait_for: int | None = None,
@@ -165,24 +167,27 @@ def serve(
     """Run the federated training in ``config`` (and ``app``, whose client data the server
     never reads) as a gRPC server on ``listen``.
 
-    Before round 1 it waits up to ``wait_timeout_s`` for ``wait_for`` clients (default:
-    all configured clients). Every configured client needs a token; ``credentials=None``
-    serves without TLS, which only tests and a trusted network should do. With ``resume``
-    the run in ``output_dir`` continues from its newest checkpoint (``config`` may then be
-    ``None``: the run's own is used).
+    It listens once the run folder is claimed (``simulate``: one run per folder; a new run
+    needs an empty one or ``overwrite``), then waits up to ``wait_timeout_s`` for
+    ``wait_for`` clients (default: all configured clients) before round 1. Every configured
+    client needs a token; ``credentials=None`` serves without TLS, which only tests and a
+    trusted network should do. With ``resume`` the run in ``output_dir`` continues from its
+    newest checkpoint (``config`` may then be ``None``: the run's own is used).
     """
     out = Path(output_dir)
-    service = FedstreamService(tokens, run_id=deployment_id(out, resume))
-    server, port = start_server(service, listen, credentials)
-    log.info("listening on port %d", port)
-    if on_listening is not None:
-        on_listening(port)
+    started: list[tuple[FedstreamService, grpc.Server]] = []
 
     def transport(setup: Setup) -> GrpcTransport:
         expected = sorted(setup.dataset.clients)
         missing = [c for c in expected if c not in tokens]
         if missing:
             raise ConfigError("--tokens", f"{len(tokens)} tokens", f"a token for {missing[:5]}")
+        service = FedstreamService(tokens, run_id=deployment_id(out, resume))
+        server, port = start_server(service, listen, credentials)
+        started.append((service, server))
+        log.info("listening on port %d", port)
+        if on_listening is not None:
+            on_listening(port)
         service.wait_for(wait_for if wait_for is not None else len(expected), wait_timeout_s)
         return GrpcTransport(service, round_timeout_s)
 
@@ -192,14 +197,16 @@ def serve(
             app=app,
             output_dir=out,
             resume=resume,
+            overwrite=overwrite,
             store=store,
             progress=progress,
             transport_factory=transport,
             publish_to=publish_to,
         )
     finally:
-        service.finish()
-        server.stop(grace=2.0).wait()
+        for service, server in started:
+            service.finish()
+            server.stop(grace=2.0).wait()
 
 
 def client_setup(

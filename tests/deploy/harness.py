@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +41,13 @@ def write_run(folder: Path, **changes) -> tuple[Path, Path, SimulationConfig]:
     write_tokens(tokens, make_tokens(client_ids(config)))  # what `fedstream tokens` writes
     write_identities(folder, client_ids(config))
     return toml, tokens, config
+
+
+def free_port() -> int:
+    """A port nothing listens on at this moment, on 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class Process:

@@ -12,7 +12,7 @@ import pytest
 
 from fedstream import Params, simulate
 from fedstream.store import RunStore
-from tests.serving.test_serving import free_port
+from tests.deploy.harness import free_port
 from tests.settings import nested
 
 BEARER = {"authorization": "Bearer s3cret"}

@@ -3,7 +3,6 @@ predictions that match the model they name, follow and pin, swaps under load wit
 failed or mixed answers, and bad requests."""
 
 import concurrent.futures
-import socket
 import subprocess
 import sys
 import time
@@ -16,13 +15,8 @@ from fedstream import Params, simulate
 from fedstream.serving import load_model
 from fedstream.serving.batcher import _forward
 from fedstream.store import RunStore
+from tests.deploy.harness import free_port
 from tests.settings import nested
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

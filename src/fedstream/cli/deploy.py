@@ -9,6 +9,7 @@ import click
 
 from fedstream.cli.options import (
     CONFIG_OPTION,
+    OVERWRITE_OPTION,
     fail,
     load_config,
     log,
@@ -79,6 +80,7 @@ def warn_insecure(side: str) -> None:
     default=None,
     help="Continue the run in this folder from its newest checkpoint.",
 )
+@OVERWRITE_OPTION
 @click.option(
     "--store",
     type=click.Path(path_type=Path),
@@ -114,6 +116,7 @@ def server(
     insecure: bool,
     output: Path | None,
     resume_dir: Path | None,
+    overwrite: bool,
     store: Path | None,
     round_timeout: float,
     wait_for: int | None,
@@ -163,6 +166,7 @@ def server(
             credentials=credentials,
             output_dir=folder,
             resume=resume_dir is not None,
+            overwrite=overwrite,
             store=store,
             round_timeout_s=round_timeout,
             wait_for=wait_for,

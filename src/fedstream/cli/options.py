@@ -119,6 +119,12 @@ def fail(exc: FedstreamError) -> None:
     sys.exit(2 if isinstance(exc, ConfigError) else 1)
 
 
+OVERWRITE_OPTION = click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Clear the output folder's earlier run (its files and its record in the store) "
+    "and start afresh; without it a folder that holds anything is refused.",
+)
 CONFIG_OPTION = click.option(
     "--config",
     "config_path",

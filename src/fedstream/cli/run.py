@@ -13,6 +13,7 @@ import click
 
 import fedstream
 from fedstream.cli.options import (
+    OVERWRITE_OPTION,
     flag_settings,
     load_config,
     publish_options,
@@ -62,6 +63,7 @@ log = logging.getLogger("fedstream.cli")
     default=None,
     help="SQLite run store [default: store.sqlite beside the output folder].",
 )
+@OVERWRITE_OPTION
 @publish_options
 @click.option(
     "--serve",
@@ -79,6 +81,7 @@ def run(
     quiet: bool,
     resume_dir: Path | None,
     store: Path | None,
+    overwrite: bool,
     serve_port: int | None,
     publish_to: str | None,
     publish_token_file: Path | None,
@@ -93,9 +96,11 @@ def run(
     """
     try:
         if resume_dir is not None:
-            if config_path or preset_name or output:
+            if config_path or preset_name or output or overwrite:
                 raise ConfigError(
-                    "--resume", str(resume_dir), "no --config, --preset or --output beside it"
+                    "--resume",
+                    str(resume_dir),
+                    "no --config, --preset, --output or --overwrite beside it",
                 )
             changes: dict[str, Any] = {
                 section: {name: coerce(f"{section}.{name}", v) for name, v in values.items()}
@@ -119,7 +124,12 @@ def run(
         target = publish_target(publish_to, publish_token_file, publish_ca)
         try:
             fedstream.simulate(
-                config, output_dir=output, progress=not quiet, store=store, publish_to=target
+                config,
+                output_dir=output,
+                progress=not quiet,
+                store=store,
+                publish_to=target,
+                overwrite=overwrite,
             )
         finally:
             if stop is not None:

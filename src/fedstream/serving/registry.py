@@ -114,7 +114,12 @@ def load_model(
     """Version ``version`` (the newest for ``None``) of ``run_id``'s model, ready to serve
     (``build_version``)."""
     meta, blob = store.model(run_id, version)
-    return build_version(meta["version"], meta["architecture"], meta["metrics"], blob, app)
+    arch = meta["architecture"]
+    if "model" not in arch and (app or arch.get("app")) is None:  # the server's setting
+        raise ConfigError(
+            "--app", None, f"the app that made run {run_id!r} (it ran from a Python object)"
+        )
+    return build_version(meta["version"], arch, meta["metrics"], blob, app)
 
 
 class ModelRegistry:

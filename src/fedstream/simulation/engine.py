@@ -35,6 +35,7 @@ from fedstream.store.checkpoint import (
     newest_intact_checkpoint,
     save_checkpoint,
 )
+from fedstream.store.folder import HISTORY_FILE, RoundHistory, claim_run_folder
 from fedstream.store.runs import RunStore
 from fedstream.transport.base import Transport
 from fedstream.transport.inprocess import InProcessTransport
@@ -394,6 +395,7 @@ def simulate(
     output_dir: str | Path | None = None,
     progress: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     store: str | Path | None = None,
     keep_checkpoints: int = 3,
     transport_factory: Callable[[Setup], Transport] | None = None,
@@ -411,14 +413,18 @@ def simulate(
 
     ``progress`` shows a live progress bar and a final table on the terminal.
 
-    With ``output_dir`` the run is persistent: ``config.json`` at the start, a checkpoint of
-    the server state after every round (the newest ``keep_checkpoints``) under
-    ``checkpoints/``, every round (and its model, in the registry) in the SQLite run store
-    ``store`` (default
+    With ``output_dir`` the run is persistent, and the folder is its own for as long as it
+    runs (a second run on it is refused; see ``fedstream.store.folder``). A new run needs
+    an empty or new folder; ``overwrite`` clears the run folder there first, with its
+    record in the store. The run writes ``config.json`` at the start, a checkpoint of the
+    server state after every round (the newest ``keep_checkpoints``) under
+    ``checkpoints/``, every round's report to ``rounds.jsonl``, every round (and its
+    model, in the registry) in the SQLite run store ``store`` (default
     ``<output_dir>/../store.sqlite``, run id = the folder's name), and ``results.json``,
     ``metrics.csv`` and ``curves.png`` at the end. ``resume=True`` continues the run in
     ``output_dir`` from its newest checkpoint and ends bit for bit where an uninterrupted
-    run would have (only ``rounds`` and ``threads`` may differ from the original settings).
+    run would have (only ``rounds`` and ``threads`` may differ from the original settings);
+    its history comes from the folder, so another or a lost store loses nothing.
 
     ``transport_factory`` replaces the in-process clients: a deployment passes one that
     returns its gRPC transport, and the same loop, checkpoints and store drive real clients.
@@ -441,10 +447,32 @@ def simulate(
             if overrides
             else (config or SimulationConfig())
         )
+    if out is None:
+        return _simulate(config, app_object, None, None, progress, resume, overwrite, 0,
+                         transport_factory, publish_to)  # fmt: skip
+    with claim_run_folder(out, resume=resume, overwrite=overwrite):
+        runs = RunStore(store or out.parent / "store.sqlite")
+        return _simulate(config, app_object, out, runs, progress, resume, overwrite,
+                         keep_checkpoints, transport_factory, publish_to)  # fmt: skip
+
+
+def _simulate(
+    config: SimulationConfig,
+    app_object: App | None,
+    out: Path | None,
+    runs: RunStore | None,
+    progress: bool,
+    resume: bool,
+    overwrite: bool,
+    keep_checkpoints: int,
+    transport_factory: Callable[[Setup], Transport] | None,
+    publish_to: PublishTarget | None,
+) -> SimulationResult:
+    """``simulate`` once its config is resolved and its run folder (if any) claimed."""
     started = time.perf_counter()
-    runs = RunStore(store or out.parent / "store.sqlite") if out is not None else None
     run_id = out.name if out is not None else ""
     reports: list[RoundReport] = []
+    history = RoundHistory(out) if out is not None else None
     with torch_threads(config.execution.threads):
         setup = build(config, app_object, server_only=transport_factory is not None)
         state = setup.initial
@@ -453,7 +481,7 @@ def simulate(
             if resume:
                 state, reports, saved_clients = _restore(out, setup, runs, run_id)
             else:
-                out.mkdir(parents=True, exist_ok=True)
+                _claim_run_id(runs, run_id, out, overwrite)
                 atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=1).encode())
             runs.start_run(run_id, config.to_dict(), str(out))
         client_ids = sorted(setup.dataset.clients)
@@ -485,6 +513,8 @@ def simulate(
                             keep_checkpoints,
                             devices.client_states() if devices is not None else None,
                         )
+                        assert history is not None
+                        history.append(report)
                         runs.record_round(run_id, report)
                         runs.publish_model(
                             run_id,
@@ -550,9 +580,11 @@ def _restore(
 ) -> tuple[ServerState, list[RoundReport], dict[str, ClientState]]:
     """The newest intact checkpoint's state, the reports of the rounds up to it, and the
     simulated clients' states it saved. A damaged newer checkpoint is passed over, with a
-    warning naming it and why. A round whose checkpoint was written but whose store record
-    was not (a crash between the two) is recorded from the checkpoint; rounds after the
-    checkpoint are dropped and rerun."""
+    warning naming it and why. The reports come from the run folder's ``rounds.jsonl``
+    (from the store for a run made before it), plus the checkpoint's own round if a crash
+    came between the two; the store's record is rebuilt from them, and rounds after the
+    checkpoint are dropped and rerun. A history that is nowhere is an error, never a
+    results.json that silently starts at the resumed round."""
     restored = newest_intact_checkpoint(out / "checkpoints")
     if restored is None:
         return setup.initial, [], {}
@@ -561,14 +593,42 @@ def _restore(
         setup.initial.params.check_compatible(state.params, f"checkpoint {folder}")
     except ValueError as exc:
         raise CheckpointError(str(exc)) from None
-    known = {r.round: r for r in runs.reports(run_id)} if _has_run(runs, run_id) else {}
+    history = RoundHistory(out)
+    stored = {r.round: r for r in runs.reports(run_id)} if runs.has_run(run_id) else {}
+    known = {r.round: r for r in history.read(state.round)} if history.exists() else stored
     if report is not None and report.round not in known:
-        runs.start_run(run_id, {}, str(out))
-        runs.record_round(run_id, report)
         known[report.round] = report
+        history.append(report)
+    missing = sorted(set(range(1, state.round + 1)) - set(known))
+    if missing:
+        raise ConfigError(
+            "resume",
+            str(out),
+            f"the history of rounds {missing[0]}–{missing[-1]}: {HISTORY_FILE} in the run "
+            f"folder, or the run store that recorded them (--store; {runs.path} has "
+            f"{'no record of this run' if not stored else f'{len(stored)} of them'})",
+        )
+    if set(stored) != set(known):
+        runs.start_run(run_id, {}, str(out))
+        for number in sorted(known):
+            runs.record_round(run_id, known[number])
     runs.forget_after(run_id, state.round)
     return state, [known[r] for r in sorted(known) if r <= state.round], restored.clients
 
 
-def _has_run(runs: RunStore, run_id: str) -> bool:
-    return any(r["id"] == run_id for r in runs.runs())
+def _claim_run_id(runs: RunStore, run_id: str, out: Path, overwrite: bool) -> None:
+    """A new run's id is its folder's name: a run of that id already in the store is the
+    same folder's old run (cleared with ``overwrite``) or another folder's of the same
+    name, which must not mix its rounds and models with this one's."""
+    if not runs.has_run(run_id):
+        return
+    if overwrite:
+        runs.delete_run(run_id)
+        return
+    raise ConfigError(
+        "output_dir",
+        str(out),
+        f"a folder whose name is not already a run in {runs.path} (run {run_id!r} is, from "
+        f"{runs.run(run_id)['output_dir']}): choose another folder name, another --store, "
+        "or --overwrite to replace that run",
+    )

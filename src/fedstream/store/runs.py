@@ -156,6 +156,18 @@ class RunStore:
                 )
             db.execute("UPDATE runs SET rounds_done = ? WHERE id = ?", (round_number, run_id))
 
+    def has_run(self, run_id: str) -> bool:
+        with self._connect() as db:
+            return db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is not None
+
+    def delete_run(self, run_id: str) -> None:
+        """Drop everything of ``run_id``: its rounds, their client results and metrics, and
+        its published models, together (a run folder overwritten by a new run)."""
+        with self._connect() as db:
+            for table in ("rounds", "client_results", "metrics", "models"):
+                db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
     def finish_run(self, run_id: str, error: str | None = None) -> None:
         with self._connect() as db:
             db.execute(
