@@ -1,8 +1,10 @@
-"""Fixtures shared by several test modules: network namespaces made for one test.
+"""Fixtures shared by several test modules, and the suite's own rules.
 
-Servers in tests listen on 127.0.0.1 or inside a namespace the test makes itself; these
-build such namespaces with the ``ip`` tool and remove them afterwards, and skip (saying
-why) where namespaces are not permitted.
+Servers in tests listen on 127.0.0.1 or inside a namespace the test makes itself; the
+fixtures here build such namespaces with the ``ip`` tool and remove them afterwards, and
+skip (saying why) where namespaces are not permitted. A test that uses one is marked
+``network`` (and ``slow``). Under CI (``CI=true``) a skipped test fails the session: every
+test must run on the CI machine, so a skip there is a test that silently stopped testing.
 """
 
 from __future__ import annotations
@@ -13,8 +15,37 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+NAMESPACE_FIXTURES = {"two_hosts", "loopback_only"}
+_skipped: list[str] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if NAMESPACE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.network)
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        _skipped.append(f"{report.nodeid}: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("CI") == "true" and _skipped and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if os.environ.get("CI") == "true" and _skipped:
+        terminalreporter.section("skipped under CI: each must run here", red=True)
+        for line in _skipped:
+            terminalreporter.write_line(line)
 
 
 def netns(*command: str) -> subprocess.CompletedProcess[str]:

@@ -60,6 +60,7 @@ def test_a_run_with_batch_norm_and_dropout_resumes_bit_for_bit(tmp_path, trainer
     assert resumed.final_metrics == straight.final_metrics
 
 
+@pytest.mark.slow
 def test_an_app_runs_on_worker_processes_and_ends_where_the_in_process_run_does():
     one_at_a_time = {**RUN, "trainer": "sequential"}
     alone = fedstream.simulate(app="tests.apps.tiny:app", **nested(**one_at_a_time))
@@ -205,6 +206,7 @@ def fedstream_cli(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_command_line_runs_an_app_named_by_flag_or_in_pyproject(tmp_path):
     flags = ["--run.rounds", "2", "--run.clients-per-round", "2", "--quiet"]
     by_flag = tmp_path / "flag"

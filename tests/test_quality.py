@@ -1,9 +1,13 @@
 """Small, fast versions of the quality reproductions in benchmarks/quality/: each asserts
 that learning happens, so a regression in learning fails CI."""
 
+import pytest
+
 import fedstream
 from fedstream.simulation import centralised_baseline, preset
 from tests.settings import nested
+
+pytestmark = pytest.mark.slow  # real processes and whole runs
 
 
 def test_breast_cancer_across_five_hospitals_is_close_to_centralised():

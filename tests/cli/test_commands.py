@@ -12,6 +12,8 @@ from fedstream.deploy import load_identities
 from fedstream.transport.grpc.server import FedstreamService, token_matches
 from tests.settings import nested
 
+pytestmark = pytest.mark.slow  # whole runs in fresh processes
+
 
 def fedstream_cli(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(

@@ -293,6 +293,7 @@ def test_a_failed_fetch_says_where_it_looked_and_how_to_fix_it(tmp_path, monkeyp
     assert not (tmp_path / "cache" / "shakespeare" / "texts").exists()  # nothing half-made
 
 
+@pytest.mark.slow
 def test_100k_clients_are_index_ranges_not_objects():
     """A cross-device population: no ClientData exists until a client is asked for, and a
     round trains the sampled ones from the pooled arrays."""

@@ -47,6 +47,8 @@ from tests.deploy.harness import (
 )
 from tests.settings import make_config
 
+pytestmark = pytest.mark.slow  # real processes and whole runs
+
 
 def test_a_server_and_five_client_processes_match_the_simulation(tmp_path):
     toml, tokens, config = write_run(tmp_path)

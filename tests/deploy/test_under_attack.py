@@ -26,6 +26,8 @@ from tests.deploy.harness import (
 )
 from tests.deploy.idle import IdleStreams
 
+pytestmark = pytest.mark.slow  # real processes and whole runs
+
 
 def start_liar(toml, tokens, port, client_id, lie):
     return Process(toml, str(port), client_id, str(tokens), lie, module="tests.deploy.liar")

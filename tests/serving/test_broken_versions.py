@@ -15,6 +15,8 @@ from fedstream.store import RunStore
 from tests.deploy.harness import free_port
 from tests.settings import nested
 
+pytestmark = pytest.mark.slow  # real processes and whole runs
+
 BEARER = {"authorization": "Bearer s3cret"}
 
 

@@ -18,6 +18,8 @@ from fedstream.store import RunStore
 from tests.deploy.harness import free_port
 from tests.settings import nested
 
+pytestmark = pytest.mark.slow  # real processes and whole runs
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):

@@ -164,6 +164,7 @@ def test_runs_list_and_show_read_the_store(tmp_path):
     assert missing.exit_code == 2 and "no run store" in missing.output
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     flags = [
         "--data.num-clients", "12", "--run.clients-per-round", "5", "--client.local-epochs", "20",

@@ -20,6 +20,7 @@ def rounds_in_results(folder):
     return [r["round"] for r in json.loads((folder / "results.json").read_text())["rounds"]]
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "run"
     first = subprocess.Popen(

@@ -6,6 +6,7 @@ is the same arithmetic and must give the same parameters.
 """
 
 import numpy as np
+import pytest
 import torch
 
 from fedstream import (
@@ -58,6 +59,7 @@ def full_participation(**overrides) -> RoundConfig:
     )
 
 
+@pytest.mark.slow
 def test_fedsgd_reaches_the_least_squares_solution():
     # Gradient descent needs about 3,070 steps here to get within 1e-6 (the Hessian's
     # condition number is 470), so the vectorised trainer keeps this test to seconds;

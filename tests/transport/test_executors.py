@@ -28,6 +28,7 @@ from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 from tests.settings import make_config, nested
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # whole runs in fresh processes
 SMALL = make_config(
     num_clients=12,
     rounds=3,
@@ -208,6 +209,7 @@ def in_private_network(namespace: str, body: str) -> None:
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
 
 
+@pytest.mark.ray
 def test_ray_actors_end_bit_exact_where_the_in_process_run_does(loopback_only: str):
     in_private_network(loopback_only, "ray_run_matches_in_process")
 
@@ -229,6 +231,7 @@ def ray_run_matches_in_process() -> None:
     assert resumed.state.params.bit_equal(straight.state.params)
 
 
+@pytest.mark.ray
 def test_a_ray_actor_that_dies_fails_only_its_clients_and_is_replaced(loopback_only: str):
     in_private_network(loopback_only, "ray_actor_dies")
 
