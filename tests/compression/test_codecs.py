@@ -295,3 +295,19 @@ def test_pruned_weights_stay_zero_through_training_and_rounds(trainer):
         )
     )
     assert result.reports[-1].bytes_up < 0.6 * dense.reports[-1].bytes_up
+
+
+def test_threshold_with_q8_sends_every_large_entry_and_keeps_what_the_server_decodes_short():
+    payload = update()
+    codec = Compression.parse("threshold:0.05+q8")
+    encoded, residual = encode_update(payload, codec, None, seed=5)
+    decoded = decode_update(encoded, payload, codec, seed=5).flat(np.float64)
+    flat = payload.flat(np.float64)
+    large = np.abs(flat) >= 0.05
+    assert (flat[large] < 0).any() and (flat[large] > 0).any()  # both signs are large
+    # exactly the entries of magnitude ≥ τ are sent, negative ones too
+    np.testing.assert_array_equal(decoded != 0, large)
+    # the residual is the update less what the server decodes (after q8's rounding), not
+    # less what was sent before quantisation: the two differ, and only this one sums back
+    assert not np.allclose(decoded[large], flat[large], atol=1e-7)
+    np.testing.assert_allclose(decoded + residual.flat(np.float64), flat, atol=1e-9)

@@ -136,6 +136,11 @@ def test_ledger_keeps_history_and_composes():
     assert more.epsilon(1e-5) > ledger.epsilon(1e-5) > 0
     mixed = ledger.record(2.0, 0.05, 5)
     assert len(mixed.entries) == 2 and ledger.entries == ((1.1, 0.01, 10, 0),)  # immutable
+    # the same noise at another sampling rate is another release: never merged into the
+    # last entry, and ε is what the two compose to (more rounds at a higher rate cost more)
+    denser = ledger.record(1.1, 0.05, 10)
+    assert denser.entries == ((1.1, 0.01, 10, 0), (1.1, 0.05, 10, 0))
+    assert denser.epsilon(1e-5) > PrivacyLedger().record(1.1, 0.01, 20).epsilon(1e-5)
 
 
 def test_the_discrete_gaussian_has_the_exact_probabilities():

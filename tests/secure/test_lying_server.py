@@ -146,6 +146,13 @@ def test_a_client_refuses_to_unmask_without_enough_neighbours_confirming_its_set
         u: unpack(d.answer("consistency", ROUND, pack({"survivors": IDS})), "s")[0]["signature"]
         for u, d in clients.items()
     }
+    # every client signed c7 live; the server now tells c5 that c7 dropped (to get a share
+    # of c7's mask key besides the self-mask shares the others give: both kinds unmask
+    # c7's update), or tells c6 of a c8: a request must name exactly the set it signed
+    for asked, told in (("c5", IDS[:-1]), ("c6", [*IDS, "c8"])):
+        request = pack({"survivors": told, "signatures": signatures})
+        with pytest.raises(SecAggError, match="names another survivor set than the one"):
+            clients[asked].answer("unmask", ROUND, request)
     few = {u: signatures[u] for u in IDS[:3]}  # c1 and c2 are c0's only confirmations
     with pytest.raises(SecAggError, match="only 2 neighbours confirmed the survivor set"):
         clients[VICTIM].answer("unmask", ROUND, pack({"survivors": IDS, "signatures": few}))

@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -51,14 +52,18 @@ def test_vectorized_and_sequential_runs_agree():
 
 
 @pytest.mark.parametrize(
-    "strategy", ["fedavg", "fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad"]
+    "strategy",
+    ["fedavg", "fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold"],
 )
 def test_every_strategy_trains_end_to_end(strategy):
     result = fedstream.simulate(**nested(strategy=strategy, rounds=3, evaluate_every=0))
     first = fedstream.simulate(**nested(strategy=strategy, rounds=1, evaluate_every=0))
     assert result.state.params.is_finite()
-    assert result.final_metrics["central_loss"] < 2.5  # better than chance (ln 10 ≈ 2.30)...
-    assert result.final_metrics["central_loss"] < first.final_metrics["central_loss"] + 0.05
+    loss, first_loss = result.final_metrics["central_loss"], first.final_metrics["central_loss"]
+    # below chance (ln 10) and below round 1: a server step that is never applied leaves the
+    # loss where round 1 had it (the slowest, FedSGD, gains 0.004 in rounds 2 and 3)
+    assert loss < math.log(10)
+    assert loss < first_loss - 0.002, (first_loss, loss)
 
 
 @pytest.mark.parametrize(
