@@ -232,7 +232,11 @@ def test_compressed_runs_are_reproducible_and_reported():
         **nested(num_clients=10, clients_per_round=5, rounds=3, compression="topk:0.1+q4")
     )
     assert first.state.params.bit_equal(again.state.params)
-    assert first.reports[-1].bytes_up > 0
+    assert [r.bytes_up for r in first.reports] == [r.bytes_up for r in again.reports]
+    # 5 clients × the top 10 % of entries, each a 4-bit code and an index gap of 1 or 2
+    # bytes, plus a few hundred bytes of header and scale each
+    kept = math.ceil(0.1 * first.state.params.flat().size)
+    assert 5 * kept * 1.5 <= first.reports[-1].bytes_up <= 5 * (kept * 2.5 + 400)
 
 
 def test_pruning_zeros_the_smallest_weights_or_rows_and_leaves_vectors_alone():
