@@ -20,7 +20,7 @@ def test_breast_cancer_across_five_hospitals_is_close_to_centralised():
 
 def test_digits_under_strong_label_skew_still_learns():
     result = fedstream.simulate(**nested(alpha=0.1, rounds=10, evaluate_every=0))
-    assert result.final_metrics["central_accuracy"] > 0.5  # chance is 0.1
+    assert result.final_metrics["central_accuracy"] > 0.58  # reaches 0.616; chance is 0.1
 
 
 def test_fedprox_with_stragglers_learns_on_synthetic():
@@ -37,7 +37,7 @@ def test_fedprox_with_stragglers_learns_on_synthetic():
         ),
     )
     result = fedstream.simulate(config)
-    assert result.final_metrics["fed_accuracy"] > 0.3  # chance is 0.1
+    assert result.final_metrics["fed_accuracy"] > 0.44  # reaches 0.469; chance is 0.1
     assert all(not r.failures for r in result.reports)  # stragglers' partial work was used
 
 
