@@ -9,11 +9,17 @@ import grpc
 import pytest
 
 from fedstream.deploy import client_setup
+from fedstream.errors import ClientFailure
 from fedstream.store import RunStore
 from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc.client import ClientRefused, run_client
 from fedstream.transport.grpc.framing import CHUNK_BYTES, chunks
-from fedstream.transport.grpc.server import FedstreamService, ServerCredentials, start_server
+from fedstream.transport.grpc.server import (
+    FedstreamService,
+    GrpcTransport,
+    ServerCredentials,
+    start_server,
+)
 from tests.conftest import make_certificates
 from tests.deploy.harness import (
     Process,
@@ -255,3 +261,23 @@ def test_a_thousand_idle_streams_do_not_lock_out_a_ten_client_run(tmp_path):
 def rounds_done(store):
     runs = RunStore(store).runs() if store.exists() else []
     return runs[0]["rounds_done"] if runs else 0
+
+
+def test_a_client_that_never_answers_fails_at_the_round_deadline_and_its_late_answer_is_refused(
+    live_service,
+):
+    service, port = live_service
+    silent = RawSession(port, hello("alice", "a-token"))
+    silent.next("welcome")
+    transport = GrpcTransport(service, round_timeout_s=1.0)
+    started = time.monotonic()
+    ((client, outcome),) = list(transport.exchange("stage", 1, {"alice": b"request"}))
+    waited = time.monotonic() - started
+    assert client == "alice" and isinstance(outcome, ClientFailure)
+    assert outcome.cause == "no answer within round_timeout=1 s" and 1.0 <= waited < 3.0
+    task = silent.next("request").request.task_id
+    late = pb.Reply(task_id=task, run_id="run-x", round=1, kind="stage", header_json="{}")
+    silent.send(pb.ClientMessage(reply=late))
+    refusal = silent.next("refusal")
+    assert refusal.refusal.reason == f"task {task!r} is unknown or already finished"
+    silent.close()

@@ -457,3 +457,45 @@ def test_central_dp_runs_with_every_quantiser_and_no_update_is_refused(codec):
     for report in result.reports:  # every sampled client's update was accepted
         assert report.completed == report.sampled and not report.failures
     assert result.final_metrics["dp_epsilon"] > 0
+
+
+def test_a_whole_local_dp_run_noises_every_update_and_reports_its_epsilon():
+    settings = dict(num_clients=10, clients_per_round=4, rounds=2, local_epochs=1,
+                    evaluate_every=0, dp_secure_noise=False)  # fmt: skip
+    plain = simulate(**nested(**settings))
+    local = simulate(**nested(**settings, dp="local", dp_noise=0.8, dp_clip=0.5))
+    again = simulate(**nested(**settings, dp="local", dp_noise=0.8, dp_clip=0.5))
+    assert local.state.params.is_finite() and not local.state.params.bit_equal(plain.state.params)
+    assert local.state.params.bit_equal(again.state.params)  # seeded from the devices' secret
+    # each client's own release, twice at most: no amplification by sampling (a client
+    # knows it was asked), and z / 2, since replacing its data moves its release by 2·clip
+    assert local.state.accountant["local"].entries == ((0.4, 1.0, 2, 0),)
+    expected = PrivacyLedger().record(0.4, 1.0, 2).epsilon(1e-5)
+    assert local.final_metrics["dp_epsilon"] == pytest.approx(expected)
+    # each client's release moves the model by about z · clip / count per entry: far more
+    # than the plain run's rounds do between them
+    moved = (local.state.params - plain.state.params).flat()
+    assert np.std(moved) > 0.8 * 0.5 / 4 / 3
+
+
+def test_server_side_noise_from_the_csprng_differs_between_runs_of_one_seed():
+    settings = dict(num_clients=10, clients_per_round=4, rounds=1, local_epochs=1,
+                    evaluate_every=0, dp="client", dp_noise=1.0, dp_clip=0.5)  # fmt: skip
+    secure = [simulate(**nested(**settings)).state.params for _ in range(2)]
+    seeded = [simulate(**nested(**settings, dp_secure_noise=False)).state.params for _ in range(2)]
+    assert not secure[0].bit_equal(secure[1])  # no seed, no checkpoint can redraw it
+    assert seeded[0].bit_equal(seeded[1])  # reproducible only when asked to be
+
+
+@pytest.mark.parametrize(("secure", "level"), [("secagg+", "local"), ("ckks", "sample")])
+def test_secure_sums_compose_with_local_and_sample_level_dp(secure, level):
+    settings = dict(num_clients=8, clients_per_round=8, rounds=1, local_epochs=1,
+                    evaluate_every=0, dp=level, dp_noise=1.0, dp_clip=0.5,
+                    dp_secure_noise=False, scheme=secure, trainer="sequential")  # fmt: skip
+    result = simulate(**nested(**settings))
+    report = result.reports[-1]
+    assert len(report.completed) == 8 and report.failures == ()
+    assert result.state.params.is_finite() and result.final_metrics["dp_epsilon"] > 0
+    # the same release as without the secure sum, up to its fixed-point or CKKS rounding
+    clear = simulate(**nested(**{**settings, "scheme": "none"}))
+    np.testing.assert_allclose(result.state.params.flat(), clear.state.params.flat(), atol=0.1)

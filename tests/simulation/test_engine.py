@@ -231,3 +231,14 @@ def test_cohorts_group_similar_sizes_and_stay_within_the_memory_budget():
     assert plan(2, 10**9) == [["a", "c"], ["e", "d"], ["b"], ["f"]]
     # 3 small clients fit in 3 × (1000 + 700) B; the large ones need 6000 B each
     assert plan(256, 6000) == [["a", "c", "e"], ["d"], ["b"], ["f"]]
+
+
+def test_the_digits_cnn_trains_vectorised_and_learns():
+    result = fedstream.simulate(
+        **nested(model="cnn", num_clients=10, clients_per_round=5, rounds=3, evaluate_every=1)
+    )
+    assert result.trainer.startswith("vectorized")
+    shapes = {name: a.shape for name, a in result.state.params.items()}
+    assert any(len(shape) == 4 for shape in shapes.values())  # a convolution's kernel
+    losses = [r.metrics["central_loss"] for r in result.reports]
+    assert losses[2] < losses[0] < math.log(10), losses
