@@ -214,3 +214,14 @@ def test_relative_rejections_use_the_lower_median():
     assert pull[0] is None and "pulls 6, above max_update_norm=5" in pull[1]
     # all-zero updates: a norm screen against a zero median would refuse any honest step
     assert relative_rejections([1, 1, 1], [0.0, 0.0, 3.0], bounds) == [None, None, None]
+
+
+def test_check_update_applies_the_bounds_it_is_given():
+    # the public check takes the same bounds as a round (mutation testing found them unused
+    # by every test that called it)
+    update = ClientUpdate("c0", 1, GLOBAL.map(lambda a: np.full_like(a, 10.0)), 50.0)
+    assert check_update(update, GLOBAL, 1, None) is None
+    assert "exceeds max_update_norm=5" in check_update(update, GLOBAL, 1, 5.0)
+    assert check_update(update, GLOBAL, 1, None, max_weight=49.0) == (
+        "weight=50.0 exceeds max_client_weight=49"
+    )
