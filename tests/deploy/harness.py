@@ -50,6 +50,21 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def wait_until_up(url: str, process: subprocess.Popen[Any], **get: Any) -> None:
+    """Wait (up to 60 s) until the HTTP server that ``process`` started answers
+    ``/healthz``; ``get`` passes on to ``httpx.get`` (``verify=`` for TLS)."""
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", **get)
+            return
+        except httpx.TransportError:
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.1)
+
+
 class Process:
     """A fedstream CLI process whose stderr is drained in the background."""
 

@@ -12,7 +12,7 @@ import pytest
 
 from fedstream import Params, simulate
 from fedstream.store import RunStore
-from tests.deploy.harness import free_port
+from tests.deploy.harness import free_port, wait_until_up
 from tests.settings import nested
 
 pytestmark = pytest.mark.slow  # real processes and whole runs
@@ -36,14 +36,7 @@ def publishing(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            httpx.get(f"{url}/healthz")
-            break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline and process.poll() is None
-            time.sleep(0.1)
+    wait_until_up(url, process)
     yield url, RunStore(store), meta["architecture"], Params.from_bytes(blob), process
     process.kill()
     process.wait()

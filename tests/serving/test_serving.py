@@ -13,7 +13,7 @@ import pytest
 
 from fedstream import Params, simulate
 from fedstream.store import RunStore
-from tests.deploy.harness import free_port
+from tests.deploy.harness import free_port, wait_until_up
 from tests.settings import nested
 
 pytestmark = pytest.mark.slow  # real processes and whole runs
@@ -219,14 +219,7 @@ def test_a_training_process_publishes_to_a_serving_process_elsewhere(tmp_path):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/healthz")
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and process.poll() is None
-                time.sleep(0.1)
+        wait_until_up(url, process)
         assert httpx.get(f"{url}/readyz").status_code == 503  # nothing published yet
         target = PublishTarget(url, "s3cret")
         result = simulate(
@@ -294,14 +287,7 @@ def test_models_are_pushed_over_tls_and_only_to_a_certificate_the_pusher_trusts(
 
     trust = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"{url}/healthz", verify=trust)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline and process.poll() is None
-                time.sleep(0.1)
+        wait_until_up(url, process, verify=trust)
         blob = Params(
             {"0.weight": np.ones((2, 3), np.float32), "0.bias": np.zeros(2, np.float32)}
         ).to_bytes()
