@@ -176,3 +176,144 @@ def test_bad_names_are_refused():
 def test_unencodable_dtype_is_named():
     with pytest.raises(WireFormatError, match="complex128"):
         Params({"z": np.zeros(2, np.complex128)}).to_bytes()
+
+
+def test_header_length_past_two_to_the_63_is_refused_as_too_long():
+    # an unsigned length: read as signed it would be negative and slip past the ceiling
+    with pytest.raises(WireFormatError, match="header length is 18446744073709551615 bytes"):
+        Params.from_bytes(struct.pack("<Q", 2**64 - 1))
+
+
+def test_buffer_of_only_the_length_field_reaches_the_header_check():
+    with pytest.raises(WireFormatError, match="not valid JSON"):
+        Params.from_bytes(struct.pack("<Q", 0))
+
+
+def test_truncation_and_trailing_messages_say_how_many_bytes():
+    wire = Params({"w": np.zeros(2, np.float32)}).to_bytes()
+    with pytest.raises(WireFormatError, match=r"^params buffer is truncated: header describes 8"):
+        Params.from_bytes(wire[:-1])
+    with pytest.raises(WireFormatError, match=r"is followed by trailing bytes: .* holds 9$"):
+        Params.from_bytes(wire + b"\0")
+    with pytest.raises(WireFormatError, match=r"claims 1000 bytes but only 3 follow"):
+        Params.from_bytes(struct.pack("<Q", 1000) + b"abc")
+
+
+F32_PAIR = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"dtype": "F32", "shape": 5, "data_offsets": [0, 8]}, "has shape 5, expected a list"),
+        ({"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}, r"shape \[2.0\]"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": None}, "data_offsets None"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": [0, 8, 16]}, r"data_offsets \[0, 8, 16\]"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}, "with 0 <= begin <= end$"),
+        ({"dtype": "F32", "shape": [3], "data_offsets": [4, 12]}, "spans 8 bytes, expected 12"),
+    ],
+)
+def test_malformed_entries_are_refused_naming_the_field(entry, message):
+    with pytest.raises(WireFormatError, match=message):
+        Params.from_bytes(_with_header({"w": entry}, b"\0" * 12))
+
+
+def test_zero_sized_entries_decode():
+    header = {
+        "e": {"dtype": "F32", "shape": [0, 3], "data_offsets": [0, 0]},
+        "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+    }
+    decoded = Params.from_bytes(_with_header(header, b"\0" * 8))
+    assert decoded["e"].shape == (0, 3)
+    assert decoded["w"].shape == (2,)
+
+
+def test_metadata_without_an_order_keeps_the_header_order():
+    header = {
+        "__metadata__": {"format": "pt"},
+        "b": F32_PAIR,
+        "a": F32_PAIR | {"data_offsets": [8, 16]},
+    }
+    assert list(Params.from_bytes(_with_header(header, b"\0" * 16))) == ["b", "a"]
+
+
+def test_order_in_metadata_decides_the_order():
+    header = {
+        "__metadata__": {"fedstream.order": '["b", "a"]'},
+        "a": F32_PAIR,
+        "b": F32_PAIR | {"data_offsets": [8, 16]},
+    }
+    decoded = Params.from_bytes(_with_header(header, np.arange(4, dtype=np.float32).tobytes()))
+    assert list(decoded) == ["b", "a"]
+    np.testing.assert_array_equal(decoded["b"], [2.0, 3.0])
+    bad = header | {"__metadata__": {"fedstream.order": "7"}}
+    with pytest.raises(WireFormatError, match="lists 7, expected the entries"):
+        Params.from_bytes(_with_header(bad, b"\0" * 16))
+    unparsable = header | {"__metadata__": {"fedstream.order": "[b"}}
+    with pytest.raises(WireFormatError, match=r"'fedstream\.order' is not valid JSON"):
+        Params.from_bytes(_with_header(unparsable, b"\0" * 16))
+
+
+def test_elementwise_product_and_quotient_of_two_params():
+    a = Params({"x": np.array([2.0, 6.0])})
+    b = Params({"x": np.array([4.0, 3.0])})
+    np.testing.assert_array_equal((a * b)["x"], [8.0, 18.0])
+    np.testing.assert_array_equal((a / b)["x"], [0.5, 2.0])
+
+
+def test_arithmetic_allows_mixed_dtypes_and_names_a_mismatched_operand():
+    a = Params({"x": np.ones(2, np.float32)})
+    total = a + Params({"x": np.ones(2, np.float64)})
+    assert total["x"].dtype == np.float64
+    with pytest.raises(ParamsMismatchError, match=r"^operand\['x'\] has shape \(3,\)"):
+        _ = a + Params({"x": np.ones(3)})
+
+
+def test_flat_keeps_or_converts_the_dtype():
+    assert Params({}).flat().dtype == np.float32
+    assert Params({}).flat(np.float64).dtype == np.float64
+    assert Params({}).flat().shape == (0,)
+    single = Params({"a": np.ones(2, np.float32), "b": np.ones(1, np.float32)})
+    assert single.flat().dtype == np.float32
+    assert single.flat(np.float64).dtype == np.float64
+    assert Params({"a": np.ones(2)}).flat(np.float32).dtype == np.float32
+
+
+def test_from_flat_splits_three_entries_into_views_of_the_vector():
+    like = Params(
+        {
+            "a": np.zeros(2, np.float32),
+            "b": np.zeros((1, 2), np.float32),
+            "c": np.zeros(3, np.float32),
+        }
+    )
+    vector = np.arange(7, dtype=np.float32)
+    back = Params.from_flat(vector, like)
+    np.testing.assert_array_equal(back["c"], [4.0, 5.0, 6.0])
+    assert back["b"].shape == (1, 2)
+    assert all(back[n].dtype == np.float32 for n in back)
+    assert np.shares_memory(back["c"], vector)  # no copy when the dtype already agrees
+    assert Params.from_flat(np.arange(7.0), like)["a"].dtype == np.float32
+
+
+def test_encoding_references_the_arrays_without_copying():
+    x = np.arange(4, dtype="<f4")
+    chunks = Params({"x": x}).encode_chunks()
+    assert np.shares_memory(np.frombuffer(chunks[-1], dtype=np.uint8), x)
+
+
+def test_bit_equal_needs_the_same_layout():
+    a = Params({"x": np.zeros(2, np.float32)})
+    assert not a.bit_equal(Params({"x": np.zeros(2, np.float64)}))
+    assert not a.bit_equal(Params({"y": np.zeros(2, np.float32)}))
+    assert not a.bit_equal(Params({"x": np.array([0.0, 1.0], np.float32)}))
+    assert a.bit_equal(a.copy())
+
+
+def test_compatibility_messages_name_what_was_compared():
+    a = Params({"w": np.zeros(2), "b": np.zeros(1)})
+    with pytest.raises(
+        ParamsMismatchError, match=r"^params names do not match: missing \['b'\], unexpected \[\]$"
+    ):
+        a.check_compatible(Params({"w": np.zeros(2)}))
+    a.check_compatible(Params({"w": np.zeros(2, np.float32), "b": np.zeros(1)}), check_dtype=False)

@@ -105,6 +105,9 @@ def mutmut_config(group: Group) -> str:
             f"only_mutate = {json.dumps(list(group.modules))}",
             f"pytest_add_cli_args_test_selection = {json.dumps(list(group.tests))}",
             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-m", "not slow"]',
+            # each mutant forks from a process that has imported the tests but run none, so
+            # no cache an earlier test filled (the params header cache) hides a mutant
+            'process_isolation = "forkserver"',
             "",
         ]
     )
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         for module in group.modules:
             s = score_module(workdir, module)
             scores.append(s)
-            print(json.dumps({"group": name, **s.__dict__, "score": round(s.score, 1)}))
+            record = {k: v for k, v in s.__dict__.items() if k != "survivors"}
+            print(json.dumps({"group": name, **record, "score": round(s.score, 1)}))
             if args.show:
                 for mutant in s.survivors:
                     print(show_mutant(workdir, mutant))
