@@ -317,3 +317,17 @@ def test_compatibility_messages_name_what_was_compared():
     ):
         a.check_compatible(Params({"w": np.zeros(2)}))
     a.check_compatible(Params({"w": np.zeros(2, np.float32), "b": np.zeros(1)}), check_dtype=False)
+
+
+def test_repr_lists_names_dtypes_and_shapes():
+    params = Params({"w": np.zeros((2, 3), np.float32), "b": np.zeros(2)})
+    assert repr(params) == "Params(w: float32[2, 3], b: float64[2])"
+
+
+def test_finiteness_and_zeros():
+    params = Params({"w": np.ones(2), "b": np.ones(1)})
+    assert params.is_finite()
+    assert not Params({"w": np.ones(2), "b": np.array([np.inf])}).is_finite()
+    assert not Params({"w": np.array([1.0, np.nan])}).is_finite()
+    zeros = params.zeros_like()
+    assert zeros.spec == params.spec and zeros.norm() == 0.0
