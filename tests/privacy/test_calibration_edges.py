@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from fedstream import ConfigError, Params
+from fedstream import ConfigError, FedAvg, Params
 from fedstream.privacy import (
+    DifferentialPrivacy,
     SecureGenerator,
     add_gaussian,
     add_laplace,
@@ -131,3 +132,17 @@ def test_secure_generator_shapes_scalars_and_location():
     assert secure.random((4, 1)).shape == (4, 1)
     assert secure.normal(5.0, 1.0, 50_000).mean() == pytest.approx(5.0, abs=0.03)
     assert np.median(secure.laplace(-3.0, 1.0, 50_000)) == pytest.approx(-3.0, abs=0.03)
+
+
+def test_a_release_without_noise_costs_everything_and_an_unsampled_one_nothing():
+    noisy = [(1.0, 0.1, 10, 100)]
+    assert epsilon_without_replacement([(0.0, 0.1, 1, 100)], 1e-5) == math.inf
+    assert epsilon_without_replacement([(0.0, 0.0, 5, 100), *noisy], 1e-5) == (
+        epsilon_without_replacement(noisy, 1e-5)
+    )
+
+
+def test_epsilon_after_no_rounds_is_what_the_ledger_already_holds():
+    dp = DifferentialPrivacy(FedAvg(), noise_multiplier=1.0, client_sampling_rate=0.1)
+    assert dp.epsilon_after(0) == 0.0
+    assert dp.epsilon_after(3) > dp.epsilon_after(1) > 0.0
