@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,20 +97,20 @@ class ModuleScore:
 
 
 def mutmut_config(group: Group) -> str:
-    """The ``[tool.mutmut]`` section for one group (TOML, appended to the clone's pyproject)."""
-    return "\n".join(
-        [
-            "",
-            "[tool.mutmut]",
-            'source_paths = ["src/"]',
-            f"only_mutate = {json.dumps(list(group.modules))}",
-            f"pytest_add_cli_args_test_selection = {json.dumps(list(group.tests))}",
-            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-m", "not slow"]',
-            # each mutant forks from a process that has imported the tests but run none, so
-            # no cache an earlier test filled (the params header cache) hides a mutant
-            'process_isolation = "forkserver"',
-            "",
-        ]
+    """mutmut's ``[mutmut]`` section for one group, as the clone's (untracked) setup.cfg."""
+
+    def lines(items: Sequence[str]) -> str:
+        return "".join(f"\n    {item}" for item in items)
+
+    return (
+        "[mutmut]\n"
+        "source_paths = src/\n"
+        f"only_mutate ={lines(group.modules)}\n"
+        f"pytest_add_cli_args_test_selection ={lines(group.tests)}\n"
+        f"pytest_add_cli_args ={lines(['-p', 'no:cacheprovider', '-q', '-m', 'not slow'])}\n"
+        # each mutant forks from a process that has imported the tests but run none, so no
+        # cache an earlier test filled (the params header cache) hides a mutant
+        "process_isolation = forkserver\n"
     )
 
 
@@ -119,16 +120,22 @@ def prepare_clone(workdir: Path, group: Group) -> None:
         subprocess.run(["rm", "-rf", str(workdir)], check=True)
     workdir.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(workdir)], check=True)
-    with (workdir / "pyproject.toml").open("a") as f:
-        f.write(mutmut_config(group))
+    (workdir / "setup.cfg").write_text(mutmut_config(group))
 
 
-def run_mutmut(workdir: Path, log: Path) -> None:
-    """``mutmut run`` in ``workdir``; its progress goes to ``log``."""
+def update_clone(workdir: Path, group: Group) -> None:
+    """Bring an earlier run's clone to the newest commit, keeping mutmut's results."""
+    subprocess.run(["git", "checkout", "--quiet", "--", "."], cwd=workdir, check=True)
+    subprocess.run(["git", "pull", "--quiet", "--ff-only"], cwd=workdir, check=True)
+    (workdir / "setup.cfg").write_text(mutmut_config(group))
+
+
+def run_mutmut(workdir: Path, log: Path, mutants: list[str] | None = None) -> None:
+    """``mutmut run`` in ``workdir`` (on ``mutants`` only, if named); progress to ``log``."""
     env = {k: v for k, v in os.environ.items() if k != "CI"}  # a skip must not fail a mutant
     with log.open("w") as out:
         subprocess.run(
-            [sys.executable, "-m", "mutmut", "run"],
+            [sys.executable, "-m", "mutmut", "run", *(mutants or [])],
             cwd=workdir,
             env=env,
             stdout=out,
@@ -137,10 +144,21 @@ def run_mutmut(workdir: Path, log: Path) -> None:
         )
 
 
-def score_module(workdir: Path, module: str) -> ModuleScore:
-    """Counts from mutmut's record of one module (``mutants/<module>.meta``)."""
+def exit_codes(workdir: Path, module: str) -> dict[str, int | None]:
+    """mutmut's record of one module: each mutant's name and the exit code of its tests."""
     meta_path = workdir / "mutants" / f"{module}.meta"
     codes: dict[str, int | None] = json.loads(meta_path.read_text())["exit_code_by_key"]
+    return codes
+
+
+def undetected(workdir: Path, module: str) -> list[str]:
+    """The mutants of ``module`` that survived or that no test reached."""
+    return sorted(k for k, c in exit_codes(workdir, module).items() if c in SURVIVED | NO_TESTS)
+
+
+def score_module(workdir: Path, module: str) -> ModuleScore:
+    """Counts from mutmut's record of one module (``mutants/<module>.meta``)."""
+    codes = exit_codes(workdir, module)
     values = [c for c in codes.values() if c not in SKIPPED]
     survivors = tuple(sorted(k for k, c in codes.items() if c in SURVIVED))
     killed = sum(c in KILLED for c in values)
@@ -194,18 +212,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="score an earlier run's clones without running"
     )
+    parser.add_argument(
+        "--rerun",
+        action="store_true",
+        help="update an earlier run's clones to the newest commit and test again only the "
+        "mutants that survived or had no test",
+    )
     args = parser.parse_args(argv)
 
     scores: list[ModuleScore] = []
     for name in args.group or list(GROUPS):
         group = GROUPS[name]
         workdir = args.workdir / name
-        if not args.reuse:
+        started = time.monotonic()
+        if args.rerun:
+            update_clone(workdir, group)
+            again = [m for module in group.modules for m in undetected(workdir, module)]
+            print(f"{name}: testing {len(again)} mutants again …", file=sys.stderr, flush=True)
+            if again:
+                run_mutmut(workdir, args.workdir / f"{name}.log", again)
+        elif not args.reuse:
             prepare_clone(workdir, group)
-            started = time.monotonic()
             print(f"{name}: mutating {len(group.modules)} modules …", file=sys.stderr, flush=True)
             run_mutmut(workdir, args.workdir / f"{name}.log")
-            print(f"{name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        print(f"{name}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         for module in group.modules:
             s = score_module(workdir, module)
             scores.append(s)
