@@ -20,7 +20,8 @@ from fedstream.privacy import (
     laplace_scale,
     update_noise_multiplier,
 )
-from fedstream.privacy.accountant import epsilon_pld, epsilon_without_replacement
+from fedstream.privacy.accountant import _log_add, epsilon_pld, epsilon_without_replacement
+from fedstream.types import WeightedSum
 
 POSITIVE = "expected a finite number > 0$"
 OPEN_UNIT = r"expected a number in \(0, 1\)$"
@@ -146,3 +147,24 @@ def test_epsilon_after_no_rounds_is_what_the_ledger_already_holds():
     dp = DifferentialPrivacy(FedAvg(), noise_multiplier=1.0, client_sampling_rate=0.1)
     assert dp.epsilon_after(0) == 0.0
     assert dp.epsilon_after(3) > dp.epsilon_after(1) > 0.0
+
+
+def test_the_noisy_sum_is_divided_by_the_expected_or_the_actual_count():
+    total = Params({"w": np.ones(2)})
+    poisson = DifferentialPrivacy(FedAvg(), client_sampling_rate=0.1)
+    # Poisson sampling: q·N whoever joined, even a population of one
+    assert poisson.denominator(WeightedSum(total, 3.0, count=3, population=50)) == 5.0
+    assert poisson.denominator(WeightedSum(total, 0.0, count=0, population=1)) == 0.1
+    # no population known, or fixed-size sampling: the count aggregated, at least one
+    assert poisson.denominator(WeightedSum(total, 3.0, count=3, population=0)) == 3.0
+    fixed = DifferentialPrivacy(
+        FedAvg(), client_sampling="fixed", client_sampling_rate=0.1, clients=50
+    )
+    assert fixed.denominator(WeightedSum(total, 3.0, count=3, population=50)) == 3.0
+    assert fixed.denominator(WeightedSum(total, 0.0, count=0, population=50)) == 1.0
+
+
+def test_log_add_of_two_empty_sums_stays_empty():
+    assert _log_add(-math.inf, -math.inf) == -math.inf
+    assert _log_add(-math.inf, 2.0) == 2.0
+    assert _log_add(math.log(2.0), math.log(3.0)) == pytest.approx(math.log(5.0), rel=1e-15)
