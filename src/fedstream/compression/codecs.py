@@ -26,6 +26,7 @@ tensor's dtype and shape in the header at no cost.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -167,19 +168,31 @@ def _quantise(
     return {"q": codes, "lo": np.array([low]), "step": np.array([step])}, decoded
 
 
+def _entry(
+    entries: Mapping[str, npt.NDArray[Any]], suffix: str, name: str, size: int | None = None
+) -> npt.NDArray[Any]:
+    """``entries[suffix]``, refused with the reason if it is missing or holds other than
+    ``size`` values (a payload from the network may lack a part or be cut short)."""
+    if suffix not in entries:
+        raise CompressionError(f"compressed {name!r}: entry '{name}::{suffix}' is missing")
+    array = entries[suffix]
+    if size is not None and array.size != size:
+        raise CompressionError(
+            f"compressed {name!r}: '{name}::{suffix}' holds {array.size} values, "
+            f"expected {size} (its length disagrees with the rest)"
+        )
+    return array
+
+
 def _dequantise(
-    entries: dict[str, npt.NDArray[Any]], quantiser: Quantiser, levels: int, count: int, name: str
+    entries: Mapping[str, npt.NDArray[Any]],
+    quantiser: Quantiser,
+    levels: int,
+    count: int,
+    name: str,
 ) -> npt.NDArray[np.float64]:
     def get(suffix: str, size: int | None = None) -> npt.NDArray[Any]:
-        if suffix not in entries:
-            raise CompressionError(f"compressed {name!r}: entry '{name}::{suffix}' is missing")
-        array = entries[suffix]
-        if size is not None and array.size != size:
-            raise CompressionError(
-                f"compressed {name!r}: '{name}::{suffix}' holds {array.size} values, "
-                f"expected {size} (its length disagrees with the rest)"
-            )
-        return array
+        return _entry(entries, suffix, name, size)
 
     if quantiser == "none":
         return get("v", count).astype(np.float64)
@@ -416,10 +429,14 @@ def decode_broadcast(encoded: Params, codec: str) -> Params:
         if suffix != "t":
             continue
         shape, dtype = template.shape[1:], template.dtype
+        parts = {
+            s: encoded[f"{name}::{s}"]
+            for s in ("h", "q", "lo", "step")
+            if f"{name}::{s}" in encoded
+        }
         if codec == "f16":
-            out[name] = encoded[f"{name}::h"].astype(dtype)
+            out[name] = _entry(parts, "h", name, math.prod(shape)).reshape(shape).astype(dtype)
         else:
-            entries = {s: encoded[f"{name}::{s}"] for s in ("q", "lo", "step")}
-            values = _dequantise(entries, "q8", 0, math.prod(shape), name)
+            values = _dequantise(parts, "q8", 0, math.prod(shape), name)
             out[name] = values.reshape(shape).astype(dtype)
     return Params(out)
