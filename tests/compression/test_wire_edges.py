@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from fedstream import ConfigError, Params
-from fedstream.compression import Compression, CompressionError, decode_broadcast, encode_broadcast
+from fedstream.compression import (
+    Compression,
+    CompressionError,
+    decode_broadcast,
+    decode_update,
+    encode_broadcast,
+    encode_update,
+)
 from fedstream.compression.codecs import (
     _randk_indices,
     _stochastic_round,
@@ -107,3 +114,14 @@ def test_a_damaged_broadcast_is_refused_naming_the_part(codec, damage, message):
         encoded[key] = encoded[key].reshape(-1)[:keep]
     with pytest.raises(CompressionError, match=message):
         decode_broadcast(Params(encoded), codec)
+
+
+def test_the_threshold_is_inclusive_and_only_sparsifiers_keep_a_residual():
+    update = Params({"w": np.array([0.5, -0.5, 0.4999, 2.0], dtype=np.float32)})
+    codec = Compression.parse("threshold:0.5")
+    encoded, residual = encode_update(update, codec, None, 0)
+    decoded = decode_update(encoded, update, codec, 0)
+    np.testing.assert_array_equal(decoded["w"], [0.5, -0.5, 0.0, 2.0])
+    np.testing.assert_allclose(residual["w"], [0.0, 0.0, 0.4999, 0.0])
+    for spec in ("none", "q8", "q4", "qsgd:8"):
+        assert encode_update(update, Compression.parse(spec), None, 0)[1] is None

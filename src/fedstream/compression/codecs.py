@@ -304,10 +304,9 @@ def encode_update(
             parts.append(np.ascontiguousarray(wire[suffix]).tobytes())
     blob = np.frombuffer(b"".join(parts), dtype=np.uint8)
     new_residual = None
-    if codec.keeps_residual:
+    if codec.keeps_residual and index is not None:  # only sparsifiers keep a residual
         left = full.copy()
-        sent_at = np.arange(size) if index is None else index
-        left[sent_at if kept_at is None else kept_at[sent_at]] -= decoded
+        left[index if kept_at is None else kept_at[index]] -= decoded
         new_residual = Params.from_flat(left, payload)
     return Params({PAYLOAD: blob}), new_residual
 
