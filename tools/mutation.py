@@ -75,6 +75,7 @@ TIMEOUT = {36, -24, 24, 152, 255}
 SURVIVED = {0}
 NO_TESTS = {5, 33}
 SKIPPED = {34}
+NOT_CHECKED = {None}
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,10 @@ def exit_codes(workdir: Path, module: str) -> dict[str, int | None]:
 
 
 def undetected(workdir: Path, module: str) -> list[str]:
-    """The mutants of ``module`` that survived or that no test reached."""
-    return sorted(k for k, c in exit_codes(workdir, module).items() if c in SURVIVED | NO_TESTS)
+    """The mutants of ``module`` that survived, that no test reached, or that an
+    interrupted run left unchecked."""
+    again = SURVIVED | NO_TESTS | NOT_CHECKED
+    return sorted(k for k, c in exit_codes(workdir, module).items() if c in again)
 
 
 def score_module(workdir: Path, module: str) -> ModuleScore:
