@@ -15,6 +15,7 @@ from fedstream.compression import (
     encode_update,
 )
 from fedstream.compression.codecs import (
+    PAYLOAD,
     _randk_indices,
     _stochastic_round,
     decode_gaps,
@@ -125,3 +126,92 @@ def test_the_threshold_is_inclusive_and_only_sparsifiers_keep_a_residual():
     np.testing.assert_allclose(residual["w"], [0.0, 0.0, 0.4999, 0.0])
     for spec in ("none", "q8", "q4", "qsgd:8"):
         assert encode_update(update, Compression.parse(spec), None, 0)[1] is None
+
+
+def flat_update(size: int) -> Params:
+    return Params({"w": np.linspace(-1.0, 1.0, size).astype(np.float32)})
+
+
+def blob_of(encoded: Params) -> bytes:
+    return encoded[PAYLOAD].tobytes()
+
+
+def as_payload(blob: bytes) -> Params:
+    return Params({PAYLOAD: np.frombuffer(blob, dtype=np.uint8)})
+
+
+def short(what: str, needs: int, at: int) -> str:
+    return (
+        f"^compressed update: {what} needs {needs} bytes at offset {at}, the payload has {at} "
+        r"\(its length disagrees with its header\)$"
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "keep", "message"),
+    [
+        ("none", 0, short("the count", 4, 0)),
+        ("none", 4, short("the values", 32, 4)),
+        ("q8", 4, short("the low value", 4, 4)),
+        ("q8", 8, short("the step", 4, 8)),
+        ("q8", 12, short("the codes", 8, 12)),
+        ("q4", 12, short("the codes", 4, 12)),
+        ("qsgd:8", 4, short("the norm", 4, 4)),
+        ("qsgd:8", 8, short("the levels", 8, 8)),
+    ],
+)
+def test_a_payload_cut_short_names_the_field_it_lacks(spec, keep, message):
+    update = flat_update(8)
+    codec = Compression.parse(spec)
+    encoded, _ = encode_update(update, codec, None, 0)
+    with pytest.raises(CompressionError, match=message):
+        decode_update(as_payload(blob_of(encoded)[:keep]), update, codec, 0)
+
+
+@pytest.mark.parametrize("size", [7, 8])
+@pytest.mark.parametrize("spec", ["q4", "topk:1.0", "topk:0.5+q4", "randk:0.5"])
+def test_even_and_odd_sizes_round_trip(spec, size):
+    update = flat_update(size)
+    codec = Compression.parse(spec)
+    encoded, _ = encode_update(update, codec, None, 0)
+    decoded = decode_update(encoded, update, codec, 0)
+    assert decoded.spec == update.spec
+    if codec.quantiser == "none":
+        sent = decoded["w"] != 0
+        np.testing.assert_array_equal(decoded["w"][sent], update["w"][sent])
+
+
+def test_damaged_headers_are_refused_with_their_numbers():
+    update = flat_update(8)
+    topk, randk, qsgd = (Compression.parse(s) for s in ("topk:0.25", "randk:0.25", "qsgd:8"))
+    blob = blob_of(encode_update(update, topk, None, 0)[0])
+    with pytest.raises(CompressionError, match=r"^compressed update: count 9 exceeds 8 entries$"):
+        decode_update(as_payload(np.uint32(9).tobytes() + blob[4:]), update, topk, 0)
+    # one index, 8: just past the last entry
+    past = np.uint32(1).tobytes() + encode_gaps(np.array([8])) + bytes(4)
+    with pytest.raises(
+        CompressionError,
+        match=r"^compressed update: indices out of range \(largest 8, the model has 8 entries\)$",
+    ):
+        decode_update(as_payload(past), update, topk, 0)
+    blob = blob_of(encode_update(update, randk, None, 0)[0])
+    with pytest.raises(
+        CompressionError, match=r"^compressed update: count 3, expected 2 for randk$"
+    ):
+        decode_update(as_payload(np.uint32(3).tobytes() + blob[4:]), update, randk, 0)
+    with pytest.raises(
+        CompressionError,
+        match=r"^compressed update: 1 bytes left over \(its length disagrees with its header\)$",
+    ):
+        decode_update(as_payload(blob + b"\0"), update, randk, 0)
+    levels = bytearray(blob_of(encode_update(update, qsgd, None, 0)[0]))
+    levels[-1] = 100  # a QSGD level above s = 8
+    with pytest.raises(CompressionError, match=r"^compressed 'update': a QSGD level exceeds 8$"):
+        decode_update(as_payload(bytes(levels)), update, qsgd, 0)
+    many = Params({f"p{i}": np.zeros(1) for i in range(7)})
+    with pytest.raises(
+        CompressionError,
+        match=r"^compressed update: expected one entry 'compressed', got "
+        r"\['p0', 'p1', 'p2', 'p3', 'p4'\]$",
+    ):
+        decode_update(many, update, topk, 0)
