@@ -2,6 +2,8 @@
 smallest top-k, independent stochastic rounding, and broadcasts a lying or broken server
 could send (a part missing, a part cut short, names holding the separator)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -215,3 +217,26 @@ def test_damaged_headers_are_refused_with_their_numbers():
         r"\['p0', 'p1', 'p2', 'p3', 'p4'\]$",
     ):
         decode_update(many, update, topk, 0)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("topk", "a number after 'topk:'"),
+        ("topk:0", "topk's amount in (0, 1]"),
+        ("randk:1.5", "randk's amount in (0, 1]"),
+        ("threshold:0", "threshold's amount > 0"),
+        ("threshold:-1", "threshold's amount > 0"),
+    ],
+)
+def test_bad_amounts_say_what_range_each_sparsifier_takes(spec, expected):
+    message = f"compression='{spec}' is invalid: expected {expected}"
+    with pytest.raises(ConfigError, match="^" + re.escape(message) + "$"):
+        Compression.parse(spec)
+
+
+def test_the_edges_of_the_amounts_and_none_parse():
+    assert Compression.parse("none") == Compression()
+    assert Compression.parse("none+q8") == Compression(quantiser="q8")
+    assert Compression.parse("topk:1").amount == 1.0
+    assert Compression.parse("threshold:2.5").amount == 2.5  # a threshold is not a fraction
