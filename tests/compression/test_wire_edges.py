@@ -240,3 +240,36 @@ def test_the_edges_of_the_amounts_and_none_parse():
     assert Compression.parse("none+q8") == Compression(quantiser="q8")
     assert Compression.parse("topk:1").amount == 1.0
     assert Compression.parse("threshold:2.5").amount == 2.5  # a threshold is not a fraction
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("qsgd:0", "qsgd levels from 1 to 127"),
+        ("qsgd:128", "qsgd levels from 1 to 127"),
+        ("qsgd:x", "qsgd:<levels>, 1 … 127"),
+    ],
+)
+def test_qsgd_levels_run_from_one_to_127(spec, expected):
+    message = f"compression='{spec}' is invalid: expected {expected}"
+    with pytest.raises(ConfigError, match="^" + re.escape(message) + "$"):
+        Compression.parse(spec)
+    assert Compression.parse("qsgd:1").levels == 1
+    assert Compression.parse("qsgd:127").levels == 127
+
+
+def test_a_qsgd_level_may_equal_s():
+    # one non-zero entry holds the whole norm, so its level is exactly s
+    update = Params({"w": np.array([0.0, 0.0, 3.0, 0.0], dtype=np.float32)})
+    codec = Compression.parse("qsgd:8")
+    decoded = decode_update(encode_update(update, codec, None, 0)[0], update, codec, 0)
+    np.testing.assert_array_equal(decoded["w"], [0.0, 0.0, 3.0, 0.0])
+
+
+def test_a_broadcast_range_of_two_values_is_refused():
+    encoded = dict(encode_broadcast(model(), "q8", 0).items())
+    encoded["w::step"] = np.repeat(encoded["w::step"], 2)
+    with pytest.raises(
+        CompressionError, match=r"^compressed 'w': 'w::step' holds 2 values, expected 1"
+    ):
+        decode_broadcast(Params(encoded), "q8")

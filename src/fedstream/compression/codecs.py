@@ -191,22 +191,20 @@ def _dequantise(
     count: int,
     name: str,
 ) -> npt.NDArray[np.float64]:
-    def get(suffix: str, size: int | None = None) -> npt.NDArray[Any]:
-        return _entry(entries, suffix, name, size)
-
+    """The ``count`` values that ``entries`` encode; their sizes are the caller's to check."""
     if quantiser == "none":
-        return get("v", count).astype(np.float64)
+        return entries["v"].astype(np.float64)
     if quantiser == "qsgd":
-        signed = get("s", count).astype(np.float64)
+        signed = entries["s"].astype(np.float64)
         if np.any(np.abs(signed) > levels):
             raise CompressionError(f"compressed {name!r}: a QSGD level exceeds {levels}")
-        return float(get("norm", 1)[0]) * signed / levels
-    packed = get("q", count if quantiser == "q8" else (count + 1) // 2)
+        return float(entries["norm"][0]) * signed / levels
+    packed = entries["q"]
     if quantiser == "q4":
         codes = np.empty(packed.size * 2, dtype=np.uint8)
         codes[0::2], codes[1::2] = packed & 0x0F, packed >> 4
         packed = codes[:count]
-    return float(get("lo", 1)[0]) + packed.astype(np.float64) * float(get("step", 1)[0])
+    return float(entries["lo"][0]) + packed.astype(np.float64) * float(entries["step"][0])
 
 
 def _randk_indices(size: int, kept: int, seed: int) -> npt.NDArray[np.int64]:
@@ -436,6 +434,9 @@ def decode_broadcast(encoded: Params, codec: str) -> Params:
         if codec == "f16":
             out[name] = _entry(parts, "h", name, math.prod(shape)).reshape(shape).astype(dtype)
         else:
-            values = _dequantise(parts, "q8", 0, math.prod(shape), name)
+            count = math.prod(shape)
+            sizes = {"q": count, "lo": 1, "step": 1}
+            checked = {part: _entry(parts, part, name, size) for part, size in sizes.items()}
+            values = _dequantise(checked, "q8", 0, count, name)
             out[name] = values.reshape(shape).astype(dtype)
     return Params(out)
