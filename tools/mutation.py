@@ -52,7 +52,13 @@ GROUPS: dict[str, Group] = {
     ),
     "sums": Group(
         ("src/fedstream/secure/plain.py", "src/fedstream/secure/secagg.py"),
-        ("tests/secure/test_secagg.py", "tests/secure/test_lying_server.py"),
+        (
+            "tests/secure/test_plain.py",
+            "tests/secure/test_secagg.py",
+            "tests/secure/test_secagg_sizing.py",
+            "tests/secure/test_identities.py",
+            "tests/secure/test_lying_server.py",
+        ),
     ),
     "privacy": Group(
         (
