@@ -4,8 +4,17 @@ import pytest
 from fedstream import ClientUpdate, FedAvg, RoundConfig, RoundFailedError, SecAggConfig
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.rounds import Collected, aggregate_updates, aggregation_for
-from fedstream.rounds.aggregate import SecureRound, StreamingSum, check_composable
+from fedstream.rounds.aggregate import (
+    IndividualUpdates,
+    SecureRound,
+    StreamingSum,
+    check_composable,
+)
 from tests.rounds.scripted import GLOBAL, delta_of, transport, weight_of
+
+
+class Median(FedAvg):
+    needs_individual_updates = True
 
 
 def test_the_streaming_sum_is_the_weighted_sum_in_float64():
@@ -50,8 +59,46 @@ def test_too_few_valid_updates_fail_the_round_naming_each_failure():
 
 
 def test_a_strategy_that_needs_each_update_cannot_run_under_a_secure_sum():
-    class Median(FedAvg):
-        needs_individual_updates = True
-
     with pytest.raises(ConfigError, match="secure_aggregation='secagg\\+' is invalid"):
+        check_composable(Median(), RoundConfig(secure_aggregation=SecAggConfig()))
+
+
+def test_individual_updates_keep_every_row_beside_the_sum():
+    aggregation = aggregation_for(RoundConfig(), GLOBAL, Median(), 3)
+    assert isinstance(aggregation, IndividualUpdates) and not aggregation.on_clients
+    for client in ("c2", "c0"):
+        aggregation.add(ClientUpdate(client, 1, delta_of(client), weight_of(client)))
+    result = aggregation.finish(transport(), 1, ["c2", "c0"], np.random.default_rng(0))
+    # 3·3 + 1·1 = 10 in every entry, over weight 4; the rows are each client's payload
+    np.testing.assert_array_equal(result.aggregate.total.flat(), [10.0, 10.0, 10.0])
+    assert result.aggregate.weight == 4.0 and result.included == ("c2", "c0")
+    matrix = result.aggregate.updates
+    assert matrix is not None and matrix.client_ids == ("c2", "c0")
+    np.testing.assert_array_equal(matrix.rows, [[3.0, 3.0, 3.0], [1.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(matrix.weights, [3.0, 1.0])
+    assert matrix.like.spec == GLOBAL.spec
+
+
+def test_a_secure_round_runs_its_protocol_over_the_transport():
+    # scripted clients have no secure-sum stages, so the protocol itself names each one
+    aggregation = aggregation_for(
+        RoundConfig(secure_aggregation=SecAggConfig()), GLOBAL, FedAvg(), 2
+    )
+    with pytest.raises(RoundFailedError) as raised:
+        aggregation.finish(transport(), 3, ["c0", "c1"], np.random.default_rng(0))
+    assert str(raised.value) == (
+        "round 3 failed: no client completed secure aggregation\n"
+        "  - client 'c0' (advertise): a scripted client has no stages\n"
+        "  - client 'c1' (advertise): a scripted client has no stages"
+    )
+
+
+def test_composability_is_refused_only_for_both_together():
+    check_composable(Median(), RoundConfig())
+    check_composable(FedAvg(), RoundConfig(secure_aggregation=SecAggConfig()))
+    with pytest.raises(
+        ConfigError,
+        match=r"^secure_aggregation='secagg\+' is invalid: expected a sum-based strategy; "
+        r"fedavg needs each client's update, which secure aggregation hides$",
+    ):
         check_composable(Median(), RoundConfig(secure_aggregation=SecAggConfig()))

@@ -6,10 +6,11 @@ import pytest
 from fedstream import ClientUpdate, FedAvg, Params, RoundConfig, ServerState
 from fedstream.errors import ClientFailure
 from fedstream.rounds import InTaskOrder, check_update, collect_updates, plan_round
-from fedstream.rounds.collect import relative_rejections
+from fedstream.rounds.collect import Collected, lower_median, relative_rejections
 from fedstream.rounds.config import UpdateBounds
+from fedstream.secure.session import SecureSumResult
 from fedstream.transport.base import Delivery
-from fedstream.types import ClientPrivacy, FitConfig, SampleDP
+from fedstream.types import ClientPrivacy, FitConfig, SampleDP, WeightedSum
 from tests.rounds.scripted import CLIENTS, GLOBAL, honest
 
 NO_BOUNDS = UpdateBounds()
@@ -225,3 +226,51 @@ def test_check_update_applies_the_bounds_it_is_given():
     assert check_update(update, GLOBAL, 1, None, max_weight=49.0) == (
         "weight=50.0 exceeds max_client_weight=49"
     )
+
+
+@pytest.mark.parametrize(
+    ("values", "median"),
+    [
+        ([7.0], 7.0),
+        ([4.0, 1.0], 1.0),
+        ([5.0, 1.0, 3.0], 3.0),
+        ([9, 1, 5, 3, 7], 5),
+        ([4, 1, 3, 2], 2),
+    ],
+)
+def test_the_lower_median(values, median):
+    assert lower_median(values) == median
+
+
+def test_the_bounds_themselves_are_allowed():
+    # a pull of exactly max_update_norm, a norm of exactly factor × the median norm
+    assert relative_rejections([2, 2], [5.0, 5.0], UpdateBounds(max_norm=5.0)) == [None, None]
+    bounds = UpdateBounds(max_norm=None, outlier_factor=10.0)
+    assert relative_rejections([1, 1, 1], [0.5, 0.5, 5.0], bounds) == [None, None, None]
+
+
+def test_reasons_give_the_weight_ratio_and_screen_small_norms_too():
+    pull = relative_rejections([2, 2, 8], [1.0, 1.0, 1.0], UpdateBounds(max_norm=3.0))
+    assert pull[2] == (
+        "weight × norm: norm 1 at weight 8 (4× the round's median weight) pulls 4, above "
+        "max_update_norm=3"
+    )
+    # a median norm below 1 still screens
+    bounds = UpdateBounds(max_norm=None, outlier_factor=10.0)
+    assert relative_rejections([1, 1, 1], [0.5, 0.5, 5.01], bounds)[2] == (
+        "payload norm 5.01 is an outlier: above outlier_factor=10 × the round's median norm 0.5"
+    )
+
+
+def test_joining_a_secure_sum_keeps_its_members_and_adds_its_failures_and_traffic():
+    before = Collected(
+        ("c0", "c1", "c2"), (ClientFailure("c3", "train", "x"),), bytes_down=100, bytes_up=40
+    )
+    late = ClientFailure("c2", "unmask", "gone")
+    outcome = SecureSumResult(
+        WeightedSum(GLOBAL, 2.0, 2), ("c0", "c1"), (late,), bytes_down=7, bytes_up=5
+    )
+    after = before.joined(outcome)
+    assert after.completed == ("c0", "c1")
+    assert after.failures == (ClientFailure("c3", "train", "x"), late)
+    assert (after.bytes_down, after.bytes_up) == (107, 45)
