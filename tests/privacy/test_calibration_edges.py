@@ -2,8 +2,10 @@
 range, the closed ends that are allowed, σ's precision at every scale, and noise that is
 exactly the generator's draw added to the value."""
 
+import hashlib
 import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -20,7 +22,15 @@ from fedstream.privacy import (
     laplace_scale,
     update_noise_multiplier,
 )
-from fedstream.privacy.accountant import _log_add, epsilon_pld, epsilon_without_replacement
+from fedstream.privacy.accountant import (
+    PrivacyLedger,
+    _log_add,
+    epsilon_from_rdp,
+    epsilon_pld,
+    epsilon_without_replacement,
+    rdp_sampled_gaussian,
+)
+from fedstream.privacy.mechanisms import device_noise_seed
 from fedstream.types import WeightedSum
 
 POSITIVE = "expected a finite number > 0$"
@@ -168,3 +178,36 @@ def test_log_add_of_two_empty_sums_stays_empty():
     assert _log_add(-math.inf, -math.inf) == -math.inf
     assert _log_add(-math.inf, 2.0) == 2.0
     assert _log_add(math.log(2.0), math.log(3.0)) == pytest.approx(math.log(5.0), rel=1e-15)
+
+
+def test_accountant_checks_and_an_rdp_curve_that_is_infinite_everywhere():
+    with pytest.raises(
+        ConfigError, match=r"^sampling_rate=1.5 is invalid: expected a number in \[0, 1\]$"
+    ):
+        rdp_sampled_gaussian(1.5, 1.0)
+    for delta in (0.0, 1.0):
+        with pytest.raises(ConfigError, match=f"^delta={delta} is invalid: " + OPEN_UNIT):
+            epsilon_from_rdp(np.zeros(3), delta, [2.0, 4.0, 8.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division warnings leak from order 1 or ∞ RDP
+        eps, _ = epsilon_from_rdp(np.full(3, np.inf), 1e-5, [1.0, 2.0, 4.0])
+    assert eps == math.inf
+
+
+def test_a_ledger_sums_its_entries_rdp_at_the_orders_asked():
+    orders = [2.0, 8.0, 32.0]
+    ledger = PrivacyLedger().record(1.0, 0.1, 5).record(2.0, 0.2, 3)
+    expected = 5 * rdp_sampled_gaussian(0.1, 1.0, orders) + 3 * rdp_sampled_gaussian(
+        0.2, 2.0, orders
+    )
+    np.testing.assert_allclose(ledger.rdp(orders), expected, rtol=1e-12)
+
+
+def test_a_simulated_devices_noise_seed_is_a_keyed_blake2b_of_its_id_and_round():
+    # the derivation, spelled out independently: key = the 16-byte little-endian secret,
+    # message = "<client id>\0<round>", digest 16 bytes read little-endian
+    secret = 2**127 + 5
+    digest = hashlib.blake2b(b"client-7\x000", key=secret.to_bytes(16, "little"), digest_size=16)
+    assert device_noise_seed(secret, "client-7", 0) == int.from_bytes(digest.digest(), "little")
+    assert device_noise_seed(secret, "client-7", 1) != device_noise_seed(secret, "client-7", 0)
+    assert device_noise_seed(secret + 1, "client-7", 0) != device_noise_seed(secret, "client-7", 0)

@@ -7,11 +7,14 @@ import re
 import numpy as np
 import pytest
 
-from fedstream import ConfigError, FedAvg, FedSGD, Params, ServerState
+from fedstream import ClientUpdate, ConfigError, FedAvg, FedSGD, Params, ServerState
+from fedstream.client.algorithms import CONTROL, join_extras
 from fedstream.errors import PrivacyBudgetExceeded
 from fedstream.privacy import DifferentialPrivacy
+from fedstream.privacy.dp import privatize_update
+from fedstream.strategies import Scaffold
 from fedstream.strategies.robust import Robust
-from fedstream.types import ClientPrivacy, FitConfig, SampleDP
+from fedstream.types import WITHIN_CLIP, ClientPrivacy, FitConfig, SampleDP, WeightedSum
 
 
 def dp(**settings):
@@ -130,3 +133,43 @@ def test_a_round_past_the_target_epsilon_is_refused_before_it_starts():
     ):
         strategy.configure_fit(state, FitConfig())
     assert dp(target_epsilon=100.0).configure_fit(state, FitConfig()).privacy is not None
+
+
+def test_the_server_step_keeps_the_clip_and_passes_count_and_population_on():
+    state = ServerState.initial(MODEL, seed=0).evolve(clip_norm=0.25)
+    local = dp(level="local", secure_noise=False)
+    assert local.server_update(state, WeightedSum(MODEL, 1.0, 1)).clip_norm == 0.25
+    # SCAFFOLD inside noiseless client-level DP: the mean divides by q·N = 0.2·10 = 2, and
+    # c moves by count/population = 2/10 of the mean Δc (as test_scaffold's step by hand)
+    start = ServerState.initial(Params({"w": np.array([1.0, 2.0])}), seed=0)
+    total = join_extras(
+        Params({"w": np.array([0.4, -0.4])}), {CONTROL: Params({"w": np.array([2.0, 6.0])})}
+    )
+    scaffold = dp(inner=Scaffold(server_lr=0.5), noise_multiplier=0.0, client_sampling_rate=0.2)
+    new = scaffold.server_update(start, WeightedSum(total, 2.0, count=2, population=10))
+    np.testing.assert_allclose(new.params["w"], [1.1, 1.9])
+    np.testing.assert_allclose(new.optimizer["c"]["w"], [0.2, 0.6])
+
+
+def test_adaptive_clipping_reads_a_missing_count_of_clipped_clients_as_zero():
+    adaptive = dp(adaptive_clip=True, clipped_count_stddev=5.0, secure_noise=False)
+    state = ServerState.initial(MODEL, seed=3)
+    silent = adaptive.server_update(state, WeightedSum(MODEL, 4.0, 4, population=4))
+    zero = adaptive.server_update(
+        state, WeightedSum(MODEL, 4.0, 4, extras={WITHIN_CLIP: 0.0}, population=4)
+    )
+    assert silent.clip_norm == zero.clip_norm != 1.0
+
+
+def test_round_metrics_report_the_clip_only_where_there_is_one():
+    state = ServerState.initial(MODEL, seed=0)
+    assert dp(clip=2.0).round_metrics(state) == {"dp_epsilon": 0.0, "dp_clip": 2.0}
+    assert dp(level="sample").round_metrics(state) == {"dp_epsilon": 0.0}
+
+
+def test_an_update_exactly_at_the_clip_counts_as_within_it():
+    update = ClientUpdate("c0", 1, Params({"w": np.array([3.0, 4.0])}), 7.0)
+    at = privatize_update(update, ClientPrivacy(5.0), np.random.default_rng(0))
+    assert at.extras[WITHIN_CLIP] == 0.5 and at.weight == 1.0
+    over = privatize_update(update, ClientPrivacy(4.9), np.random.default_rng(0))
+    assert over.extras[WITHIN_CLIP] == -0.5
