@@ -3,6 +3,7 @@ smallest top-k, independent stochastic rounding, and broadcasts a lying or broke
 could send (a part missing, a part cut short, names holding the separator)."""
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -273,3 +274,65 @@ def test_a_broadcast_range_of_two_values_is_refused():
         CompressionError, match=r"^compressed 'w': 'w::step' holds 2 values, expected 1"
     ):
         decode_broadcast(Params(encoded), "q8")
+
+
+def test_the_generic_spec_error_lists_what_may_be_combined():
+    spec = "topk:0.1+randk:0.1"
+    message = (
+        f"compression='{spec}' is invalid: expected at most one of topk:f, randk:f, "
+        "threshold:τ and at most one of q8, q4, qsgd:s, joined by '+', e.g. 'topk:0.01+q8'"
+    )
+    with pytest.raises(ConfigError, match="^" + re.escape(message) + "$"):
+        Compression.parse(spec)
+
+
+@pytest.mark.parametrize("spec", ["topk:0.5", "topk:0.5+q8", "topk:0.5+q4", "topk:0.5+qsgd:4"])
+def test_what_the_server_decodes_plus_what_the_client_keeps_is_the_update(spec):
+    update = flat_update(9)
+    codec = Compression.parse(spec)
+    encoded, residual = encode_update(update, codec, None, 5)
+    decoded = decode_update(encoded, update, codec, 5)
+    np.testing.assert_allclose(decoded["w"] + residual["w"], update["w"], atol=1e-6)
+
+
+def test_an_all_zero_update_survives_qsgd():
+    update = Params({"w": np.zeros(5, np.float32)})
+    codec = Compression.parse("qsgd:8")
+    decoded = decode_update(encode_update(update, codec, None, 0)[0], update, codec, 0)
+    np.testing.assert_array_equal(decoded["w"], np.zeros(5))
+
+
+def test_q8_keeps_the_ends_of_the_range_and_constant_tensors_exact():
+    params = Params(
+        {
+            "w": np.array([-3.0, 0.25, 7.0, 1.5], np.float32),
+            "flat": np.full(4, 2.5, np.float32),
+            "none": np.zeros((0, 3), np.float32),
+        }
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a constant tensor has step 0: nothing divides by it
+        decoded = decode_broadcast(encode_broadcast(params, "q8", 1), "q8")
+    assert decoded["w"][0] == -3.0 and decoded["w"][2] == pytest.approx(7.0, abs=1e-5)
+    np.testing.assert_array_equal(decoded["flat"], np.full(4, 2.5))
+    assert decoded["none"].shape == (0, 3)
+
+
+def test_q4_pads_an_odd_count_with_a_zero_nibble():
+    update = Params({"w": np.array([0.0, 1.0, 1.0], np.float32)})
+    blob = encode_update(update, Compression.parse("q4"), None, 0)[0][PAYLOAD].tobytes()
+    assert blob[-1] >> 4 == 0  # the third code's partner is padding
+
+
+def test_a_flattened_half_precision_part_is_reshaped():
+    encoded = dict(encode_broadcast(model(), "f16", 0).items())
+    encoded["w::h"] = encoded["w::h"].reshape(-1)
+    assert decode_broadcast(Params(encoded), "f16")["w"].shape == (3, 4)
+
+
+def test_a_payload_that_decodes_to_nan_is_refused_in_so_many_words():
+    update = flat_update(2)
+    codec = Compression.parse("none")
+    bad = np.uint32(2).tobytes() + np.array([np.nan, 1.0], "<f4").tobytes()
+    with pytest.raises(CompressionError, match=r"^compressed update decodes to NaN or Inf$"):
+        decode_update(as_payload(bad), update, codec, 0)
