@@ -50,10 +50,10 @@ GROUPS: dict[str, Group] = {
         ),
         ("tests/strategies/",),
     ),
-    "sums": Group(
-        ("src/fedstream/secure/plain.py", "src/fedstream/secure/secagg.py"),
+    "sums": Group(("src/fedstream/secure/plain.py",), ("tests/secure/test_plain.py",)),
+    "secagg": Group(
+        ("src/fedstream/secure/secagg.py",),
         (
-            "tests/secure/test_plain.py",
             "tests/secure/test_secagg.py",
             "tests/secure/test_secagg_sizing.py",
             "tests/secure/test_identities.py",
