@@ -4,7 +4,8 @@ same bits as numpy's ``total += weight * values``, at every chunk boundary."""
 import numpy as np
 import pytest
 
-from fedstream.secure.plain import CHUNK, add_scaled
+from fedstream import Params, ParamsMismatchError, RoundFailedError
+from fedstream.secure.plain import CHUNK, PlainSum, add_scaled
 
 
 @pytest.mark.parametrize("size", [5, CHUNK, CHUNK + 1, 2 * CHUNK + 3])
@@ -32,3 +33,37 @@ def test_a_strided_total_is_refused_rather_than_summed_into_a_copy():
         match=r"^add_scaled needs a C-contiguous total \(it writes through a view\)$",
     ):
         add_scaled(total, np.ones(total.shape, np.float32), 1.0)
+
+
+LIKE = Params({"w": np.zeros(2, np.float32), "b": np.zeros(1, np.float64)})
+
+
+def test_the_plain_sum_weights_payloads_adds_extras_and_casts_back():
+    acc = PlainSum(LIKE)
+    acc.add(Params({"w": np.array([1.0, 2.0], np.float32), "b": np.array([4.0])}), 2.0, {"u": 0.5})
+    acc.add(
+        Params({"w": np.array([3.0, 0.0], np.float64), "b": np.array([1.0])}),
+        1.0,
+        {"u": 1.0, "v": 2.0},
+    )
+    result = acc.result(round_number=4)
+    np.testing.assert_array_equal(result.total["w"], [5.0, 4.0])
+    np.testing.assert_array_equal(result.total["b"], [9.0])
+    assert result.total["w"].dtype == np.float32 and result.total["b"].dtype == np.float64
+    assert (result.weight, result.count) == (3.0, 2)
+    assert result.extras == {"u": 1.5, "v": 2.0}
+
+
+def test_an_empty_or_weightless_round_is_an_error():
+    empty = r"^round 4 failed: no client update was aggregated$"
+    with pytest.raises(RoundFailedError, match=empty):
+        PlainSum(LIKE).result(round_number=4)
+    weightless = PlainSum(LIKE)
+    weightless.add(LIKE, 0.0)
+    with pytest.raises(RoundFailedError, match=r"^round 5 failed"):
+        weightless.result(round_number=5)
+
+
+def test_a_payload_of_another_layout_is_refused_by_name():
+    with pytest.raises(ParamsMismatchError, match=r"^update payload names do not match"):
+        PlainSum(LIKE).add(Params({"w": np.zeros(2)}), 1.0)
