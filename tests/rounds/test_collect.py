@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 
 from fedstream import ClientUpdate, FedAvg, Params, RoundConfig, ServerState
+from fedstream.compression import Compression, decode_update, encode_update
+from fedstream.compression.codecs import PAYLOAD
 from fedstream.errors import ClientFailure
 from fedstream.rounds import InTaskOrder, check_update, collect_updates, plan_round
 from fedstream.rounds.collect import Collected, lower_median, relative_rejections
 from fedstream.rounds.config import UpdateBounds
 from fedstream.secure.session import SecureSumResult
 from fedstream.transport.base import Delivery
-from fedstream.types import ClientPrivacy, FitConfig, SampleDP, WeightedSum
+from fedstream.types import WITHIN_CLIP, ClientPrivacy, FitConfig, SampleDP, WeightedSum
 from tests.rounds.scripted import CLIENTS, GLOBAL, honest
 
 NO_BOUNDS = UpdateBounds()
@@ -274,3 +276,58 @@ def test_joining_a_secure_sum_keeps_its_members_and_adds_its_failures_and_traffi
     assert after.completed == ("c0", "c1")
     assert after.failures == (ClientFailure("c3", "train", "x"), late)
     assert (after.bytes_down, after.bytes_up) == (107, 45)
+
+
+def test_the_edges_of_each_check_are_allowed_and_the_messages_are_whole():
+    update = ClientUpdate("c0", 1, GLOBAL.map(lambda a: np.full_like(a, 0.5)), 2.0**53)
+    assert check_update(update, GLOBAL, 1, None) is None  # 2^53 itself
+    assert check_update(update, GLOBAL, 1, None, max_weight=2.0**53) is None
+    norm = update.payload.norm()
+    assert check_update(update, GLOBAL, 1, norm) is None  # a norm exactly at the bound
+    nan = replace(update, payload=update.payload * np.nan)
+    assert check_update(nan, GLOBAL, 1, None) == "payload contains NaN or Inf"
+    huge = replace(update, payload=update.payload * np.float32(1e20))
+    assert check_update(huge, GLOBAL, 1, None) == (
+        "payload norm overflows: entries beyond any model's range"
+    )
+
+
+def test_the_dp_clip_allows_float_rounding_and_the_clip_bit_is_a_centred_half():
+    fit = FitConfig(privacy=ClientPrivacy(clip=1.0))
+    unit = Params({"w": np.array([0.6, 0.8]), "b": np.zeros(1)})  # norm 1
+    like = unit.zeros_like()
+    within = ClientUpdate("c0", 1, unit * (1 + 5e-7), 1.0)
+    assert check_update(within, like, 1, None, fit) is None
+    assert "exceeds the DP clip bound" in check_update(
+        replace(within, payload=unit * (1 + 2e-6)), like, 1, None, fit
+    )
+    for bit in (-0.5, 0.5):
+        assert check_update(replace(within, extras={WITHIN_CLIP: bit}), like, 1, None, fit) is None
+    reason = check_update(replace(within, extras={WITHIN_CLIP: 0.25}), like, 1, None, fit)
+    assert reason is not None and "0.25" in reason
+
+
+def test_compressed_answers_are_decoded_and_a_malformed_one_is_left_out_with_its_reason():
+    the_plan = plan()
+    codec = Compression.parse("topk:0.5+q8")
+    sent = []
+    for task in the_plan.tasks:
+        update = honest(GLOBAL, task)
+        encoded, _ = encode_update(update.payload, codec, None, task.config.seed)
+        sent.append(replace(update, payload=encoded))
+    broken = sent[2].client_id
+    sent[2] = replace(sent[2], payload=Params({PAYLOAD: np.zeros(3, np.uint8)}))
+    accepted = []
+    collected = collect_updates(
+        map(delivered, sent), the_plan, GLOBAL, accepted.append, NO_BOUNDS, codec, None
+    )
+    answered = [t for t in the_plan.tasks if t.client_id != broken]
+    for update, task in zip(accepted, answered, strict=True):
+        expected = decode_update(
+            encode_update(honest(GLOBAL, task).payload, codec, None, task.config.seed)[0],
+            GLOBAL, codec, task.config.seed,
+        )  # fmt: skip
+        assert update.payload.bit_equal(expected)
+    (failure,) = collected.failures
+    assert failure.client_id == broken and failure.stage == "validate"
+    assert failure.cause.startswith("compressed update: the count needs 4 bytes at offset 0")
