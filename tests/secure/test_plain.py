@@ -67,3 +67,10 @@ def test_an_empty_or_weightless_round_is_an_error():
 def test_a_payload_of_another_layout_is_refused_by_name():
     with pytest.raises(ParamsMismatchError, match=r"^update payload names do not match"):
         PlainSum(LIKE).add(Params({"w": np.zeros(2)}), 1.0)
+
+
+def test_one_client_of_weight_one_is_a_round():
+    acc = PlainSum(LIKE)
+    acc.add(LIKE.map(np.ones_like), 1.0)
+    result = acc.result(round_number=1)
+    assert (result.weight, result.count) == (1.0, 1)
