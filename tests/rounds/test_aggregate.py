@@ -102,3 +102,36 @@ def test_composability_is_refused_only_for_both_together():
         r"fedavg needs each client's update, which secure aggregation hides$",
     ):
         check_composable(Median(), RoundConfig(secure_aggregation=SecAggConfig()))
+
+
+def aggregate_of(clients, config, strategy=None):
+    aggregation = aggregation_for(config, GLOBAL, strategy or FedAvg(), len(clients))
+    if not aggregation.on_clients:
+        for client in clients:
+            aggregation.add(ClientUpdate(client, 1, delta_of(client), weight_of(client)))
+    return aggregate_updates(
+        aggregation, transport(), Collected(tuple(clients), ()), config, sampled=4,
+        round_number=3, rng=np.random.default_rng(0),
+    )  # fmt: skip
+
+
+def test_exactly_min_clients_is_enough():
+    done = aggregate_of(["c0", "c1"], RoundConfig(min_clients=2))
+    assert done.aggregate.weight == 3.0 and done.collected.completed == ("c0", "c1")
+    np.testing.assert_array_equal(done.aggregate.total.flat(), [5.0, 5.0, 5.0])
+
+
+def test_a_secure_sum_of_one_says_it_needs_two():
+    with pytest.raises(RoundFailedError) as raised:
+        aggregate_of(["c0"], RoundConfig(secure_aggregation=SecAggConfig()))
+    assert str(raised.value) == (
+        "round 3 failed: 1 of 4 sampled clients gave a valid update, min_clients=1 "
+        "(secure aggregation needs at least 2)"
+    )
+
+
+def test_an_empty_sum_names_its_round():
+    for strategy in (FedAvg(), Median()):
+        aggregation = aggregation_for(RoundConfig(), GLOBAL, strategy, 2)
+        with pytest.raises(RoundFailedError, match=r"^round 3 failed: no client update"):
+            aggregation.finish(transport(), 3, [], np.random.default_rng(0))
