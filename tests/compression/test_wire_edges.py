@@ -298,7 +298,9 @@ def test_what_the_server_decodes_plus_what_the_client_keeps_is_the_update(spec):
 def test_an_all_zero_update_survives_qsgd():
     update = Params({"w": np.zeros(5, np.float32)})
     codec = Compression.parse("qsgd:8")
-    decoded = decode_update(encode_update(update, codec, None, 0)[0], update, codec, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing divides by the zero norm
+        decoded = decode_update(encode_update(update, codec, None, 0)[0], update, codec, 0)
     np.testing.assert_array_equal(decoded["w"], np.zeros(5))
 
 
@@ -336,3 +338,13 @@ def test_a_payload_that_decodes_to_nan_is_refused_in_so_many_words():
     bad = np.uint32(2).tobytes() + np.array([np.nan, 1.0], "<f4").tobytes()
     with pytest.raises(CompressionError, match=r"^compressed update decodes to NaN or Inf$"):
         decode_update(as_payload(bad), update, codec, 0)
+
+
+def test_with_a_pruning_mask_the_residual_lands_on_the_kept_entries():
+    update = Params({"w": np.array([6.0, 1.0, -5.0, 2.0, 9.0, -3.0], np.float32)})
+    mask = np.array([True, False, True, True, False, True])
+    codec = Compression.parse("topk:0.5")  # 2 of the 4 kept entries: 6 and -5
+    encoded, residual = encode_update(update, codec, None, 0, mask)
+    decoded = decode_update(encoded, update, codec, 0, mask)
+    np.testing.assert_array_equal(decoded["w"], [6.0, 0.0, -5.0, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(residual["w"], [0.0, 1.0, 0.0, 2.0, 9.0, -3.0])
