@@ -7,6 +7,7 @@ from fedstream import ClientUpdate, FedAvg, Params, RoundConfig, ServerState
 from fedstream.compression import Compression, decode_update, encode_update
 from fedstream.compression.codecs import PAYLOAD
 from fedstream.errors import ClientFailure
+from fedstream.privacy import DifferentialPrivacy
 from fedstream.rounds import InTaskOrder, check_update, collect_updates, plan_round
 from fedstream.rounds.collect import Collected, lower_median, relative_rejections
 from fedstream.rounds.config import UpdateBounds
@@ -141,8 +142,9 @@ def test_an_update_under_dp_sgd_must_not_carry_its_example_count():
     fit = FitConfig(sample_dp=SampleDP(clip=1.0, noise_multiplier=1.0, sampling_rate=0.1, steps=2))
     like = Params({"w": np.zeros(2)})
     counted = ClientUpdate("a", 1, Params({"w": np.array([0.6, 0.8])}), 37.0)
-    assert "weight=37.0 is invalid: expected 1 under sample-level DP" in check_update(
-        counted, like, 1, None, fit
+    assert check_update(counted, like, 1, None, fit) == (
+        "weight=37.0 is invalid: expected 1 under sample-level DP "
+        "(a client's example count is private)"
     )
     assert check_update(replace(counted, weight=1.0), like, 1, None, fit) is None
 
@@ -192,6 +194,7 @@ def test_outliers_against_the_round_median_are_left_out(change, cause):
     victim, collected, accepted = collect_with(UpdateBounds(outlier_factor=10.0), change)
     (failure,) = collected.failures
     assert failure.client_id == victim and cause in failure.cause
+    assert failure.stage == "validate"
     assert len(accepted) == 4 and victim not in collected.completed
     # the rest still arrive in task order, each with its pull (weight × norm)
     assert [c for c, _ in collected.pulls] == list(collected.completed)
@@ -331,3 +334,19 @@ def test_compressed_answers_are_decoded_and_a_malformed_one_is_left_out_with_its
     (failure,) = collected.failures
     assert failure.client_id == broken and failure.stage == "validate"
     assert failure.cause.startswith("compressed update: the count needs 4 bytes at offset 0")
+
+
+def test_a_round_under_client_level_dp_checks_each_answer_against_its_plan():
+    state = ServerState.initial(GLOBAL, seed=1)
+    strategy = DifferentialPrivacy(FedAvg(), clip=100.0, noise_multiplier=0.0)
+    the_plan = plan_round(
+        state, strategy, CLIENTS, RoundConfig(clients_per_round=3), state.generator()
+    )
+    updates = [replace(honest(GLOBAL, t), weight=1.0) for t in the_plan.tasks]
+    updates[0] = replace(updates[0], weight=5.0)  # a client that claims its example count
+    collected = collect_updates(
+        map(delivered, updates), the_plan, GLOBAL, [].append, NO_BOUNDS, None, None
+    )
+    (failure,) = collected.failures
+    assert failure.client_id == updates[0].client_id
+    assert "expected 1 under client-level DP" in failure.cause
