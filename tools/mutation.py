@@ -94,7 +94,7 @@ class ModuleScore:
     timeout: int
     survived: int
     no_tests: int
-    other: int  # suspicious, segfault, not checked
+    other: int  # not checked (an interrupted run), suspicious, segfault
     survivors: tuple[str, ...]
 
     @property
@@ -200,13 +200,13 @@ def show_mutant(workdir: Path, name: str) -> str:
 def table(scores: list[ModuleScore]) -> str:
     """A markdown table of the scores, one row per module."""
     rows = [
-        "| module | mutants | killed | timeout | survived | no tests | score |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| module | mutants | killed | timeout | survived | no tests | unchecked | score |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in scores:
         rows.append(
             f"| `{s.module.removeprefix('src/fedstream/')}` | {s.total} | {s.killed} | "
-            f"{s.timeout} | {s.survived} | {s.no_tests} | {s.score:.1f} % |"
+            f"{s.timeout} | {s.survived} | {s.no_tests} | {s.other} | {s.score:.1f} % |"
         )
     return "\n".join(rows)
 
