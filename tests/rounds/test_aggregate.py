@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -135,3 +137,28 @@ def test_an_empty_sum_names_its_round():
         aggregation = aggregation_for(RoundConfig(), GLOBAL, strategy, 2)
         with pytest.raises(RoundFailedError, match=r"^round 3 failed: no client update"):
             aggregation.finish(transport(), 3, [], np.random.default_rng(0))
+
+
+class DropsOneInProtocol(StreamingSum):
+    """A protocol that, like a secure sum whose client drops between its stages, finishes
+    with one participant fewer than it started with."""
+
+    def finish(self, transport, round_number, participants, rng):
+        done = super().finish(transport, round_number, participants[:-1], rng)
+        lost = ClientFailure(participants[-1], "unmask", "dropped during the protocol")
+        return replace(done, failures=(lost,))
+
+
+def test_a_protocol_that_ends_below_min_clients_fails_the_round():
+    aggregation = DropsOneInProtocol(GLOBAL)
+    for client in ("c0", "c1"):
+        aggregation.add(ClientUpdate(client, 1, delta_of(client), weight_of(client)))
+    with pytest.raises(RoundFailedError) as raised:
+        aggregate_updates(
+            aggregation, transport(), Collected(("c0", "c1"), ()), RoundConfig(min_clients=2),
+            sampled=2, round_number=5, rng=np.random.default_rng(0),
+        )  # fmt: skip
+    assert str(raised.value) == (
+        "round 5 failed: 1 of 2 sampled clients gave a valid update, min_clients=2\n"
+        "  - client 'c1' (unmask): dropped during the protocol"
+    )
