@@ -18,6 +18,7 @@ from torch import nn
 import fedstream
 from fedstream import App, ConfigError
 from fedstream.serving.registry import load_model
+from fedstream.simulation import SimulationConfig, build
 from fedstream.store import RunStore
 from tests.apps.tiny import SmallCNN, by_function, digits, heldout, sites
 from tests.apps.tiny import app as tiny
@@ -94,7 +95,8 @@ def test_an_app_composes_with_dp_secure_sums_compression_and_robust_rules():
 
 def test_fedbn_keeps_every_batch_norm_entry_on_each_client():
     result = fedstream.simulate(app=tiny, **nested(local_batchnorm=True, **RUN))
-    initial = fedstream.simulate(app=tiny, **nested(**RUN | {"rounds": 0})).state.params
+    config = SimulationConfig().with_changes(**nested(local_batchnorm=True, **RUN))
+    initial = build(config, tiny).initial.params
     for name in ("features.1.weight", "features.1.running_mean", "features.1.running_var"):
         assert result.state.params[name].tolist() == initial[name].tolist()  # never averaged
     assert result.state.params["head.2.weight"].tolist() != initial["head.2.weight"].tolist()

@@ -56,6 +56,24 @@ def test_bad_flag_value_is_a_clear_error_and_exit_2(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_zero_rounds_and_a_resume_to_fewer_rounds_than_done_are_refused(tmp_path):
+    done = fedstream_cli("run", "--run.rounds", "0", "--output", str(tmp_path / "zero"))
+    assert done.returncode == 2
+    assert "error: run.rounds=0 is invalid: expected an integer >= 1" in done.stderr
+    assert not (tmp_path / "zero").exists()
+    out = tmp_path / "run"
+    small = ("--data.num-clients", "6", "--run.clients-per-round", "2", "--quiet")
+    assert fedstream_cli("run", "--run.rounds", "3", "--output", str(out), *small).returncode == 0
+    before = (out / "rounds.jsonl").read_bytes(), (out / "results.json").read_bytes()
+    done = fedstream_cli("run", "--resume", str(out), "--run.rounds", "2", "--quiet")
+    assert done.returncode == 2
+    assert (
+        f"error: run.rounds=2 is invalid: expected at least 3, the rounds the run in {out} "
+        "has done (a resume runs the rounds after them)"
+    ) in done.stderr
+    assert ((out / "rounds.jsonl").read_bytes(), (out / "results.json").read_bytes()) == before
+
+
 def test_unknown_and_old_flat_toml_keys_are_named_with_what_to_write(tmp_path):
     (tmp_path / "run.toml").write_text("[client]\nlearning_rate = 0.1\n")
     done = fedstream_cli("run", "--config", str(tmp_path / "run.toml"))

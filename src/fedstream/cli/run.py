@@ -55,7 +55,7 @@ log = logging.getLogger("fedstream.cli")
     "resume_dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Continue the run in this folder from its newest checkpoint (--rounds may extend it).",
+    help="Continue the run in this folder from its newest checkpoint (--run.rounds may extend it).",
 )
 @click.option(
     "--store",

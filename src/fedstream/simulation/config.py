@@ -262,7 +262,7 @@ class RunSettings:
     )
 
     def __post_init__(self) -> None:
-        checks.non_negative_int("run.rounds", self.rounds)
+        checks.positive_int("run.rounds", self.rounds)
         checks.one_of("run.sampling", self.sampling, ["auto", "fixed", "poisson"])
         factor = self.outlier_factor
         if factor is not None and factor != 0 and not factor > 1:

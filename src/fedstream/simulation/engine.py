@@ -479,7 +479,9 @@ def _simulate(
         saved_clients: dict[str, ClientState] = {}
         if out is not None and runs is not None:
             if resume:
-                state, reports, saved_clients = _restore(out, setup, runs, run_id)
+                state, reports, saved_clients = _restore(
+                    out, setup, runs, run_id, config.run.rounds
+                )
             else:
                 _claim_run_id(runs, run_id, out, overwrite)
                 atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=1).encode())
@@ -576,7 +578,7 @@ def _publish(
 
 
 def _restore(
-    out: Path, setup: Setup, runs: RunStore, run_id: str
+    out: Path, setup: Setup, runs: RunStore, run_id: str, rounds: int
 ) -> tuple[ServerState, list[RoundReport], dict[str, ClientState]]:
     """The newest intact checkpoint's state, the reports of the rounds up to it, and the
     simulated clients' states it saved. A damaged newer checkpoint is passed over, with a
@@ -589,6 +591,13 @@ def _restore(
     if restored is None:
         return setup.initial, [], {}
     folder, state, report = restored.folder, restored.state, restored.report
+    if rounds < state.round:  # checked before the store or the history is touched
+        raise ConfigError(
+            "run.rounds",
+            rounds,
+            f"at least {state.round}, the rounds the run in {out} has done (a resume runs "
+            "the rounds after them)",
+        )
     try:
         setup.initial.params.check_compatible(state.params, f"checkpoint {folder}")
     except ValueError as exc:
