@@ -6,7 +6,17 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Column
+from rich.text import Text
 
 from fedstream.types import RoundReport
 
@@ -14,22 +24,39 @@ if TYPE_CHECKING:
     from fedstream.simulation.engine import SimulationResult
 
 _SHOWN = (
-    ("central_accuracy", "acc"),
-    ("central_loss", "loss"),
-    ("fed_accuracy", "fed acc"),
-    ("train_loss", "train loss"),
-    ("central_mse", "mse"),
-    ("dp_epsilon", "ε"),
+    ("central_accuracy", "acc", "{:.3f}"),
+    ("central_mse", "mse", "{:.4g}"),
+    ("central_loss", "loss", "{:.3f}"),
+    ("dp_epsilon", "ε", "{:.2f}"),
 )
+_BAR_WIDTH = 8
 
 
 def format_metrics(report: RoundReport) -> str:
-    """The few headline numbers of a round, as one short line."""
-    parts = [f"{label} {report.metrics[key]:.4f}" for key, label in _SHOWN if key in report.metrics]
-    parts.append(f"↑{report.bytes_up / 1e6:.2f} ↓{report.bytes_down / 1e6:.2f} MB")
+    """The headline numbers of a round, most important first, as one short line: with the
+    round counter, the bar and the time it fits 80 columns; the final table has the rest.
+    Where a terminal is narrower, the line is cut from its end (traffic goes first)."""
+    parts = [
+        f"{label} {form.format(report.metrics[key])}"
+        for key, label, form in _SHOWN
+        if key in report.metrics
+    ]
     if report.failures:
         parts.append(f"[yellow]{len(report.failures)} failed[/]")
-    return "  ".join(parts)
+    parts.append(f"↑{report.bytes_up / 1e6:.3g} ↓{report.bytes_down / 1e6:.3g} MB")
+    return " ".join(parts)
+
+
+class _MetricsColumn(ProgressColumn):
+    """The round's metrics, taking the width the other columns leave and cut with "…"."""
+
+    def __init__(self) -> None:
+        super().__init__(table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1))
+
+    def render(self, task: Task) -> Text:
+        text = Text.from_markup(task.fields["metrics"], overflow="ellipsis")
+        text.no_wrap = True
+        return text
 
 
 class RoundProgress:
@@ -39,12 +66,13 @@ class RoundProgress:
         self, rounds: int, enabled: bool, console: Console | None = None, done: int = 0
     ) -> None:
         self.enabled = enabled
+        counter = 2 * len(str(rounds)) + 1  # "12/100"
         self._progress = Progress(
-            TextColumn("[bold]round"),
-            MofNCompleteColumn(),
-            BarColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[metrics]}"),
+            TextColumn("[bold]round", table_column=Column(min_width=5, no_wrap=True)),
+            MofNCompleteColumn(table_column=Column(min_width=counter, no_wrap=True)),
+            BarColumn(bar_width=_BAR_WIDTH, table_column=Column(min_width=_BAR_WIDTH)),
+            TimeElapsedColumn(table_column=Column(min_width=7, no_wrap=True)),
+            _MetricsColumn(),
             console=console,
             disable=not enabled,
         )
