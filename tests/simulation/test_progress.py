@@ -35,7 +35,7 @@ DP = {"central_accuracy": 0.91234, "central_loss": 0.34567, "dp_epsilon": 3.2109
     ("metrics", "failures", "shown"),
     [
         (DP, 2, "acc 0.912 loss 0.346 ε 3.21 2 failed ↑1.2 ↓2.4 MB"),
-        ({"central_mse": 0.01234, "central_loss": 0.5}, 0, "mse 0.01234 loss 0.500 ↑1.2 ↓2.4 MB"),
+        ({"central_loss": 27.25, "fed_loss": 30.0}, 0, " loss 27.250 ↑1.2 ↓2.4 MB"),  # regression
     ],
 )
 def test_at_80_columns_the_counter_bar_and_metrics_all_fit(metrics, failures, shown):

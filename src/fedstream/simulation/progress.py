@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 _SHOWN = (
     ("central_accuracy", "acc", "{:.3f}"),
-    ("central_mse", "mse", "{:.4g}"),
     ("central_loss", "loss", "{:.3f}"),
     ("dp_epsilon", "ε", "{:.2f}"),
 )

@@ -8,7 +8,8 @@ import json
 import os
 import platform
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +17,11 @@ import numpy as np
 from rich.table import Table
 
 import fedstream
+from fedstream.types import RoundReport
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from fedstream.simulation.engine import SimulationResult
 
 CSV_COLUMNS = (
@@ -116,62 +120,88 @@ def csv_rows(result: SimulationResult) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_curves(result: SimulationResult, path: Path) -> None:
-    """Accuracy and loss against rounds (central and federated evaluation, training loss),
-    and the headline metric against the cumulative bytes on the wire."""
+@dataclass(frozen=True)
+class Panel:
+    """One plot of ``curves.png``: its x and y labels and each named series' points."""
+
+    x_label: str
+    y_label: str
+    series: Mapping[str, tuple[tuple[float, ...], tuple[float, ...]]]
+    by_round: bool = True
+
+
+def _points(reports: Sequence[RoundReport], key: str, xs: Sequence[float]) -> tuple[Any, ...]:
+    chosen = [(x, r.metrics[key]) for x, r in zip(xs, reports, strict=True) if key in r.metrics]
+    return tuple(zip(*chosen, strict=True)) if chosen else ()
+
+
+def curve_panels(reports: Sequence[RoundReport]) -> list[Panel]:
+    """The panels a run's metrics call for, each only when it has something to draw:
+    accuracy (classification only), loss, the headline metric against the cumulative
+    uplink bytes, and ε (a DP run only)."""
+    rounds = [float(r.round) for r in reports]
+    uplink = list(np.cumsum([r.bytes_up for r in reports]) / 1e6)
+
+    def panel(
+        y_label: str,
+        keys: Sequence[str],
+        xs: Sequence[float],
+        x_label: str = "round",
+        by_round: bool = True,
+    ) -> Panel:
+        drawn = {key: _points(reports, key, xs) for key in keys}
+        return Panel(x_label, y_label, {k: v for k, v in drawn.items() if v}, by_round)
+
+    accuracy = panel("accuracy", ("central_accuracy", "fed_accuracy"), rounds)
+    loss = panel("loss", ("central_loss", "fed_loss", "train_loss"), rounds)
+    headline = accuracy if accuracy.series else loss
+    traffic = panel(
+        headline.y_label,
+        tuple(headline.series)[:2],
+        uplink,
+        x_label="cumulative uplink MB (all clients)",
+        by_round=False,
+    )
+    privacy = panel("ε (privacy spent)", ("dp_epsilon",), rounds)
+    return [p for p in (accuracy, loss, traffic, privacy) if p.series]
+
+
+def draw_panels(panels: Sequence[Panel], title: str) -> Figure:
+    """:func:`curve_panels` side by side, 5 × 4 inches each; round axes get whole-number
+    ticks. The caller saves and closes the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    figure, (left, right, traffic) = plt.subplots(1, 3, figsize=(15, 4), dpi=110)
-    series = {
-        key: [(r.round, r.metrics[key]) for r in result.reports if key in r.metrics]
-        for key in (
-            "central_accuracy",
-            "fed_accuracy",
-            "central_loss",
-            "fed_loss",
-            "train_loss",
-            "central_mse",
-        )
-    }
-    for axis, keys, label in (
-        (left, ("central_accuracy", "fed_accuracy"), "accuracy"),
-        (right, ("central_loss", "fed_loss", "train_loss"), "loss"),
-    ):
-        for key in keys:
-            if series[key]:
-                xs, ys = zip(*series[key], strict=True)
-                axis.plot(xs, ys, marker="o", markersize=3, label=key)
-        axis.set_xlabel("round")
-        axis.set_ylabel(label)
+    count = max(len(panels), 1)
+    figure, axes = plt.subplots(1, count, figsize=(5 * count, 4), dpi=110, squeeze=False)
+    for axis, shown in zip(axes[0], panels, strict=False):
+        for key, (xs, ys) in shown.series.items():
+            axis.plot(xs, ys, marker="o", markersize=3, label=key)
+        axis.set_xlabel(shown.x_label)
+        axis.set_ylabel(shown.y_label)
         axis.grid(alpha=0.3)
-        if axis.lines:
-            axis.legend()
-    cumulative_up = np.cumsum([r.bytes_up for r in result.reports]) / 1e6
-    for key in ("central_accuracy", "fed_accuracy", "central_mse"):
-        points = [
-            (cumulative_up[i], r.metrics[key])
-            for i, r in enumerate(result.reports)
-            if key in r.metrics
-        ]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            traffic.plot(xs, ys, marker="o", markersize=3, label=key)
-    traffic.set_xlabel("cumulative uplink MB (all clients)")
-    traffic.set_ylabel("metric")
-    traffic.grid(alpha=0.3)
-    if traffic.lines:
-        traffic.legend()
+        if shown.by_round:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def plot_curves(result: SimulationResult, path: Path) -> None:
+    """``curves.png``: the run's panels under a title naming the run and its setting."""
     config = result.config
     setting = (
         f"{config.data.num_clients} clients, {config.data.split} partition, {config.model.name}"
         if config.model.app is None and result.data in ("", config.data.dataset)
         else f"{len(result.reports[-1].sampled) if result.reports else 0} clients a round"
     )
-    figure.suptitle(f"{result.description}: {setting}")
-    figure.tight_layout()
+    figure = draw_panels(curve_panels(result.reports), f"{result.description}: {setting}")
+    import matplotlib.pyplot as plt  # after draw_panels chose the Agg backend
+
     figure.savefig(path)
     plt.close(figure)
 
