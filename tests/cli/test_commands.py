@@ -105,6 +105,10 @@ def test_data_describe_prints_the_split_and_draws_the_heatmap(tmp_path):
     assert "shards over 20 clients" in done.stdout
     assert "classes_per_client_mean" in done.stdout
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    done = fedstream_cli("data", "describe", "diabetes", "--plot", str(tmp_path / "d.png"))
+    assert done.returncode == 0, done.stderr  # a regression set: target ranges, not classes
+    assert "diabetes: iid over 100 clients" in done.stdout
+    assert "client_target_mean_min" in done.stdout
 
 
 def test_data_describe_names_a_missing_source(tmp_path):

@@ -119,6 +119,8 @@ SOURCES: dict[str, Callable[..., Source]] = {
 }
 DATASETS = (*SOURCES, "shakespeare")
 NATURAL_ONLY = ("synthetic", "synthetic_iid", "shakespeare")
+REGRESSION = ("diabetes",)
+"""Data sets whose targets are numbers: label-skew partitions do not apply to them."""
 
 
 def check_shakespeare_fraction(dataset: str, fraction: float | None) -> None:

@@ -39,7 +39,13 @@ from typing import Any
 from fedstream import checks
 from fedstream.aggregation.robust import ROBUST_RULES
 from fedstream.compression.codecs import Compression
-from fedstream.data.datasets import DATASETS, NATURAL_ONLY, PARTITIONS, check_shakespeare_fraction
+from fedstream.data.datasets import (
+    DATASETS,
+    NATURAL_ONLY,
+    PARTITIONS,
+    REGRESSION,
+    check_shakespeare_fraction,
+)
 from fedstream.data.shakespeare import EDITIONS
 from fedstream.errors import ConfigError
 from fedstream.models import MODELS
@@ -74,7 +80,7 @@ class DataSettings:
     partition: str | None = setting(
         None,
         f"how data is split: {', '.join(PARTITIONS)} "
-        "(default: natural for synthetic and shakespeare, else dirichlet)",
+        "(default: natural for synthetic and shakespeare, iid for diabetes, else dirichlet)",
     )
     alpha: float = setting(0.5, "Dirichlet concentration for label skew (smaller = more skew)")
     shards_per_client: int = setting(2, "shards partition: label-sorted shards per client")
@@ -121,7 +127,9 @@ class DataSettings:
         """The partition in force: as set, or the data set's natural one by default."""
         if self.partition is not None:
             return self.partition
-        return "natural" if self.dataset in NATURAL_ONLY else "dirichlet"
+        if self.dataset in NATURAL_ONLY:
+            return "natural"
+        return "iid" if self.dataset in REGRESSION else "dirichlet"
 
     def federate_kwargs(self) -> dict[str, Any]:
         """The arguments of ``fedstream.data.federate`` that this section sets."""
