@@ -123,6 +123,24 @@ REGRESSION = ("diabetes",)
 """Data sets whose targets are numbers: label-skew partitions do not apply to them."""
 
 
+def check_partition(dataset: str, partition: str) -> None:
+    """A partition the data set supports: natural clients where it has them (and only
+    then), and no label skew (Dirichlet, shards) over numeric targets."""
+    checks.one_of("partition", partition, list(PARTITIONS))
+    if dataset in NATURAL_ONLY and partition != "natural":
+        raise ConfigError("partition", partition, f"'natural' for the data set {dataset!r}")
+    if dataset in REGRESSION and partition in ("dirichlet", "shards"):
+        raise ConfigError(
+            "partition", partition, f"'iid' or 'quantity' for the regression data set {dataset!r}"
+        )
+    if partition == "natural" and dataset not in NATURAL_ONLY:
+        raise ConfigError(
+            "partition",
+            partition,
+            f"one of iid, dirichlet, shards, quantity: {dataset!r} has no natural clients",
+        )
+
+
 def check_shakespeare_fraction(dataset: str, fraction: float | None) -> None:
     """LEAF's sampling fraction is a number in (0, 1], and only for Shakespeare."""
     if fraction is None:
@@ -172,7 +190,7 @@ def federate(
     ``shakespeare_fraction`` asks for LEAF's own sampling (see :func:`leaf_sample`).
     """
     checks.one_of("dataset", name, list(DATASETS))
-    checks.one_of("partition", partition, list(PARTITIONS))
+    check_partition(name, partition)
     checks.positive_int("num_clients", num_clients)
     checks.in_unit_interval(
         "heldout_fraction", heldout_fraction, include_zero=True, include_one=False
@@ -180,8 +198,6 @@ def federate(
     checks.in_unit_interval(
         "client_test_fraction", client_test_fraction, include_zero=True, include_one=False
     )
-    if name in NATURAL_ONLY and partition != "natural":
-        raise ConfigError("partition", partition, f"'natural' for the data set {name!r}")
     check_shakespeare_fraction(name, shakespeare_fraction)
     if name == "shakespeare":
         return _federate_shakespeare(
@@ -200,17 +216,6 @@ def federate(
         synthetic_beta=synthetic_beta,
         synthetic_samples=synthetic_samples,
     )
-    if source.task == "regression" and partition in ("dirichlet", "shards"):
-        raise ConfigError(
-            "partition", partition, f"'iid' or 'quantity' for the regression data set {name!r}"
-        )
-    if partition == "natural" and source.groups is None:
-        raise ConfigError(
-            "partition",
-            partition,
-            f"one of iid, dirichlet, shards, quantity: {name!r} has no natural clients",
-        )
-
     x, y = source.x, source.y
     pool, heldout = _split(np.arange(len(y)), heldout_fraction, rng)
     if partition == "iid":

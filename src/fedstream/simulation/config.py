@@ -44,6 +44,7 @@ from fedstream.data.datasets import (
     NATURAL_ONLY,
     PARTITIONS,
     REGRESSION,
+    check_partition,
     check_shakespeare_fraction,
 )
 from fedstream.data.shakespeare import EDITIONS
@@ -106,7 +107,8 @@ class DataSettings:
     def __post_init__(self) -> None:
         checks.one_of("data.dataset", self.dataset, list(DATASETS))
         checks.positive_int("data.num_clients", self.num_clients)
-        checks.one_of("data.partition", self.split, list(PARTITIONS))
+        with qualified():
+            check_partition(self.dataset, self.split)
         checks.positive("data.alpha", self.alpha)
         checks.positive_int("data.shards_per_client", self.shards_per_client)
         checks.non_negative("data.quantity_sigma", self.quantity_sigma)

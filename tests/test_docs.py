@@ -1,0 +1,27 @@
+"""What the docs tell a user to write works: every TOML run file in the README and docs/
+is a valid config as ``fedstream run --config`` reads it."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from fedstream.cli.options import load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC_TOML = [
+    (doc.name, block)
+    for doc in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+    for block in re.findall(r"```toml\n(.*?)```", doc.read_text(), flags=re.S)
+]
+
+
+def test_the_docs_hold_run_files():
+    assert {doc for doc, _ in DOC_TOML} >= {"README.md", "deployment.md"}
+
+
+@pytest.mark.parametrize(("doc", "block"), DOC_TOML, ids=[doc for doc, _ in DOC_TOML])
+def test_every_run_file_in_the_docs_is_a_valid_config(tmp_path, doc, block):
+    (tmp_path / "run.toml").write_text(block)
+    config = load_config(tmp_path / "run.toml", None, {})
+    assert config.run.rounds >= 1
