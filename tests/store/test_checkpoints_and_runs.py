@@ -164,6 +164,30 @@ def test_runs_list_and_show_read_the_store(tmp_path):
     assert missing.exit_code == 2 and "no run store" in missing.output
 
 
+def test_runs_list_names_each_runs_privacy_and_codec_and_its_last_result(tmp_path):
+    small = dict(rounds=2, num_clients=6, clients_per_round=2)
+    private = simulate(output_dir=tmp_path / "dp", **nested(dp="client", noise=1.0, **small))
+    compressed = simulate(output_dir=tmp_path / "q8", **nested(codec="q8", **small))
+    store = str(tmp_path / "store.sqlite")
+    listed = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["runs", "list", "--store", store])
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[1]: line for line in listed.output.splitlines() if "finished" in line}
+    dp_metrics = private.reports[-1].metrics
+    assert "fedavg + DP (client)" in rows["dp"]
+    assert (
+        f"acc {dp_metrics['central_accuracy']:.3f}, ε {dp_metrics['dp_epsilon']:.2f}" in rows["dp"]
+    )
+    assert "fedavg + q8" in rows["q8"]
+    assert f"acc {compressed.reports[-1].metrics['central_accuracy']:.3f}" in rows["q8"]
+    shown = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["runs", "show", "q8", "--store", store])
+    cells = [line.split() for line in shown.output.splitlines() if line.startswith("│ ")]
+    settings = {row[1]: row[3] for row in cells if len(row) == 5}
+    assert settings == {
+        "data.num_clients": "6", "run.rounds": "2", "run.clients_per_round": "2",
+        "compression.codec": '"q8"',
+    }  # fmt: skip
+
+
 @pytest.mark.slow
 def test_kill_9_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     flags = [

@@ -40,6 +40,44 @@ def setting(config: dict[str, Any], section: str, name: str) -> Any:
     return "" if isinstance(value, dict) else value
 
 
+HEADLINE = (("central_accuracy", "acc", "{:.3f}"), ("central_loss", "loss", "{:.4g}"))
+
+
+def headline(metrics: dict[str, float]) -> str:
+    """A round's result in a few characters: accuracy (else loss) on the held-out set,
+    and ε for a DP run, e.g. ``acc 0.912, ε 3.21``."""
+    parts = [
+        f"{label} {form.format(metrics[key])}" for key, label, form in HEADLINE if key in metrics
+    ][:1]
+    if "dp_epsilon" in metrics:
+        parts.append(f"ε {metrics['dp_epsilon']:.2f}")
+    return ", ".join(parts)
+
+
+def describe_config(config: dict[str, Any]) -> tuple[str, list[tuple[str, Any]]]:
+    """A stored run's strategy as a person names it (``fedavg + DP (client) + q8``) and
+    every setting that differs from the defaults, as (``section.name``, value) pairs. A
+    config this version cannot read (a run from an older one) gives its strategy name and
+    its settings as stored."""
+    from fedstream.simulation.config import SimulationConfig, from_mapping
+
+    try:
+        parsed = from_mapping(config, source="run store")
+    except FedstreamError:
+        flat = [
+            (key, value) for key, value in sorted(config.items()) if not isinstance(value, dict)
+        ]
+        return str(setting(config, "strategy", "name")), flat
+    defaults = SimulationConfig().to_dict()
+    changed = [
+        (f"{section}.{name}", value)
+        for section, values in parsed.to_dict().items()
+        for name, value in values.items()
+        if defaults.get(section, {}).get(name) != value
+    ]
+    return parsed.label, changed
+
+
 @runs.command("list")
 @STORE_OPTION
 def runs_list(store: Path) -> None:
@@ -53,7 +91,7 @@ def runs_list(store: Path) -> None:
         click.secho(f"error: no run store at {store} (use --store)", fg="red", err=True)
         sys.exit(2)
     table = Table(title=str(store))
-    for column in ("run", "status", "rounds", "of", "strategy", "dataset", "started"):
+    for column in ("run", "status", "rounds", "of", "strategy", "dataset", "last round", "started"):
         table.add_column(column)
     try:
         rows = RunStore(store).runs()
@@ -66,8 +104,9 @@ def runs_list(store: Path) -> None:
             row["status"],
             str(row["rounds_done"]),
             str(setting(config, "run", "rounds")),
-            str(setting(config, "strategy", "name")),
+            describe_config(config)[0],
             str(setting(config, "model", "app") or setting(config, "data", "dataset")),
+            headline(row["last_metrics"]),
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"])),
         )
     Console().print(table)
@@ -78,7 +117,8 @@ def runs_list(store: Path) -> None:
 @STORE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 def runs_show(run_id: str, store: Path, as_json: bool) -> None:
-    """One run: its settings, status and every round's metrics."""
+    """One run: its status, its settings (those that differ from the defaults) and every
+    round's metrics."""
 
     from rich.console import Console
     from rich.table import Table
@@ -101,6 +141,13 @@ def runs_show(run_id: str, store: Path, as_json: bool) -> None:
     )
     if run["error"]:
         console.print(f"[red]{run['error']}[/]")
+    label, changed = describe_config(run["config"])
+    settings = Table(title=label, show_header=False)
+    settings.add_column("setting")
+    settings.add_column("value")
+    for key, value in changed:
+        settings.add_row(key, json.dumps(value))
+    console.print(settings)
     names = sorted({k for r in run["rounds"] for k in r["metrics"]})
     table = Table()
     for column in ("round", "completed", "failed", *names):

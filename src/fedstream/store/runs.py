@@ -176,11 +176,22 @@ class RunStore:
             )
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run, newest first, without its rounds."""
+        """Every run, newest first, without its rounds but with the metrics of its last
+        recorded round (``last_metrics``, empty before round 1)."""
         with self._connect() as db:
             db.row_factory = sqlite3.Row
             rows = db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
-        return [{**dict(r), "config": json.loads(r["config"])} for r in rows]
+            last = {
+                run_id: json.loads(report)["metrics"]
+                for run_id, report in db.execute(
+                    "SELECT run_id, report FROM rounds AS r WHERE round = "
+                    "(SELECT MAX(round) FROM rounds WHERE run_id = r.run_id)"
+                )
+            }
+        return [
+            {**dict(r), "config": json.loads(r["config"]), "last_metrics": last.get(r["id"], {})}
+            for r in rows
+        ]
 
     def run(self, run_id: str) -> dict[str, Any]:
         """One run with its rounds' reports; an unknown id names the ones that exist."""
