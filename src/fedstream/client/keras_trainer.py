@@ -2,11 +2,13 @@
 
 Install with ``pip install "fedstream[keras]"``. The backend must be torch: this module
 sets ``KERAS_BACKEND=torch`` unless Keras was already imported with another backend, which
-is an error. Parameters are named by the Keras variable paths
-(``sequential/dense/kernel``). Local training is Keras's own ``fit`` with plain SGD, one
-call per epoch on a permutation drawn from the task's seed, so batches are the same as the
-PyTorch adapter's. FedProx's proximal term and FedSGD's gradient payload need the PyTorch
-adapter and are refused here with an error that says so.
+is an error. Parameters are named by their position among the model's weights and their
+own name (``0/kernel``, ``1/bias``), not by Keras's variable paths, whose layer names
+(``sequential_2/dense_4``) count the models built before in the process. Local training
+is Keras's own ``fit`` with plain SGD, one call per epoch on a permutation drawn from the
+task's seed, so batches are the same as the PyTorch adapter's. FedProx's proximal term
+and FedSGD's gradient payload need the PyTorch adapter and are refused here with an error
+that says so.
 """
 
 from __future__ import annotations
@@ -34,9 +36,16 @@ if keras.backend.backend() != "torch":
 
 
 def keras_params(model: Any) -> Params:
-    """The model's weights as ``Params`` named by variable path."""
+    """The model's weights as ``Params``, named ``<position>/<variable name>`` with the
+    position zero-padded to one width, so the same architecture gets the same names in any
+    process, whatever was built before it."""
+    weights = model.weights
+    width = len(str(max(len(weights) - 1, 0)))
     return Params(
-        {v.path: np.array(w) for v, w in zip(model.weights, model.get_weights(), strict=True)}
+        {
+            f"{i:0{width}d}/{v.name}": np.array(w)
+            for i, (v, w) in enumerate(zip(weights, model.get_weights(), strict=True))
+        }
     )
 
 
