@@ -25,3 +25,18 @@ def test_every_run_file_in_the_docs_is_a_valid_config(tmp_path, doc, block):
     (tmp_path / "run.toml").write_text(block)
     config = load_config(tmp_path / "run.toml", None, {})
     assert config.run.rounds >= 1
+
+
+def test_the_readme_states_both_sets_of_defaults_as_the_code_has_them():
+    from fedstream import RoundConfig
+    from fedstream.simulation import SimulationConfig
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    stated = re.findall(
+        r"(\d+) clients a round, (\d+) local epochs?, batch (\d+), lr (\d+(?:\.\d+)?)", text
+    )
+    actual = [
+        (str(c.clients_per_round), str(c.local_epochs), str(c.batch_size), f"{c.lr:g}")
+        for c in (RoundConfig(), SimulationConfig().round_config())
+    ]
+    assert stated == actual

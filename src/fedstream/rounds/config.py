@@ -70,6 +70,10 @@ class RoundConfig:
 
     Systems heterogeneity (stragglers) is not a round setting: a simulation passes a task
     policy to :func:`fedstream.rounds.run_round` (``fedstream.simulation.stragglers``).
+
+    The defaults are generic and cautious (10 clients a round, 1 epoch, lr 0.05). A
+    simulation's differ: ``SimulationConfig().round_config()`` carries its default job's
+    settings (20 a round, 5 epochs, lr 0.3), as the README says.
     """
 
     clients_per_round: int | float = 10
