@@ -13,6 +13,7 @@ PACKAGES = [
     "fedstream.data",
     "fedstream.models",
     "fedstream.privacy",
+    "fedstream.project",
     "fedstream.secure",
     "fedstream.serving",
     "fedstream.simulation",

@@ -29,7 +29,7 @@ from fedstream.privacy import (
     update_noise_multiplier,
 )
 from fedstream.rounds import plan_round
-from fedstream.simulation import build
+from fedstream.simulation import SimulationConfig, build
 from fedstream.simulation.config import from_mapping
 from fedstream.types import WITHIN_CLIP
 from tests.settings import nested
@@ -185,6 +185,13 @@ def test_epsilon_is_accounted_for_the_client_sampling_that_ran(tmp_path):
                 ledger.epsilon(1e-5, method="pld")
 
 
+def params_after(flat, rounds):
+    """The global params after ``rounds`` rounds (the initial ones for 0)."""
+    if rounds == 0:
+        return build(SimulationConfig().with_changes(**nested(**flat))).initial.params
+    return simulate(**nested(**flat | {"rounds": rounds})).state.params
+
+
 def test_poisson_rounds_vary_in_size_and_an_empty_one_still_releases_noise():
     flat = {
         "num_clients": 6, "clients_per_round": 1, "rounds": 8, "local_epochs": 1,
@@ -196,8 +203,8 @@ def test_poisson_rounds_vary_in_size_and_an_empty_one_still_releases_noise():
     assert result.state.accountant["client"].entries == ((1.0, 1 / 6, 8, 0),)
     # the empty round moved the model by the noise alone: N(0, (z·C)²)/(q·N) per entry
     empty = sizes.index(0) + 1
-    before = simulate(**nested(**flat | {"rounds": empty - 1})).state.params
-    after = simulate(**nested(**flat | {"rounds": empty})).state.params
+    before = params_after(flat, empty - 1)
+    after = params_after(flat, empty)
     assert 0.5 < np.std((after - before).flat()) < 1.5
     # without DP, an empty Poisson round leaves the model where it was
     plain = {**flat, "dp": "none", "sampling": "poisson"}
@@ -205,8 +212,8 @@ def test_poisson_rounds_vary_in_size_and_an_empty_one_still_releases_noise():
     plain_sizes = [len(r.sampled) for r in plain_result.reports]
     assert 0 in plain_sizes
     k = plain_sizes.index(0) + 1
-    same_before = simulate(**nested(**plain | {"rounds": k - 1})).state.params
-    same_after = simulate(**nested(**plain | {"rounds": k})).state.params
+    same_before = params_after(plain, k - 1)
+    same_after = params_after(plain, k)
     assert same_after.bit_equal(same_before)
 
 

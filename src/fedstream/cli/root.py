@@ -1,13 +1,77 @@
-"""The ``fedstream`` command group: options every command shares."""
+"""The ``fedstream`` command group: options every command shares, and the table of
+commands, each imported only when it is used."""
 
 from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
 
 import click
 
 import fedstream
 
+COMMANDS: Mapping[str, tuple[str, str]] = {
+    "client": (
+        "fedstream.cli.deploy",
+        "Join a federated run as one client; reconnects until the server ends the run, or",
+    ),
+    "data": ("fedstream.cli.data", "Inspect data sets and how they split over clients."),
+    "new": (
+        "fedstream.cli.new",
+        "Start a federated project NAME that fedstream run runs as it is.",
+    ),
+    "run": (
+        "fedstream.cli.run",
+        "Run a simulated federated training (digits, 100 clients, FedAvg by default).",
+    ),
+    "runs": (
+        "fedstream.cli.runs",
+        "Read the run store: past and running runs, their rounds and metrics.",
+    ),
+    "serve": (
+        "fedstream.cli.serve",
+        "Serve a run's global model over HTTP(S), following new versions as training goes on.",
+    ),
+    "server": (
+        "fedstream.cli.deploy",
+        "Serve a federated run to clients that connect over gRPC (TLS unless --insecure).",
+    ),
+    "tokens": (
+        "fedstream.cli.deploy",
+        "Make a random token for every client of a run config, and each client's SecAgg+",
+    ),
+}
+"""Each command: the module that defines it, and the first line of its help, which the
+command list shows without importing the module (``tests/cli`` keeps the two in step)."""
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose commands' modules (and what they import: torch, scikit-learn, gRPC)
+    load only when one of them runs or shows its own help, so ``fedstream --help`` and
+    ``fedstream --version`` answer at once."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS and cmd_name not in self.commands:
+            importlib.import_module(COMMANDS[cmd_name][0])  # its decorators register it
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = [
+            (name, click.Command(name, help=COMMANDS[name][1]).get_short_help_str(limit))
+            for name in names
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(fedstream.__version__, prog_name="fedstream")
 @click.option(
     "--log-level",
