@@ -19,6 +19,7 @@ PACKAGES = [
     "fedstream.simulation",
     "fedstream.store",
     "fedstream.strategies",
+    "fedstream.tracking",
     "fedstream.transport",
 ]
 

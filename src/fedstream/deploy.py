@@ -21,7 +21,7 @@ import os
 import secrets
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +39,7 @@ from fedstream.errors import ConfigError
 from fedstream.secure.secagg import Identity, load_identity, make_identities
 from fedstream.simulation.config import SimulationConfig
 from fedstream.simulation.engine import Setup, SimulationResult, build, resolve_app, simulate
+from fedstream.tracking.base import RunCallback
 from fedstream.transport.grpc.client import (
     DEFAULT_GIVE_UP_S,
     ClientCredentials,
@@ -163,6 +164,7 @@ def serve(
     on_listening: Callable[[int], None] | None = None,
     publish_to: PublishTarget | None = None,
     app: App | None = None,
+    callbacks: Sequence[RunCallback] = (),
 ) -> SimulationResult:
     """Run the federated training in ``config`` (and ``app``, whose client data the server
     never reads) as a gRPC server on ``listen``.
@@ -202,6 +204,7 @@ def serve(
             progress=progress,
             transport_factory=transport,
             publish_to=publish_to,
+            callbacks=callbacks,
         )
     finally:
         for service, server in started:

@@ -17,6 +17,8 @@ from fedstream.cli.options import (
     publish_target,
     read_file,
     setting_options,
+    tracking_callbacks,
+    tracking_options,
 )
 from fedstream.cli.root import main
 from fedstream.errors import ConfigError, FedstreamError
@@ -105,6 +107,7 @@ def warn_insecure(side: str) -> None:
 )
 @click.option("--quiet", is_flag=True, help="No progress bar or table.")
 @publish_options
+@tracking_options
 @setting_options
 def server(
     config_path: Path | None,
@@ -125,6 +128,8 @@ def server(
     publish_to: str | None,
     publish_token_file: Path | None,
     publish_ca: Path | None,
+    tensorboard_dir: Path | None,
+    mlflow_uri: str | None,
     **flags: str | None,
 ) -> None:
     """Serve a federated run to clients that connect over gRPC (TLS unless --insecure)."""
@@ -174,6 +179,7 @@ def server(
             progress=not quiet,
             on_listening=listening,
             publish_to=publish_target(publish_to, publish_token_file, publish_ca),
+            callbacks=tracking_callbacks(tensorboard_dir, mlflow_uri),
         )
     except FedstreamError as exc:
         fail(exc)

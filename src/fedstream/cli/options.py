@@ -30,6 +30,45 @@ if TYPE_CHECKING:
     from fedstream.serving import PublishTarget
 
 
+def tracking_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--tensorboard and --mlflow, shared by run and server."""
+    options = [
+        click.option(
+            "--tensorboard",
+            "tensorboard_dir",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Also log every round's metrics for TensorBoard under this folder "
+            "(tensorboard --logdir it).",
+        ),
+        click.option(
+            "--mlflow",
+            "mlflow_uri",
+            default=None,
+            metavar="URI",
+            help="Also log the run to this MLflow tracking store (e.g. sqlite:///mlflow.db, or a "
+            "tracking server's URL), experiment 'fedstream'.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def tracking_callbacks(tensorboard_dir: Path | None, mlflow_uri: str | None) -> list[Any]:
+    """The loggers the tracking options ask for (``fedstream.tracking``)."""
+    callbacks: list[Any] = []
+    if tensorboard_dir is not None:
+        from fedstream.tracking import TensorBoardLogger
+
+        callbacks.append(TensorBoardLogger(tensorboard_dir))
+    if mlflow_uri is not None:
+        from fedstream.tracking import MLflowLogger
+
+        callbacks.append(MLflowLogger(mlflow_uri))
+    return callbacks
+
+
 def publish_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """--publish-to, --publish-token-file and --publish-ca, shared by run and server."""
     options = [

@@ -19,6 +19,8 @@ from fedstream.cli.options import (
     publish_options,
     publish_target,
     setting_options,
+    tracking_callbacks,
+    tracking_options,
 )
 from fedstream.cli.root import main
 from fedstream.errors import ConfigError, FedstreamError
@@ -65,6 +67,7 @@ log = logging.getLogger("fedstream.cli")
 )
 @OVERWRITE_OPTION
 @publish_options
+@tracking_options
 @click.option(
     "--serve",
     "serve_port",
@@ -86,6 +89,8 @@ def run(
     publish_to: str | None,
     publish_token_file: Path | None,
     publish_ca: Path | None,
+    tensorboard_dir: Path | None,
+    mlflow_uri: str | None,
     **flags: str | None,
 ) -> None:
     """Run a simulated federated training (digits, 100 clients, FedAvg by default).
@@ -107,7 +112,12 @@ def run(
                 for section, values in flag_settings(flags).items()
             }
             fedstream.simulate(
-                output_dir=resume_dir, resume=True, store=store, progress=not quiet, **changes
+                output_dir=resume_dir,
+                resume=True,
+                store=store,
+                progress=not quiet,
+                callbacks=tracking_callbacks(tensorboard_dir, mlflow_uri),
+                **changes,
             )
             if quiet:
                 click.echo(str(resume_dir))
@@ -130,6 +140,7 @@ def run(
                 store=store,
                 publish_to=target,
                 overwrite=overwrite,
+                callbacks=tracking_callbacks(tensorboard_dir, mlflow_uri),
             )
         finally:
             if stop is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fedstream.errors import ConfigError
 
-PYPROJECT = '''\
+PYPROJECT = """\
 [project]
 name = "{name}"
 version = "0.1.0"
@@ -32,7 +32,7 @@ clients_per_round = 4
 local_epochs = 2
 batch_size = 16
 lr = 0.1
-'''
+"""
 
 MODEL = '''\
 """The model every site trains: an ordinary PyTorch module. Replace it with your own; batch
@@ -102,7 +102,7 @@ app = fedstream.App(
 )
 '''
 
-README = '''\
+README = """\
 # {name}
 
 A federated learning project made with `fedstream new`. Eight sites each hold a share of
@@ -124,7 +124,7 @@ To make it yours:
 - `pyproject.toml`: rounds, clients a round, local training, and any other setting
   (differential privacy `[tool.fedstream.privacy]`, secure aggregation
   `[tool.fedstream.secure]`, compression `[tool.fedstream.compression]`).
-'''
+"""
 
 
 def check_project_name(name: str) -> str:

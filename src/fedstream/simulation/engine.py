@@ -6,7 +6,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +37,7 @@ from fedstream.store.checkpoint import (
 )
 from fedstream.store.folder import HISTORY_FILE, RoundHistory, claim_run_folder
 from fedstream.store.runs import RunStore
+from fedstream.tracking.base import RunCallback, RunStart, notify
 from fedstream.transport.base import Transport
 from fedstream.transport.inprocess import InProcessTransport
 from fedstream.transport.processes import ProcessTransport, available_cores
@@ -400,6 +401,7 @@ def simulate(
     keep_checkpoints: int = 3,
     transport_factory: Callable[[Setup], Transport] | None = None,
     publish_to: PublishTarget | None = None,
+    callbacks: Sequence[RunCallback] = (),
     **overrides: Mapping[str, Any],
 ) -> SimulationResult:
     """Run a simulated federated training and return its result.
@@ -431,7 +433,8 @@ def simulate(
     ``publish_to`` (a ``fedstream.serving.PublishTarget``) also pushes every round's model
     to a serving process (``fedstream serve --publish-token-file``), which may run on
     another machine, over TLS for an https URL; a push that fails is logged and training
-    goes on.
+    goes on. ``callbacks`` (``fedstream.tracking.RunCallback``: the TensorBoard and MLflow
+    loggers, or your own) hear the run start, each round end and the run end.
     """
     if isinstance(app, str):
         overrides = merge(overrides, {"model": {"app": app}})
@@ -449,11 +452,12 @@ def simulate(
         )
     if out is None:
         return _simulate(config, app_object, None, None, progress, resume, overwrite, 0,
-                         transport_factory, publish_to)  # fmt: skip
+                         transport_factory, publish_to, list(callbacks))  # fmt: skip
     with claim_run_folder(out, resume=resume, overwrite=overwrite):
         runs = RunStore(store or out.parent / "store.sqlite")
         return _simulate(config, app_object, out, runs, progress, resume, overwrite,
-                         keep_checkpoints, transport_factory, publish_to)  # fmt: skip
+                         keep_checkpoints, transport_factory, publish_to,
+                         list(callbacks))  # fmt: skip
 
 
 def _simulate(
@@ -467,6 +471,7 @@ def _simulate(
     keep_checkpoints: int,
     transport_factory: Callable[[Setup], Transport] | None,
     publish_to: PublishTarget | None,
+    callbacks: list[RunCallback],
 ) -> SimulationResult:
     """``simulate`` once its config is resolved and its run folder (if any) claimed."""
     started = time.perf_counter()
@@ -495,6 +500,10 @@ def _simulate(
         assert transport is not None
         if resume and devices is not None and saved_clients:
             devices.restore_client_states(saved_clients)
+        start = RunStart(
+            run_id or config.run_name, config.label, config.to_dict(), out, state.round
+        )
+        notify(callbacks, "on_run_start", start)
         try:
             with RoundProgress(config.run.rounds, enabled=progress, done=state.round) as bar:
                 for new_state, report in run_rounds(
@@ -530,6 +539,7 @@ def _simulate(
                     state = new_state
                     reports.append(report)
                     bar.advance(report)
+                    notify(callbacks, "on_round_end", report)
         except RoundFailedError as failure:
             # keep what the completed rounds produced, then let the caller see the failure
             partial = SimulationResult(
@@ -543,6 +553,7 @@ def _simulate(
             if out is not None and runs is not None:
                 write_outputs(partial, describe(setup, config), out, error=str(failure))
                 runs.finish_run(run_id, error=str(failure))
+            notify(callbacks, "on_run_end", partial, str(failure))
             raise
         finally:
             if workers is not None:
@@ -553,6 +564,7 @@ def _simulate(
     if out is not None and runs is not None:
         write_outputs(result, describe(setup, config), out)
         runs.finish_run(run_id)
+    notify(callbacks, "on_run_end", result, None)
     if progress:
         RoundProgress.print_summary(result)
     return result
