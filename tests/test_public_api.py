@@ -10,6 +10,7 @@ PACKAGES = [
     "fedstream",
     "fedstream.client",
     "fedstream.compression",
+    "fedstream.dashboard",
     "fedstream.data",
     "fedstream.models",
     "fedstream.privacy",

@@ -134,6 +134,12 @@ def test_pin_rollback_unknown_version_and_metrics(served):
     text = httpx.get(f"{url}/metrics").text
     assert 'fedstream_requests_total{status="200"}' in text
     assert "fedstream_model_version 3" in text and "fedstream_request_seconds_bucket" in text
+    # the dashboard rides on the serving port, with this process's traffic
+    assert "fedstream dashboard" in httpx.get(f"{url}/dashboard").text
+    serving = httpx.get(f"{url}/dashboard/api/serving").json()
+    assert serving["run"] == "run" and serving["version served"] == 3
+    assert serving["requests 200"] >= 1 and serving["model swaps"] >= 1
+    assert [r["id"] for r in httpx.get(f"{url}/dashboard/api/runs").json()] == ["run"]
 
 
 def test_new_versions_are_swapped_in_under_load_with_no_failed_or_mixed_answer(served):

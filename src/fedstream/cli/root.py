@@ -15,6 +15,10 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
         "fedstream.cli.deploy",
         "Join a federated run as one client; reconnects until the server ends the run, or",
     ),
+    "dashboard": (
+        "fedstream.cli.dashboard",
+        "Watch runs live in a browser: runs, curves, client outcomes, model versions.",
+    ),
     "data": ("fedstream.cli.data", "Inspect data sets and how they split over clients."),
     "new": (
         "fedstream.cli.new",

@@ -6,13 +6,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
 from fedstream.cli.options import fail
 from fedstream.cli.root import main
 from fedstream.errors import ConfigError, FedstreamError
+from fedstream.store.views import describe_config, headline, setting
 
 
 @main.group()
@@ -27,55 +27,6 @@ STORE_OPTION = click.option(
     show_default=True,
     help="SQLite run store.",
 )
-
-
-def setting(config: dict[str, Any], section: str, name: str) -> Any:
-    """A run's setting as its config.json holds it: by section (``config["run"]["rounds"]``),
-    or flat in a run stored before the sections; ``""`` when absent."""
-    table = config.get(section)
-    if isinstance(table, dict) and name in table:
-        return table[name]
-    flat = "strategy" if (section, name) == ("strategy", "name") else name
-    value = config.get(flat, "")
-    return "" if isinstance(value, dict) else value
-
-
-HEADLINE = (("central_accuracy", "acc", "{:.3f}"), ("central_loss", "loss", "{:.4g}"))
-
-
-def headline(metrics: dict[str, float]) -> str:
-    """A round's result in a few characters: accuracy (else loss) on the held-out set,
-    and ε for a DP run, e.g. ``acc 0.912, ε 3.21``."""
-    parts = [
-        f"{label} {form.format(metrics[key])}" for key, label, form in HEADLINE if key in metrics
-    ][:1]
-    if "dp_epsilon" in metrics:
-        parts.append(f"ε {metrics['dp_epsilon']:.2f}")
-    return ", ".join(parts)
-
-
-def describe_config(config: dict[str, Any]) -> tuple[str, list[tuple[str, Any]]]:
-    """A stored run's strategy as a person names it (``fedavg + DP (client) + q8``) and
-    every setting that differs from the defaults, as (``section.name``, value) pairs. A
-    config this version cannot read (a run from an older one) gives its strategy name and
-    its settings as stored."""
-    from fedstream.simulation.config import SimulationConfig, from_mapping
-
-    try:
-        parsed = from_mapping(config, source="run store")
-    except FedstreamError:
-        flat = [
-            (key, value) for key, value in sorted(config.items()) if not isinstance(value, dict)
-        ]
-        return str(setting(config, "strategy", "name")), flat
-    defaults = SimulationConfig().to_dict()
-    changed = [
-        (f"{section}.{name}", value)
-        for section, values in parsed.to_dict().items()
-        for name, value in values.items()
-        if defaults.get(section, {}).get(name) != value
-    ]
-    return parsed.label, changed
 
 
 @runs.command("list")

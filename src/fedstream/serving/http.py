@@ -28,6 +28,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
+from fedstream.dashboard.routes import mount_dashboard
 from fedstream.errors import WireFormatError
 from fedstream.params import Params
 from fedstream.serving.registry import ModelLoadError, build_version
@@ -297,4 +298,20 @@ def create_app(server: Server) -> App:
             )
         )
 
+    mount_dashboard(app, server.store.path, serving=lambda: serving_summary(server))
     return App(server, app)
+
+
+def serving_summary(server: Server) -> dict[str, Any]:
+    """The serving side for the dashboard: the run and version served, requests by status,
+    their mean latency, and the model swaps so far."""
+    stats, current = server.stats, server.current
+    summary: dict[str, Any] = {
+        "run": server.run_id,
+        "version served": current.version if current is not None else None,
+        "model swaps": stats.swaps,
+    }
+    summary |= {f"requests {status}": count for status, count in sorted(stats.requests.items())}
+    if stats.latency_count:
+        summary["mean latency (ms)"] = 1000 * stats.latency_sum / stats.latency_count
+    return summary
