@@ -20,6 +20,7 @@ PACKAGES = [
     "fedstream.simulation",
     "fedstream.store",
     "fedstream.strategies",
+    "fedstream.sweep",
     "fedstream.tracking",
     "fedstream.transport",
 ]

@@ -186,6 +186,18 @@ def test_runs_list_names_each_runs_privacy_and_codec_and_its_last_result(tmp_pat
         "data.num_clients": "6", "run.rounds": "2", "run.clients_per_round": "2",
         "compression.codec": '"q8"',
     }  # fmt: skip
+    compared = CliRunner(env={"COLUMNS": "200"}).invoke(
+        main, ["runs", "compare", "dp", "q8", "--store", store, "--plot", str(tmp_path / "c.png")]
+    )
+    assert compared.exit_code == 0, compared.output
+    cells = [[t for t in line.split() if t != "│"] for line in compared.output.splitlines()]
+    rows = {row[0]: row[1:] for row in cells if len(row) in (2, 3)}
+    accuracy = [f"{r.reports[-1].metrics['central_accuracy']:.4f}" for r in (private, compressed)]
+    assert rows["central_accuracy"] == accuracy and rows["rounds"] == ["2", "2"]
+    assert rows["dp_epsilon"][0] == f"{dp_metrics['dp_epsilon']:.4f}"
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    unknown = CliRunner().invoke(main, ["runs", "compare", "dp", "nope", "--store", store])
+    assert unknown.exit_code == 2 and "run='nope' is invalid" in unknown.output
 
 
 @pytest.mark.slow

@@ -40,6 +40,10 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
         "fedstream.cli.deploy",
         "Serve a federated run to clients that connect over gRPC (TLS unless --insecure).",
     ),
+    "sweep": (
+        "fedstream.cli.sweep",
+        "Run every combination of SWEEP_FILE's [grid] for each of its seeds, and compare.",
+    ),
     "tokens": (
         "fedstream.cli.deploy",
         "Make a random token for every client of a run config, and each client's SecAgg+",

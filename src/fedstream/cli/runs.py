@@ -111,3 +111,56 @@ def runs_show(run_id: str, store: Path, as_json: bool) -> None:
             *(f"{r['metrics'][n]:.4f}" if n in r["metrics"] else "" for n in names),
         )
     console.print(table)
+
+
+@runs.command("compare")
+@click.argument("run_ids", nargs=-1, required=True)
+@STORE_OPTION
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also draw the runs' curves on one plot (PNG) here.",
+)
+def runs_compare(run_ids: tuple[str, ...], store: Path, plot: Path | None) -> None:
+    """Runs side by side: strategy, rounds, and each final metric; --plot overlays them."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from fedstream.store.runs import RunStore
+
+    try:
+        if not store.exists():
+            raise ConfigError("--store", str(store), "an existing run store")
+        chosen = [RunStore(store).run(run_id) for run_id in run_ids]
+    except FedstreamError as exc:
+        fail(exc)
+    finals = [r["rounds"][-1]["metrics"] if r["rounds"] else {} for r in chosen]
+    names = sorted({k for metrics in finals for k in metrics})
+    table = Table(title=f"{len(chosen)} runs from {store}")
+    table.add_column("measure")
+    for run in chosen:
+        table.add_column(run["id"], justify="right")
+    table.add_row("strategy", *(describe_config(r["config"])[0] for r in chosen))
+    table.add_row("status", *(r["status"] for r in chosen))
+    table.add_row("rounds", *(str(r["rounds_done"]) for r in chosen))
+    for name in names:
+        table.add_row(name, *(f"{m[name]:.4f}" if name in m else "" for m in finals))
+    Console().print(table)
+    if plot is not None:
+        from fedstream.simulation.report import Panel, draw_panels
+
+        metric = next((m for m in ("central_accuracy", "central_loss") if m in names), names[0])
+        series = {
+            r["id"]: (
+                tuple(float(x["round"]) for x in r["rounds"] if metric in x["metrics"]),
+                tuple(x["metrics"][metric] for x in r["rounds"] if metric in x["metrics"]),
+            )
+            for r in chosen
+        }
+        import matplotlib.pyplot as plt
+
+        figure = draw_panels([Panel("round", metric, series)], "compared runs")
+        figure.savefig(plot)
+        plt.close(figure)
+        click.echo(str(plot))
