@@ -118,6 +118,10 @@ def mutmut_config(group: Group) -> str:
         # each mutant forks from a process that has imported the tests but run none, so no
         # cache an earlier test filled (the params header cache) hides a mutant
         "process_isolation = forkserver\n"
+        # a mutant still running after 3 × 2 × (its tests' time + 1 s) of CPU is looping (a
+        # rejection sampler that never accepts): mutmut's default of 15 × spent up to 15
+        # minutes on each of those in the privacy group
+        "timeout_multiplier = 3\n"
     )
 
 
