@@ -2,11 +2,13 @@
 is a valid config as ``fedstream run --config`` reads it."""
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from fedstream.cli.options import load_config
+from fedstream.sweep import sweep_from_mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_TOML = [
@@ -17,11 +19,14 @@ DOC_TOML = [
 
 
 def test_the_docs_hold_run_files():
-    assert {doc for doc, _ in DOC_TOML} >= {"README.md", "deployment.md"}
+    assert {doc for doc, _ in DOC_TOML} >= {"README.md", "deployment.md", "first-hour.md"}
 
 
 @pytest.mark.parametrize(("doc", "block"), DOC_TOML, ids=[doc for doc, _ in DOC_TOML])
-def test_every_run_file_in_the_docs_is_a_valid_config(tmp_path, doc, block):
+def test_every_run_and_sweep_file_in_the_docs_is_valid(tmp_path, doc, block):
+    if "[grid]" in block:  # a sweep file: every arm's config is checked
+        assert len(sweep_from_mapping(tomllib.loads(block)).runs()) >= 1
+        return
     (tmp_path / "run.toml").write_text(block)
     config = load_config(tmp_path / "run.toml", None, {})
     assert config.run.rounds >= 1
