@@ -5,7 +5,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fedstream import ConfigError, FedAvg, FedAvgM, RoundConfig, ServerState, run_round
+from fedstream import (
+    ConfigError,
+    FedAvg,
+    FedAvgM,
+    RoundConfig,
+    RoundFailedError,
+    ServerState,
+    run_round,
+)
 from fedstream.strategies.robust import Robust
 from tests.rounds.scripted import CLIENTS, GLOBAL, transport
 from tests.settings import make_config
@@ -21,6 +29,12 @@ def attacked():
     [
         (Robust(FedAvg(), "median"), 2.5),  # median of −6e6, 1, 2, 3, 4, 5
         (Robust(FedAvg(), "trimmed_mean", 1 / 6), 2.5),  # mean of 1, 2, 3, 4
+        (Robust(FedAvg(), "multi_krum", byzantine=1), 3.0),  # the 5 honest, averaged
+        # from the median 2.5, τ = the median distance (1.5 per entry): the clipped
+        # differences −1.5, −0.5, 0.5, 1.5, 1.5 and the attacker's −1.5 cancel
+        (Robust(FedAvg(), "centered_clipping"), 2.5),
+        # M = the median norm (3.5 per entry): 1, 2, 3, 3.5, 3.5 and the attacker's −3.5
+        (Robust(FedAvg(), "norm_bound"), 9.5 / 6),
     ],
 )
 def test_a_robust_rule_shrugs_off_one_attacker_that_owns_the_weighted_mean(strategy, expected):
@@ -53,3 +67,38 @@ def test_robust_rules_compose_with_client_side_dp_and_not_with_central_dp():
     make_config(aggregator="trimmed_mean", dp="local")  # noise on the clients: composes
     with pytest.raises(ConfigError, match="aggregator='mode' is invalid"):
         make_config(aggregator="mode")
+
+
+def test_krum_takes_one_of_the_three_most_central_honest_updates_whole():
+    # f = 1 of 6: the 3 nearest neighbours of 2, 3 and 4 are equally near (a tie)
+    state = ServerState.initial(GLOBAL, seed=0)
+    config = RoundConfig(clients_per_round=6, evaluate_fraction=0.0)
+    robust, _ = run_round(state, Robust(FedAvg(), "krum", byzantine=1), attacked(), CLIENTS, config)
+    moved = (robust.params.flat() - GLOBAL.flat()).tolist()
+    assert moved in ([2.0] * 3, [3.0] * 3, [4.0] * 3)
+
+
+def test_the_geometric_median_lands_between_the_middle_two_honest_updates():
+    state = ServerState.initial(GLOBAL, seed=0)
+    config = RoundConfig(clients_per_round=6, evaluate_fraction=0.0)
+    robust, _ = run_round(state, Robust(FedAvg(), "geometric_median"), attacked(), CLIENTS, config)
+    assert 2.0 <= float(robust.params["b"][0] - GLOBAL["b"][0]) <= 3.0
+
+
+def test_a_round_with_too_few_updates_for_the_rule_fails_and_changes_nothing():
+    state = ServerState.initial(GLOBAL, seed=0)
+    config = RoundConfig(clients_per_round=6, evaluate_fraction=0.0)
+    with pytest.raises(RoundFailedError) as raised:
+        run_round(state, Robust(FedAvg(), "bulyan", byzantine=1), attacked(), CLIENTS, config)
+    assert "strategy.byzantine=1 is invalid: expected at most 0 for bulyan over 6 updates" in str(
+        raised.value
+    )
+    assert state.round == 0 and state.params.bit_equal(GLOBAL)  # nothing half-applied
+
+
+def test_attacker_bounds_are_checked_when_the_run_is_configured():
+    with pytest.raises(
+        ConfigError, match=r"^strategy\.byzantine=2 is invalid: expected at most 1 for krum over 6"
+    ):
+        make_config(aggregator="krum", byzantine=2, clients_per_round=6, num_clients=20)
+    make_config(aggregator="bulyan", byzantine=1, clients_per_round=8, num_clients=20)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from fedstream import checks
-from fedstream.aggregation.robust import ROBUST_RULES
+from fedstream.aggregation.robust import ROBUST_RULES, check_byzantine
 from fedstream.compression.codecs import Compression
 from fedstream.data.datasets import (
     DATASETS,
@@ -181,6 +181,15 @@ class StrategySettings:
     trim_fraction: float = setting(
         0.1, "trimmed_mean: share of values dropped at each end of every coordinate"
     )
+    byzantine: int = setting(
+        1, "krum, multi_krum, bulyan: attackers f to tolerate (n > 2f+2; bulyan n > 4f+3)"
+    )
+    clip_radius: float | None = setting(
+        None, "centered_clipping: radius τ (default: the median of each step's distances)"
+    )
+    norm_bound: float | None = setting(
+        None, "norm_bound: largest update norm M (default: the median of the round's norms)"
+    )
     hyperparameters: Mapping[str, Any] = field(
         default_factory=dict, metadata={"help": "the strategy's own settings, by name"}
     )
@@ -191,6 +200,10 @@ class StrategySettings:
         checks.in_unit_interval(
             "strategy.trim_fraction", self.trim_fraction, include_zero=True, include_one=False
         )
+        checks.non_negative_int("strategy.byzantine", self.byzantine)
+        for name in ("clip_radius", "norm_bound"):
+            if getattr(self, name) is not None:
+                checks.positive(f"strategy.{name}", getattr(self, name))
         declared = hyperparameters_of(self.name)
         for key, value in self.hyperparameters.items():
             if key not in declared:
@@ -206,7 +219,14 @@ class StrategySettings:
         strategy = make_strategy(self.name, **self.hyperparameters)
         if self.aggregator == "mean":
             return strategy
-        return Robust(strategy, self.aggregator, self.trim_fraction)
+        return Robust(
+            strategy,
+            self.aggregator,
+            self.trim_fraction,
+            self.byzantine,
+            self.clip_radius,
+            self.norm_bound,
+        )
 
 
 @dataclass(frozen=True)
@@ -530,6 +550,12 @@ class SimulationConfig:
                 self.secure.scheme,
                 f"'none' with strategy.aggregator={self.strategy.aggregator!r}, which reads "
                 "each client's update (a secure sum reveals only their total)",
+            )
+        if self.strategy.aggregator in ("krum", "multi_krum", "bulyan"):
+            # the round's count is known here under fixed sampling; a round that ends with
+            # fewer valid updates than the rule needs fails, naming the numbers
+            check_byzantine(
+                self.strategy.aggregator, self.clients_per_round_count(), self.strategy.byzantine
             )
         self._check_update_bounds()
         self.check_poisson_rounds()

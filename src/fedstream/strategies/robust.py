@@ -18,21 +18,35 @@ import numpy as np
 import numpy.typing as npt
 
 from fedstream import checks
-from fedstream.aggregation.robust import ROBUST_RULES, coordinate_median, trimmed_mean
+from fedstream.aggregation.robust import (
+    ROBUST_RULES,
+    bulyan,
+    centered_clipping,
+    coordinate_median,
+    geometric_median,
+    multi_krum,
+    norm_bounded_mean,
+    trimmed_mean,
+)
 from fedstream.aggregation.updates import UpdateMatrix
-from fedstream.errors import RoundFailedError
+from fedstream.errors import ConfigError, RoundFailedError
 from fedstream.strategies.base import StrategyWrapper
 from fedstream.types import ServerState, WeightedSum
 
 
 @dataclass(frozen=True)
 class Robust(StrategyWrapper):
-    """``inner`` with its mean delta replaced by ``rule`` over the round's updates:
-    ``"median"`` (coordinate-wise) or ``"trimmed_mean"`` (dropping ``trim_fraction`` of the
-    values at each end of every coordinate)."""
+    """``inner`` with its mean delta replaced by ``rule`` over the round's updates (one of
+    ``ROBUST_RULES``, ``fedstream.aggregation.robust``): ``trim_fraction`` for
+    ``trimmed_mean``; ``byzantine`` (f, the attackers to tolerate) for Krum, Multi-Krum
+    and Bulyan, checked against each round's count; ``radius`` for centered clipping and
+    ``bound`` for norm bounding (unset: the median of the round's norms)."""
 
     rule: str = "median"
     trim_fraction: float = 0.1
+    byzantine: int = 1
+    radius: float | None = None
+    bound: float | None = None
     needs_individual_updates: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -40,6 +54,10 @@ class Robust(StrategyWrapper):
         checks.in_unit_interval(
             "trim_fraction", self.trim_fraction, include_zero=True, include_one=False
         )
+        checks.non_negative_int("byzantine", self.byzantine)
+        for name in ("radius", "bound"):
+            if getattr(self, name) is not None:
+                checks.positive(name, getattr(self, name))
 
     @property
     def name(self) -> str:
@@ -47,9 +65,20 @@ class Robust(StrategyWrapper):
 
     def robust_delta(self, updates: UpdateMatrix) -> npt.NDArray[np.float64]:
         """The rule applied to the round's updates: one flat float64 vector."""
-        if self.rule == "median":
+        rule = self.rule
+        if rule == "median":
             return coordinate_median(updates)
-        return trimmed_mean(updates, self.trim_fraction)
+        if rule == "trimmed_mean":
+            return trimmed_mean(updates, self.trim_fraction)
+        if rule in ("krum", "multi_krum"):
+            return multi_krum(updates, self.byzantine, 1 if rule == "krum" else None)
+        if rule == "bulyan":
+            return bulyan(updates, self.byzantine)
+        if rule == "geometric_median":
+            return geometric_median(updates)
+        if rule == "centered_clipping":
+            return centered_clipping(updates, self.radius)
+        return norm_bounded_mean(updates, self.bound)
 
     def server_update(self, state: ServerState, aggregate: WeightedSum) -> ServerState:
         updates = aggregate.updates
@@ -57,6 +86,10 @@ class Robust(StrategyWrapper):
             raise RoundFailedError(
                 state.round + 1, f"{self.name} needs the round's individual updates"
             )
-        delta = updates.unflatten(self.robust_delta(updates))
+        try:
+            flat = self.robust_delta(updates)
+        except ConfigError as exc:  # too few updates for the attackers it must tolerate
+            raise RoundFailedError(state.round + 1, str(exc)) from None
+        delta = updates.unflatten(flat)
         robust = replace(aggregate, total=delta, weight=1.0, updates=None)
         return self.inner.server_update(state, robust)
