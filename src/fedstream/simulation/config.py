@@ -1,6 +1,6 @@
 """``SimulationConfig``: every setting of a simulated run, by concern.
 
-Nine sections, each a small frozen dataclass whose fields carry their help text:
+Ten sections, each a small frozen dataclass whose fields carry their help text:
 
 | section | what it sets |
 |---|---|
@@ -13,6 +13,7 @@ Nine sections, each a small frozen dataclass whose fields carry their help text:
 | ``secure`` | the secure sum |
 | ``compression`` | codecs each way, pruning |
 | ``execution`` | trainer, seed, threads, where clients train |
+| ``attack`` | simulated attackers, for experiments on robust aggregation |
 
 The same keys everywhere: a TOML file has a table per section (``[strategy]`` then
 ``mu = 0.01``), a flag is ``--section.field`` (``--strategy.mu 0.01``), and Python passes a
@@ -55,6 +56,7 @@ from fedstream.privacy.dp import DP_LEVELS, ClientSampling, DifferentialPrivacy,
 from fedstream.rounds import RoundConfig, sample_size
 from fedstream.secure.he import CKKSConfig, HEConfig, PaillierConfig
 from fedstream.secure.secagg import SecAggConfig
+from fedstream.simulation.attacks import ATTACKS
 from fedstream.simulation.stragglers import Stragglers
 from fedstream.strategies import STRATEGIES, make_strategy
 from fedstream.strategies.base import Strategy
@@ -476,6 +478,32 @@ class ExecutionSettings:
             )
 
 
+@dataclass(frozen=True)
+class AttackSettings:
+    """``[attack]``: simulated attackers among the clients (``fedstream.simulation.attacks``),
+    for experiments on robust aggregation; none by default."""
+
+    kind: str = setting("none", f"what attackers send: {', '.join(ATTACKS)}")
+    fraction: float = setting(0.2, "share of all clients that attack, drawn from the seed")
+    scale: float = setting(10.0, "sign_flip, scale: factor on the attacker's honest update")
+    noise_std: float = setting(1.0, "gaussian: standard deviation of the noise sent")
+    z: float | None = setting(
+        None, "alie: standard deviations below the honest mean (default: Baruch et al.'s z_max)"
+    )
+    ipm_epsilon: float = setting(0.5, "ipm: the attackers send −ε × the honest mean")
+
+    def __post_init__(self) -> None:
+        checks.one_of("attack.kind", self.kind, list(ATTACKS))
+        checks.in_unit_interval(
+            "attack.fraction", self.fraction, include_zero=True, include_one=False
+        )
+        checks.positive("attack.scale", self.scale)
+        checks.positive("attack.noise_std", self.noise_std)
+        if self.z is not None:
+            checks.non_negative("attack.z", self.z)
+        checks.positive("attack.ipm_epsilon", self.ipm_epsilon)
+
+
 SECTIONS: dict[str, type[Any]] = {
     "data": DataSettings,
     "model": ModelSettings,
@@ -486,6 +514,7 @@ SECTIONS: dict[str, type[Any]] = {
     "secure": SecureSettings,
     "compression": CompressionSettings,
     "execution": ExecutionSettings,
+    "attack": AttackSettings,
 }
 
 
@@ -504,6 +533,7 @@ class SimulationConfig:
     secure: SecureSettings = field(default_factory=SecureSettings)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
+    attack: AttackSettings = field(default_factory=AttackSettings)
 
     def __post_init__(self) -> None:
         with qualified():
@@ -556,6 +586,21 @@ class SimulationConfig:
             # fewer valid updates than the rule needs fails, naming the numbers
             check_byzantine(
                 self.strategy.aggregator, self.clients_per_round_count(), self.strategy.byzantine
+            )
+        attack = self.attack.kind
+        if attack != "none" and self.compression.codec != "none":
+            raise ConfigError(
+                "compression.codec",
+                self.compression.codec,
+                f"'none' with attack.kind={attack!r}: the simulated attackers rewrite the "
+                "dense updates, which a codec encodes",
+            )
+        if attack != "none" and self.secure.scheme != "none":
+            raise ConfigError(
+                "secure.scheme",
+                self.secure.scheme,
+                f"'none' with attack.kind={attack!r}: the simulated attackers rewrite the "
+                "updates, which a secure sum keeps on the clients",
             )
         self._check_update_bounds()
         self.check_poisson_rounds()
@@ -701,7 +746,10 @@ class SimulationConfig:
             parts.append(SECURE_SUMS[self.secure.scheme])
         if self.compression.codec != "none":
             parts.append(self.compression.codec)
-        return " + ".join(parts)
+        label = " + ".join(parts)
+        if self.attack.kind != "none":
+            label += f" vs {self.attack.kind} ({self.attack.fraction:.0%})"
+        return label
 
     def outlier_factor(self, deployed: bool) -> float | None:
         """``run.outlier_factor`` resolved: unset is 10 in a deployment, whose clients the

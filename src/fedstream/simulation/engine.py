@@ -27,6 +27,7 @@ from fedstream.models import build_model
 from fedstream.params import Params
 from fedstream.privacy.mechanisms import device_secret
 from fedstream.rounds import CentralEvaluate, RoundConfig, run_rounds
+from fedstream.simulation.attacks import Attacks, alie_z, choose_attackers
 from fedstream.simulation.config import SimulationConfig, from_mapping, merge
 from fedstream.simulation.progress import RoundProgress
 from fedstream.simulation.report import atomic_write, write_outputs
@@ -498,6 +499,13 @@ def _simulate(
         devices = None if transport_factory else workers or setup.transport
         transport = transport_factory(setup) if transport_factory else devices
         assert transport is not None
+        if config.attack.kind != "none":
+            if transport_factory is not None:
+                raise ConfigError(
+                    "attack.kind", config.attack.kind, "'none' in a deployment (attackers are "
+                    "simulated for experiments; real clients attack by themselves)",
+                )  # fmt: skip
+            transport = with_attackers(transport, config, client_ids)
         if resume and devices is not None and saved_clients:
             devices.restore_client_states(saved_clients)
         start = RunStart(
@@ -568,6 +576,22 @@ def _simulate(
     if progress:
         RoundProgress.print_summary(result)
     return result
+
+
+def with_attackers(
+    transport: Transport, config: SimulationConfig, client_ids: list[str]
+) -> Attacks:
+    """The run's transport with ``config.attack``'s attackers among ``client_ids``."""
+    settings = config.attack
+    attackers = choose_attackers(client_ids, settings.fraction, config.execution.seed)
+    count = config.clients_per_round_count()
+    expected = round(count * settings.fraction)
+    z = settings.z if settings.z is not None else alie_z(count, expected)
+    log.info("attackers (%s): %s", settings.kind, ", ".join(attackers))
+    return Attacks(
+        transport, attackers, settings.kind, settings.scale, settings.noise_std, z,
+        settings.ipm_epsilon, config.execution.seed,
+    )  # fmt: skip
 
 
 def how(setup: Setup, config: SimulationConfig) -> tuple[str, str, str]:
