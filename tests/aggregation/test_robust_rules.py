@@ -7,6 +7,7 @@ import pytest
 from fedstream import ConfigError, Params
 from fedstream.aggregation import UpdateBuffer
 from fedstream.aggregation.robust import (
+    bucketed,
     bulyan,
     centered_clipping,
     check_byzantine,
@@ -102,3 +103,17 @@ def test_rules_read_spilled_updates_in_blocks_and_agree():
         centered_clipping, norm_bounded_mean,
     ):  # fmt: skip
         np.testing.assert_allclose(rule(matrix(rows, budget=500)), rule(matrix(rows)), rtol=1e-12)
+
+
+def test_bucketing_averages_the_shuffled_updates_in_buckets():
+    updates = matrix([[v, 10 * v] for v in (1, 2, 3, 4, 5, 6)])
+    order = np.random.default_rng(7).permutation(6)
+    buckets = bucketed(updates, 4, np.random.default_rng(7))
+    assert buckets.count == 2 and buckets.client_ids == ("bucket-0", "bucket-1")
+    values = np.array([1, 2, 3, 4, 5, 6], float)
+    expected = [values[order[:4]].mean(), values[order[4:]].mean()]
+    np.testing.assert_allclose(buckets.rows[:, 0], expected)
+    np.testing.assert_allclose(buckets.rows[:, 1], 10 * np.array(expected))
+    assert bucketed(updates, 1, np.random.default_rng(7)).count == 6  # size 1: a shuffle
+    with pytest.raises(ConfigError, match=r"^strategy\.bucket_size=0 is invalid"):
+        bucketed(updates, 0, np.random.default_rng(7))

@@ -2,7 +2,6 @@
 on the round's honest updates, what they do to a plain mean against a robust rule, and
 the settings they cannot be combined with."""
 
-
 import numpy as np
 import pytest
 

@@ -102,3 +102,21 @@ def test_attacker_bounds_are_checked_when_the_run_is_configured():
     ):
         make_config(aggregator="krum", byzantine=2, clients_per_round=6, num_clients=20)
     make_config(aggregator="bulyan", byzantine=1, clients_per_round=8, num_clients=20)
+
+
+def test_bucketing_before_the_median_keeps_the_attacker_out_and_is_reproducible():
+    state = ServerState.initial(GLOBAL, seed=0)
+    config = RoundConfig(clients_per_round=6, evaluate_fraction=0.0)
+    strategy = Robust(FedAvg(), "median", bucket_size=2)
+    first, _ = run_round(state, strategy, attacked(), CLIENTS, config)
+    again, _ = run_round(state, strategy, attacked(), CLIENTS, config)
+    moved = float(first.params["b"][0] - GLOBAL["b"][0])
+    assert 1.5 <= moved <= 4.5  # the median of three bucket means: an honest pair's
+    assert first.params.bit_equal(again.params)  # the shuffle comes from the server's state
+
+
+def test_bucketing_counts_buckets_against_the_attacker_bound():
+    with pytest.raises(ConfigError, match=r"expected at most 1 for krum over 5 updates"):
+        make_config(
+            aggregator="krum", byzantine=2, bucket_size=2, clients_per_round=10, num_clients=20
+        )

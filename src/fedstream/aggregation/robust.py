@@ -222,6 +222,27 @@ def norm_bounded_mean(updates: UpdateMatrix, bound: float | None = None) -> npt.
     return _weighted_rows(updates, scales / updates.count)
 
 
+def bucketed(updates: UpdateMatrix, size: int, rng: np.random.Generator) -> UpdateMatrix:
+    """Bucketing (Karimireddy et al. 2022): the updates shuffled by ``rng`` and averaged in
+    buckets of ``size`` (the last may be smaller), as the rows a robust rule then reads.
+    Averaging first narrows the spread that non-IID data gives honest updates, so a rule
+    tells attackers from honest clients better; each bucket holds at most one attacker's
+    share of the damage per attacker."""
+    checks.positive_int("strategy.bucket_size", size)
+    order = rng.permutation(updates.count)
+    groups = [order[i : i + size] for i in range(0, updates.count, size)]
+    means = np.empty((len(groups), updates.rows.shape[1]), np.float64)
+    for columns, block in updates.column_blocks():
+        for k, group in enumerate(groups):
+            means[k, columns] = block[group].mean(axis=0)
+    return UpdateMatrix(
+        tuple(f"bucket-{k}" for k in range(len(groups))),
+        np.ones(len(groups)),
+        means,
+        updates.like,
+    )
+
+
 ROBUST_RULES = (
     "median",
     "trimmed_mean",

@@ -192,6 +192,9 @@ class StrategySettings:
     norm_bound: float | None = setting(
         None, "norm_bound: largest update norm M (default: the median of the round's norms)"
     )
+    bucket_size: int = setting(
+        1, "robust rules: average the shuffled updates in buckets of this size first (1 = off)"
+    )
     hyperparameters: Mapping[str, Any] = field(
         default_factory=dict, metadata={"help": "the strategy's own settings, by name"}
     )
@@ -203,6 +206,7 @@ class StrategySettings:
             "strategy.trim_fraction", self.trim_fraction, include_zero=True, include_one=False
         )
         checks.non_negative_int("strategy.byzantine", self.byzantine)
+        checks.positive_int("strategy.bucket_size", self.bucket_size)
         for name in ("clip_radius", "norm_bound"):
             if getattr(self, name) is not None:
                 checks.positive(f"strategy.{name}", getattr(self, name))
@@ -228,6 +232,7 @@ class StrategySettings:
             self.byzantine,
             self.clip_radius,
             self.norm_bound,
+            self.bucket_size,
         )
 
 
@@ -584,9 +589,8 @@ class SimulationConfig:
         if self.strategy.aggregator in ("krum", "multi_krum", "bulyan"):
             # the round's count is known here under fixed sampling; a round that ends with
             # fewer valid updates than the rule needs fails, naming the numbers
-            check_byzantine(
-                self.strategy.aggregator, self.clients_per_round_count(), self.strategy.byzantine
-            )
+            rows = -(-self.clients_per_round_count() // self.strategy.bucket_size)  # buckets
+            check_byzantine(self.strategy.aggregator, rows, self.strategy.byzantine)
         attack = self.attack.kind
         if attack != "none" and self.compression.codec != "none":
             raise ConfigError(

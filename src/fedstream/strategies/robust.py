@@ -20,6 +20,7 @@ import numpy.typing as npt
 from fedstream import checks
 from fedstream.aggregation.robust import (
     ROBUST_RULES,
+    bucketed,
     bulyan,
     centered_clipping,
     coordinate_median,
@@ -33,6 +34,8 @@ from fedstream.errors import ConfigError, RoundFailedError
 from fedstream.strategies.base import StrategyWrapper
 from fedstream.types import ServerState, WeightedSum
 
+BUCKETS = 0x4255434B  # the bucketing shuffle's stream of the server's generator
+
 
 @dataclass(frozen=True)
 class Robust(StrategyWrapper):
@@ -40,13 +43,16 @@ class Robust(StrategyWrapper):
     ``ROBUST_RULES``, ``fedstream.aggregation.robust``): ``trim_fraction`` for
     ``trimmed_mean``; ``byzantine`` (f, the attackers to tolerate) for Krum, Multi-Krum
     and Bulyan, checked against each round's count; ``radius`` for centered clipping and
-    ``bound`` for norm bounding (unset: the median of the round's norms)."""
+    ``bound`` for norm bounding (unset: the median of the round's norms); ``bucket_size``
+    > 1 averages the shuffled updates in buckets of that size before the rule reads them
+    (bucketing, Karimireddy et al. 2022; the rule then sees one row per bucket)."""
 
     rule: str = "median"
     trim_fraction: float = 0.1
     byzantine: int = 1
     radius: float | None = None
     bound: float | None = None
+    bucket_size: int = 1
     needs_individual_updates: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -55,6 +61,7 @@ class Robust(StrategyWrapper):
             "trim_fraction", self.trim_fraction, include_zero=True, include_one=False
         )
         checks.non_negative_int("byzantine", self.byzantine)
+        checks.positive_int("bucket_size", self.bucket_size)
         for name in ("radius", "bound"):
             if getattr(self, name) is not None:
                 checks.positive(name, getattr(self, name))
@@ -86,6 +93,10 @@ class Robust(StrategyWrapper):
             raise RoundFailedError(
                 state.round + 1, f"{self.name} needs the round's individual updates"
             )
+        if self.bucket_size > 1:
+            # drawn from the server's generator without moving it, on a stream of its own
+            seed = int(state.generator().integers(2**63))
+            updates = bucketed(updates, self.bucket_size, np.random.default_rng([seed, BUCKETS]))
         try:
             flat = self.robust_delta(updates)
         except ConfigError as exc:  # too few updates for the attackers it must tolerate
