@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from fedstream.data.base import ClientData
+from fedstream.errors import RoundFailedError
 from fedstream.rounds import run_rounds
 from fedstream.simulation import SimulationConfig, build
 from fedstream.simulation.config import flat_names
-from fedstream.simulation.engine import torch_threads
+from fedstream.simulation.engine import torch_threads, with_attackers
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -49,16 +50,28 @@ def run_arm(label: str, config: SimulationConfig, evaluate_on: str = "heldout") 
                 return setup.trainer.evaluate(params, "pooled-train", 0, pooled).metrics
 
         rounds = []
-        for _, report in run_rounds(
+        transport: Any = setup.transport
+        if config.attack.kind != "none":
+            transport = with_attackers(transport, config, sorted(setup.dataset.clients))
+        failed = None
+        reports = run_rounds(
             setup.initial,
             config.build_strategy(),
-            setup.transport,
+            transport,
             sorted(setup.dataset.clients),
             config.round_config(),
             config.run.rounds,
             central,
             config.task_policy(),
-        ):
+        )
+        while True:
+            try:
+                _, report = next(reports)
+            except StopIteration:
+                break
+            except RoundFailedError as exc:  # an attack can leave no finite update at all
+                failed = str(exc).splitlines()[0]
+                break
             rounds.append(
                 {
                     "round": report.round,
@@ -77,9 +90,11 @@ def run_arm(label: str, config: SimulationConfig, evaluate_on: str = "heldout") 
                     file=sys.stderr,
                     flush=True,
                 )
-    final = {k: v for k, v in rounds[-1].items() if k not in ("round", "bytes_up", "bytes_down")}
+    last = rounds[-1] if rounds else {}
+    final = {k: v for k, v in last.items() if k not in ("round", "bytes_up", "bytes_down")}
     return {
         "label": label,
+        "failed": failed,
         "config": config.to_dict(),
         "wall_s": time.perf_counter() - started,
         "final": final,
