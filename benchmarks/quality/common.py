@@ -51,8 +51,7 @@ def run_arm(label: str, config: SimulationConfig, evaluate_on: str = "heldout") 
 
         rounds = []
         transport: Any = setup.transport
-        if config.attack.kind != "none":
-            transport = with_attackers(transport, config, sorted(setup.dataset.clients))
+        transport = with_attackers(transport, config, sorted(setup.dataset.clients))
         failed = None
         reports = run_rounds(
             setup.initial,

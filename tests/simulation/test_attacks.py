@@ -2,12 +2,23 @@
 on the round's honest updates, what they do to a plain mean against a robust rule, and
 the settings they cannot be combined with."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 import fedstream
 from fedstream import ConfigError, FedAvg, Params, RoundConfig, ServerState, run_round
-from fedstream.simulation.attacks import Attacks, alie_z, attacked_payload, choose_attackers
+from fedstream.data.base import ClientData
+from fedstream.simulation.attacks import (
+    Attacks,
+    PoisonedClients,
+    add_trigger,
+    alie_z,
+    attacked_payload,
+    choose_attackers,
+    poison,
+)
 from tests.rounds.scripted import CLIENTS, GLOBAL, transport
 from tests.settings import make_config
 
@@ -90,3 +101,65 @@ def test_attacks_refuse_a_codec_and_a_secure_sum_naming_why():
         make_config(kind="poison")
     with pytest.raises(ConfigError, match=r"^attack\.fraction=1\.0 is invalid"):
         make_config(kind="scale", fraction=1.0)
+
+
+def client(x, y):
+    return ClientData(
+        np.asarray(x, np.float32), np.asarray(y), np.zeros((1, 4), np.float32), np.array([5])
+    )
+
+
+def test_label_flipping_by_hand_leaves_the_test_split_alone():
+    data = client(np.zeros((3, 4)), [0, 1, 9])
+    flipped = poison(data, "label_flip", 10, 0, 0.5, 1.0, np.random.default_rng(0))
+    assert flipped.y_train.tolist() == [9, 8, 0] and flipped.y_test.tolist() == [5]
+
+
+def test_a_backdoor_marks_a_share_of_the_examples_and_relabels_them():
+    data = client(np.zeros((6, 5)), [1, 2, 3, 4, 5, 6])
+    chosen = np.random.default_rng(0).choice(6, size=3, replace=False)
+    poisoned = poison(data, "backdoor", 10, 7, 0.5, 2.0, np.random.default_rng(0))
+    for k in range(6):
+        marked = k in chosen
+        assert poisoned.x_train[k].tolist() == ([0.0] + [2.0] * 4 if marked else [0.0] * 5)
+        assert poisoned.y_train[k] == (7 if marked else k + 1)
+    assert data.x_train.sum() == 0  # the original is not touched
+    images = add_trigger(np.zeros((2, 1, 8, 8)), 1.0)
+    assert images[0, 0, 7].tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and images.sum() == 8
+
+
+def test_only_the_attackers_data_is_poisoned():
+    clients = {f"c{k}": client(np.zeros((2, 4)), [0, 1]) for k in range(3)}
+    poisoned = PoisonedClients(clients, ["c1"], lambda cid, d: replace(d, y_train=d.y_train + 1))
+    assert list(poisoned) == ["c0", "c1", "c2"] and len(poisoned) == 3
+    assert poisoned["c0"] is clients["c0"] and poisoned["c1"].y_train.tolist() == [1, 2]
+
+
+def test_a_backdoor_succeeds_against_the_mean_and_much_less_against_the_median():
+    base = {
+        "data": {"num_clients": 40},
+        "run": {"rounds": 12, "clients_per_round": 20, "evaluate_every": 0},
+    }
+    attack = {"kind": "backdoor", "fraction": 0.3}
+    plain = fedstream.simulate(attack=attack, **base).final_metrics
+    robust = fedstream.simulate(
+        strategy={"aggregator": "median"}, attack=attack, **base
+    ).final_metrics
+    assert plain["central_backdoor_success"] > 0.6  # 0.82
+    assert robust["central_backdoor_success"] < 0.4  # 0.21
+    assert plain["central_accuracy"] > 0.85  # the backdoor hides: clean accuracy stays high
+    clean = fedstream.simulate(**base).final_metrics
+    assert "central_backdoor_success" not in clean
+
+
+def test_data_attacks_need_labels_and_a_real_target_class():
+    with pytest.raises(
+        ConfigError,
+        match=r"^attack\.kind='label_flip' is invalid: expected an update attack with the",
+    ):
+        make_config(kind="label_flip", dataset="diabetes", num_clients=10, clients_per_round=5)
+    with pytest.raises(
+        ConfigError, match=r"^attack\.target=10 is invalid: expected a class below 10$"
+    ):
+        fedstream.simulate(attack={"kind": "backdoor", "target": 10}, run={"rounds": 1})
+    make_config(kind="backdoor", codec="q8")  # the data attacks compose with a codec

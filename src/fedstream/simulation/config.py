@@ -56,7 +56,7 @@ from fedstream.privacy.dp import DP_LEVELS, ClientSampling, DifferentialPrivacy,
 from fedstream.rounds import RoundConfig, sample_size
 from fedstream.secure.he import CKKSConfig, HEConfig, PaillierConfig
 from fedstream.secure.secagg import SecAggConfig
-from fedstream.simulation.attacks import ATTACKS
+from fedstream.simulation.attacks import ATTACKS, DATA_ATTACKS, UPDATE_ATTACKS
 from fedstream.simulation.stragglers import Stragglers
 from fedstream.strategies import STRATEGIES, make_strategy
 from fedstream.strategies.base import Strategy
@@ -496,9 +496,17 @@ class AttackSettings:
         None, "alie: standard deviations below the honest mean (default: Baruch et al.'s z_max)"
     )
     ipm_epsilon: float = setting(0.5, "ipm: the attackers send −ε × the honest mean")
+    target: int = setting(0, "backdoor: the class triggered examples are relabelled to")
+    poison_fraction: float = setting(
+        0.5, "backdoor: share of each attacker's training examples that carry the trigger"
+    )
 
     def __post_init__(self) -> None:
         checks.one_of("attack.kind", self.kind, list(ATTACKS))
+        checks.non_negative_int("attack.target", self.target)
+        checks.in_unit_interval(
+            "attack.poison_fraction", self.poison_fraction, include_zero=False, include_one=True
+        )
         checks.in_unit_interval(
             "attack.fraction", self.fraction, include_zero=True, include_one=False
         )
@@ -592,14 +600,21 @@ class SimulationConfig:
             rows = -(-self.clients_per_round_count() // self.strategy.bucket_size)  # buckets
             check_byzantine(self.strategy.aggregator, rows, self.strategy.byzantine)
         attack = self.attack.kind
-        if attack != "none" and self.compression.codec != "none":
+        if attack in DATA_ATTACKS and self.model.app is None and self.data.dataset in REGRESSION:
+            raise ConfigError(
+                "attack.kind",
+                attack,
+                f"an update attack with the regression data set {self.data.dataset!r} "
+                f"(label_flip and backdoor change class labels)",
+            )
+        if attack in UPDATE_ATTACKS and self.compression.codec != "none":
             raise ConfigError(
                 "compression.codec",
                 self.compression.codec,
                 f"'none' with attack.kind={attack!r}: the simulated attackers rewrite the "
                 "dense updates, which a codec encodes",
             )
-        if attack != "none" and self.secure.scheme != "none":
+        if attack in UPDATE_ATTACKS and self.secure.scheme != "none":
             raise ConfigError(
                 "secure.scheme",
                 self.secure.scheme,

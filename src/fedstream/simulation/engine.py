@@ -27,7 +27,18 @@ from fedstream.models import build_model
 from fedstream.params import Params
 from fedstream.privacy.mechanisms import device_secret
 from fedstream.rounds import CentralEvaluate, RoundConfig, run_rounds
-from fedstream.simulation.attacks import Attacks, alie_z, choose_attackers
+from fedstream.simulation.attacks import (
+    ATTACK_STREAM,
+    DATA_ATTACKS,
+    UPDATE_ATTACKS,
+    Attacks,
+    PoisonedClients,
+    add_trigger,
+    alie_z,
+    choose_attackers,
+    hash_id,
+    poison,
+)
 from fedstream.simulation.config import SimulationConfig, from_mapping, merge
 from fedstream.simulation.progress import RoundProgress
 from fedstream.simulation.report import atomic_write, write_outputs
@@ -157,6 +168,8 @@ def build(config: SimulationConfig, app: App | None = None, *, server_only: bool
         app, dataset = builtin_app(config)
     else:
         app, dataset = user_app, app_dataset(user_app)
+    if config.attack.kind in DATA_ATTACKS:
+        dataset = with_poisoned_clients(dataset, config)
     module = app.build_model(config.execution.seed)
     trainer_name, why = choose_trainer(
         config.execution.trainer, module, config.privacy.level == "sample", app
@@ -170,8 +183,14 @@ def build(config: SimulationConfig, app: App | None = None, *, server_only: bool
         empty = dataset.x_heldout[:0]
         heldout = ClientData(empty, dataset.y_heldout[:0], dataset.x_heldout, dataset.y_heldout)
 
+        backdoored = backdoor_probe(dataset, config)
+
         def central_evaluate(global_params: Params) -> Mapping[str, float]:
-            return trainer.evaluate(global_params, "server", 0, heldout).metrics
+            metrics = dict(trainer.evaluate(global_params, "server", 0, heldout).metrics)
+            if backdoored is not None:
+                probe = trainer.evaluate(global_params, "server", 0, backdoored).metrics
+                metrics["backdoor_success"] = probe["accuracy"]
+            return metrics
 
     transport = None
     if not server_only:
@@ -499,7 +518,7 @@ def _simulate(
         devices = None if transport_factory else workers or setup.transport
         transport = transport_factory(setup) if transport_factory else devices
         assert transport is not None
-        if config.attack.kind != "none":
+        if config.attack.kind in UPDATE_ATTACKS:
             if transport_factory is not None:
                 raise ConfigError(
                     "attack.kind", config.attack.kind, "'none' in a deployment (attackers are "
@@ -578,11 +597,45 @@ def _simulate(
     return result
 
 
+def with_poisoned_clients(dataset: FederatedDataset, config: SimulationConfig) -> FederatedDataset:
+    """``dataset`` with the attackers' training data poisoned by ``config.attack``'s data
+    attack (label flipping or a backdoor), each attacker from its own seeded stream."""
+    settings = config.attack
+    if dataset.task != "classification":
+        raise ConfigError("attack.kind", settings.kind, "a classification task (it changes labels)")
+    if settings.target >= dataset.num_outputs:
+        raise ConfigError("attack.target", settings.target, f"a class below {dataset.num_outputs}")
+    attackers = choose_attackers(sorted(dataset.clients), settings.fraction, config.execution.seed)
+    value = float(np.max(dataset.x_heldout)) if len(dataset.x_heldout) else 1.0
+
+    def poisoner(client_id: str, data: ClientData) -> ClientData:
+        rng = np.random.default_rng([config.execution.seed, ATTACK_STREAM, hash_id(client_id)])
+        return poison(data, settings.kind, dataset.num_outputs, settings.target,
+                      settings.poison_fraction, value, rng)  # fmt: skip
+
+    return replace(dataset, clients=PoisonedClients(dataset.clients, attackers, poisoner))
+
+
+def backdoor_probe(dataset: FederatedDataset, config: SimulationConfig) -> ClientData | None:
+    """For a backdoor attack: the held-out examples of other classes than the target, with
+    the trigger and labelled as the target, so their accuracy is the attack's success."""
+    if config.attack.kind != "backdoor" or not len(dataset.x_heldout):
+        return None
+    others = dataset.y_heldout != config.attack.target
+    value = float(np.max(dataset.x_heldout))
+    x = add_trigger(dataset.x_heldout[others], value)
+    y = np.full(len(x), config.attack.target, dtype=dataset.y_heldout.dtype)
+    return ClientData(x[:0], y[:0], x, y)
+
+
 def with_attackers(
     transport: Transport, config: SimulationConfig, client_ids: list[str]
-) -> Attacks:
-    """The run's transport with ``config.attack``'s attackers among ``client_ids``."""
+) -> Transport:
+    """The run's transport with ``config.attack``'s attackers among ``client_ids`` (as it
+    is, unless the attack rewrites updates)."""
     settings = config.attack
+    if settings.kind not in UPDATE_ATTACKS:
+        return transport
     attackers = choose_attackers(client_ids, settings.fraction, config.execution.seed)
     count = config.clients_per_round_count()
     expected = round(count * settings.fraction)
