@@ -6,8 +6,8 @@ step on each rule's delta. Attacks: none, sign flipping (×10), scaling (×10, m
 replacement), Gaussian noise (σ = 1), the colluding ALIE and IPM (ε = 0.5), which see
 the round's honest updates, label flipping, and a backdoor (a 4-pixel trigger on half of
 each attacker's examples, relabelled 0), whose success rate on triggered held-out digits
-of other classes is reported beside the accuracy. Rules: the plain weighted mean, coordinate median, trimmed mean
-(β = 0.2), Krum, Multi-Krum and Bulyan (f = 5 of 25 for the Krums; Bulyan, which needs
+of other classes is reported beside the accuracy. Rules: the plain weighted mean,
+coordinate median, trimmed mean (β = 0.2), Krum, Multi-Krum and Bulyan (f = 5 of 25 for the Krums; Bulyan, which needs
 n > 4f + 3, with f = 5 over 25 fails its bound, so it runs with f = 4), geometric median,
 centered clipping and norm bounding (both scaled by the median norm). A run whose model
 diverges until no update is finite is reported as diverged (0 in the heatmap).
