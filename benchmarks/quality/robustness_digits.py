@@ -13,6 +13,7 @@ norm bounding (both scaled by the median norm). A run whose model
 diverges until no update is finite is reported as diverged (0 in the heatmap).
 
     python benchmarks/quality/robustness_digits.py [--seeds 0 1 2] [--rounds 30]
+        [--fraction 0.2] [--rules centered_clipping multi_krum]
 
 Prints a JSON line per run, a table of the median final accuracy over seeds, and writes
 results/robustness_digits.json and results/robustness_digits.png (the heatmap).
@@ -35,11 +36,13 @@ RULES = (
 ATTACKS = ("none", "sign_flip", "scale", "gaussian", "alie", "ipm", "label_flip", "backdoor")
 
 
-def config(rule: str, attack: str, seed: int, rounds: int) -> SimulationConfig:
+def config(
+    rule: str, attack: str, seed: int, rounds: int, fraction: float = 0.2
+) -> SimulationConfig:
     return SimulationConfig().with_changes(
         run={"rounds": rounds, "clients_per_round": 25, "evaluate_every": 0},
         strategy={"aggregator": rule, "trim_fraction": 0.2, "byzantine": 5},
-        attack={"kind": attack, "fraction": 0.2},
+        attack={"kind": attack, "fraction": fraction},
         execution={"seed": seed},
     )
 
@@ -51,12 +54,13 @@ def heatmap(table: dict[str, dict[str, float]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    values = np.array([[table[r][a] for a in ATTACKS] for r in RULES])
+    rules = list(table)
+    values = np.array([[table[r][a] for a in ATTACKS] for r in rules])
     figure, axis = plt.subplots(figsize=(9, 6), dpi=110)
     image = axis.imshow(values, vmin=0, vmax=1, cmap="viridis")
     axis.set_xticks(range(len(ATTACKS)), ATTACKS, rotation=30)
-    axis.set_yticks(range(len(RULES)), RULES)
-    for i in range(len(RULES)):
+    axis.set_yticks(range(len(rules)), rules)
+    for i in range(len(rules)):
         for j in range(len(ATTACKS)):
             axis.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center",
                       color="white" if values[i, j] < 0.6 else "black", fontsize=8)  # fmt: skip
@@ -71,16 +75,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--fraction", type=float, default=0.2, help="share of attackers")
+    parser.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
     args = parser.parse_args()
+    rules = args.rules
     jobs = [
-        (f"{rule} vs {attack} seed {seed}", config(rule, attack, seed, args.rounds), "heldout")
-        for rule in RULES
+        (
+            f"{rule} vs {attack} seed {seed}",
+            config(rule, attack, seed, args.rounds, args.fraction),
+            "heldout",
+        )
+        for rule in rules
         for attack in ATTACKS
         for seed in args.seeds
     ]
     runs = run_arms(jobs, workers=2)
-    table: dict[str, dict[str, float]] = {rule: {} for rule in RULES}
-    for rule in RULES:
+    table: dict[str, dict[str, float]] = {rule: {} for rule in rules}
+    for rule in rules:
         for attack in ATTACKS:
             finals = [
                 0.0 if run["failed"] else run["final"]["central_accuracy"]
@@ -94,16 +105,16 @@ def main() -> None:
             for run in runs
             if run["label"].startswith(f"{rule} vs backdoor seed")
         )
-        for rule in RULES
+        for rule in rules
     }
-    rows = [{"rule": rule, **table[rule], "backdoor success": success[rule]} for rule in RULES]
+    rows = [{"rule": rule, **table[rule], "backdoor success": success[rule]} for rule in rules]
     print_table(rows, ["rule", *ATTACKS, "backdoor success"])
-    save(
-        "robustness_digits",
-        {"seeds": args.seeds, "table": table, "backdoor_success": success, "runs": runs},
-    )
-    heatmap(table, RESULTS / "robustness_digits.png",
-            f"digits, 20 % attackers, {args.rounds} rounds, seeds {args.seeds}")  # fmt: skip
+    name = "robustness_digits" + ("" if args.fraction == 0.2 else f"_{args.fraction:g}")
+    payload = {"seeds": args.seeds, "fraction": args.fraction, "table": table,
+               "backdoor_success": success, "runs": runs}  # fmt: skip
+    save(name, payload)
+    heatmap(table, RESULTS / f"{name}.png",
+            f"digits, {args.fraction:.0%} attackers, {args.rounds} rounds, seeds {args.seeds}")  # fmt: skip
 
 
 if __name__ == "__main__":
