@@ -113,8 +113,8 @@ def main() -> None:
     payload = {"seeds": args.seeds, "fraction": args.fraction, "table": table,
                "backdoor_success": success, "runs": runs}  # fmt: skip
     save(name, payload)
-    heatmap(table, RESULTS / f"{name}.png",
-            f"digits, {args.fraction:.0%} attackers, {args.rounds} rounds, seeds {args.seeds}")  # fmt: skip
+    title = f"digits, {args.fraction:.0%} attackers, {args.rounds} rounds, seeds {args.seeds}"
+    heatmap(table, RESULTS / f"{name}.png", title)
 
 
 if __name__ == "__main__":
