@@ -54,3 +54,32 @@ def test_a_run_shows_every_round_its_failures_clients_and_models(store):
 def test_an_unknown_run_names_the_ones_there_are(store):
     with pytest.raises(ConfigError, match=r"run='nope' is invalid: expected one of the runs"):
         run_view(store, "nope")
+
+
+def test_an_app_object_is_named_by_its_own_name_not_the_default_data_set(tmp_path):
+    from tests.apps.tiny import app as tiny
+
+    fedstream.simulate(
+        app=tiny, output_dir=tmp_path / "mine",
+        run={"rounds": 1, "clients_per_round": 3}, client={"batch_size": 8},
+    )  # fmt: skip
+    (row,) = runs_view(RunStore(tmp_path / "store.sqlite"))
+    assert row["data"] == "tiny-cnn"
+
+
+def test_a_store_made_before_runs_named_their_data_is_upgraded_in_place(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the runs table as it was
+        db.execute(
+            "CREATE TABLE runs (id TEXT PRIMARY KEY, created REAL NOT NULL, updated REAL NOT "
+            "NULL, status TEXT NOT NULL, config TEXT NOT NULL, output_dir TEXT, rounds_done "
+            "INTEGER NOT NULL DEFAULT 0, error TEXT)"
+        )
+        db.execute("INSERT INTO runs VALUES ('old', 1.0, 1.0, 'finished', '{}', NULL, 3, NULL)")
+    store = RunStore(path)
+    (row,) = runs_view(store)
+    assert (row["id"], row["rounds_done"], row["data"]) == ("old", 3, "")
+    store.start_run("new", {}, None, "digits")
+    assert {r["id"]: r["data"] for r in runs_view(store)} == {"old": "", "new": "digits"}

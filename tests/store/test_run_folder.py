@@ -47,9 +47,11 @@ def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_holder(tmp_path):
     finally:
         first.kill()
         first.wait()
-    # once it is gone (even by kill -9) the lock goes with it: the run resumes
-    resumed = simulate(output_dir=out, resume=True, **nested(rounds=1))
-    assert resumed.state.round >= 1
+    # once it is gone (even by kill -9) the lock goes with it: the run resumes, for one
+    # round more than its history holds
+    done = len((out / "rounds.jsonl").read_text().splitlines())
+    resumed = simulate(output_dir=out, resume=True, **nested(rounds=done + 1))
+    assert resumed.state.round == done + 1
 
 
 def test_a_used_folder_needs_resume_or_overwrite_and_overwrite_starts_clean(tmp_path):

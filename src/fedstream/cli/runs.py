@@ -56,7 +56,11 @@ def runs_list(store: Path) -> None:
             str(row["rounds_done"]),
             str(setting(config, "run", "rounds")),
             describe_config(config)[0],
-            str(setting(config, "model", "app") or setting(config, "data", "dataset")),
+            str(
+                setting(config, "model", "app")
+                or row.get("data")
+                or setting(config, "data", "dataset")
+            ),
             headline(row["last_metrics"]),
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"])),
         )

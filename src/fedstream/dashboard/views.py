@@ -22,7 +22,9 @@ def runs_view(store: RunStore) -> list[dict[str, Any]]:
                 "rounds_done": run["rounds_done"],
                 "rounds": setting(config, "run", "rounds"),
                 "label": describe_config(config)[0],
-                "data": setting(config, "model", "app") or setting(config, "data", "dataset"),
+                "data": setting(config, "model", "app")
+                or run.get("data")
+                or setting(config, "data", "dataset"),
                 "last_metrics": run["last_metrics"],
                 "headline": headline(run["last_metrics"]),
                 "started": run["created"],

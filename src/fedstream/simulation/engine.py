@@ -510,7 +510,7 @@ def _simulate(
             else:
                 _claim_run_id(runs, run_id, out, overwrite)
                 atomic_write(out / "config.json", json.dumps(config.to_dict(), indent=1).encode())
-            runs.start_run(run_id, config.to_dict(), str(out))
+            runs.start_run(run_id, config.to_dict(), str(out), setup.dataset.name)
         client_ids = sorted(setup.dataset.clients)
         workers = None if transport_factory else executor_transport(config, app_object)
         # the simulated devices, whose states a checkpoint keeps (a deployment's clients

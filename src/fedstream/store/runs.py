@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS runs (
     config TEXT NOT NULL,
     output_dir TEXT,
     rounds_done INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    data TEXT
 );
 CREATE TABLE IF NOT EXISTS rounds (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -93,6 +94,9 @@ class RunStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+            if "data" not in columns:  # a store made before runs named their data
+                db.execute("ALTER TABLE runs ADD COLUMN data TEXT")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -109,16 +113,23 @@ class RunStore:
         finally:
             db.close()
 
-    def start_run(self, run_id: str, config: Mapping[str, Any], output_dir: str | None) -> None:
-        """Record a new run, or mark an existing one running again (a resume)."""
+    def start_run(
+        self,
+        run_id: str,
+        config: Mapping[str, Any],
+        output_dir: str | None,
+        data: str | None = None,
+    ) -> None:
+        """Record a new run, or mark an existing one running again (a resume). ``data``
+        names what it trains on (a built-in data set, or a user's app by its name)."""
         now = time.time()
         with self._connect() as db:
             db.execute(
-                "INSERT INTO runs (id, created, updated, status, config, output_dir) "
-                "VALUES (?, ?, ?, 'running', ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "INSERT INTO runs (id, created, updated, status, config, output_dir, data) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                 "updated = excluded.updated, status = 'running', error = NULL, "
-                "config = excluded.config",
-                (run_id, now, now, json.dumps(dict(config)), output_dir),
+                "config = excluded.config, data = COALESCE(excluded.data, runs.data)",
+                (run_id, now, now, json.dumps(dict(config)), output_dir, data),
             )
 
     def record_round(self, run_id: str, report: RoundReport) -> None:
