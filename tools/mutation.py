@@ -162,10 +162,10 @@ def exit_codes(workdir: Path, module: str) -> dict[str, int | None]:
     return codes
 
 
-def undetected(workdir: Path, module: str) -> list[str]:
+def undetected(workdir: Path, module: str, unchecked_only: bool = False) -> list[str]:
     """The mutants of ``module`` that survived, that no test reached, or that an
-    interrupted run left unchecked."""
-    again = SURVIVED | NO_TESTS | NOT_CHECKED
+    interrupted run left unchecked (only those last, with ``unchecked_only``)."""
+    again = NOT_CHECKED if unchecked_only else SURVIVED | NO_TESTS | NOT_CHECKED
     return sorted(k for k, c in exit_codes(workdir, module).items() if c in again)
 
 
@@ -231,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         help="update an earlier run's clones to the newest commit and test again only the "
         "mutants that survived or had no test",
     )
+    parser.add_argument(
+        "--unchecked-only",
+        action="store_true",
+        help="with --rerun: test only the mutants an interrupted run left unchecked",
+    )
     args = parser.parse_args(argv)
 
     scores: list[ModuleScore] = []
@@ -240,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         if args.rerun:
             update_clone(workdir, group)
-            again = [m for module in group.modules for m in undetected(workdir, module)]
+            again = [
+                m
+                for module in group.modules
+                for m in undetected(workdir, module, args.unchecked_only)
+            ]
             print(f"{name}: testing {len(again)} mutants again …", file=sys.stderr, flush=True)
             if again:
                 run_mutmut(workdir, args.workdir / f"{name}.log", again)
