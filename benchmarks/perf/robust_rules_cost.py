@@ -31,9 +31,17 @@ from fedstream.aggregation.robust import (
 from fedstream.aggregation.updates import UpdateMatrix
 
 
+def streaming_sum(updates: UpdateMatrix) -> Any:
+    """The plain sum as the round takes it: each update added in float64 as it arrives."""
+    total = np.zeros(updates.rows.shape[1], np.float64)
+    for weight, row in zip(updates.weights, updates.rows, strict=True):
+        total += weight * row
+    return total
+
+
 def rules(byzantine: int) -> dict[str, Callable[[UpdateMatrix], Any]]:
     return {
-        "weighted sum": lambda u: u.weights @ u.rows,
+        "weighted sum": streaming_sum,
         "median": coordinate_median,
         "trimmed_mean": lambda u: trimmed_mean(u, 0.2),
         "krum": lambda u: multi_krum(u, byzantine, keep=1),
