@@ -632,3 +632,13 @@ def test_the_he_key_holder_process_refuses_to_decrypt_one_clients_ciphertext(tmp
     refusal = next(f for f in failed.value.failures if f.stage == "decrypt")
     assert refusal.client_id == ids[0]  # the key holder, in its own process
     assert "at least 2 clients' signed contributions" in refusal.cause
+
+
+def test_a_robust_rule_in_a_deployment_ends_where_the_simulation_does(tmp_path):
+    # the rule runs on the server over the updates as the round collected them, in task
+    # order, so real client processes give the simulation's model bit for bit
+    toml, tokens, config = write_run(tmp_path, aggregator="multi_krum", byzantine=1)
+    final, _ = deploy_run(tmp_path, toml, tokens, config)
+    simulated = simulate(config)
+    assert config.strategy.aggregator == "multi_krum"
+    assert final.params.bit_equal(simulated.state.params)
