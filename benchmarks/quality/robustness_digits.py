@@ -14,6 +14,7 @@ diverges until no update is finite is reported as diverged (0 in the heatmap).
 
     python benchmarks/quality/robustness_digits.py [--seeds 0 1 2] [--rounds 30]
         [--fraction 0.2] [--rules centered_clipping multi_krum]
+        [--dataset breast_cancer --clients 50]
 
 Prints a JSON line per run, a table of the median final accuracy over seeds, and writes
 results/robustness_digits.json and results/robustness_digits.png (the heatmap).
@@ -37,9 +38,16 @@ ATTACKS = ("none", "sign_flip", "scale", "gaussian", "alie", "ipm", "label_flip"
 
 
 def config(
-    rule: str, attack: str, seed: int, rounds: int, fraction: float = 0.2
+    rule: str,
+    attack: str,
+    seed: int,
+    rounds: int,
+    fraction: float = 0.2,
+    dataset: str = "digits",
+    clients: int = 100,
 ) -> SimulationConfig:
     return SimulationConfig().with_changes(
+        data={"dataset": dataset, "num_clients": clients},
         run={"rounds": rounds, "clients_per_round": 25, "evaluate_every": 0},
         strategy={"aggregator": rule, "trim_fraction": 0.2, "byzantine": 5},
         attack={"kind": attack, "fraction": fraction},
@@ -77,12 +85,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--fraction", type=float, default=0.2, help="share of attackers")
     parser.add_argument("--rules", nargs="+", default=list(RULES), choices=RULES)
+    parser.add_argument("--dataset", default="digits", help="a classification data set")
+    parser.add_argument("--clients", type=int, default=100, help="clients the data is split over")
     args = parser.parse_args()
     rules = args.rules
     jobs = [
         (
             f"{rule} vs {attack} seed {seed}",
-            config(rule, attack, seed, args.rounds, args.fraction),
+            config(rule, attack, seed, args.rounds, args.fraction, args.dataset, args.clients),
             "heldout",
         )
         for rule in rules
@@ -109,11 +119,13 @@ def main() -> None:
     }
     rows = [{"rule": rule, **table[rule], "backdoor success": success[rule]} for rule in rules]
     print_table(rows, ["rule", *ATTACKS, "backdoor success"])
-    name = "robustness_digits" + ("" if args.fraction == 0.2 else f"_{args.fraction:g}")
+    name = f"robustness_{args.dataset}" + ("" if args.fraction == 0.2 else f"_{args.fraction:g}")
     payload = {"seeds": args.seeds, "fraction": args.fraction, "table": table,
                "backdoor_success": success, "runs": runs}  # fmt: skip
     save(name, payload)
-    title = f"digits, {args.fraction:.0%} attackers, {args.rounds} rounds, seeds {args.seeds}"
+    title = (
+        f"{args.dataset}, {args.fraction:.0%} attackers, {args.rounds} rounds, seeds {args.seeds}"
+    )
     heatmap(table, RESULTS / f"{name}.png", title)
 
 

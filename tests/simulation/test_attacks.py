@@ -126,6 +126,7 @@ def test_a_backdoor_marks_a_share_of_the_examples_and_relabels_them():
     assert data.x_train.sum() == 0  # the original is not touched
     images = add_trigger(np.zeros((2, 1, 8, 8)), 1.0)
     assert images[0, 0, 7].tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and images.sum() == 8
+    assert add_trigger(np.zeros((0, 5)), 1.0).shape == (0, 5)  # an attacker with no example marked
 
 
 def test_only_the_attackers_data_is_poisoned():

@@ -62,6 +62,8 @@ def add_trigger(x: npt.NDArray[Any], value: float) -> npt.NDArray[Any]:
     """A copy of ``x`` (examples on axis 0) with each example's last ``TRIGGER_SIZE``
     flattened entries set to ``value``."""
     out = np.array(x, copy=True)
+    if not len(out):
+        return out
     flat = out.reshape(len(out), -1)
     flat[:, -TRIGGER_SIZE:] = value
     return out
