@@ -38,10 +38,9 @@ import numpy.typing as npt
 
 from fedstream.client.base import FitTask
 from fedstream.data.base import ClientData
-from fedstream.errors import ClientFailure
 from fedstream.params import Params
-from fedstream.transport.base import Delivery, Transport
-from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
+from fedstream.transport.base import Delivery, Transport, TransportWrapper
+from fedstream.types import ClientUpdate
 
 UPDATE_ATTACKS = ("sign_flip", "scale", "gaussian", "alie", "ipm")
 DATA_ATTACKS = ("label_flip", "backdoor")
@@ -150,7 +149,7 @@ def attacked_payload(
     return Params.from_flat(flat, own)
 
 
-class Attacks:
+class Attacks(TransportWrapper):
     """``inner``, with the updates of ``attackers`` rewritten by ``kind``: the honest
     updates of a fit are passed on as they come, and the attackers' after them, once the
     colluding attacks have seen the rest. Evaluation and secure-sum stages pass through."""
@@ -166,7 +165,7 @@ class Attacks:
         ipm_epsilon: float,
         seed: int,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.attackers = frozenset(attackers)
         self.kind = kind
         self.scale, self.noise_std, self.z, self.ipm_epsilon = scale, noise_std, z, ipm_epsilon
@@ -192,21 +191,6 @@ class Attacks:
                 self.ipm_epsilon, rng,
             )  # fmt: skip
             yield replace(delivery, result=replace(update, payload=payload))
-
-    def evaluate(
-        self,
-        params: Params,
-        round_number: int,
-        client_ids: Sequence[str],
-        broadcast: str = "none",
-        personalize: FitConfig | None = None,
-    ) -> Iterator[Delivery[EvaluateResult]]:
-        return self.inner.evaluate(params, round_number, client_ids, broadcast, personalize)
-
-    def exchange(
-        self, stage: str, round_number: int, requests: Mapping[str, bytes]
-    ) -> Iterator[tuple[str, bytes | ClientFailure]]:
-        return self.inner.exchange(stage, round_number, requests)
 
 
 def hash_id(client_id: str) -> int:

@@ -51,3 +51,29 @@ class Transport(Protocol):
         """One stage of a multi-step protocol (secure aggregation): each client's answer to
         its request, or its failure."""
         ...
+
+
+class TransportWrapper:
+    """A transport around ``inner`` that changes only what it overrides (fault injection,
+    simulated attackers): by default every call goes to ``inner`` unchanged."""
+
+    def __init__(self, inner: Transport) -> None:
+        self.inner = inner
+
+    def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]:
+        return self.inner.fit(params, tasks)
+
+    def evaluate(
+        self,
+        params: Params,
+        round_number: int,
+        client_ids: Sequence[str],
+        broadcast: str = "none",
+        personalize: FitConfig | None = None,
+    ) -> Iterator[Delivery[EvaluateResult]]:
+        return self.inner.evaluate(params, round_number, client_ids, broadcast, personalize)
+
+    def exchange(
+        self, stage: str, round_number: int, requests: Mapping[str, bytes]
+    ) -> Iterator[tuple[str, bytes | ClientFailure]]:
+        return self.inner.exchange(stage, round_number, requests)

@@ -12,15 +12,15 @@ from fedstream.client.base import FitTask
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
 from fedstream.secure.session import STAGES
-from fedstream.transport.base import Delivery, Transport
-from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
+from fedstream.transport.base import Delivery, Transport, TransportWrapper
+from fedstream.types import ClientUpdate
 
 DROPOUT_STAGES = ("fit", *STAGES)
 """Where a client can drop out, in the order a round reaches them: training, then each
 secure-sum stage."""
 
 
-class Dropouts:
+class Dropouts(TransportWrapper):
     """``inner``, except that each client in ``offline`` stops answering from its stage on
     (``"fit"``, or a secure-sum stage such as ``"mask"``): it is not sent that request or
     any later one of a fit, and its failure says it dropped. Evaluation is unaffected."""
@@ -29,7 +29,7 @@ class Dropouts:
         for client_id, stage in offline.items():
             if stage not in DROPOUT_STAGES:
                 raise ConfigError(f"offline[{client_id!r}]", stage, f"one of {DROPOUT_STAGES}")
-        self.inner = inner
+        super().__init__(inner)
         self.offline = dict(offline)
 
     def _is_offline(self, client_id: str, stage: str) -> bool:
@@ -43,16 +43,6 @@ class Dropouts:
                 yield Delivery(task.client_id, failure, params.wire_size(), 0)
         live = [t for t in tasks if not self._is_offline(t.client_id, "fit")]
         yield from self.inner.fit(params, live)
-
-    def evaluate(
-        self,
-        params: Params,
-        round_number: int,
-        client_ids: Sequence[str],
-        broadcast: str = "none",
-        personalize: FitConfig | None = None,
-    ) -> Iterator[Delivery[EvaluateResult]]:
-        return self.inner.evaluate(params, round_number, client_ids, broadcast, personalize)
 
     def exchange(
         self, stage: str, round_number: int, requests: Mapping[str, bytes]
