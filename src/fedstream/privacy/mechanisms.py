@@ -152,6 +152,18 @@ def discrete_gaussian(sigma: float, size: int, rng: NoiseSource) -> npt.NDArray[
     return out
 
 
+def grid_step(noise_multiplier: float, sensitivity: float) -> float:
+    """The grid γ = z·Δ / 2^GRID_BITS that ``discrete_gaussian_release`` rounds onto."""
+    return noise_multiplier * sensitivity / 2.0**GRID_BITS
+
+
+def grid_sigma(noise_multiplier: float, sensitivity: float, dimension: int) -> float:
+    """The integer noise's σ = z·(Δ/γ + √d), in grid steps: Δ/γ + √d bounds the rounded
+    vector's sensitivity, so the release keeps noise multiplier z."""
+    step = grid_step(noise_multiplier, sensitivity)
+    return noise_multiplier * (sensitivity / step + math.sqrt(dimension))
+
+
 def discrete_gaussian_release(
     value: Value, noise_multiplier: float, sensitivity: float, rng: NoiseSource
 ) -> Value:
@@ -166,11 +178,11 @@ def discrete_gaussian_release(
     1 + 1e-9 at d = 10⁶)."""
     checks.positive("noise_multiplier", noise_multiplier)
     checks.positive("sensitivity", sensitivity)
-    step = noise_multiplier * sensitivity / 2.0**GRID_BITS
+    step = grid_step(noise_multiplier, sensitivity)
 
     def release(array: npt.NDArray[Any], dimension: int) -> npt.NDArray[np.float64]:
         grid = np.rint(np.asarray(array, dtype=np.float64) / step).astype(np.int64)
-        sigma = noise_multiplier * (sensitivity / step + math.sqrt(dimension))
+        sigma = grid_sigma(noise_multiplier, sensitivity, dimension)
         noise = discrete_gaussian(sigma, grid.size, rng).reshape(grid.shape)
         released: npt.NDArray[np.float64] = (grid + noise).astype(np.float64) * step
         return released
