@@ -194,6 +194,11 @@ def _weighted_rows(
     return out
 
 
+def shrink_factors(norms: npt.NDArray[np.float64], limit: float) -> npt.NDArray[np.float64]:
+    """min(1, limit / norm) per row: what scales each row down to norm at most ``limit``."""
+    return np.minimum(1.0, limit / np.maximum(norms, 1e-300))
+
+
 def centered_clipping(
     updates: UpdateMatrix, radius: float | None = None, iterations: int = 3
 ) -> npt.NDArray[np.float64]:
@@ -204,7 +209,7 @@ def centered_clipping(
     for _ in range(iterations):
         distances = np.sqrt(row_square_norms(updates, center))
         tau = radius if radius is not None else float(np.median(distances))
-        scales = np.minimum(1.0, tau / np.maximum(distances, 1e-300))
+        scales = shrink_factors(distances, tau)
         center = (
             center
             + _weighted_rows(updates, scales / updates.count)
@@ -218,7 +223,7 @@ def norm_bounded_mean(updates: UpdateMatrix, bound: float | None = None) -> npt.
     median of the round's norms."""
     norms = np.sqrt(row_square_norms(updates))
     limit = bound if bound is not None else float(np.median(norms))
-    scales = np.minimum(1.0, limit / np.maximum(norms, 1e-300))
+    scales = shrink_factors(norms, limit)
     return _weighted_rows(updates, scales / updates.count)
 
 

@@ -12,7 +12,7 @@ import click
 from fedstream.cli.options import fail
 from fedstream.cli.root import main
 from fedstream.errors import ConfigError, FedstreamError
-from fedstream.store.views import describe_config, headline, setting
+from fedstream.store.views import data_name, describe_config, headline, setting
 
 
 @main.group()
@@ -56,11 +56,7 @@ def runs_list(store: Path) -> None:
             str(row["rounds_done"]),
             str(setting(config, "run", "rounds")),
             describe_config(config)[0],
-            str(
-                setting(config, "model", "app")
-                or row.get("data")
-                or setting(config, "data", "dataset")
-            ),
+            data_name(row),
             headline(row["last_metrics"]),
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"])),
         )

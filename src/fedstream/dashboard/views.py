@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fedstream.store.runs import RunStore
-from fedstream.store.views import describe_config, headline, setting
+from fedstream.store.views import data_name, describe_config, headline, setting
 
 
 def runs_view(store: RunStore) -> list[dict[str, Any]]:
@@ -22,9 +22,7 @@ def runs_view(store: RunStore) -> list[dict[str, Any]]:
                 "rounds_done": run["rounds_done"],
                 "rounds": setting(config, "run", "rounds"),
                 "label": describe_config(config)[0],
-                "data": setting(config, "model", "app")
-                or run.get("data")
-                or setting(config, "data", "dataset"),
+                "data": data_name(run),
                 "last_metrics": run["last_metrics"],
                 "headline": headline(run["last_metrics"]),
                 "started": run["created"],

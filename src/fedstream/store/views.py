@@ -22,6 +22,15 @@ def setting(config: dict[str, Any], section: str, name: str) -> Any:
     return "" if isinstance(value, dict) else value
 
 
+def data_name(run: dict[str, Any]) -> str:
+    """What a stored run trains on: its app's import path, else the data name the run
+    recorded (an app object's own name), else the built-in data set its config names."""
+    config = run["config"]
+    return str(
+        setting(config, "model", "app") or run.get("data") or setting(config, "data", "dataset")
+    )
+
+
 def headline(metrics: dict[str, float]) -> str:
     """A round's result in a few characters: accuracy (else loss) on the held-out set,
     and ε for a DP run, e.g. ``acc 0.912, ε 3.21``."""

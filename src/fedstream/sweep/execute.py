@@ -30,14 +30,12 @@ def finished(folder: Path, rounds: int) -> bool:
 
 
 def run_one(settings: dict[str, Any], folder: str, store: str) -> str:
-    """One run of the sweep, in a worker: skipped if finished, resumed if interrupted,
-    else started. Returns what it did."""
+    """One run of the sweep, in a worker (``run_sweep`` has left out the finished ones):
+    resumed if interrupted, else started. Returns what it did."""
     from fedstream.simulation.config import from_mapping
     from fedstream.simulation.engine import simulate
 
     out = Path(folder)
-    if finished(out, settings["run"]["rounds"]):
-        return "already done"
     if (out / "config.json").exists():
         simulate(
             output_dir=out, resume=True, store=store, run={"rounds": settings["run"]["rounds"]}
