@@ -164,7 +164,7 @@ def bad(**changes):
 )
 def test_an_app_that_does_not_fit_is_refused_before_round_one_naming_the_client(app, message):
     with pytest.raises(ConfigError, match=message):
-        fedstream.simulate(app=app, **nested(**RUN))
+        fedstream.simulate(app=app, **nested(**RUN | {"clients_per_round": 1}))
 
 
 def test_bad_app_parts_are_named_when_the_app_is_made():
@@ -234,3 +234,19 @@ def test_the_command_line_runs_an_app_named_by_flag_or_in_pyproject(tmp_path):
     broken = fedstream_cli(by_table, "run", "--model.app", "clinic.job:nothing", *flags)
     assert broken.returncode == 2
     assert "app='clinic.job:nothing' is invalid: expected an attribute 'nothing'" in broken.stderr
+
+
+def test_an_apps_clients_are_the_population_that_dp_charges_for():
+    """Regression: with an app, q was clients per round over data.num_clients (default
+    100), not over the app's 5 clients: the accountant charged q = 0.03 for rounds that
+    sampled at 0.6, and reported far too small an ε."""
+    dp_accounting = pytest.importorskip("dp_accounting")
+    result = fedstream.simulate(
+        app=tiny, privacy={"level": "client", "noise": 1.0, "clip": 1.0}, **nested(**RUN)
+    )
+    assert result.config.data.num_clients == 5
+    accountant = dp_accounting.rdp.RdpAccountant()
+    event = dp_accounting.PoissonSampledDpEvent(3 / 5, dp_accounting.GaussianDpEvent(1.0))
+    accountant.compose(dp_accounting.SelfComposedDpEvent(event, RUN["rounds"]))
+    epsilon = result.reports[-1].metrics["dp_epsilon"]
+    assert epsilon == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-3)

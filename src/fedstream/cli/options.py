@@ -141,6 +141,11 @@ def load_config(
     else:
         values = merge(values, project_settings(), source=f"{PROJECT_FILE} [tool.fedstream]")
     values = merge(values, flag_settings(flags))
+    app = values.get("model", {}).get("app")
+    if app is not None:  # its clients are the population (engine.app_population)
+        from fedstream.simulation.engine import app_population
+
+        values = merge(values, app_population(str(app)))
     return from_mapping(values, source="config" if config_path else "flag")
 
 

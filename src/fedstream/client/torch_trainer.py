@@ -55,6 +55,8 @@ TrainFunction = Callable[
 ]
 EvaluateFunction = Callable[[nn.Module, ClientData], tuple[int, Mapping[str, float]]]
 
+EVAL_CHUNK = 1024
+"""Rows per forward pass in evaluation (a transformer's activations grow with the rows)."""
 TORCH_STREAM = 0x544F5243  # separates torch's generator seed from the batch-order stream
 _GLOBAL_GENERATOR = threading.Lock()
 
@@ -107,16 +109,49 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ConfigError("device", device, f"'auto', 'cpu', 'cuda' or 'cuda:N' ({exc})") from None
 
 
+def frozen_names(module: nn.Module) -> tuple[str, ...]:
+    """The parameters that do not train (``requires_grad=False``): a pretrained base under
+    LoRA adapters, a frozen body under a trainable head. They are no part of the federation:
+    every process builds them itself (from the same seed or the same weights on disk), so
+    they are never sent, summed, checkpointed or served from the run store."""
+    return tuple(n for n, p in module.named_parameters() if not p.requires_grad)
+
+
+def federated_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state that the federation shares and stores: every state entry
+    (parameters and buffers) but the frozen parameters, as the module's own tensors."""
+    frozen = set(frozen_names(module))
+    state = module.state_dict(keep_vars=True)
+    return {n: t for n, t in state.items() if n not in frozen} if frozen else state
+
+
 def params_from_module(module: nn.Module) -> Params:
-    """A copy of the module's state (parameters and buffers) as ``Params``."""
-    return Params({n: t.detach().cpu().numpy().copy() for n, t in module.state_dict().items()})
+    """A copy of the module's federated state (``federated_tensors``) as ``Params``."""
+    return Params(
+        {n: t.detach().cpu().numpy().copy() for n, t in federated_tensors(module).items()}
+    )
 
 
 def module_layout(module: nn.Module) -> Params:
-    """Empty arrays shaped and typed like the module's state, to check ``Params`` against."""
+    """Empty arrays shaped and typed like the module's federated state, to check ``Params``
+    against."""
     return Params(
-        {n: np.empty(tuple(t.shape), dtype=_numpy_dtype(t)) for n, t in module.state_dict().items()}
+        {
+            n: np.empty(tuple(t.shape), dtype=_numpy_dtype(t))
+            for n, t in federated_tensors(module).items()
+        }
     )
+
+
+def load_params(module: nn.Module, params: Params) -> None:
+    """Copy ``params`` into ``module``: exactly its federated state (an entry missing or
+    extra, or a shape that differs, is a ``ParamsMismatchError`` naming it); the frozen
+    parameters keep the values the module was built with."""
+    check_layout(module_layout(module), params)
+    tensors = federated_tensors(module)
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            tensor.copy_(torch.from_numpy(np.array(params[name])))
 
 
 def check_layout(layout: Params, params: Params) -> None:
@@ -238,9 +273,11 @@ class TorchTrainer:
         self.optimizer = optimizer
         self.train_function = train
         self.evaluate_function = evaluate
-        self._names = [n for n, _ in module.named_parameters()]
+        # the parameters trained (a frozen base under adapters is not), in the module's order
+        self._weights = {n: p for n, p in module.named_parameters() if p.requires_grad}
+        self._names = list(self._weights)
         self.batch_norm = has_batch_norm(module)
-        self._tensors = dict(module.state_dict(keep_vars=True))
+        self._tensors = federated_tensors(module)
         # on the CPU, numpy views of the module's own storage: a load is one copy per tensor
         self._storage = (
             {n: t.detach().numpy() for n, t in self._tensors.items()}
@@ -320,7 +357,7 @@ class TorchTrainer:
 
     def _gradient(self, params: Params, task: FitTask, data: ClientData) -> ClientUpdate:
         """FedSGD's payload: one full-batch gradient of the loss at the global params."""
-        weights = [p for _, p in self.module.named_parameters()]
+        weights = list(self._weights.values())
         loss = self._loss(self.module(self._tensor(data.x_train)), self._tensor(data.y_train))
         grads = torch.autograd.grad(loss, weights)
         payload = Params(
@@ -339,7 +376,7 @@ class TorchTrainer:
     def _fit_sgd(self, params: Params, task: FitTask, data: ClientData) -> dict[str, float]:
         config = task.config
         x, y = self._tensor(data.x_train), self._tensor(data.y_train)
-        weights = [p for _, p in self.module.named_parameters()]
+        weights = list(self._weights.values())
         anchors = [w.detach().clone() for w in weights] if config.proximal_mu > 0 else []
         masks = (
             {n: m.to(self.device) for n, m in pruning_masks(params).items()}
@@ -454,6 +491,16 @@ class TorchTrainer:
         return {n: self._tensor(noisy[n]) for n in summed}
 
     # -- evaluation --------------------------------------------------------------------
+    def predict(self, x: np.ndarray) -> torch.Tensor:
+        """The module's outputs on ``x`` in evaluation mode, in chunks of ``EVAL_CHUNK``
+        rows, so a large test split through a transformer stays within memory."""
+        with torch.inference_mode():
+            chunks = [
+                self.module(self._tensor(x[part]))
+                for part in batch_slices(len(x), EVAL_CHUNK) or [slice(0, 0)]
+            ]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
     def evaluate(
         self, params: Params, client_id: str, round_number: int, data: ClientData
     ) -> EvaluateResult:
@@ -470,8 +517,7 @@ class TorchTrainer:
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise ConfigError(f"{what}[0]", count, "an integer number of examples >= 0")
             return EvaluateResult(client_id, round_number, count, check_metrics(metrics, what))
-        with torch.inference_mode():
-            outputs = self.module(self._tensor(data.x_test))
+        outputs = self.predict(data.x_test)
         targets = self._tensor(data.y_test)
         if self.loss is None and self.metrics is None:
             return EvaluateResult(

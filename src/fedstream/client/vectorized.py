@@ -40,6 +40,7 @@ from fedstream.client.torch_trainer import (
     TorchTrainer,
     batch_slices,
     check_layout,
+    frozen_names,
     per_sample_loss,
     pruning_masks,
     seeded_torch,
@@ -99,6 +100,13 @@ class VectorizedTrainer:
             return (
                 "a model without recurrent layers (vmap cannot batch them); "
                 f"this one has {recurrent}"
+            )
+        frozen = frozen_names(module)
+        if frozen:
+            return (
+                "a model without frozen parameters (a frozen pretrained base trains one client "
+                f"at a time: its cost is the base's own matmuls, not per-call overhead); this "
+                f"one has {len(frozen)}, e.g. {frozen[0]!r}"
             )
         random = unreplayable(module)
         if random:

@@ -98,7 +98,11 @@ def _parse_inputs(server: Server, body: bytes, content_type: str) -> np.ndarray:
             # true/false would become 1.0/0.0; the byte test keeps the walk off the hot path
             if (b"true" in body or b"false" in body) and _has_bool(inputs):
                 raise ValueError("inputs must be numbers, not booleans")
-            array = np.asarray(inputs, dtype=dtype)
+            array = np.asarray(inputs, dtype=np.float64 if dtype.kind in "iu" else dtype)
+            if dtype.kind in "iu":  # whole numbers, said so, not silently truncated
+                if not np.all(np.isfinite(array)) or not np.array_equal(array, np.trunc(array)):
+                    raise ValueError(f"inputs must be whole numbers ({dtype})")
+                array = array.astype(dtype)
         except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
             raise HTTPException(
                 422, f'body must be JSON {{"inputs": [{row}, ...]}}: {str(exc)[:200]}'
@@ -110,7 +114,19 @@ def _parse_inputs(server: Server, body: bytes, content_type: str) -> np.ndarray:
         raise HTTPException(422, f"inputs has {array.shape[0]} rows, at most {server.max_batch}")
     if not np.all(np.isfinite(array)):
         raise HTTPException(422, "inputs contain NaN or Inf")
+    if model.vocab_size is not None:
+        _check_token_ids(array, model.vocab_size)
     return np.ascontiguousarray(array)
+
+
+def _check_token_ids(array: np.ndarray, vocab_size: int) -> None:
+    """Token ids must lie in ``[0, vocab_size)``: checked here, per request, since one bad
+    row in a micro-batch would fail every request batched with it."""
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= vocab_size:
+        raise HTTPException(
+            422, f"inputs are token ids in [{low}, {high}], expected [0, {vocab_size})"
+        )
 
 
 JSON = "application/json"

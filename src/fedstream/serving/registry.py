@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fedstream.app import load_app
+from fedstream.client.torch_trainer import load_params
 from fedstream.errors import ConfigError, FedstreamError, WireFormatError
 from fedstream.models import build_model
 from fedstream.params import Params
@@ -46,6 +47,13 @@ class LoadedModel:
     def dtype(self) -> np.dtype[Any]:
         return np.dtype(str(self.architecture["dtype"]))
 
+    @property
+    def vocab_size(self) -> int | None:
+        """For a model whose inputs are token ids (``fedstream.llm``), how many ids there
+        are: an input must lie in ``[0, vocab_size)``. ``None`` for other models."""
+        size = getattr(self.module, "vocab_size", None)
+        return size if isinstance(size, int) else None
+
 
 class ModelLoadError(FedstreamError, ValueError):
     """A model version cannot be served: its architecture cannot be built, its params do
@@ -71,17 +79,14 @@ def build_version(
     try:
         module = _build(arch, app)
         params = Params.from_bytes(blob)
-        module.load_state_dict({n: torch.from_numpy(np.array(a)) for n, a in params.items()})
+        load_params(module, params)
+        module = for_inference(module)
         module.eval()
         loaded = LoadedModel(version, module, arch, metrics)
         shape = loaded.input_shape
         if shape is not None:
             with torch.no_grad():
-                probe = torch.zeros(
-                    (1, *shape),
-                    dtype=torch.float64 if loaded.dtype == np.float64 else torch.float32,
-                )
-                output = module(probe)
+                output = module(torch.from_numpy(np.zeros((1, *shape), probe_dtype(loaded.dtype))))
             if not bool(torch.isfinite(output).all()):
                 raise ModelLoadError(version, "a forward pass on a zero input is not finite")
     except ModelLoadError:
@@ -90,6 +95,27 @@ def build_version(
         reason = " ".join(str(exc).split())[:400] or "no detail"  # torch's span many lines
         raise ModelLoadError(version, f"{type(exc).__name__}: {reason}") from None
     return loaded
+
+
+def for_inference(module: torch.nn.Module) -> torch.nn.Module:
+    """The form of ``module`` that serves: what its ``for_inference()`` returns, when it has
+    one (``fedstream.llm`` models fold their LoRA adapters into the base weights), else
+    the module itself."""
+    prepare = getattr(module, "for_inference", None)
+    if not callable(prepare):
+        return module
+    prepared = prepare()
+    if not isinstance(prepared, torch.nn.Module):
+        raise ConfigError("for_inference()", type(prepared).__name__, "an nn.Module")
+    return prepared
+
+
+def probe_dtype(dtype: np.dtype[Any]) -> np.dtype[Any]:
+    """The dtype of the zero input that checks a loaded model: the recorded one for whole
+    numbers (token ids, character codes), float64 for float64 data, else float32."""
+    if np.issubdtype(dtype, np.integer):
+        return dtype
+    return np.dtype(np.float64 if dtype == np.float64 else np.float32)
 
 
 def _build(arch: Mapping[str, Any], app: str | None) -> torch.nn.Module:

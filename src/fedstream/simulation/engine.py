@@ -18,7 +18,7 @@ import torch
 from fedstream.app import App, check_model_fits, is_torch, load_app, model_params
 from fedstream.client.base import FitTask, Trainer
 from fedstream.client.state import ClientState
-from fedstream.client.torch_trainer import batch_norm_entries, params_from_module
+from fedstream.client.torch_trainer import batch_norm_entries, load_params, params_from_module
 from fedstream.client.vectorized import VectorizedTrainer
 from fedstream.data.base import ClientData, FederatedDataset, subset
 from fedstream.data.datasets import federate
@@ -153,6 +153,18 @@ def resolve_app(config: SimulationConfig, app: App | None) -> App | None:
     return load_app(config.model.app) if config.model.app is not None else None
 
 
+def app_population(app: App | str | None) -> dict[str, dict[str, int]]:
+    """The setting that makes ``data.num_clients`` the app's number of clients (none
+    without an app). With an app its clients, not the setting, are the population, and
+    what is derived from the count must be the one the rounds draw from: DP's client
+    sampling rate q = clients per round / population (the accountant charges it) and the
+    checks of Poisson sampling and of clients per round."""
+    if app is None:
+        return {}
+    loaded = load_app(app) if isinstance(app, str) else app
+    return {"data": {"num_clients": len(loaded.ids())}}
+
+
 def build(config: SimulationConfig, app: App | None = None, *, server_only: bool = False) -> Setup:
     """Data, model, trainer, transport and the initial state, all drawn from ``config.seed``,
     for the built-in data and model or for ``app`` (or the one ``config.app`` names).
@@ -222,7 +234,7 @@ def preflight(
     task = FitTask(first, 0, config.round_config().fit_config())
     trainer.fit(params, task, clients[first])
     trainer.evaluate(params, first, 0, clients[first])
-    module.load_state_dict({n: torch.from_numpy(np.array(a)) for n, a in params.items()})
+    load_params(module, params)
 
 
 def local_transport(
@@ -465,6 +477,10 @@ def simulate(
             raise ConfigError("resume", True, "an output_dir holding the run to continue")
         config = _resume_config(out, config, overrides)
     else:
+        named = app if app is not None else config.model.app if config is not None else None
+        population = app_population(named)
+        if population:
+            overrides = merge(overrides, population)
         config = (
             (config or SimulationConfig()).with_changes(**overrides)
             if overrides

@@ -1,0 +1,59 @@
+"""The transformer wrappers and the pretrained all-MiniLM-L6-v2 weights from its package."""
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from fedstream.llm import check_ids, minilm_path, pretrained_classifier
+from fedstream.llm.genre import genre_app
+from tests.apps import tiny_lora
+
+
+def test_the_packaged_minilm_weights_are_the_pretrained_ones():
+    """Real weights, not a fresh initialisation: the encoder places a paraphrase nearer
+    its sentence than an unrelated one (mean pooling, as sentence-transformers does)."""
+    path = minilm_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    encoder = pretrained_classifier(path, 3).model.bert
+    sentences = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The stock market fell sharply today.",
+    ]
+    batch = tokenizer(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1)
+    pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
+    similar, unrelated = float(pooled[0] @ pooled[1]), float(pooled[0] @ pooled[2])
+    assert similar > 0.6 and unrelated < 0.2
+    assert sum(p.numel() for p in encoder.parameters()) == 22_713_216
+
+
+def test_token_ids_are_checked_before_the_model_sees_them():
+    ids = torch.tensor([[1, 2, 3]])
+    assert check_ids(ids.double(), 10, 8).dtype == torch.int64
+    with pytest.raises(ValueError, match=r"^input ids range over \[1, 10\], expected \[0, 10\)$"):
+        check_ids(torch.tensor([[1, 10]]), 10, 8)
+    with pytest.raises(ValueError, match=r"^input ids must be whole numbers"):
+        check_ids(torch.tensor([[0.5]]), 10, 8)
+    with pytest.raises(ValueError, match=r"^rows have 3 tokens, at most 2$"):
+        check_ids(ids, 10, 2)
+    with pytest.raises(
+        ValueError, match=r"^input ids have shape \(3,\), expected \(rows, tokens\)$"
+    ):
+        check_ids(ids[0], 10, 8)
+
+
+def test_the_genre_app_tokenises_speeches_to_fixed_rows_and_holds_out_minor_roles():
+    app = genre_app(model=tiny_lora.tiny_bert, clients=5, heldout=50, max_tokens=12)
+    assert len(app.ids()) == 5
+    hamlet = app.client_data("hamlet/HAM")
+    assert hamlet.x_train.shape == (233, 12) and hamlet.x_test.shape == (58, 12)
+    assert set(hamlet.y_train.tolist()) == {2}
+    x, y = app.heldout_split()
+    assert x.shape == (50, 12) and set(y.tolist()) <= {0, 1, 2}
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+    assert tokenizer.decode(hamlet.x_train[0], skip_special_tokens=True) == (
+        "a little more than kin, and less than kind"  # 12 ids with [CLS] and [SEP]
+    )
