@@ -1,5 +1,5 @@
 """Small transformer apps for tests: a randomly initialised 2-layer BERT (hidden size 32)
-on the Shakespeare genre task, tokenised by all-MiniLM-L6-v2's real tokenizer, trained
+on the Shakespeare verse-or-prose task, tokenised by all-MiniLM-L6-v2's real tokenizer, trained
 with LoRA, FFA-LoRA or in full; and a tiny Llama for next-character prediction."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification, LlamaConfig,
 import fedstream
 from fedstream.data.shakespeare import load_roles, role_examples
 from fedstream.llm import LoraSettings, NextToken, TextClassifier, with_lora
-from fedstream.llm.genre import genre_app
+from fedstream.llm.shakespeare import speech_app
 
 VOCAB = 30522  # all-MiniLM-L6-v2's WordPiece vocabulary
 
@@ -20,16 +20,16 @@ VOCAB = 30522  # all-MiniLM-L6-v2's WordPiece vocabulary
 def tiny_bert() -> TextClassifier:
     config = BertConfig(
         vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, num_labels=3,
+        intermediate_size=64, max_position_embeddings=64, num_labels=2,
     )  # fmt: skip
     return TextClassifier(BertForSequenceClassification(config))
 
 
-genre = functools.partial(genre_app, model=tiny_bert, clients=8, heldout=100, max_tokens=16)
-app = genre(tuning="lora")
-ffa = genre(tuning="ffa")
-full = genre(tuning="full")
-head = genre(tuning="head")
+speeches = functools.partial(speech_app, model=tiny_bert, clients=8, heldout=100, max_tokens=16)
+app = speeches(tuning="lora")
+ffa = speeches(tuning="ffa")
+full = speeches(tuning="full")
+head = speeches(tuning="head")
 
 
 def tiny_llama_lora() -> NextToken:

