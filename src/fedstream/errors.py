@@ -9,10 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Self
 
 
 class FedstreamError(Exception):
-    """Base of every error fedstream raises on purpose."""
+    """Base of every error fedstream raises on purpose.
+
+    Picklable whatever a subclass's constructor takes: an error raised in a worker process
+    or a Ray actor must reach the parent as itself. (``Exception`` pickles as
+    ``cls(*self.args)``, and a subclass that builds its message from its own arguments has
+    ``args == (message,)``, which its constructor would refuse.)"""
+
+    _made_with: tuple[tuple[Any, ...], dict[str, Any]]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        error = super().__new__(cls, *args)
+        error._made_with = (args, kwargs)
+        return error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        args, kwargs = getattr(self, "_made_with", (self.args, {}))
+        return (_rebuild, (type(self), args, kwargs), self.__dict__)
+
+
+def _rebuild(cls: type[FedstreamError], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return cls(*args, **kwargs)
 
 
 class ConfigError(FedstreamError, ValueError):
