@@ -174,3 +174,12 @@ def test_target_modules_the_model_lacks_are_named_with_the_ones_it_has():
         r"modules of this model: \['classifier', 'dense', 'key', 'query', 'value'\]$",
     ):
         with_lora(tiny_lora.tiny_bert(), LoraSettings(target_modules=("q_proj",)))
+
+
+def test_the_vectorised_trainer_declines_transformers_and_frozen_bases_and_says_why():
+    with pytest.raises(ConfigError, match=r"Hugging Face transformers inside .* 'model'"):
+        fedstream.simulate(app=tiny_lora.full, **nested(trainer="vectorized", **RUN))
+    with pytest.raises(ConfigError, match=r"a model without frozen parameters"):
+        fedstream.simulate(app=tiny_lora.app, **nested(trainer="vectorized", **RUN))
+    auto = fedstream.simulate(app=tiny_lora.full, **nested(**RUN | {"rounds": 1}))
+    assert auto.trainer.startswith("sequential (auto: the vectorised trainer needs a model")

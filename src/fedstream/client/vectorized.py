@@ -26,6 +26,7 @@ Models people use:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -70,7 +71,10 @@ class VectorizedTrainer:
         self.sequential = TorchTrainer(module, task, device="cpu")
         self.task: Task = self.sequential.task
         self._parameters = [n for n, _ in module.named_parameters()]
-        self._buffers = [n for n, _ in module.named_buffers()]
+        # the buffers the federation holds; a non-persistent one (a transformer's position
+        # ids) is a constant the module keeps, and functional_call reads it from there
+        persistent = set(module.state_dict())
+        self._buffers = [n for n, _ in module.named_buffers() if n in persistent]
         self._exact_batches = self.sequential.batch_norm
         self._dropout = DropoutReplay(module)
         # vmapped over clients; the masks go in only where there is dropout (each pytree
@@ -108,6 +112,19 @@ class VectorizedTrainer:
                 f"at a time: its cost is the base's own matmuls, not per-call overhead); this "
                 f"one has {len(frozen)}, e.g. {frozen[0]!r}"
             )
+        transformers = sys.modules.get("transformers")
+        if transformers is not None:
+            pretrained = [
+                n or type(m).__name__
+                for n, m in module.named_modules()
+                if isinstance(m, transformers.PreTrainedModel)
+            ]
+            if pretrained:
+                return (
+                    "a model without Hugging Face transformers inside (their attention "
+                    "draws its dropout inside the kernel, which cannot be replayed per "
+                    f"client); this one has {pretrained[0]!r}"
+                )
         random = unreplayable(module)
         if random:
             return f"a model without alpha dropout or RReLU layers; this one has {random}"
