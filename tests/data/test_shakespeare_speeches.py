@@ -5,9 +5,11 @@ import collections
 
 import pytest
 
+from fedstream.data.shakespeare import parse_dialogue, texts_dir
 from fedstream.data.shakespeare_speeches import (
     FOLIO_GENRE,
     GENRES,
+    REPLY_GAP,
     speech_corpus,
     verse_label,
 )
@@ -51,6 +53,29 @@ def test_the_genre_task_has_the_counts_of_the_folio_plays():
     assert hamlet[0][0] == "A little more than kin, and less than kind!"
 
 
+def test_the_dialogue_keeps_the_order_speeches_are_spoken_in():
+    dialogue = parse_dialogue((texts_dir() / "hamlet_gut.txt").read_text(encoding="latin-1"))
+    assert len(dialogue) == 1066 and dialogue[0] == ("BER", "Who's there?")
+    assert dialogue[66][1] == "A little more than kin, and less than kind!"
+    assert dialogue[65][0] == "KING" and dialogue[65][1].startswith("Take thy fair hour, Laertes")
+
+
+def test_the_reply_task_pairs_a_speech_with_its_cue_or_with_a_distant_one():
+    corpus = speech_corpus("reply")
+    assert len(corpus.clients) == 312 and len(corpus.heldout) == 6005
+    labels = collections.Counter(label for pairs in corpus.clients.values() for _, label in pairs)
+    assert labels == {1: 9726, 0: 9489}  # a fair coin per example
+    dialogue = parse_dialogue((texts_dir() / "hamlet_gut.txt").read_text(encoding="latin-1"))
+    places = collections.defaultdict(list)  # a speech's text → where it is spoken
+    for k, (_, speech) in enumerate(dialogue):
+        places[" ".join(speech.split())].append(k)
+    for (cue, speech), label in corpus.clients["hamlet/HAM"]:
+        gaps = {b - a for a in places[cue] for b in places[speech]}
+        assert 1 in gaps if label == 1 else any(abs(g) >= REPLY_GAP for g in gaps)
+    again = speech_corpus("reply", seed=1).clients["hamlet/HAM"]
+    assert [label for _, label in again] != [label for _, label in corpus.clients["hamlet/HAM"]]
+
+
 def test_roles_with_fewer_speeches_than_the_bar_are_held_out_whole():
     wide, narrow = speech_corpus(), speech_corpus(min_speeches=60)
     assert set(narrow.clients) < set(wide.clients) and len(narrow.clients) == 24
@@ -62,7 +87,10 @@ def test_roles_with_fewer_speeches_than_the_bar_are_held_out_whole():
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"task": "rhyme"}, r"^task='rhyme' is invalid: expected one of \['genre', 'verse'\]$"),
+        (
+            {"task": "rhyme"},
+            r"^task='rhyme' is invalid: expected one of \['genre', 'reply', 'verse'\]$",
+        ),
         ({"min_words": 0}, r"^min_words=0 is invalid: expected a whole number >= 1$"),
         ({"min_speeches": 1}, r"^min_speeches=1 is invalid: expected a whole number >= 2"),
     ],

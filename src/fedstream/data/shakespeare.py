@@ -80,20 +80,29 @@ def _role(name: str) -> str:
 
 def parse_play(text: str) -> dict[str, list[str]]:
     """Speeches of each role in one play: role (upper case, no period) → list of speeches,
-    each speech its lines joined with newlines. Chooses the block or the Folio inline form
-    by which of the two marks more speakers in the text."""
+    each speech its lines joined with newlines (``parse_dialogue``, grouped by role)."""
+    roles: dict[str, list[str]] = {}
+    for role, speech in parse_dialogue(text):
+        roles.setdefault(role, []).append(speech)
+    return roles
+
+
+def parse_dialogue(text: str) -> list[tuple[str, str]]:
+    """The speeches of one play in the order they are spoken: (role, speech) pairs, each
+    speech its lines joined with newlines. Chooses the block or the Folio inline form by
+    which of the two marks more speakers in the text."""
     text = _BRACKETS.sub("", text)
     lines = text.splitlines()
     start = next((i for i, line in enumerate(lines) if _HEADING.match(line)), 0)
     lines = lines[start:]
     inline = sum(1 for line in lines if _INLINE_SPEAKER.match(line))
     block = sum(1 for i in range(len(lines)) if _is_block_speaker(lines, i))
-    roles: dict[str, list[list[str]]] = {}
+    spoken: list[tuple[str, list[str]]] = []
     speech: list[str] | None = None
 
     def begin(name: str) -> list[str]:
         new: list[str] = []
-        roles.setdefault(_role(name), []).append(new)
+        spoken.append((_role(name), new))
         return new
 
     for i, line in enumerate(lines):
@@ -116,11 +125,7 @@ def parse_play(text: str) -> dict[str, list[str]]:
             continue
         if speech is not None:
             speech.append(stripped)
-    return {
-        role: ["\n".join(s) for s in speeches if s]
-        for role, speeches in roles.items()
-        if any(speeches)
-    }
+    return [(role, "\n".join(speech)) for role, speech in spoken if speech]
 
 
 def _is_block_speaker(lines: list[str], i: int) -> bool:

@@ -26,16 +26,20 @@ speakers the federation never saw.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedstream.data.shakespeare import parse_play, texts_dir
+import numpy as np
+
+from fedstream.data.shakespeare import parse_dialogue, texts_dir
 from fedstream.errors import ConfigError
 
 GENRES = ("comedy", "history", "tragedy")
 FORMS = ("prose", "verse")
-TASKS = {"verse": FORMS, "genre": GENRES}
+REPLIES = ("elsewhere", "reply")
+TASKS = {"reply": REPLIES, "verse": FORMS, "genre": GENRES}
 """Each task's class names, in label order."""
 
 FOLIO_GENRE: Mapping[str, str] = {
@@ -95,14 +99,21 @@ FOLIO_GENRE: Mapping[str, str] = {
 """Each play (the modern edition's file stem) → its genre in the First Folio."""
 
 
+Text = str | tuple[str, str]
+"""One example's text: a speech, or (for ``reply``) a pair (the cue, the speech)."""
+
+REPLY_GAP = 20
+"""A ``reply`` negative's cue is a speech at least this many speeches away."""
+
+
 @dataclass(frozen=True)
 class SpeechCorpus:
     """The task's text: each client role's speeches with their labels, and the held-out
     speeches of the other roles with theirs. Labels index ``TASKS[task]``. Speeches are
     whitespace-normalised (lines joined with single spaces)."""
 
-    clients: Mapping[str, list[tuple[str, int]]]
-    heldout: list[tuple[str, int]]
+    clients: Mapping[str, list[tuple[Text, int]]]
+    heldout: list[tuple[Text, int]]
 
 
 def verse_label(speech: str) -> int | None:
@@ -123,10 +134,11 @@ def speech_corpus(
     source: str | Path | None = None,
     min_words: int = 5,
     min_speeches: int = 25,
+    seed: int = 0,
 ) -> SpeechCorpus:
     """Every play's labelled speeches of at least ``min_words`` words, by role (client id
     ``"<play>/<ROLE>"``): roles with at least ``min_speeches`` of them are clients, the
-    rest held out (module docstring)."""
+    rest held out (module docstring). ``seed`` draws the ``reply`` task's negatives."""
     if task not in TASKS:
         raise ConfigError("task", task, f"one of {sorted(TASKS)}")
     if min_words < 1:
@@ -134,20 +146,42 @@ def speech_corpus(
     if min_speeches < 2:
         raise ConfigError("min_speeches", min_speeches, "a whole number >= 2 (train and test)")
     folder = texts_dir(source)
-    clients: dict[str, list[tuple[str, int]]] = {}
-    heldout: list[tuple[str, int]] = []
+    by_role: dict[str, list[tuple[Text, int]]] = {}
     for play, genre in sorted(FOLIO_GENRE.items()):
         path = folder / f"{play}_gut.txt"
         if not path.exists():
             raise ConfigError("shakespeare texts", str(folder), f"a folder holding {path.name}")
-        for role, speeches in parse_play(path.read_text(encoding="latin-1")).items():
-            labelled = []
-            for speech in speeches:
-                label = GENRES.index(genre) if task == "genre" else verse_label(speech)
-                if label is not None and len(speech.split()) >= min_words:
-                    labelled.append((" ".join(speech.split()), label))
-            if len(labelled) >= min_speeches:
-                clients[f"{play}/{role}"] = labelled
+        dialogue = parse_dialogue(path.read_text(encoding="latin-1"))
+        rng = np.random.default_rng([seed, zlib.crc32(play.encode())])
+        for index, (role, speech) in enumerate(dialogue):
+            if len(speech.split()) < min_words:
+                continue
+            words = " ".join(speech.split())
+            text: Text = words
+            if task == "genre":
+                label: int | None = GENRES.index(genre)
+            elif task == "verse":
+                label = verse_label(speech)
             else:
-                heldout += labelled
+                text, label = _reply_example(dialogue, index, words, rng)
+            if label is not None:
+                by_role.setdefault(f"{play}/{role}", []).append((text, label))
+    clients = {r: pairs for r, pairs in by_role.items() if len(pairs) >= min_speeches}
+    heldout = [pair for r, pairs in by_role.items() if r not in clients for pair in pairs]
     return SpeechCorpus(clients, heldout)
+
+
+def _reply_example(
+    dialogue: list[tuple[str, str]], index: int, text: str, rng: np.random.Generator
+) -> tuple[Text, int | None]:
+    """Speech ``index`` as a ``reply`` example: paired with the speech before it (another
+    role's: label 1) or, with probability ½, with a speech of the same play at least
+    ``REPLY_GAP`` speeches away (label 0). The first speech, and one that follows its
+    own role's, give none."""
+    if index == 0 or dialogue[index - 1][0] == dialogue[index][0]:
+        return text, None
+    far = [k for k in range(len(dialogue)) if abs(k - index) >= REPLY_GAP]
+    if rng.random() < 0.5 or not far:
+        return (" ".join(dialogue[index - 1][1].split()), text), 1
+    cue = dialogue[far[int(rng.integers(len(far)))]][1]
+    return (" ".join(cue.split()), text), 0

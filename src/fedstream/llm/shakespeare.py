@@ -20,7 +20,7 @@ import numpy as np
 from torch import nn
 
 from fedstream.app import App
-from fedstream.data.shakespeare_speeches import TASKS, speech_corpus
+from fedstream.data.shakespeare_speeches import TASKS, Text, speech_corpus
 from fedstream.errors import ConfigError
 from fedstream.llm.lora import LoraSettings, Method, head_only, with_lora
 from fedstream.llm.models import TransformerModel, minilm_path, pretrained_classifier
@@ -63,11 +63,13 @@ def _tokenised(
     corpus = speech_corpus(task, source, min_speeches=min_speeches)
     tok = AutoTokenizer.from_pretrained(tokenizer)
 
-    def encoded(pairs: Sequence[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
-        ids = tok(
-            [text for text, _ in pairs], padding="max_length", truncation=True,
-            max_length=max_tokens,
-        )["input_ids"]  # fmt: skip
+    def encoded(pairs: Sequence[tuple[Text, int]]) -> tuple[np.ndarray, np.ndarray]:
+        texts = [text for text, _ in pairs]
+        # a (cue, speech) pair is one row, [CLS] cue [SEP] speech [SEP], both cut evenly
+        parts = (
+            [list(t) for t in zip(*texts, strict=True)] if isinstance(texts[0], tuple) else [texts]
+        )
+        ids = tok(*parts, padding="max_length", truncation=True, max_length=max_tokens)["input_ids"]
         labels = np.array([label for _, label in pairs], dtype=np.int64)
         return np.asarray(ids, dtype=np.int64).reshape(len(pairs), max_tokens), labels
 
@@ -91,9 +93,9 @@ def speech_app(
     seed: int = 0,
     source: str | Path | None = None,
 ) -> App:
-    """A Shakespeare speech ``task`` (``verse`` or ``genre``) as an ``App``: the
-    ``clients`` roles with the most labelled speeches (all with ``min_speeches`` or more
-    when ``None``; default 25 for verse, 40 for genre), each split in order; ``heldout``
+    """A Shakespeare speech ``task`` (``reply``, ``verse`` or ``genre``) as an ``App``:
+    the ``clients`` roles with the most labelled speeches (all with ``min_speeches`` or
+    more when ``None``; default 40 for genre, else 25), each split in order; ``heldout``
     speeches of the other roles (drawn with ``seed``) for central evaluation. ``model``
     builds the classifier (default all-MiniLM-L6-v2 with a head for the task's classes),
     ``tokenizer`` names its tokenizer's folder (default MiniLM's), and ``tuning`` says what
@@ -102,7 +104,7 @@ def speech_app(
         raise ConfigError("task", task, f"one of {sorted(TASKS)}")
     if not 0 < test_fraction < 1:
         raise ConfigError("test_fraction", test_fraction, "a fraction in (0, 1)")
-    least = min_speeches if min_speeches is not None else 25 if task == "verse" else 40
+    least = min_speeches if min_speeches is not None else 40 if task == "genre" else 25
     folder = str(tokenizer if tokenizer is not None else minilm_path())
     roles, (x_held, y_held) = _tokenised(
         task, folder, max_tokens, least, None if source is None else str(source)
