@@ -178,7 +178,7 @@ def plot(results: list[dict[str, Any]], path: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=ARMS)
     parser.add_argument("--dp", nargs="*", type=float, default=[0.1, 0.3], help="noise levels")
     parser.add_argument("--dp-clip", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=15)
@@ -196,9 +196,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--task", default="verse", choices=["verse", "reply", "genre"])
     parser.add_argument("--name", default="llm_shakespeare")
+    parser.add_argument(
+        "--append", action="store_true", help="keep the other arms of an earlier results file"
+    )
     args = parser.parse_args(argv)
     arms = [*args.arms, *(f"lora-dp{z:g}" for z in args.dp)]
-    results = []
+    path = RESULTS / f"{args.name}.json"
+    earlier = json.loads(path.read_text())["results"] if args.append and path.exists() else []
+    results = [r for r in earlier if r["arm"] not in arms]
     context = multiprocessing.get_context("spawn")
     for arm in arms:
         with context.Pool(1, maxtasksperchild=1) as pool:
@@ -207,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(shown), flush=True)
         print(f"[{arm}] done in {result['wall_s']:.0f} s", file=sys.stderr, flush=True)
         results.append(result)
-    save(args.name, {"args": vars(args), "results": results})
+        save(args.name, {"args": vars(args), "results": results})  # after every arm
     plot(results, RESULTS / f"{args.name}.png")
     print_table(
         [{k: v for k, v in r.items() if k != "rounds"} for r in results],
