@@ -93,7 +93,8 @@ def test_a_broken_version_in_the_store_is_passed_over_and_a_newer_good_one_serve
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert ready["ready"] is True and ready["version"] == 1  # the good one goes on serving
-    assert "size mismatch" in ready["broken_versions"]["2"]
+    # the loader names the entry and both shapes
+    assert "has shape (64, 64), expected (64, 3)" in ready["broken_versions"]["2"]
     metrics = httpx.get(f"{url}/metrics").text
     assert "fedstream_broken_versions 1" in metrics
     pinned = httpx.post(f"{url}/v1/models/pin", json={"version": 2}, headers=BEARER)
