@@ -99,8 +99,15 @@ def test_adapter_gap_is_the_relative_frobenius_distance_worked_by_hand():
 def test_head_only_trains_the_head_alone():
     module = tiny_lora.head.build_model(0)
     assert sorted(model_params(module)) == ["model.classifier.bias", "model.classifier.weight"]
-    with pytest.raises(ConfigError, match=r"^head=\['nope'\] is invalid: expected names of"):
+    with pytest.raises(ConfigError, match=r"^head=\['nope'\] is invalid: expected a list of"):
         head_only(tiny_lora.tiny_bert(), head=["nope"])
+    with pytest.raises(ConfigError, match=r"^head=\[\] is invalid: expected the name of this"):
+        head_only(tiny_lora.tiny_bert(), head=[])
+
+
+def test_a_lora_head_the_model_lacks_is_named():
+    with pytest.raises(ConfigError, match=r"^lora\.head=\('score',\) is invalid: expected a list"):
+        with_lora(tiny_lora.tiny_bert(), LoraSettings(head=("score",)))
 
 
 def test_a_lora_run_composes_with_dp_secure_sums_and_compression():

@@ -70,10 +70,25 @@ class LoraSettings:
             raise ConfigError("lora.target_modules", self.target_modules, "a list of module names")
 
 
-Wrapped = TransformerModel
+def _module_names(model: nn.Module) -> set[str]:
+    """The last part of every module's dotted name (``query``, ``classifier``, …)."""
+    return {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
 
 
-def with_lora(wrapped: Wrapped, settings: LoraSettings) -> Wrapped:
+def _heads(model: nn.Module, head: Sequence[str] | None, setting: str) -> list[str]:
+    """The head modules to train in full: ``head`` if given (each must be a module of
+    ``model``; the error names ``setting``), else whichever of ``HEADS`` the model has."""
+    names = _module_names(model)
+    if head is None:
+        return [h for h in HEADS if h in names]
+    if isinstance(head, str) or any(h not in names for h in head):
+        raise ConfigError(
+            setting, head, f"a list of module names of this model, e.g. {list(HEADS)}"
+        )
+    return list(head)
+
+
+def with_lora(wrapped: TransformerModel, settings: LoraSettings) -> TransformerModel:
     """``wrapped`` with LoRA adapters on its ``transformers`` model (in place, returned):
     every base parameter frozen, adapters on ``settings.target_modules``, the head trained
     in full, and, for FFA-LoRA, every ``lora_A`` frozen. The adapters' initial values
@@ -82,8 +97,7 @@ def with_lora(wrapped: Wrapped, settings: LoraSettings) -> Wrapped:
     from peft import LoraConfig, get_peft_model
 
     model = wrapped.model
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [t for t in settings.target_modules if t not in names]
+    missing = [t for t in settings.target_modules if t not in _module_names(model)]
     if missing:
         linear = sorted(
             {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -91,7 +105,7 @@ def with_lora(wrapped: Wrapped, settings: LoraSettings) -> Wrapped:
         raise ConfigError(
             "lora.target_modules", missing, f"names of linear modules of this model: {linear}"
         )
-    head = [h for h in HEADS if h in names] if settings.head is None else list(settings.head)
+    head = _heads(model, settings.head, "lora.head")
     config = LoraConfig(
         r=settings.rank,
         lora_alpha=settings.alpha,
@@ -107,14 +121,13 @@ def with_lora(wrapped: Wrapped, settings: LoraSettings) -> Wrapped:
     return wrapped
 
 
-def head_only(wrapped: Wrapped, head: Sequence[str] | None = None) -> Wrapped:
+def head_only(wrapped: TransformerModel, head: Sequence[str] | None = None) -> TransformerModel:
     """``wrapped`` with every parameter frozen but its head's (``head`` module names, by
     default the model's classification head): the cheapest fine-tuning there is."""
     model = wrapped.model
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    chosen = [h for h in HEADS if h in names] if head is None else list(head)
-    if not chosen or any(h not in names for h in chosen):
-        raise ConfigError("head", head, f"names of modules of this model, e.g. {list(HEADS)}")
+    chosen = _heads(model, head, "head")
+    if not chosen:
+        raise ConfigError("head", head, f"the name of this model's head module, e.g. {list(HEADS)}")
     for name, parameter in model.named_parameters():
         parts = name.split(".")
         parameter.requires_grad_(any(h in parts for h in chosen))
