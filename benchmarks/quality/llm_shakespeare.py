@@ -16,11 +16,13 @@ memory is its own):
   with factor averaging; ``ffa``: FFA-LoRA (A frozen; exact average); ``head``: the
   classification head alone; ``central``: full fine-tuning on the clients' pooled
   training data for ``--central-epochs`` epochs (no federation: the reference);
+  ``central-lora``: the same with LoRA;
 - ``lora-dp<z>``: LoRA under DP-FedAvg (client level, fixed clip ``--dp-clip``, noise z,
   Poisson sampling, ε at δ = 1e-5 by the RDP accountant).
 
     python benchmarks/quality/llm_shakespeare.py [--rounds 15] [--arms full lora ffa head]
         [--dp 0.1 0.3] [--lr-full 1e-4] [--lr-lora 1e-3] [--task verse]
+        [--strategy fedavg] [--server-lr η] [--server-momentum β] [--name llm_shakespeare]
 
 Prints one JSON line per arm and a table; writes results/llm_shakespeare.json and
 results/llm_shakespeare.png (central accuracy against cumulative bytes per client).
@@ -40,7 +42,7 @@ from typing import Any
 
 from common import RESULTS, print_table, save
 
-ARMS = ("full", "lora", "ffa", "head", "central")
+ARMS = ("full", "lora", "ffa", "head", "central", "central-lora")
 
 
 def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -58,6 +60,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     noise = float(arm.removeprefix("lora-dp")) if arm.startswith("lora-dp") else None
     tuning = "lora" if noise is not None else "full" if arm == "central" else arm
+    tuning = "lora" if arm == "central-lora" else tuning
     app = speech_app(
         task=args.task, tuning=tuning, clients=args.clients, max_tokens=args.tokens,
         seed=args.seed,
@@ -65,7 +68,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     if args.optimizer == "adamw":  # a fresh AdamW for each client's task
         app = dataclasses.replace(app, optimizer=adamw)
     lr = args.lr_full if tuning == "full" else args.lr_head if tuning == "head" else args.lr_lora
-    if arm == "central":
+    if arm.startswith("central"):
         import numpy as np
 
         module = app.build_model(args.seed)
@@ -100,6 +103,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
             "evaluate_every": args.evaluate_every,
         },
         client={"lr": lr, "batch_size": 16, "local_epochs": args.local_epochs},
+        strategy={"name": args.strategy, **server_settings(args)},
         privacy=privacy,
         execution={"seed": args.seed, "threads": args.threads},
         progress=False,
@@ -136,6 +140,12 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def server_settings(args: argparse.Namespace) -> dict[str, float]:
+    """The server step's settings the command line gives (the strategy's defaults else)."""
+    settings = {"server_lr": args.server_lr, "momentum": args.server_momentum}
+    return {k: v for k, v in settings.items() if v is not None}
+
+
 def adamw(parameters: Any, lr: float) -> Any:
     """AdamW without weight decay: what fine-tuning a transformer usually takes."""
     import torch
@@ -163,8 +173,9 @@ def plot(results: list[dict[str, Any]], path: Any) -> None:
         if points:
             xs, ys = zip(*points, strict=True)
             axis.plot(xs, ys, marker="o", label=result["arm"])
-        elif result["arm"] == "central":
-            axis.axhline(result["central_accuracy"], ls="--", color="grey", label="central")
+        elif result["arm"].startswith("central"):
+            style = "--" if result["arm"] == "central" else ":"
+            axis.axhline(result["central_accuracy"], ls=style, color="grey", label=result["arm"])
     axis.set_xscale("log")
     axis.set_xlabel("cumulative MiB per sampled client (up + down)")
     axis.set_ylabel("central accuracy (unseen roles)")
@@ -188,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--evaluate-every", type=int, default=5)
     parser.add_argument("--central-epochs", type=int, default=2)
+    parser.add_argument("--strategy", default="fedavg", help="the server's strategy")
+    parser.add_argument("--server-lr", type=float, default=None)
+    parser.add_argument("--server-momentum", type=float, default=None, help="fedavgm's β")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     parser.add_argument("--lr-full", type=float, default=1e-4)
     parser.add_argument("--lr-lora", type=float, default=1e-3)
