@@ -1,4 +1,7 @@
-"""Client algorithms: SCAFFOLD's correction and control variate, by hand."""
+"""Client algorithms by hand: SCAFFOLD's correction and control variate, FedNova's
+normalisation."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,12 +12,16 @@ from fedstream.client import params_from_module
 from fedstream.client.algorithms import (
     CLIENT_CONTROL,
     CONTROL,
+    NOVA_STEPS,
+    fednova_finish,
     join_extras,
+    nova_steps,
     scaffold_correction,
     scaffold_finish,
     split_extras,
 )
 from fedstream.client.runtime import finish_fit, start_fit
+from fedstream.types import ClientUpdate
 from tests.client.test_trainers import one_weight_model, single_example
 
 
@@ -75,4 +82,39 @@ def test_scaffold_needs_the_servers_variate_and_plain_sgd():
     started = start_fit(start, {CONTROL: start}, FitTask("c", 1, config), {})
     adam = TorchTrainer(model, "regression", optimizer=lambda p, lr: torch.optim.Adam(p))
     with pytest.raises(ConfigError, match="algorithm='scaffold' is invalid: expected 'sgd' for a"):
+        adam.fit(started.start, started.task, data)
+
+
+def test_fednova_weighs_a_clients_steps_by_hand():
+    assert nova_steps(5, lr=0.1, mu=0.0) == 5.0  # plain SGD: a_i = τ_i
+    # with FedProx's μ = 1 and η = 0.1 each earlier step decays by 0.9 per later step:
+    # 1 + 0.9 + 0.81 = 2.71
+    assert nova_steps(3, lr=0.1, mu=1.0) == pytest.approx(2.71, rel=1e-12)
+    assert nova_steps(0, lr=0.1, mu=1.0) == 0.0
+    # 4 examples took 5 steps: the delta is divided by 5, and 4·5 = 20 rides in the sum
+    update = ClientUpdate("a", 1, Params({"w": np.array([0.5, -1.0], np.float32)}), 4.0, {})
+    sent = fednova_finish(update, steps=5, lr=0.1, mu=0.0)
+    np.testing.assert_allclose(sent.payload["w"], [0.1, -0.2], rtol=1e-7)
+    assert sent.payload["w"].dtype == np.float32 and sent.extras == {NOVA_STEPS: 20.0}
+    idle = fednova_finish(replace(update, payload=update.payload * 0), 0, 0.1, 0.0)
+    assert idle.extras == {NOVA_STEPS: 0.0} and not idle.payload["w"].any()
+
+
+def test_a_fednova_task_counts_its_steps_and_sends_the_normalised_delta():
+    # the SCAFFOLD example without a correction: x = 1, y = 0, w = 1, b = 0, loss
+    # (wx + b − y)², two epochs of one step at lr 0.1: gradient (2, 2) → (0.8, −0.2); the
+    # prediction is then 0.6, gradient (1.2, 1.2) → (0.68, −0.32). Δ = −0.32 over τ = 2
+    model, data = one_weight_model(), single_example()
+    start = params_from_module(model)
+    config = FitConfig(local_epochs=2, batch_size=1, lr=0.1, algorithm="fednova")
+    started = start_fit(start, {}, FitTask("c", 1, config), {})
+    update = TorchTrainer(model, "regression").fit(started.start, started.task, data)
+    np.testing.assert_allclose(update.payload.flat(), [-0.32, -0.32], rtol=1e-6)
+    assert update.metrics["steps"] == 2.0
+    sent, _ = finish_fit(update, started, {})
+    assert "steps" not in sent.metrics
+    np.testing.assert_allclose(sent.payload.flat(), [-0.16, -0.16], rtol=1e-6)
+    assert sent.extras == {NOVA_STEPS: 2.0}  # one example × two steps
+    adam = TorchTrainer(model, "regression", optimizer=lambda p, lr: torch.optim.Adam(p))
+    with pytest.raises(ConfigError, match="algorithm='fednova' is invalid: expected 'sgd' for a"):
         adam.fit(started.start, started.task, data)

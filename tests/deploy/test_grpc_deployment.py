@@ -515,6 +515,21 @@ def test_compressed_pruned_updates_over_grpc_match_the_simulation_bit_for_bit(tm
     assert report.bytes_down == simulated.reports[-1].bytes_down
 
 
+def test_fednova_over_grpc_with_secagg_ends_where_its_simulation_does(tmp_path):
+    # each client process counts its own steps; the count rides in the masked sum beside
+    # the normalised delta, and fixed-point sums are exact: bit for bit
+    toml, tokens, config = write_run(
+        tmp_path, rounds=2, strategy="fednova", partition="quantity", local_epochs=2,
+        secure_aggregation="secagg+",
+    )  # fmt: skip
+    final, _ = deploy_run(tmp_path, toml, tokens, config)
+    simulated = simulate(config)
+    assert final.params.bit_equal(simulated.state.params)
+    assert not simulate(config.with_changes(strategy={"name": "fedavg"})).state.params.bit_equal(
+        final.params
+    )
+
+
 def test_a_deployed_clients_local_dp_noise_cannot_be_redrawn_by_the_server(tmp_path):
     """Over gRPC, the server plays the attack of tests/privacy/test_curious_server.py: it
     redraws local-DP noise from the task seeds it sent and subtracts it. A deployed client

@@ -56,7 +56,7 @@ def test_a_mistyped_key_gets_a_did_you_mean():
 def test_a_strategy_declares_its_own_hyperparameters_with_their_help():
     every = keys()
     assert "strategy.mu" in every and "proximal coefficient" in every["strategy.mu"]
-    assert "(fedprox)" in every["strategy.mu"]
+    assert "(fedprox, fednova)" in every["strategy.mu"]
     assert "(fedavgm)" in every["strategy.momentum"]
     with pytest.raises(ConfigError, match=r"strategy\.momentum=0\.5 .* of fedadam: \['beta1',"):
         from_mapping({"strategy": {"name": "fedadam", "momentum": 0.5}})

@@ -6,6 +6,7 @@ import pytest
 
 import fedstream
 from fedstream import ConfigError
+from fedstream.strategies import STRATEGIES
 from fedstream.transport.inprocess import InProcessTransport
 from tests.settings import make_config, nested
 
@@ -53,7 +54,7 @@ def test_vectorized_and_sequential_runs_agree():
 
 @pytest.mark.parametrize(
     "strategy",
-    ["fedavg", "fedprox", "fedsgd", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "scaffold"],
+    sorted(STRATEGIES),
 )
 def test_every_strategy_trains_end_to_end(strategy):
     result = fedstream.simulate(**nested(strategy=strategy, rounds=3, evaluate_every=0))

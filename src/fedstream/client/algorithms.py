@@ -11,23 +11,35 @@ carries them unchanged.
   at first) and adds c − c_i to every local gradient. After K local steps of size η it
   sets c_i⁺ = c_i − c + (x − y_i)/(K·η), where x is the model it started from and y_i
   where it ended, and sends Δy_i = y_i − x with Δc_i = c_i⁺ − c_i as ``@c/…``.
+- ``"fednova"`` (Wang et al. 2020, "Tackling the Objective Inconsistency Problem in
+  Heterogeneous Federated Optimization"): after τ_i local SGD steps the client sends its
+  normalised update Δy_i / a_i, where a_i = τ_i for plain SGD and
+  a_i = (1 − (1 − η·μ)^τ_i)/(η·μ) under FedProx's proximal term μ (the sum of the
+  weights its τ_i steps carry), and w_i·a_i (w_i its weight) as the scalar extra
+  ``"fednova.steps"`` inside the same sum, from which the server takes
+  τ_eff = Σ w_i·a_i / Σ w_i (``strategies.fednova``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import replace
 
 from fedstream.client.state import ClientState
 from fedstream.errors import ConfigError
 from fedstream.params import Params
+from fedstream.types import ClientUpdate
 
-ALGORITHMS = ("sgd", "scaffold")
+ALGORITHMS = ("sgd", "scaffold", "fednova")
 STEPS = "steps"
 """The metric a trainer reports, when the task carries a gradient correction, with how many
 local steps it took; the client takes it out before the update leaves."""
 EXTRA = "@"
 CONTROL = "@c"
 CLIENT_CONTROL = "scaffold.c"
+NOVA_STEPS = "fednova.steps"
+"""The scalar extra of a FedNova update: its weight × a_i (module docstring)."""
 
 
 def split_extras(params: Params) -> tuple[Params, dict[str, Params]]:
@@ -80,3 +92,28 @@ def scaffold_finish(
     updated = own.zip_map(server_control, lambda o, c: o - c).zip_map(step, lambda v, s: v - s)
     change = updated - own
     return join_extras(delta, {CONTROL: change}), {**state, CLIENT_CONTROL: updated}
+
+
+def nova_steps(steps: int, lr: float, mu: float) -> float:
+    """a_i of FedNova: how much τ local SGD steps of size ``lr`` weigh in the update, τ
+    itself for plain SGD, Σ_k (1 − η·μ)^k = (1 − (1 − η·μ)^τ)/(η·μ) when each step also
+    pulls back towards the start with FedProx's ``mu``."""
+    if mu == 0 or steps == 0:
+        return float(steps)
+    shrink = lr * mu
+    return (1 - (1 - shrink) ** steps) / shrink
+
+
+def fednova_finish(update: ClientUpdate, steps: int, lr: float, mu: float) -> ClientUpdate:
+    """FedNova's upload: the delta divided by a_i (``nova_steps``), with weight × a_i as
+    the extra ``NOVA_STEPS``. A client that took no step sends its zero delta and 0."""
+    scale = nova_steps(steps, lr, mu)
+    payload = update.payload if scale == 0 else update.payload.map(lambda d: d / scale)
+    extras = {**update.extras, NOVA_STEPS: update.weight * scale}
+    return replace(update, payload=payload, extras=extras)
+
+
+def max_nova_steps(weight: float, local_epochs: int, batch_size: int) -> float:
+    """The largest ``NOVA_STEPS`` extra an honest client of ``weight`` examples can send:
+    weight × its most local steps, epochs × ⌈weight / batch⌉ (a_i ≤ τ_i)."""
+    return weight * local_epochs * math.ceil(weight / batch_size)

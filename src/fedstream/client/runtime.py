@@ -8,7 +8,8 @@ call these, so a simulated client sends exactly what a deployed one sends:
    and give the task the client algorithm's gradient correction;
 2. the trainer trains;
 3. :func:`finish_fit`: keep the local entries, finish the client algorithm (SCAFFOLD's
-   control variate), then clip, noise and compress for the wire (``client.encode``).
+   control variate, FedNova's normalisation), then clip, noise and compress for the
+   wire (``client.encode``).
 
 Each takes the client's state and returns its next one (``client.state``).
 """
@@ -24,6 +25,7 @@ import numpy.typing as npt
 from fedstream.client.algorithms import (
     CONTROL,
     STEPS,
+    fednova_finish,
     scaffold_correction,
     scaffold_finish,
 )
@@ -96,11 +98,15 @@ def finish_fit(
     config = started.task.config
     if config.local_entries:
         update, state = keep_local(update, started.start, config.local_entries, state)
-    if config.algorithm == "scaffold":
+    if config.algorithm != "sgd":
         steps = int(update.metrics.get(STEPS, 0))
-        payload, state = scaffold_finish(
-            update.payload, started.extras[CONTROL], state, steps, config.lr
-        )
         metrics = {k: v for k, v in update.metrics.items() if k != STEPS}
-        update = replace(update, payload=payload, metrics=metrics)
+        update = replace(update, metrics=metrics)
+        if config.algorithm == "scaffold":
+            payload, state = scaffold_finish(
+                update.payload, started.extras[CONTROL], state, steps, config.lr
+            )
+            update = replace(update, payload=payload)
+        else:
+            update = fednova_finish(update, steps, config.lr, config.proximal_mu)
     return prepare_upload(update, config, state, mask, started.task.noise_seed)

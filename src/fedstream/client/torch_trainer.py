@@ -337,10 +337,10 @@ class TorchTrainer:
             if config.payload == "gradient":
                 return self._gradient(params, task, data)
             if self.train_function is not None:
-                self._refuse_correction(task, "its own train function")
+                self._refuse_algorithm(task, "its own train function")
                 metrics = self._user_train(task, data)
             elif config.sample_dp is not None:
-                self._refuse_correction(task, "DP-SGD")
+                self._refuse_algorithm(task, "DP-SGD")
                 metrics = self._fit_dp_sgd(params, task, data)
             else:
                 metrics = self._fit_sgd(params, task, data)
@@ -348,9 +348,10 @@ class TorchTrainer:
             task.client_id, task.round, self._delta(params), float(data.num_train), metrics
         )
 
-    def _refuse_correction(self, task: FitTask, what: str) -> None:
-        """A gradient correction (SCAFFOLD) assumes plain SGD steps the trainer takes."""
-        if task.correction is not None:
+    def _refuse_algorithm(self, task: FitTask, what: str) -> None:
+        """A client algorithm (SCAFFOLD's correction, FedNova's step count) assumes plain
+        SGD steps the trainer takes itself."""
+        if task.config.algorithm != "sgd":
             raise ConfigError(
                 "algorithm", task.config.algorithm, f"'sgd' for a client trained by {what}"
             )
@@ -385,7 +386,7 @@ class TorchTrainer:
         )
         optimizer = self.optimizer(weights, config.lr) if self.optimizer is not None else None
         if optimizer is not None:
-            self._refuse_correction(task, "its own optimiser")
+            self._refuse_algorithm(task, "its own optimiser")
         corrections = self._corrections(task)
         rng = np.random.default_rng(config.seed)
         losses: list[torch.Tensor] = []
@@ -417,7 +418,8 @@ class TorchTrainer:
                         if self._names[k] in masks:
                             w.mul_(masks[self._names[k]])
         metrics = {"loss": torch.stack(losses).mean().item()} if losses else {}
-        return metrics | ({STEPS: float(len(losses))} if corrections else {})
+        counted = config.algorithm != "sgd"  # SCAFFOLD and FedNova need the step count
+        return metrics | ({STEPS: float(len(losses))} if counted else {})
 
     def _corrections(self, task: FitTask) -> list[torch.Tensor]:
         """The task's gradient correction per parameter, in parameter order (empty when it

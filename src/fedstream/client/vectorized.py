@@ -296,7 +296,7 @@ class VectorizedTrainer:
                 step_count += active
         final = {**weights, **buffers}
         deltas = {n: (final[n] - anchor[n]).numpy() for n in params}
-        steps = step_count if corrections else None
+        steps = step_count if config.algorithm != "sgd" else None
         return _updates(tasks, sizes, deltas, loss_sum / step_count, step_count > 0, steps)
 
     def _corrections(self, tasks: Sequence[FitTask]) -> TensorDict:

@@ -576,6 +576,14 @@ class SimulationConfig:
                 "'none', 'client' or 'local' with SCAFFOLD (its correction of each step is "
                 "not part of DP-SGD's analysis)",
             )
+        if name == "fednova" and level != "none":
+            raise ConfigError(
+                "privacy.level",
+                level,
+                "'none' with FedNova (each update is divided by its own step count, which "
+                "travels beside it: DP's clip and noise would fall on that count, and "
+                "DP-SGD's steps are not the plain SGD steps it counts)",
+            )
         if name == "scaffold" and self.compression.prune_fraction > 0:
             raise ConfigError(
                 "compression.prune_fraction",

@@ -8,13 +8,14 @@ from typing import Any
 from fedstream.errors import ConfigError
 from fedstream.strategies.base import Strategy
 from fedstream.strategies.fedavg import FedAvg, FedProx, FedSGD
+from fedstream.strategies.fednova import FedNova
 from fedstream.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from fedstream.strategies.robust import Robust
 from fedstream.strategies.scaffold import Scaffold
 
 STRATEGIES: dict[str, type[Any]] = {
     cls.name: cls
-    for cls in (FedAvg, FedProx, FedSGD, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold)
+    for cls in (FedAvg, FedProx, FedSGD, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold, FedNova)
 }
 
 
@@ -46,6 +47,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedNova",
     "FedProx",
     "FedSGD",
     "FedYogi",
