@@ -1,5 +1,5 @@
 """Client algorithms by hand: SCAFFOLD's correction and control variate, FedNova's
-normalisation."""
+normalisation, FedDyn's gradient state."""
 
 from dataclasses import replace
 
@@ -12,6 +12,7 @@ from fedstream.client import params_from_module
 from fedstream.client.algorithms import (
     CLIENT_CONTROL,
     CONTROL,
+    DYN_GRADIENT,
     NOVA_STEPS,
     fednova_finish,
     join_extras,
@@ -118,3 +119,22 @@ def test_a_fednova_task_counts_its_steps_and_sends_the_normalised_delta():
     adam = TorchTrainer(model, "regression", optimizer=lambda p, lr: torch.optim.Adam(p))
     with pytest.raises(ConfigError, match="algorithm='fednova' is invalid: expected 'sgd' for a"):
         adam.fit(started.start, started.task, data)
+
+
+def test_a_feddyn_task_corrects_by_its_own_gradient_and_keeps_the_new_one():
+    # x = 1, y = 0, w = 1, b = 0, loss (wx + b − y)², α = 0.5, lr 0.1, one step, with
+    # g_i = (0.4, 0.4) kept from before: gradient (2, 2) + α·0 − g_i = (1.6, 1.6), so
+    # w, b = 0.84, −0.16; then g_i ← g_i − α·Δ = 0.4 + 0.5·0.16 = 0.48
+    model, data = one_weight_model(), single_example()
+    start = params_from_module(model)
+    before = {DYN_GRADIENT: start.map(lambda a: np.full_like(a, 0.4))}
+    config = FitConfig(local_epochs=1, batch_size=1, lr=0.1, algorithm="feddyn", proximal_mu=0.5)
+    started = start_fit(start, {}, FitTask("c", 1, config), before)
+    update = TorchTrainer(model, "regression").fit(started.start, started.task, data)
+    sent, state = finish_fit(update, started, before)
+    np.testing.assert_allclose(sent.payload.flat(), [-0.16, -0.16], rtol=1e-6)
+    assert sent.extras == {} and "steps" not in sent.metrics  # g_i stays on the client
+    np.testing.assert_allclose(state[DYN_GRADIENT].flat(), [0.48, 0.48], rtol=1e-6)
+    # a first-time client has no g_i: plain FedProx, and g_i starts at −α·Δ
+    first = start_fit(start, {}, FitTask("c", 1, config), {})
+    assert first.task.correction is None

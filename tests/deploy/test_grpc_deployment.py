@@ -428,12 +428,16 @@ def test_server_and_clients_on_separate_virtual_hosts(tmp_path, two_hosts):
 
 @pytest.mark.parametrize(
     "changes",
-    [{"compression": "topk:0.1"}, {"strategy": "scaffold", "alpha": 0.1, "partition": "dirichlet"}],
-    ids=["error-feedback", "scaffold"],
+    [
+        {"compression": "topk:0.1"},
+        {"strategy": "scaffold", "alpha": 0.1, "partition": "dirichlet"},
+        {"strategy": "feddyn", "alpha": 0.1, "partition": "dirichlet"},
+    ],
+    ids=["error-feedback", "scaffold", "feddyn"],
 )
 def test_a_client_restarted_between_rounds_continues_from_its_saved_state(tmp_path, changes):
     """kill -9 of a client process between rounds: the new process reads the client's
-    state (its error-feedback residual, or its SCAFFOLD control variate) back from its
+    state (its error-feedback residual, SCAFFOLD control variate or FedDyn gradient) from its
     disk, so the run still ends bit for bit where the simulation does. The same restart
     without the saved state does not."""
     toml, tokens, config = write_run(tmp_path, rounds=3, **changes)

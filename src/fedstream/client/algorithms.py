@@ -18,6 +18,11 @@ carries them unchanged.
   weights its τ_i steps carry), and w_i·a_i (w_i its weight) as the scalar extra
   ``"fednova.steps"`` inside the same sum, from which the server takes
   τ_eff = Σ w_i·a_i / Σ w_i (``strategies.fednova``).
+- ``"feddyn"`` (Acar et al. 2021, "Federated Learning Based on Dynamic Regularization"):
+  the client keeps g_i, its gradient at its last local optimum (``"feddyn.g"``, zero at
+  first), and minimises L_i(θ) − ⟨g_i, θ⟩ + α/2·‖θ − x‖²: FedProx's proximal term with
+  μ = α, and −g_i added to every local gradient. Afterwards g_i ← g_i − α·Δy_i. It sends
+  its plain delta; g_i never leaves the client.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ from fedstream.errors import ConfigError
 from fedstream.params import Params
 from fedstream.types import ClientUpdate
 
-ALGORITHMS = ("sgd", "scaffold", "fednova")
+ALGORITHMS = ("sgd", "scaffold", "fednova", "feddyn")
 STEPS = "steps"
 """The metric a trainer reports, when the task carries a gradient correction, with how many
 local steps it took; the client takes it out before the update leaves."""
 EXTRA = "@"
 CONTROL = "@c"
 CLIENT_CONTROL = "scaffold.c"
+DYN_GRADIENT = "feddyn.g"
 NOVA_STEPS = "fednova.steps"
 """The scalar extra of a FedNova update: its weight × a_i (module docstring)."""
 
@@ -117,3 +123,15 @@ def max_nova_steps(weight: float, local_epochs: int, batch_size: int) -> float:
     """The largest ``NOVA_STEPS`` extra an honest client of ``weight`` examples can send:
     weight × its most local steps, epochs × ⌈weight / batch⌉ (a_i ≤ τ_i)."""
     return weight * local_epochs * math.ceil(weight / batch_size)
+
+
+def feddyn_correction(state: ClientState) -> Params | None:
+    """−g_i: what FedDyn adds to each local gradient (none until the client has a g_i)."""
+    own = state.get(DYN_GRADIENT)
+    return None if own is None else own.map(lambda g: -g)
+
+
+def feddyn_finish(delta: Params, state: ClientState, alpha: float) -> ClientState:
+    """The state after a FedDyn task: g_i ← g_i − α·Δy_i (module docstring)."""
+    own = state.get(DYN_GRADIENT, delta.zeros_like())
+    return {**state, DYN_GRADIENT: own - delta * alpha}

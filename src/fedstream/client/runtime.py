@@ -8,8 +8,8 @@ call these, so a simulated client sends exactly what a deployed one sends:
    and give the task the client algorithm's gradient correction;
 2. the trainer trains;
 3. :func:`finish_fit`: keep the local entries, finish the client algorithm (SCAFFOLD's
-   control variate, FedNova's normalisation), then clip, noise and compress for the
-   wire (``client.encode``).
+   control variate, FedNova's normalisation, FedDyn's gradient), then clip, noise and
+   compress for the wire (``client.encode``).
 
 Each takes the client's state and returns its next one (``client.state``).
 """
@@ -25,6 +25,8 @@ import numpy.typing as npt
 from fedstream.client.algorithms import (
     CONTROL,
     STEPS,
+    feddyn_correction,
+    feddyn_finish,
     fednova_finish,
     scaffold_correction,
     scaffold_finish,
@@ -76,6 +78,8 @@ def start_fit(
         control = shared_part(extras[CONTROL], task.config.local_entries)
         extras = {**extras, CONTROL: control}
         task = replace(task, correction=scaffold_correction(control, state))
+    if config.algorithm == "feddyn":
+        task = replace(task, correction=feddyn_correction(state))
     return Started(start, task, extras)
 
 
@@ -107,6 +111,8 @@ def finish_fit(
                 update.payload, started.extras[CONTROL], state, steps, config.lr
             )
             update = replace(update, payload=payload)
+        elif config.algorithm == "feddyn":
+            state = feddyn_finish(update.payload, state, config.proximal_mu)
         else:
             update = fednova_finish(update, steps, config.lr, config.proximal_mu)
     return prepare_upload(update, config, state, mask, started.task.noise_seed)

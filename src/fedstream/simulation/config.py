@@ -569,12 +569,13 @@ class SimulationConfig:
     def _check_combinations(self, strategy: Strategy) -> None:
         """Settings of different sections that cannot run together, each refused with why."""
         name, level = self.strategy.name, self.privacy.level
-        if name == "scaffold" and level == "sample":
+        corrected = {"scaffold": "SCAFFOLD", "feddyn": "FedDyn"}
+        if name in corrected and level == "sample":
             raise ConfigError(
                 "privacy.level",
                 "sample",
-                "'none', 'client' or 'local' with SCAFFOLD (its correction of each step is "
-                "not part of DP-SGD's analysis)",
+                f"'none', 'client' or 'local' with {corrected[name]} (its correction of each "
+                "step is not part of DP-SGD's analysis)",
             )
         if name == "fednova" and level != "none":
             raise ConfigError(
@@ -908,7 +909,10 @@ RENAMED = {
 def flat_names() -> dict[str, str]:
     """Every old flat name (``mu``, ``dp_noise``) → its key now (``strategy.mu``,
     ``privacy.noise``): for the errors that tell an old config file what to write."""
-    names = {key.rpartition(".")[2]: key for key in keys() if not key.endswith(".name")}
+    names: dict[str, str] = {}
+    for key in keys():  # the first section's wins: ``alpha`` was data.alpha before FedDyn's
+        if not key.endswith(".name"):
+            names.setdefault(key.rpartition(".")[2], key)
     return names | RENAMED
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from fedstream.errors import ConfigError
 from fedstream.strategies.base import Strategy
 from fedstream.strategies.fedavg import FedAvg, FedProx, FedSGD
+from fedstream.strategies.feddyn import FedDyn
 from fedstream.strategies.fednova import FedNova
 from fedstream.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from fedstream.strategies.robust import Robust
@@ -15,7 +16,18 @@ from fedstream.strategies.scaffold import Scaffold
 
 STRATEGIES: dict[str, type[Any]] = {
     cls.name: cls
-    for cls in (FedAvg, FedProx, FedSGD, FedAvgM, FedAdam, FedYogi, FedAdagrad, Scaffold, FedNova)
+    for cls in (
+        FedAvg,
+        FedProx,
+        FedSGD,
+        FedAvgM,
+        FedAdam,
+        FedYogi,
+        FedAdagrad,
+        Scaffold,
+        FedNova,
+        FedDyn,
+    )
 }
 
 
@@ -47,6 +59,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "FedDyn",
     "FedNova",
     "FedProx",
     "FedSGD",
