@@ -162,10 +162,15 @@ def exit_codes(workdir: Path, module: str) -> dict[str, int | None]:
     return codes
 
 
-def undetected(workdir: Path, module: str, unchecked_only: bool = False) -> list[str]:
+def undetected(
+    workdir: Path, module: str, unchecked_only: bool = False, timeouts: bool = False
+) -> list[str]:
     """The mutants of ``module`` that survived, that no test reached, or that an
-    interrupted run left unchecked (only those last, with ``unchecked_only``)."""
+    interrupted run left unchecked (only those last, with ``unchecked_only``), and with
+    ``timeouts`` those that ran out of time too (a timeout under a loaded machine may be
+    a slow test, not a mutant that loops: these are confirmed on a quiet one)."""
     again = NOT_CHECKED if unchecked_only else SURVIVED | NO_TESTS | NOT_CHECKED
+    again = again | TIMEOUT if timeouts else again
     return sorted(k for k, c in exit_codes(workdir, module).items() if c in again)
 
 
@@ -232,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         "mutants that survived or had no test",
     )
     parser.add_argument(
+        "--timeouts",
+        action="store_true",
+        help="with --rerun: test the mutants that timed out again too (confirm on a quiet machine)",
+    )
+    parser.add_argument(
         "--unchecked-only",
         action="store_true",
         help="with --rerun: test only the mutants an interrupted run left unchecked",
@@ -248,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             again = [
                 m
                 for module in group.modules
-                for m in undetected(workdir, module, args.unchecked_only)
+                for m in undetected(workdir, module, args.unchecked_only, args.timeouts)
             ]
             print(f"{name}: testing {len(again)} mutants again …", file=sys.stderr, flush=True)
             if again:
