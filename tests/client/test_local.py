@@ -8,6 +8,7 @@ from fedstream.client.local import (
     LOCAL,
     keep_local,
     local_names,
+    personal_entries,
     shared_part,
     start_params,
     with_shared,
@@ -57,3 +58,25 @@ def test_a_client_trains_from_its_own_local_values_and_keeps_the_new_ones():
     assert again["2.weight"].tolist() == [[5.0, 5.0]] and again["0.weight"][0, 0] == 1.0
     # evaluation takes every local entry the client keeps
     assert start_params(MODEL, state)["1.num_batches_tracked"] == 3
+
+
+def test_personal_layers_are_named_by_module_and_must_leave_something_shared():
+    assert personal_entries(MODEL, ["2"]) == ("2.weight",)
+    assert personal_entries(MODEL, ["1", "2.weight"]) == (
+        "1.running_mean",
+        "1.num_batches_tracked",
+        "2.weight",
+    )
+    assert personal_entries(MODEL, []) == ()
+    with pytest.raises(
+        ConfigError,
+        match=r"^model\.personal='fc' is invalid: expected a module of the model, one of "
+        r"\['0', '1', '2'\]$",
+    ):
+        personal_entries(MODEL, ["fc"])
+    with pytest.raises(
+        ConfigError,
+        match=r"^model\.personal=\['0', '1', '2'\] is invalid: expected some of the model's "
+        r"layers, not all of them \(nothing would be shared\)$",
+    ):
+        personal_entries(MODEL, ["0", "1", "2"])

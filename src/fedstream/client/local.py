@@ -46,6 +46,28 @@ def local_names(params: Params, keep_local: Sequence[str] = ()) -> tuple[str, ..
     )
 
 
+def personal_entries(params: Params, modules: Sequence[str]) -> tuple[str, ...]:
+    """FedPer's personal layers: the entries of ``params`` under each of ``modules`` (a
+    module's name or a dotted prefix: ``fc2`` names ``fc2.weight`` and ``fc2.bias``), in
+    the model's order. Each module must name an entry, and some floating-point entry must
+    stay shared, or nothing would be federated."""
+    for module in modules:
+        if not any(n == module or n.startswith(f"{module}.") for n in params):
+            layers = sorted({n.rpartition(".")[0] or n for n in params})
+            raise ConfigError("model.personal", module, f"a module of the model, one of {layers}")
+    chosen = tuple(n for n in params if any(n == m or n.startswith(f"{m}.") for m in modules))
+    shared = [
+        n for n, a in params.items() if n not in chosen and np.issubdtype(a.dtype, np.floating)
+    ]
+    if modules and not shared:
+        raise ConfigError(
+            "model.personal",
+            list(modules),
+            "some of the model's layers, not all of them (nothing would be shared)",
+        )
+    return chosen
+
+
 def shared_part(params: Params, local: Sequence[str]) -> Params:
     """``params`` without the ``local`` entries: the layout of every update."""
     if not local:

@@ -160,6 +160,11 @@ class ModelSettings:
         "FedBN: every BatchNorm layer's weights and statistics stay on each client (else its "
         "statistics are averaged with the weights)",
     )
+    personal: tuple[str, ...] = setting(
+        (),
+        "FedPer: modules (names or dotted prefixes, e.g. fc2) whose entries stay on each "
+        "client as its personal layers, the rest shared",
+    )
 
     def __post_init__(self) -> None:
         checks.one_of("model.name", self.name, list(MODELS))
@@ -970,8 +975,13 @@ def _coerce_to(key: str, kind: Any, value: Any) -> Any:
         return None
     if isinstance(value, str) and value.lower() == "none" and type(None) in options:
         return None
-    if any(typing.get_origin(option) is tuple for option in options):
+    tuples = [option for option in options if typing.get_origin(option) is tuple]
+    if tuples:
         parts = value.split(",") if isinstance(value, str) else value
+        if typing.get_args(tuples[0])[0] is str:
+            if not isinstance(parts, list | tuple) or not all(isinstance(p, str) for p in parts):
+                raise ConfigError(key, value, "a list of names such as fc2,out")
+            return tuple(p.strip() for p in parts if p.strip())
         try:
             return tuple(int(p) for p in parts if str(p).strip() != "")
         except (TypeError, ValueError):

@@ -17,6 +17,7 @@ import torch
 
 from fedstream.app import App, check_model_fits, is_torch, load_app, model_params
 from fedstream.client.base import FitTask, Trainer
+from fedstream.client.local import personal_entries
 from fedstream.client.state import ClientState
 from fedstream.client.torch_trainer import batch_norm_entries, load_params, params_from_module
 from fedstream.client.vectorized import VectorizedTrainer
@@ -338,14 +339,18 @@ def choose_trainer(
 
 def round_config(config: SimulationConfig, setup: Setup, deployed: bool = False) -> RoundConfig:
     """The round settings of ``config`` (for remote clients when ``deployed``), with the
-    model entries that stay on the clients (FedBN's BatchNorm layers) read from the model."""
+    model entries that stay on the clients read from the model: FedBN's BatchNorm layers,
+    FedPer's personal layers."""
     rounds = config.round_config(deployed)
-    if not config.model.local_batchnorm:
-        return rounds
-    local = batch_norm_entries(setup.module) if is_torch(setup.module) else ()
-    if not local:
-        raise ConfigError("local_batchnorm", True, "a model with BatchNorm layers")
-    return replace(rounds, local_entries=local)
+    local: tuple[str, ...] = ()
+    if config.model.local_batchnorm:
+        local = batch_norm_entries(setup.module) if is_torch(setup.module) else ()
+        if not local:
+            raise ConfigError("local_batchnorm", True, "a model with BatchNorm layers")
+    if config.model.personal:
+        personal = personal_entries(setup.initial.params, config.model.personal)
+        local += tuple(n for n in personal if n not in local)
+    return replace(rounds, local_entries=local) if local else rounds
 
 
 def describe(setup: Setup, config: SimulationConfig) -> dict[str, Any]:
