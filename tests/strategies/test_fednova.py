@@ -70,12 +70,16 @@ def test_a_client_that_overstates_its_steps_is_rejected():
     )
 
 
-def test_fednova_composes_with_secure_sums_and_the_vectorised_trainer():
+def test_fednova_composes_with_secure_sums_compression_and_the_vectorised_trainer():
     run = {"strategy": "fednova", "partition": "quantity", "rounds": 2, "evaluate_every": 0}
     small = {"num_clients": 20, "clients_per_round": 6}
     plain = fedstream.simulate(**nested(**run, **small))
     secure = fedstream.simulate(**nested(secure_aggregation="secagg+", **run, **small))
     np.testing.assert_allclose(secure.state.params.flat(), plain.state.params.flat(), atol=1e-6)
+    # top-k compresses the normalised delta; the step count rides beside it, exact
+    compressed = fedstream.simulate(**nested(compression="topk:0.1", **run, **small))
+    assert [len(r.completed) for r in compressed.reports] == [6, 6]
+    assert not compressed.state.params.bit_equal(plain.state.params)
     sequential = fedstream.simulate(**nested(trainer="sequential", **run))
     vectorized = fedstream.simulate(**nested(trainer="vectorized", **run))
     np.testing.assert_allclose(
@@ -83,7 +87,12 @@ def test_fednova_composes_with_secure_sums_and_the_vectorised_trainer():
     )
 
 
-def test_fednova_refuses_differential_privacy_and_says_why():
+def test_fednova_refuses_differential_privacy_and_robust_rules_and_says_why():
+    with pytest.raises(
+        ConfigError,
+        match=r"^strategy\.aggregator='median' is invalid: expected 'mean' with FedNova \(its",
+    ):
+        make_config(strategy="fednova", aggregator="median")
     for level in ("client", "local", "sample"):
         with pytest.raises(
             ConfigError,

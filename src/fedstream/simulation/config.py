@@ -582,6 +582,13 @@ class SimulationConfig:
                 f"'none', 'client' or 'local' with {corrected[name]} (its correction of each "
                 "step is not part of DP-SGD's analysis)",
             )
+        if name == "fednova" and self.strategy.aggregator != "mean":
+            raise ConfigError(
+                "strategy.aggregator",
+                self.strategy.aggregator,
+                "'mean' with FedNova (its step is the weighted mean step count times the "
+                "normalised mean; a robust rule's estimate has no weights to take it with)",
+            )
         if name == "fednova" and level != "none":
             raise ConfigError(
                 "privacy.level",
