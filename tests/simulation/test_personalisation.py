@@ -6,6 +6,11 @@ import pytest
 import fedstream
 from fedstream import ConfigError
 from fedstream.simulation.config import from_mapping, load_toml
+from tests.runs import (
+    assert_secure_sum_matches_plain,
+    resumed_and_straight,
+    vectorised_and_sequential,
+)
 from tests.settings import make_config, nested
 
 SKEWED = {"alpha": 0.1, "rounds": 10}
@@ -28,9 +33,7 @@ def test_personal_heads_are_kept_in_each_clients_state_and_resume_bit_for_bit(tm
     # the personal accuracy after a resume is the uninterrupted run's only if every
     # client's head came back from the checkpoint
     run = {"personal": ("4",), "rounds": 4, "clients_per_round": 10, "evaluate_every": 0}
-    straight = fedstream.simulate(**nested(**run))
-    fedstream.simulate(output_dir=tmp_path / "run", **nested(**run | {"rounds": 2}))
-    resumed = fedstream.simulate(output_dir=tmp_path / "run", resume=True, **nested(rounds=4))
+    resumed, straight = resumed_and_straight(tmp_path, run)
     assert resumed.state.params.bit_equal(straight.state.params)
     assert resumed.final_metrics["fed_accuracy"] == straight.final_metrics["fed_accuracy"]
 
@@ -54,16 +57,8 @@ def test_a_split_that_names_nothing_or_everything_is_refused_before_round_one():
 
 def test_personal_layers_compose_with_secure_sums_and_the_vectorised_trainer():
     run = {"personal": ("4",), "rounds": 2, "evaluate_every": 0, "alpha": 0.1}
-    small = {"num_clients": 20, "clients_per_round": 6}
-    plain = fedstream.simulate(**nested(**run, **small))
-    secure = fedstream.simulate(**nested(secure_aggregation="secagg+", **run, **small))
-    np.testing.assert_allclose(secure.state.params.flat(), plain.state.params.flat(), atol=1e-6)
-    sequential = fedstream.simulate(**nested(trainer="sequential", **run))
-    vectorized = fedstream.simulate(**nested(trainer="vectorized", **run))
-    assert vectorized.trainer.startswith("vectorized")
-    np.testing.assert_allclose(
-        vectorized.state.params.flat(), sequential.state.params.flat(), rtol=1e-4, atol=1e-5
-    )
+    assert_secure_sum_matches_plain(run)
+    vectorized, sequential = vectorised_and_sequential(run)
     assert vectorized.final_metrics["fed_accuracy"] == pytest.approx(
         sequential.final_metrics["fed_accuracy"], abs=0.01
     )

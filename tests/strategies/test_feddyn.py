@@ -8,6 +8,11 @@ import fedstream
 from fedstream import ConfigError, Params, ServerState
 from fedstream.strategies import FedDyn
 from fedstream.types import WeightedSum
+from tests.runs import (
+    assert_secure_sum_matches_plain,
+    resumed_and_straight,
+    vectorised_and_sequential,
+)
 from tests.settings import make_config, nested
 
 MODEL = Params({"w": np.array([1.0, 2.0])})
@@ -40,24 +45,15 @@ def test_feddyn_beats_fedavg_where_label_skew_makes_clients_drift():
 
 def test_feddyn_resumes_bit_for_bit_with_every_clients_gradient(tmp_path):
     run = {"strategy": "feddyn", "rounds": 4, "alpha": 0.1, "clients_per_round": 10}
-    straight = fedstream.simulate(**nested(**run))
-    fedstream.simulate(output_dir=tmp_path / "run", **nested(**run | {"rounds": 2}))
-    resumed = fedstream.simulate(output_dir=tmp_path / "run", resume=True, **nested(rounds=4))
+    resumed, straight = resumed_and_straight(tmp_path, run)
     assert resumed.state.params.bit_equal(straight.state.params)
     assert resumed.state.optimizer["h"].bit_equal(straight.state.optimizer["h"])
 
 
 def test_feddyn_composes_with_secure_sums_dp_and_the_vectorised_trainer():
     run = {"strategy": "feddyn", "rounds": 2, "evaluate_every": 0, "alpha": 0.1}
-    small = {"num_clients": 20, "clients_per_round": 6}
-    plain = fedstream.simulate(**nested(**run, **small))
-    secure = fedstream.simulate(**nested(secure_aggregation="secagg+", **run, **small))
-    np.testing.assert_allclose(secure.state.params.flat(), plain.state.params.flat(), atol=1e-6)
-    sequential = fedstream.simulate(**nested(trainer="sequential", **run))
-    vectorized = fedstream.simulate(**nested(trainer="vectorized", **run))
-    np.testing.assert_allclose(
-        vectorized.state.params.flat(), sequential.state.params.flat(), rtol=1e-4, atol=1e-5
-    )
+    assert_secure_sum_matches_plain(run)
+    vectorised_and_sequential(run)
     private = fedstream.simulate(**nested(dp="client", dp_noise=0.5, dp_clip=1.0, **run))
     assert private.final_metrics["dp_epsilon"] > 0
     with pytest.raises(

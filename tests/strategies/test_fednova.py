@@ -13,6 +13,7 @@ from fedstream.errors import RoundFailedError
 from fedstream.rounds import check_update
 from fedstream.strategies import FedNova
 from fedstream.types import FitConfig, WeightedSum
+from tests.runs import assert_secure_sum_matches_plain, vectorised_and_sequential
 from tests.settings import make_config, nested
 
 MODEL = Params({"w": np.array([1.0, 2.0])})
@@ -73,18 +74,13 @@ def test_a_client_that_overstates_its_steps_is_rejected():
 def test_fednova_composes_with_secure_sums_compression_and_the_vectorised_trainer():
     run = {"strategy": "fednova", "partition": "quantity", "rounds": 2, "evaluate_every": 0}
     small = {"num_clients": 20, "clients_per_round": 6}
+    assert_secure_sum_matches_plain(run)
     plain = fedstream.simulate(**nested(**run, **small))
-    secure = fedstream.simulate(**nested(secure_aggregation="secagg+", **run, **small))
-    np.testing.assert_allclose(secure.state.params.flat(), plain.state.params.flat(), atol=1e-6)
     # top-k compresses the normalised delta; the step count rides beside it, exact
     compressed = fedstream.simulate(**nested(compression="topk:0.1", **run, **small))
     assert [len(r.completed) for r in compressed.reports] == [6, 6]
     assert not compressed.state.params.bit_equal(plain.state.params)
-    sequential = fedstream.simulate(**nested(trainer="sequential", **run))
-    vectorized = fedstream.simulate(**nested(trainer="vectorized", **run))
-    np.testing.assert_allclose(
-        vectorized.state.params.flat(), sequential.state.params.flat(), rtol=1e-4, atol=1e-5
-    )
+    vectorised_and_sequential(run)
 
 
 def test_fednova_refuses_differential_privacy_and_robust_rules_and_says_why():

@@ -8,6 +8,7 @@ from fedstream import ConfigError, Params, ServerState
 from fedstream.client.algorithms import CONTROL, join_extras, split_extras
 from fedstream.strategies import Scaffold
 from fedstream.types import WeightedSum
+from tests.runs import resumed_and_straight
 from tests.settings import make_config, nested
 
 MODEL = Params({"w": np.array([1.0, 2.0])})
@@ -44,9 +45,7 @@ def test_scaffold_beats_fedavg_where_label_skew_makes_clients_drift():
 
 def test_scaffold_resumes_bit_for_bit_with_every_clients_variate(tmp_path):
     run = {"strategy": "scaffold", "rounds": 4, "alpha": 0.1, "clients_per_round": 10}
-    straight = fedstream.simulate(**nested(**run))
-    fedstream.simulate(output_dir=tmp_path / "run", **nested(**run | {"rounds": 2}))
-    resumed = fedstream.simulate(output_dir=tmp_path / "run", resume=True, **nested(rounds=4))
+    resumed, straight = resumed_and_straight(tmp_path, run)
     assert resumed.state.params.bit_equal(straight.state.params)
     assert resumed.state.optimizer["c"].bit_equal(straight.state.optimizer["c"])
 
