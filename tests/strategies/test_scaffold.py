@@ -8,7 +8,7 @@ from fedstream import ConfigError, Params, ServerState
 from fedstream.client.algorithms import CONTROL, join_extras, split_extras
 from fedstream.strategies import Scaffold
 from fedstream.types import WeightedSum
-from tests.runs import resumed_and_straight
+from tests.runs import assert_secure_sum_matches_plain, resumed_and_straight
 from tests.settings import make_config, nested
 
 MODEL = Params({"w": np.array([1.0, 2.0])})
@@ -51,19 +51,7 @@ def test_scaffold_resumes_bit_for_bit_with_every_clients_variate(tmp_path):
 
 
 def test_scaffold_composes_with_secure_sums_and_refuses_what_it_cannot_do():
-    secure = fedstream.simulate(
-        **nested(
-            strategy="scaffold",
-            secure_aggregation="secagg+",
-            rounds=2,
-            num_clients=20,
-            clients_per_round=6,
-        )
-    )
-    plain = fedstream.simulate(
-        **nested(strategy="scaffold", rounds=2, num_clients=20, clients_per_round=6)
-    )
-    np.testing.assert_allclose(secure.state.params.flat(), plain.state.params.flat(), atol=1e-6)
+    assert_secure_sum_matches_plain({"strategy": "scaffold", "rounds": 2})
     with pytest.raises(
         ConfigError, match=r"privacy\.level='sample' is invalid: expected 'none', 'client'"
     ):
