@@ -18,7 +18,7 @@ from fedstream.errors import RoundFailedError
 from fedstream.rounds import run_rounds
 from fedstream.simulation import SimulationConfig, build
 from fedstream.simulation.config import flat_names
-from fedstream.simulation.engine import torch_threads, with_attackers
+from fedstream.simulation.engine import round_config, torch_threads, with_attackers
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -58,7 +58,7 @@ def run_arm(label: str, config: SimulationConfig, evaluate_on: str = "heldout") 
             config.build_strategy(),
             transport,
             sorted(setup.dataset.clients),
-            config.round_config(),
+            round_config(config, setup),  # with the layers kept local (FedBN, FedPer)
             config.run.rounds,
             central,
             config.task_policy(),
