@@ -13,6 +13,7 @@ def test_provisioned_identities_sign_and_verify_each_other():
     assert len({*private.values(), *public.values()}) == 4  # fresh keys, none shared
     assert all(len(bytes.fromhex(k)) == 32 for k in [*private.values(), *public.values()])
     a, b = load_identity("a", private["a"], public), load_identity("b", private["b"], public)
+    assert (a.client_id, b.client_id) == ("a", "b")
     b.verify("a", a.sign(b"keys"), b"keys", "round 1 keys")
     with pytest.raises(
         SecAggError,

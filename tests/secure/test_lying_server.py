@@ -245,3 +245,12 @@ def test_paillier_keys_default_to_128_bit_security():
     assert PaillierConfig().key_bits == 3072
     with pytest.raises(ConfigError, match="paillier_key_bits=1024 is invalid"):
         PaillierConfig(key_bits=1024)
+
+
+def test_a_malformed_consistency_request_is_refused_and_named():
+    clients = devices()
+    share_and_mask(clients, advertise(clients, threshold=4))
+    with pytest.raises(SecAggError, match=r"^consistency request: truncated message of 2 bytes$"):
+        clients["c1"].answer("consistency", ROUND, b"{}")
+    with pytest.raises(SecAggError, match=r"^consistency request: survivors must be a list of"):
+        clients["c2"].answer("consistency", ROUND, pack({"survivors": "c0,c1"}))

@@ -39,6 +39,11 @@ def test_shamir_recovers_from_any_threshold_shares_and_not_from_fewer():
         shamir_combine(shares[:3])
     with pytest.raises(SecAggError, match="duplicate share indices"):
         shamir_combine([shares[0], shares[0], shares[1], shares[2]])
+    # threshold 1: the one share is the secret itself. 2^256 is a field element but needs
+    # 33 bytes, so it is not a 32-byte secret; one less is the largest that is
+    with pytest.raises(SecAggError, match="do not combine to a valid secret"):
+        shamir_combine([(1, 1 << 256)])
+    assert shamir_combine([(1, (1 << 256) - 1)]) == b"\xff" * 32
 
 
 def test_fixed_point_round_trip_and_range_checks():
@@ -98,7 +103,11 @@ def test_neighbour_graph_is_regular_and_symmetric(n, k):
             r"secure.dropout_rate=0.3 is invalid: expected a rate 8 neighbours with threshold "
             r"5 survive.*secure.neighbours=9",
         ),
-        (SecAggConfig(neighbours=12), 10, r"secagg_neighbours=12 is invalid: expected at most"),
+        (
+            SecAggConfig(neighbours=12),
+            10,
+            r"^secagg_neighbours=12 is invalid: expected at most clients per round − 1 \(9\)$",
+        ),
         (SecAggConfig(), 1, "clients_per_round=1 is invalid: expected at least 2"),
         (SecAggConfig(max_abs=2.0**37), 5, "secagg_max_abs=.* small enough that 5 clients"),
     ],
