@@ -69,6 +69,10 @@ def test_a_client_that_overstates_its_steps_is_rejected():
     assert "extras['fednova.steps']=None is invalid" in check_update(
         replace(update, extras={}), MODEL, 1, None, fit
     )
+    # the full batch (batch_size 0) is one step an epoch: at most 10 × 2 = 20
+    full = FitConfig(local_epochs=2, batch_size=0, algorithm="fednova")
+    assert check_update(replace(update, extras={NOVA_STEPS: 20.0}), MODEL, 1, None, full) is None
+    assert "in [0, 20]" in check_update(update, MODEL, 1, None, full)
 
 
 def test_fednova_composes_with_secure_sums_compression_and_the_vectorised_trainer():

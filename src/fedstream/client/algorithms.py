@@ -38,8 +38,8 @@ from fedstream.types import ClientUpdate
 
 ALGORITHMS = ("sgd", "scaffold", "fednova", "feddyn")
 STEPS = "steps"
-"""The metric a trainer reports, when the task carries a gradient correction, with how many
-local steps it took; the client takes it out before the update leaves."""
+"""The metric a trainer reports, when the task's algorithm is not plain ``"sgd"``, with how
+many local steps it took; the client takes it out before the update leaves."""
 EXTRA = "@"
 CONTROL = "@c"
 CLIENT_CONTROL = "scaffold.c"
@@ -121,8 +121,10 @@ def fednova_finish(update: ClientUpdate, steps: int, lr: float, mu: float) -> Cl
 
 def max_nova_steps(weight: float, local_epochs: int, batch_size: int) -> float:
     """The largest ``NOVA_STEPS`` extra an honest client of ``weight`` examples can send:
-    weight × its most local steps, epochs × ⌈weight / batch⌉ (a_i ≤ τ_i)."""
-    return weight * local_epochs * math.ceil(weight / batch_size)
+    weight × its most local steps, epochs × ⌈weight / batch⌉ (a_i ≤ τ_i; one step an
+    epoch with ``batch_size`` 0, the full batch)."""
+    per_epoch = math.ceil(weight / batch_size) if batch_size > 0 else 1
+    return weight * local_epochs * per_epoch
 
 
 def feddyn_correction(state: ClientState) -> Params | None:
