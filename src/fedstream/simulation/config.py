@@ -593,8 +593,8 @@ class SimulationConfig:
             raise ConfigError(
                 "privacy.level",
                 level,
-                "'none' with FedNova (each update is divided by its own step count, which "
-                "travels beside it: DP's clip and noise would fall on that count, and "
+                "'none' with FedNova (each update's step count travels beside it outside "
+                "DP's clip and noise, and would tell the server how much data a client has; "
                 "DP-SGD's steps are not the plain SGD steps it counts)",
             )
         if name == "scaffold" and self.compression.prune_fraction > 0:
