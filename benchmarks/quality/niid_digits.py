@@ -9,7 +9,8 @@ label skew at α = 0.1 and 0.5, two label-sorted shards per client (#C = 2), and
 lognormal quantity skew (σ = 1) with IID labels. Arms:
 
 - global models: FedAvg, FedProx (μ = 0.01), SCAFFOLD, FedNova, FedDyn (α = 0.01);
-- personal models: FedPer (the output layer ``4`` kept by each client) and local
+- personal models: FedPer (the output layer ``4`` kept by each client), Ditto (λ = 0.1;
+  its global model is FedAvg's, so only its personal accuracy is new) and local
   fine-tuning (FedAvg's model, then one epoch on the client's own data before it
   evaluates: ``run.personalize_epochs``);
 - the centralised reference: one client holding all the training data (IID).
@@ -48,9 +49,10 @@ ARMS: dict[str, dict[str, dict[str, Any]]] = {
     "fednova": {"strategy": {"name": "fednova"}},
     "feddyn": {"strategy": {"name": "feddyn", "alpha": 0.01}},
     "fedper": {"model": {"personal": ("4",)}},
+    "ditto": {"strategy": {"name": "ditto", "personal_lambda": 0.1}},
     "finetune": {"run": {"personalize_epochs": 1}},
 }
-PERSONAL_ONLY = ("fedper",)  # the server's model keeps an untrained head
+PERSONAL_ONLY = ("fedper", "ditto")  # an untrained head; FedAvg's model
 
 
 def config(

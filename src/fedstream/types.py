@@ -100,7 +100,9 @@ class FitConfig:
     ``local_entries`` name the model entries that stay on the client (``client.local``):
     the client trains them from its own values and leaves them out of its update.
     ``algorithm`` names what the client does around its training (``client.algorithms``):
-    ``"sgd"``, or ``"scaffold"`` (drift correction with control variates).
+    ``"sgd"``, ``"scaffold"``, ``"fednova"``, ``"feddyn"`` or ``"ditto"``;
+    ``personal_lambda`` is Ditto's λ, the pull of each personal model towards the global
+    one.
     ``client_metrics`` says how the client's training metrics travel: ``"clear"`` beside
     the update, ``"summed"`` only inside the (secure) sum as weight·value extras, or
     ``"none"`` not at all (``client.encode.metrics_for_wire``).
@@ -121,6 +123,7 @@ class FitConfig:
     local_entries: tuple[str, ...] = ()
     algorithm: str = "sgd"
     client_metrics: ClientMetrics = "clear"
+    personal_lambda: float = 0.0
 
     def cohort_key(self) -> tuple[object, ...]:
         """Every setting but the seed: tasks with equal keys can be trained as one

@@ -1,5 +1,5 @@
 """Client algorithms by hand: SCAFFOLD's correction and control variate, FedNova's
-normalisation, FedDyn's gradient state."""
+normalisation, FedDyn's gradient state, Ditto's personal model."""
 
 from dataclasses import replace
 
@@ -14,6 +14,7 @@ from fedstream.client.algorithms import (
     CONTROL,
     DYN_GRADIENT,
     NOVA_STEPS,
+    PERSONAL_MODEL,
     fednova_finish,
     join_extras,
     nova_steps,
@@ -21,7 +22,7 @@ from fedstream.client.algorithms import (
     scaffold_finish,
     split_extras,
 )
-from fedstream.client.runtime import finish_fit, start_fit
+from fedstream.client.runtime import finish_fit, personal_fit, start_fit
 from fedstream.types import ClientUpdate
 from tests.client.test_trainers import one_weight_model, single_example
 
@@ -138,3 +139,27 @@ def test_a_feddyn_task_corrects_by_its_own_gradient_and_keeps_the_new_one():
     # a first-time client has no g_i: plain FedProx, and g_i starts at −α·Δ
     first = start_fit(start, {}, FitTask("c", 1, config), {})
     assert first.task.correction is None
+
+
+def test_a_ditto_task_sends_the_global_delta_and_keeps_the_personal_model():
+    # x = 1, y = 0, loss (wx + b − y)², lr 0.1, one step each. The global pass from the
+    # server's (w, b) = (1, 0): gradient (2, 2) → delta (−0.2, −0.2), as plain SGD. The
+    # personal pass from the kept v = (0.5, 0): gradient 2·0.5 = 1 each, plus
+    # λ·(v − x) = 1·(−0.5, 0) → (0.5, 1), so v becomes (0.45, −0.1)
+    model, data = one_weight_model(), single_example()
+    start = params_from_module(model)
+    before = {PERSONAL_MODEL: Params({"0.weight": np.array([[0.5]]),
+                                      "0.bias": np.array([0.0])})}  # fmt: skip
+    config = FitConfig(local_epochs=1, batch_size=1, lr=0.1, algorithm="ditto",
+                       personal_lambda=1.0)  # fmt: skip
+    started = start_fit(start, {}, FitTask("c", 1, config), before)
+    trainer = TorchTrainer(model, "regression")
+    update = trainer.fit(started.start, started.task, data)
+    kept = personal_fit(trainer, data, started, before)
+    sent, state = finish_fit(update, started, kept, {})
+    np.testing.assert_allclose(sent.payload.flat(), [-0.2, -0.2], rtol=1e-6)
+    assert sent.extras == {} and "steps" not in sent.metrics
+    np.testing.assert_allclose(state[PERSONAL_MODEL].flat(), [0.45, -0.1], rtol=1e-6)
+    # a first-time client starts its personal model from the server's
+    fresh = personal_fit(trainer, data, started, {})
+    np.testing.assert_allclose(fresh[PERSONAL_MODEL].flat(), [0.8, -0.2], rtol=1e-6)

@@ -534,6 +534,19 @@ def test_fednova_over_grpc_with_secagg_ends_where_its_simulation_does(tmp_path):
     )
 
 
+def test_ditto_over_grpc_keeps_personal_models_on_the_clients_and_matches_the_simulation(
+    tmp_path,
+):
+    # each client process trains and evaluates its own personal model; only the global
+    # delta and the metrics reach the server
+    toml, tokens, config = write_run(tmp_path, rounds=2, strategy="ditto", partition="shards")
+    final, report = deploy_run(tmp_path, toml, tokens, config)
+    simulated = simulate(config)
+    assert final.params.bit_equal(simulated.state.params)
+    assert report.metrics == simulated.reports[-1].metrics
+    assert "fed_personal_accuracy" in report.metrics
+
+
 def test_a_deployed_clients_local_dp_noise_cannot_be_redrawn_by_the_server(tmp_path):
     """Over gRPC, the server plays the attack of tests/privacy/test_curious_server.py: it
     redraws local-DP noise from the task seeds it sent and subtracts it. A deployed client

@@ -23,6 +23,11 @@ carries them unchanged.
   first), and minimises L_i(θ) − ⟨g_i, θ⟩ + α/2·‖θ − x‖²: FedProx's proximal term with
   μ = α, and −g_i added to every local gradient. Afterwards g_i ← g_i − α·Δy_i. It sends
   its plain delta; g_i never leaves the client.
+- ``"ditto"`` (Li et al. 2021, "Ditto: Fair and Robust Federated Learning Through
+  Personalization"): the task trains the global model as plain SGD does, and then the
+  client's personal model v_i (``"ditto.v"``, the global model at first) for as many
+  epochs on min F_i(v) + λ/2·‖v − x‖², x the model the server sent. Only the global
+  model's delta is sent; v_i stays on the client, which evaluates both.
 """
 
 from __future__ import annotations
@@ -31,12 +36,13 @@ import math
 from collections.abc import Mapping
 from dataclasses import replace
 
+from fedstream.client.base import FitTask
 from fedstream.client.state import ClientState
 from fedstream.errors import ConfigError
 from fedstream.params import Params
 from fedstream.types import ClientUpdate
 
-ALGORITHMS = ("sgd", "scaffold", "fednova", "feddyn")
+ALGORITHMS = ("sgd", "scaffold", "fednova", "feddyn", "ditto")
 STEPS = "steps"
 """The metric a trainer reports, when the task's algorithm is not plain ``"sgd"``, with how
 many local steps it took; the client takes it out before the update leaves."""
@@ -44,6 +50,7 @@ EXTRA = "@"
 CONTROL = "@c"
 CLIENT_CONTROL = "scaffold.c"
 DYN_GRADIENT = "feddyn.g"
+PERSONAL_MODEL = "ditto.v"
 NOVA_STEPS = "fednova.steps"
 """The scalar extra of a FedNova update: its weight × a_i (module docstring)."""
 
@@ -137,3 +144,21 @@ def feddyn_finish(delta: Params, state: ClientState, alpha: float) -> ClientStat
     """The state after a FedDyn task: g_i ← g_i − α·Δy_i (module docstring)."""
     own = state.get(DYN_GRADIENT, delta.zeros_like())
     return {**state, DYN_GRADIENT: own - delta * alpha}
+
+
+def ditto_task(received: Params, task: FitTask, state: ClientState) -> tuple[Params, FitTask]:
+    """Where Ditto's personal pass starts (v_i, or ``received`` at first) and its task:
+    the round's epochs and batch on its own shuffle, with the pull λ·(v − x) written as
+    FedProx's term around the start v₀ plus the constant correction λ·(v₀ − x), since
+    λ·(v − x) = λ·(v − v₀) + λ·(v₀ − x)."""
+    start = state.get(PERSONAL_MODEL, received)
+    lam = task.config.personal_lambda
+    config = replace(
+        task.config, algorithm="sgd", proximal_mu=lam, seed=task.config.seed ^ PERSONAL_STREAM
+    )
+    correction = start.zip_map(received, lambda v, x: lam * (v - x))
+    return start, replace(task, config=config, correction=correction)
+
+
+PERSONAL_STREAM = 0x5D1770
+"""XORed into a task's seed for Ditto's personal pass, so it shuffles on its own."""

@@ -69,16 +69,22 @@ def evaluate_client(
     round_number: int,
     data: ClientData,
     personalize: FitConfig | None = None,
+    own: Params | None = None,
 ) -> EvaluateResult:
     """The client's evaluation of the global ``params``; with ``personalize`` it also
-    adapts them to its own training data (that many local epochs of the usual training)
-    and reports the adapted model's metrics beside, prefixed ``personal_``. The adapted
-    model stays on the client."""
+    adapts them to its own training data (that many local epochs of the usual training),
+    or with ``own`` takes its own model (Ditto's), and reports that model's metrics
+    beside, prefixed ``personal_``. The personal model stays on the client."""
     result = trainer.evaluate(params, client_id, round_number, data)
-    if personalize is None or data.num_train == 0 or result.num_examples == 0:
+    if result.num_examples == 0:
         return result
-    task = FitTask(client_id, round_number, personalize)
-    adapted = params + trainer.fit(params, task, data).payload
+    if own is not None:
+        adapted = own
+    elif personalize is not None and data.num_train > 0:
+        task = FitTask(client_id, round_number, personalize)
+        adapted = params + trainer.fit(params, task, data).payload
+    else:
+        return result
     personal = trainer.evaluate(adapted, client_id, round_number, data)
     metrics = {**result.metrics, **{f"personal_{k}": v for k, v in personal.metrics.items()}}
     return EvaluateResult(client_id, round_number, result.num_examples, metrics)

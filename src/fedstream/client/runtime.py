@@ -6,7 +6,7 @@ call these, so a simulated client sends exactly what a deployed one sends:
 1. :func:`start_fit`: split what the server sent into the model and its extras
    (``client.algorithms``), put the client's own local entries in (``client.local``),
    and give the task the client algorithm's gradient correction;
-2. the trainer trains;
+2. the trainer trains, and :func:`personal_fit` trains Ditto's personal model;
 3. :func:`finish_fit`: keep the local entries, finish the client algorithm (SCAFFOLD's
    control variate, FedNova's normalisation, FedDyn's gradient), then clip, noise and
    compress for the wire (``client.encode``).
@@ -24,17 +24,20 @@ import numpy.typing as npt
 
 from fedstream.client.algorithms import (
     CONTROL,
+    PERSONAL_MODEL,
     STEPS,
+    ditto_task,
     feddyn_correction,
     feddyn_finish,
     fednova_finish,
     scaffold_correction,
     scaffold_finish,
 )
-from fedstream.client.base import FitTask
+from fedstream.client.base import FitTask, Trainer
 from fedstream.client.encode import prepare_upload
 from fedstream.client.local import keep_local, shared_part, start_params
 from fedstream.client.state import ClientState
+from fedstream.data.base import ClientData
 from fedstream.errors import ConfigError
 from fedstream.params import Params
 from fedstream.privacy.mechanisms import device_noise_seed
@@ -83,6 +86,25 @@ def start_fit(
     return Started(start, task, extras)
 
 
+def personal_fit(
+    trainer: Trainer, data: ClientData, started: Started, state: ClientState
+) -> ClientState:
+    """Ditto's second pass (``client.algorithms``), after the global one: the client's
+    personal model trained towards the model the server sent, kept in its next state.
+    Any other algorithm leaves the state as it is."""
+    if started.task.config.algorithm != "ditto":
+        return state
+    start, task = ditto_task(started.start, started.task, state)
+    update = trainer.fit(start, task, data)
+    return {**state, PERSONAL_MODEL: start + update.payload}
+
+
+def personal_model(state: ClientState) -> Params | None:
+    """The client's own model, evaluated beside the global one: Ditto's v_i (``None``
+    for a client without one)."""
+    return state.get(PERSONAL_MODEL)
+
+
 def seeded_noise(config: FitConfig) -> bool:
     """Whether the task draws privacy noise on the client that a device secret may seed:
     local DP or DP-SGD, unless the server asked for the CSPRNG."""
@@ -113,6 +135,6 @@ def finish_fit(
             update = replace(update, payload=payload)
         elif config.algorithm == "feddyn":
             state = feddyn_finish(update.payload, state, config.proximal_mu)
-        else:
+        elif config.algorithm == "fednova":
             update = fednova_finish(update, steps, config.lr, config.proximal_mu)
     return prepare_upload(update, config, state, mask, started.task.noise_seed)

@@ -574,13 +574,20 @@ class SimulationConfig:
     def _check_combinations(self, strategy: Strategy) -> None:
         """Settings of different sections that cannot run together, each refused with why."""
         name, level = self.strategy.name, self.privacy.level
-        corrected = {"scaffold": "SCAFFOLD", "feddyn": "FedDyn"}
+        corrected = {"scaffold": "SCAFFOLD", "feddyn": "FedDyn", "ditto": "Ditto"}
         if name in corrected and level == "sample":
             raise ConfigError(
                 "privacy.level",
                 "sample",
                 f"'none', 'client' or 'local' with {corrected[name]} (its correction of each "
                 "step is not part of DP-SGD's analysis)",
+            )
+        if name == "ditto" and self.run.personalize_epochs > 0:
+            raise ConfigError(
+                "run.personalize_epochs",
+                self.run.personalize_epochs,
+                "0 with Ditto (its clients evaluate their own personal models; fine-tuning "
+                "the global one as well would report two models under one name)",
             )
         if name == "fednova" and self.strategy.aggregator != "mean":
             raise ConfigError(

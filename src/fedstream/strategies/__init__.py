@@ -7,6 +7,7 @@ from typing import Any
 
 from fedstream.errors import ConfigError
 from fedstream.strategies.base import Strategy
+from fedstream.strategies.ditto import Ditto
 from fedstream.strategies.fedavg import FedAvg, FedProx, FedSGD
 from fedstream.strategies.feddyn import FedDyn
 from fedstream.strategies.fednova import FedNova
@@ -27,6 +28,7 @@ STRATEGIES: dict[str, type[Any]] = {
         Scaffold,
         FedNova,
         FedDyn,
+        Ditto,
     )
 }
 
@@ -55,6 +57,7 @@ def make_strategy(name: str, **hyperparameters: Any) -> Strategy:
 
 __all__ = [
     "STRATEGIES",
+    "Ditto",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",

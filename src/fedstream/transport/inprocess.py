@@ -22,7 +22,7 @@ from fedstream.client.algorithms import split_extras
 from fedstream.client.base import CohortTrainer, FitTask, Trainer, evaluate_client
 from fedstream.client.encode import receive_params, upload_mask
 from fedstream.client.local import start_params
-from fedstream.client.runtime import Started, finish_fit, start_fit
+from fedstream.client.runtime import Started, finish_fit, personal_fit, personal_model, start_fit
 from fedstream.client.state import ClientState, MemoryClientStates
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData, check_clients, train_size
@@ -145,7 +145,8 @@ class InProcessTransport:
         keeps the update and answers with its metrics only."""
         config = started.task.config
         before = self.states.of(update.client_id)
-        sent, state = finish_fit(update, started, before, mask)
+        trained = personal_fit(self.trainer, self.clients[update.client_id], started, before)
+        sent, state = finish_fit(update, started, trained, mask)
         if state is not before:
             self.states.put(update.client_id, state)
         if config.secure_aggregation:
@@ -250,11 +251,12 @@ class InProcessTransport:
         wire = params.to_bytes()
         received = decode_broadcast(Params.from_bytes(wire), broadcast)
         for client_id in client_ids:
-            own = start_params(received, self.states.of(client_id))
+            state = self.states.of(client_id)
+            own = start_params(received, state)
             try:
                 result = evaluate_client(
                     self.trainer, own, client_id, round_number, self.clients[client_id],
-                    personalize,
+                    personalize, personal_model(state),
                 )  # fmt: skip
             except Exception as exc:
                 failure = ClientFailure(client_id, "evaluate", describe_exception(exc))

@@ -28,7 +28,7 @@ from fedstream.client.algorithms import split_extras
 from fedstream.client.base import FitTask, Trainer, evaluate_client
 from fedstream.client.encode import receive_params, upload_mask
 from fedstream.client.local import start_params
-from fedstream.client.runtime import finish_fit, start_fit
+from fedstream.client.runtime import finish_fit, personal_fit, personal_model, start_fit
 from fedstream.client.state import EMPTY, ClientState, DiskClientState
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
@@ -180,7 +180,8 @@ class _Device:
             started = start_fit(*split_extras(params), task, self.state)
             update = self.trainer.fit(started.start, started.task, self.data)
             mask = upload_mask(params, config)
-            sent, state = finish_fit(update, started, self.state, mask)
+            trained = personal_fit(self.trainer, self.data, started, self.state)
+            sent, state = finish_fit(update, started, trained, mask)
             self.keep(state)
             body = {"round": sent.round, "weight": sent.weight, "metrics": dict(sent.metrics)}
             if config.secure_aggregation:
@@ -194,6 +195,7 @@ class _Device:
             result = evaluate_client(
                 self.trainer, params, self.client_id, request.round, self.data,
                 fit_config_from_dict(personal) if personal is not None else None,
+                personal_model(self.state),
             )  # fmt: skip
             return {"num_examples": result.num_examples, "metrics": dict(result.metrics)}, b""
         answer = self.secagg.answer(str(header.get("stage")), request.round, payload)
