@@ -431,15 +431,14 @@ def test_server_and_clients_on_separate_virtual_hosts(tmp_path, two_hosts):
     [
         {"compression": "topk:0.1"},
         {"strategy": "scaffold", "alpha": 0.1, "partition": "dirichlet"},
-        {"strategy": "feddyn", "alpha": 0.1, "partition": "dirichlet"},
     ],
-    ids=["error-feedback", "scaffold", "feddyn"],
+    ids=["error-feedback", "scaffold"],
 )
 def test_a_client_restarted_between_rounds_continues_from_its_saved_state(tmp_path, changes):
     """kill -9 of a client process between rounds: the new process reads the client's
-    state (its error-feedback residual, SCAFFOLD control variate or FedDyn gradient) from its
-    disk, so the run still ends bit for bit where the simulation does. The same restart
-    without the saved state does not."""
+    state (its error-feedback residual or SCAFFOLD control variate) from its disk, so the run
+    still ends bit for bit where the simulation does. The same restart without the saved
+    state does not. FedDyn's and Ditto's client state use the same store."""
     toml, tokens, config = write_run(tmp_path, rounds=3, **changes)
     ids = sorted(build_dataset(config).clients)
     expected = simulate(config).state.params

@@ -95,7 +95,8 @@ def test_tensorboard_gets_every_rounds_metrics_and_traffic(tmp_path):
 
 
 @pytest.mark.slow  # whole runs
-def test_mlflow_gets_settings_metrics_artifacts_and_status(tmp_path):
+def test_mlflow_gets_settings_metrics_artifacts_and_status(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow puts a sqlite store's artifacts in ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logger = MLflowLogger(uri, experiment="study")
     result = simulate(output_dir=tmp_path / "run", callbacks=[logger], **nested(rounds=3, **SMALL))
@@ -113,7 +114,8 @@ def test_mlflow_gets_settings_metrics_artifacts_and_status(tmp_path):
 
 
 @pytest.mark.slow  # whole runs
-def test_the_command_line_logs_to_both(tmp_path):
+def test_the_command_line_logs_to_both(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow puts a sqlite store's artifacts in ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     done = CliRunner().invoke(main, [
         "run", "--output", str(tmp_path / "run"), "--quiet", "--run.rounds", "2",
