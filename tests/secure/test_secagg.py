@@ -270,6 +270,26 @@ def test_a_tampered_share_is_refused_and_the_round_goes_on():
     assert len(report.completed) == 7
 
 
+def test_a_mask_request_with_a_share_from_a_client_that_shared_no_keys_is_refused():
+    # a lying server slips in a share "from" a client outside the victim's key exchange
+    def forge(request):
+        header, blob = unpack(request, "mask request")
+        header["shares"]["not-a-neighbour"] = next(iter(header["shares"].values()))
+        return pack(header, blob)
+
+    config, setup, _, ids = make()
+    victim = sampled(setup, ids)[2]
+    _, _, transport, _ = make(tamper={("mask", victim): forge})
+    secure_config = replace(config.round_config(), secure_aggregation=SecAggConfig())
+    _, report = run_round(setup.initial, FedAvg(), transport, ids, secure_config)
+    (failure,) = report.failures
+    assert failure.client_id == victim and failure.stage == "mask"
+    assert failure.cause.startswith(
+        "SecAggError: mask request: shares must come from neighbours that shared keys (at "
+    )
+    assert len(report.completed) == 7
+
+
 def test_a_masked_vector_of_the_wrong_size_or_a_truncated_message_is_refused():
     config, setup, transport, ids = make()
     chosen = sampled(setup, ids)
