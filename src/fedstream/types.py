@@ -102,7 +102,8 @@ class FitConfig:
     ``algorithm`` names what the client does around its training (``client.algorithms``):
     ``"sgd"``, ``"scaffold"``, ``"fednova"``, ``"feddyn"`` or ``"ditto"``;
     ``personal_lambda`` is Ditto's λ, the pull of each personal model towards the global
-    one.
+    one; ``personal_epochs`` FedRep's epochs on the personal head before the round's
+    ``local_epochs`` on the shared body.
     ``client_metrics`` says how the client's training metrics travel: ``"clear"`` beside
     the update, ``"summed"`` only inside the (secure) sum as weight·value extras, or
     ``"none"`` not at all (``client.encode.metrics_for_wire``).
@@ -124,6 +125,7 @@ class FitConfig:
     algorithm: str = "sgd"
     client_metrics: ClientMetrics = "clear"
     personal_lambda: float = 0.0
+    personal_epochs: int = 0
 
     def cohort_key(self) -> tuple[object, ...]:
         """Every setting but the seed: tasks with equal keys can be trained as one

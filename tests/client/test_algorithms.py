@@ -1,5 +1,5 @@
 """Client algorithms by hand: SCAFFOLD's correction and control variate, FedNova's
-normalisation, FedDyn's gradient state, Ditto's personal model."""
+normalisation, FedDyn's gradient state, Ditto's personal model, FedRep's two passes."""
 
 from dataclasses import replace
 
@@ -22,7 +22,9 @@ from fedstream.client.algorithms import (
     scaffold_finish,
     split_extras,
 )
-from fedstream.client.runtime import finish_fit, personal_fit, start_fit
+from fedstream.client.local import LOCAL
+from fedstream.client.runtime import finish_fit, head_fit, personal_fit, start_fit
+from fedstream.client.vectorized import VectorizedTrainer
 from fedstream.types import ClientUpdate
 from tests.client.test_trainers import one_weight_model, single_example
 
@@ -163,3 +165,41 @@ def test_a_ditto_task_sends_the_global_delta_and_keeps_the_personal_model():
     # a first-time client starts its personal model from the server's
     fresh = personal_fit(trainer, data, started, {})
     np.testing.assert_allclose(fresh[PERSONAL_MODEL].flat(), [0.8, -0.2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("trainer_cls", [TorchTrainer, VectorizedTrainer])
+def test_a_fedrep_task_fits_the_head_on_the_frozen_body_then_the_body_alone(trainer_cls):
+    # x = 1, y = 0, loss (wx + b − y)², lr 0.1, one step each; the head is the bias, the
+    # client keeps b = 0.5, the server sends (w, b) = (1, 0). Head pass, w frozen: output
+    # 1.5, ∂/∂b = 3 → b = 0.2. Body pass, b frozen: output 1.2, ∂/∂w = 2.4 → w = 0.76.
+    # The client sends Δw = −0.24 and keeps b = 0.2.
+    model, data = one_weight_model(), single_example()
+    start = params_from_module(model)
+    before = {LOCAL: Params({"0.bias": np.array([0.5])})}
+    config = FitConfig(local_epochs=1, batch_size=1, lr=0.1, algorithm="fedrep",
+                       personal_epochs=1, local_entries=("0.bias",))  # fmt: skip
+    trainer = trainer_cls(model, "regression")
+    (started,) = head_fit(trainer, [data], [start_fit(start, {}, FitTask("c", 1, config), before)])
+    assert started.task.frozen == ("0.bias",)
+    np.testing.assert_allclose(started.start.flat(), [1.0, 0.2], rtol=1e-6)
+    update = trainer.fit(started.start, started.task, data)
+    sent, state = finish_fit(update, started, before)
+    assert list(sent.payload) == ["0.weight"] and "steps" not in sent.metrics
+    np.testing.assert_allclose(sent.payload.flat(), [-0.24], rtol=1e-6)
+    np.testing.assert_allclose(state[LOCAL]["0.bias"], [0.2], rtol=1e-6)
+
+
+def test_a_cohort_of_fedrep_tasks_fits_each_clients_own_head():
+    # the head passes of a cohort run together and end where each alone does
+    model, data = one_weight_model(), single_example()
+    start = params_from_module(model)
+    config = FitConfig(local_epochs=1, batch_size=1, lr=0.1, algorithm="fedrep",
+                       personal_epochs=2, local_entries=("0.bias",))  # fmt: skip
+    states = [{LOCAL: Params({"0.bias": np.array([b])})} for b in (0.5, -1.0, 2.0)]
+    tasks = [start_fit(start, {}, FitTask(f"c{k}", 1, config), s) for k, s in enumerate(states)]
+    trainer = VectorizedTrainer(model, "regression")
+    together = head_fit(trainer, [data] * 3, tasks)
+    alone = [head_fit(trainer, [data], [t])[0] for t in tasks]
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_allclose(a.start.flat(), b.start.flat(), rtol=1e-12)
+    assert len({t.start["0.bias"].item() for t in together}) == 3

@@ -533,17 +533,22 @@ def test_fednova_over_grpc_with_secagg_ends_where_its_simulation_does(tmp_path):
     )
 
 
-def test_ditto_over_grpc_keeps_personal_models_on_the_clients_and_matches_the_simulation(
-    tmp_path,
+@pytest.mark.parametrize(
+    "changes",
+    [{"strategy": "ditto"}, {"strategy": "fedrep", "personal": ("4",)}],
+    ids=["ditto", "fedrep"],
+)
+def test_personal_models_stay_on_the_client_processes_and_the_run_matches_the_simulation(
+    tmp_path, changes
 ):
-    # each client process trains and evaluates its own personal model; only the global
-    # delta and the metrics reach the server
-    toml, tokens, config = write_run(tmp_path, rounds=2, strategy="ditto", partition="shards")
+    # each client process trains and evaluates its own personal model (Ditto) or head
+    # (FedRep); only the shared delta and the metrics reach the server
+    toml, tokens, config = write_run(tmp_path, rounds=2, partition="shards", **changes)
     final, report = deploy_run(tmp_path, toml, tokens, config)
     simulated = simulate(config)
     assert final.params.bit_equal(simulated.state.params)
     assert report.metrics == simulated.reports[-1].metrics
-    assert "fed_personal_accuracy" in report.metrics
+    assert ("fed_personal_accuracy" in report.metrics) == (changes["strategy"] == "ditto")
 
 
 def test_a_deployed_clients_local_dp_noise_cannot_be_redrawn_by_the_server(tmp_path):

@@ -57,8 +57,9 @@ def test_vectorized_and_sequential_runs_agree():
     sorted(STRATEGIES),
 )
 def test_every_strategy_trains_end_to_end(strategy):
-    result = fedstream.simulate(**nested(strategy=strategy, rounds=3, evaluate_every=0))
-    first = fedstream.simulate(**nested(strategy=strategy, rounds=1, evaluate_every=0))
+    head = {"personal": ("4",)} if strategy == "fedrep" else {}  # FedRep needs a head
+    result = fedstream.simulate(**nested(strategy=strategy, rounds=3, evaluate_every=0, **head))
+    first = fedstream.simulate(**nested(strategy=strategy, rounds=1, evaluate_every=0, **head))
     assert result.state.params.is_finite()
     loss, first_loss = result.final_metrics["central_loss"], first.final_metrics["central_loss"]
     # below chance (ln 10) and below round 1: a server step that is never applied leaves the

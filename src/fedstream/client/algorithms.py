@@ -28,6 +28,12 @@ carries them unchanged.
   client's personal model v_i (``"ditto.v"``, the global model at first) for as many
   epochs on min F_i(v) + λ/2·‖v − x‖², x the model the server sent. Only the global
   model's delta is sent; v_i stays on the client, which evaluates both.
+- ``"fedrep"`` (Collins et al. 2021, "Exploiting Shared Representations for Personalized
+  Federated Learning"): the model's personal head (``FitConfig.local_entries``) stays on
+  the client. Each task first trains the head alone for ``personal_epochs`` epochs, the
+  shared body frozen, from the client's own head over the body the server sent; then the
+  body alone for the round's epochs, the new head frozen. It sends the body's delta and
+  keeps the head.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from fedstream.errors import ConfigError
 from fedstream.params import Params
 from fedstream.types import ClientUpdate
 
-ALGORITHMS = ("sgd", "scaffold", "fednova", "feddyn", "ditto")
+ALGORITHMS = ("sgd", "scaffold", "fednova", "feddyn", "ditto", "fedrep")
 STEPS = "steps"
 """The metric a trainer reports, when the task's algorithm is not plain ``"sgd"``, with how
 many local steps it took; the client takes it out before the update leaves."""
@@ -162,3 +168,21 @@ def ditto_task(received: Params, task: FitTask, state: ClientState) -> tuple[Par
 
 PERSONAL_STREAM = 0x5D1770
 """XORed into a task's seed for Ditto's personal pass, so it shuffles on its own."""
+
+
+def fedrep_head_task(start: Params, task: FitTask) -> FitTask:
+    """FedRep's first pass: the round's batch, ``personal_epochs`` epochs on its own
+    shuffle, every entry but the personal head (``local_entries``) frozen."""
+    config = task.config
+    head = set(config.local_entries)
+    config = replace(
+        config,
+        algorithm="sgd",
+        local_epochs=config.personal_epochs,
+        seed=config.seed ^ HEAD_STREAM,
+    )
+    return replace(task, config=config, frozen=tuple(n for n in start if n not in head))
+
+
+HEAD_STREAM = 0x4EAD5
+"""XORed into a task's seed for FedRep's head pass, so it shuffles on its own."""

@@ -21,13 +21,19 @@ class FitTask:
     and noise). The client's device makes it from a secret of its own
     (``privacy.device_noise_seed``), never from what the server sends, so the server cannot
     draw the same noise and subtract it. ``None``, the default and what a deployed client
-    uses, draws that noise from the OS CSPRNG instead."""
+    uses, draws that noise from the OS CSPRNG instead.
+
+    ``frozen`` names the model entries this task leaves as they are: FedRep trains a
+    client's personal head with the shared body frozen, then the body with the head
+    frozen (``client.algorithms``). Only the trainer's own SGD steps honour it; a client
+    algorithm is refused with a user's optimiser, train function or DP-SGD anyway."""
 
     client_id: str
     round: int
     config: FitConfig
     correction: Params | None = None
     noise_seed: int | None = None
+    frozen: tuple[str, ...] = ()
 
 
 @runtime_checkable

@@ -6,7 +6,8 @@ call these, so a simulated client sends exactly what a deployed one sends:
 1. :func:`start_fit`: split what the server sent into the model and its extras
    (``client.algorithms``), put the client's own local entries in (``client.local``),
    and give the task the client algorithm's gradient correction;
-2. the trainer trains, and :func:`personal_fit` trains Ditto's personal model;
+2. :func:`head_fit` trains FedRep's personal head first; the trainer trains, and
+   :func:`personal_fit` trains Ditto's personal model;
 3. :func:`finish_fit`: keep the local entries, finish the client algorithm (SCAFFOLD's
    control variate, FedNova's normalisation, FedDyn's gradient), then clip, noise and
    compress for the wire (``client.encode``).
@@ -16,7 +17,7 @@ Each takes the client's state and returns its next one (``client.state``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -30,10 +31,11 @@ from fedstream.client.algorithms import (
     feddyn_correction,
     feddyn_finish,
     fednova_finish,
+    fedrep_head_task,
     scaffold_correction,
     scaffold_finish,
 )
-from fedstream.client.base import FitTask, Trainer
+from fedstream.client.base import CohortTrainer, FitTask, Trainer
 from fedstream.client.encode import prepare_upload
 from fedstream.client.local import keep_local, shared_part, start_params
 from fedstream.client.state import ClientState
@@ -83,7 +85,36 @@ def start_fit(
         task = replace(task, correction=scaffold_correction(control, state))
     if config.algorithm == "feddyn":
         task = replace(task, correction=feddyn_correction(state))
+    if config.algorithm == "fedrep":
+        task = replace(task, frozen=config.local_entries)
     return Started(start, task, extras)
+
+
+def head_fit(
+    trainer: Trainer, datasets: Sequence[ClientData], started: Sequence[Started]
+) -> list[Started]:
+    """FedRep's first pass (``client.algorithms``), before the round's training: each
+    client's personal head trained over the frozen body, its task then starting from it;
+    the clients of one cohort together when the trainer trains cohorts. Any other
+    algorithm leaves ``started`` as it is."""
+    if not started or started[0].task.config.algorithm != "fedrep":
+        return list(started)
+    tasks = [fedrep_head_task(s.start, s.task) for s in started]
+    starts = [s.start for s in started]
+    if isinstance(trainer, CohortTrainer) and len(started) > 1:
+        heads = trainer.fit_cohort(starts[0], tasks, datasets, starts)
+    else:
+        heads = [trainer.fit(*one) for one in zip(starts, tasks, datasets, strict=True)]
+    return [
+        replace(s, start=with_head(s.start, h.payload, s.task.frozen))
+        for s, h in zip(started, heads, strict=True)
+    ]
+
+
+def with_head(start: Params, delta: Params, head: Sequence[str]) -> Params:
+    """``start`` with its ``head`` entries moved by ``delta``."""
+    chosen = set(head)
+    return Params({n: a + delta[n] if n in chosen else a for n, a in start.items()})
 
 
 def personal_fit(

@@ -388,6 +388,7 @@ class TorchTrainer:
         if optimizer is not None:
             self._refuse_algorithm(task, "its own optimiser")
         corrections = self._corrections(task)
+        frozen = [name in task.frozen for name in self._names]
         rng = np.random.default_rng(config.seed)
         losses: list[torch.Tensor] = []
         for _ in range(config.local_epochs):
@@ -408,8 +409,9 @@ class TorchTrainer:
                     if corrections:  # SCAFFOLD: + (c − c_i)
                         grads = tuple(g + c for g, c in zip(grads, corrections, strict=True))
                     if optimizer is None:
-                        for w, g in zip(weights, grads, strict=True):
-                            w.add_(g, alpha=-config.lr)
+                        for w, g, still in zip(weights, grads, frozen, strict=True):
+                            if not still:
+                                w.add_(g, alpha=-config.lr)
                     else:
                         for w, g in zip(weights, grads, strict=True):
                             w.grad = g

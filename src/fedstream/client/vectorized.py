@@ -222,7 +222,7 @@ class VectorizedTrainer:
             ]
         key = config.cohort_key()
         for task in tasks[1:]:
-            if task.config.cohort_key() != key:
+            if task.config.cohort_key() != key or task.frozen != tasks[0].frozen:
                 raise ConfigError(
                     "cohort", task.client_id, "the same fit config as the rest of the cohort"
                 )
@@ -271,6 +271,7 @@ class VectorizedTrainer:
 
         masks = pruning_masks(params) if config.masked else {}
         corrections = self._corrections(tasks)
+        frozen = set(tasks[0].frozen)
         generators = [np.random.default_rng(t.config.seed) for t in tasks]
         loss_sum = torch.zeros(cohort, dtype=x.dtype)
         step_count = torch.zeros(cohort, dtype=x.dtype)
@@ -289,7 +290,9 @@ class VectorizedTrainer:
                 if corrections:  # SCAFFOLD: + (c − c_k)
                     grads = {n: g + corrections[n] for n, g in grads.items()}
                 scale = _broadcast(active * config.lr)
-                weights = {n: w - scale(w) * grads[n] for n, w in weights.items()}
+                weights = {
+                    n: w if n in frozen else w - scale(w) * grads[n] for n, w in weights.items()
+                }
                 if masks:  # pruned weights stay zero
                     weights = {n: w * masks[n] if n in masks else w for n, w in weights.items()}
                 loss_sum += loss * active

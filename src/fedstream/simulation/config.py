@@ -589,6 +589,19 @@ class SimulationConfig:
                 "0 with Ditto (its clients evaluate their own personal models; fine-tuning "
                 "the global one as well would report two models under one name)",
             )
+        if name == "fedrep" and not self.model.personal:
+            raise ConfigError(
+                "model.personal",
+                list(self.model.personal),
+                "the modules of the personal head with FedRep (e.g. the last layer's name)",
+            )
+        if name == "fedrep" and level == "sample":
+            raise ConfigError(
+                "privacy.level",
+                "sample",
+                "'none', 'client' or 'local' with FedRep (DP-SGD trains the whole model; it "
+                "cannot leave the head or the body as it is)",
+            )
         if name == "fednova" and self.strategy.aggregator != "mean":
             raise ConfigError(
                 "strategy.aggregator",
@@ -980,6 +993,9 @@ def coerce(key: str, value: Any) -> Any:
     types_ = field_types(cls)
     if name in types_ and name != "hyperparameters":
         return _coerce_to(key, types_[name], value)
+    owners = [c for c in STRATEGIES.values() if name in hyperparameters_of(c.name)]
+    if section == "strategy" and owners:  # a strategy's hyperparameter: its own type
+        return _coerce_to(key, field_types(owners[0])[name] | None, value)
     return _coerce_to(key, float | int | bool | str | None, value)
 
 

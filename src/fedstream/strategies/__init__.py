@@ -12,6 +12,7 @@ from fedstream.strategies.fedavg import FedAvg, FedProx, FedSGD
 from fedstream.strategies.feddyn import FedDyn
 from fedstream.strategies.fednova import FedNova
 from fedstream.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from fedstream.strategies.fedrep import FedRep
 from fedstream.strategies.robust import Robust
 from fedstream.strategies.scaffold import Scaffold
 
@@ -29,6 +30,7 @@ STRATEGIES: dict[str, type[Any]] = {
         FedNova,
         FedDyn,
         Ditto,
+        FedRep,
     )
 }
 
@@ -65,6 +67,7 @@ __all__ = [
     "FedDyn",
     "FedNova",
     "FedProx",
+    "FedRep",
     "FedSGD",
     "FedYogi",
     "Robust",

@@ -22,7 +22,14 @@ from fedstream.client.algorithms import split_extras
 from fedstream.client.base import CohortTrainer, FitTask, Trainer, evaluate_client
 from fedstream.client.encode import receive_params, upload_mask
 from fedstream.client.local import start_params
-from fedstream.client.runtime import Started, finish_fit, personal_fit, personal_model, start_fit
+from fedstream.client.runtime import (
+    Started,
+    finish_fit,
+    head_fit,
+    personal_fit,
+    personal_model,
+    start_fit,
+)
 from fedstream.client.state import ClientState, MemoryClientStates
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData, check_clients, train_size
@@ -197,12 +204,14 @@ class InProcessTransport:
             )
             for cohort in cohorts:
                 try:
+                    datasets = [self.clients[t.client_id] for t in cohort]
                     started = [self._start(model, extras, t) for t in cohort]
+                    started = head_fit(self.trainer, datasets, started)
                     starts = [s.start for s in started]
                     updates = self.trainer.fit_cohort(
                         model,
                         [s.task for s in started],
-                        [self.clients[t.client_id] for t in cohort],
+                        datasets,
                         starts if any(s is not model for s in starts) else None,
                     )
                 except Exception as exc:  # the whole cohort failed together
@@ -217,8 +226,9 @@ class InProcessTransport:
             return
         for task in tasks:
             try:
-                one = self._start(model, extras, task)
-                update = self.trainer.fit(one.start, one.task, self.clients[task.client_id])
+                data = self.clients[task.client_id]
+                (one,) = head_fit(self.trainer, [data], [self._start(model, extras, task)])
+                update = self.trainer.fit(one.start, one.task, data)
             except Exception as exc:
                 failure = ClientFailure(task.client_id, "train", describe_exception(exc))
                 yield Delivery(task.client_id, failure, down, 0)

@@ -28,7 +28,13 @@ from fedstream.client.algorithms import split_extras
 from fedstream.client.base import FitTask, Trainer, evaluate_client
 from fedstream.client.encode import receive_params, upload_mask
 from fedstream.client.local import start_params
-from fedstream.client.runtime import finish_fit, personal_fit, personal_model, start_fit
+from fedstream.client.runtime import (
+    finish_fit,
+    head_fit,
+    personal_fit,
+    personal_model,
+    start_fit,
+)
 from fedstream.client.state import EMPTY, ClientState, DiskClientState
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
@@ -177,7 +183,9 @@ class _Device:
             config = fit_config_from_dict(header["config"])
             task = FitTask(self.client_id, request.round, config)
             params = receive_params(Params.from_bytes(payload), config)
-            started = start_fit(*split_extras(params), task, self.state)
+            (started,) = head_fit(
+                self.trainer, [self.data], [start_fit(*split_extras(params), task, self.state)]
+            )
             update = self.trainer.fit(started.start, started.task, self.data)
             mask = upload_mask(params, config)
             trained = personal_fit(self.trainer, self.data, started, self.state)
