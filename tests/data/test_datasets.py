@@ -5,7 +5,7 @@ import fedstream
 import fedstream.simulation
 from fedstream import ConfigError
 from fedstream.data import federate
-from fedstream.data.datasets import leaf_sample
+from fedstream.data.datasets import leaf_sample, mnist1d_source, noised_per_client
 from fedstream.data.partition import (
     dirichlet_partition,
     iid_partition,
@@ -355,3 +355,46 @@ def test_natural_clients_lost_to_the_heldout_split_are_reported(caplog):
     assert f"{lost} of the 2000 natural clients of 'synthetic' had every example held out" in (
         caplog.text
     )
+
+
+def test_feature_noise_grows_with_the_clients_number_and_spares_the_servers_data():
+    # client k of N gets noise of σ·(k + 1)/N: here 0.5, 1.0, 1.5, 2.0 over 4 clients
+    x = np.zeros((40_000, 3), np.float32)
+    parts = [np.arange(k, 40_000, 5) for k in range(4)]  # every fifth row stays clean
+    noised = noised_per_client(x, parts, 2.0, np.random.default_rng(0))
+    assert noised.dtype == np.float32 and noised is not x and not x.any()
+    for k, rows in enumerate(parts):
+        assert noised[rows].std() == pytest.approx(0.5 * (k + 1), rel=0.02)
+    assert not noised[4::5].any()
+    clean = federate("digits", 10, "iid", np.random.default_rng(3))
+    skewed = federate("digits", 10, "iid", np.random.default_rng(3), feature_noise=0.4)
+    np.testing.assert_array_equal(skewed.x_heldout, clean.x_heldout)
+    first, last = skewed.clients["client-0"].x_train, skewed.clients["client-9"].x_train
+    # digits' features lie in [0, 1]; noise takes them outside, the more so the later
+    outside = [float(((a < 0) | (a > 1)).mean()) for a in (first, last)]
+    assert 0 < outside[0] < outside[1]
+
+
+def test_a_bad_feature_noise_is_named():
+    with pytest.raises(ConfigError, match=r"^data\.feature_noise=-0\.1 is invalid: expected a"):
+        make_config(feature_noise=-0.1)
+    with pytest.raises(ConfigError, match=r"feature_noise=0\.1 is invalid: expected 0 with shak"):
+        make_config(dataset="shakespeare", feature_noise=0.1)
+
+
+def test_mnist1d_is_the_papers_data_set_made_once_and_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDSTREAM_CACHE", str(tmp_path))
+    before = np.random.get_state()[1].copy()
+    made = mnist1d_source()
+    np.testing.assert_array_equal(np.random.get_state()[1], before)  # global state put back
+    assert made.x.shape == (5000, 40) and made.x.dtype == np.float32
+    assert np.bincount(made.y).tolist() == [500] * 10
+    # the package's published set (seed 42): its first labels, and standardised signals
+    assert made.y[:8].tolist() == [2, 6, 4, 5, 6, 6, 6, 0]  # as make_dataset() gives them
+    assert abs(float(made.x.mean())) < 1e-3 and float(made.x.std()) == pytest.approx(1, abs=1e-3)
+    stored = tmp_path / "mnist1d" / "mnist1d-42.npz"
+    assert stored.exists() and list(stored.parent.iterdir()) == [stored]
+    again = mnist1d_source()
+    np.testing.assert_array_equal(again.x, made.x)
+    data = federate("mnist1d", 20, "dirichlet", np.random.default_rng(0), alpha=0.5)
+    assert data.num_features == 40 and data.num_outputs == 10 and len(data.y_heldout) == 1000

@@ -45,6 +45,7 @@ from fedstream.data.datasets import (
     NATURAL_ONLY,
     PARTITIONS,
     REGRESSION,
+    check_feature_noise,
     check_partition,
     check_shakespeare_fraction,
 )
@@ -88,6 +89,11 @@ class DataSettings:
     alpha: float = setting(0.5, "Dirichlet concentration for label skew (smaller = more skew)")
     shards_per_client: int = setting(2, "shards partition: label-sorted shards per client")
     quantity_sigma: float = setting(1.0, "quantity partition: σ of the lognormal client sizes")
+    feature_noise: float = setting(
+        0.0,
+        "feature skew (NIID-Bench): client k of N adds Gaussian noise of σ·(k+1)/N to its "
+        "features; σ here (0 = off)",
+    )
     heldout_fraction: float = setting(0.2, "share held out for centralised evaluation")
     client_test_fraction: float = setting(0.2, "share of each client's data kept for its tests")
     synthetic_alpha: float = setting(1.0, "Synthetic(α, β): how much client models differ")
@@ -114,6 +120,8 @@ class DataSettings:
         checks.positive("data.alpha", self.alpha)
         checks.positive_int("data.shards_per_client", self.shards_per_client)
         checks.non_negative("data.quantity_sigma", self.quantity_sigma)
+        with qualified():
+            check_feature_noise(self.dataset, self.feature_noise)
         for name in ("heldout_fraction", "client_test_fraction"):
             checks.in_unit_interval(
                 f"data.{name}", getattr(self, name), include_zero=True, include_one=False
