@@ -30,6 +30,19 @@ def mlp(in_features: int, out_features: int, hidden: Sequence[int] | None = None
     return nn.Sequential(*layers)
 
 
+def mlp_bn(in_features: int, out_features: int, hidden: Sequence[int] | None = None) -> nn.Module:
+    """The MLP with batch normalisation after each hidden layer: in → (Linear, BatchNorm1d,
+    ReLU)… → out. Default hidden (64, 64). FedBN (``model.local_batchnorm``) keeps its
+    BatchNorm layers on each client; the output layer's entries are ``6.*`` by default."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in (64, 64) if hidden is None else hidden:
+        layers += [nn.Linear(width, size), nn.BatchNorm1d(size), nn.ReLU()]
+        width = size
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
 def linear(in_features: int, out_features: int, hidden: Sequence[int] | None = None) -> nn.Module:
     """One affine layer: linear regression (MSE) or logistic / softmax regression
     (cross-entropy on its logits)."""
@@ -96,7 +109,13 @@ def char_lstm(
     return CharLSTM(out_features, (256, 256) if hidden is None else hidden)
 
 
-MODELS: dict[str, ModelBuilder] = {"mlp": mlp, "linear": linear, "cnn": cnn, "char_lstm": char_lstm}
+MODELS: dict[str, ModelBuilder] = {
+    "mlp": mlp,
+    "mlp_bn": mlp_bn,
+    "linear": linear,
+    "cnn": cnn,
+    "char_lstm": char_lstm,
+}
 
 
 _GLOBAL_RNG = threading.Lock()
@@ -123,4 +142,14 @@ def build_model(
     return module.to(dtype)
 
 
-__all__ = ["MODELS", "CharLSTM", "DigitsCNN", "build_model", "char_lstm", "cnn", "linear", "mlp"]
+__all__ = [
+    "MODELS",
+    "CharLSTM",
+    "DigitsCNN",
+    "build_model",
+    "char_lstm",
+    "cnn",
+    "linear",
+    "mlp",
+    "mlp_bn",
+]

@@ -1,6 +1,6 @@
 """Simulated federated runs in one process."""
 
-from fedstream.simulation.centralised import centralised_baseline
+from fedstream.simulation.baselines import centralised_baseline, local_only_baseline
 from fedstream.simulation.config import SimulationConfig, from_mapping, load_toml
 from fedstream.simulation.engine import SimulationResult, build, build_dataset, simulate
 from fedstream.simulation.presets import PRESETS, preset
@@ -14,6 +14,7 @@ __all__ = [
     "centralised_baseline",
     "from_mapping",
     "load_toml",
+    "local_only_baseline",
     "preset",
     "simulate",
 ]
