@@ -62,6 +62,7 @@ def local_only_baseline(config: SimulationConfig, epochs: int) -> Evaluation:
             broadcast="none",
             client_metrics="clear",
         )
+        assert setup.transport is not None  # built with the clients' data
         return evaluate_federated(
             setup.initial.params,
             setup.transport,
