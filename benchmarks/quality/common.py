@@ -16,7 +16,7 @@ import numpy as np
 from fedstream.data.base import ClientData
 from fedstream.errors import RoundFailedError
 from fedstream.rounds import run_rounds
-from fedstream.simulation import SimulationConfig, build
+from fedstream.simulation import SimulationConfig, build, local_only_baseline
 from fedstream.simulation.config import flat_names
 from fedstream.simulation.engine import round_config, torch_threads, with_attackers
 
@@ -103,15 +103,38 @@ def run_arm(label: str, config: SimulationConfig, evaluate_on: str = "heldout") 
     }
 
 
+def run_local_only(label: str, config: SimulationConfig) -> dict[str, Any]:
+    """The local-only baseline of ``config``'s clients, each training the initial model
+    alone for as many epochs as a client of the federated run trains on average (rounds ×
+    local epochs × the share of clients sampled a round), in ``run_arm``'s record."""
+    started = time.perf_counter()
+    run, data = config.run, config.data
+    share = config.clients_per_round_count() / data.num_clients
+    epochs = max(1, round(run.rounds * config.client.local_epochs * share))
+    found = local_only_baseline(config, epochs)
+    return {
+        "label": label,
+        "failed": None,
+        "config": config.to_dict(),
+        "wall_s": time.perf_counter() - started,
+        "final": {**found.metrics, "local_epochs": epochs},
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "rounds": [],
+    }
+
+
 def _run(job: tuple[str, SimulationConfig, str]) -> dict[str, Any]:
-    return run_arm(*job)
+    label, config, kind = job
+    return run_local_only(label, config) if kind == "local-only" else run_arm(*job)
 
 
 def run_arms(
     jobs: Sequence[tuple[str, SimulationConfig, str]], workers: int = 2
 ) -> list[dict[str, Any]]:
-    """Run every (label, config, evaluate_on) in ``workers`` processes, printing one JSON line
-    per finished arm as it comes."""
+    """Run every (label, config, kind) in ``workers`` processes, printing one JSON line per
+    finished arm as it comes. ``kind`` is ``run_arm``'s ``evaluate_on`` (``"heldout"``,
+    ``"train"``), or ``"local-only"`` for ``run_local_only``."""
     results = []
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         for result in pool.imap(_run, jobs):
