@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from fedstream.cli.options import fail, read_file
 from fedstream.cli.root import main
 from fedstream.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedstream.serving.personal import PersonalSource
 
 
 @main.command()
@@ -58,6 +62,20 @@ from fedstream.errors import ConfigError
     metavar="MODULE:ATTR",
     help="The app whose model the run trained, for a run started from a Python object.",
 )
+@click.option(
+    "--client",
+    "client_id",
+    default=None,
+    help="Serve this client's personal model (its own layers, or Ditto's whole model, over "
+    "each global version) [default: the global model].",
+)
+@click.option(
+    "--client-state",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="With --client: the client's own state folder (a deployed client's --state-dir) "
+    "[default: the simulated run's newest checkpoint].",
+)
 def serve(
     store: Path,
     run_id: str,
@@ -72,8 +90,11 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     app: str | None,
+    client_id: str | None,
+    client_state: Path | None,
 ) -> None:
-    """Serve a run's global model over HTTP(S), following new versions as training goes on."""
+    """Serve a run's global model, or one client's personal model, over HTTP(S), following
+    new versions as training goes on."""
     import uvicorn
 
     from fedstream.serving import Server, create_app
@@ -101,10 +122,14 @@ def serve(
                 "what is served, and need that token on any other address",
             )
         )
+    try:
+        personal = personal_source(store, run_id, client_id, client_state)
+    except ConfigError as exc:
+        fail(exc)
     server = Server(
         store, run_id, version=version, follow=version is None, max_batch=max_batch,
         max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, threads=threads,
-        publish_token=token or None, app=app,
+        publish_token=token or None, app=app, personal=personal,
     )  # fmt: skip
     try:
         server.store.model(run_id, version)
@@ -116,6 +141,36 @@ def serve(
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None,
     )  # fmt: skip
+
+
+def personal_source(
+    store: Path, run_id: str, client_id: str | None, client_state: Path | None
+) -> PersonalSource | None:
+    """Whose personal model to serve, checked before the server starts: the client's
+    state must be readable now and hold something of its own."""
+    from fedstream.serving.personal import PersonalSource
+    from fedstream.store.runs import RunStore
+
+    if client_id is None:
+        if client_state is not None:
+            raise ConfigError("--client", None, "the client whose --client-state this is")
+        return None
+    if client_state is not None:
+        if not client_state.is_dir():
+            raise ConfigError("--client-state", str(client_state), "a client's state folder")
+        source = PersonalSource(client_id, state_dir=client_state)
+    else:
+        folder = RunStore(store).run(run_id).get("output_dir") if store.exists() else None
+        if not folder:
+            raise ConfigError(
+                "--client-state",
+                None,
+                f"the client's state folder: run {run_id!r} has no run folder in {store} to "
+                "read a simulated client's state from",
+            )
+        source = PersonalSource(client_id, run_folder=Path(folder))
+    source.state()
+    return source
 
 
 def is_loopback(host: str) -> bool:

@@ -136,6 +136,14 @@ def personal_model(state: ClientState) -> Params | None:
     return state.get(PERSONAL_MODEL)
 
 
+def model_in_use(received: Params, state: ClientState) -> Params:
+    """The model this client answers with: its own whole model when it keeps one
+    (Ditto's v_i), else ``received`` with its own local entries in (FedPer's and FedRep's
+    head, FedBN's batch norm)."""
+    own = personal_model(state)
+    return own if own is not None else start_params(received, state)
+
+
 def seeded_noise(config: FitConfig) -> bool:
     """Whether the task draws privacy noise on the client that a device secret may seed:
     local DP or DP-SGD, unless the server asked for the CSPRNG."""

@@ -214,6 +214,9 @@ def create_app(server: Server) -> App:
         current = server.current
         return {
             "run": server.run_id,
+            "client": None
+            if server.registry.personal is None
+            else server.registry.personal.client_id,
             "current": current.version if current is not None else None,
             "pinned": server.registry.pinned,
             "following": server.registry.follow,

@@ -17,10 +17,13 @@ import numpy as np
 import torch
 
 from fedstream.app import load_app
+from fedstream.client.runtime import model_in_use
+from fedstream.client.state import ClientState
 from fedstream.client.torch_trainer import load_params
 from fedstream.errors import ConfigError, FedstreamError, WireFormatError
 from fedstream.models import build_model
 from fedstream.params import Params
+from fedstream.serving.personal import PersonalSource
 from fedstream.store.runs import RunStore
 
 log = logging.getLogger("fedstream.serving")
@@ -71,14 +74,19 @@ def build_version(
     metrics: Mapping[str, float],
     blob: bytes,
     app: str | None = None,
+    personal: ClientState | None = None,
 ) -> LoadedModel:
     """Model ``version`` rebuilt from its architecture (a built-in model, or the app that
     made it; ``app`` names one for a run whose app was a Python object) with the params in
-    ``blob``, checked by one forward pass on a zero input when the input shape is known.
-    Anything that would stop it from serving is a ``ModelLoadError`` saying what."""
+    ``blob``, or with those of the model a client uses given its state ``personal``
+    (``serving.personal``), checked by one forward pass on a zero input when the input
+    shape is known. Anything that would stop it from serving is a ``ModelLoadError``
+    saying what."""
     try:
         module = _build(arch, app)
         params = Params.from_bytes(blob)
+        if personal is not None:
+            params = model_in_use(params, personal)
         load_params(module, params)
         module = for_inference(module)
         module.eval()
@@ -135,22 +143,28 @@ def _build(arch: Mapping[str, Any], app: str | None) -> torch.nn.Module:
 
 
 def load_model(
-    store: RunStore, run_id: str, version: int | None, app: str | None = None
+    store: RunStore,
+    run_id: str,
+    version: int | None,
+    app: str | None = None,
+    personal: PersonalSource | None = None,
 ) -> LoadedModel:
     """Version ``version`` (the newest for ``None``) of ``run_id``'s model, ready to serve
-    (``build_version``)."""
+    (``build_version``); with ``personal``, the model that client uses over it."""
     meta, blob = store.model(run_id, version)
     arch = meta["architecture"]
     if "model" not in arch and (app or arch.get("app")) is None:  # the server's setting
         raise ConfigError(
             "--app", None, f"the app that made run {run_id!r} (it ran from a Python object)"
         )
-    return build_version(meta["version"], arch, meta["metrics"], blob, app)
+    state = personal.state() if personal is not None else None
+    return build_version(meta["version"], arch, meta["metrics"], blob, app, state)
 
 
 class ModelRegistry:
     """The current model of run ``run_id``: ``pinned`` to a version, or following the
-    newest (polling every ``poll_s``). ``on_swap`` is told of every swap after the first."""
+    newest (polling every ``poll_s``), or with ``personal`` the model that client uses over
+    each version. ``on_swap`` is told of every swap after the first."""
 
     def __init__(
         self,
@@ -162,6 +176,7 @@ class ModelRegistry:
         poll_s: float = 0.2,
         app: str | None = None,
         on_swap: Any = None,
+        personal: PersonalSource | None = None,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -169,6 +184,7 @@ class ModelRegistry:
         self.follow = follow and pinned is None
         self.poll_s = poll_s
         self.app = app  # the app that made the run, when it does not name one itself
+        self.personal = personal
         self.current: LoadedModel | None = None
         self._on_swap = on_swap
         self.broken: dict[int, str] = {}  # version → why it cannot be served
@@ -176,7 +192,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
 
     def swap_to(self, version: int | None) -> LoadedModel:
-        loaded = load_model(self.store, self.run_id, version, self.app)
+        loaded = load_model(self.store, self.run_id, version, self.app, self.personal)
         with self._lock:
             if self.current is None or self.current.version != loaded.version:
                 if self.current is not None and self._on_swap is not None:

@@ -8,14 +8,16 @@ from typing import Any
 import numpy as np
 
 from fedstream.serving.batcher import MicroBatcher
+from fedstream.serving.personal import PersonalSource
 from fedstream.serving.registry import LoadedModel, ModelRegistry
 from fedstream.serving.stats import Stats
 from fedstream.store.runs import RunStore
 
 
 class Server:
-    """What the HTTP app serves from: run ``run_id``'s models (``registry``), answered in
-    micro-batches (``batcher``), with request limits and an optional publish token."""
+    """What the HTTP app serves from: run ``run_id``'s models (``registry``; with
+    ``personal``, one client's model over each), answered in micro-batches (``batcher``),
+    with request limits and an optional publish token."""
 
     def __init__(
         self,
@@ -32,6 +34,7 @@ class Server:
         publish_token: str | None = None,
         max_publish_bytes: int = 1 << 30,
         app: str | None = None,
+        personal: PersonalSource | None = None,
     ) -> None:
         self.store = RunStore(store_path)
         self.run_id = run_id
@@ -42,7 +45,7 @@ class Server:
         self.stats = Stats()
         self.registry = ModelRegistry(
             self.store, run_id, pinned=version, follow=follow, poll_s=poll_s, app=app,
-            on_swap=self._count_swap,
+            on_swap=self._count_swap, personal=personal,
         )  # fmt: skip
         self.batcher = MicroBatcher(
             lambda: self.registry.current, self.stats, max_batch=max_batch,
