@@ -29,7 +29,8 @@ client would use.
     python benchmarks/quality/niid_digits.py [--seeds 0 1 2] [--rounds 30]
         [--lrs 0.05 0.1 0.3] [--dataset digits] [--arms fedavg fednova] [--merge]
 
-``--merge`` keeps the runs of an earlier results file and runs only the missing ones.
+``--merge`` keeps every run of an earlier results file (of the same rounds) and runs only
+the missing ones; to run an arm again, delete its runs from the file first.
 Prints a JSON line per run and the two tables; writes results/niid_<dataset>.json.
 """
 
@@ -133,9 +134,7 @@ def main() -> None:
         for seed in args.seeds
     ]
     earlier = earlier_runs(f"niid_{args.dataset}", args.rounds) if args.merge else {}
-    wanted = {label for label, _, _ in jobs}
-    kept = [run for label, run in earlier.items() if label in wanted]
-    runs = kept + run_arms([job for job in jobs if job[0] not in earlier], workers=2)
+    runs = [*earlier.values(), *run_arms([j for j in jobs if j[0] not in earlier], workers=2)]
 
     def best(prefix: str, read: Any) -> tuple[float, float] | None:
         """The best over learning rates of the median over seeds, and its rate."""

@@ -14,13 +14,14 @@ TWO_CLASSES = {"partition": "shards", "rounds": 10}
 
 def test_the_global_model_is_fedavgs_and_personal_models_fit_their_clients():
     # two classes per client: one global model reaches 0.67 on the clients' own test
-    # splits, the personal models (λ = 0.1) 0.88
+    # splits, the personal models (λ = 0.1) 0.86 (a client not yet sampled, with no
+    # personal model, counts with the global one)
     fedavg = fedstream.simulate(**nested(**TWO_CLASSES))
     ditto = fedstream.simulate(**nested({"strategy": {"name": "ditto"}}, **TWO_CLASSES))
     assert ditto.state.params.bit_equal(fedavg.state.params)
     assert ditto.final_metrics["fed_accuracy"] == fedavg.final_metrics["fed_accuracy"]
     assert fedavg.final_metrics["fed_accuracy"] == pytest.approx(0.6695, abs=1e-4)
-    assert ditto.final_metrics["fed_personal_accuracy"] == pytest.approx(0.8791, abs=1e-4)
+    assert ditto.final_metrics["fed_personal_accuracy"] == pytest.approx(0.8602, abs=1e-4)
     assert "fed_personal_accuracy" not in fedavg.final_metrics
 
 

@@ -77,18 +77,20 @@ def evaluate_client(
     personalize: FitConfig | None = None,
     own: Params | None = None,
 ) -> EvaluateResult:
-    """The client's evaluation of the global ``params``; with ``personalize`` it also
-    adapts them to its own training data (that many local epochs of the usual training),
-    or with ``own`` takes its own model (Ditto's), and reports that model's metrics
-    beside, prefixed ``personal_``. The personal model stays on the client."""
+    """The client's evaluation of the global ``params``, and of the model it uses itself,
+    reported beside prefixed ``personal_``: ``own`` when it keeps one (its personal layers
+    over the global model, or Ditto's whole model), adapted to its training data first with
+    ``personalize`` (that many local epochs of the usual training), from ``own`` or else
+    from ``params``. The personal model stays on the client."""
     result = trainer.evaluate(params, client_id, round_number, data)
     if result.num_examples == 0:
         return result
-    if own is not None:
-        adapted = own
-    elif personalize is not None and data.num_train > 0:
+    start = own if own is not None else params
+    if personalize is not None and data.num_train > 0:
         task = FitTask(client_id, round_number, personalize)
-        adapted = params + trainer.fit(params, task, data).payload
+        adapted = start + trainer.fit(start, task, data).payload
+    elif own is not None:
+        adapted = own
     else:
         return result
     personal = trainer.evaluate(adapted, client_id, round_number, data)

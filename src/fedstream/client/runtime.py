@@ -37,7 +37,7 @@ from fedstream.client.algorithms import (
 )
 from fedstream.client.base import CohortTrainer, FitTask, Trainer
 from fedstream.client.encode import prepare_upload
-from fedstream.client.local import keep_local, shared_part, start_params
+from fedstream.client.local import LOCAL, keep_local, shared_part, start_params
 from fedstream.client.state import ClientState
 from fedstream.data.base import ClientData
 from fedstream.errors import ConfigError
@@ -142,6 +142,15 @@ def model_in_use(received: Params, state: ClientState) -> Params:
     head, FedBN's batch norm)."""
     own = personal_model(state)
     return own if own is not None else start_params(received, state)
+
+
+def own_model(received: Params, state: ClientState) -> Params | None:
+    """The model this client uses when it is not the global one (``model_in_use``), to
+    evaluate beside it; ``None`` for a client that keeps no weights of its own (integer
+    counters such as BatchNorm's step count do not change what a model answers)."""
+    local = state.get(LOCAL, Params({}))
+    keeps = any(np.issubdtype(a.dtype, np.floating) for a in local.values())
+    return model_in_use(received, state) if keeps or PERSONAL_MODEL in state else None
 
 
 def seeded_noise(config: FitConfig) -> bool:

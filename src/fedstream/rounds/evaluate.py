@@ -102,8 +102,41 @@ def evaluate_federated(
             evaluations.append((answer.result.num_examples, answer.result.metrics))
             per_client[answer.client_id] = answer.result.metrics
     return Evaluation(
-        weighted_mean(evaluations, "fed_"), per_client, tuple(failures), bytes_down, bytes_up
+        weighted_mean(with_global_as_personal(evaluations), "fed_"),
+        per_client,
+        tuple(failures),
+        bytes_down,
+        bytes_up,
     )
+
+
+def with_global_as_personal(
+    pairs: Sequence[tuple[float, Mapping[str, float]]],
+) -> list[tuple[float, Mapping[str, float]]]:
+    """When some clients report a model of their own (``personal_*``), a client without one
+    uses the global model: its global metrics stand in for its personal ones, so
+    ``fed_personal_*`` is a mean over the same clients as ``fed_*``."""
+    names = {k for _, metrics in pairs for k in metrics if k.startswith(PERSONAL)}
+    if not names:
+        return list(pairs)
+    return [
+        (
+            weight,
+            {
+                **{
+                    name: metrics[name.removeprefix(PERSONAL)]
+                    for name in names
+                    if name.removeprefix(PERSONAL) in metrics
+                },
+                **metrics,
+            },
+        )
+        for weight, metrics in pairs
+    ]
+
+
+PERSONAL = "personal_"
+"""The prefix of the metrics of the model a client uses itself (``evaluate_client``)."""
 
 
 def evaluate_model(

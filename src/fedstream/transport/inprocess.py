@@ -21,13 +21,12 @@ import numpy.typing as npt
 from fedstream.client.algorithms import split_extras
 from fedstream.client.base import CohortTrainer, FitTask, Trainer, evaluate_client
 from fedstream.client.encode import receive_params, upload_mask
-from fedstream.client.local import start_params
 from fedstream.client.runtime import (
     Started,
     finish_fit,
     head_fit,
+    own_model,
     personal_fit,
-    personal_model,
     start_fit,
 )
 from fedstream.client.state import ClientState, MemoryClientStates
@@ -261,12 +260,11 @@ class InProcessTransport:
         wire = params.to_bytes()
         received = decode_broadcast(Params.from_bytes(wire), broadcast)
         for client_id in client_ids:
-            state = self.states.of(client_id)
-            own = start_params(received, state)
+            own = own_model(received, self.states.of(client_id))
             try:
                 result = evaluate_client(
-                    self.trainer, own, client_id, round_number, self.clients[client_id],
-                    personalize, personal_model(state),
+                    self.trainer, received, client_id, round_number, self.clients[client_id],
+                    personalize, own,
                 )  # fmt: skip
             except Exception as exc:
                 failure = ClientFailure(client_id, "evaluate", describe_exception(exc))

@@ -27,12 +27,11 @@ import grpc
 from fedstream.client.algorithms import split_extras
 from fedstream.client.base import FitTask, Trainer, evaluate_client
 from fedstream.client.encode import receive_params, upload_mask
-from fedstream.client.local import start_params
 from fedstream.client.runtime import (
     finish_fit,
     head_fit,
+    own_model,
     personal_fit,
-    personal_model,
     start_fit,
 )
 from fedstream.client.state import EMPTY, ClientState, DiskClientState
@@ -198,12 +197,11 @@ class _Device:
             return {**body, "extras": dict(sent.extras)}, sent.payload.to_bytes()
         if request.kind == "evaluate":
             received = decode_broadcast(Params.from_bytes(payload), header.get("broadcast", "none"))
-            params = start_params(received, self.state)
             personal = header.get("personalize")
             result = evaluate_client(
-                self.trainer, params, self.client_id, request.round, self.data,
+                self.trainer, received, self.client_id, request.round, self.data,
                 fit_config_from_dict(personal) if personal is not None else None,
-                personal_model(self.state),
+                own_model(received, self.state),
             )  # fmt: skip
             return {"num_examples": result.num_examples, "metrics": dict(result.metrics)}, b""
         answer = self.secagg.answer(str(header.get("stage")), request.round, payload)
