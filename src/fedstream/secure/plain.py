@@ -63,12 +63,7 @@ class PlainSum:
         if self._count == 0 or self._weight <= 0:
             raise RoundFailedError(round_number, "no client update was aggregated")
         total = Params(
-            {
-                name: buf.astype(dtype)
-                for (name, _, dtype), buf in zip(
-                    self._like.spec, self._buffers.values(), strict=True
-                )
-            }
+            {name: self._buffers[name].astype(dtype) for name, _, dtype in self._like.spec}
         )
         return WeightedSum(
             total=total, weight=self._weight, count=self._count, extras=dict(self._extras)
