@@ -40,6 +40,7 @@ from fedstream.rounds import check_update
 from fedstream.simulation import build
 from fedstream.types import ClientPrivacy, SampleDP
 from tests.settings import make_config, nested
+from tests.strategies.test_wrappers import Halving, assert_sees_the_servers_state
 
 
 def update(payload, weight=7.0):
@@ -499,3 +500,8 @@ def test_secure_sums_compose_with_local_and_sample_level_dp(secure, level):
     # the same release as without the secure sum, up to its fixed-point or CKKS rounding
     clear = simulate(**nested(**{**settings, "scheme": "none"}))
     np.testing.assert_allclose(result.state.params.flat(), clear.state.params.flat(), atol=0.1)
+
+
+def test_a_strategy_under_dp_sees_the_servers_state():
+    # a user's strategy whose client lr halves every round keeps doing so under DP
+    assert_sees_the_servers_state(DifferentialPrivacy(Halving(), clip=1.0, noise_multiplier=0.5))
