@@ -157,13 +157,13 @@ def test_a_ditto_task_sends_the_global_delta_and_keeps_the_personal_model():
     started = start_fit(start, {}, FitTask("c", 1, config), before)
     trainer = TorchTrainer(model, "regression")
     update = trainer.fit(started.start, started.task, data)
-    kept = personal_fit(trainer, data, started, before)
+    (kept,) = personal_fit(trainer, [data], [started], [before])
     sent, state = finish_fit(update, started, kept, {})
     np.testing.assert_allclose(sent.payload.flat(), [-0.2, -0.2], rtol=1e-6)
     assert sent.extras == {} and "steps" not in sent.metrics
     np.testing.assert_allclose(state[PERSONAL_MODEL].flat(), [0.45, -0.1], rtol=1e-6)
     # a first-time client starts its personal model from the server's
-    fresh = personal_fit(trainer, data, started, {})
+    (fresh,) = personal_fit(trainer, [data], [started], [{}])
     np.testing.assert_allclose(fresh[PERSONAL_MODEL].flat(), [0.8, -0.2], rtol=1e-6)
 
 
@@ -203,3 +203,21 @@ def test_a_cohort_of_fedrep_tasks_fits_each_clients_own_head():
     for a, b in zip(together, alone, strict=True):
         np.testing.assert_allclose(a.start.flat(), b.start.flat(), rtol=1e-12)
     assert len({t.start["0.bias"].item() for t in together}) == 3
+
+
+def test_a_cohort_of_ditto_tasks_trains_each_clients_own_personal_model():
+    # the personal passes of a cohort run together and end where each alone does
+    model, data = one_weight_model(), single_example()
+    start = params_from_module(model)
+    config = FitConfig(local_epochs=2, batch_size=1, lr=0.1, algorithm="ditto",
+                       personal_lambda=0.5)  # fmt: skip
+    states = [{PERSONAL_MODEL: start.map(lambda a, v=v: np.full_like(a, v))} for v in (0.5, -1.0)]
+    started = [start_fit(start, {}, FitTask(f"c{k}", 1, config), s) for k, s in enumerate(states)]
+    trainer = VectorizedTrainer(model, "regression")
+    together = personal_fit(trainer, [data] * 2, started, states)
+    alone = [
+        personal_fit(trainer, [data], [one], [s])[0] for one, s in zip(started, states, strict=True)
+    ]
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_allclose(a[PERSONAL_MODEL].flat(), b[PERSONAL_MODEL].flat(), rtol=1e-12)
+    assert not np.allclose(together[0][PERSONAL_MODEL].flat(), together[1][PERSONAL_MODEL].flat())

@@ -33,6 +33,13 @@ def test_the_server_step_by_hand():
         FedNova().server_update(state, WeightedSum(total, 4.0, 2))
     with pytest.raises(RoundFailedError, match=r"mean step count is -0\.25, expected >= 0"):
         FedNova().server_update(state, replace(aggregate, extras={NOVA_STEPS: -1.0}))
+    # fractional weights and steps (FedProx's decaying steps, a_i < 1) are steps too: a sum
+    # of weight 0.5 with Σ w·a = 0.25 has τ_eff = 0.5, and a round of no steps stays put
+    small = WeightedSum(total, weight=0.5, count=1, extras={NOVA_STEPS: 0.25})
+    moved = FedNova().server_update(state, small)
+    np.testing.assert_allclose(moved.params["w"], [1.0 + 0.5 * 0.2, 2.0 + 0.5 * 1.2])
+    still = FedNova().server_update(state, replace(small, extras={NOVA_STEPS: 0.0}))
+    assert still.params.bit_equal(state.params)
 
 
 def test_with_equal_steps_everywhere_fednova_takes_fedavgs_step():

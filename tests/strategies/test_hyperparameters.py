@@ -20,7 +20,8 @@ from fedstream import (
     RoundFailedError,
     ServerState,
 )
-from fedstream.strategies import Scaffold
+from fedstream.client.algorithms import NOVA_STEPS
+from fedstream.strategies import FedDyn, FedNova, Scaffold
 from fedstream.strategies.robust import Robust
 from fedstream.types import FitConfig, WeightedSum
 
@@ -51,6 +52,12 @@ UNIT_OPEN_ONE = r"expected a number in \[0, 1\)$"
             lambda: Robust(FedAvg(), "trimmed_mean", -0.1),
             "^trim_fraction=-0.1 is invalid: " + UNIT_OPEN_ONE,
         ),
+        (lambda: Robust(FedAvg(), byzantine=-1), "^byzantine=-1 is invalid: expected an int"),
+        (lambda: Robust(FedAvg(), bucket_size=0), "^bucket_size=0 is invalid: expected an int"),
+        (lambda: Robust(FedAvg(), radius=0.0), "^radius=0.0 is invalid: " + POSITIVE),
+        (lambda: Robust(FedAvg(), bound=-2.0), "^bound=-2.0 is invalid: " + POSITIVE),
+        (lambda: FedNova(server_lr=0.0), "^server_lr=0.0 is invalid: " + POSITIVE),
+        (lambda: FedNova(mu=-1.0), "^mu=-1.0 is invalid: expected a finite number >= 0$"),
     ],
 )
 def test_out_of_range_hyperparameters_name_field_value_and_range(build, message):
@@ -92,6 +99,9 @@ def test_the_client_is_told_the_payload_and_the_proximal_term():
     wrapped = Robust(FedProx(mu=0.2)).configure_fit(state, FitConfig())
     assert wrapped.proximal_mu == 0.2
     assert Scaffold().configure_fit(state, FitConfig()).algorithm == "scaffold"
+    dyn = FedDyn(alpha=0.3).configure_fit(state, FitConfig())
+    assert (dyn.algorithm, dyn.proximal_mu) == ("feddyn", 0.3)
+    assert FedNova(mu=0.2).configure_fit(state, FitConfig()).algorithm == "fednova"
 
 
 def test_a_wrapper_starts_its_inner_optimiser():
@@ -131,3 +141,13 @@ def test_a_round_without_what_the_strategy_needs_fails_naming_the_round():
         match=r"^round 5 failed: fedavg\+median needs the round's individual updates$",
     ):
         Robust(FedAvg()).server_update(state, plain)
+    with pytest.raises(
+        RoundFailedError, match=r"^round 5 failed: FedNova's updates carry no step counts$"
+    ):
+        FedNova().server_update(state, plain)
+    lying = WeightedSum(MODEL, weight=2.0, count=2, extras={NOVA_STEPS: -2.0})
+    with pytest.raises(
+        RoundFailedError,
+        match=r"^round 5 failed: FedNova's mean step count is -1.0, expected >= 0$",
+    ):
+        FedNova().server_update(state, lying)

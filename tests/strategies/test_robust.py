@@ -9,12 +9,15 @@ from fedstream import (
     ConfigError,
     FedAvg,
     FedAvgM,
+    Params,
     RoundConfig,
     RoundFailedError,
     ServerState,
     run_round,
 )
 from fedstream.strategies.robust import Robust
+from fedstream.types import WeightedSum
+from tests.aggregation.test_robust_rules import matrix
 from tests.rounds.scripted import CLIENTS, GLOBAL, transport
 from tests.settings import make_config
 
@@ -90,8 +93,9 @@ def test_a_round_with_too_few_updates_for_the_rule_fails_and_changes_nothing():
     config = RoundConfig(clients_per_round=6, evaluate_fraction=0.0)
     with pytest.raises(RoundFailedError) as raised:
         run_round(state, Robust(FedAvg(), "bulyan", byzantine=1), attacked(), CLIENTS, config)
-    assert "strategy.byzantine=1 is invalid: expected at most 0 for bulyan over 6 updates" in str(
-        raised.value
+    assert str(raised.value).startswith(
+        "round 1 failed: strategy.byzantine=1 is invalid: expected at most 0 for bulyan over 6 "
+        "updates"
     )
     assert state.round == 0 and state.params.bit_equal(GLOBAL)  # nothing half-applied
 
@@ -120,3 +124,37 @@ def test_bucketing_counts_buckets_against_the_attacker_bound():
         make_config(
             aggregator="krum", byzantine=2, bucket_size=2, clients_per_round=10, num_clients=20
         )
+
+
+def test_each_rule_reads_its_own_setting():
+    # krum keeps one update whole (the one nearest its neighbours), multi-krum averages
+    # the n − f nearest; an explicit radius or bound replaces the median default
+    rows = [[0], [1], [2], [10], [11]]
+    assert Robust(FedAvg(), "krum", byzantine=1).robust_delta(matrix(rows)).tolist() == [1.0]
+    assert Robust(FedAvg(), "multi_krum", byzantine=1).robust_delta(matrix(rows)).tolist() == [3.25]
+    far = matrix([[0], [0], [0], [10]])
+    assert Robust(FedAvg(), "centered_clipping", radius=1.0).robust_delta(far).tolist() == [
+        0.328125
+    ]
+    assert Robust(FedAvg(), "centered_clipping").robust_delta(far).tolist() == [0.0]
+    norms = matrix([[3, 4], [0, 1], [6, 8]])
+    np.testing.assert_allclose(
+        Robust(FedAvg(), "norm_bound", bound=2.0).robust_delta(norms), [0.8, 1.4]
+    )
+    np.testing.assert_allclose(Robust(FedAvg(), "norm_bound").robust_delta(norms), [2.0, 3.0])
+
+
+def test_buckets_of_two_are_drawn_from_the_servers_generator():
+    # six updates, median 5 unbucketed; in buckets of two the median of three bucket
+    # means depends on the pairing, which the server's seed fixes
+    like = Params({"w": np.zeros(1, np.float32)})
+    rows = matrix([[0], [1], [3], [7], [15], [31]])
+
+    def stepped(seed, bucket_size):
+        state = ServerState.initial(like, seed=seed).evolve(round=4)
+        total = WeightedSum(like, weight=1.0, count=6, updates=rows)
+        strategy = Robust(FedAvg(), "median", bucket_size=bucket_size)
+        return float(strategy.server_update(state, total).params["w"][0])
+
+    assert stepped(0, 1) == 5.0
+    assert [stepped(seed, 2) for seed in (0, 1, 2)] == [9.0, 11.0, 7.5]

@@ -99,16 +99,26 @@ def head_fit(
     algorithm leaves ``started`` as it is."""
     if not started or started[0].task.config.algorithm != "fedrep":
         return list(started)
-    tasks = [fedrep_head_task(s.start, s.task) for s in started]
     starts = [s.start for s in started]
-    if isinstance(trainer, CohortTrainer) and len(started) > 1:
-        heads = trainer.fit_cohort(starts[0], tasks, datasets, starts)
-    else:
-        heads = [trainer.fit(*one) for one in zip(starts, tasks, datasets, strict=True)]
+    tasks = [fedrep_head_task(s.start, s.task) for s in started]
+    heads = fit_all(trainer, starts, tasks, datasets)
     return [
         replace(s, start=with_head(s.start, h.payload, s.task.frozen))
         for s, h in zip(started, heads, strict=True)
     ]
+
+
+def fit_all(
+    trainer: Trainer,
+    starts: Sequence[Params],
+    tasks: Sequence[FitTask],
+    datasets: Sequence[ClientData],
+) -> list[ClientUpdate]:
+    """Each task trained from its own start: as one cohort when the trainer trains
+    cohorts, else one at a time."""
+    if isinstance(trainer, CohortTrainer) and len(tasks) > 1:
+        return trainer.fit_cohort(starts[0], tasks, datasets, starts)
+    return [trainer.fit(*one) for one in zip(starts, tasks, datasets, strict=True)]
 
 
 def with_head(start: Params, delta: Params, head: Sequence[str]) -> Params:
@@ -118,16 +128,24 @@ def with_head(start: Params, delta: Params, head: Sequence[str]) -> Params:
 
 
 def personal_fit(
-    trainer: Trainer, data: ClientData, started: Started, state: ClientState
-) -> ClientState:
-    """Ditto's second pass (``client.algorithms``), after the global one: the client's
-    personal model trained towards the model the server sent, kept in its next state.
-    Any other algorithm leaves the state as it is."""
-    if started.task.config.algorithm != "ditto":
-        return state
-    start, task = ditto_task(started.start, started.task, state)
-    update = trainer.fit(start, task, data)
-    return {**state, PERSONAL_MODEL: start + update.payload}
+    trainer: Trainer,
+    datasets: Sequence[ClientData],
+    started: Sequence[Started],
+    states: Sequence[ClientState],
+) -> list[ClientState]:
+    """Ditto's second pass (``client.algorithms``), after the global one: each client's
+    personal model trained towards the model the server sent, kept in its next state; the
+    clients of one cohort together when the trainer trains cohorts. Any other algorithm
+    leaves the states as they are."""
+    if not started or started[0].task.config.algorithm != "ditto":
+        return list(states)
+    passes = [ditto_task(s.start, s.task, state) for s, state in zip(started, states, strict=True)]
+    starts = [start for start, _ in passes]
+    updates = fit_all(trainer, starts, [task for _, task in passes], datasets)
+    return [
+        {**state, PERSONAL_MODEL: start + update.payload}
+        for state, start, update in zip(states, starts, updates, strict=True)
+    ]
 
 
 def personal_model(state: ClientState) -> Params | None:

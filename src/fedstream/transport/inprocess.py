@@ -143,15 +143,16 @@ class InProcessTransport:
         self,
         update: ClientUpdate,
         started: Started,
+        trained: ClientState,
         bytes_down: int,
         mask: npt.NDArray[np.bool_] | None = None,
     ) -> Delivery[ClientUpdate]:
-        """Finish the update as its client would (``finish_fit``) and pass it through the
-        wire format as a remote client's would be. Under secure aggregation the client
-        keeps the update and answers with its metrics only."""
+        """Finish the update as its client would (``finish_fit``, from its state after
+        training, ``trained``) and pass it through the wire format as a remote client's
+        would be. Under secure aggregation the client keeps the update and answers with its
+        metrics only."""
         config = started.task.config
         before = self.states.of(update.client_id)
-        trained = personal_fit(self.trainer, self.clients[update.client_id], started, before)
         sent, state = finish_fit(update, started, trained, mask)
         if state is not before:
             self.states.put(update.client_id, state)
@@ -213,6 +214,8 @@ class InProcessTransport:
                         datasets,
                         starts if any(s is not model for s in starts) else None,
                     )
+                    states = [self.states.of(t.client_id) for t in cohort]
+                    trained = personal_fit(self.trainer, datasets, started, states)
                 except Exception as exc:  # the whole cohort failed together
                     cause = describe_exception(exc)
                     for task in cohort:
@@ -220,31 +223,35 @@ class InProcessTransport:
                             task.client_id, ClientFailure(task.client_id, "train", cause), down, 0
                         )
                     continue
-                for one, update in zip(started, updates, strict=True):
-                    yield self._finish(update, one, down, mask)
+                for one, update, state in zip(started, updates, trained, strict=True):
+                    yield self._finish(update, one, state, down, mask)
             return
         for task in tasks:
             try:
                 data = self.clients[task.client_id]
                 (one,) = head_fit(self.trainer, [data], [self._start(model, extras, task)])
                 update = self.trainer.fit(one.start, one.task, data)
+                (state,) = personal_fit(
+                    self.trainer, [data], [one], [self.states.of(task.client_id)]
+                )
             except Exception as exc:
                 failure = ClientFailure(task.client_id, "train", describe_exception(exc))
                 yield Delivery(task.client_id, failure, down, 0)
                 continue
-            yield self._finish(update, one, down, mask)
+            yield self._finish(update, one, state, down, mask)
 
     def _finish(
         self,
         update: ClientUpdate,
         started: Started,
+        trained: ClientState,
         bytes_down: int,
         mask: npt.NDArray[np.bool_] | None,
     ) -> Delivery[ClientUpdate]:
         """``_upload``, with a failure to encode recorded as the client's failure."""
         task = started.task
         try:
-            return self._upload(update, started, bytes_down, mask)
+            return self._upload(update, started, trained, bytes_down, mask)
         except Exception as exc:
             failure = ClientFailure(task.client_id, "train", describe_exception(exc))
             return Delivery(task.client_id, failure, bytes_down, 0)

@@ -187,7 +187,7 @@ class _Device:
             )
             update = self.trainer.fit(started.start, started.task, self.data)
             mask = upload_mask(params, config)
-            trained = personal_fit(self.trainer, self.data, started, self.state)
+            (trained,) = personal_fit(self.trainer, [self.data], [started], [self.state])
             sent, state = finish_fit(update, started, trained, mask)
             self.keep(state)
             body = {"round": sent.round, "weight": sent.weight, "metrics": dict(sent.metrics)}
