@@ -22,9 +22,9 @@ lognormal quantity skew (σ = 1) with IID labels, and NIID-Bench's noise-based f
 
 Two accuracies, both at the last round: *global* on the held-out set (left out for the
 arms whose server model is not what a client uses: FedPer's and FedRep's initial head,
-FedBN's initial batch norm, Ditto's FedAvg model, no model at all for local only), and
-*per client*: the mean over every client of its own test split, with the model that
-client would use.
+FedBN's initial batch norm, Ditto's and fine-tuning's FedAvg model, no model at all for
+local only), and *per client*: the mean over every client of its own test split, with the
+model that client would use.
 
     python benchmarks/quality/niid_digits.py [--seeds 0 1 2] [--rounds 30]
         [--lrs 0.05 0.1 0.3] [--dataset digits] [--arms fedavg fednova] [--merge]
@@ -66,7 +66,7 @@ ARMS: dict[str, dict[str, dict[str, Any]]] = {
     "finetune": {"run": {"personalize_epochs": 1}},
     "local": {},
 }
-PERSONAL_ONLY = ("fedper", "fedrep", "fedbn", "ditto", "local")  # module docstring
+PERSONAL_ONLY = ("fedper", "fedrep", "fedbn", "ditto", "finetune", "local")  # docstring
 KIND = {"local": "local-only"}  # how an arm runs (``common.run_arms``); else "heldout"
 
 

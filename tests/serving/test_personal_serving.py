@@ -4,7 +4,6 @@ whole personal model (from a client's own state folder, as a deployed client kee
 
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -17,41 +16,12 @@ from fedstream.client.state import DiskClientState
 from fedstream.store import RunStore
 from fedstream.store.checkpoint import newest_intact_checkpoint
 from tests.deploy.harness import free_port
+from tests.serving.test_serving import numpy_mlp, start_serving
 from tests.settings import nested
 
 pytestmark = pytest.mark.slow  # real processes and whole runs
 
 RUN = {"num_clients": 10, "clients_per_round": 5, "rounds": 3}
-
-
-def forward(params: Params, inputs: np.ndarray) -> np.ndarray:
-    """The MLP in plain numpy, independently of the server's model and forward pass."""
-    layers = sorted({name.split(".")[0] for name in params}, key=int)
-    x = inputs.astype(np.float64)
-    for i, layer in enumerate(layers):
-        x = x @ params[f"{layer}.weight"].astype(np.float64).T + params[f"{layer}.bias"]
-        if i < len(layers) - 1:
-            x = np.maximum(x, 0.0)
-    return x
-
-
-def serve(store, *extra):
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fedstream.cli", "serve", "--store", str(store), "--run", "run",
-         "--port", str(port), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
-        time.sleep(0.1)
 
 
 def answer(url: str, inputs: np.ndarray) -> dict:
@@ -67,13 +37,15 @@ def test_a_fedper_clients_head_is_served_over_the_newest_global_body(tmp_path):
     body = Params.from_bytes(blob)
     theirs = Params({**body, **clients[client][LOCAL]})
     inputs = np.random.default_rng(0).random((4, 64)).astype(np.float32)
-    process, url = serve(tmp_path / "store.sqlite", "--client", client)
+    process, url = start_serving(tmp_path / "store.sqlite", "--client", client)
     try:
         served = answer(url, inputs)
         assert served["version"] == 3
-        np.testing.assert_allclose(served["outputs"], forward(theirs, inputs), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            served["outputs"], numpy_mlp(theirs, inputs), rtol=1e-5, atol=1e-6
+        )
         # the server's own head is its initial one: the global model answers otherwise
-        assert not np.allclose(served["outputs"], forward(body, inputs), atol=1e-3)
+        assert not np.allclose(served["outputs"], numpy_mlp(body, inputs), atol=1e-3)
         assert httpx.get(f"{url}/v1/models").json()["client"] == client
     finally:
         process.kill()
@@ -87,13 +59,13 @@ def test_a_ditto_clients_own_model_is_served_from_its_state_folder(tmp_path):
     folder = tmp_path / "fedstream-state" / client  # what a deployed client keeps
     DiskClientState(folder).save(clients[client])
     inputs = np.random.default_rng(1).random((4, 64)).astype(np.float32)
-    process, url = serve(
+    process, url = start_serving(
         tmp_path / "store.sqlite", "--client", client, "--client-state", str(folder)
     )
     try:
         served = answer(url, inputs)
         own = clients[client][PERSONAL_MODEL]
-        np.testing.assert_allclose(served["outputs"], forward(own, inputs), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(served["outputs"], numpy_mlp(own, inputs), rtol=1e-5, atol=1e-6)
     finally:
         process.kill()
         process.wait()

@@ -6,6 +6,7 @@ import concurrent.futures
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,15 +20,13 @@ from tests.settings import nested
 pytestmark = pytest.mark.slow  # real processes and whole runs
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serving")
-    simulate(output_dir=folder / "run", **nested(num_clients=10, clients_per_round=5, rounds=3))
-    store = folder / "store.sqlite"
+def start_serving(store: Path, *flags: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A real ``fedstream serve`` process on a free loopback port for run ``run`` of
+    ``store``, once it is ready; and its URL."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "fedstream.cli", "serve", "--store", str(store), "--run", "run",
-         "--port", str(port), "--max-body-bytes", "100000"],
+         "--port", str(port), *flags],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -35,22 +34,27 @@ def served(tmp_path_factory):
     while True:
         try:
             if httpx.get(f"{url}/readyz").status_code == 200:
-                break
+                return process, url
         except httpx.TransportError:
             pass
         assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serving")
+    simulate(output_dir=folder / "run", **nested(num_clients=10, clients_per_round=5, rounds=3))
+    store = folder / "store.sqlite"
+    process, url = start_serving(store, "--max-body-bytes", "100000")
     yield url, RunStore(store)
     process.kill()
     process.wait()
 
 
-def offline(store: RunStore, version: int, inputs: np.ndarray) -> np.ndarray:
-    """The MLP of ``version`` run in plain numpy from its stored params, independently of
-    the server's model building and forward pass: Linear layers with ReLU between them."""
-    meta, blob = store.model("run", version)
-    assert meta["architecture"]["model"] == "mlp"
-    params = Params.from_bytes(blob)
+def numpy_mlp(params: Params, inputs: np.ndarray) -> np.ndarray:
+    """The MLP with ``params`` run in plain numpy, independently of the server's model
+    building and forward pass: Linear layers with ReLU between them."""
     layers = sorted({name.split(".")[0] for name in params}, key=int)
     x = inputs.astype(np.float64)
     for i, layer in enumerate(layers):
@@ -58,6 +62,13 @@ def offline(store: RunStore, version: int, inputs: np.ndarray) -> np.ndarray:
         if i < len(layers) - 1:
             x = np.maximum(x, 0.0)
     return x
+
+
+def offline(store: RunStore, version: int, inputs: np.ndarray) -> np.ndarray:
+    """The MLP of ``version`` run in plain numpy from its stored params (``numpy_mlp``)."""
+    meta, blob = store.model("run", version)
+    assert meta["architecture"]["model"] == "mlp"
+    return numpy_mlp(Params.from_bytes(blob), inputs)
 
 
 def test_predictions_match_the_model_version_they_name(served):
