@@ -46,7 +46,7 @@ from fedstream.client.base import FitTask
 from fedstream.client.state import ClientState
 from fedstream.errors import ConfigError
 from fedstream.params import Params
-from fedstream.types import ClientUpdate
+from fedstream.types import ClientUpdate, FitConfig
 
 ALGORITHMS = ("sgd", "scaffold", "fednova", "feddyn", "ditto", "fedrep")
 STEPS = "steps"
@@ -138,6 +138,22 @@ def max_nova_steps(weight: float, local_epochs: int, batch_size: int) -> float:
     epoch with ``batch_size`` 0, the full batch)."""
     per_epoch = math.ceil(weight / batch_size) if batch_size > 0 else 1
     return weight * local_epochs * per_epoch
+
+
+def extras_problem(update: ClientUpdate, config: FitConfig) -> str | None:
+    """Why the extras ``update`` sends cannot come from an honest client running
+    ``config``'s algorithm (``None`` when they can): the server's check, where it sees
+    each update. FedNova's step count must lie in [0, ``max_nova_steps``]."""
+    if config.algorithm != "fednova":
+        return None
+    steps = update.extras.get(NOVA_STEPS)
+    most = max_nova_steps(update.weight, config.local_epochs, config.batch_size)
+    if steps is None or not 0 <= steps <= most:
+        return (
+            f"extras[{NOVA_STEPS!r}]={steps!r} is invalid: expected weight × local steps, "
+            f"in [0, {most:g}]"
+        )
+    return None
 
 
 def feddyn_correction(state: ClientState) -> Params | None:

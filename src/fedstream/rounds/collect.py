@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from fedstream.client.algorithms import NOVA_STEPS, max_nova_steps
+from fedstream.client.algorithms import extras_problem
 from fedstream.compression.codecs import Compression, CompressionError, decode_update
 from fedstream.errors import ClientFailure
 from fedstream.params import Params
@@ -73,14 +73,9 @@ def _check(
         return "payload norm overflows: entries beyond any model's range", norm
     if not all(math.isfinite(v) for v in update.extras.values()):
         return f"extras={dict(update.extras)!r} is invalid: expected finite numbers", norm
-    if fit is not None and fit.algorithm == "fednova":
-        steps = update.extras.get(NOVA_STEPS)
-        most = max_nova_steps(update.weight, fit.local_epochs, fit.batch_size)
-        if steps is None or not 0 <= steps <= most:
-            return (
-                f"extras[{NOVA_STEPS!r}]={steps!r} is invalid: expected weight × local steps, "
-                f"in [0, {most:g}]"
-            ), norm
+    problem = extras_problem(update, fit) if fit is not None else None
+    if problem is not None:  # what the client's algorithm can honestly send
+        return problem, norm
     bounds = {"max_update_norm": max_norm} if max_norm is not None else {}
     if fit is not None and fit.sample_dp is not None and update.weight != 1.0:
         return (
