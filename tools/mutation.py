@@ -72,6 +72,10 @@ GROUPS: dict[str, Group] = {
         ),
         ("tests/privacy/",),
     ),
+    "clipping": Group(
+        ("src/fedstream/privacy/clipping.py",),
+        ("tests/privacy/test_mechanisms_and_accountant.py",),
+    ),
     "compression": Group(("src/fedstream/compression/codecs.py",), ("tests/compression/",)),
     "rounds": Group(
         ("src/fedstream/rounds/collect.py", "src/fedstream/rounds/aggregate.py"),
