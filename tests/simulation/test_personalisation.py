@@ -74,3 +74,24 @@ def test_personal_layers_compose_with_secure_sums_and_the_vectorised_trainer():
     assert vectorized.final_metrics["fed_accuracy"] == pytest.approx(
         sequential.final_metrics["fed_accuracy"], abs=0.01
     )
+
+
+@pytest.mark.slow  # worker processes
+@pytest.mark.parametrize(
+    "run",
+    [
+        {"strategy": "fedrep", "personal": ("4",)},
+        {"strategy": "ditto"},
+        {"personal": ("4",), "compression": "topk:0.2"},
+    ],
+    ids=["fedrep", "ditto", "fedper-topk"],
+)
+def test_personal_models_in_worker_processes_end_where_the_in_process_run_does(run):
+    # each worker keeps its clients' heads or personal models; the run is bit for bit
+    # the in-process one, personal metrics included
+    settings = {**run, "rounds": 2, "clients_per_round": 10, "alpha": 0.1}
+    alone = fedstream.simulate(**nested(**settings))
+    workers = fedstream.simulate(**nested(executor="processes", workers=2, **settings))
+    assert workers.state.params.bit_equal(alone.state.params)
+    assert workers.final_metrics == alone.final_metrics
+    assert "fed_personal_accuracy" in alone.final_metrics
