@@ -34,7 +34,7 @@ COMMANDS: Mapping[str, tuple[str, str]] = {
     ),
     "serve": (
         "fedstream.cli.serve",
-        "Serve a run's global model over HTTP(S), following new versions as training goes on.",
+        "Serve a run's model (or one client's personal model) over HTTP(S), following it.",
     ),
     "server": (
         "fedstream.cli.deploy",

@@ -93,8 +93,10 @@ def serve(
     client_id: str | None,
     client_state: Path | None,
 ) -> None:
-    """Serve a run's global model, or one client's personal model, over HTTP(S), following
-    new versions as training goes on."""
+    """Serve a run's model (or one client's personal model) over HTTP(S), following it.
+
+    Each new version the run publishes is swapped in as training goes on, unless
+    --version pins one."""
     import uvicorn
 
     from fedstream.serving import Server, create_app
