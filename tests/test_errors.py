@@ -38,6 +38,7 @@ def _raise_round_failed(_: int) -> None:
     raise RoundFailedError(4, "every update was refused")
 
 
+@pytest.mark.slow  # a whole run or a process, seconds
 def test_an_error_raised_in_a_worker_process_reaches_the_parent():
     # before, unpickling it in the parent raised TypeError in the pool's result thread,
     # and the parent waited for ever

@@ -29,6 +29,7 @@ def seed_model(features: int):
     )
 
 
+@pytest.mark.slow  # a whole run or a process, seconds
 def test_keras_regression_trains_federated():
     data = federate("diabetes", 10, "iid", np.random.default_rng(0))
     model = seed_model(data.num_features)

@@ -63,6 +63,7 @@ def test_the_dialogue_keeps_the_order_speeches_are_spoken_in():
     assert dialogue[65][0] == "KING" and dialogue[65][1].startswith("Take thy fair hour, Laertes")
 
 
+@pytest.mark.slow  # a whole run or a process, seconds
 def test_the_reply_task_pairs_a_speech_with_its_cue_or_with_a_distant_one():
     corpus = speech_corpus("reply")
     assert len(corpus.clients) == 312 and len(corpus.heldout) == 6005

@@ -45,6 +45,7 @@ def test_token_ids_are_checked_before_the_model_sees_them():
         check_ids(ids[0], 10, 8)
 
 
+@pytest.mark.slow  # a whole run or a process, seconds
 def test_the_speech_app_tokenises_speeches_to_fixed_rows_and_holds_out_minor_roles():
     app = speech_app(model=tiny_lora.tiny_bert, clients=5, heldout=50, max_tokens=12)
     assert len(app.ids()) == 5

@@ -136,6 +136,7 @@ def test_only_the_attackers_data_is_poisoned():
     assert poisoned["c0"] is clients["c0"] and poisoned["c1"].y_train.tolist() == [1, 2]
 
 
+@pytest.mark.slow  # a whole run or a process, seconds
 def test_a_backdoor_succeeds_against_the_mean_and_much_less_against_the_median():
     base = {
         "data": {"num_clients": 40},

@@ -11,6 +11,7 @@ from fedstream.transport.inprocess import InProcessTransport
 from tests.settings import make_config, nested
 
 
+@pytest.mark.slow  # a whole run or a process, seconds
 def test_default_job_reaches_ninety_percent_and_writes_its_outputs(tmp_path):
     result = fedstream.simulate(output_dir=tmp_path)
     assert len(result.reports) == 30

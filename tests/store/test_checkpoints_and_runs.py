@@ -240,6 +240,7 @@ def test_kill_9_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert [r["round"] for r in run["rounds"]] == list(range(1, 13))
 
 
+@pytest.mark.slow  # a whole run or a process, seconds
 def test_a_damaged_newest_checkpoint_is_passed_over_with_the_reason(tmp_path, caplog):
     straight = simulate(**nested(rounds=6, compression="topk:0.05"))
     simulate(output_dir=tmp_path / "run", **nested(rounds=4, compression="topk:0.05"))
