@@ -251,6 +251,17 @@ def test_the_server_sees_nothing_but_the_sum():
         assert abs(bits.mean() - 0.5) < 0.01  # uniform-looking words
 
 
+def round_with_tampered_mask_request(victim_index, tamper):
+    """One SecAgg+ round in which the server rewrites the mask request of the sampled
+    client ``victim_index`` with ``tamper``: the victim's id and the round's report."""
+    config, setup, _, ids = make()
+    victim = sampled(setup, ids)[victim_index]
+    _, _, transport, _ = make(tamper={("mask", victim): tamper})
+    secure_config = replace(config.round_config(), secure_aggregation=SecAggConfig())
+    _, report = run_round(setup.initial, FedAvg(), transport, ids, secure_config)
+    return victim, report
+
+
 def test_a_tampered_share_is_refused_and_the_round_goes_on():
     def flip(request):
         header, blob = unpack(request, "mask request")
@@ -260,11 +271,7 @@ def test_a_tampered_share_is_refused_and_the_round_goes_on():
         header["shares"][sender] = sealed.hex()
         return pack(header, blob)
 
-    config, setup, _, ids = make()
-    victim = sampled(setup, ids)[5]
-    _, _, transport, _ = make(tamper={("mask", victim): flip})
-    secure_config = replace(config.round_config(), secure_aggregation=SecAggConfig())
-    _, report = run_round(setup.initial, FedAvg(), transport, ids, secure_config)
+    victim, report = round_with_tampered_mask_request(5, flip)
     failure = next(f for f in report.failures if f.client_id == victim)
     assert failure.stage == "mask" and "fails authentication" in failure.cause
     assert len(report.completed) == 7
@@ -277,11 +284,7 @@ def test_a_mask_request_with_a_share_from_a_client_that_shared_no_keys_is_refuse
         header["shares"]["not-a-neighbour"] = next(iter(header["shares"].values()))
         return pack(header, blob)
 
-    config, setup, _, ids = make()
-    victim = sampled(setup, ids)[2]
-    _, _, transport, _ = make(tamper={("mask", victim): forge})
-    secure_config = replace(config.round_config(), secure_aggregation=SecAggConfig())
-    _, report = run_round(setup.initial, FedAvg(), transport, ids, secure_config)
+    victim, report = round_with_tampered_mask_request(2, forge)
     (failure,) = report.failures
     assert failure.client_id == victim and failure.stage == "mask"
     assert failure.cause.startswith(
