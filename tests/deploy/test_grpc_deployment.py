@@ -548,7 +548,7 @@ def test_personal_models_stay_on_the_client_processes_and_the_run_matches_the_si
     simulated = simulate(config)
     assert final.params.bit_equal(simulated.state.params)
     assert report.metrics == simulated.reports[-1].metrics
-    assert ("fed_personal_accuracy" in report.metrics) == (changes["strategy"] == "ditto")
+    assert "fed_personal_accuracy" in report.metrics  # each client's own model, evaluated
 
 
 def test_a_deployed_clients_local_dp_noise_cannot_be_redrawn_by_the_server(tmp_path):
