@@ -27,7 +27,10 @@ def test_mlp_bn_normalises_each_hidden_layer_and_keeps_the_mlps_output_layer():
 
 
 def test_fedbn_on_mlp_bn_keeps_the_batch_norm_layers_on_the_clients():
-    run = {"model": "mlp_bn", "local_batchnorm": True, "rounds": 3, "alpha": 0.1}
+    # batches of 32 (most clients train full-batch): with batches of 10, batch norm over a
+    # few near-identical digits turns last-bit differences between CPUs and trainers into
+    # different runs (0.320, 0.260 or 0.208 after 3 rounds); here both trainers agree
+    run = {"model": "mlp_bn", "local_batchnorm": True, "rounds": 3, "alpha": 0.1, "batch_size": 32}
     fedbn = fedstream.simulate(**nested(**run))
     initial = params_from_module(build_model("mlp_bn", 64, 10, seed=0))
     first = fedstream.simulate(**nested(**run | {"rounds": 1, "evaluate_every": 0}))
@@ -35,9 +38,12 @@ def test_fedbn_on_mlp_bn_keeps_the_batch_norm_layers_on_the_clients():
     for name in ("1.weight", "1.running_mean", "4.running_var"):
         np.testing.assert_array_equal(fedbn.state.params[name], first.state.params[name])
     assert not np.array_equal(fedbn.state.params["0.weight"], initial["0.weight"])
-    # label skew is not what FedBN is for: it trails FedAvg on the same model (0.356)
-    assert fedbn.final_metrics["fed_personal_accuracy"] == pytest.approx(0.320, abs=1e-3)
-    assert fedbn.final_metrics["fed_accuracy"] == pytest.approx(0.276, abs=1e-3)  # the server's
+    # label skew is not what FedBN is for: it trails FedAvg on the same model (0.320)
+    assert fedbn.final_metrics["fed_personal_accuracy"] == pytest.approx(0.276, abs=1e-3)
+    assert fedbn.final_metrics["fed_accuracy"] == pytest.approx(0.220, abs=1e-3)  # the server's
+    sequential = fedstream.simulate(**nested(**run | {"trainer": "sequential"}))
+    for name in ("fed_personal_accuracy", "fed_accuracy"):
+        assert sequential.final_metrics[name] == fedbn.final_metrics[name]
 
 
 def test_mlp_bn_trains_the_same_vectorised_on_real_skewed_clients_in_float64():
