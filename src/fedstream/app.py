@@ -21,6 +21,10 @@ The parts:
 - ``heldout``: optional data for the server's central evaluation (a split).
 - ``task``, and the training parts of ``fedstream.TorchTrainer``: ``loss``, ``metrics``,
   ``optimizer``, ``train``, ``evaluate``, ``device``.
+- ``personal``: optionally, which model entries are each client's personal layers
+  (FedPer, FedRep), as a predicate on entry names such as ``lambda name:
+  name.startswith("classifier.")``; it adds to the modules ``model.personal`` names. The
+  server evaluates it and sends the names, so deployed clients need not agree on code.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class App:
     evaluate: EvaluateFunction | None = None
     device: str = "auto"
     name: str = "app"
+    personal: Callable[[str], bool] | None = None
 
     def __post_init__(self) -> None:
         check_task(self.task)
@@ -84,7 +89,7 @@ class App:
             raise ConfigError(
                 "app.client_ids", self.client_ids, "the client ids, since data is a function"
             )
-        for part in ("loss", "metrics", "optimizer", "train", "evaluate"):
+        for part in ("loss", "metrics", "optimizer", "train", "evaluate", "personal"):
             value = getattr(self, part)
             if value is not None and not callable(value):
                 raise ConfigError(f"app.{part}", value, "a function")

@@ -80,3 +80,32 @@ def test_personal_layers_are_named_by_module_and_must_leave_something_shared():
         r"layers, not all of them \(nothing would be shared\)$",
     ):
         personal_entries(MODEL, ["0", "1", "2"])
+
+
+def test_personal_layers_can_be_picked_by_a_predicate_on_entry_names_too():
+    def is_last_layer(name: str) -> bool:
+        return name.startswith("2.")
+
+    assert personal_entries(MODEL, [], is_last_layer) == ("2.weight",)
+    # with modules, the two add up, in the model's order
+    assert personal_entries(MODEL, ["1"], is_last_layer) == (
+        "1.running_mean",
+        "1.num_batches_tracked",
+        "2.weight",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"^app\.personal='<lambda>' is invalid: expected a predicate true for some of the "
+        r"model's entries \['0\.weight', ",
+    ):
+        personal_entries(MODEL, [], lambda name: name.startswith("head."))
+    with pytest.raises(
+        ConfigError,
+        match=r"^app\.personal='everything' is invalid: expected some of the model's layers, "
+        r"not all of them",
+    ):
+
+        def everything(name: str) -> bool:
+            return True
+
+        personal_entries(MODEL, [], everything)

@@ -1,11 +1,14 @@
 """Personal layers (FedPer): a head each client keeps, over a body the federation shares."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 import fedstream
 from fedstream import ConfigError
 from fedstream.simulation.config import from_mapping, load_toml
+from fedstream.simulation.engine import builtin_app
 from tests.runs import (
     assert_secure_sum_matches_plain,
     resumed_and_straight,
@@ -58,6 +61,20 @@ def test_a_personal_split_is_read_from_the_command_line_and_a_file(tmp_path):
     assert from_mapping(load_toml(path)).model.personal == ("2", "4")
     with pytest.raises(ConfigError, match=r"^model\.personal=3 is invalid: expected a list"):
         make_config(personal=3)
+
+
+def test_an_apps_predicate_picks_the_same_personal_layers_as_their_module_name():
+    # the split by a predicate on entry names (the app's ``personal``) is the split by
+    # module name: the same run, bit for bit, for FedPer and for FedRep (which needs one)
+    run = {"rounds": 2, "clients_per_round": 10, "evaluate_every": 0, "alpha": 0.1}
+    for strategy in ("fedavg", "fedrep"):
+        config = make_config(strategy=strategy, **run)
+        app = replace(builtin_app(config)[0], personal=lambda name: name.startswith("4."))
+        by_predicate = fedstream.simulate(config, app=app)
+        by_name = fedstream.simulate(**nested(strategy=strategy, personal=("4",), **run))
+        assert by_predicate.state.params.bit_equal(by_name.state.params)
+        assert by_predicate.final_metrics == by_name.final_metrics
+        assert "fed_personal_accuracy" in by_name.final_metrics
 
 
 def test_a_split_that_names_nothing_or_everything_is_refused_before_round_one():

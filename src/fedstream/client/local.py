@@ -17,7 +17,7 @@ federation: they alone make up the update (its layout is ``shared_part`` of the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -46,23 +46,37 @@ def local_names(params: Params, keep_local: Sequence[str] = ()) -> tuple[str, ..
     )
 
 
-def personal_entries(params: Params, modules: Sequence[str]) -> tuple[str, ...]:
+def personal_entries(
+    params: Params, modules: Sequence[str], predicate: Callable[[str], bool] | None = None
+) -> tuple[str, ...]:
     """FedPer's personal layers: the entries of ``params`` under each of ``modules`` (a
-    module's name or a dotted prefix: ``fc2`` names ``fc2.weight`` and ``fc2.bias``), in
-    the model's order. Each module must name an entry, and some floating-point entry must
+    module's name or a dotted prefix: ``fc2`` names ``fc2.weight`` and ``fc2.bias``), and
+    those whose name ``predicate`` (an app's ``personal``) holds for, in the model's order.
+    Each module, and the predicate, must pick an entry, and some floating-point entry must
     stay shared, or nothing would be federated."""
     for module in modules:
         if not any(n == module or n.startswith(f"{module}.") for n in params):
             layers = sorted({n.rpartition(".")[0] or n for n in params})
             raise ConfigError("model.personal", module, f"a module of the model, one of {layers}")
-    chosen = tuple(n for n in params if any(n == m or n.startswith(f"{m}.") for m in modules))
+    shown = getattr(predicate, "__name__", repr(predicate))
+    picked = {n for n in params if predicate is not None and bool(predicate(n))}
+    if predicate is not None and not picked:
+        raise ConfigError(
+            "app.personal",
+            shown,
+            f"a predicate true for some of the model's entries {list(params)[:4]}",
+        )
+    chosen = tuple(
+        n for n in params if n in picked or any(n == m or n.startswith(f"{m}.") for m in modules)
+    )
     shared = [
         n for n, a in params.items() if n not in chosen and np.issubdtype(a.dtype, np.floating)
     ]
-    if modules and not shared:
+    if chosen and not shared:
+        field = "model.personal" if modules else "app.personal"
         raise ConfigError(
-            "model.personal",
-            list(modules),
+            field,
+            list(modules) if modules else shown,
             "some of the model's layers, not all of them (nothing would be shared)",
         )
     return chosen

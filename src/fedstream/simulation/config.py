@@ -170,8 +170,9 @@ class ModelSettings:
     )
     personal: tuple[str, ...] = setting(
         (),
-        "FedPer: modules (names or dotted prefixes, e.g. fc2) whose entries stay on each "
-        "client as its personal layers, the rest shared",
+        "FedPer, FedRep: modules (names or dotted prefixes, e.g. fc2) whose entries stay "
+        "on each client as its personal layers, the rest shared (an app may add a "
+        "predicate on entry names, App.personal)",
     )
 
     def __post_init__(self) -> None:
@@ -596,12 +597,6 @@ class SimulationConfig:
                 self.run.personalize_epochs,
                 "0 with Ditto (its clients evaluate their own personal models; fine-tuning "
                 "the global one as well would report two models under one name)",
-            )
-        if name == "fedrep" and not self.model.personal:
-            raise ConfigError(
-                "model.personal",
-                list(self.model.personal),
-                "the modules of the personal head with FedRep (e.g. the last layer's name)",
             )
         if name == "fedrep" and level == "sample":
             raise ConfigError(

@@ -340,16 +340,23 @@ def choose_trainer(
 def round_config(config: SimulationConfig, setup: Setup, deployed: bool = False) -> RoundConfig:
     """The round settings of ``config`` (for remote clients when ``deployed``), with the
     model entries that stay on the clients read from the model: FedBN's BatchNorm layers,
-    FedPer's personal layers."""
+    FedPer's and FedRep's personal layers (``model.personal``'s modules and those the app's
+    ``personal`` predicate picks)."""
     rounds = config.round_config(deployed)
     local: tuple[str, ...] = ()
     if config.model.local_batchnorm:
         local = batch_norm_entries(setup.module) if is_torch(setup.module) else ()
         if not local:
             raise ConfigError("local_batchnorm", True, "a model with BatchNorm layers")
-    if config.model.personal:
-        personal = personal_entries(setup.initial.params, config.model.personal)
-        local += tuple(n for n in personal if n not in local)
+    personal = personal_entries(setup.initial.params, config.model.personal, setup.app.personal)
+    if config.strategy.name == "fedrep" and not personal:
+        raise ConfigError(
+            "model.personal",
+            list(config.model.personal),
+            "the modules of the personal head with FedRep (e.g. the last layer's name), or an "
+            "app whose personal predicate picks them",
+        )
+    local += tuple(n for n in personal if n not in local)
     return replace(rounds, local_entries=local) if local else rounds
 
 

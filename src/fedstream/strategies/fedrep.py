@@ -5,8 +5,9 @@ personal head on every client that never leaves it.
 The server's side is FedAvg's over the body. What differs is the client's task
 (``client.algorithms``): it first fits its own head to the body the server sent, the body
 frozen, for ``head_epochs`` epochs; then it trains the body for the round's epochs, the
-head frozen, and sends the body's delta. The head is the model's ``model.personal`` layers,
-as for FedPer, which trains head and body together.
+head frozen, and sends the body's delta. The head is the model's ``model.personal`` layers
+(and those an app's ``personal`` predicate picks), as for FedPer, which trains head and
+body together.
 """
 
 from __future__ import annotations
