@@ -1,6 +1,6 @@
 """``SimulationConfig``: every setting of a simulated run, by concern.
 
-Ten sections, each a small frozen dataclass whose fields carry their help text:
+Twelve sections, each a small frozen dataclass whose fields carry their help text:
 
 | section | what it sets |
 |---|---|
@@ -14,6 +14,8 @@ Ten sections, each a small frozen dataclass whose fields carry their help text:
 | ``compression`` | codecs each way, pruning |
 | ``execution`` | trainer, seed, threads, where clients train |
 | ``attack`` | simulated attackers, for experiments on robust aggregation |
+| ``asynchronous`` | the buffered loop (FedBuff) when ``run.mode = "async"`` |
+| ``clock`` | simulated device speeds, for time-to-accuracy |
 
 The same keys everywhere: a TOML file has a table per section (``[strategy]`` then
 ``mu = 0.01``), a flag is ``--section.field`` (``--strategy.mu 0.01``), and Python passes a
@@ -55,9 +57,12 @@ from fedstream.models import MODELS
 from fedstream.privacy.accountant import AccountantMethod
 from fedstream.privacy.dp import DP_LEVELS, ClientSampling, DifferentialPrivacy, DPLevel
 from fedstream.rounds import RoundConfig, sample_size
+from fedstream.rounds.buffered import ROUND_ALGORITHMS, BufferConfig
+from fedstream.rounds.staleness import StalenessRule
 from fedstream.secure.he import CKKSConfig, HEConfig, PaillierConfig
 from fedstream.secure.secagg import SecAggConfig
 from fedstream.simulation.attacks import ATTACKS, DATA_ATTACKS, UPDATE_ATTACKS
+from fedstream.simulation.clock import SPEEDS
 from fedstream.simulation.stragglers import Stragglers
 from fedstream.strategies import STRATEGIES, make_strategy
 from fedstream.strategies.base import Strategy
@@ -277,7 +282,13 @@ class ClientSettings:
 class RunSettings:
     """``[run]``: how many rounds, who takes part, what is refused, what is evaluated."""
 
-    rounds: int = setting(30, "number of rounds")
+    rounds: int = setting(30, "number of rounds (server steps in an asynchronous run)")
+    mode: str = setting(
+        "sync",
+        "sync: rounds that wait for their sampled clients; async: the buffered loop "
+        "(FedBuff, [asynchronous]), clients training at once and a server step every "
+        "buffer_size updates",
+    )
     clients_per_round: int | float = setting(
         20, "clients sampled per round: a count (20) or a fraction (0.2)"
     )
@@ -314,6 +325,7 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         checks.positive_int("run.rounds", self.rounds)
+        checks.one_of("run.mode", self.mode, ["sync", "async"])
         checks.one_of("run.sampling", self.sampling, ["auto", "fixed", "poisson"])
         factor = self.outlier_factor
         if factor is not None and factor != 0 and not factor > 1:
@@ -531,6 +543,64 @@ class AttackSettings:
         checks.positive("attack.ipm_epsilon", self.ipm_epsilon)
 
 
+@dataclass(frozen=True)
+class AsyncSettings:
+    """``[asynchronous]``: the buffered loop of ``run.mode = "async"``
+    (``fedstream.rounds.buffered``)."""
+
+    buffer_size: int = setting(10, "K: a server step every K accepted updates (1 = FedAsync)")
+    concurrency: int = setting(20, "clients training at once (at least buffer_size)")
+    staleness: str = setting(
+        "polynomial",
+        "how a stale update counts: constant (1), polynomial ((1 + s)^-a), hinge (1 up "
+        "to b steps, then 1 / (a·(s − b) + 1)); s = server steps since its model",
+    )
+    staleness_exponent: float = setting(0.5, "a of the polynomial weighting")
+    staleness_hinge_a: float = setting(10.0, "a of the hinge weighting")
+    staleness_hinge_b: int = setting(4, "b of the hinge weighting (server steps)")
+    max_staleness: int | None = setting(
+        None, "refuse (and record) updates more than this many server steps stale"
+    )
+
+    def __post_init__(self) -> None:
+        self.buffer_config()
+
+    def buffer_config(self) -> BufferConfig:
+        """The loop's settings (checked: K <= concurrency, a bound >= 0)."""
+        with qualified():
+            rule = StalenessRule(
+                self.staleness,
+                self.staleness_exponent,
+                self.staleness_hinge_a,
+                self.staleness_hinge_b,
+            )
+            return BufferConfig(self.buffer_size, self.concurrency, rule, self.max_staleness)
+
+
+@dataclass(frozen=True)
+class ClockSettings:
+    """``[clock]``: simulated device speeds (``fedstream.simulation.clock``), so runs are
+    compared at equal simulated time (``sim_time_s``)."""
+
+    speeds: str = setting(
+        "none",
+        "compute time per example of each device: none (no clock; constant in an "
+        "asynchronous run), constant, lognormal (heavy-tailed), pareto",
+    )
+    seconds_per_example: float = setting(0.01, "mean compute time per example per epoch (s)")
+    speed_sigma: float = setting(1.0, "lognormal: σ of the log of the time per example")
+    speed_shape: float = setting(1.5, "pareto: shape α > 1 (≤ 2: infinite variance)")
+    latency_s: float = setting(0.0, "fixed time per task for download and upload (s)")
+
+    def __post_init__(self) -> None:
+        checks.one_of("clock.speeds", self.speeds, list(SPEEDS))
+        checks.positive("clock.seconds_per_example", self.seconds_per_example)
+        checks.positive("clock.speed_sigma", self.speed_sigma)
+        if not (math.isfinite(self.speed_shape) and self.speed_shape > 1):
+            raise ConfigError("clock.speed_shape", self.speed_shape, "a number > 1")
+        checks.non_negative("clock.latency_s", self.latency_s)
+
+
 SECTIONS: dict[str, type[Any]] = {
     "data": DataSettings,
     "model": ModelSettings,
@@ -542,6 +612,8 @@ SECTIONS: dict[str, type[Any]] = {
     "compression": CompressionSettings,
     "execution": ExecutionSettings,
     "attack": AttackSettings,
+    "asynchronous": AsyncSettings,
+    "clock": ClockSettings,
 }
 
 
@@ -561,6 +633,8 @@ class SimulationConfig:
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     attack: AttackSettings = field(default_factory=AttackSettings)
+    asynchronous: AsyncSettings = field(default_factory=AsyncSettings)
+    clock: ClockSettings = field(default_factory=ClockSettings)
 
     def __post_init__(self) -> None:
         with qualified():
@@ -667,6 +741,8 @@ class SimulationConfig:
             )
         self._check_update_bounds()
         self.check_poisson_rounds()
+        if self.run.mode == "async":
+            self._check_asynchronous()
         privacy = self.privacy
         if isinstance(strategy, DifferentialPrivacy) and privacy.target_epsilon is not None:
             planned = strategy.epsilon_after(self.run.rounds)
@@ -678,6 +754,44 @@ class SimulationConfig:
                     f"{self.run.rounds} rounds spend at privacy.noise={privacy.noise:g}; raise "
                     "the noise or run fewer rounds",
                 )
+
+    def _check_asynchronous(self) -> None:
+        """What the buffered loop cannot run with yet (``rounds.buffered.check_buffered``
+        refuses the same at run time), named under the settings' keys."""
+        concurrency = self.asynchronous.concurrency
+        if concurrency > self.data.num_clients:
+            raise ConfigError(
+                "asynchronous.concurrency",
+                concurrency,
+                f"at most data.num_clients ({self.data.num_clients})",
+            )
+        if self.secure.scheme != "none":
+            raise ConfigError(
+                "secure.scheme",
+                self.secure.scheme,
+                "'none' with run.mode='async' (a secure sum over each buffer is not built yet)",
+            )
+        if self.privacy.level != "none":
+            raise ConfigError(
+                "privacy.level",
+                self.privacy.level,
+                "'none' with run.mode='async': the accountant assumes each step samples its "
+                "clients at random, and a buffer holds whoever finished first",
+            )
+        if self.strategy.name in ROUND_ALGORITHMS:
+            raise ConfigError(
+                "strategy.name",
+                self.strategy.name,
+                "a strategy without round-bound client corrections with run.mode='async' "
+                f"({', '.join(ROUND_ALGORITHMS)} assume every step's clients trained from "
+                "one model)",
+            )
+        if self.client.straggler_fraction > 0:
+            raise ConfigError(
+                "client.straggler_fraction",
+                self.client.straggler_fraction,
+                "0 with run.mode='async' (slow devices are the clock's speeds there)",
+            )
 
     def _check_update_bounds(self) -> None:
         """Bounds relative to the round cannot run with DP (whether one client's update is

@@ -27,7 +27,7 @@ from fedstream.errors import ConfigError, RoundFailedError
 from fedstream.models import build_model
 from fedstream.params import Params
 from fedstream.privacy.mechanisms import device_secret
-from fedstream.rounds import CentralEvaluate, RoundConfig, run_rounds
+from fedstream.rounds import CentralEvaluate, RoundConfig
 from fedstream.simulation.attacks import (
     ATTACK_STREAM,
     DATA_ATTACKS,
@@ -43,6 +43,7 @@ from fedstream.simulation.attacks import (
 from fedstream.simulation.config import SimulationConfig, from_mapping, merge
 from fedstream.simulation.progress import RoundProgress
 from fedstream.simulation.report import atomic_write, write_outputs
+from fedstream.simulation.timeline import check_async_run, device_clock, server_steps
 from fedstream.store.checkpoint import (
     CheckpointError,
     newest_intact_checkpoint,
@@ -527,6 +528,7 @@ def _simulate(
     reports: list[RoundReport] = []
     history = RoundHistory(out) if out is not None else None
     with torch_threads(config.execution.threads):
+        check_async_run(config, resume, deployed=transport_factory is not None)
         setup = build(config, app_object, server_only=transport_factory is not None)
         state = setup.initial
         saved_clients: dict[str, ClientState] = {}
@@ -560,17 +562,18 @@ def _simulate(
         )
         notify(callbacks, "on_run_start", start)
         try:
+            steps = server_steps(
+                config,
+                setup,
+                state,
+                transport,
+                client_ids,
+                round_config(config, setup, deployed=transport_factory is not None),
+                None if transport_factory else device_clock(config, setup),
+                reports[-1].metrics.get("sim_time_s", 0.0) if reports else 0.0,
+            )
             with RoundProgress(config.run.rounds, enabled=progress, done=state.round) as bar:
-                for new_state, report in run_rounds(
-                    state,
-                    config.build_strategy(),
-                    transport,
-                    client_ids,
-                    round_config(config, setup, deployed=transport_factory is not None),
-                    config.run.rounds,
-                    setup.central_evaluate,
-                    config.task_policy(),
-                ):
+                for new_state, report in steps:
                     if out is not None and runs is not None:
                         save_checkpoint(
                             out / "checkpoints",

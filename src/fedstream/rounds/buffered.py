@@ -1,0 +1,341 @@
+"""The buffered asynchronous loop (FedBuff, Nguyen et al. 2022): the same phases as the
+round loop, composed around a buffer instead of a round.
+
+Up to ``concurrency`` clients train at once, each from the newest model when it starts.
+Whenever one finishes, its update joins the buffer, scaled by its staleness
+(``rounds.staleness``), and another client starts; every ``buffer_size`` updates the
+server steps, with the strategy's own update, whatever versions they were trained from.
+FedAsync is ``buffer_size = 1``. An update older than ``max_staleness`` server steps is
+refused and recorded as a failure; a failed client is replaced as a finished one is.
+
+Time is the ``Clock``'s: how long each task takes on its client's device. Tasks finish in
+that order, so a simulated run is reproducible and as fast as the machine, whatever the
+simulated durations, and every server step reports ``sim_time_s``. Training itself is
+lazy: the tasks started from one model version are trained together, as one cohort,
+when the first of them finishes in simulated time (their results cannot depend on
+anything later), so the vectorised trainer keeps its speed.
+
+Every random draw (who starts, each task's seed, the broadcast codec's seed, the
+strategy's noise, evaluation's sample) comes from the generator in ``ServerState``, in the
+order the events happen. Each server step yields the new state and a ``RoundReport``
+whose ``round`` is the step's number, so checkpoints, the run store, serving and the
+dashboard take it as they take a round.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fedstream import checks
+from fedstream.client.base import FitTask
+from fedstream.client.encode import upload_codec, upload_mask
+from fedstream.client.local import local_names, shared_part
+from fedstream.compression.codecs import Compression, decode_broadcast
+from fedstream.errors import ClientFailure, ConfigError, NonFiniteModelError
+from fedstream.params import Params
+from fedstream.rounds.aggregate import aggregation_for
+from fedstream.rounds.broadcast import broadcast_params
+from fedstream.rounds.collect import Collected, collect_updates
+from fedstream.rounds.config import RoundConfig
+from fedstream.rounds.evaluate import (
+    NO_EVALUATION,
+    CentralEvaluate,
+    evaluate_model,
+    summed_metrics,
+    weighted_mean,
+)
+from fedstream.rounds.loop import left_out, server_step
+from fedstream.rounds.plan import RoundPlan
+from fedstream.rounds.staleness import StalenessRule, staleness_weight
+from fedstream.strategies.base import Strategy
+from fedstream.transport.base import Transport
+from fedstream.types import ClientUpdate, FitConfig, RoundReport, ServerState
+
+ROUND_ALGORITHMS = ("scaffold", "feddyn", "fednova")
+"""Client algorithms whose server side assumes a synchronous round (a control variate
+or a correction updated from one round's participants, or normalised across them)."""
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    """The buffered loop's settings: a server step every ``buffer_size`` (K) accepted
+    updates, at most ``concurrency`` clients training at once, the ``staleness`` weighting,
+    and ``max_staleness`` server steps past which an update is refused (``None``: none)."""
+
+    buffer_size: int = 10
+    concurrency: int = 20
+    staleness: StalenessRule = field(default_factory=StalenessRule)
+    max_staleness: int | None = None
+
+    def __post_init__(self) -> None:
+        checks.positive_int("buffer_size", self.buffer_size)
+        checks.positive_int("concurrency", self.concurrency)
+        if self.buffer_size > self.concurrency:
+            raise ConfigError(
+                "buffer_size",
+                self.buffer_size,
+                f"at most concurrency ({self.concurrency}): a buffer fills only from clients "
+                "training at once",
+            )
+        if self.max_staleness is not None:
+            checks.non_negative_int("max_staleness", self.max_staleness)
+
+
+class Clock(Protocol):
+    """How long a task takes on its client's device, in (simulated) seconds."""
+
+    def seconds(self, task: FitTask) -> float: ...
+
+
+@dataclass(frozen=True)
+class _Version:
+    """One global model version as the clients get it: the params sent, the task config,
+    the layout and codec its updates are decoded and checked with."""
+
+    params: Params
+    fit: FitConfig
+    like: Params
+    codec: Compression | None
+    mask: npt.NDArray[np.bool_] | None
+
+
+@dataclass
+class _Since:
+    """What happened since the last server step."""
+
+    buffer: list[tuple[ClientUpdate, int]] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    failures: list[ClientFailure] = field(default_factory=list)
+    bytes_down: int = 0
+    bytes_up: int = 0
+    refused_stale: int = 0
+    wall: float = field(default_factory=time.perf_counter)
+
+
+def check_buffered(
+    strategy: Strategy, fit: FitConfig, config: RoundConfig, buffer: BufferConfig, clients: int
+) -> None:
+    """What the buffered loop cannot run, refused before any task is sent, saying why."""
+    if buffer.concurrency > clients:
+        raise ConfigError(
+            "concurrency", buffer.concurrency, f"at most the number of clients ({clients})"
+        )
+    if config.secure_aggregation is not None:
+        raise ConfigError(
+            "secure_aggregation",
+            config.secure_aggregation.scheme,
+            "none in an asynchronous run (a secure sum over each buffer is not built yet)",
+        )
+    if fit.privacy is not None or fit.sample_dp is not None:
+        raise ConfigError(
+            "privacy.level",
+            "client" if fit.privacy is not None else "sample",
+            "'none' in an asynchronous run: the accountant assumes each step samples its "
+            "clients at random, and a buffer holds whoever finished first",
+        )
+    if fit.algorithm in ROUND_ALGORITHMS:
+        raise ConfigError(
+            "strategy.name",
+            strategy.name,
+            "a strategy without round-bound client corrections in an asynchronous run "
+            f"({', '.join(ROUND_ALGORITHMS)} assume every step's clients trained from one "
+            "model)",
+        )
+
+
+def run_buffered(
+    state: ServerState,
+    strategy: Strategy,
+    transport: Transport,
+    client_ids: Sequence[str],
+    config: RoundConfig,
+    buffer: BufferConfig,
+    clock: Clock,
+    until_step: int,
+    central_evaluate: CentralEvaluate | None = None,
+) -> Iterator[tuple[ServerState, RoundReport]]:
+    """Run server steps until ``state.round == until_step``, yielding each new state and
+    its report (module docstring). Evaluation runs every ``config.evaluate_every`` steps
+    and in the last one."""
+    checks.non_negative_int("rounds", until_step)
+    rng = state.generator()
+    ids = list(client_ids)
+    versions: dict[int, _Version] = {}
+    waiting: dict[int, list[FitTask]] = {}  # started, not trained yet, by version
+    outcomes: dict[str, ClientUpdate | ClientFailure] = {}
+    flights: list[tuple[float, int, FitTask]] = []  # (finish time, order, task): a heap
+    order = itertools.count()
+    busy: set[str] = set()
+    now = 0.0
+    since = _Since()
+
+    def version_of(current: ServerState) -> _Version:
+        number = current.round + 1
+        if number not in versions:
+            local = local_names(current.params, config.local_entries)
+            fit = strategy.configure_fit(current, replace(config.fit_config(), local_entries=local))
+            sent = broadcast_params(strategy.broadcast(current), config.broadcast, rng)
+            like = strategy.payload_like(shared_part(current.params, fit.local_entries))
+            mask = upload_mask(decode_broadcast(sent, config.broadcast), fit)
+            versions[number] = _Version(sent, fit, like, upload_codec(fit), mask)
+        return versions[number]
+
+    def start_tasks(current: ServerState) -> None:
+        while len(busy) < buffer.concurrency:
+            idle = [c for c in ids if c not in busy]
+            client = idle[int(rng.integers(len(idle)))]
+            seed = int(rng.integers(0, 2**63 - 1))
+            fit = version_of(current).fit
+            task = FitTask(client, current.round + 1, replace(fit, seed=seed))
+            waiting.setdefault(task.round, []).append(task)
+            busy.add(client)
+            since.started.append(client)
+            heapq.heappush(flights, (now + clock.seconds(task), next(order), task))
+
+    def train(number: int) -> None:
+        tasks = tuple(waiting.pop(number))
+        sent = versions[number]
+        plan = RoundPlan(number, tuple(t.client_id for t in tasks), tasks, sent.fit)
+        accepted: dict[str, ClientUpdate] = {}
+        collected = collect_updates(
+            transport.fit(sent.params, tasks),
+            plan,
+            sent.like,
+            lambda update: accepted.__setitem__(update.client_id, update),
+            config.bounds,
+            sent.codec,
+            sent.mask,
+        )
+        asked = set(plan.sampled)
+        outcomes.update({f.client_id: f for f in collected.failures if f.client_id in asked})
+        outcomes.update(accepted)
+        since.failures += [f for f in collected.failures if f.client_id not in asked]
+        since.bytes_down += collected.bytes_down
+        since.bytes_up += collected.bytes_up
+
+    first = version_of(state)
+    check_buffered(strategy, first.fit, config, buffer, len(ids))
+    start_tasks(state)
+    while state.round < until_step:
+        now, _, task = heapq.heappop(flights)
+        client = task.client_id
+        if client not in outcomes:
+            train(task.round)
+        outcome = outcomes.pop(client)
+        busy.discard(client)
+        if task.round not in waiting and task.round <= state.round:
+            versions.pop(task.round, None)  # no task still to train from it
+        if isinstance(outcome, ClientFailure):
+            since.failures.append(outcome)
+        else:
+            staleness = state.round + 1 - task.round
+            if buffer.max_staleness is not None and staleness > buffer.max_staleness:
+                since.refused_stale += 1
+                since.failures.append(
+                    ClientFailure(
+                        client,
+                        "validate",
+                        f"staleness {staleness} exceeds max_staleness={buffer.max_staleness}: "
+                        f"trained from model version {task.round - 1}, the server is at "
+                        f"{state.round}",
+                    )
+                )
+            else:
+                since.buffer.append((outcome, staleness))
+        if len(since.buffer) >= buffer.buffer_size:
+            number = state.round + 1
+            every = config.evaluate_every
+            evaluate = number == until_step or (every > 0 and number % every == 0)
+            state, report, rng = _step(
+                state, strategy, transport, ids, config, buffer.staleness, since, now, rng,
+                versions[number], evaluate, central_evaluate,
+            )  # fmt: skip
+            yield state, report
+            since = _Since()
+        start_tasks(state)
+
+
+def _step(
+    state: ServerState,
+    strategy: Strategy,
+    transport: Transport,
+    client_ids: Sequence[str],
+    config: RoundConfig,
+    rule: StalenessRule,
+    since: _Since,
+    now: float,
+    rng: np.random.Generator,
+    current: _Version,
+    evaluate: bool,
+    central_evaluate: CentralEvaluate | None,
+) -> tuple[ServerState, RoundReport, np.random.Generator]:
+    """One server step on the full buffer: the staleness-scaled sum, the strategy's update,
+    evaluation, and the step's report (the generator goes on from where it left off)."""
+    number = state.round + 1
+    stepping = time.perf_counter()
+    aggregation = aggregation_for(config, current.like, strategy, len(since.buffer))
+    for update, staleness in since.buffer:
+        factor = staleness_weight(staleness, rule)
+        aggregation.add(
+            update if factor == 1.0 else replace(update, payload=update.payload * factor)
+        )
+    completed = tuple(update.client_id for update, _ in since.buffer)
+    aggregate = aggregation.finish(transport, number, completed, rng).aggregate
+    aggregate = replace(aggregate, population=len(client_ids))
+    ages = [age for _, age in since.buffer]
+    clock = {
+        "sim_time_s": now,
+        "staleness_mean": float(np.mean(ages)),
+        "staleness_max": float(max(ages)),
+        "refused_stale": float(since.refused_stale),
+    }
+    try:
+        new_state = server_step(state, strategy, aggregate, config, rng, current.fit.local_entries)
+    except NonFiniteModelError as exc:
+        collected = Collected(
+            completed, tuple(since.failures), (), since.bytes_down, since.bytes_up
+        )
+        kept, report = left_out(state, rng, completed, collected, str(exc), since.wall)
+        return kept, replace(report, metrics=clock), kept.generator()
+    rng = new_state.generator()
+    updated = time.perf_counter()
+    evaluation = (
+        evaluate_model(
+            new_state.params, transport, client_ids, config, number, rng, central_evaluate
+        )
+        if evaluate
+        else NO_EVALUATION
+    )
+    finished = time.perf_counter()
+    pairs = tuple((update.weight, update.metrics) for update, _ in since.buffer)
+    report = RoundReport(
+        round=number,
+        sampled=tuple(since.started),
+        completed=completed,
+        failures=tuple(since.failures) + evaluation.failures,
+        bytes_down=since.bytes_down + evaluation.bytes_down,
+        bytes_up=since.bytes_up + evaluation.bytes_up,
+        times={
+            "fit_s": stepping - since.wall,
+            "update_s": updated - stepping,
+            "evaluate_s": finished - updated,
+            "total_s": finished - since.wall,
+        },
+        metrics={
+            **weighted_mean(pairs, "train_"),
+            **summed_metrics(aggregate, "train_"),
+            **strategy.round_metrics(new_state),
+            **evaluation.metrics,
+            **clock,
+        },
+        evaluations=evaluation.per_client,
+    )
+    return new_state.evolve(round=number, rng_state=rng.bit_generator.state), report, rng

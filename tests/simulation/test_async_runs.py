@@ -1,0 +1,111 @@
+"""Asynchronous (FedBuff) simulations end to end, and the simulated clock of synchronous
+ones: reproducible, comparable at equal simulated time, composing with the trainers,
+compression, personal layers and worker processes, and refusing what they cannot run."""
+
+import json
+
+import numpy as np
+import pytest
+
+import fedstream
+from fedstream import ConfigError
+from fedstream.simulation import build
+from fedstream.simulation.timeline import device_clock
+from tests.settings import make_config, nested
+
+ASYNC = {"mode": "async", "rounds": 12, "speeds": "lognormal", "evaluate_every": 4}
+
+
+def test_an_async_run_steps_on_its_buffer_and_reports_simulated_time_and_staleness():
+    result = fedstream.simulate(**nested(**ASYNC))
+    times = [r.metrics["sim_time_s"] for r in result.reports]
+    assert len(result.reports) == 12 and times == sorted(times) and times[0] > 0
+    assert all(len(r.completed) == 10 for r in result.reports)  # buffer_size 10
+    assert max(r.metrics["staleness_max"] for r in result.reports) >= 2
+    assert [r.round for r in result.reports if "central_accuracy" in r.metrics] == [4, 8, 12]
+    assert result.final_metrics["central_accuracy"] == pytest.approx(0.719, abs=1e-3)
+    again = fedstream.simulate(**nested(**ASYNC))
+    assert again.state.params.bit_equal(result.state.params)
+
+
+def test_a_synchronous_round_lasts_as_long_as_its_slowest_completed_client():
+    run = {"rounds": 3, "speeds": "lognormal", "latency_s": 0.5, "evaluate_every": 0}
+    result = fedstream.simulate(**nested(**run))
+    config = make_config(**run)
+    clock = device_clock(config, build(config))
+    assert clock is not None
+    elapsed = 0.0
+    for report in result.reports:
+        elapsed += max(clock.client_seconds(c, 5) for c in report.completed)
+        assert report.metrics["sim_time_s"] == pytest.approx(elapsed)
+    # without a clock a synchronous run has no simulated time
+    assert "sim_time_s" not in fedstream.simulate(**nested(rounds=1)).final_metrics
+
+
+def test_at_equal_simulated_time_the_buffered_loop_is_further_along_under_slow_stragglers():
+    # heavy-tailed speeds: each synchronous round waits for its slowest of 20 clients
+    sync = fedstream.simulate(**nested(rounds=6, speeds="lognormal", evaluate_every=0))
+    budget = sync.final_metrics["sim_time_s"]
+    fast = fedstream.simulate(**nested(**ASYNC | {"rounds": 40, "evaluate_every": 0}))
+    steps = [r for r in fast.reports if r.metrics["sim_time_s"] <= budget]
+    assert len(steps) * 10 > 6 * 20  # more client updates used in the same time
+
+
+def test_async_runs_compose_with_the_vectorised_trainer_compression_and_personal_layers():
+    run = ASYNC | {"rounds": 4, "evaluate_every": 0}
+    vectorized = fedstream.simulate(**nested(trainer="vectorized", **run))
+    sequential = fedstream.simulate(**nested(trainer="sequential", **run))
+    np.testing.assert_allclose(
+        vectorized.state.params.flat(), sequential.state.params.flat(), rtol=1e-4, atol=1e-5
+    )
+    dense = vectorized.reports[0].bytes_up
+    sparse = fedstream.simulate(**nested(compression="topk:0.1", **run))
+    assert sparse.reports[0].bytes_up < dense / 3
+    assert sparse.state.params.is_finite()
+    personal = fedstream.simulate(**nested(personal=("4",), **run | {"evaluate_every": 1}))
+    assert "fed_personal_accuracy" in personal.final_metrics
+
+
+def test_an_async_run_folder_records_every_server_step(tmp_path):
+    fedstream.simulate(output_dir=tmp_path / "run", **nested(**ASYNC | {"rounds": 3}))
+    lines = (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()
+    assert [json.loads(line)["metrics"]["sim_time_s"] > 0 for line in lines] == [True] * 3
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["run"]["mode"] == "async"
+    with pytest.raises(ConfigError, match=r"^resume=True is invalid: expected a new run with"):
+        fedstream.simulate(output_dir=tmp_path / "run", resume=True, **nested(**ASYNC))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"dp": "client"}, r"^privacy\.level='client' is invalid: expected 'none' with run"),
+        ({"secure_aggregation": "secagg+"}, r"^secure\.scheme='secagg\+' is invalid: expected"),
+        ({"strategy": "fednova"}, r"^strategy\.name='fednova' is invalid: expected a strategy"),
+        ({"straggler_fraction": 0.5}, r"^client\.straggler_fraction=0\.5 is invalid: expected 0"),
+        ({"concurrency": 200}, r"^asynchronous\.concurrency=200 is invalid: expected at most d"),
+        ({"buffer_size": 30}, r"^asynchronous\.buffer_size=30 is invalid: expected at most con"),
+        ({"max_staleness": -1}, r"^asynchronous\.max_staleness=-1 is invalid: expected an int"),
+        ({"mode": "streaming"}, r"^run\.mode='streaming' is invalid: expected one of \['async'"),
+        ({"staleness": "exp"}, r"^asynchronous\.staleness='exp' is invalid: expected one of"),
+    ],
+)
+def test_bad_async_settings_are_named(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(**ASYNC | changes)
+
+
+def test_an_async_deployment_is_refused_until_its_server_exists():
+    def no_transport(setup):
+        raise AssertionError("the run should be refused first")
+
+    with pytest.raises(ConfigError, match=r"^run\.mode='async' is invalid: expected 'sync' in a"):
+        fedstream.simulate(transport_factory=no_transport, **nested(**ASYNC))
+
+
+@pytest.mark.slow  # worker processes
+def test_an_async_run_in_worker_processes_is_the_in_process_run():
+    run = ASYNC | {"rounds": 4, "evaluate_every": 0, "personal": ("4",)}
+    alone = fedstream.simulate(**nested(**run))
+    workers = fedstream.simulate(**nested(executor="processes", workers=2, **run))
+    assert workers.state.params.bit_equal(alone.state.params)
