@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from fedstream import ClientUpdate, ConfigError, FedAvg, RoundConfig, ServerState
-from fedstream.client.base import FitTask
 from fedstream.rounds.buffered import BufferConfig, run_buffered
 from fedstream.rounds.staleness import StalenessRule
 from fedstream.secure.secagg import SecAggConfig
@@ -22,8 +21,11 @@ class Durations:
     def __init__(self, seconds: dict[str, float]) -> None:
         self.seconds_of = seconds
 
-    def seconds(self, task: FitTask) -> float:
-        return self.seconds_of[task.client_id]
+    def next_online(self, client_id: str, now: float) -> float:
+        return now
+
+    def task_end(self, client_id: str, epochs: int, start: float) -> tuple[float, bool]:
+        return start + self.seconds_of[client_id], True
 
 
 # client ck takes k + 1 seconds; with every client training at once (concurrency 6 of 6),

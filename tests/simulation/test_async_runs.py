@@ -88,6 +88,8 @@ def test_an_async_run_folder_records_every_server_step(tmp_path):
         ({"max_staleness": -1}, r"^asynchronous\.max_staleness=-1 is invalid: expected an int"),
         ({"mode": "streaming"}, r"^run\.mode='streaming' is invalid: expected one of \['async'"),
         ({"staleness": "exp"}, r"^asynchronous\.staleness='exp' is invalid: expected one of"),
+        ({"online_s": 10.0}, r"^clock\.offline_s=0\.0 is invalid: expected a number > 0 with"),
+        ({"speeds": "fast"}, r"^clock\.speeds='fast' is invalid: expected one of"),
     ],
 )
 def test_bad_async_settings_are_named(changes, message):
@@ -109,3 +111,36 @@ def test_an_async_run_in_worker_processes_is_the_in_process_run():
     alone = fedstream.simulate(**nested(**run))
     workers = fedstream.simulate(**nested(executor="processes", workers=2, **run))
     assert workers.state.params.bit_equal(alone.state.params)
+
+
+def test_devices_that_come_and_go_lose_their_work_in_both_loops():
+    # online 60 s, offline 60 s on average; a task of 5 epochs takes about 5·14·0.01·t s
+    run = {"online_s": 60.0, "offline_s": 60.0, "seconds_per_example": 0.5, "evaluate_every": 0}
+    fast = fedstream.simulate(**nested(**ASYNC | run | {"rounds": 8}))
+    lost = [f for r in fast.reports for f in r.failures if "went offline" in f.cause]
+    assert lost and all(f.stage == "train" for f in lost)
+    assert all(len(r.completed) == 10 for r in fast.reports)
+    sync = fedstream.simulate(**nested(rounds=4, speeds="lognormal", **run))
+    causes = [f.cause for r in sync.reports for f in r.failures]
+    assert "offline when the round started" in causes
+    assert any("went offline" in c for c in causes)
+    assert all(len(r.completed) < 20 for r in sync.reports)  # of 20 sampled
+    assert sync.final_metrics["sim_time_s"] > 0
+
+
+def test_a_trace_file_says_who_is_online_and_how_fast(tmp_path):
+    ids = [f"client-{i}" for i in range(10)]
+    trace = {c: {"seconds_per_example": 0.01, "online": [[0, 1e9]]} for c in ids}
+    trace["client-3"] = {"seconds_per_example": 0.01, "online": []}  # never online
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps(trace))
+    run = {"num_clients": 10, "clients_per_round": 5, "trace": str(path), "evaluate_every": 0}
+    sync = fedstream.simulate(**nested(rounds=4, **run))
+    fast = fedstream.simulate(**nested(mode="async", rounds=4, buffer_size=2, concurrency=5, **run))
+    for result in (sync, fast):
+        assert all("client-3" not in r.completed for r in result.reports)
+    assert all("client-3" not in r.sampled for r in fast.reports)  # never given a task
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"^clock\.trace='.*bad\.json' is invalid: expected a"):
+        fedstream.simulate(**nested(rounds=1, **run | {"trace": str(bad)}))

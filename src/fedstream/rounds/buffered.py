@@ -8,9 +8,11 @@ server steps, with the strategy's own update, whatever versions they were traine
 FedAsync is ``buffer_size = 1``. An update older than ``max_staleness`` server steps is
 refused and recorded as a failure; a failed client is replaced as a finished one is.
 
-Time is the ``Clock``'s: how long each task takes on its client's device. Tasks finish in
-that order, so a simulated run is reproducible and as fast as the machine, whatever the
-simulated durations, and every server step reports ``sim_time_s``. Training itself is
+Time is the ``Clock``'s: when each device is online (a task goes only to an online one,
+and is lost, recorded as a failure, if its device goes offline before it ends) and how
+long each task takes on it. Tasks end in that order, so a simulated run is reproducible
+and as fast as the machine, whatever the simulated durations, and every server step
+reports ``sim_time_s``. Training itself is
 lazy: the tasks started from one model version are trained together, as one cohort,
 when the first of them finishes in simulated time (their results cannot depend on
 anything later), so the vectorised trainer keeps its speed.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,7 +42,7 @@ from fedstream.client.base import FitTask
 from fedstream.client.encode import upload_codec, upload_mask
 from fedstream.client.local import local_names, shared_part
 from fedstream.compression.codecs import Compression, decode_broadcast
-from fedstream.errors import ClientFailure, ConfigError, NonFiniteModelError
+from fedstream.errors import ClientFailure, ConfigError, NonFiniteModelError, RoundFailedError
 from fedstream.params import Params
 from fedstream.rounds.aggregate import aggregation_for
 from fedstream.rounds.broadcast import broadcast_params
@@ -52,7 +55,7 @@ from fedstream.rounds.evaluate import (
     summed_metrics,
     weighted_mean,
 )
-from fedstream.rounds.loop import left_out, server_step
+from fedstream.rounds.loop import evaluates, left_out, server_step
 from fedstream.rounds.plan import RoundPlan
 from fedstream.rounds.staleness import StalenessRule, staleness_weight
 from fedstream.strategies.base import Strategy
@@ -90,9 +93,28 @@ class BufferConfig:
 
 
 class Clock(Protocol):
-    """How long a task takes on its client's device, in (simulated) seconds."""
+    """When devices are online and how long their tasks take, in (simulated) seconds."""
 
-    def seconds(self, task: FitTask) -> float: ...
+    def next_online(self, client_id: str, now: float) -> float:
+        """The earliest time >= ``now`` the device can take a task (``inf``: never)."""
+        ...
+
+    def task_end(self, client_id: str, epochs: int, start: float) -> tuple[float, bool]:
+        """When a task started at ``start`` ends, and whether it completed (``False``:
+        the device went offline first, at that time)."""
+        ...
+
+
+@dataclass(frozen=True, order=True)
+class _Event:
+    """A task ending (completed, or lost when its device went offline), or a wake-up to
+    start tasks once a device comes online (``task`` is ``None``), in time order."""
+
+    time: float
+    order: int
+    task: FitTask | None = field(compare=False)
+    completed: bool = field(compare=False, default=True)
+    started: float = field(compare=False, default=0.0)
 
 
 @dataclass(frozen=True)
@@ -171,9 +193,10 @@ def run_buffered(
     versions: dict[int, _Version] = {}
     waiting: dict[int, list[FitTask]] = {}  # started, not trained yet, by version
     outcomes: dict[str, ClientUpdate | ClientFailure] = {}
-    flights: list[tuple[float, int, FitTask]] = []  # (finish time, order, task): a heap
+    events: list[_Event] = []  # a heap
     order = itertools.count()
     busy: set[str] = set()
+    waking: list[float] = []  # the pending wake-up's time, if any
     now = 0.0
     since = _Since()
 
@@ -191,14 +214,23 @@ def run_buffered(
     def start_tasks(current: ServerState) -> None:
         while len(busy) < buffer.concurrency:
             idle = [c for c in ids if c not in busy]
-            client = idle[int(rng.integers(len(idle)))]
+            online = [c for c in idle if clock.next_online(c, now) <= now]
+            if not online:  # wake up when the first idle device comes online
+                wake = min(clock.next_online(c, now) for c in idle)
+                if math.isfinite(wake) and not waking:
+                    waking.append(wake)
+                    heapq.heappush(events, _Event(wake, next(order), None))
+                return
+            client = online[int(rng.integers(len(online)))]
             seed = int(rng.integers(0, 2**63 - 1))
             fit = version_of(current).fit
             task = FitTask(client, current.round + 1, replace(fit, seed=seed))
-            waiting.setdefault(task.round, []).append(task)
+            end, completed = clock.task_end(client, fit.local_epochs, now)
+            if completed:  # a task lost with its device is never trained
+                waiting.setdefault(task.round, []).append(task)
             busy.add(client)
             since.started.append(client)
-            heapq.heappush(flights, (now + clock.seconds(task), next(order), task))
+            heapq.heappush(events, _Event(end, next(order), task, completed, now))
 
     def train(number: int) -> None:
         tasks = tuple(waiting.pop(number))
@@ -225,12 +257,33 @@ def run_buffered(
     check_buffered(strategy, first.fit, config, buffer, len(ids))
     start_tasks(state)
     while state.round < until_step:
-        now, _, task = heapq.heappop(flights)
+        if not events:
+            raise RoundFailedError(
+                state.round + 1,
+                "no client is training and none will be online again",
+                tuple(since.failures),
+            )
+        event = heapq.heappop(events)
+        now, task = event.time, event.task
+        if task is None:  # a device came online
+            waking.clear()
+            start_tasks(state)
+            continue
         client = task.client_id
+        busy.discard(client)
+        if not event.completed:
+            since.failures.append(
+                ClientFailure(
+                    client,
+                    "train",
+                    f"went offline {now - event.started:.4g} s into its task; the work is lost",
+                )
+            )
+            start_tasks(state)
+            continue
         if client not in outcomes:
             train(task.round)
         outcome = outcomes.pop(client)
-        busy.discard(client)
         if task.round not in waiting and task.round <= state.round:
             versions.pop(task.round, None)  # no task still to train from it
         if isinstance(outcome, ClientFailure):
@@ -252,8 +305,7 @@ def run_buffered(
                 since.buffer.append((outcome, staleness))
         if len(since.buffer) >= buffer.buffer_size:
             number = state.round + 1
-            every = config.evaluate_every
-            evaluate = number == until_step or (every > 0 and number % every == 0)
+            evaluate = evaluates(number, until_step, config.evaluate_every)
             state, report, rng = _step(
                 state, strategy, transport, ids, config, buffer.staleness, since, now, rng,
                 versions[number], evaluate, central_evaluate,

@@ -203,6 +203,12 @@ def left_out(
     return state.evolve(round=state.round + 1, rng_state=rng.bit_generator.state), report
 
 
+def evaluates(number: int, until: int, every: int) -> bool:
+    """Whether round (or server step) ``number`` evaluates: every ``every`` (0: none but
+    the last), and always the last one, ``until``."""
+    return number == until or (every > 0 and number % every == 0)
+
+
 def run_rounds(
     state: ServerState,
     strategy: Strategy,
@@ -219,9 +225,7 @@ def run_rounds(
     """
     checks.non_negative_int("rounds", until_round)
     while state.round < until_round:
-        number = state.round + 1
-        every = config.evaluate_every
-        evaluate = number == until_round or (every > 0 and number % every == 0)
+        evaluate = evaluates(state.round + 1, until_round, config.evaluate_every)
         state, report = run_round(
             state,
             strategy,

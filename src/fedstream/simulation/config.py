@@ -591,6 +591,17 @@ class ClockSettings:
     speed_sigma: float = setting(1.0, "lognormal: σ of the log of the time per example")
     speed_shape: float = setting(1.5, "pareto: shape α > 1 (≤ 2: infinite variance)")
     latency_s: float = setting(0.0, "fixed time per task for download and upload (s)")
+    online_s: float = setting(
+        0.0,
+        "mean online period of a device (s, exponential); 0: always online. With it, "
+        "offline_s is the mean offline period",
+    )
+    offline_s: float = setting(0.0, "mean offline period of a device (s, exponential)")
+    trace: str | None = setting(
+        None,
+        'a JSON file of each client\'s {"seconds_per_example": s, "online": [[start, end], '
+        "…]} (either key for every client), instead of drawing them",
+    )
 
     def __post_init__(self) -> None:
         checks.one_of("clock.speeds", self.speeds, list(SPEEDS))
@@ -599,6 +610,18 @@ class ClockSettings:
         if not (math.isfinite(self.speed_shape) and self.speed_shape > 1):
             raise ConfigError("clock.speed_shape", self.speed_shape, "a number > 1")
         checks.non_negative("clock.latency_s", self.latency_s)
+        checks.non_negative("clock.online_s", self.online_s)
+        checks.non_negative("clock.offline_s", self.offline_s)
+        if (self.online_s > 0) != (self.offline_s > 0):
+            raise ConfigError(
+                "clock.offline_s" if self.online_s > 0 else "clock.online_s",
+                self.offline_s if self.online_s > 0 else self.online_s,
+                "a number > 0 with the other (online and offline periods go together)",
+            )
+        if self.trace is not None and self.online_s > 0:
+            raise ConfigError(
+                "clock.online_s", self.online_s, "0 with clock.trace (the trace says when)"
+            )
 
 
 SECTIONS: dict[str, type[Any]] = {

@@ -1,7 +1,8 @@
 """Which loop a simulated run steps through, and its simulated time.
 
-``run.mode = "sync"`` runs the round loop; each round, with a clock (``[clock]``), lasts
-as long as its slowest completed task and its report gains the run's cumulative
+``run.mode = "sync"`` runs the round loop; with a clock (``[clock]``) a sampled client
+offline at the round's start, or going offline during its task, fails, each round lasts
+until its last task ended or was lost, and its report gains the run's cumulative
 ``sim_time_s``. ``run.mode = "async"`` runs the buffered loop (``rounds.buffered``) on the
 clock (constant speeds unless ``[clock]`` says otherwise), which reports ``sim_time_s``
 itself. Both yield (state, report) per round or server step, so the engine checkpoints,
@@ -11,16 +12,27 @@ records and publishes them alike.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedstream.errors import ConfigError
-from fedstream.rounds import RoundConfig, run_rounds
+from fedstream import checks
+from fedstream.client.base import FitTask
+from fedstream.errors import ClientFailure, ConfigError
+from fedstream.rounds import RoundConfig, run_round, run_rounds
 from fedstream.rounds.buffered import run_buffered
-from fedstream.simulation.clock import CLOCK_STREAM, DeviceClock, draw_speeds
+from fedstream.rounds.loop import evaluates
+from fedstream.rounds.plan import TaskPolicy
+from fedstream.simulation.clock import (
+    CLOCK_STREAM,
+    Availability,
+    DeviceClock,
+    draw_speeds,
+    read_trace,
+)
 from fedstream.simulation.config import SimulationConfig
+from fedstream.strategies.base import Strategy
 from fedstream.transport.base import Transport
 from fedstream.types import RoundReport, ServerState
 
@@ -32,20 +44,36 @@ Steps = Iterator[tuple[ServerState, RoundReport]]
 
 def device_clock(config: SimulationConfig, setup: Setup) -> DeviceClock | None:
     """The simulated devices' clock ``config.clock`` describes (constant speeds for an
-    asynchronous run without one), or ``None`` for a synchronous run without one."""
+    asynchronous run or one with availability but no speeds), or ``None`` for a
+    synchronous run without one. A trace file's entries take the place of the draws."""
     settings = config.clock
+    timed = settings.online_s > 0 or settings.trace is not None
     kind = settings.speeds
     if kind == "none":
-        if config.run.mode == "sync":
+        if config.run.mode == "sync" and not timed:
             return None
         kind = "constant"
     ids = sorted(setup.dataset.clients)
+    trace = read_trace(settings.trace) if settings.trace is not None else {}
     rng = np.random.default_rng([config.execution.seed, CLOCK_STREAM])
     speeds = draw_speeds(
         ids, kind, settings.seconds_per_example, rng, settings.speed_sigma, settings.speed_shape
     )
+    for client in ids:
+        given = trace.get(client, {}).get("seconds_per_example")
+        if given is not None:
+            checks.positive(f"clock.trace[{client!r}].seconds_per_example", given)
+            speeds[client] = float(given)
+    availability = None
+    if any("online" in entry for entry in trace.values()):
+        online = {c: entry.get("online") for c, entry in trace.items() if "online" in entry}
+        availability = Availability.from_trace(online, ids)
+    elif settings.online_s > 0:
+        availability = Availability.exponential(
+            ids, settings.online_s, settings.offline_s, config.execution.seed
+        )
     sizes = {c: setup.dataset.clients[c].num_train for c in ids}
-    return DeviceClock(speeds, sizes, settings.latency_s)
+    return DeviceClock(speeds, sizes, settings.latency_s, availability)
 
 
 def server_steps(
@@ -74,25 +102,92 @@ def server_steps(
             config.run.rounds,
             setup.central_evaluate,
         )
-    steps = run_rounds(
-        state,
-        strategy,
-        transport,
-        client_ids,
-        rounds,
-        config.run.rounds,
-        setup.central_evaluate,
-        config.task_policy(),
+    if clock is None:
+        return run_rounds(
+            state,
+            strategy,
+            transport,
+            client_ids,
+            rounds,
+            config.run.rounds,
+            setup.central_evaluate,
+            config.task_policy(),
+        )
+    return timed_rounds(
+        state, strategy, transport, client_ids, rounds, config, setup, clock, elapsed
     )
-    return steps if clock is None else timed(steps, clock, config.client.local_epochs, elapsed)
 
 
-def timed(steps: Steps, clock: DeviceClock, epochs: int, elapsed: float) -> Steps:
-    """Synchronous rounds with the cumulative simulated time each ends at
-    (``sim_time_s``): a round lasts as long as its slowest completed task."""
-    for state, report in steps:
-        elapsed += clock.round_seconds(report.completed, epochs)
+def timed_rounds(
+    state: ServerState,
+    strategy: Strategy,
+    transport: Transport,
+    client_ids: Sequence[str],
+    rounds: RoundConfig,
+    config: SimulationConfig,
+    setup: Setup,
+    clock: DeviceClock,
+    elapsed: float,
+) -> Steps:
+    """Synchronous rounds on the clock: a sampled client whose device is offline when the
+    round starts, or goes offline before its task ends, fails (``OnClock``); the round
+    lasts until its last task ended or was lost, and its report carries the cumulative
+    simulated time (``sim_time_s``)."""
+    until, epochs = config.run.rounds, config.client.local_epochs
+    stragglers = config.task_policy()
+    while state.round < until:
+        online = OnClock(clock, elapsed)
+        state, report = run_round(
+            state,
+            strategy,
+            transport,
+            client_ids,
+            rounds,
+            evaluate=evaluates(state.round + 1, until, rounds.evaluate_every),
+            central_evaluate=setup.central_evaluate,
+            task_policy=online if stragglers is None else online.then(stragglers),
+        )
+        elapsed += clock.round_seconds(report.sampled, epochs, elapsed)
         yield state, replace(report, metrics={**report.metrics, "sim_time_s": elapsed})
+
+
+@dataclass(frozen=True)
+class OnClock:
+    """A round's task policy at simulated time ``start``: tasks whose device is offline
+    then, or goes offline before the task ends, fail. It draws nothing."""
+
+    clock: DeviceClock
+    start: float
+
+    def __call__(
+        self, tasks: Sequence[FitTask], rng: np.random.Generator
+    ) -> tuple[list[FitTask], list[ClientFailure]]:
+        kept: list[FitTask] = []
+        failures: list[ClientFailure] = []
+        for task in tasks:
+            client = task.client_id
+            if self.clock.next_online(client, self.start) > self.start:
+                failures.append(ClientFailure(client, "train", "offline when the round started"))
+                continue
+            end, completed = self.clock.task_end(client, task.config.local_epochs, self.start)
+            if completed:
+                kept.append(task)
+            else:
+                lost = f"went offline {end - self.start:.4g} s into its task; the work is lost"
+                failures.append(ClientFailure(client, "train", lost))
+        return kept, failures
+
+    def then(self, policy: TaskPolicy) -> TaskPolicy:
+        """This policy, then ``policy`` on the tasks it kept."""
+
+        def both(
+            tasks: Sequence[FitTask], rng: np.random.Generator
+        ) -> tuple[list[FitTask], list[ClientFailure]]:
+            kept, failures = self(tasks, rng)
+            rest, more = policy(kept, rng)
+            return rest, failures + more
+
+        return both
 
 
 def check_async_run(config: SimulationConfig, resume: bool, deployed: bool) -> None:
