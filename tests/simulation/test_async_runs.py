@@ -9,6 +9,7 @@ import pytest
 
 import fedstream
 from fedstream import ConfigError
+from fedstream.privacy import PrivacyLedger
 from fedstream.simulation import build
 from fedstream.simulation.timeline import device_clock
 from tests.settings import make_config, nested
@@ -79,7 +80,11 @@ def test_an_async_run_folder_records_every_server_step(tmp_path):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"dp": "client"}, r"^privacy\.level='client' is invalid: expected 'none' with run"),
+        ({"dp": "sample"}, r"^privacy\.level='sample' is invalid: expected 'none', 'client'"),
+        (
+            {"dp": "client", "concurrency": 95},
+            r"^asynchronous\.concurrency=95 is invalid: expected at most data\.num_clients - b",
+        ),
         ({"secure_aggregation": "secagg+"}, r"^secure\.scheme='secagg\+' is invalid: expected"),
         ({"strategy": "fednova"}, r"^strategy\.name='fednova' is invalid: expected a strategy"),
         ({"straggler_fraction": 0.5}, r"^client\.straggler_fraction=0\.5 is invalid: expected 0"),
@@ -144,3 +149,20 @@ def test_a_trace_file_says_who_is_online_and_how_fast(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(ConfigError, match=r"^clock\.trace='.*bad\.json' is invalid: expected a"):
         fedstream.simulate(**nested(rounds=1, **run | {"trace": str(bad)}))
+
+
+def test_under_client_dp_no_step_holds_two_updates_of_one_client_and_epsilon_has_no_amplification():
+    # with very heavy-tailed speeds (σ = 2) the fastest clients finish twice before a
+    # buffer of 10 fills; under DP a client with an update in the buffer waits for the step
+    run = ASYNC | {"rounds": 10, "evaluate_every": 0, "concurrency": 12, "speed_sigma": 2.0}
+    plain = fedstream.simulate(**nested(**run))
+    assert any(len(set(r.completed)) < len(r.completed) for r in plain.reports)
+    private = fedstream.simulate(**nested(**run, dp="client", dp_noise=0.8, dp_clip=0.5))
+    assert all(len(set(r.completed)) == len(r.completed) == 10 for r in private.reports)
+    # each step is a Gaussian release over whoever finished: accounted at q = 1 (every
+    # client, every step), not amplified by a sampling that did not happen
+    assert private.state.accountant["client"].entries == ((0.8, 1.0, 10, 100),)
+    expected = PrivacyLedger().record(0.8, 1.0, 10, population=100).epsilon(1e-5)
+    assert private.final_metrics["dp_epsilon"] == pytest.approx(expected)
+    local = fedstream.simulate(**nested(**run, dp="local", dp_noise=0.8, dp_clip=0.5))
+    assert local.state.params.is_finite() and local.final_metrics["dp_epsilon"] > 0

@@ -7,6 +7,10 @@ Whenever one finishes, its update joins the buffer, scaled by its staleness
 server steps, with the strategy's own update, whatever versions they were trained from.
 FedAsync is ``buffer_size = 1``. An update older than ``max_staleness`` server steps is
 refused and recorded as a failure; a failed client is replaced as a finished one is.
+Under client-level DP (``FitConfig.privacy``) a client with an update in the buffer is
+not given another task before the step, so no step holds two of its updates: the
+strategy's noise at each step is calibrated to one clipped update per client, accounted
+without amplification (the buffer holds whoever finished first, not a random sample).
 
 Time is the ``Clock``'s: when each device is online (a task goes only to an online one,
 and is lost, recorded as a failure, if its device goes offline before it ends) and how
@@ -156,12 +160,12 @@ def check_buffered(
             config.secure_aggregation.scheme,
             "none in an asynchronous run (a secure sum over each buffer is not built yet)",
         )
-    if fit.privacy is not None or fit.sample_dp is not None:
+    if fit.sample_dp is not None:
         raise ConfigError(
             "privacy.level",
-            "client" if fit.privacy is not None else "sample",
-            "'none' in an asynchronous run: the accountant assumes each step samples its "
-            "clients at random, and a buffer holds whoever finished first",
+            "sample",
+            "'none', 'client' or 'local' in an asynchronous run (DP-SGD's accounting "
+            "composes one task per client a round)",
         )
     if fit.algorithm in ROUND_ALGORITHMS:
         raise ConfigError(
@@ -212,10 +216,16 @@ def run_buffered(
         return versions[number]
 
     def start_tasks(current: ServerState) -> None:
+        # under DP a client whose update waits in the buffer waits too: one update per
+        # client per step is what the step's noise is calibrated to
+        private = first.fit.privacy is not None
         while len(busy) < buffer.concurrency:
-            idle = [c for c in ids if c not in busy]
+            held = {u.client_id for u, _ in since.buffer} if private else set()
+            idle = [c for c in ids if c not in busy and c not in held]
             online = [c for c in idle if clock.next_online(c, now) <= now]
             if not online:  # wake up when the first idle device comes online
+                if not idle:
+                    return
                 wake = min(clock.next_online(c, now) for c in idle)
                 if math.isfinite(wake) and not waking:
                     waking.append(wake)

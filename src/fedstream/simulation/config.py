@@ -794,12 +794,21 @@ class SimulationConfig:
                 self.secure.scheme,
                 "'none' with run.mode='async' (a secure sum over each buffer is not built yet)",
             )
-        if self.privacy.level != "none":
+        if self.privacy.level == "sample":
             raise ConfigError(
                 "privacy.level",
-                self.privacy.level,
-                "'none' with run.mode='async': the accountant assumes each step samples its "
-                "clients at random, and a buffer holds whoever finished first",
+                "sample",
+                "'none', 'client' or 'local' with run.mode='async' (DP-SGD's accounting "
+                "composes one task per client a round)",
+            )
+        buffer = self.asynchronous.buffer_size
+        if self.privacy.level != "none" and concurrency + buffer > self.data.num_clients:
+            raise ConfigError(
+                "asynchronous.concurrency",
+                concurrency,
+                f"at most data.num_clients - buffer_size ({self.data.num_clients - buffer}) "
+                "under DP: a client with an update in the buffer waits for the step, so "
+                "that no step holds two of its updates",
             )
         if self.strategy.name in ROUND_ALGORITHMS:
             raise ConfigError(
@@ -887,13 +896,16 @@ class SimulationConfig:
                 "their noise is added on the clients)",
             )
         per_round = self.clients_per_round_count()
+        rate = per_round / self.data.num_clients
+        if self.run.mode == "async":  # K updates a step, by speed: no amplification
+            per_round, rate = self.asynchronous.buffer_size, 1.0
         return DifferentialPrivacy(
             strategy,
             level=typing.cast(DPLevel, privacy.level),
             noise_multiplier=privacy.noise,
             clip=privacy.clip,
             delta=privacy.delta,
-            client_sampling_rate=per_round / self.data.num_clients,
+            client_sampling_rate=rate,
             client_sampling=typing.cast(ClientSampling, self.client_sampling),
             clients=self.data.num_clients,
             adaptive_clip=privacy.adaptive_clip,
@@ -922,7 +934,10 @@ class SimulationConfig:
 
     @property
     def client_sampling(self) -> str:
-        """``run.sampling`` resolved: ``auto`` is Poisson when privacy is on."""
+        """``run.sampling`` resolved: ``auto`` is Poisson when privacy is on. An
+        asynchronous run's steps take whoever finished: fixed-size, not sampled."""
+        if self.run.mode == "async":
+            return "fixed"
         if self.run.sampling != "auto":
             return self.run.sampling
         return "poisson" if self.privacy.level != "none" else "fixed"
