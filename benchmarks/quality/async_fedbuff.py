@@ -16,8 +16,9 @@ to reach the target accuracy, medians over ``--seeds``.
   FedAvg with 10 a round against FedBuff with concurrency 10 and K = 5; federated
   accuracy on the clients' test splits.
 
-The asynchronous arms run for ``--async-factor`` times the synchronous arm's client
-updates and are cut at the synchronous arm's total simulated time.
+The synchronous arm runs ``--rounds`` rounds; the asynchronous arms of the same seed run
+until the synchronous arm's total simulated time, or at most ``--most`` times its client
+updates (then "accuracy at sync's end" is the asynchronous arm's last).
 
     python benchmarks/quality/async_fedbuff.py [--seeds 0 1 2] [--rounds 30]
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import statistics
 import sys
@@ -37,10 +39,12 @@ from typing import Any
 
 from common import RESULTS, print_table, save
 
-import fedstream
-from fedstream.simulation import SimulationConfig, preset
+from fedstream.simulation import SimulationConfig, build, preset
 from fedstream.simulation.config import from_mapping, merge
+from fedstream.simulation.engine import round_config, torch_threads
+from fedstream.simulation.timeline import device_clock, server_steps
 
+SYNC = "FedAvg (sync)"  # each data set's synchronous arm, whose time is the budget
 CLOCK = {"speeds": "lognormal", "speed_sigma": 1.0, "seconds_per_example": 0.01}
 DATASETS: dict[str, dict[str, Any]] = {
     "digits": {
@@ -49,7 +53,7 @@ DATASETS: dict[str, dict[str, Any]] = {
         "target": 0.85,
         "per_round": 20,
         "arms": {
-            "FedAvg (sync)": {},
+            SYNC: {},
             "FedBuff K=10": {"asynchronous": {"buffer_size": 10, "concurrency": 20}},
             "FedAsync K=1": {
                 "asynchronous": {"buffer_size": 1, "concurrency": 20},
@@ -64,21 +68,30 @@ DATASETS: dict[str, dict[str, Any]] = {
         "target": 0.70,
         "per_round": 10,
         "arms": {
-            "FedAvg (sync)": {},
+            SYNC: {},
             "FedBuff K=5": {"asynchronous": {"buffer_size": 5, "concurrency": 10}},
         },
     },
 }
 
 
-def arm_config(dataset: str, arm: str, seed: int, rounds: int, factor: float) -> SimulationConfig:
+def arm_config(
+    dataset: str, arm: str, seed: int, rounds: int, most: float = 10.0
+) -> SimulationConfig:
+    """The arm's settings; an asynchronous arm has steps for ``most`` times the
+    synchronous arm's client updates (``run`` stops it earlier, at the synchronous arm's
+    simulated time) and evaluates as often per update as the synchronous one."""
     spec = DATASETS[dataset]
     changes = merge(spec["base"], spec["arms"][arm])
     changes = merge(changes, {"clock": CLOCK, "execution": {"seed": seed}})
     if "asynchronous" in changes:
-        steps = round(rounds * spec["per_round"] * factor / changes["asynchronous"]["buffer_size"])
-        every = max(1, steps // rounds)
-        changes = merge(changes, {"run": {"mode": "async", "rounds": steps, "evaluate_every": every}})
+        buffer = changes["asynchronous"]["buffer_size"]
+        sync_every = changes.get("run", {}).get("evaluate_every", 1)
+        every = max(1, spec["per_round"] * sync_every // buffer)
+        steps = math.ceil(most * rounds * spec["per_round"] / buffer)
+        changes = merge(
+            changes, {"run": {"mode": "async", "rounds": steps, "evaluate_every": every}}
+        )
     else:
         changes = merge(changes, {"run": {"rounds": rounds}})
     if "preset" in spec:
@@ -86,21 +99,34 @@ def arm_config(dataset: str, arm: str, seed: int, rounds: int, factor: float) ->
     return from_mapping(changes)
 
 
-def run(job: tuple[str, str, int, SimulationConfig]) -> dict[str, Any]:
-    dataset, arm, seed, config = job
+def run(job: tuple[str, str, int, SimulationConfig, float | None]) -> dict[str, Any]:
+    """One arm: its (simulated time, accuracy) curve, until its rounds end or, for an
+    asynchronous arm, past ``budget`` simulated seconds."""
+    dataset, arm, seed, config, budget = job
     started = time.perf_counter()
-    result = fedstream.simulate(config)
     metric = DATASETS[dataset]["metric"]
-    curve = [
-        (r.metrics["sim_time_s"], r.metrics[metric]) for r in result.reports if metric in r.metrics
-    ]
+    curve, updates = [], 0
+    with torch_threads(config.execution.threads):
+        setup = build(config)
+        ids = sorted(setup.dataset.clients)
+        steps = server_steps(
+            config, setup, setup.initial, setup.transport, ids,
+            round_config(config, setup), device_clock(config, setup), 0.0,
+        )  # fmt: skip
+        for _, report in steps:
+            updates += len(report.completed)
+            now = report.metrics["sim_time_s"]
+            if metric in report.metrics:
+                curve.append((now, report.metrics[metric]))
+            if budget is not None and now >= budget and metric in report.metrics:
+                break
     print(f"[{dataset} {arm} seed {seed}] {time.perf_counter() - started:.0f}s", file=sys.stderr)
     return {
         "dataset": dataset,
         "arm": arm,
         "seed": seed,
         "curve": curve,
-        "updates": sum(len(r.completed) for r in result.reports),
+        "updates": updates,
         "wall_s": time.perf_counter() - started,
     }
 
@@ -121,7 +147,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         budgets = {
             r["seed"]: r["curve"][-1][0]
             for r in runs
-            if r["dataset"] == dataset and r["arm"] == "FedAvg (sync)"
+            if r["dataset"] == dataset and r["arm"] == SYNC
         }
         for arm in spec["arms"]:
             mine = [r for r in runs if r["dataset"] == dataset and r["arm"] == arm]
@@ -145,9 +171,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "wall s": statistics.median(r["wall_s"] for r in mine),
                 }
             )
-    sync_time = {
-        row["dataset"]: row["time to target s"] for row in rows if row["arm"] == "FedAvg (sync)"
-    }
+    sync_time = {row["dataset"]: row["time to target s"] for row in rows if row["arm"] == SYNC}
     for row in rows:
         base, mine = sync_time.get(row["dataset"]), row["time to target s"]
         row["speed-up"] = base / mine if base and mine else None
@@ -162,7 +186,8 @@ def plot(runs: list[dict[str, Any]]) -> None:
 
     figure, axes = plt.subplots(1, len(DATASETS), figsize=(5.5 * len(DATASETS), 4), dpi=110)
     for axis, (dataset, spec) in zip(axes, DATASETS.items(), strict=True):
-        budget = max(r["curve"][-1][0] for r in runs if r["dataset"] == dataset and "sync" in r["arm"])
+        synchronous = [r for r in runs if r["dataset"] == dataset and r["arm"] == SYNC]
+        budget = max(r["curve"][-1][0] for r in synchronous)
         for index, arm in enumerate(spec["arms"]):
             for r in runs:
                 if r["dataset"] == dataset and r["arm"] == arm:
@@ -184,22 +209,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--async-factor", type=float, default=3.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--most", type=float, default=10.0)
     args = parser.parse_args()
-    jobs = [
-        (dataset, arm, seed, arm_config(dataset, arm, seed, args.rounds, args.async_factor))
+    configs = {
+        (dataset, arm, seed): arm_config(dataset, arm, seed, args.rounds, args.most)
         for seed in args.seeds
         for dataset, spec in DATASETS.items()
         for arm in spec["arms"]
-    ]
-    runs = []
-    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        for result in pool.imap(run, jobs):
-            last = result["curve"][-1]
-            print(json.dumps({k: result[k] for k in ("dataset", "arm", "seed", "updates")}
-                             | {"sim_time_s": last[0], "accuracy": last[1]}), flush=True)  # fmt: skip
-            runs.append(result)
+    }
+    runs: list[dict[str, Any]] = []
+
+    def run_all(jobs: list[tuple[str, str, int, SimulationConfig, float | None]]) -> None:
+        with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+            for result in pool.imap(run, jobs):
+                last = result["curve"][-1]
+                shown = {k: result[k] for k in ("dataset", "arm", "seed", "updates")}
+                print(json.dumps(shown | {"sim_time_s": last[0], "accuracy": last[1]}), flush=True)
+                runs.append(result)
+
+    # the synchronous arms first: their total simulated time is each seed's budget
+    run_all([(*key, config, None) for key, config in configs.items() if key[1] == SYNC])
+    budgets = {(r["dataset"], r["seed"]): r["curve"][-1][0] for r in runs}
+    run_all([
+        (*key, config, budgets[key[0], key[2]])
+        for key, config in configs.items() if key[1] != SYNC
+    ])  # fmt: skip
     rows = summarise(runs)
     print_table(rows, ["dataset", "arm", "target", "time to target s", "reached", "speed-up",
                        "accuracy at sync's end", "sync's end s", "wall s"])  # fmt: skip

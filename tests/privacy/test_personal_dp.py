@@ -79,8 +79,13 @@ def test_fedbn_sends_only_clipped_shared_entries_and_its_batch_norm_never_moves_
 
 @pytest.mark.parametrize(
     "changes",
-    [{"strategy": "ditto"}, {"model": "mlp_bn", "local_batchnorm": True}],
-    ids=["ditto", "fedbn"],
+    [
+        {"strategy": "ditto"},
+        {"model": "mlp_bn", "local_batchnorm": True},
+        {"personal": ("4",)},
+        {"strategy": "fedrep", "personal": ("4",)},
+    ],
+    ids=["ditto", "fedbn", "fedper", "fedrep"],
 )
 def test_personal_runs_under_client_dp_report_their_epsilon_and_both_accuracies(changes):
     # by default a private run keeps the clients' own metrics at home, personal accuracy

@@ -201,11 +201,16 @@ def test_personalised_evaluation_reports_both_models_per_client():
     assert report.metrics["fed_personal_accuracy"] == pytest.approx(weighted / sum(sizes.values()))
 
 
-def test_run_with_serve_serves_each_new_round_while_training(tmp_path):
+@pytest.mark.parametrize(
+    "mode", [[], ["--run.mode", "async", "--clock.speeds", "lognormal"]], ids=["sync", "async"]
+)
+def test_run_with_serve_serves_each_new_round_while_training(tmp_path, mode):
+    # an asynchronous run publishes a version at every server step, as a round does
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "fedstream.cli", "run", "--run.rounds", "40", "--quiet",
-         "--output", str(tmp_path / "run"), "--serve", str(port), "--run.evaluate-every", "0"],
+         "--output", str(tmp_path / "run"), "--serve", str(port), "--run.evaluate-every", "0",
+         *mode],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     seen: set[int] = set()
