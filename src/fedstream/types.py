@@ -21,6 +21,7 @@ from fedstream.params import Params
 if TYPE_CHECKING:
     from fedstream.aggregation.updates import UpdateMatrix
     from fedstream.privacy.accountant import PrivacyLedger
+    from fedstream.rounds.buffered import InFlight
 
 ClientMetrics = Literal["clear", "summed", "none"]
 METRIC_PREFIX = "metric:"
@@ -204,7 +205,9 @@ class ServerState:
     ``"local"``, ``"sample"``): history only, ε is computed from it. ``clip_norm`` is the
     current client-level DP clip bound (adaptive clipping moves it every round).
     ``rng_state`` is the numpy ``PCG64`` bit-generator state used to sample clients and seed
-    them, so a resumed run draws exactly what an uninterrupted one would.
+    them, so a resumed run draws exactly what an uninterrupted one would. ``in_flight`` is
+    an asynchronous run's work in progress (``rounds.buffered.InFlight``); ``None`` in a
+    synchronous one.
     """
 
     round: int
@@ -213,6 +216,7 @@ class ServerState:
     accountant: Mapping[str, PrivacyLedger] = field(default_factory=dict)
     clip_norm: float | None = None
     rng_state: Mapping[str, Any] = field(default_factory=dict)
+    in_flight: InFlight | None = None
 
     @classmethod
     def initial(cls, params: Params, seed: int | np.random.SeedSequence) -> ServerState:

@@ -12,6 +12,7 @@ from fedstream import ConfigError
 from fedstream.privacy import PrivacyLedger
 from fedstream.simulation import build
 from fedstream.simulation.timeline import device_clock
+from tests.runs import resumed_and_straight
 from tests.settings import make_config, nested
 
 ASYNC = {"mode": "async", "rounds": 12, "speeds": "lognormal", "evaluate_every": 4}
@@ -73,8 +74,25 @@ def test_an_async_run_folder_records_every_server_step(tmp_path):
     assert [json.loads(line)["metrics"]["sim_time_s"] > 0 for line in lines] == [True] * 3
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["config"]["run"]["mode"] == "async"
-    with pytest.raises(ConfigError, match=r"^resume=True is invalid: expected a new run with"):
-        fedstream.simulate(output_dir=tmp_path / "run", resume=True, **nested(**ASYNC))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"online_s": 30.0, "offline_s": 30.0, "seconds_per_example": 0.2, "personal": ("4",)}],
+    ids=["speeds", "availability-fedper"],
+)
+def test_an_async_run_resumes_bit_for_bit_with_its_work_in_progress(tmp_path, changes):
+    # each checkpoint holds the tasks still running, the updates trained but not
+    # yet arrived and the model versions they started from: a resumed run goes on exactly
+    run = ASYNC | {"rounds": 8} | changes
+    resumed, straight = resumed_and_straight(tmp_path, run)
+    assert resumed.state.params.bit_equal(straight.state.params)
+    assert resumed.final_metrics == straight.final_metrics
+    assert [r.completed for r in resumed.reports] == [r.completed for r in straight.reports]
+    saved = json.loads(
+        (tmp_path / "run" / "checkpoints" / "round-000008" / "state.json").read_text()
+    )
+    assert saved["in_flight"]["events"] and saved["in_flight"]["versions"]
 
 
 @pytest.mark.parametrize(

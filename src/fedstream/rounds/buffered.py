@@ -31,10 +31,9 @@ dashboard take it as they take a round.
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -110,7 +109,7 @@ class Clock(Protocol):
 
 
 @dataclass(frozen=True, order=True)
-class _Event:
+class Event:
     """A task ending (completed, or lost when its device went offline), or a wake-up to
     start tasks once a device comes online (``task`` is ``None``), in time order."""
 
@@ -119,6 +118,22 @@ class _Event:
     task: FitTask | None = field(compare=False)
     completed: bool = field(compare=False, default=True)
     started: float = field(compare=False, default=0.0)
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """The buffered loop's work in progress after a server step, kept in
+    ``ServerState.in_flight`` so a checkpoint holds it and a resumed run goes on exactly:
+    the simulated time ``now``, the next event number, the pending ``events``, the
+    outcomes of tasks trained but not yet ended (``outcomes``), and the model versions
+    (params sent, task config) that tasks not yet trained started from (``versions``).
+    A task in ``events`` that completes and has no outcome is one still to train."""
+
+    now: float
+    next_order: int
+    events: tuple[Event, ...]
+    outcomes: Mapping[str, ClientUpdate | ClientFailure]
+    versions: Mapping[int, tuple[Params, FitConfig]]
 
 
 @dataclass(frozen=True)
@@ -197,12 +212,21 @@ def run_buffered(
     versions: dict[int, _Version] = {}
     waiting: dict[int, list[FitTask]] = {}  # started, not trained yet, by version
     outcomes: dict[str, ClientUpdate | ClientFailure] = {}
-    events: list[_Event] = []  # a heap
-    order = itertools.count()
+    events: list[Event] = []  # a heap
     busy: set[str] = set()
     waking: list[float] = []  # the pending wake-up's time, if any
     now = 0.0
+    counter = [0]  # the next event's number
     since = _Since()
+
+    def number_next() -> int:
+        counter[0] += 1
+        return counter[0] - 1
+
+    def version(current: ServerState, sent: Params, fit: FitConfig) -> _Version:
+        like = strategy.payload_like(shared_part(current.params, fit.local_entries))
+        mask = upload_mask(decode_broadcast(sent, config.broadcast), fit)
+        return _Version(sent, fit, like, upload_codec(fit), mask)
 
     def version_of(current: ServerState) -> _Version:
         number = current.round + 1
@@ -210,10 +234,31 @@ def run_buffered(
             local = local_names(current.params, config.local_entries)
             fit = strategy.configure_fit(current, replace(config.fit_config(), local_entries=local))
             sent = broadcast_params(strategy.broadcast(current), config.broadcast, rng)
-            like = strategy.payload_like(shared_part(current.params, fit.local_entries))
-            mask = upload_mask(decode_broadcast(sent, config.broadcast), fit)
-            versions[number] = _Version(sent, fit, like, upload_codec(fit), mask)
+            versions[number] = version(current, sent, fit)
         return versions[number]
+
+    def in_flight() -> InFlight:
+        return InFlight(
+            now,
+            counter[0],
+            tuple(events),
+            dict(outcomes),
+            {n: (versions[n].params, versions[n].fit) for n in waiting},
+        )
+
+    if state.in_flight is not None:  # a resumed run: its work in progress, as it was
+        saved = state.in_flight
+        now, counter[0] = saved.now, saved.next_order
+        events = sorted(saved.events)  # a sorted list is a heap
+        outcomes.update(saved.outcomes)
+        versions.update({n: version(state, p, f) for n, (p, f) in saved.versions.items()})
+        for event in events:
+            if event.task is None:
+                waking.append(event.time)
+                continue
+            busy.add(event.task.client_id)
+            if event.completed and event.task.client_id not in outcomes:
+                waiting.setdefault(event.task.round, []).append(event.task)
 
     def start_tasks(current: ServerState) -> None:
         # under DP a client whose update waits in the buffer waits too: one update per
@@ -229,7 +274,7 @@ def run_buffered(
                 wake = min(clock.next_online(c, now) for c in idle)
                 if math.isfinite(wake) and not waking:
                     waking.append(wake)
-                    heapq.heappush(events, _Event(wake, next(order), None))
+                    heapq.heappush(events, Event(wake, number_next(), None))
                 return
             client = online[int(rng.integers(len(online)))]
             seed = int(rng.integers(0, 2**63 - 1))
@@ -240,7 +285,7 @@ def run_buffered(
                 waiting.setdefault(task.round, []).append(task)
             busy.add(client)
             since.started.append(client)
-            heapq.heappush(events, _Event(end, next(order), task, completed, now))
+            heapq.heappush(events, Event(end, number_next(), task, completed, now))
 
     def train(number: int) -> None:
         tasks = tuple(waiting.pop(number))
@@ -320,6 +365,7 @@ def run_buffered(
                 state, strategy, transport, ids, config, buffer.staleness, since, now, rng,
                 versions[number], evaluate, central_evaluate,
             )  # fmt: skip
+            state = state.evolve(in_flight=in_flight())
             yield state, report
             since = _Since()
         start_tasks(state)

@@ -528,7 +528,7 @@ def _simulate(
     reports: list[RoundReport] = []
     history = RoundHistory(out) if out is not None else None
     with torch_threads(config.execution.threads):
-        check_async_run(config, resume, deployed=transport_factory is not None)
+        check_async_run(config, deployed=transport_factory is not None)
         setup = build(config, app_object, server_only=transport_factory is not None)
         state = setup.initial
         saved_clients: dict[str, ClientState] = {}

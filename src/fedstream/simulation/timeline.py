@@ -190,17 +190,10 @@ class OnClock:
         return both
 
 
-def check_async_run(config: SimulationConfig, resume: bool, deployed: bool) -> None:
+def check_async_run(config: SimulationConfig, deployed: bool) -> None:
     """What an asynchronous simulation cannot do yet, refused before it starts."""
     if config.run.mode != "async":
         return
-    if resume:
-        raise ConfigError(
-            "resume",
-            True,
-            "a new run with run.mode='async' (its in-flight tasks and buffer are not "
-            "checkpointed yet)",
-        )
     if deployed:
         raise ConfigError(
             "run.mode",

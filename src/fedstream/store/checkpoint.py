@@ -7,8 +7,11 @@ One folder per round, ``checkpoints/round-000012/``:
 - ``clients.safetensors`` — in a simulation, every simulated client's durable state
   (``client.state``: error-feedback residuals, control variates, local model entries),
   which a deployment's clients keep on their own disks instead;
+- ``in_flight.safetensors`` — in an asynchronous run, the arrays of its work in progress
+  (``store.inflight``: model versions still trained from, updates trained but not ended);
 - ``state.json`` — round, RNG state, privacy ledgers, DP clip bound, the round's report,
-  the client ids of ``clients.safetensors``, and the SHA-256 of every file beside it.
+  the client ids of ``clients.safetensors``, an asynchronous run's events and tasks, and
+  the SHA-256 of every file beside it.
 
 A checkpoint is written into a hidden temporary folder and renamed into place, so a crash
 leaves either the whole checkpoint or none; the loader ignores anything else. Loading
@@ -32,6 +35,7 @@ from fedstream.client.state import ClientState, checkpoint_layout, from_checkpoi
 from fedstream.errors import FedstreamError, WireFormatError
 from fedstream.params import Params
 from fedstream.privacy.accountant import POISSON, Entry, PrivacyLedger
+from fedstream.store import inflight
 from fedstream.types import RoundReport, ServerState
 
 log = logging.getLogger("fedstream.store")
@@ -70,6 +74,10 @@ def save_checkpoint(
     client_ids: list[str] = []
     if clients:
         files[CLIENTS_FILE], client_ids = checkpoint_layout(clients)
+    in_flight = None
+    if state.in_flight is not None:
+        in_flight, arrays = inflight.to_document(state.in_flight)
+        files[inflight.FILE] = arrays.to_bytes()
     document = {
         "format": FORMAT,
         "round": state.round,
@@ -79,6 +87,7 @@ def save_checkpoint(
         "optimizer": sorted(state.optimizer),
         "clients": client_ids,
         "report": report.to_dict() if report is not None else None,
+        "in_flight": in_flight,
         "sha256": {name: _digest(data) for name, data in files.items()},
     }
     files["state.json"] = json.dumps(document, indent=1).encode()
@@ -123,6 +132,11 @@ def load_checkpoint(folder: Path) -> tuple[ServerState, RoundReport | None]:
             },
             clip_norm=document["clip_norm"],
             rng_state=document["rng_state"],
+            in_flight=(
+                inflight.from_document(document["in_flight"], read(inflight.FILE))
+                if document.get("in_flight") is not None
+                else None
+            ),
         )
     except CheckpointError:
         raise  # a file that is missing or fails its hash says so itself
