@@ -58,6 +58,12 @@ def test_each_step_is_the_mean_of_its_buffer_with_stale_updates_scaled_down():
     assert first.metrics["staleness_max"] == 0.0
     assert second.metrics["staleness_mean"] == pytest.approx(2 / 3)
     assert second.metrics["staleness_max"] == 1.0
+    # how old each update's data is when its step serves it: c0, c1 began at t=0 and c0
+    # again at t=1, served at t=2; c2 and c3 began at 0 and c0 at 2, served at 4
+    assert first.metrics["update_age_mean_s"] == pytest.approx(5 / 3)
+    assert first.metrics["update_age_max_s"] == 2.0
+    assert second.metrics["update_age_mean_s"] == pytest.approx(10 / 3)
+    assert second.metrics["update_age_max_s"] == 4.0
     # without the weighting, the stale updates count fully: (9 + 1 + 16) / 8
     (_, _), (constant, _) = steps(2, staleness=StalenessRule("constant"))
     assert constant.params["w"][0] == pytest.approx(2.5 + 26 / 8)

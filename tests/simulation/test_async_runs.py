@@ -38,8 +38,10 @@ def test_a_synchronous_round_lasts_as_long_as_its_slowest_completed_client():
     assert clock is not None
     elapsed = 0.0
     for report in result.reports:
-        elapsed += max(clock.client_seconds(c, 5) for c in report.completed)
+        took = max(clock.client_seconds(c, 5) for c in report.completed)
+        elapsed += took
         assert report.metrics["sim_time_s"] == pytest.approx(elapsed)
+        assert report.metrics["update_age_max_s"] == pytest.approx(took)
     # without a clock a synchronous run has no simulated time
     assert "sim_time_s" not in fedstream.simulate(**nested(rounds=1)).final_metrics
 

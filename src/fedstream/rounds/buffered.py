@@ -16,7 +16,9 @@ Time is the ``Clock``'s: when each device is online (a task goes only to an onli
 and is lost, recorded as a failure, if its device goes offline before it ends) and how
 long each task takes on it. Tasks end in that order, so a simulated run is reproducible
 and as fast as the machine, whatever the simulated durations, and every server step
-reports ``sim_time_s``. Training itself is
+reports ``sim_time_s``, and how old its updates' data is when the step serves them
+(``update_age_mean_s``, ``update_age_max_s``: from each task's start, when its client
+last read its data, to the step). Training itself is
 lazy: the tasks started from one model version are trained together, as one cohort,
 when the first of them finishes in simulated time (their results cannot depend on
 anything later), so the vectorised trainer keeps its speed.
@@ -153,6 +155,7 @@ class _Since:
     """What happened since the last server step."""
 
     buffer: list[tuple[ClientUpdate, int]] = field(default_factory=list)
+    begun: list[float] = field(default_factory=list)  # each buffered task's start time
     started: list[str] = field(default_factory=list)
     failures: list[ClientFailure] = field(default_factory=list)
     bytes_down: int = 0
@@ -358,6 +361,7 @@ def run_buffered(
                 )
             else:
                 since.buffer.append((outcome, staleness))
+                since.begun.append(event.started)
         if len(since.buffer) >= buffer.buffer_size:
             number = state.round + 1
             evaluate = evaluates(number, until_step, config.evaluate_every)
@@ -399,11 +403,14 @@ def _step(
     aggregate = aggregation.finish(transport, number, completed, rng).aggregate
     aggregate = replace(aggregate, population=len(client_ids))
     ages = [age for _, age in since.buffer]
+    waited = [now - begun for begun in since.begun]
     clock = {
         "sim_time_s": now,
         "staleness_mean": float(np.mean(ages)),
         "staleness_max": float(max(ages)),
         "refused_stale": float(since.refused_stale),
+        "update_age_mean_s": float(np.mean(waited)),
+        "update_age_max_s": float(max(waited)),
     }
     try:
         new_state = server_step(state, strategy, aggregate, config, rng, current.fit.local_entries)

@@ -3,9 +3,12 @@
 ``run.mode = "sync"`` runs the round loop; with a clock (``[clock]``) a sampled client
 offline at the round's start, or going offline during its task, fails, each round lasts
 until its last task ended or was lost, and its report gains the run's cumulative
-``sim_time_s``. ``run.mode = "async"`` runs the buffered loop (``rounds.buffered``) on the
-clock (constant speeds unless ``[clock]`` says otherwise), which reports ``sim_time_s``
-itself. Both yield (state, report) per round or server step, so the engine checkpoints,
+``sim_time_s`` (and the round's length as ``update_age_*_s``: every update's data is that
+old when the round's model is served).
+
+``run.mode = "async"`` runs the buffered loop (``rounds.buffered``) on the clock
+(constant speeds unless ``[clock]`` says otherwise), which reports ``sim_time_s`` itself.
+Both yield (state, report) per round or server step, so the engine checkpoints,
 records and publishes them alike.
 """
 
@@ -147,8 +150,10 @@ def timed_rounds(
             central_evaluate=setup.central_evaluate,
             task_policy=online if stragglers is None else online.then(stragglers),
         )
-        elapsed += clock.round_seconds(report.sampled, epochs, elapsed)
-        yield state, replace(report, metrics={**report.metrics, "sim_time_s": elapsed})
+        took = clock.round_seconds(report.sampled, epochs, elapsed)
+        elapsed += took
+        timing = {"sim_time_s": elapsed, "update_age_mean_s": took, "update_age_max_s": took}
+        yield state, replace(report, metrics={**report.metrics, **timing})
 
 
 @dataclass(frozen=True)
