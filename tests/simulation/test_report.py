@@ -55,3 +55,20 @@ def test_short_runs_get_whole_round_ticks(rounds):
             assert ticks and all(float(t).is_integer() for t in ticks)
     finally:
         plt.close(figure)
+
+
+def test_a_run_on_a_clock_gets_accuracy_against_simulated_time_and_async_counts_steps():
+    reports = [
+        report(1, central_accuracy=0.5, sim_time_s=4.0, staleness_mean=0.5),
+        report(2, central_accuracy=0.7, sim_time_s=9.5, staleness_mean=1.0),
+    ]
+    panels = curve_panels(reports)
+    assert [(p.x_label, p.y_label) for p in panels] == [
+        ("server step", "accuracy"),
+        ("cumulative uplink MB (all clients)", "accuracy"),
+        ("simulated time (s)", "accuracy"),
+    ]
+    assert panels[2].series == {"central_accuracy": ((4.0, 9.5), (0.5, 0.7))}
+    # a synchronous run on a clock counts rounds
+    synchronous = [report(1, central_accuracy=0.5, sim_time_s=4.0)]
+    assert curve_panels(synchronous)[0].x_label == "round"

@@ -35,6 +35,10 @@ CSV_COLUMNS = (
     "central_accuracy",
     "dp_epsilon",
     "dp_clip",
+    "sim_time_s",
+    "staleness_mean",
+    "staleness_max",
+    "update_age_mean_s",
     "bytes_down",
     "bytes_up",
     "fit_s",
@@ -138,15 +142,18 @@ def _points(reports: Sequence[RoundReport], key: str, xs: Sequence[float]) -> tu
 def curve_panels(reports: Sequence[RoundReport]) -> list[Panel]:
     """The panels a run's metrics call for, each only when it has something to draw:
     accuracy (classification only), loss, the headline metric against the cumulative
-    uplink bytes, and ε (a DP run only)."""
+    uplink bytes and against simulated time (a run on a clock only), and ε (a DP run
+    only). An asynchronous run's x axis counts server steps."""
     rounds = [float(r.round) for r in reports]
     uplink = list(np.cumsum([r.bytes_up for r in reports]) / 1e6)
+    steps = "server step" if any("staleness_mean" in r.metrics for r in reports) else "round"
+    timed = bool(reports) and all("sim_time_s" in r.metrics for r in reports)
 
     def panel(
         y_label: str,
         keys: Sequence[str],
         xs: Sequence[float],
-        x_label: str = "round",
+        x_label: str = steps,
         by_round: bool = True,
     ) -> Panel:
         drawn = {key: _points(reports, key, xs) for key in keys}
@@ -162,8 +169,15 @@ def curve_panels(reports: Sequence[RoundReport]) -> list[Panel]:
         x_label="cumulative uplink MB (all clients)",
         by_round=False,
     )
+    clock = panel(
+        headline.y_label,
+        tuple(headline.series)[:2] if timed else (),
+        [r.metrics.get("sim_time_s", 0.0) for r in reports],
+        x_label="simulated time (s)",
+        by_round=False,
+    )
     privacy = panel("ε (privacy spent)", ("dp_epsilon",), rounds)
-    return [p for p in (accuracy, loss, traffic, privacy) if p.series]
+    return [p for p in (accuracy, loss, traffic, clock, privacy) if p.series]
 
 
 def draw_panels(panels: Sequence[Panel], title: str) -> Figure:
