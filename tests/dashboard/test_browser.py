@@ -1,7 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's chromium and chromium-driver, driven
 by Selenium), against a real ``fedstream dashboard`` process and a run training in this
 one: the run appears, its curve gains points as rounds finish, a failed client shows its
-cause, and a second run can be overlaid in the compare view."""
+cause, a second run can be overlaid in the compare view, and HTML that a hostile client or
+run name carries is shown as text, never run."""
 
 from __future__ import annotations
 
@@ -181,3 +182,32 @@ def test_two_runs_overlay_in_the_compare_view(tmp_path, browser, dashboard):
     )
     wait_for(browser, script, [["five (central_accuracy)", 5], ["three (central_accuracy)", 3]])
     screenshot(browser, tmp_path, "dashboard-compare.png")
+
+
+def test_hostile_html_in_run_names_and_failure_causes_is_shown_as_text(
+    tmp_path, browser, dashboard
+):
+    # a client's error message, the app's name and the run's folder name are HTML meant to
+    # run script in the reader's browser; the page shows them as text and runs nothing
+    from tests.dashboard.hostile_site import PAYLOAD
+
+    run = tmp_path / PAYLOAD.replace("/", "")
+    fedstream.simulate(
+        app="tests.dashboard.hostile_site:app", output_dir=run,
+        run={"rounds": 2, "clients_per_round": 4},
+    )  # fmt: skip
+    browser.get(dashboard)
+    wait_for(browser, "return document.querySelectorAll('#runs tbody tr').length", 1)
+    browser.execute_script("document.querySelector('#runs tbody input.compare').click()")
+    causes = (
+        "return [...document.querySelectorAll('#outcomes .cause')]"
+        ".map(e => e.textContent.split(' (at ')[0])"
+    )
+    wait_for(browser, causes, [f"site-2 (train): RuntimeError: {PAYLOAD}"] * 2)
+    title = "return document.getElementById('run-title').textContent"
+    assert browser.execute_script(title) == run.name
+    legend = "const d = document.getElementById('chart-compare').data; return d && d.length"
+    wait_for(browser, legend, 1)
+    time.sleep(1.0)  # time for an injected image's onerror to fire, were there one
+    assert browser.execute_script("return window.__pwned === undefined")
+    assert browser.execute_script("return document.querySelectorAll('img[src=\"x\"]').length") == 0
