@@ -138,7 +138,7 @@ def test_what_the_loop_cannot_run_with_is_refused_before_any_task_is_sent():
     state = ServerState.initial(GLOBAL, seed=0)
     secure = replace(SETTINGS, secure_aggregation=SecAggConfig())
     cases = [
-        (FedAvg(), secure, r"^secure_aggregation='secagg\+' is invalid: expected none in an asyn"),
+        (FedAvg(), secure, r"^staleness='polynomial' is invalid: expected 'constant' with se"),
         (
             make_strategy("scaffold"),
             SETTINGS,

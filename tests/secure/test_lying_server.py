@@ -51,7 +51,7 @@ def devices() -> dict[str, SecureDevice]:
     return out
 
 
-def advertise(clients, threshold):
+def advertise(clients, threshold, round_number=ROUND):
     """Stage 1 over a complete graph (k = 7) with the threshold the server chooses."""
     answers = {}
     for u, device in clients.items():
@@ -59,21 +59,22 @@ def advertise(clients, threshold):
             {"threshold": threshold, "fraction_bits": 24, "max_abs": 2.0**20,
              "neighbours": [v for v in IDS if v != u]}
         )  # fmt: skip
-        answers[u] = unpack(device.answer("advertise", ROUND, request), "keys")[0]
+        answers[u] = unpack(device.answer("advertise", round_number, request), "keys")[0]
     return answers
 
 
-def share_and_mask(clients, keys):
+def share_and_mask(clients, keys, round_number=ROUND):
     """Stages 2 and 3, relayed honestly: the masked vectors and who holds whose shares."""
     inbox: dict[str, dict[str, str]] = {u: {} for u in clients}
     for u, device in clients.items():
         request = pack({"keys": {v: keys[v] for v in IDS if v != u}})
-        sealed = unpack(device.answer("share", ROUND, request), "shares")[0]["shares"]
+        sealed = unpack(device.answer("share", round_number, request), "shares")[0]["shares"]
         for v, ciphertext in sealed.items():
             inbox[v][u] = ciphertext
     masked = {}
     for u, device in clients.items():
-        blob = unpack(device.answer("mask", ROUND, pack({"shares": inbox[u]})), "masked")[1]
+        answer = device.answer("mask", round_number, pack({"shares": inbox[u]}))
+        blob = unpack(answer, "masked")[1]
         masked[u] = np.frombuffer(blob, dtype=np.uint64)
     return masked
 
@@ -254,3 +255,28 @@ def test_a_malformed_consistency_request_is_refused_and_named():
         clients["c1"].answer("consistency", ROUND, b"{}")
     with pytest.raises(SecAggError, match=r"^consistency request: survivors must be a list of"):
         clients["c2"].answer("consistency", ROUND, pack({"survivors": "c0,c1"}))
+
+
+def test_a_held_update_goes_into_one_sum_only_and_never_into_an_earlier_rounds():
+    # an asynchronous run sums an update trained for an earlier model version in a later
+    # step's protocol; a server may not have it put into the sum of an earlier round, nor
+    # into two sums
+    device = devices()["c1"]  # holds its update of round ROUND
+    identity = device.identity
+    later = ROUND + 3
+    request = pack(
+        {"threshold": 4, "fraction_bits": 24, "max_abs": 2.0**20,
+         "neighbours": [v for v in IDS if v != "c1"]}
+    )  # fmt: skip
+    earlier = SecureDevice("c1", identity)
+    earlier.hold(ClientUpdate("c1", later, Params({"w": np.ones(5)}), 1.0))
+    earlier.answer("advertise", ROUND, request)
+    with pytest.raises(SecAggError, match=rf"^mask request: no update held for round {ROUND}$"):
+        earlier.answer("mask", ROUND, pack({"shares": {}}))
+    # a later step takes the held update once; asking again finds nothing held
+    clients = devices()
+    keys = advertise(clients, threshold=4, round_number=later)
+    masked = share_and_mask(clients, keys, later)
+    assert set(masked) == set(IDS)
+    with pytest.raises(SecAggError, match=rf"^mask request: no update held for round {later}$"):
+        clients["c1"].answer("mask", later, pack({"shares": {}}))

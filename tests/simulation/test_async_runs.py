@@ -105,7 +105,10 @@ def test_an_async_run_resumes_bit_for_bit_with_its_work_in_progress(tmp_path, ch
             {"dp": "client", "concurrency": 95},
             r"^asynchronous\.concurrency=95 is invalid: expected at most data\.num_clients - b",
         ),
-        ({"secure_aggregation": "secagg+"}, r"^secure\.scheme='secagg\+' is invalid: expected"),
+        (
+            {"secure_aggregation": "secagg+"},
+            r"^asynchronous\.staleness='polynomial' is invalid: expected 'constant' with secu",
+        ),
         ({"strategy": "fednova"}, r"^strategy\.name='fednova' is invalid: expected a strategy"),
         ({"straggler_fraction": 0.5}, r"^client\.straggler_fraction=0\.5 is invalid: expected 0"),
         ({"concurrency": 200}, r"^asynchronous\.concurrency=200 is invalid: expected at most d"),
@@ -186,3 +189,24 @@ def test_under_client_dp_no_step_holds_two_updates_of_one_client_and_epsilon_has
     assert private.final_metrics["dp_epsilon"] == pytest.approx(expected)
     local = fedstream.simulate(**nested(**run, dp="local", dp_noise=0.8, dp_clip=0.5))
     assert local.state.params.is_finite() and local.final_metrics["dp_epsilon"] > 0
+
+
+def test_secagg_over_each_buffer_ends_where_the_plain_sum_does():
+    # the devices hold their updates until the step's SecAgg+ protocol over the buffer's
+    # clients, each trained from whatever version it started on; the plain run with one
+    # update per client a step (what a secure sum implies) ends at the same model
+    run = ASYNC | {
+        "rounds": 4, "evaluate_every": 0, "num_clients": 30, "buffer_size": 6,
+        "concurrency": 10, "staleness": "constant",
+    }  # fmt: skip
+    plain = fedstream.simulate(**nested(**run, one_update_per_step=True))
+    secure = fedstream.simulate(**nested(**run, secure_aggregation="secagg+"))
+    assert [sorted(r.completed) for r in secure.reports] == [
+        sorted(r.completed) for r in plain.reports
+    ]
+    assert max(r.metrics["staleness_max"] for r in secure.reports) >= 1  # versions mixed
+    np.testing.assert_allclose(secure.state.params.flat(), plain.state.params.flat(), atol=1e-6)
+    # the server saw masked vectors and the protocol's messages, not the updates
+    assert sum(r.bytes_up for r in secure.reports) > sum(r.bytes_up for r in plain.reports)
+    with pytest.raises(ConfigError, match=r"^asynchronous\.staleness='polynomial' is invalid: e"):
+        make_config(**run | {"staleness": "polynomial"}, secure_aggregation="secagg+")

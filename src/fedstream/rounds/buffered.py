@@ -76,12 +76,15 @@ or a correction updated from one round's participants, or normalised across them
 class BufferConfig:
     """The buffered loop's settings: a server step every ``buffer_size`` (K) accepted
     updates, at most ``concurrency`` clients training at once, the ``staleness`` weighting,
-    and ``max_staleness`` server steps past which an update is refused (``None``: none)."""
+    and ``max_staleness`` server steps past which an update is refused (``None``: none).
+    With ``one_per_step`` (always under DP or a secure sum) a client whose update is in
+    the buffer gets no new task before the step."""
 
     buffer_size: int = 10
     concurrency: int = 20
     staleness: StalenessRule = field(default_factory=StalenessRule)
     max_staleness: int | None = None
+    one_per_step: bool = False
 
     def __post_init__(self) -> None:
         checks.positive_int("buffer_size", self.buffer_size)
@@ -173,11 +176,18 @@ def check_buffered(
             "concurrency", buffer.concurrency, f"at most the number of clients ({clients})"
         )
     if config.secure_aggregation is not None:
-        raise ConfigError(
-            "secure_aggregation",
-            config.secure_aggregation.scheme,
-            "none in an asynchronous run (a secure sum over each buffer is not built yet)",
-        )
+        scheme = config.secure_aggregation.scheme
+        if buffer.staleness.kind != "constant":
+            raise ConfigError(
+                "staleness",
+                buffer.staleness.kind,
+                f"'constant' with secure_aggregation={scheme!r} (the server cannot scale an "
+                "update it never sees)",
+            )
+        if buffer.buffer_size < 2:
+            raise ConfigError(
+                "buffer_size", buffer.buffer_size, f"at least 2 with secure_aggregation={scheme!r}"
+            )
     if fit.sample_dp is not None:
         raise ConfigError(
             "privacy.level",
@@ -265,10 +275,15 @@ def run_buffered(
 
     def start_tasks(current: ServerState) -> None:
         # under DP a client whose update waits in the buffer waits too: one update per
-        # client per step is what the step's noise is calibrated to
-        private = first.fit.privacy is not None
+        # client per step is what the step's noise is calibrated to; under a secure sum
+        # its device holds that update until the step's protocol
+        holds_back = (
+            buffer.one_per_step
+            or first.fit.privacy is not None
+            or config.secure_aggregation is not None
+        )
         while len(busy) < buffer.concurrency:
-            held = {u.client_id for u, _ in since.buffer} if private else set()
+            held = {u.client_id for u, _ in since.buffer} if holds_back else set()
             idle = [c for c in ids if c not in busy and c not in held]
             online = [c for c in idle if clock.next_online(c, now) <= now]
             if not online:  # wake up when the first idle device comes online
@@ -299,7 +314,9 @@ def run_buffered(
             transport.fit(sent.params, tasks),
             plan,
             sent.like,
-            lambda update: accepted.__setitem__(update.client_id, update),
+            None  # a secure sum: the updates stay on the devices until the step
+            if config.secure_aggregation is not None
+            else lambda update: accepted.__setitem__(update.client_id, update),
             config.bounds,
             sent.codec,
             sent.mask,
@@ -307,6 +324,9 @@ def run_buffered(
         asked = set(plan.sampled)
         outcomes.update({f.client_id: f for f in collected.failures if f.client_id in asked})
         outcomes.update(accepted)
+        for (_, metrics), client in zip(collected.train_metrics, collected.completed, strict=True):
+            if client not in accepted:  # held on its device: only its metrics came
+                outcomes[client] = ClientUpdate(client, number, Params({}), 1.0, metrics)
         since.failures += [f for f in collected.failures if f.client_id not in asked]
         since.bytes_down += collected.bytes_down
         since.bytes_up += collected.bytes_up
@@ -394,14 +414,18 @@ def _step(
     number = state.round + 1
     stepping = time.perf_counter()
     aggregation = aggregation_for(config, current.like, strategy, len(since.buffer))
-    for update, staleness in since.buffer:
+    for update, staleness in since.buffer if not aggregation.on_clients else ():
         factor = staleness_weight(staleness, rule)
         aggregation.add(
             update if factor == 1.0 else replace(update, payload=update.payload * factor)
         )
-    completed = tuple(update.client_id for update, _ in since.buffer)
-    aggregate = aggregation.finish(transport, number, completed, rng).aggregate
-    aggregate = replace(aggregate, population=len(client_ids))
+    buffered = tuple(update.client_id for update, _ in since.buffer)
+    summed = aggregation.finish(transport, number, buffered, rng)
+    completed = tuple(summed.included)
+    since.failures += summed.failures
+    since.bytes_down += summed.bytes_down
+    since.bytes_up += summed.bytes_up
+    aggregate = replace(summed.aggregate, population=len(client_ids))
     ages = [age for _, age in since.buffer]
     waited = [now - begun for begun in since.begun]
     clock = {

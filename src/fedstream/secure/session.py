@@ -98,7 +98,10 @@ class SecureDevice:
         return self.identity
 
     def _take(self, round_number: int, stage: str) -> tuple[npt.NDArray[np.float64], list[str]]:
-        if self._held is None or self._held.round != round_number:
+        """The held update, released once, into the sum of round (or server step)
+        ``round_number``: one trained for it or, in an asynchronous run, for an earlier
+        model version the server has moved on from; never one for a later round."""
+        if self._held is None or self._held.round > round_number:
             raise SecAggError(f"{stage} request: no update held for round {round_number}")
         vector, names = update_vector(self._held)
         self._held = None

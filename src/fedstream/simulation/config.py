@@ -561,6 +561,11 @@ class AsyncSettings:
     max_staleness: int | None = setting(
         None, "refuse (and record) updates more than this many server steps stale"
     )
+    one_update_per_step: bool = setting(
+        False,
+        "a client whose update waits in the buffer gets no new task before the step "
+        "(always on under DP or a secure sum)",
+    )
 
     def __post_init__(self) -> None:
         self.buffer_config()
@@ -574,7 +579,13 @@ class AsyncSettings:
                 self.staleness_hinge_a,
                 self.staleness_hinge_b,
             )
-            return BufferConfig(self.buffer_size, self.concurrency, rule, self.max_staleness)
+            return BufferConfig(
+                self.buffer_size,
+                self.concurrency,
+                rule,
+                self.max_staleness,
+                self.one_update_per_step,
+            )
 
 
 @dataclass(frozen=True)
@@ -726,8 +737,13 @@ class SimulationConfig:
             )
         secure = self.secure.backend()
         if isinstance(secure, SecAggConfig):
+            per_step = (
+                self.asynchronous.buffer_size
+                if self.run.mode == "async"
+                else self.clients_per_round_count()
+            )
             with qualified():
-                secure.resolve(self.clients_per_round_count())
+                secure.resolve(per_step)
         if secure is not None and strategy.needs_individual_updates:
             raise ConfigError(
                 "secure.scheme",
@@ -788,11 +804,17 @@ class SimulationConfig:
                 concurrency,
                 f"at most data.num_clients ({self.data.num_clients})",
             )
-        if self.secure.scheme != "none":
+        buffer = self.asynchronous.buffer_size
+        if self.secure.scheme != "none" and self.asynchronous.staleness != "constant":
             raise ConfigError(
-                "secure.scheme",
-                self.secure.scheme,
-                "'none' with run.mode='async' (a secure sum over each buffer is not built yet)",
+                "asynchronous.staleness",
+                self.asynchronous.staleness,
+                f"'constant' with secure.scheme={self.secure.scheme!r} (the server cannot "
+                "scale an update it never sees)",
+            )
+        if self.secure.scheme != "none" and buffer < 2:
+            raise ConfigError(
+                "asynchronous.buffer_size", buffer, "at least 2 with a secure sum over it"
             )
         if self.privacy.level == "sample":
             raise ConfigError(
@@ -801,14 +823,18 @@ class SimulationConfig:
                 "'none', 'client' or 'local' with run.mode='async' (DP-SGD's accounting "
                 "composes one task per client a round)",
             )
-        buffer = self.asynchronous.buffer_size
-        if self.privacy.level != "none" and concurrency + buffer > self.data.num_clients:
+        holds_back = (
+            self.asynchronous.one_update_per_step
+            or self.privacy.level != "none"
+            or self.secure.scheme != "none"
+        )
+        if holds_back and concurrency + buffer > self.data.num_clients:
             raise ConfigError(
                 "asynchronous.concurrency",
                 concurrency,
                 f"at most data.num_clients - buffer_size ({self.data.num_clients - buffer}) "
-                "under DP: a client with an update in the buffer waits for the step, so "
-                "that no step holds two of its updates",
+                "with one update per client a step (on under DP or a secure sum): a client "
+                "with an update in the buffer waits for the step",
             )
         if self.strategy.name in ROUND_ALGORITHMS:
             raise ConfigError(
