@@ -265,7 +265,7 @@ def run_buffered(
         events = sorted(saved.events)  # a sorted list is a heap
         outcomes.update(saved.outcomes)
         versions.update({n: version(state, p, f) for n, (p, f) in saved.versions.items()})
-        for event in events:
+        for event in sorted(events, key=lambda e: e.order):  # the order tasks started in
             if event.task is None:
                 waking.append(event.time)
                 continue
