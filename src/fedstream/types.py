@@ -21,7 +21,7 @@ from fedstream.params import Params
 if TYPE_CHECKING:
     from fedstream.aggregation.updates import UpdateMatrix
     from fedstream.privacy.accountant import PrivacyLedger
-    from fedstream.rounds.buffered import InFlight
+    from fedstream.rounds.fleet import InFlight
 
 ClientMetrics = Literal["clear", "summed", "none"]
 METRIC_PREFIX = "metric:"

@@ -9,6 +9,7 @@ import pytest
 
 from fedstream import ClientUpdate, ConfigError, FedAvg, RoundConfig, ServerState
 from fedstream.rounds.buffered import BufferConfig, run_buffered
+from fedstream.rounds.fleet import SimulatedFleet
 from fedstream.rounds.staleness import StalenessRule
 from fedstream.secure.secagg import SecAggConfig
 from fedstream.strategies import make_strategy
@@ -39,7 +40,16 @@ def steps(count, buffer=None, clock=STAGGERED, strategy=None, clients=None, **ch
     buffer = buffer or BufferConfig(buffer_size=3, concurrency=6, **changes)
     state = ServerState.initial(GLOBAL, seed=0)
     return list(
-        run_buffered(state, strategy or FedAvg(), clients, CLIENTS, SETTINGS, buffer, clock, count)
+        run_buffered(
+            state,
+            strategy or FedAvg(),
+            clients,
+            CLIENTS,
+            SETTINGS,
+            buffer,
+            SimulatedFleet(clients, clock),
+            count,
+        )
     )
 
 
@@ -154,6 +164,17 @@ def test_what_the_loop_cannot_run_with_is_refused_before_any_task_is_sent():
     for strategy, settings, message in cases:
         clients = transport(**dict.fromkeys(CLIENTS, records))
         with pytest.raises(ConfigError, match=message):
-            next(run_buffered(state, strategy, clients, CLIENTS, settings, buffer, STAGGERED, 1))
+            next(
+                run_buffered(
+                    state,
+                    strategy,
+                    clients,
+                    CLIENTS,
+                    settings,
+                    buffer,
+                    SimulatedFleet(clients, STAGGERED),
+                    1,
+                )
+            )
     assert asked == []  # no client was asked to train
     assert np.array_equal(state.params["w"], GLOBAL["w"])

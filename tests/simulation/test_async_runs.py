@@ -12,6 +12,7 @@ from fedstream import ConfigError
 from fedstream.privacy import PrivacyLedger
 from fedstream.simulation import build
 from fedstream.simulation.timeline import device_clock
+from tests.rounds import scripted
 from tests.runs import resumed_and_straight
 from tests.settings import make_config, nested
 
@@ -125,12 +126,16 @@ def test_bad_async_settings_are_named(changes, message):
         make_config(**ASYNC | changes)
 
 
-def test_an_async_deployment_is_refused_until_its_server_exists():
+def test_a_deployment_refuses_a_simulated_clock_and_a_transport_without_a_fleet():
     def no_transport(setup):
         raise AssertionError("the run should be refused first")
 
-    with pytest.raises(ConfigError, match=r"^run\.mode='async' is invalid: expected 'sync' in a"):
+    with pytest.raises(ConfigError, match=r"^clock\.speeds='lognormal' is invalid: expected unset"):
         fedstream.simulate(transport_factory=no_transport, **nested(**ASYNC))
+    with pytest.raises(ConfigError, match=r"^run\.mode='async' is invalid: .*sends tasks one at"):
+        fedstream.simulate(
+            transport_factory=lambda setup: scripted.transport(), **nested(mode="async", rounds=1)
+        )
 
 
 @pytest.mark.slow  # worker processes

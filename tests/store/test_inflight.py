@@ -6,7 +6,7 @@ import pytest
 from fedstream import ClientUpdate, FitConfig, Params, ServerState
 from fedstream.client.base import FitTask
 from fedstream.errors import ClientFailure
-from fedstream.rounds.buffered import Event, InFlight
+from fedstream.rounds.fleet import Event, InFlight
 from fedstream.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 MODEL = Params({"w": np.arange(4, dtype=np.float32), "b": np.ones(1, np.float32)})

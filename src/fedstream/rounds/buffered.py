@@ -12,41 +12,33 @@ not given another task before the step, so no step holds two of its updates: the
 strategy's noise at each step is calibrated to one clipped update per client, accounted
 without amplification (the buffer holds whoever finished first, not a random sample).
 
-Time is the ``Clock``'s: when each device is online (a task goes only to an online one,
-and is lost, recorded as a failure, if its device goes offline before it ends) and how
-long each task takes on it. Tasks end in that order, so a simulated run is reproducible
-and as fast as the machine, whatever the simulated durations, and every server step
-reports ``sim_time_s``, and how old its updates' data is when the step serves them
-(``update_age_mean_s``, ``update_age_max_s``: from each task's start, when its client
-last read its data, to the step). Training itself is
-lazy: the tasks started from one model version are trained together, as one cohort,
-when the first of them finishes in simulated time (their results cannot depend on
-anything later), so the vectorised trainer keeps its speed.
+The clients are a ``Fleet`` (``rounds.fleet``): simulated devices on a clock, or real
+clients over gRPC. Tasks end in the fleet's time order; every server step reports
+``sim_time_s`` (the fleet's seconds: simulated, or wall-clock since the run began), and
+how old its updates' data is when the step serves them (``update_age_mean_s``,
+``update_age_max_s``: from each task's start, when its client last read its data, to the
+step).
 
 Every random draw (who starts, each task's seed, the broadcast codec's seed, the
 strategy's noise, evaluation's sample) comes from the generator in ``ServerState``, in the
-order the events happen. Each server step yields the new state and a ``RoundReport``
-whose ``round`` is the step's number, so checkpoints, the run store, serving and the
-dashboard take it as they take a round.
+order the events happen, so a simulated run is reproducible. Each server step yields the
+new state and a ``RoundReport`` whose ``round`` is the step's number, so checkpoints,
+the run store, serving and the dashboard take it as they take a round.
 """
 
 from __future__ import annotations
 
-import heapq
-import math
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from fedstream import checks
 from fedstream.client.base import FitTask
 from fedstream.client.encode import upload_codec, upload_mask
 from fedstream.client.local import local_names, shared_part
-from fedstream.compression.codecs import Compression, decode_broadcast
+from fedstream.compression.codecs import decode_broadcast
 from fedstream.errors import ClientFailure, ConfigError, NonFiniteModelError, RoundFailedError
 from fedstream.params import Params
 from fedstream.rounds.aggregate import aggregation_for
@@ -60,6 +52,7 @@ from fedstream.rounds.evaluate import (
     summed_metrics,
     weighted_mean,
 )
+from fedstream.rounds.fleet import Ended, Fleet, Version, lost_task
 from fedstream.rounds.loop import evaluates, left_out, server_step
 from fedstream.rounds.plan import RoundPlan
 from fedstream.rounds.staleness import StalenessRule, staleness_weight
@@ -98,59 +91,6 @@ class BufferConfig:
             )
         if self.max_staleness is not None:
             checks.non_negative_int("max_staleness", self.max_staleness)
-
-
-class Clock(Protocol):
-    """When devices are online and how long their tasks take, in (simulated) seconds."""
-
-    def next_online(self, client_id: str, now: float) -> float:
-        """The earliest time >= ``now`` the device can take a task (``inf``: never)."""
-        ...
-
-    def task_end(self, client_id: str, epochs: int, start: float) -> tuple[float, bool]:
-        """When a task started at ``start`` ends, and whether it completed (``False``:
-        the device went offline first, at that time)."""
-        ...
-
-
-@dataclass(frozen=True, order=True)
-class Event:
-    """A task ending (completed, or lost when its device went offline), or a wake-up to
-    start tasks once a device comes online (``task`` is ``None``), in time order."""
-
-    time: float
-    order: int
-    task: FitTask | None = field(compare=False)
-    completed: bool = field(compare=False, default=True)
-    started: float = field(compare=False, default=0.0)
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """The buffered loop's work in progress after a server step, kept in
-    ``ServerState.in_flight`` so a checkpoint holds it and a resumed run goes on exactly:
-    the simulated time ``now``, the next event number, the pending ``events``, the
-    outcomes of tasks trained but not yet ended (``outcomes``), and the model versions
-    (params sent, task config) that tasks not yet trained started from (``versions``).
-    A task in ``events`` that completes and has no outcome is one still to train."""
-
-    now: float
-    next_order: int
-    events: tuple[Event, ...]
-    outcomes: Mapping[str, ClientUpdate | ClientFailure]
-    versions: Mapping[int, tuple[Params, FitConfig]]
-
-
-@dataclass(frozen=True)
-class _Version:
-    """One global model version as the clients get it: the params sent, the task config,
-    the layout and codec its updates are decoded and checked with."""
-
-    params: Params
-    fit: FitConfig
-    like: Params
-    codec: Compression | None
-    mask: npt.NDArray[np.bool_] | None
 
 
 @dataclass
@@ -212,36 +152,29 @@ def run_buffered(
     client_ids: Sequence[str],
     config: RoundConfig,
     buffer: BufferConfig,
-    clock: Clock,
+    fleet: Fleet,
     until_step: int,
     central_evaluate: CentralEvaluate | None = None,
 ) -> Iterator[tuple[ServerState, RoundReport]]:
     """Run server steps until ``state.round == until_step``, yielding each new state and
-    its report (module docstring). Evaluation runs every ``config.evaluate_every`` steps
-    and in the last one."""
+    its report (module docstring). ``fleet`` reaches the clients; ``transport`` runs the
+    evaluations and a secure sum's protocol. Evaluation runs every
+    ``config.evaluate_every`` steps and in the last one."""
     checks.non_negative_int("rounds", until_step)
     rng = state.generator()
     ids = list(client_ids)
-    versions: dict[int, _Version] = {}
-    waiting: dict[int, list[FitTask]] = {}  # started, not trained yet, by version
-    outcomes: dict[str, ClientUpdate | ClientFailure] = {}
-    events: list[Event] = []  # a heap
+    versions: dict[int, Version] = {}
+    outcomes: dict[str, ClientUpdate | ClientFailure] = {}  # trained, not yet ended
     busy: set[str] = set()
-    waking: list[float] = []  # the pending wake-up's time, if any
     now = 0.0
-    counter = [0]  # the next event's number
     since = _Since()
 
-    def number_next() -> int:
-        counter[0] += 1
-        return counter[0] - 1
-
-    def version(current: ServerState, sent: Params, fit: FitConfig) -> _Version:
+    def version(current: ServerState, sent: Params, fit: FitConfig) -> Version:
         like = strategy.payload_like(shared_part(current.params, fit.local_entries))
         mask = upload_mask(decode_broadcast(sent, config.broadcast), fit)
-        return _Version(sent, fit, like, upload_codec(fit), mask)
+        return Version(sent, fit, like, upload_codec(fit), mask)
 
-    def version_of(current: ServerState) -> _Version:
+    def version_of(current: ServerState) -> Version:
         number = current.round + 1
         if number not in versions:
             local = local_names(current.params, config.local_entries)
@@ -250,28 +183,12 @@ def run_buffered(
             versions[number] = version(current, sent, fit)
         return versions[number]
 
-    def in_flight() -> InFlight:
-        return InFlight(
-            now,
-            counter[0],
-            tuple(events),
-            dict(outcomes),
-            {n: (versions[n].params, versions[n].fit) for n in waiting},
-        )
-
     if state.in_flight is not None:  # a resumed run: its work in progress, as it was
         saved = state.in_flight
-        now, counter[0] = saved.now, saved.next_order
-        events = sorted(saved.events)  # a sorted list is a heap
+        now = saved.now
         outcomes.update(saved.outcomes)
         versions.update({n: version(state, p, f) for n, (p, f) in saved.versions.items()})
-        for event in sorted(events, key=lambda e: e.order):  # the order tasks started in
-            if event.task is None:
-                waking.append(event.time)
-                continue
-            busy.add(event.task.client_id)
-            if event.completed and event.task.client_id not in outcomes:
-                waiting.setdefault(event.task.round, []).append(event.task)
+        busy |= fleet.restore(saved, versions)
 
     def start_tasks(current: ServerState) -> None:
         # under DP a client whose update waits in the buffer waits too: one update per
@@ -285,33 +202,24 @@ def run_buffered(
         while len(busy) < buffer.concurrency:
             held = {u.client_id for u, _ in since.buffer} if holds_back else set()
             idle = [c for c in ids if c not in busy and c not in held]
-            online = [c for c in idle if clock.next_online(c, now) <= now]
-            if not online:  # wake up when the first idle device comes online
-                if not idle:
-                    return
-                wake = min(clock.next_online(c, now) for c in idle)
-                if math.isfinite(wake) and not waking:
-                    waking.append(wake)
-                    heapq.heappush(events, Event(wake, number_next(), None))
+            ready = fleet.ready(idle, now) if idle else []
+            if not ready:  # the fleet wakes the loop when one can take a task
                 return
-            client = online[int(rng.integers(len(online)))]
+            client = ready[int(rng.integers(len(ready)))]
             seed = int(rng.integers(0, 2**63 - 1))
-            fit = version_of(current).fit
-            task = FitTask(client, current.round + 1, replace(fit, seed=seed))
-            end, completed = clock.task_end(client, fit.local_epochs, now)
-            if completed:  # a task lost with its device is never trained
-                waiting.setdefault(task.round, []).append(task)
+            sent = version_of(current)
+            fleet.start(FitTask(client, current.round + 1, replace(sent.fit, seed=seed)), sent, now)
             busy.add(client)
             since.started.append(client)
-            heapq.heappush(events, Event(end, number_next(), task, completed, now))
 
-    def train(number: int) -> None:
-        tasks = tuple(waiting.pop(number))
+    def collect(ended: Ended) -> None:
+        tasks = ended.trained
+        number = tasks[0].round
         sent = versions[number]
         plan = RoundPlan(number, tuple(t.client_id for t in tasks), tasks, sent.fit)
         accepted: dict[str, ClientUpdate] = {}
         collected = collect_updates(
-            transport.fit(sent.params, tasks),
+            ended.deliveries,
             plan,
             sent.like,
             None  # a secure sum: the updates stay on the devices until the step
@@ -335,35 +243,29 @@ def run_buffered(
     check_buffered(strategy, first.fit, config, buffer, len(ids))
     start_tasks(state)
     while state.round < until_step:
-        if not events:
+        ended = fleet.next()
+        if ended is None:
             raise RoundFailedError(
                 state.round + 1,
-                "no client is training and none will be online again",
+                "no client is training and none will be able to",
                 tuple(since.failures),
             )
-        event = heapq.heappop(events)
+        event = ended.event
         now, task = event.time, event.task
-        if task is None:  # a device came online
-            waking.clear()
+        if task is None:  # a device can take a task
             start_tasks(state)
             continue
         client = task.client_id
         busy.discard(client)
         if not event.completed:
-            since.failures.append(
-                ClientFailure(
-                    client,
-                    "train",
-                    f"went offline {now - event.started:.4g} s into its task; the work is lost",
-                )
-            )
+            since.failures.append(lost_task(event))
             start_tasks(state)
             continue
-        if client not in outcomes:
-            train(task.round)
+        if ended.trained:
+            collect(ended)
         outcome = outcomes.pop(client)
-        if task.round not in waiting and task.round <= state.round:
-            versions.pop(task.round, None)  # no task still to train from it
+        if not fleet.outstanding(task.round) and task.round <= state.round:
+            versions.pop(task.round, None)  # no task still to answer from it
         if isinstance(outcome, ClientFailure):
             since.failures.append(outcome)
         else:
@@ -389,7 +291,7 @@ def run_buffered(
                 state, strategy, transport, ids, config, buffer.staleness, since, now, rng,
                 versions[number], evaluate, central_evaluate,
             )  # fmt: skip
-            state = state.evolve(in_flight=in_flight())
+            state = state.evolve(in_flight=fleet.in_flight(now, outcomes))
             yield state, report
             since = _Since()
         start_tasks(state)
@@ -405,7 +307,7 @@ def _step(
     since: _Since,
     now: float,
     rng: np.random.Generator,
-    current: _Version,
+    current: Version,
     evaluate: bool,
     central_evaluate: CentralEvaluate | None,
 ) -> tuple[ServerState, RoundReport, np.random.Generator]:

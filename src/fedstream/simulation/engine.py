@@ -43,7 +43,7 @@ from fedstream.simulation.attacks import (
 from fedstream.simulation.config import SimulationConfig, from_mapping, merge
 from fedstream.simulation.progress import RoundProgress
 from fedstream.simulation.report import atomic_write, write_outputs
-from fedstream.simulation.timeline import check_async_run, device_clock, server_steps
+from fedstream.simulation.timeline import check_deployed_clock, device_clock, server_steps
 from fedstream.store.checkpoint import (
     CheckpointError,
     newest_intact_checkpoint,
@@ -528,7 +528,8 @@ def _simulate(
     reports: list[RoundReport] = []
     history = RoundHistory(out) if out is not None else None
     with torch_threads(config.execution.threads):
-        check_async_run(config, deployed=transport_factory is not None)
+        if transport_factory is not None:
+            check_deployed_clock(config)
         setup = build(config, app_object, server_only=transport_factory is not None)
         state = setup.initial
         saved_clients: dict[str, ClientState] = {}

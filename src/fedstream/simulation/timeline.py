@@ -25,6 +25,7 @@ from fedstream.client.base import FitTask
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.rounds import RoundConfig, run_round, run_rounds
 from fedstream.rounds.buffered import run_buffered
+from fedstream.rounds.fleet import Fleet, SimulatedFleet
 from fedstream.rounds.loop import evaluates
 from fedstream.rounds.plan import TaskPolicy
 from fedstream.simulation.clock import (
@@ -93,7 +94,6 @@ def server_steps(
     ``elapsed`` is the simulated time already spent (a resumed run's)."""
     strategy = config.build_strategy()
     if config.run.mode == "async":
-        assert clock is not None
         return run_buffered(
             state,
             strategy,
@@ -101,7 +101,7 @@ def server_steps(
             client_ids,
             rounds,
             config.asynchronous.buffer_config(),
-            clock,
+            SimulatedFleet(transport, clock) if clock is not None else live_fleet(transport),
             config.run.rounds,
             setup.central_evaluate,
         )
@@ -195,13 +195,34 @@ class OnClock:
         return both
 
 
-def check_async_run(config: SimulationConfig, deployed: bool) -> None:
-    """What an asynchronous simulation cannot do yet, refused before it starts."""
-    if config.run.mode != "async":
-        return
-    if deployed:
+def live_fleet(transport: Transport) -> Fleet:
+    """A deployment's clients as the buffered loop reaches them: its transport's fleet
+    (``GrpcTransport.fleet``), which sends one task at a time as clients free up."""
+    make = getattr(transport, "fleet", None)
+    if make is None:
         raise ConfigError(
             "run.mode",
             "async",
-            "'sync' in a deployment (the asynchronous gRPC server is not built yet)",
+            f"'sync' with {type(transport).__name__}: an asynchronous deployment needs a "
+            "transport that sends tasks one at a time (gRPC)",
         )
+    fleet: Fleet = make()
+    return fleet
+
+
+def check_deployed_clock(config: SimulationConfig) -> None:
+    """A deployment runs in its clients' own time: a simulated clock is refused there."""
+    settings = config.clock
+    simulated = {
+        "clock.speeds": settings.speeds if settings.speeds != "none" else None,
+        "clock.online_s": settings.online_s if settings.online_s > 0 else None,
+        "clock.trace": settings.trace,
+    }
+    for name, value in simulated.items():
+        if value is not None:
+            raise ConfigError(
+                name,
+                value,
+                "unset in a deployment (the clock simulates devices; deployed clients "
+                "train at their own speed and come and go by themselves)",
+            )

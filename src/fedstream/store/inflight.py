@@ -11,7 +11,7 @@ from typing import Any
 from fedstream.client.base import FitTask
 from fedstream.errors import ClientFailure
 from fedstream.params import Params
-from fedstream.rounds.buffered import Event, InFlight
+from fedstream.rounds.fleet import Event, InFlight
 from fedstream.transport.grpc.codec import fit_config_from_dict, fit_config_to_dict
 from fedstream.types import ClientUpdate
 
