@@ -245,11 +245,13 @@ def join(
     state_dir: str | Path | None = None,
     app: App | None = None,
     identity: Identity | None = None,
+    slowdown_s: float = 0.0,
 ) -> ClientStats:
     """Take part in the run at ``server`` as ``client_id`` until it is over. Uses
     ``config.execution.threads`` torch threads (one per process is fastest for small models). The
     client's durable state is kept in ``state_dir`` (see ``run_client``); ``identity``
-    (``load_identities``) is what SecAgg+ needs of it."""
+    (``load_identities``) is what SecAgg+ needs of it; ``slowdown_s`` plays a slower device
+    (``run_client``)."""
     torch.set_num_threads(config.execution.threads)
     own, trainer = client_setup(config, client_id, app)
     return run_client(
@@ -264,4 +266,5 @@ def join(
         state_dir=state_dir,
         identity=identity,
         corrupt_fraction=config.secure.corrupt_fraction,
+        slowdown_s=slowdown_s,
     )

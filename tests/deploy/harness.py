@@ -110,13 +110,13 @@ def start_server_process(toml, tokens, out, *extra, port=0):
     return server, int(line.split("port")[1].split(",")[0])
 
 
-def start_client(toml, tokens, port, client_id):
+def start_client(toml, tokens, port, client_id, *extra):
     """A client process, keeping its state beside the run file (``toml``'s folder)."""
     return Process(
         "client", "--config", str(toml), "--server", f"127.0.0.1:{port}", "--id", client_id,
         "--token-file", str(tokens), "--insecure",
         "--state-dir", str(toml.parent / "client-state" / client_id),
-        "--identity", str(tokens.parent / "identities.json"),
+        "--identity", str(tokens.parent / "identities.json"), *extra,
     )  # fmt: skip
 
 

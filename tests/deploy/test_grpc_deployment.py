@@ -4,6 +4,7 @@ and the server killed with SIGKILL, bad clients and bad messages, and TLS."""
 import contextlib
 import hashlib
 import json
+import queue
 import shutil
 import subprocess
 import sys
@@ -176,8 +177,9 @@ def test_a_connected_client_that_stops_sending_heartbeats_is_dropped():
         listener = threading.Thread(target=drain, args=(stream,), daemon=True)
         listener.start()
         service.wait_for(1, 5)
-        task = service.send("alice", "fit", 1, {}, b"")
-        answer = service.answers.get(timeout=5)
+        inbox: queue.Queue = queue.Queue()  # where its answers come
+        task = service.send("alice", "fit", 1, {}, b"", inbox)
+        answer = inbox.get(timeout=5)
         assert answer.task_id == task and answer.error.startswith("no heartbeat for")
         assert service.connected() == []
         channel.close()
@@ -244,10 +246,11 @@ def test_answers_to_unknown_tasks_other_rounds_and_bad_payloads_are_refused(live
     thread = threading.Thread(target=bob_session)
     thread.start()
     service.wait_for(1, 5)
-    task = service.send("bob", "fit", 2, {}, b"params")
+    inbox: queue.Queue = queue.Queue()  # where its answers come
+    task = service.send("bob", "fit", 2, {}, b"params", inbox)
     while task in service.pending:
         time.sleep(0.01)
-    answer = service.answers.get(timeout=5)
+    answer = inbox.get(timeout=5)
     assert answer.task_id == task and answer.error == "answer is for round 99, expected round 2"
     thread.join()
 
@@ -256,12 +259,13 @@ def test_a_truncated_payload_and_an_oversized_message_end_only_that_stream(live_
     service, port = live_service
     alice = RawSession(port, hello("alice", "a-token"))
     alice.next("welcome")
-    task = service.send("alice", "fit", 1, {}, b"params")
+    inbox: queue.Queue = queue.Queue()  # where its answers come
+    task = service.send("alice", "fit", 1, {}, b"params", inbox)
     alice.next("request")
     reply = pb.Reply(task_id=task, run_id="run-x", round=1, kind="fit")
     lying = pb.Chunk(data=b"abc", last=True, sha256="0", total_bytes=10)
     alice.send(pb.ClientMessage(reply=reply), pb.ClientMessage(chunk=lying))
-    answer = service.answers.get(timeout=5)
+    answer = inbox.get(timeout=5)
     assert answer.task_id == task and "payload is 3 bytes, its last chunk says 10" in answer.error
     alice.close()
     unknown = pb.ClientMessage(reply=pb.Reply(task_id="t", run_id="run-x", round=1, kind="fit"))
@@ -320,8 +324,9 @@ def test_a_payload_far_above_grpcs_message_limit_passes_in_chunks(live_service):
     threading.Thread(target=drain, args=(stream,), daemon=True).start()
     service.wait_for(1, 5)
     # a fit answer may be 4× the model sent (plus 1 MiB): a 16 MiB model here
-    task = service.send("alice", "fit", 1, {}, bytes(16 << 20))
-    answer = service.answers.get(timeout=30)
+    inbox: queue.Queue = queue.Queue()  # where its answers come
+    task = service.send("alice", "fit", 1, {}, bytes(16 << 20), inbox)
+    answer = inbox.get(timeout=30)
     assert answer.task_id == task and answer.error is None and answer.payload == payload
     channel.close()
 

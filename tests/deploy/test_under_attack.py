@@ -2,6 +2,7 @@
 real server and client processes on 127.0.0.1, one of them playing the attacker."""
 
 import json
+import queue
 import socket
 import time
 
@@ -83,11 +84,12 @@ def test_an_answer_to_no_task_is_refused_before_its_first_chunk(live_service):
     # what it sends anyway is dropped chunk by chunk, and the stream still works after it
     for piece in chunks(bytes(20 * CHUNK_BYTES)):
         mallory.send(pb.ClientMessage(chunk=piece))
-    task = service.send("alice", "evaluate", 1, {}, b"")
+    inbox: queue.Queue = queue.Queue()  # where its answers come
+    task = service.send("alice", "evaluate", 1, {}, b"", inbox)
     mallory.next("request")
     reply = pb.Reply(task_id=task, run_id="run-x", round=1, kind="evaluate", header_json="{}")
     mallory.send(pb.ClientMessage(reply=reply), *map(chunk_message, chunks(b"")))
-    answer = service.answers.get(timeout=5)
+    answer = inbox.get(timeout=5)
     assert answer.task_id == task and answer.error is None
     mallory.close()
 
@@ -96,13 +98,14 @@ def test_a_reply_larger_than_its_task_allows_is_refused_as_it_passes_the_limit(l
     service, port = live_service
     mallory = RawSession(port, hello("bob", "b-token"))
     mallory.next("welcome")
-    task = service.send("bob", "evaluate", 1, {}, b"params")
+    inbox: queue.Queue = queue.Queue()  # where its answers come
+    task = service.send("bob", "evaluate", 1, {}, b"params", inbox)
     mallory.next("request")
     reply = pb.Reply(task_id=task, run_id="run-x", round=1, kind="evaluate", header_json="{}")
     mallory.send(pb.ClientMessage(reply=reply))
     # an evaluation answers with a header: 1 MiB of payload is its limit, not 2 GiB
     mallory.send(*map(chunk_message, chunks(bytes(3 * CHUNK_BYTES))))
-    answer = service.answers.get(timeout=5)
+    answer = inbox.get(timeout=5)
     assert answer.task_id == task
     assert answer.error == f"reply {task}: payload exceeds the limit of 1,048,576 bytes"
     mallory.close()
@@ -132,7 +135,8 @@ def test_a_second_live_session_for_an_id_is_refused_naming_both_peers(caplog):
         )
         assert "refused a second one from ipv4:127.0.0.1:" in caplog.text
         # the first keeps its session: a task still reaches it
-        service.send("alice", "evaluate", 1, {}, b"")
+        inbox: queue.Queue = queue.Queue()  # where its answers come
+        service.send("alice", "evaluate", 1, {}, b"", inbox)
         first.next("request")
         # once the first misses its heartbeats (3 × 0.5 s), a reconnect is let in
         time.sleep(2.0)

@@ -94,7 +94,8 @@ def warn_insecure(side: str) -> None:
     type=float,
     default=120.0,
     show_default=True,
-    help="Seconds a round waits for answers before recording the silent as dropped.",
+    help="Seconds a round (in an asynchronous run, a task) waits for answers before "
+    "recording the silent as dropped.",
 )
 @click.option(
     "--wait-for",
@@ -247,6 +248,14 @@ def server(
     help="Exit (status 1) after this many seconds without a session with the server "
     "(0 = keep trying for ever).",
 )
+@click.option(
+    "--slowdown",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to wait per example and epoch after each training task: plays a slower "
+    "device, for demos and tests of an asynchronous run.",
+)
 @setting_options
 def client(
     config_path: Path | None,
@@ -262,6 +271,7 @@ def client(
     identity_file: Path | None,
     roster_file: Path | None,
     give_up_after: float,
+    slowdown: float,
     **flags: str | None,
 ) -> None:
     """Join a federated run as one client; reconnects until the server ends the run, or
@@ -301,6 +311,7 @@ def client(
             state_dir=state_dir or Path("fedstream-state") / client_id,
             identity=identity,
             give_up_after_s=give_up_after,
+            slowdown_s=slowdown,
         )
     except FedstreamError as exc:
         fail(exc)

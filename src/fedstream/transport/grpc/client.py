@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from fedstream import checks
 from fedstream.client.algorithms import split_extras
 from fedstream.client.base import FitTask, Trainer, evaluate_client
 from fedstream.client.encode import receive_params, upload_mask
@@ -148,8 +149,10 @@ class _Device:
         state_root: Path | None = None,
         identity: Identity | None = None,
         corrupt_fraction: float = 0.0,
+        slowdown_s: float = 0.0,
     ) -> None:
         self.client_id = client_id
+        self.slowdown_s = slowdown_s
         self.data = data
         self.trainer = trainer
         self.secagg = SecureDevice(client_id, identity, corrupt_fraction)
@@ -190,6 +193,7 @@ class _Device:
             (trained,) = personal_fit(self.trainer, [self.data], [started], [self.state])
             sent, state = finish_fit(update, started, trained, mask)
             self.keep(state)
+            time.sleep(self.slowdown_s * self.data.num_train * config.local_epochs)
             body = {"round": sent.round, "weight": sent.weight, "metrics": dict(sent.metrics)}
             if config.secure_aggregation:
                 self.secagg.hold(sent)
@@ -224,6 +228,7 @@ def run_client(
     identity: Identity | None = None,
     corrupt_fraction: float = 0.0,
     second_session_grace_s: float = SECOND_SESSION_GRACE_S,
+    slowdown_s: float = 0.0,
 ) -> ClientStats:
     """Serve the run at ``address`` as ``client_id`` until the server says it is over.
 
@@ -237,12 +242,14 @@ def run_client(
     local model entries) is kept on disk, in a folder per run under it, and read back when
     the client restarts; without it, it lasts as long as this call. ``identity`` (its
     signing key and the roster of the others') lets it take part in SecAgg+, assuming
-    ``corrupt_fraction`` of its neighbours collude with the server.
+    ``corrupt_fraction`` of its neighbours collude with the server. ``slowdown_s`` seconds
+    per example and epoch are waited after each training task, to play a slower device.
     """
     data.check(client_id)
+    checks.non_negative("slowdown_s", slowdown_s)
     device = _Device(
         client_id, data, trainer, Path(state_dir) if state_dir else None, identity,
-        corrupt_fraction,
+        corrupt_fraction, slowdown_s,
     )  # fmt: skip
     stats = ClientStats()
     stop = stop or threading.Event()

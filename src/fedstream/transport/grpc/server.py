@@ -3,7 +3,7 @@
 
 Each connected client has one ``Session`` stream. The round loop's calls (``fit``,
 ``evaluate``, ``exchange``) become requests queued on the sampled clients' streams; the
-answers come back on a shared queue, matched by task id. A client that is not connected,
+answers come back on the caller's own queue, matched by task id. A client that is not connected,
 disconnects, or misses the round's deadline becomes a ``ClientFailure``. An answer that
 names an unknown or finished task, another run or another round is refused and recorded,
 and the server goes on serving everyone else.
@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -38,6 +38,9 @@ from fedstream.transport.grpc.codec import fit_config_to_dict
 from fedstream.transport.grpc.framing import CHUNK_BYTES, Assembler, ProtocolError, chunks
 from fedstream.transport.grpc.handshake import HANDSHAKE_DEADLINE_S, HandshakeGuard, worker_count
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
+
+if TYPE_CHECKING:
+    from fedstream.transport.grpc.fleet import GrpcFleet
 
 PROTOCOL = "fedstream/1"
 log = logging.getLogger("fedstream.server")
@@ -65,6 +68,7 @@ class _Pending:
     kind: str
     round: int
     max_reply_bytes: int
+    inbox: queue.Queue[Answer]
 
 
 def max_reply_bytes(kind: str, sent_bytes: int, limit: int) -> int:
@@ -79,7 +83,9 @@ def max_reply_bytes(kind: str, sent_bytes: int, limit: int) -> int:
 
 
 @dataclass(frozen=True)
-class _Answer:
+class Answer:
+    """A client's answer to a request: its header and payload, or why it has none."""
+
     task_id: str
     client_id: str
     header: dict[str, Any]
@@ -128,7 +134,6 @@ class FedstreamService(pb_grpc.FedstreamServicer):
         self.max_payload_bytes = max_payload_bytes
         self.sessions: dict[str, _Session] = {}
         self.pending: dict[str, _Pending] = {}
-        self.answers: queue.Queue[_Answer] = queue.Queue()
         self.refusals: collections.deque[str] = collections.deque(maxlen=1000)  # the newest
         self.handshakes = HandshakeGuard()
         self.lock = threading.Lock()
@@ -293,7 +298,7 @@ class FedstreamService(pb_grpc.FedstreamServicer):
             if problem is None:
                 return pending.max_reply_bytes
             del self.pending[reply.task_id]
-        self.answers.put(_Answer(reply.task_id, session.client_id, {}, b"", problem))
+        pending.inbox.put(Answer(reply.task_id, session.client_id, {}, b"", problem))
         return None
 
     def _answer(
@@ -301,15 +306,16 @@ class FedstreamService(pb_grpc.FedstreamServicer):
     ) -> None:
         """Pass on a claimed reply whose payload has arrived (or broke, ``error``)."""
         with self.lock:
-            if self.pending.pop(reply.task_id, None) is None:
-                return  # the transport gave up on it (deadline) or the client dropped
+            pending = self.pending.pop(reply.task_id, None)
+        if pending is None:
+            return  # the transport gave up on it (deadline) or the client dropped
         problem = None
         try:
             header = json.loads(reply.header_json) if reply.header_json else {}
         except ValueError:
             header, problem = {}, "reply header is not JSON"
-        self.answers.put(
-            _Answer(reply.task_id, session.client_id, header, payload, problem or error or None)
+        pending.inbox.put(
+            Answer(reply.task_id, session.client_id, header, payload, problem or error or None)
         )
 
     def _drop(self, session: _Session, reason: str) -> None:
@@ -320,25 +326,33 @@ class FedstreamService(pb_grpc.FedstreamServicer):
             if self.sessions.get(session.client_id) is session:
                 del self.sessions[session.client_id]
                 log.info("client %s %s", session.client_id, reason)
-            lost = [t for t, p in self.pending.items() if p.client_id == session.client_id]
-            for task_id in lost:
+            lost = [(t, p) for t, p in self.pending.items() if p.client_id == session.client_id]
+            for task_id, _ in lost:
                 del self.pending[task_id]
             self.changed.notify_all()
-        for task_id in lost:
-            self.answers.put(_Answer(task_id, session.client_id, {}, b"", reason))
+        for task_id, pending in lost:
+            pending.inbox.put(Answer(task_id, session.client_id, {}, b"", reason))
 
     # -- used by the transport -----------------------------------------------------------
     def send(
-        self, client_id: str, kind: str, round_number: int, header: Any, payload: bytes
+        self,
+        client_id: str,
+        kind: str,
+        round_number: int,
+        header: Any,
+        payload: bytes,
+        inbox: queue.Queue[Answer],
     ) -> str | None:
-        """Queue a request for ``client_id``; its task id, or ``None`` if not connected."""
+        """Queue a request for ``client_id``; its task id, or ``None`` if not connected.
+        Its answer (or failure) goes to ``inbox``, so callers waiting at once (the buffered
+        loop's fleet and an evaluation) each get their own answers."""
         task_id = uuid.uuid4().hex
         limit = max_reply_bytes(kind, len(payload), self.max_payload_bytes)
         with self.lock:
             session = self.sessions.get(client_id)
             if session is None or not session.alive:
                 return None
-            self.pending[task_id] = _Pending(client_id, kind, round_number, limit)
+            self.pending[task_id] = _Pending(client_id, kind, round_number, limit, inbox)
         request = pb.Request(
             task_id=task_id,
             run_id=self.run_id,
@@ -386,6 +400,27 @@ class FedstreamService(pb_grpc.FedstreamServicer):
             session.outbound.put(None)
 
 
+def fit_delivery(answer: Answer, bytes_down: int) -> Delivery[ClientUpdate]:
+    """A fit request's answer as the loop takes it: the client's update, or why it has
+    none (its own error, or a header that does not parse)."""
+    client_id = answer.client_id
+    if answer.error is not None:
+        return Delivery(client_id, ClientFailure(client_id, "train", answer.error), bytes_down, 0)
+    try:
+        update = ClientUpdate(
+            client_id,
+            int(answer.header["round"]),
+            Params.from_bytes(answer.payload),
+            float(answer.header["weight"]),
+            {k: float(v) for k, v in answer.header.get("metrics", {}).items()},
+            {k: float(v) for k, v in answer.header.get("extras", {}).items()},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        failure = ClientFailure(client_id, "validate", f"malformed update: {exc}")
+        return Delivery(client_id, failure, bytes_down, len(answer.payload))
+    return Delivery(client_id, update, bytes_down, len(answer.payload))
+
+
 class GrpcTransport:
     """The round loop's ``Transport`` over connected gRPC clients.
 
@@ -397,13 +432,21 @@ class GrpcTransport:
         self.service = service
         self.round_timeout_s = round_timeout_s
 
+    def fleet(self) -> GrpcFleet:
+        """The connected clients as the asynchronous loop's fleet, each task bounded by
+        ``round_timeout_s``."""
+        from fedstream.transport.grpc.fleet import GrpcFleet
+
+        return GrpcFleet(self.service, self.round_timeout_s)
+
     def _call(
         self, kind: str, round_number: int, requests: Mapping[str, tuple[Any, bytes]]
-    ) -> Iterator[tuple[str, _Answer | ClientFailure]]:
+    ) -> Iterator[tuple[str, Answer | ClientFailure]]:
         stage = {"fit": "train", "evaluate": "evaluate"}.get(kind, kind)
         tasks: dict[str, str] = {}
+        inbox: queue.Queue[Answer] = queue.Queue()
         for client_id, (header, payload) in requests.items():
-            task_id = self.service.send(client_id, kind, round_number, header, payload)
+            task_id = self.service.send(client_id, kind, round_number, header, payload, inbox)
             if task_id is None:
                 yield client_id, ClientFailure(client_id, stage, "not connected")
             else:
@@ -412,12 +455,11 @@ class GrpcTransport:
         while tasks:
             left = deadline - time.monotonic()
             try:
-                answer = self.service.answers.get(timeout=max(left, 0.001))
+                answer = inbox.get(timeout=max(left, 0.001))
             except queue.Empty:
                 break
-            if answer.task_id not in tasks:
-                continue  # an answer to an earlier call that came too late
-            del tasks[answer.task_id]
+            if tasks.pop(answer.task_id, None) is None:
+                continue
             if answer.error is not None:
                 yield answer.client_id, ClientFailure(answer.client_id, stage, answer.error)
             else:
@@ -437,20 +479,7 @@ class GrpcTransport:
             if isinstance(answer, ClientFailure):
                 yield Delivery(client_id, answer, len(wire), 0)
                 continue
-            try:
-                update = ClientUpdate(
-                    client_id,
-                    int(answer.header["round"]),
-                    Params.from_bytes(answer.payload),
-                    float(answer.header["weight"]),
-                    {k: float(v) for k, v in answer.header.get("metrics", {}).items()},
-                    {k: float(v) for k, v in answer.header.get("extras", {}).items()},
-                )
-            except (KeyError, TypeError, ValueError) as exc:
-                failure = ClientFailure(client_id, "validate", f"malformed update: {exc}")
-                yield Delivery(client_id, failure, len(wire), len(answer.payload))
-                continue
-            yield Delivery(client_id, update, len(wire), len(answer.payload))
+            yield fit_delivery(answer, len(wire))
 
     def evaluate(
         self,

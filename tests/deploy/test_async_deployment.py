@@ -1,0 +1,115 @@
+"""The asynchronous (FedBuff) loop over gRPC: a real server process and client processes
+of different speeds that train and upload continuously; clients killed and restarted,
+and the server killed and resumed, lose nothing but the work in flight."""
+
+import time
+
+import pytest
+
+from fedstream.store import RunStore, latest_checkpoint, load_checkpoint
+from tests.deploy.harness import (
+    Process,
+    client_ids,
+    start_client,
+    start_server_process,
+    write_run,
+)
+
+pytestmark = pytest.mark.slow  # real processes and whole runs
+
+ASYNC = {"mode": "async", "buffer_size": 2, "concurrency": 4, "evaluate_every": 0}
+# seconds per example: a task of 231 examples takes about 0.3 s on a fast device and
+# 2 s on a slow one
+FAST, SLOW = 0.0013, 0.009
+
+
+def start_fleet(toml, tokens, port, ids, slow):
+    """A client process per id; those in ``slow`` play a slower device."""
+    return {c: start_device(toml, tokens, port, c, SLOW if c in slow else FAST) for c in ids}
+
+
+def start_device(toml, tokens, port, client_id, slowdown):
+    return start_client(toml, tokens, port, client_id, "--slowdown", str(slowdown))
+
+
+def rounds_done(store) -> int:
+    runs = RunStore(store).runs() if store.exists() else []
+    return int(runs[0]["rounds_done"]) if runs else 0
+
+
+def wait_for_steps(store, count, server, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while rounds_done(store) < count:
+        assert time.monotonic() < deadline and server.popen.poll() is None, "".join(server.lines)
+        time.sleep(0.05)
+
+
+def test_clients_of_different_speeds_train_continuously_and_a_restarted_one_rejoins(tmp_path):
+    toml, tokens, config = write_run(tmp_path, rounds=30, **ASYNC)
+    ids = client_ids(config)
+    server, port = start_server_process(toml, tokens, tmp_path / "run", "--round-timeout", "60")
+    slow = {ids[3], ids[4]}
+    clients = start_fleet(toml, tokens, port, ids, slow)
+    store = tmp_path / "store.sqlite"
+    wait_for_steps(store, 3, server)
+    clients[ids[0]].kill()  # a fast client dies mid-run, perhaps mid-task
+    killed_at = rounds_done(store)
+    clients[ids[0]] = start_device(toml, tokens, port, ids[0], FAST)  # and comes back
+    assert server.wait(timeout=180) == 0, "".join(server.lines)
+    for client in clients.values():
+        assert client.wait() == 0, "".join(client.lines)
+    run = RunStore(store).run("run")
+    assert run["status"] == "finished" and len(run["rounds"]) == 30
+    steps = run["rounds"]
+    assert all(len(step["completed"]) == 2 for step in steps)  # a step every K = 2 updates
+    times = [step["metrics"]["sim_time_s"] for step in steps]
+    assert times == sorted(times) and times[0] > 0
+    # no client waits for a round: the fast ones bring more updates than the slow ones,
+    # and updates from older model versions are taken, scaled down
+    counts = {c: sum(c in step["completed"] for step in steps) for c in ids}
+    assert min(counts[c] for c in ids[1:3]) > max(counts[c] for c in slow), counts
+    assert max(step["metrics"]["staleness_max"] for step in steps) >= 1
+    # the killed client's task is a recorded failure; once back it trains again
+    lost = [f for step in steps for f in step["failures"] if f["client_id"] == ids[0]]
+    assert lost and {f["cause"] for f in lost} <= {"disconnected", "not connected"}
+    later = [s for s in steps if s["round"] > killed_at + 1]
+    assert any(ids[0] in step["completed"] for step in later)
+    final, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert final.round == 30 and final.params.is_finite()
+
+
+def test_the_async_server_killed_mid_run_resumes_from_its_last_step(tmp_path):
+    # with federated evaluation every 4 steps, while other clients' fit answers arrive:
+    # each call gets its own answers
+    toml, tokens, config = write_run(tmp_path, rounds=12, **ASYNC | {"evaluate_every": 4})
+    out, store = tmp_path / "run", tmp_path / "store.sqlite"
+    server, port = start_server_process(toml, tokens, out)
+    ids = client_ids(config)
+    clients = start_fleet(toml, tokens, port, ids, slow={ids[4]})
+    wait_for_steps(store, 4, server)
+    server.kill()
+    killed_at = latest_checkpoint(out / "checkpoints")
+    assert killed_at is not None
+    before, _ = load_checkpoint(killed_at)
+    assert 4 <= before.round < 12 and before.in_flight is not None
+    # the same port: the clients are retrying it with backoff
+    restarted = Process(
+        "server", "--tokens", str(tokens), "--insecure", "--quiet",
+        "--listen", f"127.0.0.1:{port}", "--resume", str(out),
+    )  # fmt: skip
+    assert restarted.wait(timeout=180) == 0, "".join(restarted.lines)
+    for client in clients.values():
+        assert client.wait() == 0, "".join(client.lines)
+    run = RunStore(store).run("run")
+    assert run["status"] == "finished"
+    assert [step["round"] for step in run["rounds"]] == list(range(1, 13))
+    times = [step["metrics"]["sim_time_s"] for step in run["rounds"]]
+    # the clock goes on from the checkpoint: the run's seconds, not the new process's
+    assert times == sorted(times)
+    evaluated = [s["round"] for s in run["rounds"] if "fed_accuracy" in s["metrics"]]
+    assert evaluated == [4, 8, 12]
+    causes = [f["cause"] for step in run["rounds"] for f in step["failures"]]
+    assert not [c for c in causes if "no answer" in c], causes
+    final, _ = load_checkpoint(latest_checkpoint(out / "checkpoints"))
+    assert final.round == 12 and final.params.is_finite()
+    assert not final.params.bit_equal(before.params)
