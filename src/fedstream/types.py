@@ -242,7 +242,9 @@ class RoundReport:
     ``metrics`` holds ``train_loss`` (weighted by examples), ``fed_*`` (federated evaluation on
     client test splits, weighted by examples) and ``central_*`` (held-out set).
     ``evaluations`` holds each evaluating client's own metrics (global and, with
-    personalisation, ``personal_*``).
+    personalisation, ``personal_*``). ``data_times`` holds, on a clock, when each
+    completed client's task read its data (simulated s), so an example's wait until a
+    served model was trained on it can be measured (``data.stream.freshness``).
     """
 
     round: int
@@ -254,6 +256,7 @@ class RoundReport:
     times: Mapping[str, float]
     metrics: Mapping[str, float]
     evaluations: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    data_times: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form."""
@@ -267,6 +270,7 @@ class RoundReport:
             "times": dict(self.times),
             "metrics": dict(self.metrics),
             "evaluations": {c: dict(m) for c, m in self.evaluations.items()},
+            "data_times": dict(self.data_times),
         }
 
     @classmethod
@@ -285,4 +289,5 @@ class RoundReport:
                 c: {k: float(v) for k, v in m.items()}
                 for c, m in data.get("evaluations", {}).items()
             },
+            data_times={c: float(t) for c, t in data.get("data_times", {}).items()},
         )

@@ -9,6 +9,7 @@ import pytest
 
 import fedstream
 from fedstream import ConfigError
+from fedstream.data.stream import freshness
 from fedstream.privacy import PrivacyLedger
 from fedstream.simulation import build
 from fedstream.simulation.timeline import device_clock
@@ -81,8 +82,12 @@ def test_an_async_run_folder_records_every_server_step(tmp_path):
 
 @pytest.mark.parametrize(
     "changes",
-    [{}, {"online_s": 30.0, "offline_s": 30.0, "seconds_per_example": 0.2, "personal": ("4",)}],
-    ids=["speeds", "availability-fedper"],
+    [
+        {},
+        {"online_s": 30.0, "offline_s": 30.0, "seconds_per_example": 0.2, "personal": ("4",)},
+        {"window": 6, "horizon_s": 10.0, "drift": "shift", "drift_at_s": 5.0},
+    ],
+    ids=["speeds", "availability-fedper", "drifting-stream"],
 )
 def test_an_async_run_resumes_bit_for_bit_with_its_work_in_progress(tmp_path, changes):
     # each checkpoint holds the tasks still running, the updates trained but not
@@ -215,3 +220,47 @@ def test_secagg_over_each_buffer_ends_where_the_plain_sum_does():
     assert sum(r.bytes_up for r in secure.reports) > sum(r.bytes_up for r in plain.reports)
     with pytest.raises(ConfigError, match=r"^asynchronous\.staleness='polynomial' is invalid: e"):
         make_config(**run | {"staleness": "polynomial"}, secure_aggregation="secagg+")
+
+
+STREAM = {
+    "num_clients": 20, "clients_per_round": 10, "partition": "iid", "local_epochs": 5,
+    "speeds": "lognormal", "window": 16, "horizon_s": 200.0, "drift": "shift",
+    "drift_at_s": 100.0, "evaluate_every": 0,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "mode", [{"mode": "sync", "rounds": 40}, {"mode": "async", "rounds": 220}], ids=str
+)
+def test_the_served_model_follows_a_drifting_stream_and_reports_its_freshness(mode):
+    run = (
+        STREAM | mode | ({"buffer_size": 5, "concurrency": 10} if "async" in mode.values() else {})
+    )
+    result = fedstream.simulate(**nested(**run))
+    config = make_config(**run)
+    stream = build(config).stream
+    assert stream is not None
+    served = [(r.metrics["sim_time_s"], r.metrics["stream_accuracy"]) for r in result.reports]
+    before = [acc for t, acc in served if 60 <= t < 100]
+    just_after = [acc for t, acc in served if 100 <= t < 104]
+    # learnt before the drift; the old concept is wrong after it (labels shifted by one)
+    assert before and min(before) > 0.6 and just_after and max(just_after) < 0.3
+    late = [acc for t, acc in served if t >= 140]
+    assert late and max(late) > 0.6  # and it has followed the new concept
+    # every update names when its task read its data, and examples wait seconds, not
+    # the run's length, for a model trained on them
+    assert all(set(r.data_times) == set(r.completed) for r in result.reports)
+    waited = freshness(stream, result.reports)
+    assert len(waited.lags_s) > 500 and np.all(waited.lags_s > 0)
+    assert waited.percentile(50) < 15 and waited.percentile(99) < 60
+
+
+def test_a_stream_needs_a_clock_the_built_in_data_and_the_clients_in_process():
+    with pytest.raises(ConfigError, match=r"^stream\.window=4 is invalid: expected 0 without a"):
+        make_config(window=4)
+    with pytest.raises(ConfigError, match=r"^execution\.executor='processes' is invalid"):
+        make_config(window=4, speeds="constant", executor="processes", workers=2)
+    with pytest.raises(ConfigError, match=r"^stream\.drift='shift' is invalid: expected 'none' w"):
+        make_config(drift="shift")
+    with pytest.raises(ConfigError, match=r"^stream\.drift='shift' is invalid: .*regression"):
+        make_config(window=4, speeds="constant", drift="shift", dataset="diabetes")

@@ -26,7 +26,10 @@ class FitTask:
     ``frozen`` names the model entries this task leaves as they are: FedRep trains a
     client's personal head with the shared body frozen, then the body with the head
     frozen (``client.algorithms``). Only the trainer's own SGD steps honour it; a client
-    algorithm is refused with a user's optimiser, train function or DP-SGD anyway."""
+    algorithm is refused with a user's optimiser, train function or DP-SGD anyway.
+
+    ``data_time`` is when, on a simulated clock, the task starts and its client reads its
+    data (s): a streaming client trains on its newest window then (``data.stream``)."""
 
     client_id: str
     round: int
@@ -34,6 +37,7 @@ class FitTask:
     correction: Params | None = None
     noise_seed: int | None = None
     frozen: tuple[str, ...] = ()
+    data_time: float | None = None
 
 
 @runtime_checkable

@@ -208,7 +208,8 @@ def run_buffered(
             client = ready[int(rng.integers(len(ready)))]
             seed = int(rng.integers(0, 2**63 - 1))
             sent = version_of(current)
-            fleet.start(FitTask(client, current.round + 1, replace(sent.fit, seed=seed)), sent, now)
+            task = FitTask(client, current.round + 1, replace(sent.fit, seed=seed), data_time=now)
+            fleet.start(task, sent, now)
             busy.add(client)
             since.started.append(client)
 
@@ -357,6 +358,8 @@ def _step(
     )
     finished = time.perf_counter()
     pairs = tuple((update.weight, update.metrics) for update, _ in since.buffer)
+    starts = zip(since.buffer, since.begun, strict=True)
+    read = {update.client_id: begun for (update, _), begun in starts}
     report = RoundReport(
         round=number,
         sampled=tuple(since.started),
@@ -378,5 +381,6 @@ def _step(
             **clock,
         },
         evaluations=evaluation.per_client,
+        data_times={client: read[client] for client in completed},
     )
     return new_state.evolve(round=number, rng_state=rng.bit_generator.state), report, rng

@@ -52,6 +52,7 @@ from fedstream.data.datasets import (
     check_shakespeare_fraction,
 )
 from fedstream.data.shakespeare import EDITIONS
+from fedstream.data.stream import DRIFTS
 from fedstream.errors import ConfigError
 from fedstream.models import MODELS
 from fedstream.privacy.accountant import AccountantMethod
@@ -635,6 +636,29 @@ class ClockSettings:
             )
 
 
+@dataclass(frozen=True)
+class StreamSettings:
+    """``[stream]``: client data that arrives while the run goes on (``data.stream``), on
+    the simulated clock; off while ``window`` is 0."""
+
+    window: int = setting(0, "examples a task trains on: the client's newest (0: no stream)")
+    horizon_s: float = setting(
+        100.0, "simulated seconds over which each client's training examples arrive"
+    )
+    drift: str = setting("none", "concept drift: none, shift (label y becomes y + 1 mod classes)")
+    drift_at_s: float = setting(50.0, "when the drift happens (simulated s)")
+
+    def __post_init__(self) -> None:
+        checks.non_negative_int("stream.window", self.window)
+        checks.positive("stream.horizon_s", self.horizon_s)
+        checks.one_of("stream.drift", self.drift, list(DRIFTS))
+        checks.non_negative("stream.drift_at_s", self.drift_at_s)
+        if self.drift != "none" and self.window == 0:
+            raise ConfigError(
+                "stream.drift", self.drift, "'none' without a stream (stream.window 0)"
+            )
+
+
 SECTIONS: dict[str, type[Any]] = {
     "data": DataSettings,
     "model": ModelSettings,
@@ -648,6 +672,7 @@ SECTIONS: dict[str, type[Any]] = {
     "attack": AttackSettings,
     "asynchronous": AsyncSettings,
     "clock": ClockSettings,
+    "stream": StreamSettings,
 }
 
 
@@ -669,6 +694,7 @@ class SimulationConfig:
     attack: AttackSettings = field(default_factory=AttackSettings)
     asynchronous: AsyncSettings = field(default_factory=AsyncSettings)
     clock: ClockSettings = field(default_factory=ClockSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
 
     def __post_init__(self) -> None:
         with qualified():
@@ -782,6 +808,8 @@ class SimulationConfig:
         self.check_poisson_rounds()
         if self.run.mode == "async":
             self._check_asynchronous()
+        if self.stream.window > 0:
+            self._check_stream()
         privacy = self.privacy
         if isinstance(strategy, DifferentialPrivacy) and privacy.target_epsilon is not None:
             planned = strategy.epsilon_after(self.run.rounds)
@@ -793,6 +821,39 @@ class SimulationConfig:
                     f"{self.run.rounds} rounds spend at privacy.noise={privacy.noise:g}; raise "
                     "the noise or run fewer rounds",
                 )
+
+    def _check_stream(self) -> None:
+        """What streaming client data needs: a clock to read the data by, the built-in
+        data, the clients in this process, and class labels to drift."""
+        clock = self.clock
+        if (
+            self.run.mode == "sync"
+            and clock.speeds == "none"
+            and clock.online_s == 0
+            and (clock.trace is None)
+        ):
+            raise ConfigError(
+                "stream.window",
+                self.stream.window,
+                "0 without a clock: set run.mode = 'async' or clock.speeds (a task reads "
+                "its client's newest data at its simulated start time)",
+            )
+        if self.model.app is not None:
+            raise ConfigError(
+                "stream.window", self.stream.window, "0 with an app (its data does not stream yet)"
+            )
+        if self.execution.executor != "inprocess":
+            raise ConfigError(
+                "execution.executor",
+                self.execution.executor,
+                "'inprocess' with a stream (worker processes do not get it yet)",
+            )
+        if self.stream.drift != "none" and self.data.dataset in REGRESSION:
+            raise ConfigError(
+                "stream.drift",
+                self.stream.drift,
+                f"'none' with the regression data set {self.data.dataset!r} (it shifts labels)",
+            )
 
     def _check_asynchronous(self) -> None:
         """What the buffered loop cannot run with yet (``rounds.buffered.check_buffered``

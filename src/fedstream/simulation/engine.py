@@ -23,6 +23,7 @@ from fedstream.client.torch_trainer import batch_norm_entries, load_params, para
 from fedstream.client.vectorized import VectorizedTrainer
 from fedstream.data.base import ClientData, FederatedDataset, subset
 from fedstream.data.datasets import federate
+from fedstream.data.stream import Stream
 from fedstream.errors import ConfigError, RoundFailedError
 from fedstream.models import build_model
 from fedstream.params import Params
@@ -96,7 +97,8 @@ class SimulationResult:
 class Setup:
     """Everything a simulated run is built from, made once before round 1. ``transport``
     (the simulated clients) is ``None`` for a server whose clients are elsewhere;
-    ``central_evaluate`` is ``None`` when there is no held-out data."""
+    ``central_evaluate`` is ``None`` when there is no held-out data; ``stream`` is the
+    clients' data arriving over time (``[stream]``), if any."""
 
     app: App
     dataset: FederatedDataset
@@ -107,6 +109,7 @@ class Setup:
     central_evaluate: CentralEvaluate | None
     trainer_name: str
     trainer_reason: str
+    stream: Stream | None = None
 
 
 def _seeds(config: SimulationConfig) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
@@ -206,15 +209,39 @@ def build(config: SimulationConfig, app: App | None = None, *, server_only: bool
                 metrics["backdoor_success"] = probe["accuracy"]
             return metrics
 
-    transport = None
+    transport, stream = None, None
     if not server_only:
+        stream = client_stream(config, dataset)
         transport = InProcessTransport(
-            dataset.clients, trainer, device_secret=device_secret(config.execution.seed)
+            dataset.clients,
+            trainer,
+            device_secret=device_secret(config.execution.seed),
+            stream=stream,
         )
         if user_app is not None:
             preflight(app, module, trainer, dataset.clients, config)
     return Setup(
-        app, dataset, module, trainer, transport, initial, central_evaluate, trainer_name, why
+        app, dataset, module, trainer, transport, initial, central_evaluate, trainer_name, why,
+        stream,
+    )  # fmt: skip
+
+
+STREAM_ORDER = 0x57EA  # the stream's arrival orders draw from (seed, STREAM_ORDER)
+
+
+def client_stream(config: SimulationConfig, dataset: FederatedDataset) -> Stream | None:
+    """The clients' data arriving over time that ``config.stream`` describes, or ``None``."""
+    settings = config.stream
+    if settings.window == 0:
+        return None
+    return Stream.shuffled(
+        dataset.clients,
+        np.random.default_rng([config.execution.seed, STREAM_ORDER]),
+        settings.horizon_s,
+        settings.window,
+        settings.drift,
+        settings.drift_at_s,
+        dataset.num_outputs if dataset.task == "classification" else 0,
     )
 
 

@@ -22,6 +22,8 @@ import numpy as np
 
 from fedstream import checks
 from fedstream.client.base import FitTask
+from fedstream.data.base import ClientData
+from fedstream.data.stream import Stream
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.rounds import RoundConfig, run_round, run_rounds
 from fedstream.rounds.buffered import run_buffered
@@ -91,7 +93,38 @@ def server_steps(
     elapsed: float,
 ) -> Steps:
     """The run's (state, report) per round or server step, until ``config.run.rounds``;
-    ``elapsed`` is the simulated time already spent (a resumed run's)."""
+    ``elapsed`` is the simulated time already spent (a resumed run's). With a stream each
+    report gains ``stream_accuracy`` (``with_stream_accuracy``)."""
+    steps = _steps(config, setup, state, transport, client_ids, rounds, clock, elapsed)
+    if setup.stream is None or not len(setup.dataset.x_heldout):
+        return steps
+    return with_stream_accuracy(steps, setup.stream, setup)
+
+
+def with_stream_accuracy(steps: Steps, stream: Stream, setup: Setup) -> Steps:
+    """Each step's served model evaluated on the held-out examples as the drifting
+    concept labels them at the step's simulated time (``stream_accuracy``,
+    ``stream_loss``): how well the served model follows the stream."""
+    x, y = setup.dataset.x_heldout, setup.dataset.y_heldout
+    for state, report in steps:
+        now = report.metrics["sim_time_s"]
+        labels = stream.labels_at(y, np.full(len(y), now))
+        heldout = ClientData(x[:0], labels[:0], x, labels)
+        metrics = setup.trainer.evaluate(state.params, "server", 0, heldout).metrics
+        scored = {f"stream_{k}": v for k, v in metrics.items() if k in ("accuracy", "loss")}
+        yield state, replace(report, metrics={**report.metrics, **scored})
+
+
+def _steps(
+    config: SimulationConfig,
+    setup: Setup,
+    state: ServerState,
+    transport: Transport,
+    client_ids: Sequence[str],
+    rounds: RoundConfig,
+    clock: DeviceClock | None,
+    elapsed: float,
+) -> Steps:
     strategy = config.build_strategy()
     if config.run.mode == "async":
         return run_buffered(
@@ -151,9 +184,10 @@ def timed_rounds(
             task_policy=online if stragglers is None else online.then(stragglers),
         )
         took = clock.round_seconds(report.sampled, epochs, elapsed)
+        read = dict.fromkeys(report.completed, elapsed)
         elapsed += took
         timing = {"sim_time_s": elapsed, "update_age_mean_s": took, "update_age_max_s": took}
-        yield state, replace(report, metrics={**report.metrics, **timing})
+        yield state, replace(report, metrics={**report.metrics, **timing}, data_times=read)
 
 
 @dataclass(frozen=True)
@@ -176,7 +210,7 @@ class OnClock:
                 continue
             end, completed = self.clock.task_end(client, task.config.local_epochs, self.start)
             if completed:
-                kept.append(task)
+                kept.append(replace(task, data_time=self.start))
             else:
                 lost = f"went offline {end - self.start:.4g} s into its task; the work is lost"
                 failures.append(ClientFailure(client, "train", lost))
@@ -211,12 +245,14 @@ def live_fleet(transport: Transport) -> Fleet:
 
 
 def check_deployed_clock(config: SimulationConfig) -> None:
-    """A deployment runs in its clients' own time: a simulated clock is refused there."""
+    """A deployment runs in its clients' own time: a simulated clock, and data that
+    streams on it, are refused there."""
     settings = config.clock
     simulated = {
         "clock.speeds": settings.speeds if settings.speeds != "none" else None,
         "clock.online_s": settings.online_s if settings.online_s > 0 else None,
         "clock.trace": settings.trace,
+        "stream.window": config.stream.window or None,
     }
     for name, value in simulated.items():
         if value is not None:

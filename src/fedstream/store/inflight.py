@@ -25,11 +25,18 @@ def _task_to_dict(task: FitTask) -> dict[str, Any]:
         "client": task.client_id,
         "round": task.round,
         "config": fit_config_to_dict(task.config),
+        "data_time": task.data_time,
     }
 
 
 def _task_from_dict(data: Mapping[str, Any]) -> FitTask:
-    return FitTask(str(data["client"]), int(data["round"]), fit_config_from_dict(data["config"]))
+    time = data.get("data_time")
+    return FitTask(
+        str(data["client"]),
+        int(data["round"]),
+        fit_config_from_dict(data["config"]),
+        data_time=float(time) if time is not None else None,
+    )
 
 
 def to_document(in_flight: InFlight) -> tuple[dict[str, Any], Params]:

@@ -32,6 +32,7 @@ from fedstream.client.runtime import (
 from fedstream.client.state import ClientState, MemoryClientStates
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData, check_clients, train_size
+from fedstream.data.stream import Stream, data_for
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
 from fedstream.secure.secagg import DerivedRoster, Identity, derived_identity_key
@@ -98,6 +99,9 @@ class InProcessTransport:
     from which each client seeds its own privacy noise, so a run is reproducible while the
     server, which sees only its own task seeds, cannot redraw the noise. Without it every
     client draws that noise from the OS CSPRNG, as a deployed client does.
+
+    With a ``stream`` a task trains on its client's window at the task's ``data_time``
+    (``data.stream``) instead of all its data.
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class InProcessTransport:
         cohort_size: int = 256,
         cohort_budget_bytes: int = COHORT_BUDGET_BYTES,
         device_secret: int | None = None,
+        stream: Stream | None = None,
     ) -> None:
         if not clients:
             raise ConfigError("clients", {}, "at least one client")
@@ -116,6 +121,7 @@ class InProcessTransport:
         self.cohort_size = cohort_size
         self.cohort_budget_bytes = cohort_budget_bytes
         self.device_secret = device_secret
+        self.stream = stream
         # the simulated PKI: every device's identity key derives from this secret
         self._identity_secret = (
             device_secret if device_secret is not None else int.from_bytes(os.urandom(16))
@@ -134,6 +140,9 @@ class InProcessTransport:
             )
             device = self._devices[client_id] = SecureDevice(client_id, identity)
         return device
+
+    def _data(self, task: FitTask) -> ClientData:
+        return data_for(self.clients, self.stream, task.client_id, task.data_time)
 
     def _start(self, model: Params, extras: dict[str, Params], task: FitTask) -> Started:
         """The task as its client runs it (``client.runtime.start_fit``)."""
@@ -204,7 +213,7 @@ class InProcessTransport:
             )
             for cohort in cohorts:
                 try:
-                    datasets = [self.clients[t.client_id] for t in cohort]
+                    datasets = [self._data(t) for t in cohort]
                     started = [self._start(model, extras, t) for t in cohort]
                     started = head_fit(self.trainer, datasets, started)
                     starts = [s.start for s in started]
@@ -228,7 +237,7 @@ class InProcessTransport:
             return
         for task in tasks:
             try:
-                data = self.clients[task.client_id]
+                data = self._data(task)
                 (one,) = head_fit(self.trainer, [data], [self._start(model, extras, task)])
                 update = self.trainer.fit(one.start, one.task, data)
                 (state,) = personal_fit(

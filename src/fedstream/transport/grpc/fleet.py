@@ -63,8 +63,7 @@ class GrpcFleet:
         return self.offset + time.monotonic() - self.began
 
     def ready(self, idle: Sequence[str], now: float) -> list[str]:
-        connected = set(self.service.connected())
-        ready = [c for c in idle if c in connected]
+        ready = self.service.connected_among(idle)
         self.wanted = set() if ready else set(idle)
         return ready
 
@@ -118,7 +117,7 @@ class GrpcFleet:
                 self._end(out, Delivery(out.task.client_id, failure, out.bytes_down, 0))
             if self.ended:
                 break
-            if self.wanted & set(self.service.connected()):
+            if self.wanted and self.service.connected_among(list(self.wanted)):
                 self.wanted = set()
                 event = Event(now, self.counter, None)
                 self.counter += 1

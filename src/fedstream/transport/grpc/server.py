@@ -374,6 +374,11 @@ class FedstreamService(pb_grpc.FedstreamServicer):
         with self.lock:
             return sorted(self.sessions)
 
+    def connected_among(self, client_ids: Sequence[str]) -> list[str]:
+        """Those of ``client_ids`` that are connected, in the order given."""
+        with self.lock:
+            return [c for c in client_ids if c in self.sessions]
+
     def wait_for(self, count: int, timeout_s: float) -> list[str]:
         """Block until ``count`` clients are connected; the connected ids, or an error."""
         deadline = time.monotonic() + timeout_s
