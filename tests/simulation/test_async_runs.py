@@ -232,11 +232,10 @@ STREAM = {
 @pytest.mark.parametrize(
     "mode", [{"mode": "sync", "rounds": 40}, {"mode": "async", "rounds": 220}], ids=str
 )
-def test_the_served_model_follows_a_drifting_stream_and_reports_its_freshness(mode):
-    run = (
-        STREAM | mode | ({"buffer_size": 5, "concurrency": 10} if "async" in mode.values() else {})
-    )
-    result = fedstream.simulate(**nested(**run))
+def test_the_served_model_follows_a_drifting_stream_and_reports_its_freshness(mode, tmp_path):
+    buffered = {"buffer_size": 5, "concurrency": 10} if "async" in mode.values() else {}
+    run = STREAM | mode | buffered
+    result = fedstream.simulate(output_dir=tmp_path / "run", **nested(**run))
     config = make_config(**run)
     stream = build(config).stream
     assert stream is not None
@@ -253,6 +252,8 @@ def test_the_served_model_follows_a_drifting_stream_and_reports_its_freshness(mo
     waited = freshness(stream, result.reports)
     assert len(waited.lags_s) > 500 and np.all(waited.lags_s > 0)
     assert waited.percentile(50) < 15 and waited.percentile(99) < 60
+    written = json.loads((tmp_path / "run" / "results.json").read_text())["data"]["stream"]
+    assert written["freshness_p50_s"] == waited.percentile(50) and written["window"] == 16
 
 
 def test_a_stream_needs_a_clock_the_built_in_data_and_the_clients_in_process():

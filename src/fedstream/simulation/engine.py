@@ -23,7 +23,7 @@ from fedstream.client.torch_trainer import batch_norm_entries, load_params, para
 from fedstream.client.vectorized import VectorizedTrainer
 from fedstream.data.base import ClientData, FederatedDataset, subset
 from fedstream.data.datasets import federate
-from fedstream.data.stream import Stream
+from fedstream.data.stream import Stream, freshness
 from fedstream.errors import ConfigError, RoundFailedError
 from fedstream.models import build_model
 from fedstream.params import Params
@@ -388,9 +388,12 @@ def round_config(config: SimulationConfig, setup: Setup, deployed: bool = False)
     return replace(rounds, local_entries=local) if local else rounds
 
 
-def describe(setup: Setup, config: SimulationConfig) -> dict[str, Any]:
-    """The data summary plus the trainer and executor chosen, for results.json. A server
-    whose clients are elsewhere knows only how many there are."""
+def describe(
+    setup: Setup, config: SimulationConfig, reports: Sequence[RoundReport] = ()
+) -> dict[str, Any]:
+    """The data summary plus the trainer and executor chosen, for results.json, and with
+    a stream its freshness over ``reports``. A server whose clients are elsewhere knows
+    only how many there are."""
     summary = (
         setup.dataset.describe()
         if setup.transport is not None
@@ -404,6 +407,23 @@ def describe(setup: Setup, config: SimulationConfig) -> dict[str, Any]:
         "workers": worker_count(config),
         "client_sampling": config.client_sampling,
         **({"privacy": privacy_terms(config)} if config.privacy.level != "none" else {}),
+        **({"stream": stream_terms(setup.stream, reports)} if setup.stream is not None else {}),
+    }
+
+
+def stream_terms(stream: Stream, reports: Sequence[RoundReport]) -> dict[str, Any]:
+    """How fresh the served models were (``data.stream.freshness``): simulated seconds
+    from an example's arrival to the first served model trained on it."""
+    waited = freshness(stream, reports)
+    arrived = len(waited.lags_s) + waited.unserved
+    served = len(waited.lags_s) > 0
+    return {
+        "window": stream.window,
+        "drift": stream.drift,
+        "drift_at_s": stream.drift_at_s,
+        "freshness_p50_s": waited.percentile(50) if served else None,
+        "freshness_p99_s": waited.percentile(99) if served else None,
+        "never_served": waited.unserved / arrived if arrived else None,
     }
 
 
@@ -637,7 +657,7 @@ def _simulate(
                 *how(setup, config),
             )
             if out is not None and runs is not None:
-                write_outputs(partial, describe(setup, config), out, error=str(failure))
+                write_outputs(partial, describe(setup, config, reports), out, error=str(failure))
                 runs.finish_run(run_id, error=str(failure))
             notify(callbacks, "on_run_end", partial, str(failure))
             raise
@@ -648,7 +668,7 @@ def _simulate(
         config, state, tuple(reports), time.perf_counter() - started, out, *how(setup, config)
     )
     if out is not None and runs is not None:
-        write_outputs(result, describe(setup, config), out)
+        write_outputs(result, describe(setup, config, reports), out)
         runs.finish_run(run_id)
     notify(callbacks, "on_run_end", result, None)
     if progress:
