@@ -113,3 +113,29 @@ def test_the_async_server_killed_mid_run_resumes_from_its_last_step(tmp_path):
     final, _ = load_checkpoint(latest_checkpoint(out / "checkpoints"))
     assert final.round == 12 and final.params.is_finite()
     assert not final.params.bit_equal(before.params)
+
+
+def test_secagg_and_client_dp_run_over_each_buffer_of_an_async_deployment(tmp_path):
+    # each step's SecAgg+ runs over the K clients whose updates wait in the buffer, on
+    # their devices; a held client gets no new task before the step
+    toml, tokens, config = write_run(
+        tmp_path, rounds=6, num_clients=6, clients_per_round=6, mode="async", buffer_size=3,
+        concurrency=3, staleness="constant", evaluate_every=3, secure_aggregation="secagg+",
+        dp="client", dp_noise=0.3, dp_clip=0.05,
+    )  # fmt: skip
+    server, port = start_server_process(toml, tokens, tmp_path / "run", "--round-timeout", "60")
+    ids = client_ids(config)
+    clients = start_fleet(toml, tokens, port, ids, slow={ids[0]})
+    assert server.wait(timeout=240) == 0, "".join(server.lines)
+    for client in clients.values():
+        assert client.wait() == 0, "".join(client.lines)
+    run = RunStore(tmp_path / "store.sqlite").run("run")
+    assert run["status"] == "finished" and len(run["rounds"]) == 6
+    for step in run["rounds"]:
+        assert len(step["completed"]) == 3 and len(set(step["completed"])) == 3
+        assert not step["failures"], step["failures"]
+        assert step["metrics"]["dp_epsilon"] > 0
+    epsilons = [step["metrics"]["dp_epsilon"] for step in run["rounds"]]
+    assert epsilons == sorted(epsilons) and epsilons[0] < epsilons[-1]  # one release a step
+    final, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert final.round == 6 and final.params.is_finite()
