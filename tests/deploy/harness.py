@@ -110,6 +110,25 @@ def start_server_process(toml, tokens, out, *extra, port=0):
     return server, int(line.split("port")[1].split(",")[0])
 
 
+def restart_server(server, tokens, port, out, clients):
+    """Kill ``server`` and start it again with ``--resume`` on the same port, where its
+    clients are retrying with backoff; wait until the run and every client end well.
+    The checkpoint the server was killed at: its folder, and its state (read before the
+    restarted server may prune it)."""
+    server.kill()
+    killed_at = latest_checkpoint(out / "checkpoints")
+    assert killed_at is not None
+    state, _ = load_checkpoint(killed_at)
+    restarted = Process(
+        "server", "--tokens", str(tokens), "--insecure", "--quiet",
+        "--listen", f"127.0.0.1:{port}", "--resume", str(out),
+    )  # fmt: skip
+    assert restarted.wait(timeout=180) == 0, "".join(restarted.lines)
+    for client in clients.values():
+        assert client.wait() == 0, "".join(client.lines)
+    return killed_at, state
+
+
 def start_client(toml, tokens, port, client_id, *extra):
     """A client process, keeping its state beside the run file (``toml``'s folder)."""
     return Process(

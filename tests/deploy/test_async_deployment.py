@@ -8,8 +8,8 @@ import pytest
 
 from fedstream.store import RunStore, latest_checkpoint, load_checkpoint
 from tests.deploy.harness import (
-    Process,
     client_ids,
+    restart_server,
     start_client,
     start_server_process,
     write_run,
@@ -87,19 +87,8 @@ def test_the_async_server_killed_mid_run_resumes_from_its_last_step(tmp_path):
     ids = client_ids(config)
     clients = start_fleet(toml, tokens, port, ids, slow={ids[4]})
     wait_for_steps(store, 4, server)
-    server.kill()
-    killed_at = latest_checkpoint(out / "checkpoints")
-    assert killed_at is not None
-    before, _ = load_checkpoint(killed_at)
+    _, before = restart_server(server, tokens, port, out, clients)
     assert 4 <= before.round < 12 and before.in_flight is not None
-    # the same port: the clients are retrying it with backoff
-    restarted = Process(
-        "server", "--tokens", str(tokens), "--insecure", "--quiet",
-        "--listen", f"127.0.0.1:{port}", "--resume", str(out),
-    )  # fmt: skip
-    assert restarted.wait(timeout=180) == 0, "".join(restarted.lines)
-    for client in clients.values():
-        assert client.wait() == 0, "".join(client.lines)
     run = RunStore(store).run("run")
     assert run["status"] == "finished"
     assert [step["round"] for step in run["rounds"]] == list(range(1, 13))

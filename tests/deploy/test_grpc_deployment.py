@@ -41,6 +41,7 @@ from tests.deploy.harness import (
     deploy_run,
     deployment,
     hello,
+    restart_server,
     start_client,
     start_clients,
     start_server_process,
@@ -101,17 +102,8 @@ def test_the_server_killed_mid_run_resumes_and_its_clients_reconnect(tmp_path):
     while (found := latest_checkpoint(out / "checkpoints")) is None or found.name < "round-000003":
         assert time.monotonic() < deadline and server.popen.poll() is None, "".join(server.lines)
         time.sleep(0.05)
-    server.kill()
-    killed_at = latest_checkpoint(out / "checkpoints")
-    assert killed_at is not None and killed_at.name < "round-000008"
-    # the same port: the clients are retrying it with backoff
-    restarted = Process(
-        "server", "--tokens", str(tokens), "--insecure", "--quiet",
-        "--listen", f"127.0.0.1:{port}", "--resume", str(out),
-    )  # fmt: skip
-    assert restarted.wait(timeout=180) == 0, "".join(restarted.lines)
-    for client in clients.values():
-        assert client.wait() == 0, "".join(client.lines)
+    killed_at, _ = restart_server(server, tokens, port, out, clients)
+    assert killed_at.name < "round-000008"
     final, _ = load_checkpoint(latest_checkpoint(out / "checkpoints"))
     assert final.round == 8
     assert final.params.bit_equal(simulate(config).state.params)  # exact resume

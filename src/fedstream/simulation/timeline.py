@@ -95,7 +95,34 @@ def server_steps(
     """The run's (state, report) per round or server step, until ``config.run.rounds``;
     ``elapsed`` is the simulated time already spent (a resumed run's). With a stream each
     report gains ``stream_accuracy`` (``with_stream_accuracy``)."""
-    steps = _steps(config, setup, state, transport, client_ids, rounds, clock, elapsed)
+    strategy = config.build_strategy()
+    if config.run.mode == "async":
+        steps: Steps = run_buffered(
+            state,
+            strategy,
+            transport,
+            client_ids,
+            rounds,
+            config.asynchronous.buffer_config(),
+            SimulatedFleet(transport, clock) if clock is not None else live_fleet(transport),
+            config.run.rounds,
+            setup.central_evaluate,
+        )
+    elif clock is None:
+        steps = run_rounds(
+            state,
+            strategy,
+            transport,
+            client_ids,
+            rounds,
+            config.run.rounds,
+            setup.central_evaluate,
+            config.task_policy(),
+        )
+    else:
+        steps = timed_rounds(
+            state, strategy, transport, client_ids, rounds, config, setup, clock, elapsed
+        )
     if setup.stream is None or not len(setup.dataset.x_heldout):
         return steps
     return with_stream_accuracy(steps, setup.stream, setup)
@@ -113,45 +140,6 @@ def with_stream_accuracy(steps: Steps, stream: Stream, setup: Setup) -> Steps:
         metrics = setup.trainer.evaluate(state.params, "server", 0, heldout).metrics
         scored = {f"stream_{k}": v for k, v in metrics.items() if k in ("accuracy", "loss")}
         yield state, replace(report, metrics={**report.metrics, **scored})
-
-
-def _steps(
-    config: SimulationConfig,
-    setup: Setup,
-    state: ServerState,
-    transport: Transport,
-    client_ids: Sequence[str],
-    rounds: RoundConfig,
-    clock: DeviceClock | None,
-    elapsed: float,
-) -> Steps:
-    strategy = config.build_strategy()
-    if config.run.mode == "async":
-        return run_buffered(
-            state,
-            strategy,
-            transport,
-            client_ids,
-            rounds,
-            config.asynchronous.buffer_config(),
-            SimulatedFleet(transport, clock) if clock is not None else live_fleet(transport),
-            config.run.rounds,
-            setup.central_evaluate,
-        )
-    if clock is None:
-        return run_rounds(
-            state,
-            strategy,
-            transport,
-            client_ids,
-            rounds,
-            config.run.rounds,
-            setup.central_evaluate,
-            config.task_policy(),
-        )
-    return timed_rounds(
-        state, strategy, transport, client_ids, rounds, config, setup, clock, elapsed
-    )
 
 
 def timed_rounds(
