@@ -38,7 +38,15 @@ from fedstream.data.base import ClientData
 from fedstream.errors import ConfigError
 from fedstream.secure.secagg import Identity, load_identity, make_identities
 from fedstream.simulation.config import SimulationConfig
-from fedstream.simulation.engine import Setup, SimulationResult, build, resolve_app, simulate
+from fedstream.simulation.engine import (
+    Setup,
+    SimulationResult,
+    build,
+    build_dataset,
+    client_stream,
+    resolve_app,
+    simulate,
+)
 from fedstream.tracking.base import RunCallback
 from fedstream.transport.grpc.client import (
     DEFAULT_GIVE_UP_S,
@@ -251,9 +259,11 @@ def join(
     ``config.execution.threads`` torch threads (one per process is fastest for small models). The
     client's durable state is kept in ``state_dir`` (see ``run_client``); ``identity``
     (``load_identities``) is what SecAgg+ needs of it; ``slowdown_s`` plays a slower device
-    (``run_client``)."""
+    (``run_client``). With ``config.stream`` the client's data streams in as the run's
+    seconds pass, as in the simulation (``data.stream``)."""
     torch.set_num_threads(config.execution.threads)
     own, trainer = client_setup(config, client_id, app)
+    stream = client_stream(config, build_dataset(config)) if config.stream.window else None
     return run_client(
         server,
         client_id,
@@ -267,4 +277,5 @@ def join(
         identity=identity,
         corrupt_fraction=config.secure.corrupt_fraction,
         slowdown_s=slowdown_s,
+        stream=stream if data is None else None,
     )

@@ -2,6 +2,7 @@
 of different speeds that train and upload continuously; clients killed and restarted,
 and the server killed and resumed, lose nothing but the work in flight."""
 
+import json
 import time
 
 import pytest
@@ -128,3 +129,31 @@ def test_secagg_and_client_dp_run_over_each_buffer_of_an_async_deployment(tmp_pa
     assert epsilons == sorted(epsilons) and epsilons[0] < epsilons[-1]  # one release a step
     final, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
     assert final.round == 6 and final.params.is_finite()
+
+
+def test_deployed_clients_stream_their_data_and_the_served_model_follows_the_drift(tmp_path):
+    # each client's ~290 examples arrive over the run's first 16 s and its tasks train on
+    # the newest 32, read at the start the server names; labels shift at 8 s. A client
+    # that ignored the stream would never see a shifted label, and the model would stay
+    # wrong after the drift
+    toml, tokens, config = write_run(
+        tmp_path, rounds=160, local_epochs=2, window=32, horizon_s=16.0, drift="shift",
+        drift_at_s=8.0, **ASYNC | {"evaluate_every": 0},
+    )  # fmt: skip
+    server, port = start_server_process(toml, tokens, tmp_path / "run", "--round-timeout", "60")
+    ids = client_ids(config)
+    clients = {c: start_device(toml, tokens, port, c, 0.005) for c in ids}
+    assert server.wait(timeout=300) == 0, "".join(server.lines)
+    for client in clients.values():
+        assert client.wait() == 0, "".join(client.lines)
+    steps = RunStore(tmp_path / "store.sqlite").run("run")["rounds"]
+    served = [(s["metrics"]["sim_time_s"], s["metrics"]["stream_accuracy"]) for s in steps]
+    assert served[-1][0] > 14.0  # the pace the slowdown sets: past the horizon
+    after = [accuracy for t, accuracy in served if 8.0 <= t < 8.5]
+    late = [accuracy for t, accuracy in served if t >= 13.0]
+    assert after and late and max(late) > max(after) + 0.3, served
+    for step in steps:  # each update's data was read at its task's start, before the step
+        assert set(step["data_times"]) == set(step["completed"])
+        assert all(0 <= t <= step["metrics"]["sim_time_s"] for t in step["data_times"].values())
+    stream = json.loads((tmp_path / "run" / "results.json").read_text())["data"]["stream"]
+    assert 0 < stream["freshness_p50_s"] < stream["freshness_p99_s"] < 10

@@ -209,9 +209,9 @@ def build(config: SimulationConfig, app: App | None = None, *, server_only: bool
                 metrics["backdoor_success"] = probe["accuracy"]
             return metrics
 
-    transport, stream = None, None
+    transport = None
+    stream = client_stream(config, dataset)  # a deployed server reads only its arrivals
     if not server_only:
-        stream = client_stream(config, dataset)
         transport = InProcessTransport(
             dataset.clients,
             trainer,

@@ -233,14 +233,13 @@ def live_fleet(transport: Transport) -> Fleet:
 
 
 def check_deployed_clock(config: SimulationConfig) -> None:
-    """A deployment runs in its clients' own time: a simulated clock, and data that
-    streams on it, are refused there."""
+    """A deployment runs in its clients' own time: a simulated clock is refused there, and
+    a stream needs the asynchronous loop, whose tasks name their start."""
     settings = config.clock
     simulated = {
         "clock.speeds": settings.speeds if settings.speeds != "none" else None,
         "clock.online_s": settings.online_s if settings.online_s > 0 else None,
         "clock.trace": settings.trace,
-        "stream.window": config.stream.window or None,
     }
     for name, value in simulated.items():
         if value is not None:
@@ -250,3 +249,10 @@ def check_deployed_clock(config: SimulationConfig) -> None:
                 "unset in a deployment (the clock simulates devices; deployed clients "
                 "train at their own speed and come and go by themselves)",
             )
+    if config.stream.window and config.run.mode != "async":
+        raise ConfigError(
+            "run.mode",
+            config.run.mode,
+            "'async' with a stream in a deployment (a synchronous round's tasks do not "
+            "name when they start, which a streaming client reads its window by)",
+        )

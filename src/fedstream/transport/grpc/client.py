@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import queue
 import re
 import threading
@@ -38,6 +39,7 @@ from fedstream.client.runtime import (
 from fedstream.client.state import EMPTY, ClientState, DiskClientState
 from fedstream.compression.codecs import decode_broadcast
 from fedstream.data.base import ClientData
+from fedstream.data.stream import Stream
 from fedstream.errors import FedstreamError
 from fedstream.params import Params
 from fedstream.secure.secagg import Identity
@@ -62,6 +64,7 @@ class ServerUnreachable(FedstreamError, ConnectionError):
     settings of the two sides do not match (which waiting would not change)."""
 
 
+MAX_DATA_TIME_S = 10.0 * 365 * 24 * 3600  # a task's start, in the run's seconds: ten years
 DEFAULT_GIVE_UP_S = 600.0  # a client's give-up time without a connection (0 or None: never)
 SECOND_SESSION_GRACE_S = 60.0  # how long a client retries while its id has a live session
 TLS_ATTEMPTS = 3  # TLS mismatches in a row before a client gives up
@@ -150,9 +153,11 @@ class _Device:
         identity: Identity | None = None,
         corrupt_fraction: float = 0.0,
         slowdown_s: float = 0.0,
+        stream: Stream | None = None,
     ) -> None:
         self.client_id = client_id
         self.slowdown_s = slowdown_s
+        self.stream = stream
         self.data = data
         self.trainer = trainer
         self.secagg = SecureDevice(client_id, identity, corrupt_fraction)
@@ -179,21 +184,39 @@ class _Device:
             self.store.save(state)
         self.state = state
 
+    def _data(self, data_time: object) -> ClientData:
+        """The data a task trains on: with a stream, the window at the task's start (the
+        run's seconds, from the server, bounded before use), else all of it."""
+        if self.stream is None:
+            return self.data
+        if not (
+            isinstance(data_time, int | float)
+            and not isinstance(data_time, bool)
+            and math.isfinite(data_time)
+            and 0 <= data_time <= MAX_DATA_TIME_S
+        ):
+            raise ProtocolError(
+                f"data_time={data_time!r} is invalid: expected the task's start in seconds, "
+                f"0 to {MAX_DATA_TIME_S:g} (a streaming client reads its window then)"
+            )
+        return self.stream.window_at(self.client_id, float(data_time))
+
     def handle(self, request: pb.Request, payload: bytes) -> tuple[dict[str, Any], bytes]:
         header = json.loads(request.header_json or "{}")
         if request.kind == "fit":
             config = fit_config_from_dict(header["config"])
             task = FitTask(self.client_id, request.round, config)
+            data = self._data(header.get("data_time"))
             params = receive_params(Params.from_bytes(payload), config)
             (started,) = head_fit(
-                self.trainer, [self.data], [start_fit(*split_extras(params), task, self.state)]
+                self.trainer, [data], [start_fit(*split_extras(params), task, self.state)]
             )
-            update = self.trainer.fit(started.start, started.task, self.data)
+            update = self.trainer.fit(started.start, started.task, data)
             mask = upload_mask(params, config)
-            (trained,) = personal_fit(self.trainer, [self.data], [started], [self.state])
+            (trained,) = personal_fit(self.trainer, [data], [started], [self.state])
             sent, state = finish_fit(update, started, trained, mask)
             self.keep(state)
-            time.sleep(self.slowdown_s * self.data.num_train * config.local_epochs)
+            time.sleep(self.slowdown_s * data.num_train * config.local_epochs)
             body = {"round": sent.round, "weight": sent.weight, "metrics": dict(sent.metrics)}
             if config.secure_aggregation:
                 self.secagg.hold(sent)
@@ -229,6 +252,7 @@ def run_client(
     corrupt_fraction: float = 0.0,
     second_session_grace_s: float = SECOND_SESSION_GRACE_S,
     slowdown_s: float = 0.0,
+    stream: Stream | None = None,
 ) -> ClientStats:
     """Serve the run at ``address`` as ``client_id`` until the server says it is over.
 
@@ -244,12 +268,14 @@ def run_client(
     signing key and the roster of the others') lets it take part in SecAgg+, assuming
     ``corrupt_fraction`` of its neighbours collude with the server. ``slowdown_s`` seconds
     per example and epoch are waited after each training task, to play a slower device.
+    With a ``stream`` (``data.stream``) each task trains on the window of ``data`` at the
+    task's start, which the server's request names.
     """
     data.check(client_id)
     checks.non_negative("slowdown_s", slowdown_s)
     device = _Device(
         client_id, data, trainer, Path(state_dir) if state_dir else None, identity,
-        corrupt_fraction, slowdown_s,
+        corrupt_fraction, slowdown_s, stream,
     )  # fmt: skip
     stats = ClientStats()
     stop = stop or threading.Event()

@@ -72,8 +72,9 @@ class GrpcFleet:
         if number not in self.wire:
             self.wire[number] = version.params.to_bytes()
         wire = self.wire[number]
-        header = {"config": fit_config_to_dict(task.config)}
         started = self.now()
+        # the run's seconds at the task's start: a streaming client reads its window then
+        header = {"config": fit_config_to_dict(task.config), "data_time": started}
         self.per_version[number] += 1
         sent = self.service.send(task.client_id, "fit", number, header, wire, self.inbox)
         if sent is None:  # it disconnected since ``ready``
