@@ -218,6 +218,14 @@ def ray_run_matches_in_process() -> None:
     alone = fedstream.simulate(SMALL)
     on_ray = fedstream.simulate(SMALL, **nested(executor="ray", workers=2))
     same_run(alone, on_ray)
+    # the asynchronous loop over the same actors: its lazily trained cohorts too
+    buffered = SMALL.with_changes(
+        **nested(mode="async", speeds="lognormal", buffer_size=3, concurrency=6, rounds=4)
+    )
+    same_run(
+        fedstream.simulate(buffered),
+        fedstream.simulate(buffered, **nested(executor="ray", workers=2)),
+    )
     # each actor's clients' states are checkpointed and put back in the actors on resume
     import tempfile
 
