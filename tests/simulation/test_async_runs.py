@@ -30,6 +30,7 @@ def test_an_async_run_steps_on_its_buffer_and_reports_simulated_time_and_stalene
     assert result.final_metrics["central_accuracy"] == pytest.approx(0.719, abs=1e-3)
     again = fedstream.simulate(**nested(**ASYNC))
     assert again.state.params.bit_equal(result.state.params)
+    assert result.description == "fedavg (FedBuff, K = 10) on digits"  # curves.png's title
 
 
 def test_a_synchronous_round_lasts_as_long_as_its_slowest_completed_client():

@@ -1038,8 +1038,12 @@ class SimulationConfig:
 
     @property
     def label(self) -> str:
-        """The strategy as a person names it, e.g. ``fedavg + DP (client)``."""
+        """The strategy as a person names it, e.g. ``fedavg + DP (client)``, or
+        ``fedavg (FedBuff, K = 10)`` in an asynchronous run."""
         parts = [self.strategy.name]
+        if self.run.mode == "async":
+            size = self.asynchronous.buffer_size
+            parts[0] += " (FedAsync)" if size == 1 else f" (FedBuff, K = {size})"
         if self.strategy.aggregator != "mean":
             parts.append(self.strategy.aggregator)
         if self.privacy.level != "none":
