@@ -1,4 +1,5 @@
-"""fedstream against Flower and a plain PyTorch loop on the workloads of ``workloads.py``.
+"""fedstream against Flower, a plain PyTorch loop and the compute floor (``floor_loop.py``:
+the same cohorts as bare batched matmuls) on the workloads of ``workloads.py``.
 
     python benchmarks/perf/run.py [--workloads W1 W2 W3] [--repeats 3] [--contenders ...]
 
@@ -39,7 +40,7 @@ from workloads import WORKLOADS, config, export  # noqa: E402
 FLOWER_PYTHON = HERE / ".flower-venv" / "bin" / "python"
 FEDSTREAM = ("sequential", "vectorized", "processes", "ray")
 FIGURES = ("wall_s", "total_s", "updates_per_s", "peak_rss_mb", "peak_pss_mb", "final_accuracy")
-CONTENDERS = ("plain", "flower", *(f"fedstream-{c}" for c in FEDSTREAM))
+CONTENDERS = ("plain", "floor", "flower", *(f"fedstream-{c}" for c in FEDSTREAM))
 
 
 def tree_memory_mb(root: int) -> tuple[float, float]:
@@ -136,6 +137,8 @@ def run_fedstream(workload: str, kind: str) -> dict[str, Any]:
 def command(contender: str, workload: str, exported: Path) -> list[str] | None:
     if contender == "plain":
         return [sys.executable, str(HERE / "plain_loop.py"), str(exported)]
+    if contender == "floor":
+        return [sys.executable, str(HERE / "floor_loop.py"), str(exported)]
     if contender == "flower":
         if not FLOWER_PYTHON.exists():
             return None
@@ -145,15 +148,18 @@ def command(contender: str, workload: str, exported: Path) -> list[str] | None:
 
 def table(workload: str, medians: dict[str, dict[str, float]]) -> None:
     flower = medians.get("flower", {}).get("updates_per_s")
+    floor = medians.get("floor", {}).get("updates_per_s")
     flower_mb = medians.get("flower", {}).get("peak_rss_mb")
     print(f"\n{workload}")
-    header = ("contender", "wall s", "total s", "upd/s", "× Flower", "RSS MB", "PSS MB", "accuracy")
+    header = ("contender", "wall s", "total s", "upd/s", "× Flower", "× floor", "RSS MB",
+              "PSS MB", "accuracy")  # fmt: skip
     print(f"{header[0]:<22}" + "".join(f"{h:>10}" for h in header[1:]))
     for contender, m in medians.items():
         ratio = m["updates_per_s"] / flower if flower else float("nan")
+        of_floor = m["updates_per_s"] / floor if floor else float("nan")
         print(
             f"{contender:<22}{m['wall_s']:>10.2f}{m['total_s']:>10.2f}{m['updates_per_s']:>10.0f}"
-            f"{ratio:>10.1f}{m['peak_rss_mb']:>10.0f}{m['peak_pss_mb']:>10.0f}"
+            f"{ratio:>10.1f}{of_floor:>10.2f}{m['peak_rss_mb']:>10.0f}{m['peak_pss_mb']:>10.0f}"
             f"{m['final_accuracy']:>10.4f}"
         )
     if flower_mb:
