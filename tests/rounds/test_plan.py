@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from fedstream import ConfigError, FedAvg, FedProx, RoundConfig, ServerState
@@ -32,6 +34,10 @@ def test_a_plan_samples_seeds_and_configures_every_task():
         assert (task.config.local_epochs, task.config.batch_size, task.config.lr) == (3, 5, 0.2)
         assert task.config.proximal_mu == 0.5  # the strategy's part of the client objective
     assert plan.fit.proximal_mu == 0.5 and plan.failures == ()
+    for task in plan.tasks:  # with_seed is replace(…, seed=…), made cheaply
+        assert task.config == dataclasses.replace(plan.fit, seed=task.config.seed)
+        assert hash(task.config) == hash(dataclasses.replace(plan.fit, seed=task.config.seed))
+    assert plan.fit.seed == 0  # the shared config is left as it was
 
 
 def test_a_task_policy_draws_after_the_plan_and_may_drop_clients():

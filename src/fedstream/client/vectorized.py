@@ -37,6 +37,7 @@ from torch.func import functional_call, vmap
 from fedstream.client.algorithms import STEPS
 from fedstream.client.base import FitTask
 from fedstream.client.dropout import DropoutReplay, unreplayable
+from fedstream.client.shuffles import epoch_shuffles
 from fedstream.client.torch_trainer import (
     TorchTrainer,
     batch_slices,
@@ -272,12 +273,13 @@ class VectorizedTrainer:
         masks = pruning_masks(params) if config.masked else {}
         corrections = self._corrections(tasks)
         frozen = set(tasks[0].frozen)
-        generators = [np.random.default_rng(t.config.seed) for t in tasks]
+        shuffles = epoch_shuffles([t.config.seed for t in tasks], sizes, config.local_epochs)
         loss_sum = torch.zeros(cohort, dtype=x.dtype)
         step_count = torch.zeros(cohort, dtype=x.dtype)
         mu = config.proximal_mu
-        for _ in range(config.local_epochs):
-            index, mask = _epoch_batches(generators, sizes, config.batch_size)
+        for epoch in range(config.local_epochs):
+            orders = [own[epoch] for own in shuffles]
+            index, mask = _epoch_batches(orders, sizes, config.batch_size)
             for step in range(index.shape[0]):
                 step_mask = mask[step].to(x.dtype)
                 if self._exact_batches:  # SINGLE_EXAMPLE_RULE
@@ -357,16 +359,16 @@ def _pad(arrays: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 def _epoch_batches(
-    generators: Sequence[np.random.Generator], sizes: np.ndarray, batch_size: int
+    orders: Sequence[np.ndarray], sizes: np.ndarray, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Index (steps, K, B) and mask (steps, K, B) for one epoch: client k's step s batch is
-    its s-th slice of a fresh permutation, the same draw ``TorchTrainer`` makes."""
+    the s-th slice of its epoch's shuffle ``orders[k]`` (``client.shuffles``: the draw
+    ``TorchTrainer`` makes)."""
     widest = int(batch_size or sizes.max())
     steps = max(len(batch_slices(int(n), batch_size)) for n in sizes)
     index = np.zeros((steps, len(sizes), widest), dtype=np.int64)
     mask = np.zeros((steps, len(sizes), widest), dtype=bool)
-    for k, (rng, n) in enumerate(zip(generators, sizes, strict=True)):
-        order = rng.permutation(int(n))
+    for k, (order, n) in enumerate(zip(orders, sizes, strict=True)):
         for step, batch in enumerate(batch_slices(int(n), batch_size)):
             chunk = order[batch]
             index[step, k, : len(chunk)] = chunk

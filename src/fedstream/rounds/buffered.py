@@ -208,7 +208,7 @@ def run_buffered(
             client = ready[int(rng.integers(len(ready)))]
             seed = int(rng.integers(0, 2**63 - 1))
             sent = version_of(current)
-            task = FitTask(client, current.round + 1, replace(sent.fit, seed=seed), data_time=now)
+            task = FitTask(client, current.round + 1, sent.fit.with_seed(seed), data_time=now)
             fleet.start(task, sent, now)
             busy.add(client)
             since.started.append(client)

@@ -93,7 +93,7 @@ def plan_round(
     local = local_names(state.params, config.local_entries)
     fit = strategy.configure_fit(state, replace(config.fit_config(), local_entries=local))
     tasks = [
-        FitTask(client_id, round_number, replace(fit, seed=int(seed)))
+        FitTask(client_id, round_number, fit.with_seed(int(seed)))
         for client_id, seed in zip(sampled, seeds, strict=True)
     ]
     failures: list[ClientFailure] = []

@@ -157,9 +157,9 @@ class InProcessTransport:
         mask: npt.NDArray[np.bool_] | None = None,
     ) -> Delivery[ClientUpdate]:
         """Finish the update as its client would (``finish_fit``, from its state after
-        training, ``trained``) and pass it through the wire format as a remote client's
-        would be. Under secure aggregation the client keeps the update and answers with its
-        metrics only."""
+        training, ``trained``) and hand the server what the wire format would deliver
+        (``Params.received``), counting the bytes the encoding would take. Under secure
+        aggregation the client keeps the update and answers with its metrics only."""
         config = started.task.config
         before = self.states.of(update.client_id)
         sent, state = finish_fit(update, started, trained, mask)
@@ -168,12 +168,11 @@ class InProcessTransport:
         if config.secure_aggregation:
             self._device(update.client_id).hold(sent)
             sent = replace(sent, payload=Params({}), weight=0.0, extras={})
-        wire = sent.payload.to_bytes()
         received = ClientUpdate(
-            sent.client_id, sent.round, Params.from_bytes(wire), sent.weight, sent.metrics,
+            sent.client_id, sent.round, sent.payload.received(), sent.weight, sent.metrics,
             sent.extras,
         )  # fmt: skip
-        return Delivery(update.client_id, received, bytes_down, len(wire))
+        return Delivery(update.client_id, received, bytes_down, sent.payload.wire_size())
 
     def client_states(self) -> dict[str, ClientState]:
         """Every client's durable state now, for a checkpoint."""
