@@ -51,12 +51,14 @@ _STATE_CONSTANTS = _hash_constants(_INIT_B, _MULT_B, 8)
 
 def _hashmix(value: Words, constant: int) -> Words:
     value = (value ^ np.uint32(constant)) * np.uint32((constant * _MULT_A) & _MASK32)
-    return value ^ (value >> np.uint32(16))
+    mixed: Words = value ^ (value >> np.uint32(16))
+    return mixed
 
 
 def _mix(x: Words, y: Words) -> Words:
     result = np.uint32(_MIX_L) * x - np.uint32(_MIX_R) * y
-    return result ^ (result >> np.uint32(16))
+    mixed: Words = result ^ (result >> np.uint32(16))
+    return mixed
 
 
 def _pcg64_states(seeds: Sequence[int]) -> list[tuple[int, int]]:
@@ -88,14 +90,14 @@ def _pcg64_states(seeds: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def epoch_shuffles(
-    seeds: Sequence[int], sizes: Sequence[int], epochs: int
+    seeds: Sequence[int], sizes: Sequence[int] | npt.NDArray[np.integer], epochs: int
 ) -> list[list[npt.NDArray[np.int64]]]:
     """For each client, its ``epochs`` permutations of ``range(size)``, in epoch order, as
     ``default_rng(seed)`` draws them, one ``permutation`` call per epoch."""
     bulk = [k for k, s in enumerate(seeds) if isinstance(s, int) and 0 <= s < _BULK_LIMIT]
     orders: list[list[npt.NDArray[np.int64]]] = [[] for _ in seeds]
     shared = np.random.Generator(np.random.PCG64(0))
-    template = shared.bit_generator.state
+    template = dict(shared.bit_generator.state)
     for k, (state, increment) in zip(bulk, _pcg64_states([seeds[k] for k in bulk]), strict=True):
         template["state"] = {"state": state, "inc": increment}
         shared.bit_generator.state = template
