@@ -70,3 +70,39 @@ def to_float64(data: ClientData) -> ClientData:
     return ClientData(
         data.x_train.astype(np.float64), data.y_train, data.x_test.astype(np.float64), data.y_test
     )
+
+
+def test_cnn_bn_normalises_each_conv_and_drops_before_the_classifier():
+    model = build_model("cnn_bn", 64, 10, seed=0)
+    kinds = [type(m).__name__ for m in model.features]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"] * 2
+    assert isinstance(model.dropout, torch.nn.Dropout) and model.dropout.p == 0.25
+    # the plain cnn keeps its entry names, and its initial weights are the cnn_bn's convs'
+    plain = params_from_module(build_model("cnn", 64, 10, seed=0))
+    normed = params_from_module(model)
+    assert list(plain) == ["features.0.weight", "features.0.bias", "features.3.weight",
+                           "features.3.bias", "classifier.weight", "classifier.bias"]  # fmt: skip
+    np.testing.assert_array_equal(plain["features.0.weight"], normed["features.0.weight"])
+    assert "features.1.running_var" in normed
+    with pytest.raises(fedstream.ConfigError, match="8×8 images"):
+        build_model("cnn_bn", 30, 10, seed=0)
+
+
+def test_cnn_bn_trains_the_same_vectorised_with_batch_norm_and_replayed_dropout():
+    setup = build(make_config(model="cnn_bn", alpha=0.5))
+    ids = sorted(setup.dataset.clients)[:12]
+    data = [to_float64(setup.dataset.clients[c]) for c in ids]
+    model = build_model("cnn_bn", 64, 10, seed=0, dtype=torch.float64)
+    start = params_from_module(model)
+    tasks = [
+        FitTask(c, 1, FitConfig(local_epochs=2, batch_size=16, lr=0.05, seed=100 + k))
+        for k, c in enumerate(ids)
+    ]
+    cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, data)
+    for task, one, many in zip(tasks, data, cohort, strict=True):
+        alone = TorchTrainer(model, "classification").fit(start, task, one)
+        np.testing.assert_allclose(many.payload.flat(), alone.payload.flat(), atol=1e-7)
+    # dropout is drawn: another seed trains the first client differently
+    other = FitTask(ids[0], 1, FitConfig(local_epochs=2, batch_size=16, lr=0.05, seed=7))
+    moved = TorchTrainer(model, "classification").fit(start, other, data[0])
+    assert not np.allclose(moved.payload.flat(), cohort[0].payload.flat(), atol=1e-4)

@@ -51,35 +51,55 @@ def linear(in_features: int, out_features: int, hidden: Sequence[int] | None = N
 
 class DigitsCNN(nn.Module):
     """A small CNN for 8×8 images given as 64 flat pixels: two 3×3 conv layers (16, 32
-    channels, ReLU, 2×2 max-pool) and a linear classifier on the 2×2×32 map."""
+    channels, ReLU, 2×2 max-pool) and a linear classifier on the 2×2×32 map. With
+    ``batch_norm`` each conv is followed by ``BatchNorm2d``; with ``dropout`` > 0 the
+    flattened map passes through ``Dropout(dropout)`` before the classifier."""
 
-    def __init__(self, out_features: int, channels: Sequence[int] = (16, 32)) -> None:
+    def __init__(
+        self,
+        out_features: int,
+        channels: Sequence[int] = (16, 32),
+        batch_norm: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
-        first, second = channels
-        self.features = nn.Sequential(
-            nn.Conv2d(1, first, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(first, second, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Linear(second * 2 * 2, out_features)
+        layers: list[nn.Module] = []
+        width = 1
+        for size in channels:
+            layers.append(nn.Conv2d(width, size, 3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(size))
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+            width = size
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Linear(width * 2 * 2, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = self.features(x.reshape(-1, 1, 8, 8))
-        logits: torch.Tensor = self.classifier(maps.flatten(1))
+        logits: torch.Tensor = self.classifier(self.dropout(maps.flatten(1)))
         return logits
 
 
-def cnn(in_features: int, out_features: int, hidden: Sequence[int] | None = None) -> nn.Module:
-    """:class:`DigitsCNN`; ``hidden`` gives its two channel counts (default 16, 32)."""
+def _cnn_channels(in_features: int, hidden: Sequence[int] | None) -> tuple[int, ...]:
     if in_features != 64:
         raise ConfigError("model", "cnn", "a data set of 8×8 images (64 features), such as digits")
     channels = (16, 32) if hidden is None else tuple(hidden)
     if len(channels) != 2:
         raise ConfigError("hidden", channels, "two channel counts for the cnn, such as 16,32")
-    return DigitsCNN(out_features, channels)
+    return channels
+
+
+def cnn(in_features: int, out_features: int, hidden: Sequence[int] | None = None) -> nn.Module:
+    """:class:`DigitsCNN`; ``hidden`` gives its two channel counts (default 16, 32)."""
+    return DigitsCNN(out_features, _cnn_channels(in_features, hidden))
+
+
+def cnn_bn(in_features: int, out_features: int, hidden: Sequence[int] | None = None) -> nn.Module:
+    """:class:`DigitsCNN` with batch norm after each conv and dropout 0.25 before the
+    classifier: the layers that hold state and draw randomness in training, as most image
+    models have them (the W4 workload of ``benchmarks/perf``)."""
+    return DigitsCNN(out_features, _cnn_channels(in_features, hidden), True, 0.25)
 
 
 class CharLSTM(nn.Module):
@@ -114,6 +134,7 @@ MODELS: dict[str, ModelBuilder] = {
     "mlp_bn": mlp_bn,
     "linear": linear,
     "cnn": cnn,
+    "cnn_bn": cnn_bn,
     "char_lstm": char_lstm,
 }
 
