@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import queue
 import socket
 import statistics
 import subprocess
@@ -35,7 +36,7 @@ from fedstream.store import RunStore
 from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
 from fedstream.transport.grpc.framing import chunks
-from fedstream.transport.grpc.server import PROTOCOL, FedstreamService, start_server
+from fedstream.transport.grpc.server import PROTOCOL, Answer, FedstreamService, start_server
 
 
 def grpc_upload_mb_s(payload: bytes) -> float:
@@ -66,9 +67,10 @@ def grpc_upload_mb_s(payload: bytes) -> float:
     service.wait_for(1, 10)
     # a kind with no size of its own (as a secure-sum stage): a fit answer may be at most
     # 4× the model sent, and no model is sent here
-    task_box["id"] = service.send("c", "upload", 1, {}, b"") or ""
+    inbox: queue.Queue[Answer] = queue.Queue()
+    task_box["id"] = service.send("c", "upload", 1, {}, b"", inbox) or ""
     ready.set()
-    answer = service.answers.get(timeout=300)
+    answer = inbox.get(timeout=300)
     elapsed = time.perf_counter() - float(task_box["start"])
     assert len(answer.payload) == len(payload) and answer.error is None
     service.finish()
