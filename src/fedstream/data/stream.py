@@ -28,6 +28,14 @@ from fedstream.types import RoundReport
 DRIFTS = ("none", "shift")
 
 
+def check_timing(horizon_s: float, drift: str, drift_at_s: float) -> None:
+    """The checks a stream's arrival and drift settings get wherever they are given (a
+    ``Stream`` here, the config's ``[stream]``)."""
+    checks.positive("stream.horizon_s", horizon_s)
+    checks.one_of("stream.drift", drift, list(DRIFTS))
+    checks.non_negative("stream.drift_at_s", drift_at_s)
+
+
 @dataclass(frozen=True)
 class Stream:
     """Each client's examples in arrival order (``clients``), and how they arrive (module
@@ -41,10 +49,8 @@ class Stream:
     classes: int = 0
 
     def __post_init__(self) -> None:
-        checks.positive("stream.horizon_s", self.horizon_s)
         checks.positive_int("stream.window", self.window)
-        checks.one_of("stream.drift", self.drift, list(DRIFTS))
-        checks.non_negative("stream.drift_at_s", self.drift_at_s)
+        check_timing(self.horizon_s, self.drift, self.drift_at_s)
         if self.drift != "none" and self.classes < 2:
             raise ConfigError("stream.drift", self.drift, "'none' without class labels to shift")
 
@@ -93,8 +99,8 @@ class Stream:
         ``window`` examples, labelled by the concept when each arrived, and its test
         examples labelled by the concept at ``time_s``."""
         data = self.clients[client_id]
-        end = self.arrived(client_id, time_s)
-        start = max(0, end - self.window)
+        rows = self.covered(client_id, time_s)
+        start, end = rows.start, rows.stop
         arrived = self.arrivals(client_id)[start:end]
         now = np.full(data.num_test, time_s)
         return ClientData(

@@ -20,7 +20,7 @@ import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -128,6 +128,16 @@ class Fleet(Protocol):
     def restore(self, saved: InFlight, versions: Mapping[int, Version]) -> set[str]:
         """Go on from a checkpoint's ``saved`` work (its ``versions`` rebuilt): the clients
         that still have a task in flight."""
+        ...
+
+
+@runtime_checkable
+class LiveTransport(Protocol):
+    """A transport that reaches real clients one task at a time (gRPC's): it makes the
+    ``Fleet`` an asynchronous deployment's buffered loop drives."""
+
+    def fleet(self) -> Fleet:
+        """The fleet of this transport's clients, its clock started now."""
         ...
 
 

@@ -52,7 +52,7 @@ from fedstream.data.datasets import (
     check_shakespeare_fraction,
 )
 from fedstream.data.shakespeare import EDITIONS
-from fedstream.data.stream import DRIFTS
+from fedstream.data.stream import check_timing
 from fedstream.errors import ConfigError
 from fedstream.models import MODELS
 from fedstream.privacy.accountant import AccountantMethod
@@ -650,9 +650,7 @@ class StreamSettings:
 
     def __post_init__(self) -> None:
         checks.non_negative_int("stream.window", self.window)
-        checks.positive("stream.horizon_s", self.horizon_s)
-        checks.one_of("stream.drift", self.drift, list(DRIFTS))
-        checks.non_negative("stream.drift_at_s", self.drift_at_s)
+        check_timing(self.horizon_s, self.drift, self.drift_at_s)
         if self.drift != "none" and self.window == 0:
             raise ConfigError(
                 "stream.drift", self.drift, "'none' without a stream (stream.window 0)"

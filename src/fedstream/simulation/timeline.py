@@ -27,7 +27,7 @@ from fedstream.data.stream import Stream
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.rounds import RoundConfig, run_round, run_rounds
 from fedstream.rounds.buffered import run_buffered
-from fedstream.rounds.fleet import Fleet, SimulatedFleet
+from fedstream.rounds.fleet import Fleet, LiveTransport, SimulatedFleet
 from fedstream.rounds.loop import evaluates
 from fedstream.rounds.plan import TaskPolicy
 from fedstream.simulation.clock import (
@@ -220,16 +220,14 @@ class OnClock:
 def live_fleet(transport: Transport) -> Fleet:
     """A deployment's clients as the buffered loop reaches them: its transport's fleet
     (``GrpcTransport.fleet``), which sends one task at a time as clients free up."""
-    make = getattr(transport, "fleet", None)
-    if make is None:
+    if not isinstance(transport, LiveTransport):
         raise ConfigError(
             "run.mode",
             "async",
             f"'sync' with {type(transport).__name__}: an asynchronous deployment needs a "
             "transport that sends tasks one at a time (gRPC)",
         )
-    fleet: Fleet = make()
-    return fleet
+    return transport.fleet()
 
 
 def check_deployed_clock(config: SimulationConfig) -> None:
