@@ -12,10 +12,9 @@ the same updates up to float rounding.
 Models people use:
 
 - **BatchNorm**: each client has its own running statistics (batched buffers, updated in
-  place under vmap). Batch statistics would count padded rows, so for a model with batch
-  norm each step runs one vmapped pass per distinct batch length among the clients (most
-  are full; the short last batches group by length): exact, and a few passes per step
-  instead of one.
+  place under vmap). Batch statistics would count padded rows, so each batch-norm layer
+  takes its statistics over the client's real rows only (``client.batchnorm``): one pass
+  a step for the whole cohort, equal to the layer's own arithmetic up to float rounding.
 - **Dropout** (``nn.Dropout``, ``Dropout1d/2d/3d``): each client's masks are drawn from a
   generator seeded as its own would be when trained alone (``client.dropout``), so they
   are the one-at-a-time trainer's masks, whoever shares the cohort and on whichever
@@ -36,6 +35,7 @@ from torch.func import functional_call, vmap
 
 from fedstream.client.algorithms import STEPS
 from fedstream.client.base import FitTask
+from fedstream.client.batchnorm import MaskedBatchNorm
 from fedstream.client.dropout import DropoutReplay, unreplayable
 from fedstream.client.shuffles import epoch_shuffles
 from fedstream.client.torch_trainer import (
@@ -76,12 +76,21 @@ class VectorizedTrainer:
         # ids) is a constant the module keeps, and functional_call reads it from there
         persistent = set(module.state_dict())
         self._buffers = [n for n, _ in module.named_buffers() if n in persistent]
-        self._exact_batches = self.sequential.batch_norm
+        self._batch_norm = MaskedBatchNorm(module)
         self._dropout = DropoutReplay(module)
-        # vmapped over clients; the masks go in only where there is dropout (each pytree
-        # argument costs vmap time on every call)
+        # vmapped over clients; the masks go in only where there is dropout, the rows only
+        # where there is batch norm (each pytree argument costs vmap time on every call)
+        self._forward_normed = vmap(self._normed_forward, randomness="different")
         self._forward_masked = vmap(self._functional_forward, randomness="different")
         self._forward_plain = vmap(self._plain_forward, randomness="different")
+
+    def _normed_forward(
+        self, state: TensorDict, masks: TensorDict, rows: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
+        """One client's forward pass, its batch norm over its real rows (``rows``, 0/1 per
+        row of ``x``: ``client.batchnorm``) and its dropout masks applied."""
+        with self._batch_norm.over(rows):
+            return self._functional_forward(state, masks, x)
 
     def _functional_forward(
         self, state: TensorDict, masks: TensorDict, x: torch.Tensor
@@ -150,9 +159,12 @@ class VectorizedTrainer:
         leaves = {n: w.detach().requires_grad_(True) for n, w in weights.items()}
         cohort, width = y.shape[0], y.shape[1]
         state = {**leaves, **buffers} if buffers else leaves
-        outputs = (
-            self._forward_masked(state, dropouts, x) if dropouts else self._forward_plain(state, x)
-        )
+        if self._batch_norm:
+            outputs = self._forward_normed(state, dropouts, mask, x)
+        elif dropouts:
+            outputs = self._forward_masked(state, dropouts, x)
+        else:
+            outputs = self._forward_plain(state, x)
         losses = per_sample_loss(self.task, outputs.flatten(0, 1), y.flatten(0, 1))
         losses = losses.view(cohort, width)
         data_loss = (losses * mask).sum(1) / mask.sum(1).clamp(min=1.0)
@@ -169,32 +181,10 @@ class VectorizedTrainer:
         draws: _Draws | None,
     ) -> tuple[TensorDict, torch.Tensor]:
         """``_gradients`` for one step of every client, each client's dropout masks drawn
-        from its own generator. With batch norm, one pass per distinct batch length, each
-        over exactly its clients' real rows, since padded rows would enter the batch
-        statistics; clients with no batch get zero gradients."""
+        from its own generator."""
         lengths = step_mask.sum(1).to(torch.int64)
         dropouts = draws.step(lengths.tolist(), x.shape[1], x.dtype) if draws is not None else {}
-        if not self._exact_batches:
-            return self._gradients(weights, buffers, dropouts, x, y, step_mask)
-        grads = {n: torch.zeros_like(w) for n, w in weights.items()}
-        loss = torch.zeros(len(lengths), dtype=x.dtype)
-        for length in torch.unique(lengths[lengths > 0]).tolist():
-            members = torch.nonzero(lengths == length).squeeze(1)
-            group_buffers = {n: b[members] for n, b in buffers.items()}
-            group_grads, group_loss = self._gradients(
-                {n: w[members] for n, w in weights.items()},
-                group_buffers,
-                {n: m[members, :length] for n, m in dropouts.items()},
-                x[members, :length],
-                y[members, :length],
-                step_mask[members, :length],
-            )
-            for name, value in group_buffers.items():
-                buffers[name][members] = value
-            for name, value in group_grads.items():
-                grads[name][members] = value
-            loss[members] = group_loss
-        return grads, loss
+        return self._gradients(weights, buffers, dropouts, x, y, step_mask)
 
     def fit(self, params: Params, task: FitTask, data: ClientData) -> ClientUpdate:
         return self.fit_cohort(params, [task], [data])[0]
@@ -282,7 +272,7 @@ class VectorizedTrainer:
             index, mask = _epoch_batches(orders, sizes, config.batch_size)
             for step in range(index.shape[0]):
                 step_mask = mask[step].to(x.dtype)
-                if self._exact_batches:  # SINGLE_EXAMPLE_RULE
+                if self._batch_norm:  # SINGLE_EXAMPLE_RULE
                     step_mask = step_mask * (step_mask.sum(1, keepdim=True) > 1)
                 active = (step_mask.sum(1) > 0).to(x.dtype)
                 xb, yb = x[rows, index[step]], y[rows, index[step]]
