@@ -23,19 +23,21 @@ class ProtocolError(FedstreamError, ValueError):
 
 def chunks(payload: bytes | memoryview) -> Iterator[pb.Chunk]:
     """``payload`` as chunks; an empty payload is one empty last chunk."""
-    view = memoryview(payload)
+    view = memoryview(payload).cast("B")
     total = len(view)
-    digest = hashlib.sha256(view).hexdigest()
+    digest = hashlib.sha256()
     if total == 0:
-        yield pb.Chunk(data=b"", last=True, sha256=digest, total_bytes=0)
+        yield pb.Chunk(data=b"", last=True, sha256=digest.hexdigest(), total_bytes=0)
         return
     for start in range(0, total, CHUNK_BYTES):
         end = min(start + CHUNK_BYTES, total)
         last = end == total
+        data = bytes(view[start:end])
+        digest.update(data)  # while the chunk is in cache: no second pass over the payload
         yield pb.Chunk(
-            data=bytes(view[start:end]),
+            data=data,
             last=last,
-            sha256=digest if last else "",
+            sha256=digest.hexdigest() if last else "",
             total_bytes=total if last else 0,
         )
 
