@@ -11,6 +11,7 @@ from fedstream.client.vectorized import VectorizedTrainer
 from fedstream.data.base import ClientData
 from fedstream.models import build_model
 from fedstream.simulation import build
+from fedstream.types import ClientUpdate
 from tests.settings import make_config, nested
 
 
@@ -51,19 +52,30 @@ def test_mlp_bn_trains_the_same_vectorised_on_real_skewed_clients_in_float64():
     # deviation: float32 rounding that differs between the two trainers grows up to 4.4 in
     # one of these clients' deltas, so the comparison is made in float64, where the
     # trainers agree to 1e-8 (the same client's difference still grows from 1e-16 to 8e-9)
-    setup = build(make_config(model="mlp_bn", alpha=0.1))
-    ids = sorted(setup.dataset.clients)[:20]
+    cohort_matches_one_at_a_time("mlp_bn", alpha=0.1, clients=20, batch_size=10, first_seed=0)
+
+
+def cohort_matches_one_at_a_time(
+    model_name: str, alpha: float, clients: int, batch_size: int, first_seed: int
+) -> tuple[list[ClientData], list[ClientUpdate]]:
+    """Train ``clients`` real skewed clients of ``model_name`` (in float64) as one
+    vectorised cohort and each alone; check the updates agree; return data and cohort."""
+    setup = build(make_config(model=model_name, alpha=alpha))
+    ids = sorted(setup.dataset.clients)[:clients]
     data = [to_float64(setup.dataset.clients[c]) for c in ids]
-    model = build_model("mlp_bn", 64, 10, seed=0, dtype=torch.float64)
+    model = build_model(model_name, 64, 10, seed=0, dtype=torch.float64)
     start = params_from_module(model)
     tasks = [
-        FitTask(c, 1, FitConfig(local_epochs=2, batch_size=10, lr=0.05, seed=k))
+        FitTask(
+            c, 1, FitConfig(local_epochs=2, batch_size=batch_size, lr=0.05, seed=first_seed + k)
+        )
         for k, c in enumerate(ids)
     ]
     cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, data)
     for task, one, many in zip(tasks, data, cohort, strict=True):
         alone = TorchTrainer(model, "classification").fit(start, task, one)
         np.testing.assert_allclose(many.payload.flat(), alone.payload.flat(), atol=1e-7)
+    return data, cohort
 
 
 def to_float64(data: ClientData) -> ClientData:
@@ -89,20 +101,11 @@ def test_cnn_bn_normalises_each_conv_and_drops_before_the_classifier():
 
 
 def test_cnn_bn_trains_the_same_vectorised_with_batch_norm_and_replayed_dropout():
-    setup = build(make_config(model="cnn_bn", alpha=0.5))
-    ids = sorted(setup.dataset.clients)[:12]
-    data = [to_float64(setup.dataset.clients[c]) for c in ids]
-    model = build_model("cnn_bn", 64, 10, seed=0, dtype=torch.float64)
-    start = params_from_module(model)
-    tasks = [
-        FitTask(c, 1, FitConfig(local_epochs=2, batch_size=16, lr=0.05, seed=100 + k))
-        for k, c in enumerate(ids)
-    ]
-    cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, data)
-    for task, one, many in zip(tasks, data, cohort, strict=True):
-        alone = TorchTrainer(model, "classification").fit(start, task, one)
-        np.testing.assert_allclose(many.payload.flat(), alone.payload.flat(), atol=1e-7)
+    data, cohort = cohort_matches_one_at_a_time(
+        "cnn_bn", alpha=0.5, clients=12, batch_size=16, first_seed=100
+    )
     # dropout is drawn: another seed trains the first client differently
-    other = FitTask(ids[0], 1, FitConfig(local_epochs=2, batch_size=16, lr=0.05, seed=7))
-    moved = TorchTrainer(model, "classification").fit(start, other, data[0])
+    model = build_model("cnn_bn", 64, 10, seed=0, dtype=torch.float64)
+    other = FitTask(cohort[0].client_id, 1, FitConfig(2, 16, 0.05, seed=7))
+    moved = TorchTrainer(model, "classification").fit(params_from_module(model), other, data[0])
     assert not np.allclose(moved.payload.flat(), cohort[0].payload.flat(), atol=1e-4)
