@@ -1,10 +1,12 @@
-"""fedstream against Flower, a plain PyTorch loop and the compute floor (``floor_loop.py``:
-the same cohorts as bare batched matmuls) on the workloads of ``workloads.py``.
+"""fedstream against Flower, pfl-research, a plain PyTorch loop and the compute floor
+(``floor_loop.py``: the same cohorts as bare batched matmuls) on the workloads of
+``workloads.py``.
 
     python benchmarks/perf/run.py [--workloads W1 W2 W3] [--repeats 3] [--contenders ...]
 
-Each contender runs in a fresh process (Flower's in its own venv, made by
-``setup_flower.sh``; it is left out with a note if that venv is missing). Contenders are
+Each contender runs in a fresh process (Flower's and pfl's each in its own venv, made by
+``setup_flower.sh`` and ``setup_pfl.sh``; one is left out with a note if its venv is
+missing, and pfl on W4, which ``pfl_sim.py`` cannot run exactly). Contenders are
 interleaved over the repeats, and the medians are reported. Figures per run:
 
 - ``wall_s``: the training rounds and the final evaluation, after data, model and
@@ -38,9 +40,10 @@ sys.path.insert(0, str(HERE))
 from workloads import WORKLOADS, config, export  # noqa: E402
 
 FLOWER_PYTHON = HERE / ".flower-venv" / "bin" / "python"
+PFL_PYTHON = HERE / ".pfl-venv" / "bin" / "python"
 FEDSTREAM = ("sequential", "vectorized", "processes", "ray")
 FIGURES = ("wall_s", "total_s", "updates_per_s", "peak_rss_mb", "peak_pss_mb", "final_accuracy")
-CONTENDERS = ("plain", "floor", "flower", *(f"fedstream-{c}" for c in FEDSTREAM))
+CONTENDERS = ("plain", "floor", "flower", "pfl", *(f"fedstream-{c}" for c in FEDSTREAM))
 
 
 def tree_memory_mb(root: int) -> tuple[float, float]:
@@ -143,6 +146,10 @@ def command(contender: str, workload: str, exported: Path) -> list[str] | None:
         if not FLOWER_PYTHON.exists():
             return None
         return [str(FLOWER_PYTHON), str(HERE / "flower_sim.py"), str(exported)]
+    if contender == "pfl":
+        if not PFL_PYTHON.exists() or workload == "W4":  # pfl_sim.py says why not W4
+            return None
+        return [str(PFL_PYTHON), str(HERE / "pfl_sim.py"), str(exported)]
     return [sys.executable, __file__, "--one", contender, "--workloads", workload]
 
 
@@ -200,9 +207,7 @@ def main() -> None:
                 for contender in args.contenders:
                     argv = command(contender, workload, exported)
                     if argv is None:
-                        note = (
-                            f"# {contender}: skipped ({FLOWER_PYTHON} missing; run setup_flower.sh)"
-                        )
+                        note = f"# {contender}: skipped on {workload} (no venv, or pfl on W4)"
                         print(note, file=sys.stderr)
                         continue
                     figures = measure(argv)
