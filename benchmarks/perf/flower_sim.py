@@ -1,6 +1,6 @@
 """The same FedAvg on Flower's simulation runtime (flwr 1.41, Ray backend).
 
-Runs in Flower's own venv (``benchmarks/perf/setup_flower.sh``; Flower pins protobuf < 7,
+Runs in Flower's own venv (``benchmarks/perf/setup_venv.sh flower``; Flower pins protobuf < 7,
 which fedstream's gRPC code cannot use):
 
     benchmarks/perf/.flower-venv/bin/python benchmarks/perf/flower_sim.py WORKLOAD.npz

@@ -1,6 +1,6 @@
 """The same FedAvg on Apple's pfl-research simulator (``pfl`` 0.6.0, PyTorch backend).
 
-Runs in pfl's own venv (``benchmarks/perf/setup_pfl.sh``):
+Runs in pfl's own venv (``benchmarks/perf/setup_venv.sh pfl``):
 
     benchmarks/perf/.pfl-venv/bin/python benchmarks/perf/pfl_sim.py WORKLOAD.npz
 

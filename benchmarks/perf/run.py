@@ -5,7 +5,7 @@
     python benchmarks/perf/run.py [--workloads W1 W2 W3] [--repeats 3] [--contenders ...]
 
 Each contender runs in a fresh process (Flower's and pfl's each in its own venv, made by
-``setup_flower.sh`` and ``setup_pfl.sh``; one is left out with a note if its venv is
+``setup_venv.sh flower`` and ``setup_venv.sh pfl``; one is left out with a note if its venv is
 missing, and pfl on W4, which ``pfl_sim.py`` cannot run exactly). Contenders are
 interleaved over the repeats, and the medians are reported. Figures per run:
 

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -53,11 +52,9 @@ def masked_batch_norm(layer: _BatchNorm, rows: torch.Tensor, x: torch.Tensor) ->
     """``layer`` in training on ``x`` (batch, channels, …), with its batch statistics over
     the rows where ``rows`` is 1; its running statistics updated as the layer updates them,
     unless no row is marked."""
-    if not layer.training and layer.track_running_stats:
-        return F.batch_norm(
-            x, layer.running_mean, layer.running_var, layer.weight, layer.bias, False, 0.0,
-            layer.eps,
-        )  # fmt: skip
+    if not layer.training and layer.track_running_stats:  # the running statistics: no batch
+        out: torch.Tensor = _BatchNorm.forward(layer, x)
+        return out
     layer._check_input_dim(x)  # type: ignore[no-untyped-call]
     channel = (1, -1, *([1] * (x.dim() - 2)))
     reduced = [0, *range(2, x.dim())]
