@@ -237,6 +237,31 @@ class VectorizedTrainer:
         datasets: Sequence[ClientData],
         starts: Sequence[Params] | None,
     ) -> list[ClientUpdate]:
+        """Train the cohort with its clients ordered largest first, so that at every step
+        the clients that still have a batch are a prefix: a step computes only them (views,
+        no copies), and a cohort of uneven clients costs about the sum of their steps, not
+        the largest client's steps times the cohort. The updates come back in task order."""
+        sizes = np.array([d.num_train for d in datasets])
+        order = np.argsort(-sizes, kind="stable")
+        ranked = self._fit_ranked(
+            params,
+            [tasks[k] for k in order],
+            [datasets[k] for k in order],
+            None if starts is None else [starts[k] for k in order],
+        )
+        updates: list[ClientUpdate] = [ranked[0]] * len(tasks)
+        for rank, k in enumerate(order):
+            updates[k] = ranked[rank]
+        return updates
+
+    def _fit_ranked(
+        self,
+        params: Params,
+        tasks: Sequence[FitTask],
+        datasets: Sequence[ClientData],
+        starts: Sequence[Params] | None,
+    ) -> list[ClientUpdate]:
+        """``_fit_cohort`` for a cohort ordered by training examples, largest first."""
         config = tasks[0].config
         cohort = len(tasks)
         sizes = np.array([d.num_train for d in datasets])
@@ -267,28 +292,35 @@ class VectorizedTrainer:
         loss_sum = torch.zeros(cohort, dtype=x.dtype)
         step_count = torch.zeros(cohort, dtype=x.dtype)
         mu = config.proximal_mu
+        own_anchor = starts is not None
         for epoch in range(config.local_epochs):
             orders = [own[epoch] for own in shuffles]
             index, mask = _epoch_batches(orders, sizes, config.batch_size)
+            reach = mask.any(2).sum(1).tolist()  # clients with a batch at each step: a prefix
             for step in range(index.shape[0]):
-                step_mask = mask[step].to(x.dtype)
+                k = int(reach[step])
+                step_mask = mask[step, :k].to(x.dtype)
                 if self._batch_norm:  # SINGLE_EXAMPLE_RULE
                     step_mask = step_mask * (step_mask.sum(1, keepdim=True) > 1)
                 active = (step_mask.sum(1) > 0).to(x.dtype)
-                xb, yb = x[rows, index[step]], y[rows, index[step]]
-                grads, loss = self._step_gradients(weights, buffers, xb, yb, step_mask, draws)
+                xb, yb = x[rows[:k], index[step, :k]], y[rows[:k], index[step, :k]]
+                live = {n: w[:k] for n, w in weights.items()}
+                grads, loss = self._step_gradients(
+                    live, _prefix(buffers, k), xb, yb, step_mask, draws
+                )
                 if mu:  # ∇ μ/2·‖w_k − w_global‖² = μ·(w_k − w_global)
-                    grads = {n: g + mu * (weights[n] - anchor[n]) for n, g in grads.items()}
+                    start = _prefix(anchor, k) if own_anchor else anchor
+                    grads = {n: g + mu * (live[n] - start[n]) for n, g in grads.items()}
                 if corrections:  # SCAFFOLD: + (c − c_k)
-                    grads = {n: g + corrections[n] for n, g in grads.items()}
+                    grads = {n: g + corrections[n][:k] for n, g in grads.items()}
                 scale = _broadcast(active * config.lr)
-                weights = {
-                    n: w if n in frozen else w - scale(w) * grads[n] for n, w in weights.items()
-                }
-                if masks:  # pruned weights stay zero
-                    weights = {n: w * masks[n] if n in masks else w for n, w in weights.items()}
-                loss_sum += loss * active
-                step_count += active
+                for n, w in live.items():
+                    if n in frozen:
+                        continue
+                    moved = w - scale(w) * grads[n]
+                    weights[n][:k] = moved * masks[n] if n in masks else moved
+                loss_sum[:k] += loss * active
+                step_count[:k] += active
         final = {**weights, **buffers}
         deltas = {n: (final[n] - anchor[n]).numpy() for n in params}
         steps = step_count if config.algorithm != "sgd" else None
@@ -331,12 +363,20 @@ class _Draws:
         self.generators = [torch.Generator().manual_seed(torch_seed(t.config.seed)) for t in tasks]
 
     def step(self, lengths: Sequence[int], width: int, dtype: torch.dtype) -> TensorDict:
-        return self.replay.draw(self.generators, lengths, width, self.shapes, dtype)
+        """The masks of the first ``len(lengths)`` clients (a step's prefix of the cohort)."""
+        generators = self.generators[: len(lengths)]
+        return self.replay.draw(generators, lengths, width, self.shapes, dtype)
 
 
 def _per_client(tensor: torch.Tensor, cohort: int) -> torch.Tensor:
     """A (cohort, …) copy of ``tensor`` for every client to train its own."""
     return tensor.expand(cohort, *tensor.shape).clone()
+
+
+def _prefix(tensors: TensorDict, k: int) -> TensorDict:
+    """The first ``k`` clients' rows of (K, …) tensors, as views (in-place updates reach
+    the cohort's tensors: batch norm's running statistics)."""
+    return {n: t[:k] for n, t in tensors.items()}
 
 
 def _pad(arrays: Sequence[np.ndarray]) -> torch.Tensor:
