@@ -1,6 +1,7 @@
 """Small, fast versions of the quality reproductions in benchmarks/quality/: each asserts
 that learning happens, so a regression in learning fails CI."""
 
+import numpy as np
 import pytest
 
 import fedstream
@@ -80,6 +81,38 @@ def test_shakespeare_char_lstm_learns_on_real_play_excerpts(tmp_path):
     losses = [r.metrics["fed_loss"] for r in result.reports]
     assert losses[0] > losses[1] > losses[2]
     assert result.reports[-1].metrics["fed_accuracy"] > 0.2
+
+
+def test_a_char_lstm_round_trains_the_same_vectorised_as_one_client_at_a_time(tmp_path):
+    """LEAF's model (narrow) on real play excerpts: a round whose clients train as one
+    vectorised cohort, their LSTMs unrolled (``client.recurrent``), ends where torch's fused
+    LSTM one client at a time ends, to float32 rounding."""
+    from fedstream.data.shakespeare import texts_dir
+
+    source = texts_dir()
+    for play in ("hamlet", "macbeth", "othello"):
+        lines = (source / f"{play}_gut.txt").read_text(encoding="latin-1").splitlines()[:300]
+        (tmp_path / f"{play}_gut.txt").write_text("\n".join(lines), encoding="latin-1")
+    ends = {}
+    for trainer in ("sequential", "vectorized"):
+        config = preset(
+            "shakespeare_leaf",
+            **nested(
+                shakespeare_fraction=None,
+                num_clients=5,
+                shakespeare_source=str(tmp_path),
+                hidden=(16, 16),
+                clients_per_round=5,
+                rounds=1,
+                evaluate_every=0,
+                trainer=trainer,
+            ),
+        )
+        result = fedstream.simulate(config)
+        assert result.trainer.startswith(trainer)
+        ends[trainer] = result.state.params.flat()
+    moved = np.abs(ends["sequential"] - ends["vectorized"]).max()
+    assert moved < 1e-5 and np.abs(ends["sequential"]).max() > 0.1
 
 
 def test_the_shakespeare_leaf_preset_builds_leafs_paper_data():

@@ -34,6 +34,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedstream.client.algorithms import STEPS
 from fedstream.client.base import FitTask
+from fedstream.client.recurrent import UnrolledRecurrence
 from fedstream.compression.pruning import prunable
 from fedstream.data.base import ClientData, Task
 from fedstream.errors import ConfigError
@@ -436,8 +437,8 @@ class TorchTrainer:
         clipped to L2 norm C over all parameters, N(0, (z·C)²) added to their sum, divided
         by the expected batch size q·n. The sampling and the noise come from the client's
         own randomness (``FitTask.noise_seed``, else the OS CSPRNG), never from the server's
-        task seed. Per-example gradients come from ``torch.func``
-        (vmap over ``grad``), which needs a model vmap can batch (no recurrent layers)."""
+        task seed. Per-example gradients come from ``torch.func`` (vmap over ``grad``);
+        recurrent layers run unrolled for it (``client.recurrent``)."""
         config = task.config
         dp = config.sample_dp
         assert dp is not None
@@ -463,7 +464,8 @@ class TorchTrainer:
             chosen = torch.from_numpy(np.flatnonzero(rng.random(count) < dp.sampling_rate))
             summed = {n: torch.zeros_like(w) for n, w in weights.items()}
             if len(chosen) > 0:
-                grads, loss = per_example(weights, x[chosen], y[chosen])
+                with UnrolledRecurrence(self.module).unrolled():  # vmap has no fused-RNN rule
+                    grads, loss = per_example(weights, x[chosen], y[chosen])
                 norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
                 factor = dp.clip / torch.clamp(norms, min=dp.clip)  # min(1, C/‖g‖), 0-safe
                 summed = {n: torch.tensordot(factor, g, dims=1) for n, g in grads.items()}

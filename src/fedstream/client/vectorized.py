@@ -15,6 +15,9 @@ Models people use:
   place under vmap). Batch statistics would count padded rows, so each batch-norm layer
   takes its statistics over the client's real rows only (``client.batchnorm``): one pass
   a step for the whole cohort, equal to the layer's own arithmetic up to float rounding.
+- **Recurrent layers** (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``): torch's fused kernels have
+  no vmap rule, so inside a cohort each runs unrolled as batched matmuls with a written-out
+  backward pass (``client.recurrent``), equal to the fused kernels to float rounding.
 - **Dropout** (``nn.Dropout``, ``Dropout1d/2d/3d``): each client's masks are drawn from a
   generator seeded as its own would be when trained alone (``client.dropout``), so they
   are the one-at-a-time trainer's masks, whoever shares the cohort and on whichever
@@ -37,6 +40,7 @@ from fedstream.client.algorithms import STEPS
 from fedstream.client.base import FitTask
 from fedstream.client.batchnorm import MaskedBatchNorm
 from fedstream.client.dropout import DropoutReplay, unreplayable
+from fedstream.client.recurrent import UnrolledRecurrence, unbatchable
 from fedstream.client.shuffles import epoch_shuffles
 from fedstream.client.torch_trainer import (
     TorchTrainer,
@@ -78,6 +82,7 @@ class VectorizedTrainer:
         self._buffers = [n for n, _ in module.named_buffers() if n in persistent]
         self._batch_norm = MaskedBatchNorm(module)
         self._dropout = DropoutReplay(module)
+        self._recurrence = UnrolledRecurrence(module)
         # vmapped over clients; the masks go in only where there is dropout, the rows only
         # where there is batch norm (each pytree argument costs vmap time on every call)
         self._forward_normed = vmap(self._normed_forward, randomness="different")
@@ -106,15 +111,13 @@ class VectorizedTrainer:
 
     @staticmethod
     def unsupported(module: nn.Module) -> str | None:
-        """Why ``module`` cannot be trained vectorised, or ``None`` if it can: torch.func
-        has no batching rule for the fused RNN kernels, and alpha dropout and RReLU draw in
-        ways that cannot be replayed per client (``client.dropout``)."""
-        recurrent = [n for n, m in module.named_modules() if isinstance(m, nn.RNNBase)]
-        if recurrent:
-            return (
-                "a model without recurrent layers (vmap cannot batch them); "
-                f"this one has {recurrent}"
-            )
+        """Why ``module`` cannot be trained vectorised, or ``None`` if it can: recurrent
+        layers run unrolled only in the forms ``client.recurrent`` covers, and alpha
+        dropout and RReLU draw in ways that cannot be replayed per client
+        (``client.dropout``)."""
+        recurrent = unbatchable(module)
+        if recurrent is not None:
+            return recurrent
         frozen = frozen_names(module)
         if frozen:
             return (
@@ -183,7 +186,8 @@ class VectorizedTrainer:
         """``_gradients`` for one step of every client, each client's dropout masks drawn
         from its own generator."""
         lengths = step_mask.sum(1).to(torch.int64)
-        dropouts = draws.step(lengths.tolist(), x.shape[1], x.dtype) if draws is not None else {}
+        real = step_mask.dtype
+        dropouts = draws.step(lengths.tolist(), x.shape[1], real) if draws is not None else {}
         return self._gradients(weights, buffers, dropouts, x, y, step_mask)
 
     def fit(self, params: Params, task: FitTask, data: ClientData) -> ClientUpdate:
@@ -227,7 +231,7 @@ class VectorizedTrainer:
         cohort_seed = 0
         for task in tasks:
             cohort_seed ^= task.config.seed
-        with seeded_torch(cohort_seed), self._dropout.switched_off():
+        with seeded_torch(cohort_seed), self._dropout.switched_off(), self._recurrence.unrolled():
             return self._fit_cohort(params, tasks, datasets, starts)
 
     def _fit_cohort(
@@ -276,12 +280,13 @@ class VectorizedTrainer:
             weights = {n: anchor[n].clone() for n in self._parameters}
             buffers = {n: anchor[n].clone() for n in self._buffers}
         rows = torch.arange(cohort).unsqueeze(1)
+        real = weights[self._parameters[0]].dtype  # x may hold token ids: masks, losses in this
         if not self.module.training:
             self.module.train()
         draws = _Draws(self._dropout, self.module, x[0, :1], tasks) if self._dropout else None
 
         if config.payload == "gradient":
-            mask = torch.from_numpy(np.arange(x.shape[1])[None, :] < sizes[:, None]).to(x.dtype)
+            mask = torch.from_numpy(np.arange(x.shape[1])[None, :] < sizes[:, None]).to(real)
             grads, loss = self._step_gradients(weights, buffers, x, y, mask, draws)
             return _updates(tasks, sizes, {n: g.numpy() for n, g in grads.items()}, loss)
 
@@ -289,8 +294,8 @@ class VectorizedTrainer:
         corrections = self._corrections(tasks)
         frozen = set(tasks[0].frozen)
         shuffles = epoch_shuffles([t.config.seed for t in tasks], sizes, config.local_epochs)
-        loss_sum = torch.zeros(cohort, dtype=x.dtype)
-        step_count = torch.zeros(cohort, dtype=x.dtype)
+        loss_sum = torch.zeros(cohort, dtype=real)
+        step_count = torch.zeros(cohort, dtype=real)
         mu = config.proximal_mu
         own_anchor = starts is not None
         for epoch in range(config.local_epochs):
@@ -299,10 +304,10 @@ class VectorizedTrainer:
             reach = mask.any(2).sum(1).tolist()  # clients with a batch at each step: a prefix
             for step in range(index.shape[0]):
                 k = int(reach[step])
-                step_mask = mask[step, :k].to(x.dtype)
+                step_mask = mask[step, :k].to(real)
                 if self._batch_norm:  # SINGLE_EXAMPLE_RULE
                     step_mask = step_mask * (step_mask.sum(1, keepdim=True) > 1)
-                active = (step_mask.sum(1) > 0).to(x.dtype)
+                active = (step_mask.sum(1) > 0).to(real)
                 xb, yb = x[rows[:k], index[step, :k]], y[rows[:k], index[step, :k]]
                 live = {n: w[:k] for n, w in weights.items()}
                 grads, loss = self._step_gradients(

@@ -18,6 +18,7 @@ import torch
 from fedstream.app import App, check_model_fits, is_torch, load_app, model_params
 from fedstream.client.base import FitTask, Trainer
 from fedstream.client.local import personal_entries
+from fedstream.client.recurrent import has_recurrent_layers
 from fedstream.client.state import ClientState
 from fedstream.client.torch_trainer import batch_norm_entries, load_params, params_from_module
 from fedstream.client.vectorized import VectorizedTrainer
@@ -360,9 +361,15 @@ def choose_trainer(
     if sample_dp:
         return "sequential", "auto: DP-SGD computes per-example gradients one client at a time"
     reason = VectorizedTrainer.unsupported(module)
-    if reason is None:
-        return "vectorized", "auto: the model can be vmapped"
-    return "sequential", f"auto: the vectorised trainer needs {reason}"
+    if reason is not None:
+        return "sequential", f"auto: the vectorised trainer needs {reason}"
+    if has_recurrent_layers(module):
+        return "sequential", (
+            "auto: torch's fused recurrent kernels train one client faster than a cohort "
+            "unrolled, except for small layers over short sequences (benchmarks/RESULTS.md); "
+            "set trainer='vectorized' for those"
+        )
+    return "vectorized", "auto: the model can be vmapped"
 
 
 def round_config(config: SimulationConfig, setup: Setup, deployed: bool = False) -> RoundConfig:
