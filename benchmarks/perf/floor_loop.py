@@ -5,9 +5,9 @@
 reads an exported workload (``workloads.export``) and trains each round's clients all at
 once, as fedstream's vectorised trainer does, but with nothing else: each round's
 clients' shuffled batches are gathered and padded into one (clients, steps, batch,
-features) tensor, the stacked MLP or softmax regression runs as
-hand-written batched matmuls (``torch.baddbmm``), one backward pass of the summed masked
-losses gives every client its gradient, and the deltas are summed once in float64,
+features) tensor, largest client first, the stacked MLP or softmax regression runs as
+hand-written batched matmuls (``torch.baddbmm``) over the clients that still have a batch,
+one backward pass of the summed masked losses gives every client its gradient, and the deltas are summed once in float64,
 weighted by examples. No wire format, no validation, no per-update objects: what is left
 is the arithmetic, which is the limit for vectorised cohorts on this machine. Prints one
 JSON line: wall time of the rounds, ``arithmetic_s`` (the same less the shuffling and
@@ -84,18 +84,27 @@ def matmul_rounds(spec: dict[str, Any], epochs: int, batch: int, lr: float) -> R
     updates, preparing = 0, 0.0
     for chosen, seeds in zip(spec["chosen"], spec["seeds"], strict=True):
         cohort, before = len(chosen), time.perf_counter()
+        # largest first: the clients with a batch left at each step are then a prefix,
+        # and a step computes only them (as fedstream's vectorised trainer does)
+        order = np.argsort(-(offsets[chosen + 1] - offsets[chosen]), kind="stable")
+        chosen, seeds = chosen[order], seeds[order]
         xs, ys, masks, sizes = padded_round(x, y, offsets, chosen, seeds, epochs, batch)
+        reach = (masks.sum(2) > 0).sum(0).tolist()
         preparing += time.perf_counter() - before
         weights = [g.unsqueeze(0).repeat(cohort, *[1] * g.dim()) for g in global_weights]
         for step in range(xs.shape[1]):
-            leaves = [w.requires_grad_(True) for w in weights]
-            logits = forward(leaves, xs[:, step])
-            losses = F.cross_entropy(logits.flatten(0, 1), ys[:, step].flatten(), reduction="none")
-            mask = masks[:, step]
+            k = int(reach[step])
+            leaves = [w[:k].detach().requires_grad_(True) for w in weights]
+            logits = forward(leaves, xs[:k, step])
+            losses = F.cross_entropy(
+                logits.flatten(0, 1), ys[:k, step].flatten(), reduction="none"
+            )
+            mask = masks[:k, step]
             per_client = (losses.view(mask.shape) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             grads = torch.autograd.grad(per_client.sum(), leaves)
             with torch.no_grad():
-                weights = [w.detach() - lr * g for w, g in zip(leaves, grads, strict=True)]
+                for w, g in zip(weights, grads, strict=True):
+                    w[:k] -= lr * g
         share = sizes / sizes.sum()
         for g, w in zip(global_weights, weights, strict=True):
             delta = (w - g.unsqueeze(0)).double()

@@ -1,18 +1,17 @@
 """Seconds per LEAF Shakespeare round (the ``shakespeare_leaf`` preset): the sequential
 trainer in process on one torch thread, against the same trainer on ``--workers`` worker
-processes, and in process on ``--workers`` torch threads, in one interleaved run.
+processes, in process on ``--workers`` torch threads, and the round's clients as one
+vectorised cohort (their LSTMs unrolled, ``client.recurrent``) on one thread and on
+``--workers`` threads, in one interleaved run.
 
     python benchmarks/perf/leaf_rounds.py [--rounds 2] [--repeats 1] [--workers 2]
-        [--arms inprocess processes threads]
+        [--arms inprocess processes threads vectorized vectorized-threads]
 
-LEAF's char-LSTM cannot be vectorised (``VectorizedTrainer.unsupported``; a vmapped matmul
-LSTM is 3× slower than torch's fused one, RESULTS.md), so the lever is parallelism: over
-clients (the ``processes`` executor) or inside each client's LSTM kernels (torch's
-intra-op threads, ``execution.threads``). Each arm runs ``--rounds`` rounds (no
-evaluation) in a fresh process; the figure is the median of its rounds' ``total_s``.
-The process arms must end at bit-identical parameters (a client trains the same wherever
-it runs); more threads may change the kernels' summation order. Prints one JSON line per
-run and a summary.
+Each arm runs ``--rounds`` rounds (no evaluation) in a fresh process; the figure is the
+median of its rounds' ``total_s``. The process arms must end at bit-identical parameters
+(a client trains the same wherever it runs); more threads may change the kernels'
+summation order, and the vectorised cohort sums in another order than torch's fused LSTM
+(equal to float rounding). Prints one JSON line per run and a summary.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ import subprocess
 import sys
 from typing import Any
 
-ARMS = ("inprocess", "processes", "threads")
+ARMS = ("inprocess", "processes", "threads", "vectorized", "vectorized-threads")
 
 
 def one_run(arm: str, workers: int, rounds: int) -> dict[str, Any]:
@@ -38,10 +37,10 @@ def one_run(arm: str, workers: int, rounds: int) -> dict[str, Any]:
         "shakespeare_leaf",
         run={"rounds": rounds, "evaluate_every": 0, "evaluate_fraction": 0.0},
         execution={
-            "trainer": "sequential",
+            "trainer": "vectorized" if arm.startswith("vectorized") else "sequential",
             "executor": "processes" if arm == "processes" else "inprocess",
             "workers": workers,
-            "threads": workers if arm == "threads" else 1,
+            "threads": workers if arm.endswith("threads") else 1,
         },
     )
     result = fedstream.simulate(config)
@@ -77,7 +76,7 @@ def main() -> None:
     for arm, seconds in medians.items():
         speedup = f"{base / seconds:.2f}×" if base else "-"
         same = digests[arm] == digests.get("inprocess", digests[arm])
-        print(f"{arm:<10} {seconds:7.1f} s a round  {speedup:>6}  same parameters: {same}")
+        print(f"{arm:<18} {seconds:7.1f} s a round  {speedup:>6}  same parameters: {same}")
 
 
 if __name__ == "__main__":

@@ -142,11 +142,13 @@ def test_a_char_lstm_cohort_trains_as_each_client_alone():
         assert np.abs(many.payload.flat()).max() > 1e-3  # it trained
 
 
-def test_auto_keeps_recurrent_models_one_client_at_a_time_and_says_why():
+def test_auto_keeps_lstm_models_one_client_at_a_time_says_why_and_vectorises_grus():
     model = build_model("char_lstm", 1, 12, seed=0, hidden=(8, 8))
     name, why = choose_trainer("auto", model)
-    assert name == "sequential" and "fused recurrent kernels" in why
+    assert name == "sequential" and "fused LSTM" in why
     assert choose_trainer("vectorized", model)[0] == "vectorized"
+    gru = nn.Sequential(nn.Embedding(5, 3), nn.GRU(3, 4, batch_first=True))
+    assert choose_trainer("auto", gru)[0] == "vectorized"
 
 
 def test_dp_sgd_takes_per_example_gradients_through_an_lstm():

@@ -37,9 +37,12 @@ RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 
-def has_recurrent_layers(module: nn.Module) -> bool:
-    """Whether ``module`` holds any torch recurrent layer."""
-    return any(isinstance(m, nn.RNNBase) for m in module.modules())
+def has_lstm(module: nn.Module) -> bool:
+    """Whether ``module`` holds an LSTM: on a CPU, torch runs it as one fused oneDNN kernel
+    that trains a client faster than a cohort's unrolled LSTM, except for small layers over
+    short sequences (its GRU and RNN kernels are slower than the unrolled cohort at every
+    size measured, benchmarks/RESULTS.md)."""
+    return any(isinstance(m, nn.LSTM) for m in module.modules())
 
 
 def unbatchable(module: nn.Module) -> str | None:

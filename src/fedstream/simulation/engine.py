@@ -18,7 +18,7 @@ import torch
 from fedstream.app import App, check_model_fits, is_torch, load_app, model_params
 from fedstream.client.base import FitTask, Trainer
 from fedstream.client.local import personal_entries
-from fedstream.client.recurrent import has_recurrent_layers
+from fedstream.client.recurrent import has_lstm
 from fedstream.client.state import ClientState
 from fedstream.client.torch_trainer import batch_norm_entries, load_params, params_from_module
 from fedstream.client.vectorized import VectorizedTrainer
@@ -363,11 +363,11 @@ def choose_trainer(
     reason = VectorizedTrainer.unsupported(module)
     if reason is not None:
         return "sequential", f"auto: the vectorised trainer needs {reason}"
-    if has_recurrent_layers(module):
+    if has_lstm(module):
         return "sequential", (
-            "auto: torch's fused recurrent kernels train one client faster than a cohort "
-            "unrolled, except for small layers over short sequences (benchmarks/RESULTS.md); "
-            "set trainer='vectorized' for those"
+            "auto: torch's fused LSTM trains one client faster than a cohort's unrolled LSTM, "
+            "except for small layers over short sequences (benchmarks/RESULTS.md); set "
+            "trainer='vectorized' for those"
         )
     return "vectorized", "auto: the model can be vmapped"
 
