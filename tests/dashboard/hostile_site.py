@@ -29,7 +29,7 @@ def train(
     optimiser.zero_grad()
     loss.backward()
     optimiser.step()
-    return {"loss": float(loss)}
+    return {"loss": loss.item()}
 
 
 app = fedstream.App(model=model, data=load_site, client_ids=SITES, train=train, name=PAYLOAD)
