@@ -7,9 +7,10 @@ once, as fedstream's vectorised trainer does, but with nothing else: each round'
 clients' shuffled batches are gathered and padded into one (clients, steps, batch,
 features) tensor, largest client first, the stacked MLP or softmax regression runs as
 hand-written batched matmuls (``torch.baddbmm``) over the clients that still have a batch,
-one backward pass of the summed masked losses gives every client its gradient, and the deltas are summed once in float64,
-weighted by examples. No wire format, no validation, no per-update objects: what is left
-is the arithmetic, which is the limit for vectorised cohorts on this machine. Prints one
+one backward pass of the summed masked losses gives every client its gradient, and the
+deltas are summed once in float64, weighted by examples. No wire format, no validation,
+no per-update objects: what is left is the arithmetic, which is the limit for vectorised
+cohorts on this machine. Prints one
 JSON line: wall time of the rounds, ``arithmetic_s`` (the same less the shuffling and
 padding, which a round cannot skip: its seeds exist only once it is planned), client
 updates, final accuracy.
@@ -96,9 +97,7 @@ def matmul_rounds(spec: dict[str, Any], epochs: int, batch: int, lr: float) -> R
             k = int(reach[step])
             leaves = [w[:k].detach().requires_grad_(True) for w in weights]
             logits = forward(leaves, xs[:k, step])
-            losses = F.cross_entropy(
-                logits.flatten(0, 1), ys[:k, step].flatten(), reduction="none"
-            )
+            losses = F.cross_entropy(logits.flatten(0, 1), ys[:k, step].flatten(), reduction="none")
             mask = masks[:k, step]
             per_client = (losses.view(mask.shape) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             grads = torch.autograd.grad(per_client.sum(), leaves)

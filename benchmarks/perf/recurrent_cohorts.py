@@ -3,9 +3,9 @@
 
     python benchmarks/perf/recurrent_cohorts.py [--repeats 3] [--shapes lstm:32:10:50 ...]
 
-A shape is ``kind:hidden:length:clients`` (kind ``lstm``, ``gru`` or ``rnn``, tanh). Each client holds
-20–100 random token sequences (vocabulary 50), and trains one epoch of batch 10 at lr 0.5
-on a model of an embedding of 8, the recurrent layer and a linear read-out of the last
+A shape is ``kind:hidden:length:clients`` (kind ``lstm``, ``gru`` or ``rnn``, tanh). Each
+client holds 20–100 random token sequences (vocabulary 50), and trains one epoch of batch
+10 at lr 0.5 on a model of an embedding of 8, the recurrent layer and a linear read-out of the last
 step: ``TorchTrainer.fit`` client by client, against ``VectorizedTrainer.fit_cohort`` on
 all of them. One torch thread; the two arms alternate over the repeats, and the figure is
 the median of the client updates per second. ``max_diff`` is the largest difference
@@ -84,7 +84,8 @@ def measure(shape: str, repeats: int) -> dict[str, object]:
     outputs = {}
     for _ in range(repeats):
         began = time.perf_counter()
-        outputs["sequential"] = [sequential.fit(start, t, d) for t, d in zip(tasks, data)]
+        pairs = zip(tasks, data, strict=True)
+        outputs["sequential"] = [sequential.fit(start, t, d) for t, d in pairs]
         seconds["sequential"].append(time.perf_counter() - began)
         began = time.perf_counter()
         outputs["vectorized"] = vectorized.fit_cohort(start, tasks, data)
@@ -115,7 +116,8 @@ def main() -> None:
         row = measure(shape, args.repeats)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print(f"\n{'kind:hidden:length:clients':<28} {'sequential':>11} {'vectorised':>11} {'ratio':>7}")
+    header = f"{'kind:hidden:length:clients':<28} {'sequential':>11} {'vectorised':>11}"
+    print(f"\n{header} {'ratio':>7}")
     for row in rows:
         print(
             f"{row['shape']:<28} {row['sequential_updates_per_s']:>11.1f} "

@@ -6,7 +6,7 @@
 
 Each contender runs in a fresh process (Flower's and pfl's each in its own venv, made by
 ``setup_venv.sh flower`` and ``setup_venv.sh pfl``; one is left out with a note if its venv is
-missing, and pfl on W4, which ``pfl_sim.py`` cannot run exactly). Contenders are
+missing). Contenders are
 interleaved over the repeats, and the medians are reported. Figures per run:
 
 - ``wall_s``: the training rounds and the final evaluation, after data, model and
@@ -147,7 +147,7 @@ def command(contender: str, workload: str, exported: Path) -> list[str] | None:
             return None
         return [str(FLOWER_PYTHON), str(HERE / "flower_sim.py"), str(exported)]
     if contender == "pfl":
-        if not PFL_PYTHON.exists() or workload == "W4":  # pfl_sim.py says why not W4
+        if not PFL_PYTHON.exists():
             return None
         return [str(PFL_PYTHON), str(HERE / "pfl_sim.py"), str(exported)]
     return [sys.executable, __file__, "--one", contender, "--workloads", workload]
@@ -207,7 +207,7 @@ def main() -> None:
                 for contender in args.contenders:
                     argv = command(contender, workload, exported)
                     if argv is None:
-                        note = f"# {contender}: skipped on {workload} (no venv, or pfl on W4)"
+                        note = f"# {contender}: skipped on {workload} (no venv)"
                         print(note, file=sys.stderr)
                         continue
                     figures = measure(argv)
