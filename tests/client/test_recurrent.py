@@ -123,14 +123,25 @@ def text_clients(sizes: list[int], vocabulary: int, length: int) -> list[ClientD
     ]
 
 
-def test_a_char_lstm_cohort_trains_as_each_client_alone():
-    """LEAF's model (narrow) over uneven clients, two epochs: the cohort's updates equal
-    the one-at-a-time trainer's, which runs torch's fused LSTM (float64)."""
+@pytest.mark.parametrize("algorithm", ["sgd", "fedprox", "scaffold"])
+def test_a_char_lstm_cohort_trains_as_each_client_alone(algorithm):
+    """LEAF's model (narrow) over uneven clients, two epochs, plain or with FedProx's
+    proximal term or SCAFFOLD's corrections: the cohort's updates equal the one-at-a-time
+    trainer's, which runs torch's fused LSTM (float64)."""
     model = build_model("char_lstm", 1, 12, seed=0, hidden=(8, 8), dtype=torch.float64)
     data = text_clients([23, 7, 41, 12], vocabulary=12, length=9)
     start = params_from_module(model)
+    mu = 0.5 if algorithm == "fedprox" else 0.0
+    rng = np.random.default_rng(1)
     tasks = [
-        FitTask(f"c{k}", 1, FitConfig(local_epochs=2, batch_size=5, lr=0.5, seed=10 + k))
+        FitTask(
+            f"c{k}",
+            1,
+            FitConfig(local_epochs=2, batch_size=5, lr=0.5, proximal_mu=mu, seed=10 + k),
+            correction=start.map(lambda a: 0.01 * rng.standard_normal(a.shape))
+            if algorithm == "scaffold"
+            else None,
+        )
         for k in range(len(data))
     ]
     cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, data)
