@@ -114,6 +114,7 @@ def run_fedstream(workload: str, kind: str) -> dict[str, Any]:
         setup = build(cfg)
         workers = executor_transport(cfg)
         transport = workers or setup.transport
+        assert transport is not None
         started = time.perf_counter()
         updates = 0
         for state, report in run_rounds(  # noqa: B007 (the last ones are the result)

@@ -83,7 +83,7 @@ def export(workload: str, path: Path) -> None:
     clients = [setup.dataset.clients[c] for c in ids]
     sizes = train_sizes({c: d for c, d in zip(ids, clients, strict=True)})
     bit_generator = np.random.PCG64()
-    bit_generator.state = dict(setup.initial.rng_state)
+    bit_generator.state = dict(setup.initial.rng_state)  # type: ignore[assignment]
     rng = np.random.Generator(bit_generator)
     chosen, seeds = [], []
     per_round = cfg.run.clients_per_round
@@ -91,6 +91,7 @@ def export(workload: str, path: Path) -> None:
         chosen.append(rng.choice(len(ids), size=per_round, replace=False))
         seeds.append(rng.integers(0, 2**63 - 1, size=per_round))
     params = setup.initial.params
+    weights: dict[str, Any] = {f"weight_{i:02d}": params[name] for i, name in enumerate(params)}
     np.savez(
         path,
         x=np.concatenate([d.x_train for d in clients]),
@@ -106,7 +107,7 @@ def export(workload: str, path: Path) -> None:
         model=np.array(cfg.model.name),
         hidden=np.array([64, 64] if cfg.model.name == "mlp" else [], dtype=np.int64),
         names=np.array(list(params)),
-        **{f"weight_{i:02d}": params[name] for i, name in enumerate(params)},
+        **weights,
     )
 
 
