@@ -278,6 +278,7 @@ class TorchTrainer:
         self._weights = {n: p for n, p in module.named_parameters() if p.requires_grad}
         self._names = list(self._weights)
         self.batch_norm = has_batch_norm(module)
+        self._recurrence = UnrolledRecurrence(module)  # DP-SGD's vmap cannot take fused RNNs
         self._tensors = federated_tensors(module)
         # on the CPU, numpy views of the module's own storage: a load is one copy per tensor
         self._storage = (
@@ -464,7 +465,7 @@ class TorchTrainer:
             chosen = torch.from_numpy(np.flatnonzero(rng.random(count) < dp.sampling_rate))
             summed = {n: torch.zeros_like(w) for n, w in weights.items()}
             if len(chosen) > 0:
-                with UnrolledRecurrence(self.module).unrolled():  # vmap has no fused-RNN rule
+                with self._recurrence.unrolled():
                     grads, loss = per_example(weights, x[chosen], y[chosen])
                 norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads.values()))
                 factor = dp.clip / torch.clamp(norms, min=dp.clip)  # min(1, C/‖g‖), 0-safe
