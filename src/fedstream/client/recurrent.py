@@ -34,7 +34,6 @@ from torch.nn.utils.rnn import PackedSequence
 from fedstream.errors import ConfigError
 
 RECURRENT = (nn.LSTM, nn.GRU, nn.RNN)
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 
 def has_lstm(module: nn.Module) -> bool:
@@ -71,9 +70,6 @@ class UnrolledRecurrence:
         self.layers = [m for m in module.modules() if isinstance(m, RECURRENT)]
         self.refusal = unbatchable(module)
 
-    def __bool__(self) -> bool:
-        return bool(self.layers)
-
     @contextmanager
     def unrolled(self) -> Iterator[None]:
         """Every recurrent layer's forward is :func:`unrolled_forward` until exit; a layer
@@ -90,7 +86,7 @@ class UnrolledRecurrence:
 
 
 def cell_kind(layer: nn.RNNBase) -> str:
-    """The cell equations ``layer`` uses: one of :data:`CELLS`."""
+    """The cell equations ``layer`` uses: ``lstm``, ``gru``, ``rnn_tanh`` or ``rnn_relu``."""
     if isinstance(layer, nn.LSTM):
         return "lstm"
     if isinstance(layer, nn.GRU):
@@ -159,18 +155,18 @@ def scan_layer(
     ``_l1_reverse``) over ``x`` (time, batch, features), from the states ``h0`` and (LSTM)
     ``c0`` (batch, hidden): its hidden states and (LSTM) cell states, (time, batch, hidden)."""
     w_ih, w_hh = getattr(layer, "weight_ih" + suffix), getattr(layer, "weight_hh" + suffix)
-    b_ih = getattr(layer, "bias_ih" + suffix) if layer.bias else None
-    b_hh = getattr(layer, "bias_hh" + suffix) if layer.bias else None
-    gru = kind == "gru"
-    if b_ih is not None and b_hh is not None and not gru:  # a GRU's b_hh sits inside r ⊙ (…)
-        bias: torch.Tensor | None = b_ih + b_hh
-    else:
-        bias = b_ih if b_ih is not None or gru else b_hh
+    recurrent_bias = w_hh.new_zeros(w_hh.shape[0])
+    bias: torch.Tensor | None = None
+    if layer.bias:
+        b_ih, b_hh = getattr(layer, "bias_ih" + suffix), getattr(layer, "bias_hh" + suffix)
+        if kind == "gru":  # a GRU's b_hh sits inside r ⊙ (W_hn·h + b_hn)
+            bias, recurrent_bias = b_ih, b_hh
+        else:  # elsewhere both biases simply add to the gates
+            bias = b_ih + b_hh
     # one (T·B, F) × (F, G) product per client: vmap turns a 3-D linear into T small ones
     flat = x.reshape(-1, x.shape[-1])
     projected = flat @ w_ih.T if bias is None else torch.addmm(bias, flat, w_ih.T)
     inputs = projected.view(*x.shape[:-1], -1)
-    recurrent_bias = b_hh if gru and b_hh is not None else w_hh.new_zeros(w_hh.shape[0])
     start_c = c0 if c0 is not None else h0.new_zeros(())
     one = [t.unsqueeze(0) for t in (inputs, w_hh, recurrent_bias, h0, start_c)]  # a stack of 1
     hs, cs, _, _ = _Scan.apply(kind, *one)  # type: ignore[no-untyped-call]
