@@ -29,6 +29,8 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from types import ModuleType
+from typing import Any, cast
 
 import numpy as np
 
@@ -67,7 +69,7 @@ async def one_client(
     async with grpc_aio().insecure_channel(address, options=options) as channel:
         writing = asyncio.Lock()
         async with gate:  # at most a few awaiting their welcome at once
-            call = pb_grpc.FedstreamStub(channel).Session()
+            call = pb_grpc.FedstreamStub(channel).Session()  # type: ignore[no-untyped-call]
             hello = pb.Hello(client_id=client_id, token=token(client_id), protocol=PROTOCOL)
             await call.write(pb.ClientMessage(hello=hello))
             welcome = await call.read()
@@ -130,10 +132,11 @@ async def one_client(
             beating.cancel()
 
 
-def grpc_aio():  # type: ignore[no-untyped-def]
+def grpc_aio() -> ModuleType:
+    """``grpc.aio``, imported on first use."""
     import grpc.aio
 
-    return grpc.aio
+    return cast(ModuleType, grpc.aio)  # grpc ships no type information
 
 
 async def generate(address: str, ids: list[str]) -> None:
@@ -158,7 +161,7 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_run(clients: int, steps: int, buffer: int, processes: int) -> dict[str, float]:
+def one_run(clients: int, steps: int, buffer: int, processes: int) -> dict[str, Any]:
     ids = [f"c{i:05d}" for i in range(clients)]
     service = FedstreamService({c: token(c) for c in ids}, run_id="scale", heartbeat_s=5.0)
     server, port = start_server(service, "127.0.0.1:0", None)

@@ -24,7 +24,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -46,7 +48,7 @@ def grpc_upload_mb_s(payload: bytes) -> float:
     ready = threading.Event()
     task_box: dict[str, str] = {}
 
-    def messages():  # type: ignore[no-untyped-def]
+    def messages() -> Iterator[pb.ClientMessage]:
         yield pb.ClientMessage(hello=pb.Hello(client_id="c", token="t", protocol=PROTOCOL))
         ready.wait()
         reply = pb.Reply(task_id=task_box["id"], run_id="bench", round=1, kind="upload")
@@ -56,7 +58,7 @@ def grpc_upload_mb_s(payload: bytes) -> float:
             yield pb.ClientMessage(chunk=chunk)
         time.sleep(1.0)
 
-    stream = pb_grpc.FedstreamStub(channel).Session(messages())
+    stream = pb_grpc.FedstreamStub(channel).Session(messages())  # type: ignore[no-untyped-call]
 
     def drain() -> None:
         with contextlib.suppress(grpc.RpcError):  # the server stopping cancels the stream
@@ -167,7 +169,7 @@ def main() -> None:
     payload = bytes(range(256)) * (args.megabytes * 1_000_000 // 256)
     grpc_runs = [grpc_upload_mb_s(payload) for _ in range(args.repeats)]
     socket_runs = [socket_mb_s(payload) for _ in range(args.repeats)]
-    upload = {
+    upload: dict[str, Any] = {
         "benchmark": "upload",
         "megabytes": len(payload) / 1e6,
         "grpc_mb_s": statistics.median(grpc_runs),

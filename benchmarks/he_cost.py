@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ def encrypted(scheme: str, vectors: list[np.ndarray], reuse: bool) -> dict[str, 
     total = None
     for k in range(clients):
         ciphertexts = sent[0 if reuse else k]
-        total = server.add(total, [server.load(c, "c") for c in ciphertexts])  # type: ignore[arg-type]
+        total = server.add(total, [server.load(c, "c") for c in ciphertexts])
     dumped = server.dump(total)  # type: ignore[arg-type]
     server_s = time.perf_counter() - started
     started = time.perf_counter()
@@ -92,21 +93,21 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--clients", type=int, default=10)
     args = parser.parse_args()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for size in args.sizes:
         rng = np.random.default_rng(size)
         vectors = [rng.normal(0, 0.05, size) for _ in range(args.clients)]
         for scheme in ("plain", "ckks", "paillier"):
-            row = (
+            measured = (
                 plain(vectors)
                 if scheme == "plain"
                 else encrypted(scheme, vectors, reuse=scheme == "paillier" and size >= 1_000_000)
             )
-            row = {
+            row: dict[str, Any] = {
                 "params": size,
                 "scheme": scheme,
-                **row,
-                "expansion": row["bytes_up"] / (4 * size),
+                **measured,
+                "expansion": measured["bytes_up"] / (4 * size),
             }
             print(json.dumps(row), flush=True)
             rows.append(row)

@@ -19,6 +19,7 @@ import argparse
 import json
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def main() -> None:
     rows = []
     for name, config, length in CASES:
         runs = [measure(config, length, args.clients, seed) for seed in range(args.repeats)]
-        row: dict[str, object] = {"scheme": name, "params": length, "clients": args.clients}
+        row: dict[str, Any] = {"scheme": name, "params": length, "clients": args.clients}
         for key in runs[0]:
             row[key] = statistics.median(run[key] for run in runs)
         print(json.dumps(row), flush=True)

@@ -39,7 +39,8 @@ def __getattr__(name: str) -> Any:
     if name in ("full", "lora"):
         from fedstream.llm.shakespeare import speech_app
 
-        return speech_app(tuning=name, clients=int(os.environ["LLM_GRPC_CLIENTS"]), heldout=200)
+        clients = int(os.environ["LLM_GRPC_CLIENTS"])
+        return speech_app(tuning="full" if name == "full" else "lora", clients=clients, heldout=200)
     raise AttributeError(name)
 
 

@@ -161,7 +161,9 @@ def soak(args: argparse.Namespace, scratch: Path, spawned: list[Process]) -> boo
         except subprocess.TimeoutExpired:
             process.kill()
             stragglers += 1
-    final, _ = load_checkpoint(latest_checkpoint(scratch / "run" / "checkpoints"))
+    last = latest_checkpoint(scratch / "run" / "checkpoints")
+    assert last is not None, "the soak run left no checkpoint"
+    final, _ = load_checkpoint(last)
     run = RunStore(scratch / "store.sqlite").run("run")
     results = json.loads((scratch / "run" / "results.json").read_text())
     served = RunStore(scratch / "serving.sqlite")

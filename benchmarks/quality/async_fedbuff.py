@@ -109,6 +109,7 @@ def run(job: tuple[str, str, int, SimulationConfig, float | None]) -> dict[str, 
     with torch_threads(config.execution.threads):
         setup = build(config)
         ids = sorted(setup.dataset.clients)
+        assert setup.transport is not None  # built for a simulation
         steps = server_steps(
             config, setup, setup.initial, setup.transport, ids,
             round_config(config, setup), device_clock(config, setup), 0.0,

@@ -45,7 +45,7 @@ def main() -> None:
         {
             "seed": "median",
             **{
-                k: statistics.median(float(r[k]) for r in rows)  # type: ignore[arg-type]
+                k: statistics.median(float(r[k]) for r in rows)
                 for k in ("federated", "centralised", "gap (points)")
             },
         }

@@ -89,7 +89,8 @@ def plot(runs: list[dict[str, Any]], seed: int) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5), dpi=110)
-    colours = iter(plt.get_cmap("tab20").colors)
+    tab20 = plt.get_cmap("tab20")
+    colours = (tab20(i) for i in range(tab20.N))
     for run in runs:
         name, run_seed = run["label"].split("|")
         if int(run_seed) != seed:

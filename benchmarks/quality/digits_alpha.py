@@ -21,7 +21,7 @@ from fedstream.simulation import SimulationConfig, centralised_baseline
 from fedstream.simulation.config import from_mapping, merge
 
 ALPHAS = (0.1, 0.5, 100.0)
-ARMS = {
+ARMS: dict[str, dict[str, Any]] = {
     "FedAvg": {"name": "fedavg"},
     "FedProx μ=0.01": {"name": "fedprox", "mu": 0.01},
     "FedAdam": {"name": "fedadam", "server_lr": 0.03},

@@ -81,6 +81,7 @@ def run(arm: str, seed: int) -> dict[str, Any]:
     with torch_threads(config.execution.threads):
         setup = build(config)
         assert setup.stream is not None
+        assert setup.transport is not None  # built for a simulation
         steps = server_steps(
             config, setup, setup.initial, setup.transport, sorted(setup.dataset.clients),
             round_config(config, setup), device_clock(config, setup), 0.0,

@@ -38,7 +38,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 from common import RESULTS, print_table, save
 
@@ -53,14 +53,17 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     from fedstream.client.base import FitTask
     from fedstream.client.torch_trainer import TorchTrainer
     from fedstream.data.base import ClientData
-    from fedstream.llm.shakespeare import speech_app
+    from fedstream.llm.shakespeare import Tuning, speech_app
     from fedstream.types import FitConfig
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     noise = float(arm.removeprefix("lora-dp")) if arm.startswith("lora-dp") else None
-    tuning = "lora" if noise is not None else "full" if arm == "central" else arm
-    tuning = "lora" if arm == "central-lora" else tuning
+    tuning: Tuning = (
+        "lora" if noise is not None or arm == "central-lora"
+        else "full" if arm == "central"
+        else cast(Tuning, arm)
+    )  # fmt: skip
     app = speech_app(
         task=args.task, tuning=tuning, clients=args.clients, max_tokens=args.tokens,
         seed=args.seed,
@@ -142,7 +145,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def server_settings(args: argparse.Namespace) -> dict[str, float]:
     """The server step's settings the command line gives (the strategy's defaults else)."""
-    settings = {"server_lr": args.server_lr, "momentum": args.server_momentum}
+    settings = {"server_lr": args.server_lr, "momentum": args.server_momentum, "tau": args.tau}
     return {k: v for k, v in settings.items() if v is not None}
 
 
@@ -202,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--strategy", default="fedavg", help="the server's strategy")
     parser.add_argument("--server-lr", type=float, default=None)
     parser.add_argument("--server-momentum", type=float, default=None, help="fedavgm's β")
+    parser.add_argument("--tau", type=float, default=None, help="fedadam's adaptivity τ")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
     parser.add_argument("--lr-full", type=float, default=1e-4)
     parser.add_argument("--lr-lora", type=float, default=1e-3)

@@ -12,7 +12,9 @@ arm's best one.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
+from typing import Any
 
 from common import RESULTS, plot_grid, print_table, run_arms, save
 
@@ -56,9 +58,9 @@ def main() -> None:
     def median(name: str, alpha: float, lr: float) -> float:
         prefix = f"{name}|{alpha}|{lr}|"
         finals = [r["final"]["central_accuracy"] for r in runs if r["label"].startswith(prefix)]
-        return statistics.median(finals)
+        return float(statistics.median(finals))
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for alpha in ALPHAS:
         for lr in RATES:
             rows.append({"alpha": alpha, "lr": lr, **{n: median(n, alpha, lr) for n in ARMS}})
@@ -72,7 +74,7 @@ def main() -> None:
     for alpha in ALPHAS:
         curves = []
         for name in ARMS:
-            lr = max(RATES, key=lambda rate, n=name: median(n, alpha, rate))
+            lr = max(RATES, key=functools.partial(median, name, alpha))
             run = next(r for r in runs if r["label"] == f"{name}|{alpha}|{lr}|{first}")
             curves.append(dict(run, label=f"{name} (lr {lr})"))
         panels.append(

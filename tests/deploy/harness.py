@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
 from fedstream.transport.grpc.framing import CHUNK_BYTES
 from fedstream.transport.grpc.server import PROTOCOL, FedstreamService, start_server
+from fedstream.types import RoundReport, ServerState
 from tests.settings import make_config, toml_text
 
 RUN = {
@@ -32,7 +34,7 @@ RUN = {
 }  # fmt: skip
 
 
-def write_run(folder: Path, **changes) -> tuple[Path, Path, SimulationConfig]:
+def write_run(folder: Path, **changes: Any) -> tuple[Path, Path, SimulationConfig]:
     settings = {**RUN, **changes}
     config = make_config(**settings)
     toml = folder / "run.toml"
@@ -99,7 +101,9 @@ class Process:
         self.popen.wait()
 
 
-def start_server_process(toml, tokens, out, *extra, port=0):
+def start_server_process(
+    toml: Path, tokens: Path, out: Path, *extra: str, port: int = 0
+) -> tuple[Process, int]:
     """The server process, given only the salted hashes of the clients' tokens."""
     hashed = tokens.parent / "server-tokens.json"
     server = Process(
@@ -110,7 +114,9 @@ def start_server_process(toml, tokens, out, *extra, port=0):
     return server, int(line.split("port")[1].split(",")[0])
 
 
-def restart_server(server, tokens, port, out, clients):
+def restart_server(
+    server: Process, tokens: Path, port: int, out: Path, clients: Mapping[str, Process]
+) -> tuple[Path, ServerState]:
     """Kill ``server`` and start it again with ``--resume`` on the same port, where its
     clients are retrying with backoff; wait until the run and every client end well.
     The checkpoint the server was killed at: its folder, and its state (read before the
@@ -129,7 +135,7 @@ def restart_server(server, tokens, port, out, clients):
     return killed_at, state
 
 
-def start_client(toml, tokens, port, client_id, *extra):
+def start_client(toml: Path, tokens: Path, port: int, client_id: str, *extra: str) -> Process:
     """A client process, keeping its state beside the run file (``toml``'s folder)."""
     return Process(
         "client", "--config", str(toml), "--server", f"127.0.0.1:{port}", "--id", client_id,
@@ -139,12 +145,14 @@ def start_client(toml, tokens, port, client_id, *extra):
     )  # fmt: skip
 
 
-def start_clients(toml, tokens, port, ids):
+def start_clients(toml: Path, tokens: Path, port: int, ids: Iterable[str]) -> dict[str, Process]:
     return {c: start_client(toml, tokens, port, c) for c in ids}
 
 
 @contextlib.contextmanager
-def deployment(toml, tokens, ids, run_id):
+def deployment(
+    toml: Path, tokens: Path, ids: Sequence[str], run_id: str
+) -> Iterator[FedstreamService]:
     """An in-test gRPC server with every client as a process, all connected; torn down
     (run finished, server stopped, clients exited) however the test leaves."""
     service = FedstreamService(json.loads(tokens.read_text()), run_id=run_id)
@@ -160,12 +168,14 @@ def deployment(toml, tokens, ids, run_id):
             client.wait()
 
 
-def client_ids(config):
+def client_ids(config: SimulationConfig) -> list[str]:
     app = resolve_app(config, None)
     return app.ids() if app is not None else sorted(build_dataset(config).clients)
 
 
-def deploy_run(tmp_path, toml, tokens, config):
+def deploy_run(
+    tmp_path: Path, toml: Path, tokens: Path, config: SimulationConfig
+) -> tuple[ServerState, RoundReport | None]:
     """A whole deployment: the server and every configured client as processes, run to
     the end; the final checkpoint's state and report."""
     server, port = start_server_process(toml, tokens, tmp_path / "run")
@@ -176,7 +186,9 @@ def deploy_run(tmp_path, toml, tokens, config):
     # --insecure is said loudly on both sides
     for process in (server, *clients.values()):
         assert "runs WITHOUT TLS (--insecure)" in "".join(process.lines)
-    return load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    last = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert last is not None, "the run left no checkpoint"
+    return load_checkpoint(last)
 
 
 class RawSession:
@@ -193,9 +205,8 @@ class RawSession:
         self.ended = threading.Event()
         for message in first:
             self.outbound.put(message)
-        stream = pb_grpc.FedstreamStub(self.channel).Session(
-            iter(self.outbound.get, None), timeout=timeout
-        )
+        stub = pb_grpc.FedstreamStub(self.channel)  # type: ignore[no-untyped-call]
+        stream = stub.Session(iter(self.outbound.get, None), timeout=timeout)
         threading.Thread(target=self._read, args=(stream,), daemon=True).start()
 
     def _read(self, stream: Any) -> None:
