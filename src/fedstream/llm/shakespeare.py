@@ -27,6 +27,9 @@ from fedstream.llm.models import TransformerModel, minilm_path, pretrained_class
 
 Tuning = Literal["full", "lora", "ffa", "head"]
 TUNINGS: tuple[Tuning, ...] = ("full", "lora", "ffa", "head")
+Unit = Literal["role", "play"]
+UNITS: tuple[Unit, ...] = ("role", "play")
+Rows = tuple[np.ndarray, np.ndarray]
 
 
 def tuned(build: Callable[[], Any], tuning: Tuning, lora: LoraSettings | None = None) -> nn.Module:
@@ -57,13 +60,13 @@ def minilm_classifier(num_labels: int = 2) -> nn.Module:
 @functools.lru_cache(maxsize=4)
 def _tokenised(
     task: str, tokenizer: str, max_tokens: int, min_speeches: int, source: str | None
-) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
+) -> tuple[dict[str, Rows], Rows]:
     from transformers import AutoTokenizer
 
     corpus = speech_corpus(task, source, min_speeches=min_speeches)
     tok = AutoTokenizer.from_pretrained(tokenizer)
 
-    def encoded(pairs: Sequence[tuple[Text, int]]) -> tuple[np.ndarray, np.ndarray]:
+    def encoded(pairs: Sequence[tuple[Text, int]]) -> Rows:
         texts = [text for text, _ in pairs]
         # a (cue, speech) pair is one row, [CLS] cue [SEP] speech [SEP], both cut evenly
         parts = (
@@ -86,6 +89,7 @@ def speech_app(
     model: Callable[[], nn.Module] | None = None,
     tokenizer: str | Path | None = None,
     clients: int | None = None,
+    unit: Unit = "role",
     min_speeches: int | None = None,
     max_tokens: int = 64,
     test_fraction: float = 0.2,
@@ -93,15 +97,21 @@ def speech_app(
     seed: int = 0,
     source: str | Path | None = None,
 ) -> App:
-    """A Shakespeare speech ``task`` (``reply``, ``verse`` or ``genre``) as an ``App``:
-    the ``clients`` roles with the most labelled speeches (all with ``min_speeches`` or
-    more when ``None``; default 40 for genre, else 25), each split in order; ``heldout``
-    speeches of the other roles (drawn with ``seed``) for central evaluation. ``model``
-    builds the classifier (default all-MiniLM-L6-v2 with a head for the task's classes),
-    ``tokenizer`` names its tokenizer's folder (default MiniLM's), and ``tuning`` says what
-    trains (``tuned``)."""
+    """A Shakespeare speech ``task`` (``reply``, ``verse`` or ``genre``) as an ``App``.
+
+    A client is a ``unit``: a speaking role with ``min_speeches`` labelled speeches or
+    more (default 40 for genre, else 25), or a play, holding the speeches of its roles
+    that are clients by that rule. The ``clients`` units with the most speeches take
+    part (all when ``None``); each role's speeches are split in order, a play's test
+    split being the last ``test_fraction`` of each of its roles. ``heldout`` speeches of
+    the other, minor roles (drawn with ``seed``) are for central evaluation: speakers no
+    client holds, whatever the unit. ``model`` builds the classifier (default
+    all-MiniLM-L6-v2 with a head for the task's classes), ``tokenizer`` names its
+    tokenizer's folder (default MiniLM's), and ``tuning`` says what trains (``tuned``)."""
     if task not in TASKS:
         raise ConfigError("task", task, f"one of {sorted(TASKS)}")
+    if unit not in UNITS:
+        raise ConfigError("unit", unit, f"one of {list(UNITS)}")
     if not 0 < test_fraction < 1:
         raise ConfigError("test_fraction", test_fraction, "a fraction in (0, 1)")
     least = min_speeches if min_speeches is not None else 40 if task == "genre" else 25
@@ -109,14 +119,14 @@ def speech_app(
     roles, (x_held, y_held) = _tokenised(
         task, folder, max_tokens, least, None if source is None else str(source)
     )
-    names = sorted(roles, key=lambda c: (-len(roles[c][0]), c))[: clients or len(roles)]
+    members: dict[str, list[str]] = {}
+    for role in sorted(roles):  # a role's client id is "<play>/<ROLE>"
+        members.setdefault(role if unit == "role" else role.split("/")[0], []).append(role)
+    size = {name: sum(len(roles[r][0]) for r in rs) for name, rs in members.items()}
+    names = sorted(members, key=lambda c: (-size[c], c))[: clients or len(members)]
     if clients is not None and len(names) < clients:
-        raise ConfigError("clients", clients, f"at most {len(names)} roles have enough speeches")
-    data = {}
-    for name in sorted(names):
-        x, y = roles[name]
-        cut = round(len(x) * (1 - test_fraction))
-        data[name] = ((x[:cut], y[:cut]), (x[cut:], y[cut:]))
+        raise ConfigError("clients", clients, f"at most {len(names)} {unit}s have enough speeches")
+    data = {n: _split([roles[r] for r in members[n]], test_fraction) for n in sorted(names)}
     chosen = np.sort(np.random.default_rng(seed).permutation(len(x_held))[:heldout])
     lora = LoraSettings(rank=rank, alpha=alpha, target_modules=tuple(target_modules))
     build = model or functools.partial(minilm_classifier, len(TASKS[task]))
@@ -124,8 +134,23 @@ def speech_app(
         model=functools.partial(tuned, build, tuning, lora),
         data=data,
         heldout=(x_held[chosen], y_held[chosen]),
-        name=f"shakespeare-{task}-{tuning}",
+        name=f"shakespeare-{task}-{tuning}" + ("-plays" if unit == "play" else ""),
     )
+
+
+def _split(parts: Sequence[Rows], test_fraction: float) -> tuple[Rows, Rows]:
+    """Each part's rows split in order (the first ``1 − test_fraction`` train), the parts'
+    train rows joined and their test rows joined."""
+    train, test = [], []
+    for x, y in parts:
+        cut = round(len(x) * (1 - test_fraction))
+        train.append((x[:cut], y[:cut]))
+        test.append((x[cut:], y[cut:]))
+    return _joined(train), _joined(test)
+
+
+def _joined(parts: Sequence[Rows]) -> Rows:
+    return np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts])
 
 
 def __getattr__(name: str) -> Any:
