@@ -69,6 +69,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
         task=args.task, tuning=tuning, unit=args.unit,
         clients=args.clients or (100 if args.unit == "role" else None),
         max_tokens=args.tokens, seed=args.seed,
+        rank=args.rank, alpha=args.alpha, target_modules=args.targets,
     )  # fmt: skip
     if args.optimizer == "adamw":  # a fresh AdamW for each client's task
         app = dataclasses.replace(app, optimizer=adamw)
@@ -92,6 +93,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
         metrics = trainer.evaluate(trained, "central", 1, pooled).metrics
         return {
             "arm": arm,
+            "settings": arm_settings(args, lr),
             "central_accuracy": metrics["accuracy"],
             "fed_accuracy": None,
             "trained_params": sum(a.size for a in initial.values()),
@@ -131,6 +133,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     last = evaluated[-1] if evaluated else {}
     return {
         "arm": arm,
+        "settings": arm_settings(args, lr),
         "central_accuracy": last.get("central_accuracy"),
         "fed_accuracy": last.get("fed_accuracy"),
         "dp_epsilon": last.get("dp_epsilon"),
@@ -143,6 +146,12 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "rounds": rounds,
     }
+
+
+def arm_settings(args: argparse.Namespace, lr: float) -> dict[str, Any]:
+    """What an arm ran with, kept beside its result (``--append`` mixes commands)."""
+    keys = ("unit", "rounds", "per_round", "local_epochs", "tokens", "optimizer", "rank", "alpha")
+    return {"lr": lr, **{k: vars(args)[k] for k in keys}, "targets": list(args.targets)}
 
 
 def server_settings(args: argparse.Namespace) -> dict[str, float]:
@@ -215,6 +224,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr-full", type=float, default=1e-4)
     parser.add_argument("--lr-lora", type=float, default=1e-3)
     parser.add_argument("--lr-head", type=float, default=1e-3)
+    parser.add_argument("--rank", type=int, default=8, help="LoRA's rank")
+    parser.add_argument("--alpha", type=int, default=16, help="LoRA's α (scale α / rank)")
+    parser.add_argument(
+        "--targets", nargs="+", default=["query", "value"], help="the modules LoRA adapts"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--task", default="verse", choices=["verse", "reply", "genre"])
