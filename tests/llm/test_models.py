@@ -5,8 +5,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from fedstream.data.shakespeare import texts_dir
 from fedstream.errors import ConfigError
-from fedstream.llm import check_ids, minilm_path, pretrained_classifier
+from fedstream.llm import check_ids, minilm_path, pretrained_classifier, shakespeare
 from fedstream.llm.shakespeare import speech_app
 from tests.apps import tiny_lora
 
@@ -85,3 +86,28 @@ def test_a_play_as_the_client_holds_its_roles_splits_and_the_minor_roles_stay_he
         speech_app(model=tiny_lora.tiny_bert, unit="scene")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"clients.*40.*at most 36 plays"):
         speech_app(model=tiny_lora.tiny_bert, max_tokens=12, unit="play", clients=40)
+
+
+@pytest.mark.slow  # tokenises the corpus, seconds
+def test_the_tokenised_corpus_is_made_once_per_machine_and_read_back_the_same(
+    tmp_path, monkeypatch
+):
+    texts = str(texts_dir())  # the texts stay where they are; the new cache holds rows
+    monkeypatch.setenv("FEDSTREAM_CACHE", str(tmp_path))
+    made = shakespeare._tokenised("verse", str(minilm_path()), 12, 25, texts)
+    stored = list((tmp_path / "speeches").iterdir())
+    assert len(stored) == 1 and stored[0].name.startswith("verse-12-")
+    shakespeare._tokenised.cache_clear()  # as a new process would start
+
+    def tokenise_again(*_: object) -> None:
+        raise AssertionError("the corpus was tokenised a second time")
+
+    monkeypatch.setattr(shakespeare, "_tokenise", tokenise_again)
+    read = shakespeare._tokenised("verse", str(minilm_path()), 12, 25, texts)
+    assert sorted(read[0]) == sorted(made[0]) and len(read[0]) == 128
+    for role, (x, y) in made[0].items():
+        np.testing.assert_array_equal(read[0][role][0], x)
+        np.testing.assert_array_equal(read[0][role][1], y)
+    for mine, theirs in zip(read[1], made[1], strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    shakespeare._tokenised.cache_clear()

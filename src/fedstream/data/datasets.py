@@ -10,7 +10,6 @@ scale, and gives each client a local test split.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, loa
 from fedstream import checks
 from fedstream.data import shakespeare
 from fedstream.data.base import ClientData, Clients, FederatedDataset, Task, packed
+from fedstream.data.cache import cache_dir, cached_arrays
 from fedstream.data.partition import (
     dirichlet_partition,
     iid_partition,
@@ -103,15 +103,9 @@ def mnist1d_source(**_: Any) -> Source:
     float32 standardised as the package does, 10 classes. It is much harder than digits
     for an MLP (the paper: logistic regression 32 %, MLP 68 %, CNN 94 %). Made once, then
     read from ``cache_dir()/mnist1d``."""
-    path = shakespeare.cache_dir() / "mnist1d" / f"mnist1d-{MNIST1D_SEED}.npz"
-    if not path.exists():
-        x, y = _generate_mnist1d()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.npz")
-        np.savez(partial, x=x, y=y)
-        partial.replace(path)  # atomic: a concurrent reader sees all of it or nothing
-    with np.load(path) as stored:
-        return Source("classification", stored["x"], stored["y"])
+    path = cache_dir() / "mnist1d" / f"mnist1d-{MNIST1D_SEED}.npz"
+    stored = cached_arrays(path, lambda: dict(zip("xy", _generate_mnist1d(), strict=True)))
+    return Source("classification", stored["x"], stored["y"])
 
 
 def _generate_mnist1d() -> tuple[Array, Array]:

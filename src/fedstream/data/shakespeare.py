@@ -23,7 +23,6 @@ testing, so no test window overlaps a training one except at the boundary.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 from numpy.lib.stride_tricks import sliding_window_view
 
+from fedstream.data.cache import cache_dir
 from fedstream.errors import FedstreamError
 
 Array = npt.NDArray[Any]
@@ -136,12 +136,6 @@ def _is_block_speaker(lines: list[str], i: int) -> bool:
     before_blank = i == 0 or not lines[i - 1].strip()
     after_text = i + 1 < len(lines) and bool(lines[i + 1].strip())
     return before_blank and after_text
-
-
-def cache_dir() -> Path:
-    """``$FEDSTREAM_CACHE`` or ``~/.cache/fedstream``."""
-    root = os.environ.get("FEDSTREAM_CACHE") or Path.home() / ".cache" / "fedstream"
-    return Path(root)
 
 
 def texts_dir(source: str | Path | None = None) -> Path:

