@@ -24,6 +24,7 @@ memory is its own):
     python benchmarks/quality/llm_shakespeare.py [--rounds 15] [--arms full lora ffa head]
         [--dp 0.1 0.3] [--lr-full 1e-4] [--lr-lora 1e-3] [--task verse]
         [--strategy fedavg] [--server-lr η] [--server-momentum β] [--name llm_shakespeare]
+        [--rank 8] [--alpha 16] [--targets query value] [--merge NAME ...]
 
 Prints one JSON line per arm and a table; writes results/llm_shakespeare.json and
 results/llm_shakespeare.png (central accuracy against cumulative bytes per client).
@@ -236,7 +237,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--append", action="store_true", help="keep the other arms of an earlier results file"
     )
+    parser.add_argument(
+        "--merge", nargs="+", default=[], metavar="NAME",
+        help="run nothing: join these results files (later ones win an arm) into --name",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.merge:
+        joined: dict[str, dict[str, Any]] = {}
+        for name in args.merge:
+            joined |= {
+                r["arm"]: r for r in json.loads((RESULTS / f"{name}.json").read_text())["results"]
+            }
+        report(args, list(joined.values()))
+        return
     arms = [*args.arms, *(f"lora-dp{z:g}" for z in args.dp)]
     path = RESULTS / f"{args.name}.json"
     earlier = json.loads(path.read_text())["results"] if args.append and path.exists() else []
@@ -250,6 +263,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{arm}] done in {result['wall_s']:.0f} s", file=sys.stderr, flush=True)
         results.append(result)
         save(args.name, {"args": vars(args), "results": results})  # after every arm
+    report(args, results)
+
+
+def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    """Save the results, plot them against traffic, and print their table."""
+    save(args.name, {"args": vars(args), "results": results})
     plot(results, RESULTS / f"{args.name}.png")
     print_table(
         [{k: v for k, v in r.items() if k != "rounds"} for r in results],
