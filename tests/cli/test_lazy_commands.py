@@ -55,3 +55,15 @@ def test_public_names_load_on_first_use():
     assert "simulate" in dir(fedstream)
     with pytest.raises(AttributeError, match="module 'fedstream' has no attribute 'nope'"):
         fedstream.nope  # noqa: B018
+
+
+def test_a_deployed_clients_imports_and_digits_leave_out_sklearn_and_scipy_stats():
+    # about a second each per process, and a deployment starts a process per client
+    loaded = modules_after(
+        "from tests.settings import make_config\n"
+        "from fedstream.simulation.engine import build_dataset\n"
+        "import fedstream.deploy, fedstream.transport.grpc.client\n"
+        "build_dataset(make_config(dataset='digits'))"
+    )
+    assert "torch" in loaded and "fedstream.data.datasets" in loaded  # it did load them
+    assert not [m for m in ("sklearn", "scipy.stats") if m in loaded]

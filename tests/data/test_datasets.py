@@ -5,7 +5,7 @@ import fedstream
 import fedstream.simulation
 from fedstream import ConfigError
 from fedstream.data import federate
-from fedstream.data.datasets import leaf_sample, mnist1d_source, noised_per_client
+from fedstream.data.datasets import digits_source, leaf_sample, mnist1d_source, noised_per_client
 from fedstream.data.partition import (
     dirichlet_partition,
     iid_partition,
@@ -398,3 +398,12 @@ def test_mnist1d_is_the_papers_data_set_made_once_and_read_from_the_cache(tmp_pa
     np.testing.assert_array_equal(again.x, made.x)
     data = federate("mnist1d", 20, "dirichlet", np.random.default_rng(0), alpha=0.5)
     assert data.num_features == 40 and data.num_outputs == 10 and len(data.y_heldout) == 1000
+
+
+def test_digits_read_from_sklearns_table_are_what_its_loader_gives():
+    from sklearn.datasets import load_digits
+
+    made, bunch = digits_source(), load_digits()
+    np.testing.assert_array_equal(made.x, (bunch.data / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(made.y, bunch.target)
+    assert made.x.dtype == np.float32 and made.y.dtype == np.int64 and made.x.shape == (1797, 64)

@@ -68,7 +68,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from scipy.stats import binom
 
 from fedstream import checks
 from fedstream.errors import ConfigError, FedstreamError
@@ -195,6 +194,8 @@ FAILURE_TARGET = 1e-6
 def round_failure_chance(clients: int, neighbours: int, threshold: int, dropout: float) -> float:
     """A union bound on the chance that, with each client dropping independently at rate
     ``dropout``, some client keeps fewer than ``threshold`` of its ``neighbours``."""
+    from scipy.stats import binom  # a second's import that most processes never need
+
     short = float(binom.cdf(threshold - 1, neighbours, 1 - dropout))
     return min(1.0, clients * short)
 
