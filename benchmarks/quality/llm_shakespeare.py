@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import multiprocessing
 import resource
 import statistics
@@ -151,7 +152,10 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def arm_settings(args: argparse.Namespace, lr: float) -> dict[str, Any]:
     """What an arm ran with, kept beside its result (``--append`` mixes commands)."""
-    keys = ("unit", "rounds", "per_round", "local_epochs", "tokens", "optimizer", "rank", "alpha")
+    keys = (
+        "unit", "rounds", "per_round", "local_epochs", "tokens", "optimizer", "rank", "alpha",
+        "seed",
+    )  # fmt: skip
     return {"lr": lr, **{k: vars(args)[k] for k in keys}, "targets": list(args.targets)}
 
 
@@ -239,16 +243,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--merge", nargs="+", default=[], metavar="NAME",
-        help="run nothing: join these results files (later ones win an arm) into --name",
+        help="run nothing: join these results files (later ones win an arm and seed) into --name",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.merge:
         joined: dict[str, dict[str, Any]] = {}
         for name in args.merge:
-            joined |= {
-                r["arm"]: r for r in json.loads((RESULTS / f"{name}.json").read_text())["results"]
-            }
-        report(args, list(joined.values()))
+            stored = json.loads((RESULTS / f"{name}.json").read_text())
+            for result in stored["results"]:
+                seeded = seeded_result(result, stored["args"].get("seed", 0))
+                joined[seeded["arm"]] = seeded
+        results = list(joined.values())
+        save(args.name, {"args": vars(args), "results": results})
+        report(args, results)
+        print_seeds(results)
         return
     arms = [*args.arms, *(f"lora-dp{z:g}" for z in args.dp)]
     path = RESULTS / f"{args.name}.json"
@@ -266,9 +274,49 @@ def main(argv: list[str] | None = None) -> None:
     report(args, results)
 
 
+def seeded_result(result: dict[str, Any], file_seed: int) -> dict[str, Any]:
+    """``result`` with its seed in its settings (older files keep it only in their
+    arguments) and, for a seed other than 0, in its arm's name: "lora (seed 1)"."""
+    settings = {"seed": file_seed, **result.get("settings", {})}
+    seed = settings["seed"]
+    arm = result["arm"] if seed == 0 else f"{result['arm']} (seed {seed})"
+    return {**result, "arm": arm, "settings": settings}
+
+
+def print_seeds(results: list[dict[str, Any]]) -> None:
+    """For each arm run with several seeds: the final held-out accuracy of each, their
+    mean, and the mean of each run's last three evaluations (one evaluation swings 2-3
+    points from round to round)."""
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for result in results:
+        by_arm.setdefault(result["arm"].split(" (seed")[0], []).append(result)
+    rows = []
+    for arm, runs in by_arm.items():
+        if len(runs) < 2:
+            continue
+        finals = [r["central_accuracy"] for r in runs]
+        evaluations = [
+            [e["central_accuracy"] for e in r.get("rounds", []) if "central_accuracy" in e]
+            for r in runs
+        ]
+        tails = [statistics.fmean(e[-3:]) for e in evaluations if e] or [math.nan]
+        rows.append(
+            {
+                "arm": arm,
+                "seeds": len(runs),
+                "final_each": " / ".join(f"{a:.3f}" for a in finals),
+                "final_mean": round(statistics.fmean(finals), 4),
+                "last3_mean": round(statistics.fmean(tails), 4),
+            }
+        )
+    if rows:
+        for row in rows:
+            print(json.dumps(row))
+        print_table(rows, ["arm", "seeds", "final_each", "final_mean", "last3_mean"])
+
+
 def report(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
-    """Save the results, plot them against traffic, and print their table."""
-    save(args.name, {"args": vars(args), "results": results})
+    """Plot the results against traffic, and print their table."""
     plot(results, RESULTS / f"{args.name}.png")
     print_table(
         [{k: v for k, v in r.items() if k != "rounds"} for r in results],

@@ -102,11 +102,10 @@ def _stacked(corpus: tuple[dict[str, Rows], Rows]) -> dict[str, np.ndarray]:
     """The roles' rows one after another, with the roles' names and counts, for storing."""
     roles, (x_held, y_held) = corpus
     names = sorted(roles)
-    width = x_held.shape[1]
     return {
         "names": np.array(names, dtype=str),
         "counts": np.array([len(roles[n][1]) for n in names], dtype=np.int64),
-        "x": np.concatenate([roles[n][0] for n in names]).reshape(-1, width),
+        "x": np.concatenate([roles[n][0] for n in names]),
         "y": np.concatenate([roles[n][1] for n in names]),
         "x_held": x_held,
         "y_held": y_held,
