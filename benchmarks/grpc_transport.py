@@ -1,14 +1,18 @@
 """The gRPC transport's cost on loopback, in one run:
 
 1. Upload throughput: a client sends a payload of ``--megabytes`` MB (a model update) to
-   the real ``FedstreamService`` over a Session stream, chunked and hashed as in a round,
-   against a raw TCP socket sending the same bytes (``sendall`` into a reader thread).
+   the real ``FedstreamService`` over a Session stream, chunked and hashed as in a round;
+   the same by the service's bulk lane (``transport.grpc.lane``: the ticketed socket beside
+   the stream, its CRC-32, then the stream's reply that claims the body); and a raw TCP
+   socket sending the same bytes (``sendall`` into a reader thread). The three alternate,
+   ``--repeats`` times; medians.
 2. Per-round overhead: the default digits job with 10 clients, all sampled every round,
    run in process and then as a gRPC server with 10 client processes (no TLS). Compared
    are the server's median wall time per round (``RoundReport.times["total_s"]``) and the
    final accuracy, which must be equal.
 
     python benchmarks/grpc_transport.py [--megabytes 100] [--rounds 10] [--repeats 3]
+        [--upload-only]
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from fedstream.store import RunStore
 from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
 from fedstream.transport.grpc.framing import chunks
+from fedstream.transport.grpc.lane import BulkLane, send_by_lane
 from fedstream.transport.grpc.server import PROTOCOL, Answer, FedstreamService, start_server
 
 
@@ -78,6 +83,51 @@ def grpc_upload_mb_s(payload: bytes) -> float:
     service.finish()
     server.stop(grace=None)
     channel.close()
+    return len(payload) / elapsed / 1e6
+
+
+def lane_upload_mb_s(payload: bytes) -> float:
+    """A fit update by the bulk lane, timed from its upload to the service's answer (which
+    waits for the stream's reply claiming it), as a deployed client sends it."""
+    lane = BulkLane("127.0.0.1")
+    service = FedstreamService({"c": "t"}, run_id="bench", lane=lane)
+    server, port = start_server(service, "127.0.0.1:0", None)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    outbound: queue.Queue[pb.ClientMessage | None] = queue.Queue()
+    outbound.put(pb.ClientMessage(hello=pb.Hello(client_id="c", token="t", protocol=PROTOCOL)))
+    stream = pb_grpc.FedstreamStub(channel).Session(iter(outbound.get, None))  # type: ignore[no-untyped-call]
+    requests: queue.Queue[pb.Request] = queue.Queue()
+
+    def read() -> None:
+        with contextlib.suppress(grpc.RpcError):  # the server stopping cancels the stream
+            for message in stream:
+                if message.WhichOneof("body") == "request":
+                    requests.put(message.request)
+
+    threading.Thread(target=read, daemon=True).start()
+    service.wait_for(1, 10)
+    inbox: queue.Queue[Answer] = queue.Queue()
+    model = bytes(len(payload) // 4 + 1)  # an update may be 4× the model sent
+    service.send("c", "fit", 1, {"config": {}}, model, inbox)
+    request = requests.get(timeout=60)
+    offer = json.loads(request.header_json)["lane"]
+    started = time.perf_counter()
+    send_by_lane("127.0.0.1", offer["port"], offer["ticket"], payload)
+    header = json.dumps({"lane_bytes": len(payload)})
+    reply = pb.Reply(
+        task_id=request.task_id, run_id="bench", round=1, kind="fit", header_json=header
+    )
+    outbound.put(pb.ClientMessage(reply=reply))
+    for chunk in chunks(b""):
+        outbound.put(pb.ClientMessage(chunk=chunk))
+    answer = inbox.get(timeout=300)
+    elapsed = time.perf_counter() - started
+    assert len(answer.payload) == len(payload) and answer.error is None, answer.error
+    outbound.put(None)
+    service.finish()
+    server.stop(grace=None)
+    channel.close()
+    lane.close()
     return len(payload) / elapsed / 1e6
 
 
@@ -165,18 +215,30 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--upload-only", action="store_true", help="skip the rounds")
     args = parser.parse_args()
     payload = bytes(range(256)) * (args.megabytes * 1_000_000 // 256)
-    grpc_runs = [grpc_upload_mb_s(payload) for _ in range(args.repeats)]
-    socket_runs = [socket_mb_s(payload) for _ in range(args.repeats)]
+    runs: dict[str, list[float]] = {"grpc": [], "lane": [], "socket": []}
+    for _ in range(args.repeats):  # interleaved: the machine's load hits all three alike
+        runs["grpc"].append(grpc_upload_mb_s(payload))
+        runs["lane"].append(lane_upload_mb_s(payload))
+        runs["socket"].append(socket_mb_s(payload))
     upload: dict[str, Any] = {
         "benchmark": "upload",
         "megabytes": len(payload) / 1e6,
-        "grpc_mb_s": statistics.median(grpc_runs),
-        "socket_mb_s": statistics.median(socket_runs),
+        **{f"{name}_mb_s": statistics.median(values) for name, values in runs.items()},
+        **{f"{name}_runs_mb_s": [round(v) for v in values] for name, values in runs.items()},
     }
     upload["grpc_over_socket"] = upload["grpc_mb_s"] / upload["socket_mb_s"]
+    upload["lane_over_socket"] = upload["lane_mb_s"] / upload["socket_mb_s"]
     print(json.dumps(upload), flush=True)
+    print(
+        f"upload of {upload['megabytes']:.0f} MB: gRPC stream {upload['grpc_mb_s']:.0f} MB/s "
+        f"({upload['grpc_over_socket']:.2f}×), bulk lane {upload['lane_mb_s']:.0f} MB/s "
+        f"({upload['lane_over_socket']:.2f}×), raw socket {upload['socket_mb_s']:.0f} MB/s"
+    )
+    if args.upload_only:
+        return
 
     config = from_mapping(
         {
@@ -202,10 +264,6 @@ def main() -> None:
         "accuracy_grpc": remote_acc,
     }
     print(json.dumps(rounds), flush=True)
-    print(
-        f"upload of {upload['megabytes']:.0f} MB: gRPC {upload['grpc_mb_s']:.0f} MB/s, "
-        f"raw socket {upload['socket_mb_s']:.0f} MB/s ({upload['grpc_over_socket']:.2f}×)"
-    )
     print(
         f"round, 10 clients: in process {local_s * 1000:.0f} ms, gRPC {remote_s * 1000:.0f} ms "
         f"(+{rounds['overhead_ms_per_round']:.0f} ms); accuracy {local_acc:.4f} / {remote_acc:.4f}"

@@ -96,6 +96,11 @@ class Process:
     def wait(self, timeout: float = 120) -> int:
         return self.popen.wait(timeout=timeout)
 
+    def stdout(self) -> str:
+        """All it printed to stdout (once it has exited)."""
+        assert self.popen.stdout is not None
+        return self.popen.stdout.read()
+
     def kill(self) -> None:
         os.kill(self.popen.pid, signal.SIGKILL)
         self.popen.wait()
@@ -174,15 +179,23 @@ def client_ids(config: SimulationConfig) -> list[str]:
 
 
 def deploy_run(
-    tmp_path: Path, toml: Path, tokens: Path, config: SimulationConfig
+    tmp_path: Path,
+    toml: Path,
+    tokens: Path,
+    config: SimulationConfig,
+    *server_flags: str,
+    clients_said: str = "",
 ) -> tuple[ServerState, RoundReport | None]:
-    """A whole deployment: the server and every configured client as processes, run to
-    the end; the final checkpoint's state and report."""
-    server, port = start_server_process(toml, tokens, tmp_path / "run")
+    """A whole deployment: the server (with ``server_flags``) and every configured client
+    as processes, run to the end, each client's output holding ``clients_said``; the
+    final checkpoint's state and report."""
+    server, port = start_server_process(toml, tokens, tmp_path / "run", *server_flags)
     clients = start_clients(toml, tokens, port, client_ids(config))
     assert server.wait() == 0, "".join(server.lines)
     for client in clients.values():
         assert client.wait() == 0, "".join(client.lines)
+        said = client.stdout()
+        assert clients_said in said, said
     # --insecure is said loudly on both sides
     for process in (server, *clients.values()):
         assert "runs WITHOUT TLS (--insecure)" in "".join(process.lines)

@@ -69,6 +69,17 @@ def test_a_server_and_five_client_processes_match_the_simulation(tmp_path):
     assert run["rounds"][0]["bytes_up"] == 5 * final.params.wire_size()  # 5 dense updates
 
 
+def test_the_cli_servers_bulk_port_carries_large_updates_and_changes_no_number(tmp_path):
+    # a 1.2 MB update (MLP 512-512 on digits): above the lane's 1 MiB threshold
+    changes = {"num_clients": 2, "clients_per_round": 2, "rounds": 2, "hidden": (512, 512)}
+    toml, tokens, config = write_run(tmp_path, **changes)
+    final, _ = deploy_run(
+        tmp_path, toml, tokens, config, "--bulk-port", "0",
+        clients_said="2 update(s) by the bulk lane",
+    )  # fmt: skip
+    assert final.params.bit_equal(simulate(config).state.params)
+
+
 def test_a_client_killed_mid_run_is_recorded_and_the_run_goes_on(tmp_path):
     toml, tokens, config = write_run(tmp_path, rounds=6, local_epochs=30, evaluate_every=0)
     server, port = start_server_process(toml, tokens, tmp_path / "run", "--round-timeout", "60")
@@ -360,6 +371,47 @@ def test_a_run_over_tls_and_a_client_that_cannot_verify_the_server(tmp_path):
     thread.join(timeout=120)
     assert result["run"].state.round == 1
     assert len(result["run"].reports[0].completed) == 5
+
+
+def test_updates_by_the_bulk_lane_over_mutual_tls_end_where_the_simulation_does(tmp_path):
+    ca, cert, key, client_cert, client_key = make_certificates(tmp_path)
+    # 64·512 + 512·512 + 512·10 weights: a 1.2 MB update, above the lane's 1 MiB threshold
+    config = make_config(**{**RUN, "rounds": 2, "hidden": (512, 512)})
+    ids = sorted(build_dataset(config).clients)
+    tokens = make_tokens(ids)
+    ready = threading.Event()
+    port: dict[str, int] = {}
+    result = {}
+
+    def run_server():
+        result["run"] = serve(
+            config, tokens, listen="localhost:0", output_dir=tmp_path / "run",
+            credentials=ServerCredentials(cert, key, client_ca=ca), bulk_port=0,
+            on_listening=lambda p: (port.update(p=p), ready.set()), wait_timeout_s=60,
+        )  # fmt: skip
+
+    thread = threading.Thread(target=run_server)
+    thread.start()
+    assert ready.wait(30)
+    stats = {}
+    credentials = ClientCredentials(ca, client_cert, client_key)
+
+    def client(client_id):
+        stats[client_id] = join(
+            f"localhost:{port['p']}", client_id, tokens[client_id], config,
+            credentials=credentials, give_up_after_s=30,
+        )  # fmt: skip
+
+    workers = [threading.Thread(target=client, args=(c,)) for c in ids]
+    for worker in workers:
+        worker.start()
+    thread.join(timeout=180)
+    for worker in workers:
+        worker.join(timeout=30)
+    simulated = simulate(config)
+    assert result["run"].state.params.bit_equal(simulated.state.params)
+    assert [r.bytes_up for r in result["run"].reports] == [r.bytes_up for r in simulated.reports]
+    assert {c: s.lane_uploads for c, s in stats.items()} == {c: 2 for c in ids}
 
 
 def test_the_server_refuses_to_start_without_tls_unless_told(tmp_path):

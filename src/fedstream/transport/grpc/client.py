@@ -16,6 +16,7 @@ import logging
 import math
 import queue
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -48,6 +49,12 @@ from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
 from fedstream.transport.grpc.codec import fit_config_from_dict
 from fedstream.transport.grpc.framing import CHUNK_BYTES, Assembler, ProtocolError, chunks
+from fedstream.transport.grpc.lane import (
+    LANE_MIN_BYTES,
+    LaneError,
+    client_tls,
+    send_by_lane,
+)
 from fedstream.transport.grpc.server import PROTOCOL
 from fedstream.transport.inprocess import describe_exception
 
@@ -120,6 +127,7 @@ class ClientStats:
     connections: int = 0
     tasks: int = 0
     refusals: int = 0
+    lane_uploads: int = 0  # updates that went by the server's bulk lane
 
 
 def _channel(address: str, credentials: ClientCredentials | None) -> grpc.Channel:
@@ -363,6 +371,7 @@ def _session(
         while not beating.wait(interval):
             outbound.put(pb.ClientMessage(heartbeat=pb.Heartbeat(sent_ms=int(time.time() * 1000))))
 
+    lane = _LaneRoute(address, credentials)
     with _channel(address, credentials) as channel:
         stub = pb_grpc.FedstreamStub(channel)  # type: ignore[no-untyped-call]
         stream = stub.Session(messages())
@@ -391,7 +400,7 @@ def _session(
                 elif kind == "chunk" and request is not None and assembler is not None:
                     payload = assembler.add(message.chunk)
                     if payload is not None:
-                        _answer(device, request, payload, outbound)
+                        stats.lane_uploads += _answer(device, request, payload, outbound, lane)
                         stats.tasks += 1
                         request, assembler = None, None
                 else:
@@ -402,15 +411,58 @@ def _session(
     return False
 
 
+class _LaneRoute:
+    """How this client reaches the server's lane (``grpc.lane``): the host it dials, with
+    TLS when its stream has TLS. The TLS context is made on first use."""
+
+    def __init__(self, address: str, credentials: ClientCredentials | None) -> None:
+        self.host = address.rpartition(":")[0].strip("[]") or address
+        self._credentials = credentials
+        self._tls: ssl.SSLContext | None = None
+
+    def tls(self) -> ssl.SSLContext | None:
+        c = self._credentials
+        if c is not None and self._tls is None:
+            self._tls = client_tls(c.root_ca, c.certificate_chain, c.private_key)
+        return self._tls
+
+    def send(self, request: pb.Request, body: bytes) -> bool:
+        """Upload ``body`` by the lane if the request offers one and ``body`` is large
+        enough; whether it went. A failed lane is logged, and the stream carries it."""
+        if len(body) < LANE_MIN_BYTES:
+            return False
+        offer = json.loads(request.header_json or "{}").get("lane")
+        if not isinstance(offer, dict):
+            return False
+        port, ticket = offer.get("port"), offer.get("ticket")
+        if not (isinstance(port, int) and 0 < port < 65536 and isinstance(ticket, str)):
+            log.warning("ignored a malformed lane offer: port %r", port)
+            return False
+        try:
+            send_by_lane(self.host, port, ticket[:256], body, self.tls())
+        except LaneError as exc:
+            log.warning("upload for task %s goes by the stream: %s", request.task_id, exc)
+            return False
+        return True
+
+
 def _answer(
-    device: _Device, request: pb.Request, payload: bytes, outbound: queue.Queue[Any]
-) -> None:
-    """Run one request and queue the reply (or the error that stopped it)."""
+    device: _Device,
+    request: pb.Request,
+    payload: bytes,
+    outbound: queue.Queue[Any],
+    lane: _LaneRoute,
+) -> bool:
+    """Run one request and queue the reply (or the error that stopped it); a large fit
+    update goes by the server's lane when it offers one (then ``True``)."""
     try:
         header, body = device.handle(request, payload)
         error = ""
     except Exception as exc:
         header, body, error = {}, b"", describe_exception(exc)
+    by_lane = request.kind == "fit" and not error and lane.send(request, body)
+    if by_lane:
+        header, body = {**header, "lane_bytes": len(body)}, b""
     reply = pb.Reply(
         task_id=request.task_id,
         run_id=request.run_id,
@@ -422,3 +474,4 @@ def _answer(
     outbound.put(pb.ClientMessage(reply=reply))
     for chunk in chunks(body):
         outbound.put(pb.ClientMessage(chunk=chunk))
+    return by_lane

@@ -37,6 +37,7 @@ from fedstream.transport.grpc import fedstream_pb2_grpc as pb_grpc
 from fedstream.transport.grpc.codec import fit_config_to_dict
 from fedstream.transport.grpc.framing import CHUNK_BYTES, Assembler, ProtocolError, chunks
 from fedstream.transport.grpc.handshake import HANDSHAKE_DEADLINE_S, HandshakeGuard, worker_count
+from fedstream.transport.grpc.lane import BulkLane
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ class Answer:
     task_id: str
     client_id: str
     header: dict[str, Any]
-    payload: bytes
+    payload: bytes | bytearray
     error: str | None
 
 
@@ -118,7 +119,8 @@ def token_matches(stored: str, token: str) -> bool:
 class FedstreamService(pb_grpc.FedstreamServicer):
     """Authenticates clients and moves requests and answers between them and the transport.
     ``tokens`` maps client ids to their tokens or to salted hashes of them (``hash_token``);
-    the service keeps only the hashes."""
+    the service keeps only the hashes. With a ``lane`` (``grpc.lane``) each fit request
+    carries a ticket for uploading its update beside the stream."""
 
     def __init__(
         self,
@@ -126,12 +128,14 @@ class FedstreamService(pb_grpc.FedstreamServicer):
         run_id: str,
         heartbeat_s: float = 5.0,
         max_payload_bytes: int = 2 << 30,
+        lane: BulkLane | None = None,
     ) -> None:
         # only salted hashes are kept: a memory dump or a debug print leaks no token
         self.tokens = {c: t if is_token_hash(t) else hash_token(t) for c, t in tokens.items()}
         self.run_id = run_id
         self.heartbeat_s = heartbeat_s
         self.max_payload_bytes = max_payload_bytes
+        self.lane = lane
         self.sessions: dict[str, _Session] = {}
         self.pending: dict[str, _Pending] = {}
         self.refusals: collections.deque[str] = collections.deque(maxlen=1000)  # the newest
@@ -298,11 +302,12 @@ class FedstreamService(pb_grpc.FedstreamServicer):
             if problem is None:
                 return pending.max_reply_bytes
             del self.pending[reply.task_id]
+        self._revoke([reply.task_id])
         pending.inbox.put(Answer(reply.task_id, session.client_id, {}, b"", problem))
         return None
 
     def _answer(
-        self, session: _Session, reply: pb.Reply, payload: bytes, error: str | None
+        self, session: _Session, reply: pb.Reply, payload: bytes | bytearray, error: str | None
     ) -> None:
         """Pass on a claimed reply whose payload has arrived (or broke, ``error``)."""
         with self.lock:
@@ -314,9 +319,33 @@ class FedstreamService(pb_grpc.FedstreamServicer):
             header = json.loads(reply.header_json) if reply.header_json else {}
         except ValueError:
             header, problem = {}, "reply header is not JSON"
+        if isinstance(header, dict) and "lane_bytes" in header:
+            payload, problem = self._by_lane(reply.task_id, session.client_id, header, payload)
+        else:
+            self._revoke([reply.task_id])
         pending.inbox.put(
             Answer(reply.task_id, session.client_id, header, payload, problem or error or None)
         )
+
+    def _by_lane(
+        self, task_id: str, client_id: str, header: dict[str, Any], payload: bytes | bytearray
+    ) -> tuple[bytes | bytearray, str | None]:
+        """The body a reply says came by the lane, or why it cannot be had."""
+        body = self.lane.take(task_id, client_id) if self.lane is not None else None
+        if payload:
+            return b"", "reply says its body came by the lane, and sent one on the stream too"
+        if body is None:
+            return b"", "reply says its body came by the lane, and none arrived there"
+        if header["lane_bytes"] != len(body):
+            return b"", (
+                f"lane_bytes={header['lane_bytes']!r} in the reply, but {len(body):,} bytes "
+                "came by the lane"
+            )
+        return body, None
+
+    def _revoke(self, task_ids: Sequence[str]) -> None:
+        if self.lane is not None and task_ids:
+            self.lane.revoke(list(task_ids))
 
     def _drop(self, session: _Session, reason: str) -> None:
         with self.changed:
@@ -330,6 +359,7 @@ class FedstreamService(pb_grpc.FedstreamServicer):
             for task_id, _ in lost:
                 del self.pending[task_id]
             self.changed.notify_all()
+        self._revoke([task_id for task_id, _ in lost])
         for task_id, pending in lost:
             pending.inbox.put(Answer(task_id, session.client_id, {}, b"", reason))
 
@@ -353,6 +383,9 @@ class FedstreamService(pb_grpc.FedstreamServicer):
             if session is None or not session.alive:
                 return None
             self.pending[task_id] = _Pending(client_id, kind, round_number, limit, inbox)
+        if self.lane is not None and kind == "fit" and isinstance(header, dict):
+            ticket = self.lane.issue(task_id, client_id, limit)
+            header = {**header, "lane": {"port": self.lane.port, "ticket": ticket}}
         request = pb.Request(
             task_id=task_id,
             run_id=self.run_id,
@@ -369,6 +402,7 @@ class FedstreamService(pb_grpc.FedstreamServicer):
         with self.lock:
             for task_id in task_ids:
                 self.pending.pop(task_id, None)
+        self._revoke(task_ids)
 
     def connected(self) -> list[str]:
         with self.lock:
@@ -521,7 +555,7 @@ class GrpcTransport:
     ) -> Iterator[tuple[str, bytes | ClientFailure]]:
         calls = {c: ({"stage": stage}, r) for c, r in requests.items()}
         for client_id, answer in self._call(stage, round_number, calls):
-            yield client_id, answer if isinstance(answer, ClientFailure) else answer.payload
+            yield client_id, answer if isinstance(answer, ClientFailure) else bytes(answer.payload)
 
 
 @dataclass
