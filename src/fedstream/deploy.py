@@ -54,7 +54,7 @@ from fedstream.transport.grpc.client import (
     ClientStats,
     run_client,
 )
-from fedstream.transport.grpc.lane import BulkLane, server_tls
+from fedstream.transport.grpc.lane import BulkLane, host_of, server_tls
 from fedstream.transport.grpc.server import (
     FedstreamService,
     GrpcTransport,
@@ -231,7 +231,7 @@ def serve(
 
 def open_lane(listen: str, port: int, credentials: ServerCredentials | None) -> BulkLane:
     """The bulk lane on ``listen``'s host and ``port``, with the stream's TLS if any."""
-    host = listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+    host = host_of(listen)
     if not 0 <= port < 65536:
         raise ConfigError("bulk_port", port, "a port number in [0, 65535] (0: any free port)")
     tls = (

@@ -13,6 +13,8 @@ import zlib
 import numpy as np
 import pytest
 
+from fedstream.deploy import open_lane
+from fedstream.errors import ConfigError
 from fedstream.transport.grpc import fedstream_pb2 as pb
 from fedstream.transport.grpc.framing import chunks
 from fedstream.transport.grpc.lane import (
@@ -20,6 +22,7 @@ from fedstream.transport.grpc.lane import (
     BulkLane,
     LaneError,
     client_tls,
+    host_of,
     send_by_lane,
     server_tls,
 )
@@ -256,3 +259,13 @@ def test_a_reply_that_lies_about_its_lane_upload_fails_its_task(lane_service, li
     )
     assert service.lane.take(request.task_id, "alice") is None  # nothing left behind
     alice.close()
+
+
+def test_a_bulk_port_out_of_range_or_taken_is_a_config_error_naming_it():
+    with pytest.raises(ConfigError, match=r"bulk_port=70000 is invalid: expected a port number"):
+        open_lane("127.0.0.1:0", 70000, None)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"bulk_port={port} is invalid: expected a port"):
+            open_lane("127.0.0.1:0", port, None)
+    assert host_of("[::1]:50051") == "::1" and host_of("server.example.org") == "server.example.org"

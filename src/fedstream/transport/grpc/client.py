@@ -53,6 +53,7 @@ from fedstream.transport.grpc.lane import (
     LANE_MIN_BYTES,
     LaneError,
     client_tls,
+    host_of,
     send_by_lane,
 )
 from fedstream.transport.grpc.server import PROTOCOL
@@ -416,7 +417,7 @@ class _LaneRoute:
     TLS when its stream has TLS. The TLS context is made on first use."""
 
     def __init__(self, address: str, credentials: ClientCredentials | None) -> None:
-        self.host = address.rpartition(":")[0].strip("[]") or address
+        self.host = host_of(address)
         self._credentials = credentials
         self._tls: ssl.SSLContext | None = None
 

@@ -247,6 +247,12 @@ def _read_exactly(connection: socket.socket, count: int, deadline: float) -> byt
     return bytes(data)
 
 
+def host_of(address: str) -> str:
+    """The host of a gRPC ``host:port`` address (``[::1]:50051`` → ``::1``), where the lane
+    listens beside the stream."""
+    return address.rpartition(":")[0].strip("[]") or address
+
+
 def send_by_lane(
     host: str,
     port: int,
