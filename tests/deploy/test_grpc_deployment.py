@@ -334,26 +334,34 @@ def test_a_payload_far_above_grpcs_message_limit_passes_in_chunks(live_service):
     channel.close()
 
 
-def test_a_run_over_tls_and_a_client_that_cannot_verify_the_server(tmp_path):
-    ca, cert, key, _, _ = make_certificates(tmp_path)
-    config = make_config(**{**RUN, "rounds": 1})
-    ids = sorted(build_dataset(config).clients)
-    tokens = make_tokens(ids)
+def serve_in_thread(tmp_path, config, tokens, **settings):
+    """``serve`` on localhost in a thread, once it listens: (the thread, the address to
+    dial, the dict that gets its result under "run")."""
     ready = threading.Event()
     port: dict[str, int] = {}
-    result = {}
+    result: dict = {}
 
     def run_server():
         result["run"] = serve(
-            config, tokens, listen="localhost:0", credentials=ServerCredentials(cert, key),
-            output_dir=tmp_path / "run", on_listening=lambda p: (port.update(p=p), ready.set()),
-            wait_timeout_s=60,
+            config, tokens, listen="localhost:0", output_dir=tmp_path / "run",
+            on_listening=lambda p: (port.update(p=p), ready.set()), wait_timeout_s=60,
+            **settings,
         )  # fmt: skip
 
     thread = threading.Thread(target=run_server)
     thread.start()
     assert ready.wait(30)
-    address = f"localhost:{port['p']}"
+    return thread, f"localhost:{port['p']}", result
+
+
+def test_a_run_over_tls_and_a_client_that_cannot_verify_the_server(tmp_path):
+    ca, cert, key, _, _ = make_certificates(tmp_path)
+    config = make_config(**{**RUN, "rounds": 1})
+    ids = sorted(build_dataset(config).clients)
+    tokens = make_tokens(ids)
+    thread, address, result = serve_in_thread(
+        tmp_path, config, tokens, credentials=ServerCredentials(cert, key)
+    )
     # a client that does not trust the server's CA never gets through
     with pytest.raises(ServerUnreachable, match="TLS handshake failed: the certificate of"):
         join(address, ids[0], tokens[ids[0]], config,
@@ -379,27 +387,17 @@ def test_updates_by_the_bulk_lane_over_mutual_tls_end_where_the_simulation_does(
     config = make_config(**{**RUN, "rounds": 2, "hidden": (512, 512)})
     ids = sorted(build_dataset(config).clients)
     tokens = make_tokens(ids)
-    ready = threading.Event()
-    port: dict[str, int] = {}
-    result = {}
-
-    def run_server():
-        result["run"] = serve(
-            config, tokens, listen="localhost:0", output_dir=tmp_path / "run",
-            credentials=ServerCredentials(cert, key, client_ca=ca), bulk_port=0,
-            on_listening=lambda p: (port.update(p=p), ready.set()), wait_timeout_s=60,
-        )  # fmt: skip
-
-    thread = threading.Thread(target=run_server)
-    thread.start()
-    assert ready.wait(30)
+    thread, address, result = serve_in_thread(
+        tmp_path, config, tokens, credentials=ServerCredentials(cert, key, client_ca=ca),
+        bulk_port=0,
+    )  # fmt: skip
     stats = {}
     credentials = ClientCredentials(ca, client_cert, client_key)
 
     def client(client_id):
         stats[client_id] = join(
-            f"localhost:{port['p']}", client_id, tokens[client_id], config,
-            credentials=credentials, give_up_after_s=30,
+            address, client_id, tokens[client_id], config, credentials=credentials,
+            give_up_after_s=30,
         )  # fmt: skip
 
     workers = [threading.Thread(target=client, args=(c,)) for c in ids]
