@@ -3,6 +3,7 @@ of different speeds that train and upload continuously; clients killed and resta
 and the server killed and resumed, lose nothing but the work in flight."""
 
 import json
+import re
 import time
 
 import pytest
@@ -157,3 +158,30 @@ def test_deployed_clients_stream_their_data_and_the_served_model_follows_the_dri
         assert all(0 <= t <= step["metrics"]["sim_time_s"] for t in step["data_times"].values())
     stream = json.loads((tmp_path / "run" / "results.json").read_text())["data"]["stream"]
     assert 0 < stream["freshness_p50_s"] < stream["freshness_p99_s"] < 10
+
+
+def test_an_async_deployment_takes_its_large_updates_by_the_bulk_lane(tmp_path):
+    # MLP 512-512 on digits: 1.2 MB updates, above the lane's 1 MiB threshold
+    toml, tokens, config = write_run(tmp_path, rounds=4, hidden=(512, 512), **ASYNC)
+    ids = client_ids(config)
+    server, port = start_server_process(toml, tokens, tmp_path / "run", "--bulk-port", "0")
+    clients = start_fleet(toml, tokens, port, ids, slow=set())
+    assert server.wait(timeout=180) == 0, "".join(server.lines)
+    said = {}
+    for client_id, client in clients.items():
+        assert client.wait() == 0, "".join(client.lines)
+        said[client_id] = client.stdout()
+    run = RunStore(tmp_path / "store.sqlite").run("run")
+    assert run["status"] == "finished" and len(run["rounds"]) == 4
+    taken = [c for step in run["rounds"] for c in step["completed"]]
+    # every update the server took came by the lane: no client fell back to the stream,
+    # and each counts at least as many lane uploads as the server took from it (a task
+    # in flight when the run ended may add one)
+    for client_id, client in clients.items():
+        assert "goes by the stream" not in "".join(client.lines), "".join(client.lines)
+        count = re.search(r"(\d+) update\(s\) by the bulk lane", said[client_id])
+        assert count is not None, said[client_id]
+        assert int(count.group(1)) >= taken.count(client_id), (said[client_id], taken)
+    assert len(taken) == 8  # 4 steps of K = 2
+    final, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert final.round == 4 and final.params.is_finite()
