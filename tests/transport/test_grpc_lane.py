@@ -16,6 +16,7 @@ import pytest
 from fedstream.deploy import open_lane
 from fedstream.errors import ConfigError
 from fedstream.transport.grpc import fedstream_pb2 as pb
+from fedstream.transport.grpc.client import _LaneRoute
 from fedstream.transport.grpc.framing import chunks
 from fedstream.transport.grpc.lane import (
     MAGIC,
@@ -269,3 +270,26 @@ def test_a_bulk_port_out_of_range_or_taken_is_a_config_error_naming_it():
         with pytest.raises(ConfigError, match=rf"bulk_port={port} is invalid: expected a port"):
             open_lane("127.0.0.1:0", port, None)
     assert host_of("[::1]:50051") == "::1" and host_of("server.example.org") == "server.example.org"
+
+
+@pytest.mark.parametrize(
+    "offer",
+    [
+        None, [], {"port": 0, "ticket": "ab" * 32}, {"port": 70000, "ticket": "ab" * 32},
+        {"port": "50052", "ticket": "ab" * 32}, {"port": 1, "ticket": 7},
+        {"port": 1, "ticket": "not hex"}, {"port": 1, "ticket": "ab" * 10_000},
+    ],
+)  # fmt: skip
+def test_a_client_given_a_lying_or_dead_lane_offer_sends_by_the_stream(offer):
+    route = _LaneRoute("127.0.0.1:1", None)
+    header = {"config": {}, "lane": offer} if offer is not None else {"config": {}}
+    request = pb.Request(task_id="t", kind="fit", header_json=json.dumps(header))
+    assert route.send(request, BODY) is False  # and nothing raised
+    assert route.send(request, b"small") is False  # below the threshold: never the lane
+
+
+def test_a_client_uses_a_live_lane_offer(lane):
+    offer = {"port": lane.port, "ticket": lane.issue("t", "alice", limit=4 << 20)}
+    request = pb.Request(task_id="t", kind="fit", header_json=json.dumps({"lane": offer}))
+    assert _LaneRoute(f"127.0.0.1:{lane.port}", None).send(request, BODY) is True
+    assert lane.take("t", "alice") == BODY

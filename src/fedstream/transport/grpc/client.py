@@ -432,7 +432,8 @@ class _LaneRoute:
         enough; whether it went. A failed lane is logged, and the stream carries it."""
         if len(body) < LANE_MIN_BYTES:
             return False
-        offer = json.loads(request.header_json or "{}").get("lane")
+        header = json.loads(request.header_json or "{}")
+        offer = header.get("lane") if isinstance(header, dict) else None
         if not isinstance(offer, dict):
             return False
         port, ticket = offer.get("port"), offer.get("ticket")
