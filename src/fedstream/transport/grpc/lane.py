@@ -53,7 +53,7 @@ MAGIC = b"FSL1"
 TICKET_BYTES = 32
 _HEADER = struct.Struct(f"<4s{TICKET_BYTES}sQI")
 LANE_MIN_BYTES = 1 << 20  # smaller updates go over the stream: a connection costs more
-READ_BYTES = 4 << 20  # at most this much per recv call
+READ_BYTES = 4 << 20  # at most this much per recv or send call
 MAX_REASON_BYTES = 1024
 IDLE_TIMEOUT_S = 30.0
 
@@ -277,7 +277,10 @@ def send_by_lane(
             connection.sendall(_HEADER.pack(MAGIC, ticket, len(view), crc))
             refusal = _verdict(connection)
             if refusal is None:
-                connection.sendall(view)
+                # a block at a time: the timeout bounds each, as the server's does each read
+                # (one sendall's timeout would bound the whole body, however large)
+                for start in range(0, len(view), READ_BYTES):
+                    connection.sendall(view[start : start + READ_BYTES])
                 refusal = _verdict(connection)
     except OSError as exc:
         raise LaneError(f"lane {host}:{port}: {exc}") from exc
