@@ -243,15 +243,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--merge", nargs="+", default=[], metavar="NAME",
-        help="run nothing: join these results files (later ones win an arm and seed) into --name",
+        help="run nothing: join these results files (later ones win an arm and seed) into "
+        "--name; NAME:LABEL renames the arms of that file's results to LABEL",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.merge:
         joined: dict[str, dict[str, Any]] = {}
-        for name in args.merge:
+        for entry in args.merge:
+            name, _, label = entry.partition(":")
             stored = json.loads((RESULTS / f"{name}.json").read_text())
             for result in stored["results"]:
-                seeded = seeded_result(result, stored["args"].get("seed", 0))
+                named = {**result, "arm": label} if label else result
+                seeded = seeded_result(named, stored["args"].get("seed", 0))
                 joined[seeded["arm"]] = seeded
         results = list(joined.values())
         save(args.name, {"args": vars(args), "results": results})
