@@ -32,9 +32,9 @@ stop: with TLS on the stream, the lane runs TLS too, with the same certificates.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import ssl
@@ -56,6 +56,8 @@ LANE_MIN_BYTES = 1 << 20  # smaller updates go over the stream: a connection cos
 READ_BYTES = 4 << 20  # at most this much per recv or send call
 MAX_REASON_BYTES = 1024
 IDLE_TIMEOUT_S = 30.0
+
+log = logging.getLogger("fedstream.server")
 
 
 class LaneError(FedstreamError, ConnectionError):
@@ -99,7 +101,6 @@ class BulkLane:
         self._issued: dict[str, bytes] = {}  # task id -> its ticket's key
         self._uploading: set[str] = set()  # tasks whose ticket was shown, body not yet in
         self._bodies: dict[str, tuple[str, bytearray]] = {}  # task id -> (client, body)
-        self.refusals: collections.deque[str] = collections.deque(maxlen=1000)
         self.crowded = 0  # connections closed because every slot was taken
         self._closed = False
         threading.Thread(target=self._accept, daemon=True, name="bulk-lane").start()
@@ -108,9 +109,10 @@ class BulkLane:
     def issue(self, task_id: str, client_id: str, limit: int) -> str:
         """A fresh ticket (hex) for ``task_id``'s upload of at most ``limit`` bytes."""
         ticket = os.urandom(TICKET_BYTES)
+        key = _key(ticket)
         with self._lock:
-            self._tickets[_key(ticket)] = _Ticket(task_id, client_id, limit)
-            self._issued[task_id] = _key(ticket)
+            self._tickets[key] = _Ticket(task_id, client_id, limit)
+            self._issued[task_id] = key
         return ticket.hex()
 
     def take(self, task_id: str, client_id: str) -> bytearray | None:
@@ -224,7 +226,7 @@ class BulkLane:
         return None
 
     def _refuse(self, connection: socket.socket, reason: str) -> None:
-        self.refusals.append(reason)
+        log.warning("bulk lane refused an upload: %s", reason)
         with contextlib.suppress(OSError):
             connection.sendall(b"\x00" + reason.encode()[:MAX_REASON_BYTES])
 
