@@ -141,16 +141,14 @@ def trainer_rounds(spec: dict[str, Any], epochs: int, batch: int, lr: float) -> 
             for c, seed in zip(chosen, seeds, strict=True)
         ]
         preparing += time.perf_counter() - before
-        answers = trainer.fit_cohort(Params(state), tasks, datasets)
+        block = trainer.fit_cohort(Params(state), tasks, datasets)
         share = np.array([d.x_train.shape[0] for d in datasets], dtype=np.float64)
         share /= share.sum()
         state = {
-            n: (g + np.tensordot(share, np.stack([a.payload[n] for a in answers]), 1)).astype(
-                g.dtype
-            )
+            n: (g + np.tensordot(share, block.payload[n], 1)).astype(g.dtype)
             for n, g in state.items()
         }
-        updates += len(answers)
+        updates += len(block)
     return [torch.from_numpy(np.asarray(state[n])) for n in names], updates, preparing
 
 

@@ -7,11 +7,12 @@ can be saved after any round and resumed exactly.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from fedstream import checks
 from fedstream.compression.codecs import Compression
@@ -165,6 +166,92 @@ class ClientUpdate:
     weight: float
     metrics: Mapping[str, float] = field(default_factory=dict)
     extras: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UpdateBlock:
+    """Several clients' plain updates of one round, stacked: row k of every payload array
+    (shape (K, *entry shape)), ``weights[k]`` and ``metrics[k]`` belong to
+    ``client_ids[k]``.
+
+    A cohort trained together travels to the server as one block when its clients send
+    their updates as trained (no compression, privacy, local entries or client
+    algorithm), so the server checks and sums K updates in a few array operations
+    instead of K rounds of Python calls (docs/architecture.md, "Stacked cohorts"). A block
+    has no extras: updates that carry some travel one by one.
+    """
+
+    client_ids: tuple[str, ...]
+    round: int
+    payload: Params
+    weights: npt.NDArray[np.float64]
+    metrics: tuple[Mapping[str, float], ...]
+
+    def __post_init__(self) -> None:
+        count = len(self.client_ids)
+        rows = {
+            "weights": self.weights.shape,
+            "metrics": (len(self.metrics),),
+            **{f"payload[{n!r}]": a.shape[:1] for n, a in self.payload.items()},
+        }
+        for what, shape in rows.items():
+            if shape != (count,):
+                raise ValueError(f"UpdateBlock {what} has {shape} rows, expected ({count},)")
+
+    def __len__(self) -> int:
+        return len(self.client_ids)
+
+    def row(self, k: int) -> ClientUpdate:
+        """Row ``k`` as its client's ``ClientUpdate`` (its payload views the block's)."""
+        payload = Params({n: a[k] for n, a in self.payload.items()})
+        return ClientUpdate(
+            self.client_ids[k], self.round, payload, float(self.weights[k]), self.metrics[k]
+        )
+
+    def rows(self) -> list[ClientUpdate]:
+        """Every row as a ``ClientUpdate``, in the block's order."""
+        return [self.row(k) for k in range(len(self))]
+
+    def take(self, rows: Sequence[int]) -> UpdateBlock:
+        """The block of ``rows`` (indices, in the order given): this block when they are
+        all of its rows in order, views when they are one ascending run, else copies."""
+        first = rows[0] if rows else 0
+        if list(rows) == list(range(first, first + len(rows))):
+            if len(rows) == len(self):
+                return self
+            chosen: slice | npt.NDArray[np.intp] = slice(first, first + len(rows))
+        else:
+            chosen = np.asarray(rows, dtype=np.intp)
+        return UpdateBlock(
+            tuple(self.client_ids[k] for k in rows),
+            self.round,
+            Params({n: a[chosen] for n, a in self.payload.items()}),
+            self.weights[chosen],
+            tuple(self.metrics[k] for k in rows),
+        )
+
+    @classmethod
+    def stack(cls, updates: Sequence[ClientUpdate]) -> UpdateBlock:
+        """The updates of one round, stacked in the order given. Each must have no extras
+        and the layout of the first."""
+        if not updates:
+            raise ValueError("an UpdateBlock needs at least one update")
+        first = updates[0]
+        for update in updates:
+            if update.round != first.round or update.extras:
+                raise ValueError(
+                    f"update of {update.client_id!r} cannot join a block: round "
+                    f"{update.round} (the block's is {first.round}), extras "
+                    f"{sorted(update.extras)} (a block carries none)"
+                )
+            first.payload.check_compatible(update.payload, "stacked payload")
+        return cls(
+            tuple(u.client_id for u in updates),
+            first.round,
+            Params({n: np.stack([u.payload[n] for u in updates]) for n in first.payload}),
+            np.array([u.weight for u in updates], dtype=np.float64),
+            tuple(u.metrics for u in updates),
+        )
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,7 @@ def test_a_char_lstm_cohort_trains_as_each_client_alone(algorithm):
         )
         for k in range(len(data))
     ]
-    cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, data)
+    cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, data).rows()
     for task, one, many in zip(tasks, data, cohort, strict=True):
         alone = TorchTrainer(model, "classification").fit(start, task, one)
         assert many.client_id == task.client_id and many.weight == one.num_train

@@ -82,7 +82,7 @@ def test_vectorized_cohort_equals_one_client_at_a_time(config):
         TorchTrainer(model, "classification").fit(start, t, d)
         for t, d in zip(tasks, clients, strict=True)
     ]
-    cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, clients)
+    cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, clients).rows()
     for one, many in zip(sequential, cohort, strict=True):
         assert one.client_id == many.client_id and one.weight == many.weight
         for name in start:
@@ -124,7 +124,7 @@ def test_batch_norm_trains_the_same_vectorised_with_per_client_statistics():
         TorchTrainer(model, "classification").fit(start, t, d)
         for t, d in zip(tasks, clients, strict=True)
     ]
-    cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, clients)
+    cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, clients).rows()
     for one, many in zip(sequential, cohort, strict=True):
         for name in start:
             assert many.payload[name].dtype == start[name].dtype
@@ -149,8 +149,8 @@ def test_dropout_draws_from_the_task_seed_in_both_trainers():
     other_seed = FitTask("c1", 1, FitConfig(seed=99, local_epochs=1, batch_size=5, lr=0.1))
     assert not one_at_a_time.fit(start, other_seed, clients[1]).payload.bit_equal(first.payload)
     vectorised = VectorizedTrainer(model, "classification")
-    a = vectorised.fit_cohort(start, tasks, clients)
-    b = vectorised.fit_cohort(start, tasks, clients)
+    a = vectorised.fit_cohort(start, tasks, clients).rows()
+    b = vectorised.fit_cohort(start, tasks, clients).rows()
     assert all(x.payload.bit_equal(y.payload) for x, y in zip(a, b, strict=True))
     before = torch.get_rng_state()
     vectorised.fit_cohort(start, tasks, clients)
@@ -163,7 +163,9 @@ def test_a_cohort_trains_each_client_from_its_own_start():
     start = params_from_module(model)
     own = [start.map(lambda a, k=k: a + k if a.dtype.kind == "f" else a) for k in range(3)]
     tasks = cohort_tasks(3, batch_size=4, lr=0.1)
-    cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, clients, own)
+    cohort = (
+        VectorizedTrainer(model, "classification").fit_cohort(start, tasks, clients, own).rows()
+    )
     for task, data, begin, many in zip(tasks, clients, own, cohort, strict=True):
         one = TorchTrainer(model, "classification").fit(begin, task, data)
         np.testing.assert_allclose(many.payload.flat(), one.payload.flat(), rtol=1e-4, atol=1e-5)

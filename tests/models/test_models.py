@@ -71,7 +71,7 @@ def cohort_matches_one_at_a_time(
         )
         for k, c in enumerate(ids)
     ]
-    cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, data)
+    cohort = VectorizedTrainer(model, "classification").fit_cohort(start, tasks, data).rows()
     for task, one, many in zip(tasks, data, cohort, strict=True):
         alone = TorchTrainer(model, "classification").fit(start, task, one)
         np.testing.assert_allclose(many.payload.flat(), alone.payload.flat(), atol=1e-7)

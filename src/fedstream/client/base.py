@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 
 from fedstream.data.base import ClientData
 from fedstream.params import Params
-from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
+from fedstream.types import ClientUpdate, EvaluateResult, FitConfig, UpdateBlock
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,11 @@ class CohortTrainer(Trainer, Protocol):
         tasks: Sequence[FitTask],
         datasets: Sequence[ClientData],
         starts: Sequence[Params] | None = None,
-    ) -> list[ClientUpdate]:
+    ) -> UpdateBlock:
         """Train every task's client on its data, from ``params``, or from its own entry of
         ``starts`` (the global params with the client's local entries in); each update's
-        delta is relative to where that client started."""
+        delta is relative to where that client started. The updates come stacked, in the
+        tasks' order (at least one task)."""
         ...
 
 

@@ -36,7 +36,7 @@ from fedstream.client.algorithms import (
     scaffold_finish,
 )
 from fedstream.client.base import CohortTrainer, FitTask, Trainer
-from fedstream.client.encode import prepare_upload
+from fedstream.client.encode import prepare_upload, upload_codec
 from fedstream.client.local import LOCAL, keep_local, shared_part, start_params
 from fedstream.client.state import ClientState
 from fedstream.data.base import ClientData
@@ -117,7 +117,7 @@ def fit_all(
     """Each task trained from its own start: as one cohort when the trainer trains
     cohorts, else one at a time."""
     if isinstance(trainer, CohortTrainer) and len(tasks) > 1:
-        return trainer.fit_cohort(starts[0], tasks, datasets, starts)
+        return trainer.fit_cohort(starts[0], tasks, datasets, starts).rows()
     return [trainer.fit(*one) for one in zip(starts, tasks, datasets, strict=True)]
 
 
@@ -178,6 +178,22 @@ def seeded_noise(config: FitConfig) -> bool:
     if privacy is not None and privacy.noise_multiplier > 0:
         return not privacy.secure_noise
     return sample is not None and not sample.secure_noise
+
+
+def sent_as_trained(config: FitConfig) -> bool:
+    """Whether :func:`finish_fit` sends a client's update exactly as it was trained and
+    leaves its state alone, for every client of a task with ``config``: no local entries,
+    client algorithm, sample-level or local DP, compression, upload mask or secure sum, and
+    metrics in the clear. A cohort of such tasks can travel as one ``UpdateBlock``."""
+    return (
+        config.algorithm == "sgd"
+        and not config.local_entries
+        and config.sample_dp is None
+        and config.privacy is None
+        and upload_codec(config) is None
+        and not config.secure_aggregation
+        and config.client_metrics == "clear"
+    )
 
 
 def finish_fit(

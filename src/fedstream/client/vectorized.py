@@ -44,7 +44,6 @@ from fedstream.client.recurrent import UnrolledRecurrence, unbatchable
 from fedstream.client.shuffles import epoch_shuffles
 from fedstream.client.torch_trainer import (
     TorchTrainer,
-    batch_slices,
     check_layout,
     frozen_names,
     per_sample_loss,
@@ -55,7 +54,7 @@ from fedstream.client.torch_trainer import (
 from fedstream.data.base import ClientData, Task
 from fedstream.errors import ConfigError
 from fedstream.params import Params
-from fedstream.types import ClientUpdate, EvaluateResult
+from fedstream.types import ClientUpdate, EvaluateResult, UpdateBlock
 
 TensorDict = dict[str, torch.Tensor]
 
@@ -191,7 +190,7 @@ class VectorizedTrainer:
         return self._gradients(weights, buffers, dropouts, x, y, step_mask)
 
     def fit(self, params: Params, task: FitTask, data: ClientData) -> ClientUpdate:
-        return self.fit_cohort(params, [task], [data])[0]
+        return self.fit_cohort(params, [task], [data]).row(0)
 
     def evaluate(
         self, params: Params, client_id: str, round_number: int, data: ClientData
@@ -204,17 +203,19 @@ class VectorizedTrainer:
         tasks: Sequence[FitTask],
         datasets: Sequence[ClientData],
         starts: Sequence[Params] | None = None,
-    ) -> list[ClientUpdate]:
+    ) -> UpdateBlock:
         if not tasks:
-            return []
+            raise ValueError("fit_cohort needs at least one task")
         config = tasks[0].config
         if config.sample_dp is not None:  # per-example gradients: one client at a time
-            return [
-                self.sequential.fit(start, t, d)
-                for t, d, start in zip(
-                    tasks, datasets, starts or [params] * len(tasks), strict=True
-                )
-            ]
+            return UpdateBlock.stack(
+                [
+                    self.sequential.fit(start, t, d)
+                    for t, d, start in zip(
+                        tasks, datasets, starts or [params] * len(tasks), strict=True
+                    )
+                ]
+            )
         key = config.cohort_key()
         for task in tasks[1:]:
             if task.config.cohort_key() != key or task.frozen != tasks[0].frozen:
@@ -240,7 +241,7 @@ class VectorizedTrainer:
         tasks: Sequence[FitTask],
         datasets: Sequence[ClientData],
         starts: Sequence[Params] | None,
-    ) -> list[ClientUpdate]:
+    ) -> UpdateBlock:
         """Train the cohort with its clients ordered largest first, so that at every step
         the clients that still have a batch are a prefix: a step computes only them (views,
         no copies), and a cohort of uneven clients costs about the sum of their steps, not
@@ -253,10 +254,7 @@ class VectorizedTrainer:
             [datasets[k] for k in order],
             None if starts is None else [starts[k] for k in order],
         )
-        updates: list[ClientUpdate] = [ranked[0]] * len(tasks)
-        for rank, k in enumerate(order):
-            updates[k] = ranked[rank]
-        return updates
+        return ranked.take(np.argsort(order).tolist())
 
     def _fit_ranked(
         self,
@@ -264,7 +262,7 @@ class VectorizedTrainer:
         tasks: Sequence[FitTask],
         datasets: Sequence[ClientData],
         starts: Sequence[Params] | None,
-    ) -> list[ClientUpdate]:
+    ) -> UpdateBlock:
         """``_fit_cohort`` for a cohort ordered by training examples, largest first."""
         config = tasks[0].config
         cohort = len(tasks)
@@ -288,7 +286,7 @@ class VectorizedTrainer:
         if config.payload == "gradient":
             mask = torch.from_numpy(np.arange(x.shape[1])[None, :] < sizes[:, None]).to(real)
             grads, loss = self._step_gradients(weights, buffers, x, y, mask, draws)
-            return _updates(tasks, sizes, {n: g.numpy() for n, g in grads.items()}, loss)
+            return _block(tasks, sizes, {n: g.numpy() for n, g in grads.items()}, loss)
 
         masks = pruning_masks(params) if config.masked else {}
         corrections = self._corrections(tasks)
@@ -329,7 +327,7 @@ class VectorizedTrainer:
         final = {**weights, **buffers}
         deltas = {n: (final[n] - anchor[n]).numpy() for n in params}
         steps = step_count if config.algorithm != "sgd" else None
-        return _updates(tasks, sizes, deltas, loss_sum / step_count, step_count > 0, steps)
+        return _block(tasks, sizes, deltas, loss_sum / step_count, step_count > 0, steps)
 
     def _corrections(self, tasks: Sequence[FitTask]) -> TensorDict:
         """Each client's gradient correction (SCAFFOLD), (K, …) per parameter; empty when
@@ -398,17 +396,22 @@ def _epoch_batches(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Index (steps, K, B) and mask (steps, K, B) for one epoch: client k's step s batch is
     the s-th slice of its epoch's shuffle ``orders[k]`` (``client.shuffles``: the draw
-    ``TorchTrainer`` makes)."""
+    ``TorchTrainer`` makes). Each order is laid out along a (steps × B)-wide row, so its
+    batches are the row's consecutive B-wide pieces (``batch_slices``)."""
     widest = int(batch_size or sizes.max())
-    steps = max(len(batch_slices(int(n), batch_size)) for n in sizes)
-    index = np.zeros((steps, len(sizes), widest), dtype=np.int64)
-    mask = np.zeros((steps, len(sizes), widest), dtype=bool)
-    for k, (order, n) in enumerate(zip(orders, sizes, strict=True)):
-        for step, batch in enumerate(batch_slices(int(n), batch_size)):
-            chunk = order[batch]
-            index[step, k, : len(chunk)] = chunk
-            mask[step, k, : len(chunk)] = True
-    return torch.from_numpy(index), torch.from_numpy(mask)
+    steps = -(-int(sizes.max()) // widest)
+    counts = np.asarray(sizes, dtype=np.int64)
+    clients = np.repeat(np.arange(len(counts)), counts)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    positions = np.arange(len(clients)) - starts  # each example's place in its client's order
+    index = np.zeros((len(counts), steps * widest), dtype=np.int64)
+    index[clients, positions] = np.concatenate(orders) if len(orders) else clients
+    mask = np.arange(steps * widest)[None, :] < counts[:, None]
+    shape = (len(counts), steps, widest)
+    return (
+        torch.from_numpy(index.reshape(shape).transpose(1, 0, 2).copy()),
+        torch.from_numpy(mask.reshape(shape).transpose(1, 0, 2).copy()),
+    )
 
 
 def _broadcast(per_client: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -416,24 +419,30 @@ def _broadcast(per_client: torch.Tensor) -> Callable[[torch.Tensor], torch.Tenso
     return lambda like: per_client.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _updates(
+def _block(
     tasks: Sequence[FitTask],
     sizes: np.ndarray,
     payloads: dict[str, np.ndarray],
     loss: torch.Tensor,
     trained: torch.Tensor | None = None,
     steps: torch.Tensor | None = None,
-) -> list[ClientUpdate]:
-    """One update per task; a client that took no step (``trained`` false) reports no
-    loss; with ``steps`` each reports how many steps it took (``client.algorithms``)."""
+) -> UpdateBlock:
+    """The cohort's updates as one block, (K, …) payloads in the tasks' order; a client
+    that took no step (``trained`` false) reports no loss; with ``steps`` each reports how
+    many steps it took (``client.algorithms``)."""
     losses = loss.tolist()  # one conversion, not a tensor index per client
     took = trained.tolist() if trained is not None else [True] * len(tasks)
     counts = steps.tolist() if steps is not None else None
-    updates = []
-    for k, task in enumerate(tasks):
-        metrics = {"loss": losses[k]} if took[k] else {}
+    metrics = []
+    for k in range(len(tasks)):
+        one = {"loss": losses[k]} if took[k] else {}
         if counts is not None:
-            metrics[STEPS] = counts[k]
-        payload = Params({n: p[k] for n, p in payloads.items()})
-        updates.append(ClientUpdate(task.client_id, task.round, payload, float(sizes[k]), metrics))
-    return updates
+            one[STEPS] = counts[k]
+        metrics.append(one)
+    return UpdateBlock(
+        tuple(t.client_id for t in tasks),
+        tasks[0].round,
+        Params(payloads),
+        sizes.astype(np.float64),
+        tuple(metrics),
+    )

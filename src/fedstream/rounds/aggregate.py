@@ -29,7 +29,7 @@ from fedstream.rounds.config import RoundConfig, SecureSumConfig
 from fedstream.secure.plain import PlainSum
 from fedstream.secure.session import Exchanger, SecureSumResult, he_sum, secure_sum
 from fedstream.strategies.base import Strategy
-from fedstream.types import ClientUpdate, WeightedSum
+from fedstream.types import ClientUpdate, UpdateBlock, WeightedSum
 
 # (transport, round, participants, like, config, rng) -> result, by the config's scheme
 SECURE_PROTOCOLS: dict[str, Callable[..., SecureSumResult]] = {
@@ -56,6 +56,10 @@ class Aggregation(Protocol):
 
     def add(self, update: ClientUpdate) -> None: ...
 
+    def add_block(self, block: UpdateBlock) -> None:
+        """``add`` for each row of ``block``, in its order."""
+        ...
+
     def finish(
         self,
         transport: Exchanger,
@@ -76,6 +80,9 @@ class StreamingSum:
 
     def add(self, update: ClientUpdate) -> None:
         self._sum.add(update.payload, update.weight, update.extras)
+
+    def add_block(self, block: UpdateBlock) -> None:
+        self._sum.add_block(block.payload, block.weights)
 
     def finish(
         self,
@@ -101,6 +108,11 @@ class IndividualUpdates:
         self._sum.add(update)
         self._buffer.add(update.client_id, update.payload, update.weight)
 
+    def add_block(self, block: UpdateBlock) -> None:
+        self._sum.add_block(block)
+        for update in block.rows():
+            self._buffer.add(update.client_id, update.payload, update.weight)
+
     def finish(
         self,
         transport: Exchanger,
@@ -125,6 +137,9 @@ class SecureRound:
         self._protocol = SECURE_PROTOCOLS[config.scheme]
 
     def add(self, update: ClientUpdate) -> None:
+        raise AssertionError("a secure sum never sees an update")  # pragma: no cover
+
+    def add_block(self, block: UpdateBlock) -> None:
         raise AssertionError("a secure sum never sees an update")  # pragma: no cover
 
     def finish(

@@ -16,8 +16,8 @@ from fedstream.errors import ClientFailure
 from fedstream.params import Params
 from fedstream.rounds.config import UpdateBounds
 from fedstream.rounds.plan import RoundPlan
-from fedstream.transport.base import Delivery
-from fedstream.types import WITHIN_CLIP, ClientUpdate, FitConfig
+from fedstream.transport.base import Delivery, Fitted, StackedDelivery
+from fedstream.types import WITHIN_CLIP, ClientUpdate, FitConfig, UpdateBlock
 
 if TYPE_CHECKING:
     from fedstream.secure.session import SecureSumResult
@@ -145,30 +145,66 @@ class InTaskOrder:
     arrive in. Float sums depend on order, so this makes a round's sum, and so the whole
     run, the same in simulation and deployment and after a resume. An update waits only for
     the ones before it still outstanding; in the simulation they arrive in order and
-    nothing waits."""
+    nothing waits.
 
-    def __init__(self, order: Sequence[str], accept: Callable[[ClientUpdate], None]) -> None:
+    Rows of an ``UpdateBlock`` are settled together (``settle_block``) and passed on as
+    blocks (``accept_block``) of the rows that come next to each other in task order."""
+
+    def __init__(
+        self,
+        order: Sequence[str],
+        accept: Callable[[ClientUpdate], None],
+        accept_block: Callable[[UpdateBlock], None] | None = None,
+    ) -> None:
         self._order = list(order)
         self._next = 0
-        self._settled: dict[str, ClientUpdate | None] = {}
+        self._settled: dict[str, ClientUpdate | tuple[UpdateBlock, int] | None] = {}
         self._accept = accept
+        self._accept_block = accept_block
 
     def settle(self, client_id: str, update: ClientUpdate | None) -> None:
         """``client_id``'s outcome: its accepted update, or ``None`` if it failed."""
         self._settled[client_id] = update
-        while self._next < len(self._order) and self._order[self._next] in self._settled:
-            ready = self._settled.pop(self._order[self._next])
-            self._next += 1
-            if ready is not None:
-                self._accept(ready)
+        self._release(until_missing=True)
+
+    def settle_block(self, block: UpdateBlock, accepted: Sequence[bool]) -> None:
+        """The outcomes of a block's clients: row k accepted when ``accepted[k]``."""
+        for k, (client_id, ok) in enumerate(zip(block.client_ids, accepted, strict=True)):
+            self._settled[client_id] = (block, k) if ok else None
+        self._release(until_missing=True)
 
     def finish(self) -> None:
         """Pass on whatever is still waiting (those before it never answered)."""
-        for client_id in self._order[self._next :]:
+        self._release(until_missing=False)
+
+    def _release(self, until_missing: bool) -> None:
+        """Pass on the settled outcomes from the next in task order: up to the first not
+        yet settled, or (``until_missing`` false) all of them, skipping the unsettled."""
+        run: list[int] = []
+        run_block: UpdateBlock | None = None
+        while self._next < len(self._order):
+            client_id = self._order[self._next]
+            if client_id not in self._settled and until_missing:
+                break
+            self._next += 1
             ready = self._settled.pop(client_id, None)
-            if ready is not None:
+            if isinstance(ready, tuple):
+                block, k = ready
+                if block is not run_block:
+                    self._pass_run(run_block, run)
+                    run, run_block = [], block
+                run.append(k)
+            elif ready is not None:
+                self._pass_run(run_block, run)
+                run, run_block = [], None
                 self._accept(ready)
-        self._next = len(self._order)
+        self._pass_run(run_block, run)
+
+    def _pass_run(self, block: UpdateBlock | None, rows: list[int]) -> None:
+        if block is None or not rows:
+            return
+        assert self._accept_block is not None, "a block was settled without accept_block"
+        self._accept_block(block.take(rows))
 
 
 @dataclass(frozen=True)
@@ -201,22 +237,30 @@ class _Tally:
     completed: list[str] = field(default_factory=list)
     train_metrics: list[tuple[float, Mapping[str, float]]] = field(default_factory=list)
     pulls: list[tuple[str, float]] = field(default_factory=list)
+    bytes_down: int = 0
+    bytes_up: int = 0
 
 
 def collect_updates(
-    deliveries: Iterable[Delivery[ClientUpdate]],
+    deliveries: Iterable[Fitted],
     plan: RoundPlan,
     like: Params,
     accept: Callable[[ClientUpdate], None] | None,
     bounds: UpdateBounds,
     codec: Compression | None,
     mask: npt.NDArray[np.bool_] | None,
+    accept_block: Callable[[UpdateBlock], None] | None = None,
 ) -> Collected:
     """Take every delivery of the round's fit call: decode (``codec``) and validate each
     answer against ``like``, the plan and ``bounds``, and hand the accepted updates to
     ``accept`` in task order. With ``accept=None`` the updates stay on the clients (a
     secure sum): the server gets only their metrics and checks only the round. Bounds
-    relative to the round hold the updates until the last answer, then screen them."""
+    relative to the round hold the updates until the last answer, then screen them.
+
+    A block of updates (``StackedDelivery``) is checked in a few array operations and its
+    accepted rows go to ``accept_block`` as blocks, still in task order; without
+    ``accept_block``, or where a block cannot be taken whole (a codec, bounds relative to
+    the round, a client not asked), its rows go through one by one."""
     round_number = plan.round
     failures = list(plan.failures)
     tally = _Tally()
@@ -232,28 +276,42 @@ def collect_updates(
         if not on_clients:
             tally.pulls.append((update.client_id, update.weight * norms[update.client_id]))
 
+    def accepted_block(block: UpdateBlock) -> None:
+        assert accept_block is not None
+        accept_block(block)
+        weights = block.weights.tolist()
+        tally.completed.extend(block.client_ids)
+        tally.train_metrics.extend(zip(weights, block.metrics, strict=True))
+        tally.pulls.extend(
+            (client_id, weight * norms[client_id])
+            for client_id, weight in zip(block.client_ids, weights, strict=True)
+        )
+
     screened = bounds.relative and not on_clients
-    in_order = InTaskOrder([t.client_id for t in plan.tasks], held.append if screened else accepted)
-    bytes_down = bytes_up = 0
+    in_order = InTaskOrder(
+        [t.client_id for t in plan.tasks], held.append if screened else accepted, accepted_block
+    )
+    whole_blocks = accept_block is not None and not screened and not on_clients and codec is None
     expected = {task.client_id for task in plan.tasks}
     seeds = {t.client_id: t.config.seed for t in plan.tasks}
-    for delivery in deliveries:
-        bytes_down += delivery.bytes_down
-        bytes_up += delivery.bytes_up
+
+    def take(delivery: Delivery[ClientUpdate]) -> None:
+        tally.bytes_down += delivery.bytes_down
+        tally.bytes_up += delivery.bytes_up
         result = delivery.result
         if isinstance(result, ClientFailure):
             failures.append(result)
             if result.client_id in expected:
                 expected.discard(result.client_id)
                 in_order.settle(result.client_id, None)
-            continue
+            return
         if result.client_id not in expected:
             failures.append(
                 ClientFailure(
                     result.client_id, "validate", "not asked in this round, or answered twice"
                 )
             )
-            continue
+            return
         expected.discard(result.client_id)
         if on_clients:
             rejection = (
@@ -270,6 +328,31 @@ def collect_updates(
         if rejection is not None:
             failures.append(ClientFailure(result.client_id, "validate", rejection))
         in_order.settle(result.client_id, None if rejection is not None else result)
+
+    def take_block(delivery: StackedDelivery) -> None:
+        block, count = delivery.block, len(delivery.block)
+        tally.bytes_down += delivery.bytes_down_each * count
+        tally.bytes_up += delivery.bytes_up_each * count
+        expected.difference_update(block.client_ids)
+        reasons, block_norms = _check_block(
+            block, like, round_number, bounds.max_norm, plan.fit, bounds.max_weight
+        )
+        norms.update(zip(block.client_ids, block_norms, strict=True))
+        failures.extend(
+            ClientFailure(client_id, "validate", reason)
+            for client_id, reason in zip(block.client_ids, reasons, strict=True)
+            if reason is not None
+        )
+        in_order.settle_block(block, [reason is None for reason in reasons])
+
+    for delivery in deliveries:
+        if not isinstance(delivery, StackedDelivery):
+            take(delivery)
+        elif whole_blocks and _all_asked(delivery.block.client_ids, expected):
+            take_block(delivery)
+        else:
+            for one in delivery.split():
+                take(one)
     in_order.finish()
     if screened:
         reasons = relative_rejections(
@@ -289,9 +372,64 @@ def collect_updates(
         tuple(tally.completed),
         tuple(failures),
         tuple(tally.train_metrics),
-        bytes_down,
-        bytes_up,
+        tally.bytes_down,
+        tally.bytes_up,
         tuple(tally.pulls),
+    )
+
+
+def _all_asked(client_ids: Sequence[str], expected: set[str]) -> bool:
+    """Whether every client of a block was asked and has not answered yet, once each."""
+    return len(set(client_ids)) == len(client_ids) and expected.issuperset(client_ids)
+
+
+def _check_block(
+    block: UpdateBlock,
+    like: Params,
+    round_number: int,
+    max_norm: float | None,
+    fit: FitConfig | None,
+    max_weight: float | None,
+) -> tuple[list[str | None], list[float]]:
+    """``_check`` for every row of ``block``: why each must be rejected (or ``None``) and
+    its payload's L2 norm. The rows that are plainly fine (the round, the layout, a
+    weight in range, a finite norm within ``max_norm``, and a task config that asks for
+    nothing more: no privacy, DP-SGD or FedNova) are found with array operations; every
+    other row gets ``_check``'s own verdict and message. The norms are computed as
+    ``Params.norm`` computes them, row by row, so they are the same to the last bit."""
+    count = len(block)
+    norms = [0.0] * count
+    fine = np.zeros(count, dtype=bool)
+    plain = fit is None or (
+        fit.algorithm != "fednova" and fit.privacy is None and fit.sample_dp is None
+    )
+    if plain and block.round == round_number and _stacked_like(block, like):
+        arrays = list(block.payload.values())
+        norms = [
+            math.sqrt(sum(float(np.vdot(a[k], a[k]).real) for a in arrays)) for k in range(count)
+        ]
+        weights, row_norms = block.weights, np.array(norms)
+        fine = (
+            np.isfinite(weights) & (weights > 0) & (weights <= MAX_WEIGHT) & np.isfinite(row_norms)
+        )
+        if max_weight is not None:
+            fine &= weights <= max_weight
+        if max_norm is not None:
+            fine &= row_norms <= max_norm
+    reasons: list[str | None] = [None] * count
+    for k in np.flatnonzero(~fine).tolist():
+        reasons[k], norms[k] = _check(block.row(k), like, round_number, max_norm, fit, max_weight)
+    return reasons, norms
+
+
+def _stacked_like(block: UpdateBlock, like: Params) -> bool:
+    """Whether every row of ``block`` has ``like``'s names, order, shapes and dtypes."""
+    if list(block.payload) != list(like):
+        return False
+    count = len(block)
+    return all(
+        a.shape == (count, *like[n].shape) and a.dtype == like[n].dtype
+        for n, a in block.payload.items()
     )
 
 

@@ -46,7 +46,7 @@ from fedstream.rounds.evaluate import (
 )
 from fedstream.rounds.plan import TaskPolicy, plan_round
 from fedstream.strategies.base import Strategy
-from fedstream.transport.base import Transport
+from fedstream.transport.base import Transport, fit_deliveries
 from fedstream.types import RoundReport, ServerState, WeightedSum
 
 log = logging.getLogger("fedstream.rounds")
@@ -101,14 +101,16 @@ def run_round(
     sent = broadcast_params(strategy.broadcast(state), config.broadcast, rng)
     like = strategy.payload_like(shared_part(state.params, plan.fit.local_entries))
     aggregation = aggregation_for(config, like, strategy, len(plan.tasks))
+    on_server = not aggregation.on_clients
     collected = collect_updates(
-        transport.fit(sent, plan.tasks),
+        fit_deliveries(transport, sent, plan.tasks),
         plan,
         like,
-        None if aggregation.on_clients else aggregation.add,
+        aggregation.add if on_server else None,
         config.bounds,
         upload_codec(plan.fit),
         upload_mask(decode_broadcast(sent, config.broadcast), plan.fit),
+        aggregation.add_block if on_server else None,
     )
     aggregated = (
         aggregate_updates(

@@ -33,6 +33,29 @@ def add_scaled(total: npt.NDArray[np.float64], values: npt.NDArray[Any], weight:
         flat_total[start : start + CHUNK] += product
 
 
+def add_scaled_rows(
+    total: npt.NDArray[np.float64], rows: npt.NDArray[Any], weights: npt.NDArray[np.float64]
+) -> None:
+    """``total += weights[k] * rows[k]`` for k = 0, 1, … in turn, in place: bit for bit
+    what ``add_scaled`` gives row by row (each product rounded in the rows' dtype, then
+    added in float64 in row order), in a few array operations. ``np.add.accumulate`` adds
+    rows strictly in order; ``np.add.reduce`` would not (it sums a single column
+    pairwise). Columns go through in chunks so the float64 products of K rows stay near
+    cache size. ``rows`` has shape (K, *total.shape)."""
+    if not total.flags.c_contiguous:
+        raise ValueError("add_scaled_rows needs a C-contiguous total (it writes through a view)")
+    count = rows.shape[0]
+    flat_rows, flat_total = rows.reshape(count, -1), total.reshape(-1)
+    scale = weights.astype((1.0 * flat_rows[:1, :1]).dtype)[:, None]  # as numpy scales by a float
+    width = max(1, CHUNK // max(count, 1))
+    for start in range(0, flat_total.size, width):
+        end = start + width
+        products = (flat_rows[:, start:end] * scale).astype(np.float64, copy=False)
+        products[0] += flat_total[start:end]
+        np.add.accumulate(products, axis=0, out=products)
+        flat_total[start:end] = products[-1]
+
+
 class PlainSum:
     """Accumulates Σ weight·payload in float64 buffers as updates arrive.
 
@@ -57,6 +80,23 @@ class PlainSum:
         self._count += 1
         for key, value in extras.items():
             self._extras[key] = self._extras.get(key, 0.0) + value
+
+    def add_block(self, payload: Params, weights: npt.NDArray[np.float64]) -> None:
+        """``add`` for each row of a stacked ``payload`` ((K, …) arrays) with its weight,
+        in row order, to the same bits (``add_scaled_rows``)."""
+        if list(payload) != list(self._buffers):
+            raise ValueError(f"block payload names {list(payload)}, expected {list(self._buffers)}")
+        for name, buffer in self._buffers.items():
+            rows = payload[name]
+            if rows.shape[1:] != buffer.shape:
+                raise ValueError(
+                    f"block payload[{name!r}] has rows of shape {rows.shape[1:]}, "
+                    f"expected {buffer.shape}"
+                )
+            add_scaled_rows(buffer, rows, weights)
+        for weight in weights.tolist():  # the same float sum as one add at a time
+            self._weight += weight
+        self._count += len(weights)
 
     def result(self, round_number: int) -> WeightedSum:
         """The sum so far; an empty round is an error, never a silent zero update."""

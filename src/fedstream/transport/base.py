@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from fedstream.client.base import FitTask
 from fedstream.errors import ClientFailure
 from fedstream.params import Params
-from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
+from fedstream.types import ClientUpdate, EvaluateResult, FitConfig, UpdateBlock
 
 ResultT = TypeVar("ResultT", ClientUpdate, EvaluateResult)
 
@@ -22,6 +22,27 @@ class Delivery(Generic[ResultT]):
     result: ResultT | ClientFailure
     bytes_down: int
     bytes_up: int
+
+
+@dataclass(frozen=True)
+class StackedDelivery:
+    """A cohort's answers as one ``UpdateBlock``, with the bytes that crossed the wire
+    each way for each of its clients (equal for all: one broadcast, one layout)."""
+
+    block: UpdateBlock
+    bytes_down_each: int
+    bytes_up_each: int
+
+    def split(self) -> list[Delivery[ClientUpdate]]:
+        """The block's rows as one delivery each, in its order."""
+        return [
+            Delivery(u.client_id, u, self.bytes_down_each, self.bytes_up_each)
+            for u in self.block.rows()
+        ]
+
+
+Fitted = Delivery[ClientUpdate] | StackedDelivery
+"""What a stacked fit call yields: one client's answer, or a cohort's block of them."""
 
 
 class Transport(Protocol):
@@ -51,6 +72,25 @@ class Transport(Protocol):
         """One stage of a multi-step protocol (secure aggregation): each client's answer to
         its request, or its failure."""
         ...
+
+
+@runtime_checkable
+class StackedFit(Protocol):
+    """A transport that can hand a cohort's plain updates over as one block
+    (``InProcessTransport``): the synchronous round loop asks it through ``fit_stacked``,
+    so the server checks and sums the cohort in a few array operations. Every other
+    caller, and every wrapper, sees one delivery per client through ``fit``."""
+
+    def fit_stacked(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Fitted]: ...
+
+
+def fit_deliveries(
+    transport: Transport, params: Params, tasks: Sequence[FitTask]
+) -> Iterator[Fitted]:
+    """The answers to ``tasks``: stacked where ``transport`` can stack them."""
+    if isinstance(transport, StackedFit):
+        return transport.fit_stacked(params, tasks)
+    return transport.fit(params, tasks)
 
 
 class TransportWrapper:

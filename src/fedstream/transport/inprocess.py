@@ -27,6 +27,7 @@ from fedstream.client.runtime import (
     head_fit,
     own_model,
     personal_fit,
+    sent_as_trained,
     start_fit,
 )
 from fedstream.client.state import ClientState, MemoryClientStates
@@ -37,8 +38,8 @@ from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
 from fedstream.secure.secagg import DerivedRoster, Identity, derived_identity_key
 from fedstream.secure.session import SecureDevice
-from fedstream.transport.base import Delivery
-from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
+from fedstream.transport.base import Delivery, Fitted, StackedDelivery
+from fedstream.types import ClientUpdate, EvaluateResult, FitConfig, UpdateBlock
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -71,8 +72,8 @@ def _cohorts(
     for group in groups.values():
         cohort: list[FitTask] = []
         widest = 0
-        for task in sorted(group, key=lambda t: size_of(t.client_id)):
-            size = size_of(task.client_id)
+        sized = sorted(((size_of(t.client_id), t) for t in group), key=lambda pair: pair[0])
+        for size, task in sized:
             wider = max(widest, size)
             per_client = 4 * param_bytes + wider * row_bytes
             if cohort and (
@@ -194,6 +195,16 @@ class InProcessTransport:
                 yield client_id, ClientFailure(client_id, stage, describe_exception(exc))
 
     def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]:
+        for fitted in self._fit(params, tasks, stacked=False):
+            assert isinstance(fitted, Delivery)
+            yield fitted
+
+    def fit_stacked(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Fitted]:
+        """``fit``, with each cohort whose clients send their updates as trained
+        (``client.runtime.sent_as_trained``) handed over as one block."""
+        return self._fit(params, tasks, stacked=True)
+
+    def _fit(self, params: Params, tasks: Sequence[FitTask], stacked: bool) -> Iterator[Fitted]:
         if not tasks:
             return
         wire = params.to_bytes()
@@ -216,12 +227,13 @@ class InProcessTransport:
                     started = [self._start(model, extras, t) for t in cohort]
                     started = head_fit(self.trainer, datasets, started)
                     starts = [s.start for s in started]
-                    updates = self.trainer.fit_cohort(
-                        model,
-                        [s.task for s in started],
-                        datasets,
-                        starts if any(s is not model for s in starts) else None,
+                    own_starts = any(s is not model for s in starts)
+                    block = self.trainer.fit_cohort(
+                        model, [s.task for s in started], datasets, starts if own_starts else None
                     )
+                    if stacked and not own_starts and sent_as_trained(cohort[0].config):
+                        yield self._stacked(block, down)
+                        continue
                     states = [self.states.of(t.client_id) for t in cohort]
                     trained = personal_fit(self.trainer, datasets, started, states)
                 except Exception as exc:  # the whole cohort failed together
@@ -231,7 +243,7 @@ class InProcessTransport:
                             task.client_id, ClientFailure(task.client_id, "train", cause), down, 0
                         )
                     continue
-                for one, update, state in zip(started, updates, trained, strict=True):
+                for one, update, state in zip(started, block.rows(), trained, strict=True):
                     yield self._finish(update, one, state, down, mask)
             return
         for task in tasks:
@@ -247,6 +259,15 @@ class InProcessTransport:
                 yield Delivery(task.client_id, failure, down, 0)
                 continue
             yield self._finish(update, one, state, down, mask)
+
+    @staticmethod
+    def _stacked(block: UpdateBlock, bytes_down: int) -> StackedDelivery:
+        """A cohort's updates, sent as trained (``sent_as_trained``), as the server receives
+        them: one copy of the stacked arrays (``Params.received``), each row counted at the
+        bytes its own encoding would take."""
+        first = Params({n: a[0] for n, a in block.payload.items()})
+        received = replace(block, payload=block.payload.received())
+        return StackedDelivery(received, bytes_down, first.wire_size())
 
     def _finish(
         self,
