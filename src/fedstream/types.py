@@ -177,8 +177,8 @@ class UpdateBlock:
     A cohort trained together travels to the server as one block when its clients send
     their updates as trained (no compression, privacy, local entries or client
     algorithm), so the server checks and sums K updates in a few array operations
-    instead of K rounds of Python calls (docs/architecture.md, "Stacked cohorts"). A block
-    has no extras: updates that carry some travel one by one.
+    instead of K rounds of Python calls (docs/architecture.md, "The seams": stacked
+    cohorts). A block has no extras: updates that carry some travel one by one.
     """
 
     client_ids: tuple[str, ...]
@@ -228,6 +228,29 @@ class UpdateBlock:
             Params({n: a[chosen] for n, a in self.payload.items()}),
             self.weights[chosen],
             tuple(self.metrics[k] for k in rows),
+        )
+
+    @classmethod
+    def gather(cls, rows: Sequence[tuple[UpdateBlock, int]]) -> UpdateBlock:
+        """One block of the given rows (each a block and a row index), in the order given,
+        from blocks of one round and layout: ``take`` when they all come from one block,
+        else one copy through the blocks joined."""
+        blocks = list({id(block): block for block, _ in rows}.values())
+        if len(blocks) == 1:
+            return blocks[0].take([k for _, k in rows])
+        starts, offset = {}, 0
+        for block in blocks:
+            starts[id(block)] = offset
+            offset += len(block)
+        positions = np.array([starts[id(block)] + k for block, k in rows], dtype=np.intp)
+        first = blocks[0]
+        joined = {n: np.concatenate([b.payload[n] for b in blocks]) for n in first.payload}
+        return cls(
+            tuple(block.client_ids[k] for block, k in rows),
+            first.round,
+            Params({n: a[positions] for n, a in joined.items()}),
+            np.concatenate([b.weights for b in blocks])[positions],
+            tuple(block.metrics[k] for block, k in rows),
         )
 
     @classmethod

@@ -11,9 +11,17 @@ from fedstream.privacy import DifferentialPrivacy
 from fedstream.rounds import InTaskOrder, check_update, collect_updates, plan_round
 from fedstream.rounds.collect import Collected, lower_median, relative_rejections
 from fedstream.rounds.config import UpdateBounds
+from fedstream.secure.plain import PlainSum
 from fedstream.secure.session import SecureSumResult
-from fedstream.transport.base import Delivery
-from fedstream.types import WITHIN_CLIP, ClientPrivacy, FitConfig, SampleDP, WeightedSum
+from fedstream.transport.base import Delivery, StackedDelivery
+from fedstream.types import (
+    WITHIN_CLIP,
+    ClientPrivacy,
+    FitConfig,
+    SampleDP,
+    UpdateBlock,
+    WeightedSum,
+)
 from tests.rounds.scripted import CLIENTS, GLOBAL, honest
 
 NO_BOUNDS = UpdateBounds()
@@ -350,3 +358,120 @@ def test_a_round_under_client_level_dp_checks_each_answer_against_its_plan():
     (failure,) = collected.failures
     assert failure.client_id == updates[0].client_id
     assert "expected 1 under client-level DP" in failure.cause
+
+
+def stacked(updates, rows):
+    return StackedDelivery(UpdateBlock.stack([updates[k] for k in rows]), 11, GLOBAL.wire_size())
+
+
+def both_ways(updates, the_plan, bounds=NO_BOUNDS, blocks=None):
+    """``collect_updates`` over ``updates`` one delivery each, and stacked into ``blocks``
+    (lists of indices, delivered in that order; default: one block of all): for each,
+    the outcome, the plain sum of what was accepted and the order it was accepted in."""
+    outcomes = []
+    for as_blocks in (False, True):
+        total, order = PlainSum(GLOBAL), []
+
+        def one(update, total=total, order=order):
+            total.add(update.payload, update.weight, update.extras)
+            order.append(update.client_id)
+
+        def many(block, total=total, order=order):
+            total.add_block(block.payload, block.weights)
+            order.extend(block.client_ids)
+
+        deliveries = (
+            [stacked(updates, rows) for rows in blocks or [range(len(updates))]]
+            if as_blocks
+            else map(delivered, updates)
+        )
+        collected = collect_updates(
+            deliveries, the_plan, GLOBAL, one, bounds, None, None, many if as_blocks else None
+        )
+        summed = total.result(the_plan.round) if order else None
+        outcomes.append((collected, summed, order))
+    return outcomes
+
+
+def assert_same(outcomes):
+    (rows, rows_sum, rows_order), (block, block_sum, block_order) = outcomes
+    assert block == rows  # completed, failures and their causes, metrics, pulls, bytes
+    assert block_order == rows_order
+    assert block_sum.total.bit_equal(rows_sum.total) and block_sum.weight == rows_sum.weight
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda u: replace(u, weight=0.0),
+        lambda u: replace(u, weight=float("nan")),
+        lambda u: replace(u, weight=float("inf")),
+        lambda u: replace(u, weight=1e300),
+        lambda u: replace(u, weight=101.0),  # above max_client_weight
+        lambda u: replace(u, payload=u.payload * np.float32(1e19)),
+        lambda u: replace(u, payload=u.payload * np.nan),
+        lambda u: replace(u, payload=u.payload.map(lambda a: np.where(a > 0, np.inf, a))),
+    ],
+)
+def test_a_bad_row_of_a_block_is_rejected_as_the_same_update_alone_would_be(change):
+    the_plan = plan(5)
+    updates = [honest(GLOBAL, t) for t in the_plan.tasks]
+    updates[1] = change(updates[1])
+    outcomes = both_ways(updates, the_plan, UpdateBounds(max_weight=100.0))
+    assert_same(outcomes)
+    (failure,) = outcomes[1][0].failures
+    assert failure.client_id == updates[1].client_id and failure.stage == "validate"
+    assert len(outcomes[1][0].completed) == 4
+
+
+def test_a_whole_block_for_another_round_or_layout_is_rejected_row_by_row():
+    the_plan = plan(3)
+    stale = [replace(honest(GLOBAL, t), round=0) for t in the_plan.tasks]
+    outcomes = both_ways(stale, the_plan)
+    assert [f.cause for f in outcomes[1][0].failures] == [
+        "update is for round 0, expected round 1"
+    ] * 3
+    other = Params({"w": np.zeros(2, np.float32)})
+    shaped = [replace(honest(GLOBAL, t), payload=other) for t in the_plan.tasks]
+    (_, rows_sum, _), (block, block_sum, order) = both_ways(shaped, the_plan)
+    assert rows_sum is block_sum is None and order == [] and block.completed == ()
+    assert all("payload names do not match" in f.cause for f in block.failures)
+
+
+def test_blocks_arriving_out_of_task_order_are_summed_in_task_order():
+    # a cohort is grouped by client size, so its rows need not follow the task order
+    the_plan = plan(6)
+    updates = [honest(GLOBAL, t) for t in the_plan.tasks]
+    outcomes = both_ways(updates, the_plan, blocks=[[4, 1, 5], [2, 0, 3]])
+    assert_same(outcomes)
+    assert outcomes[1][2] == [t.client_id for t in the_plan.tasks]
+
+
+def test_a_block_with_a_stranger_or_a_repeat_goes_through_row_by_row():
+    the_plan = plan(4)
+    updates = [honest(GLOBAL, t) for t in the_plan.tasks]
+    stranger = replace(updates[0], client_id="nobody")
+    for extra in (stranger, updates[2]):
+        rows = [*updates, extra]
+        deliveries = [stacked(rows, [0, 1, 4]), stacked(rows, [2, 3])]
+        accepted: list = []
+        collected = collect_updates(
+            deliveries, the_plan, GLOBAL, accepted.append, NO_BOUNDS, None, None,
+            lambda block, accepted=accepted: accepted.extend(block.rows()),
+        )  # fmt: skip
+        assert collected.completed == tuple(t.client_id for t in the_plan.tasks)
+        assert [u.client_id for u in accepted] == list(collected.completed)
+        (failure,) = collected.failures
+        assert (failure.client_id, failure.cause) == (
+            extra.client_id,
+            "not asked in this round, or answered twice",
+        )
+
+
+def test_blocks_under_bounds_relative_to_the_round_are_screened_row_by_row():
+    the_plan = plan(5)
+    updates = [honest(GLOBAL, t) for t in the_plan.tasks]
+    updates[1] = replace(updates[1], weight=1e12)
+    outcomes = both_ways(updates, the_plan, UpdateBounds(outlier_factor=10.0))
+    assert_same(outcomes)
+    assert "is an outlier" in outcomes[1][0].failures[0].cause

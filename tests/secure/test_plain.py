@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fedstream import Params, ParamsMismatchError, RoundFailedError
-from fedstream.secure.plain import CHUNK, PlainSum, add_scaled
+from fedstream.secure.plain import CHUNK, PlainSum, add_scaled, add_scaled_rows
 
 
 @pytest.mark.parametrize("size", [5, CHUNK, CHUNK + 1, 2 * CHUNK + 3])
@@ -74,3 +74,51 @@ def test_one_client_of_weight_one_is_a_round():
     acc.add(LIKE.map(np.ones_like), 1.0)
     result = acc.result(round_number=1)
     assert (result.weight, result.count) == (1.0, 1)
+
+
+ROW_SHAPES = [(1,), (1, 1), (3,), (10, 60), (CHUNK + 5,)]
+
+
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+@pytest.mark.parametrize("count", [1, 2, 9, 100])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
+def test_a_block_of_rows_sums_to_the_bits_of_one_row_at_a_time(shape, count, dtype):
+    # np.add.reduce would sum a single column (shape (1,)) pairwise from 9 rows on, and
+    # end a few ulps away; every row shape and count must match the running sum exactly
+    rng = np.random.default_rng(count * 7 + len(shape))
+    if count * np.prod(shape) > 20 * CHUNK:
+        count = 3  # keep the test small; the chunk boundary is what the long rows are for
+    rows = (rng.normal(size=(count, *shape)) * 100).astype(dtype)
+    weights = rng.integers(1, 50, count) * 1.37
+    start = rng.normal(size=shape)
+    one_by_one, together = start.copy(), start.copy()
+    for row, weight in zip(rows, weights.tolist(), strict=True):
+        add_scaled(one_by_one, row, weight)
+    add_scaled_rows(together, rows, weights)
+    assert one_by_one.tobytes() == together.tobytes()
+
+
+def test_a_plain_sum_of_a_block_is_the_sum_of_its_rows_in_order():
+    rng = np.random.default_rng(3)
+    like = Params({"w": np.zeros((4, 3), np.float32), "b": np.zeros(1, np.float32)})
+    payload = Params(
+        {n: rng.normal(size=(6, *a.shape)).astype(np.float32) for n, a in like.items()}
+    )
+    weights = np.array([3.0, 1.0, 18.0, 2.5, 7.0, 1.0])
+    rows, block = PlainSum(like), PlainSum(like)
+    for k, weight in enumerate(weights.tolist()):
+        rows.add(Params({n: a[k] for n, a in payload.items()}), weight)
+    block.add_block(payload, weights)
+    one, other = rows.result(1), block.result(1)
+    assert one.total.bit_equal(other.total)
+    assert (one.weight, one.count) == (other.weight, other.count) == (32.5, 6)
+
+
+def test_a_block_of_another_layout_is_refused_by_name():
+    block = Params({"w": np.zeros((2, 2), np.float32), "b": np.zeros((2, 2))})
+    with pytest.raises(
+        ValueError, match=r"^block payload\['b'\] has rows of shape \(2,\), expected \(1,\)$"
+    ):
+        PlainSum(LIKE).add_block(block, np.ones(2))
+    with pytest.raises(ValueError, match=r"^block payload names \['w'\], expected \['w', 'b'\]$"):
+        PlainSum(LIKE).add_block(Params({"w": np.zeros((2, 2))}), np.ones(2))

@@ -179,9 +179,10 @@ class InTaskOrder:
 
     def _release(self, until_missing: bool) -> None:
         """Pass on the settled outcomes from the next in task order: up to the first not
-        yet settled, or (``until_missing`` false) all of them, skipping the unsettled."""
-        run: list[int] = []
-        run_block: UpdateBlock | None = None
+        yet settled, or (``until_missing`` false) all of them, skipping the unsettled.
+        Block rows that come next to each other in task order go on as one block, from
+        however many blocks they come (a cohort is grouped by size, not by task order)."""
+        run: list[tuple[UpdateBlock, int]] = []
         while self._next < len(self._order):
             client_id = self._order[self._next]
             if client_id not in self._settled and until_missing:
@@ -189,22 +190,18 @@ class InTaskOrder:
             self._next += 1
             ready = self._settled.pop(client_id, None)
             if isinstance(ready, tuple):
-                block, k = ready
-                if block is not run_block:
-                    self._pass_run(run_block, run)
-                    run, run_block = [], block
-                run.append(k)
+                run.append(ready)
             elif ready is not None:
-                self._pass_run(run_block, run)
-                run, run_block = [], None
+                self._pass_run(run)
+                run = []
                 self._accept(ready)
-        self._pass_run(run_block, run)
+        self._pass_run(run)
 
-    def _pass_run(self, block: UpdateBlock | None, rows: list[int]) -> None:
-        if block is None or not rows:
+    def _pass_run(self, run: list[tuple[UpdateBlock, int]]) -> None:
+        if not run:
             return
         assert self._accept_block is not None, "a block was settled without accept_block"
-        self._accept_block(block.take(rows))
+        self._accept_block(UpdateBlock.gather(run))
 
 
 @dataclass(frozen=True)

@@ -78,8 +78,9 @@ class Transport(Protocol):
 class StackedFit(Protocol):
     """A transport that can hand a cohort's plain updates over as one block
     (``InProcessTransport``): the synchronous round loop asks it through ``fit_stacked``,
-    so the server checks and sums the cohort in a few array operations. Every other
-    caller, and every wrapper, sees one delivery per client through ``fit``."""
+    so the server checks and sums the cohort in a few array operations. Its ``fit`` gives
+    the same answers one delivery per client, which every other caller and every wrapper
+    sees."""
 
     def fit_stacked(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Fitted]: ...
 
@@ -87,10 +88,19 @@ class StackedFit(Protocol):
 def fit_deliveries(
     transport: Transport, params: Params, tasks: Sequence[FitTask]
 ) -> Iterator[Fitted]:
-    """The answers to ``tasks``: stacked where ``transport`` can stack them."""
+    """The answers to ``tasks``: stacked where ``transport`` can stack them. A subclass
+    that overrides ``fit`` alone (to watch or change what clients send) is asked through
+    its ``fit``, so it sees every answer."""
     if isinstance(transport, StackedFit):
-        return transport.fit_stacked(params, tasks)
+        kind = type(transport)
+        if issubclass(_defined_in(kind, "fit_stacked"), _defined_in(kind, "fit")):
+            return transport.fit_stacked(params, tasks)
     return transport.fit(params, tasks)
+
+
+def _defined_in(kind: type, name: str) -> type:
+    """The class of ``kind``'s MRO whose own body defines ``name``."""
+    return next(c for c in kind.__mro__ if name in vars(c))
 
 
 class TransportWrapper:
