@@ -38,6 +38,7 @@ from torch.func import functional_call, vmap
 
 from fedstream.client.algorithms import STEPS
 from fedstream.client.base import FitTask
+from fedstream.client.batched import batched_forward
 from fedstream.client.batchnorm import MaskedBatchNorm
 from fedstream.client.dropout import DropoutReplay, unreplayable
 from fedstream.client.recurrent import UnrolledRecurrence, unbatchable
@@ -87,6 +88,7 @@ class VectorizedTrainer:
         self._forward_normed = vmap(self._normed_forward, randomness="different")
         self._forward_masked = vmap(self._functional_forward, randomness="different")
         self._forward_plain = vmap(self._plain_forward, randomness="different")
+        self._forward_direct = batched_forward(module)  # the same bits, without vmap
 
     def _normed_forward(
         self, state: TensorDict, masks: TensorDict, rows: torch.Tensor, x: torch.Tensor
@@ -165,6 +167,8 @@ class VectorizedTrainer:
             outputs = self._forward_normed(state, dropouts, mask, x)
         elif dropouts:
             outputs = self._forward_masked(state, dropouts, x)
+        elif self._forward_direct is not None:
+            outputs = self._forward_direct(state, x)
         else:
             outputs = self._forward_plain(state, x)
         losses = per_sample_loss(self.task, outputs.flatten(0, 1), y.flatten(0, 1))
