@@ -76,15 +76,16 @@ def test_one_client_of_weight_one_is_a_round():
     assert (result.weight, result.count) == (1.0, 1)
 
 
-ROW_SHAPES = [(1,), (1, 1), (3,), (10, 60), (CHUNK + 5,)]
+ROW_SHAPES = [(1,), (1, 1), (2,), (3,), (10, 60), (CHUNK + 1,), (CHUNK + 5,)]
 
 
 @pytest.mark.parametrize("shape", ROW_SHAPES)
 @pytest.mark.parametrize("count", [1, 2, 9, 100])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64, np.int64])
 def test_a_block_of_rows_sums_to_the_bits_of_one_row_at_a_time(shape, count, dtype):
-    # np.add.reduce would sum a single column (shape (1,)) pairwise from 9 rows on, and
-    # end a few ulps away; every row shape and count must match the running sum exactly
+    # np.add.reduce would sum a single column (a (1,) entry, or a row's last chunk one
+    # entry wide) pairwise from 9 rows on, and end a few ulps away; every row shape and
+    # count must match the running sum exactly
     rng = np.random.default_rng(count * 7 + len(shape))
     if count * np.prod(shape) > 20 * CHUNK:
         count = 3  # keep the test small; the chunk boundary is what the long rows are for

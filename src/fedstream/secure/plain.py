@@ -38,10 +38,14 @@ def add_scaled_rows(
 ) -> None:
     """``total += weights[k] * rows[k]`` for k = 0, 1, … in turn, in place: bit for bit
     what ``add_scaled`` gives row by row (each product rounded in the rows' dtype, then
-    added in float64 in row order), in a few array operations. ``np.add.accumulate`` adds
-    rows strictly in order; ``np.add.reduce`` would not (it sums a single column
-    pairwise). Columns go through in chunks so the float64 products of K rows stay near
-    cache size. ``rows`` has shape (K, *total.shape)."""
+    added in float64 in row order), in a few array operations. Columns go through in
+    chunks so the float64 products of K rows stay near cache size. ``rows`` has shape
+    (K, *total.shape).
+
+    ``np.add.reduce`` over the rows of a C-contiguous (K, c) array adds them in order
+    when c ≥ 2 (its inner loop runs along a row); a single column it would sum pairwise,
+    so a chunk one column wide is added with ``np.add.accumulate``, strictly in order
+    (and twenty times slower per number, hence not used throughout)."""
     if not total.flags.c_contiguous:
         raise ValueError("add_scaled_rows needs a C-contiguous total (it writes through a view)")
     count = rows.shape[0]
@@ -52,8 +56,10 @@ def add_scaled_rows(
         end = start + width
         products = (flat_rows[:, start:end] * scale).astype(np.float64, copy=False)
         products[0] += flat_total[start:end]
-        np.add.accumulate(products, axis=0, out=products)
-        flat_total[start:end] = products[-1]
+        if products.shape[1] > 1:
+            np.add.reduce(products, axis=0, out=flat_total[start:end])
+        else:
+            flat_total[start:end] = np.add.accumulate(products[:, 0])[-1]
 
 
 class PlainSum:
