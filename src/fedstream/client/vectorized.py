@@ -324,8 +324,10 @@ class VectorizedTrainer:
                 for n, w in live.items():
                     if n in frozen:
                         continue
-                    moved = w - scale(w) * grads[n]
-                    weights[n][:k] = moved * masks[n] if n in masks else moved
+                    if n in masks:
+                        weights[n][:k] = (w - scale(w) * grads[n]) * masks[n]
+                    else:
+                        w.sub_(scale(w) * grads[n])  # a view: the step in place
                 loss_sum[:k] += loss * active
                 step_count[:k] += active
         final = {**weights, **buffers}
