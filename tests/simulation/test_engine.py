@@ -216,7 +216,7 @@ def test_outputs_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
 
 
-def test_cohorts_group_similar_sizes_and_stay_within_the_memory_budget():
+def test_cohorts_keep_task_order_or_group_similar_sizes_within_the_memory_budget():
     from fedstream.transport.inprocess import _cohorts
 
     sizes = {"a": 5, "b": 50, "c": 6, "d": 49, "e": 7}
@@ -229,8 +229,11 @@ def test_cohorts_group_similar_sizes_and_stay_within_the_memory_budget():
         cut = _cohorts(tasks, sizes.__getitem__, 100, 250, max_clients, budget)
         return [[t.client_id for t in cohort] for cohort in cut]
 
-    # per client: 4 × 250 B of params + its padded rows × 100 B
-    assert plan(256, 10**9) == [["a", "c", "e", "d", "b"], ["f"]]
+    # a group that fits in one cohort stays in task order (its block needs no reorder)
+    assert plan(256, 10**9) == [["a", "b", "c", "d", "e"], ["f"]]
+    # per client: 4 × 250 B of params + its padded rows × 100 B; 5 × 6000 B is too much
+    assert plan(256, 29_999) == [["a", "c", "e", "d"], ["b"], ["f"]]
+    assert plan(256, 30_000) == [["a", "b", "c", "d", "e"], ["f"]]
     assert plan(2, 10**9) == [["a", "c"], ["e", "d"], ["b"], ["f"]]
     # 3 small clients fit in 3 × (1000 + 700) B; the large ones need 6000 B each
     assert plan(256, 6000) == [["a", "c", "e"], ["d"], ["b"], ["f"]]

@@ -61,18 +61,26 @@ def _cohorts(
     budget_bytes: int = COHORT_BUDGET_BYTES,
 ) -> Iterator[list[FitTask]]:
     """Tasks grouped by their fit config (seed aside), since a vectorised cohort must share
-    epochs, batch size, lr and μ; within a group sorted by client size, so a cohort pads
-    its clients to similar lengths; and cut so a cohort holds at most ``max_clients`` and
-    its estimated memory stays within ``budget_bytes``. Each client costs about four
+    epochs, batch size, lr and μ; a group that fits in one cohort as it is, in task order;
+    a larger one sorted by client size, so a cohort pads its clients to similar lengths,
+    and cut so a cohort holds at most ``max_clients`` and its estimated memory stays
+    within ``budget_bytes``. Each client costs about four
     copies of the params (weights, gradients, the new weights, the delta) plus its data
     padded to the cohort's largest client."""
     groups: dict[tuple[object, ...], list[FitTask]] = {}
     for task in tasks:
         groups.setdefault(task.config.cohort_key(), []).append(task)
     for group in groups.values():
+        sizes = [size_of(t.client_id) for t in group]
+        if (
+            len(group) <= max_clients
+            and len(group) * (4 * param_bytes + max(sizes) * row_bytes) <= budget_bytes
+        ):  # one cohort: kept in task order, so its block needs no reorder
+            yield group
+            continue
         cohort: list[FitTask] = []
         widest = 0
-        sized = sorted(((size_of(t.client_id), t) for t in group), key=lambda pair: pair[0])
+        sized = sorted(zip(sizes, group, strict=True), key=lambda pair: pair[0])
         for size, task in sized:
             wider = max(widest, size)
             per_client = 4 * param_bytes + wider * row_bytes
