@@ -96,6 +96,8 @@ class Clients(Mapping[str, ClientData]):
         k = self._position[name]
         train = self.train_index[self.train_offsets[k] : self.train_offsets[k + 1]]
         test = self.test_index[self.test_offsets[k] : self.test_offsets[k + 1]]
+        if not len(test):  # an empty view costs a fifth of an empty fancy index
+            return ClientData(self.x[train], self.y[train], self.x[:0], self.y[:0])
         return ClientData(self.x[train], self.y[train], self.x[test], self.y[test])
 
     def __iter__(self) -> Iterator[str]:

@@ -401,10 +401,11 @@ def _check_block(
         fit.algorithm != "fednova" and fit.privacy is None and fit.sample_dp is None
     )
     if plain and block.round == round_number and _stacked_like(block, like):
-        arrays = list(block.payload.values())
-        norms = [
-            math.sqrt(sum(float(np.vdot(a[k], a[k]).real) for a in arrays)) for k in range(count)
+        squares = [  # per entry, each row's vdot, as Params.norm takes it
+            [float(np.vdot(row, row).real) for row in a.reshape(count, -1)]
+            for a in block.payload.values()
         ]
+        norms = [math.sqrt(sum(row)) for row in zip(*squares, strict=True)] or [0.0] * count
         weights, row_norms = block.weights, np.array(norms)
         fine = (
             np.isfinite(weights) & (weights > 0) & (weights <= MAX_WEIGHT) & np.isfinite(row_norms)
