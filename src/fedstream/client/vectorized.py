@@ -281,7 +281,7 @@ class VectorizedTrainer:
             anchor = {n: torch.from_numpy(np.stack([s[n] for s in starts])) for n in params}
             weights = {n: anchor[n].clone() for n in self._parameters}
             buffers = {n: anchor[n].clone() for n in self._buffers}
-        rows = torch.arange(cohort).unsqueeze(1)
+        rows = torch.arange(cohort).view(1, cohort, 1)  # each step's client of each batch row
         real = weights[self._parameters[0]].dtype  # x may hold token ids: masks, losses in this
         if not self.module.training:
             self.module.train()
@@ -304,13 +304,14 @@ class VectorizedTrainer:
             orders = [own[epoch] for own in shuffles]
             index, mask = _epoch_batches(orders, sizes, config.batch_size)
             reach = mask.any(2).sum(1).tolist()  # clients with a batch at each step: a prefix
+            xs, ys = x[rows, index], y[rows, index]  # the epoch's batches, (steps, K, B, …)
             for step in range(index.shape[0]):
                 k = int(reach[step])
                 step_mask = mask[step, :k].to(real)
                 if self._batch_norm:  # SINGLE_EXAMPLE_RULE
                     step_mask = step_mask * (step_mask.sum(1, keepdim=True) > 1)
                 active = (step_mask.sum(1) > 0).to(real)
-                xb, yb = x[rows[:k], index[step, :k]], y[rows[:k], index[step, :k]]
+                xb, yb = xs[step, :k], ys[step, :k]
                 live = {n: w[:k] for n, w in weights.items()}
                 grads, loss = self._step_gradients(
                     live, _prefix(buffers, k), xb, yb, step_mask, draws
