@@ -64,9 +64,9 @@ def _cohorts(
     epochs, batch size, lr and μ; a group that fits in one cohort as it is, in task order;
     a larger one sorted by client size, so a cohort pads its clients to similar lengths,
     and cut so a cohort holds at most ``max_clients`` and its estimated memory stays
-    within ``budget_bytes``. Each client costs about four
-    copies of the params (weights, gradients, the new weights, the delta) plus its data
-    padded to the cohort's largest client."""
+    within ``budget_bytes``. Each client costs about four copies of the params (weights,
+    gradients, the new weights, the delta) plus its data padded to the cohort's largest
+    client."""
     groups: dict[tuple[object, ...], list[FitTask]] = {}
     for task in tasks:
         groups.setdefault(task.config.cohort_key(), []).append(task)
