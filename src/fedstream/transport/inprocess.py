@@ -117,7 +117,7 @@ class InProcessTransport:
         self,
         clients: Mapping[str, ClientData],
         trainer: Trainer,
-        cohort_size: int = 256,
+        cohort_size: int = 1024,
         cohort_budget_bytes: int = COHORT_BUDGET_BYTES,
         device_secret: int | None = None,
         stream: Stream | None = None,
