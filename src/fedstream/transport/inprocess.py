@@ -232,6 +232,9 @@ class InProcessTransport:
             for cohort in cohorts:
                 try:
                     datasets = [self._data(t) for t in cohort]
+                    if stacked and self._as_trained(cohort):
+                        yield self._stacked(self.trainer.fit_cohort(model, cohort, datasets), down)
+                        continue
                     started = [self._start(model, extras, t) for t in cohort]
                     started = head_fit(self.trainer, datasets, started)
                     starts = [s.start for s in started]
@@ -239,9 +242,6 @@ class InProcessTransport:
                     block = self.trainer.fit_cohort(
                         model, [s.task for s in started], datasets, starts if own_starts else None
                     )
-                    if stacked and not own_starts and sent_as_trained(cohort[0].config):
-                        yield self._stacked(block, down)
-                        continue
                     states = [self.states.of(t.client_id) for t in cohort]
                     trained = personal_fit(self.trainer, datasets, started, states)
                 except Exception as exc:  # the whole cohort failed together
@@ -267,6 +267,14 @@ class InProcessTransport:
                 yield Delivery(task.client_id, failure, down, 0)
                 continue
             yield self._finish(update, one, state, down, mask)
+
+    def _as_trained(self, cohort: Sequence[FitTask]) -> bool:
+        """Whether the cohort's clients train from the model as sent and send their updates
+        as trained (``sent_as_trained``), with no state of their own: then ``start_fit``
+        and ``finish_fit`` change nothing, and the cohort can skip both."""
+        return sent_as_trained(cohort[0].config) and not any(
+            self.states.of(t.client_id) for t in cohort
+        )
 
     @staticmethod
     def _stacked(block: UpdateBlock, bytes_down: int) -> StackedDelivery:
