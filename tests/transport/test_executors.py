@@ -19,8 +19,10 @@ from fedstream.client.base import FitTask, Trainer
 from fedstream.data.base import ClientData
 from fedstream.errors import ConfigError
 from fedstream.params import Params
+from fedstream.rounds import run_round
 from fedstream.simulation import build
-from fedstream.simulation.engine import local_transport
+from fedstream.simulation.engine import executor_transport, local_transport
+from fedstream.transport.base import StackedDelivery, TransportWrapper
 from fedstream.transport.inprocess import InProcessTransport
 from fedstream.transport.processes import ProcessTransport, Recipe
 from fedstream.transport.sharded import worker_of
@@ -101,6 +103,35 @@ def test_vectorised_cohorts_split_over_workers_agree_to_rounding():
         np.testing.assert_allclose(
             spread.state.params[name], alone.state.params[name], rtol=0, atol=1e-6
         )
+
+
+def test_worker_processes_hand_over_blocks_that_sum_as_their_rows_do():
+    # each worker stacks its plain cohorts (one message a cohort); a wrapper hides
+    # fit_stacked, so the same workers then answer one delivery per client
+    config = SMALL.with_changes(**nested(trainer="vectorized", executor="processes", workers=2))
+    setup = build(config)
+    ends = []
+    with executor_transport(config) as workers:
+        assert workers is not None
+        first = list(workers.fit_stacked(setup.initial.params, plan_tasks(setup, 6)))
+        assert any(isinstance(d, StackedDelivery) for d in first)
+        assert sum(len(d.block) if isinstance(d, StackedDelivery) else 1 for d in first) == 6
+        for transport in (workers, TransportWrapper(workers)):
+            state, reports = setup.initial, []
+            for _ in range(2):
+                state, report = run_round(
+                    state, config.build_strategy(), transport, sorted(setup.dataset.clients),
+                    config.round_config(), evaluate=False,
+                )  # fmt: skip
+                reports.append((report.completed, report.bytes_up, report.bytes_down))
+            ends.append((state.params, reports))
+    (stacked, stacked_reports), (alone, alone_reports) = ends
+    assert stacked.bit_equal(alone) and stacked_reports == alone_reports
+
+
+def plan_tasks(setup: Any, count: int) -> list[FitTask]:
+    names = sorted(setup.dataset.clients)[:count]
+    return [FitTask(n, 1, FitConfig(lr=0.1, seed=k)) for k, n in enumerate(names)]
 
 
 def counting_recipe(

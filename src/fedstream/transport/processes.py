@@ -31,7 +31,7 @@ from typing import Any
 
 from fedstream.errors import ConfigError
 from fedstream.params import Params
-from fedstream.transport.base import Delivery
+from fedstream.transport.base import Delivery, StackedDelivery
 from fedstream.transport.inprocess import describe_exception
 from fedstream.transport.sharded import ArgsFor, Failed, Recipe, ShardedTransport
 
@@ -109,9 +109,10 @@ def _serve(connection: Connection, recipe: Recipe, index: int, count: int, threa
         if command == "stop":
             break
         try:
-            if command == "fit":
+            if command in ("fit", "fit_stacked"):
                 broadcast, tasks = args
-                _stream(connection, transport.fit(_read(segments, broadcast), tasks))
+                fit = transport.fit if command == "fit" else transport.fit_stacked
+                _stream(connection, fit(_read(segments, broadcast), tasks))
             elif command == "evaluate":
                 broadcast, round_number, client_ids, codec, personalize = args
                 params = _read(segments, broadcast)
@@ -291,7 +292,7 @@ class ProcessTransport(ShardedTransport):
                             break
                         if kind == "items":
                             for one in item:
-                                pending[index].discard(_client_of(one))
+                                pending[index].difference_update(_clients_of(one))
                             yield from item
                     worker.process.join(timeout=5)  # reap it, so its exit code is known
                     why = f"worker process {index} exited (code {worker.process.exitcode})"
@@ -304,7 +305,7 @@ class ProcessTransport(ShardedTransport):
                     continue  # its sentinel reports the exit
                 if kind == "items":
                     for one in item:
-                        pending[index].discard(_client_of(one))
+                        pending[index].difference_update(_clients_of(one))
                     yield from item
                 elif kind == "done":
                     for client_id in sorted(pending.pop(index)):
@@ -314,9 +315,12 @@ class ProcessTransport(ShardedTransport):
                         yield failed(client_id, item)
 
 
-def _client_of(item: Any) -> str:
-    """The client an item streamed back answers for (a delivery or an exchange pair)."""
+def _clients_of(item: Any) -> Sequence[str]:
+    """The clients an item streamed back answers for (a delivery, a block of them, or an
+    exchange pair)."""
     if isinstance(item, Delivery):
-        return item.client_id
+        return (item.client_id,)
+    if isinstance(item, StackedDelivery):
+        return item.block.client_ids
     client_id: str = item[0]
-    return client_id
+    return (client_id,)

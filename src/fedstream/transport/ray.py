@@ -27,7 +27,7 @@ from fedstream.client.base import FitTask
 from fedstream.client.state import ClientState
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
-from fedstream.transport.base import Delivery
+from fedstream.transport.base import Delivery, Fitted
 from fedstream.transport.sharded import ArgsFor, Failed, Recipe, ShardedTransport
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
@@ -45,6 +45,9 @@ class ClientWorker:
 
     def fit(self, wire: np.ndarray, tasks: Sequence[FitTask]) -> list[Delivery[ClientUpdate]]:
         return list(self.transport.fit(Params.from_bytes(wire.data), tasks))
+
+    def fit_stacked(self, wire: np.ndarray, tasks: Sequence[FitTask]) -> list[Fitted]:
+        return list(self.transport.fit_stacked(Params.from_bytes(wire.data), tasks))
 
     def evaluate(
         self,

@@ -16,7 +16,7 @@ from fedstream.client.base import FitTask
 from fedstream.client.state import ClientState
 from fedstream.errors import ClientFailure
 from fedstream.params import Params
-from fedstream.transport.base import Delivery
+from fedstream.transport.base import Delivery, Fitted
 from fedstream.types import ClientUpdate, EvaluateResult, FitConfig
 
 if TYPE_CHECKING:
@@ -47,8 +47,8 @@ class ShardedTransport:
     fixed share of the clients. Subclasses say how the params reach the workers
     (``_broadcast``) and how a command reaches them and answers come back (``_run``).
     A worker runs ``command(*args_for(index))`` on its ``InProcessTransport``-like state:
-    ``fit(broadcast, tasks)``, ``evaluate(broadcast, round, client_ids, codec,
-    personalize)`` or ``exchange(stage, round, requests)``."""
+    ``fit(broadcast, tasks)`` (or ``fit_stacked``), ``evaluate(broadcast, round,
+    client_ids, codec, personalize)`` or ``exchange(stage, round, requests)``."""
 
     @property
     def worker_count(self) -> int:
@@ -72,13 +72,21 @@ class ShardedTransport:
         return shares
 
     def fit(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Delivery[ClientUpdate]]:
+        return self._fit("fit", params, tasks)
+
+    def fit_stacked(self, params: Params, tasks: Sequence[FitTask]) -> Iterator[Fitted]:
+        """``fit``, each worker handing over its plain cohorts as blocks
+        (``InProcessTransport.fit_stacked``): one message a cohort, not one a client."""
+        return self._fit("fit_stacked", params, tasks)
+
+    def _fit(self, command: str, params: Params, tasks: Sequence[FitTask]) -> Iterator[Any]:
         if not tasks:
             return
         where, size = self._broadcast(params), params.wire_size()
         by_client = {t.client_id: t for t in tasks}
         shares = self._shares([t.client_id for t in tasks])
         yield from self._run(
-            "fit",
+            command,
             shares,
             lambda i: (where, [by_client[c] for c in shares[i]]),
             lambda client_id, why: Delivery(
