@@ -14,6 +14,7 @@ from fedstream import (
 )
 from fedstream.client import params_from_module
 from fedstream.data import ClientData
+from fedstream.data.base import Clients, packed
 from fedstream.models import build_model
 
 
@@ -89,6 +90,33 @@ def test_vectorized_cohort_equals_one_client_at_a_time(config):
             np.testing.assert_allclose(many.payload[name], one.payload[name], rtol=1e-4, atol=2e-6)
         assert many.metrics["loss"] == pytest.approx(one.metrics["loss"], rel=1e-5)
         assert one.payload.norm() > 0  # the comparison is not between two zero updates
+
+
+def test_a_pooled_cohort_trains_to_the_same_bits_as_a_list_of_its_clients():
+    rng = np.random.default_rng(5)
+    listed = uneven_clients(rng)
+    rows = [np.arange(len(c.y_train)) for c in listed]
+    offsets = np.cumsum([0, *(len(r) for r in rows)])
+    pool = Clients(
+        [f"c{k}" for k in range(len(listed))],
+        np.concatenate([c.x_train for c in listed]),
+        np.concatenate([c.y_train for c in listed]),
+        *packed([r + offsets[k] for k, r in enumerate(rows)]),
+        np.zeros(0, np.int64),
+        np.zeros(len(listed) + 1, np.int64),
+    )
+    order = [3, 0, 4, 1, 2]
+    model = build_model("mlp", 6, 4, seed=1, hidden=(8,))
+    start = params_from_module(model)
+    tasks = [FitTask(f"c{k}", 2, FitConfig(local_epochs=2, batch_size=4, seed=k)) for k in order]
+    trainer = VectorizedTrainer(model, "classification")
+    from_list = trainer.fit_cohort(start, tasks, [listed[k] for k in order])
+    from_pool = trainer.fit_cohort(start, tasks, pool.cohort([t.client_id for t in tasks]))
+    assert from_pool.client_ids == from_list.client_ids
+    np.testing.assert_array_equal(from_pool.weights, from_list.weights)
+    for name in start:
+        np.testing.assert_array_equal(from_pool.payload[name], from_list.payload[name])
+    assert from_pool.metrics == from_list.metrics
 
 
 def test_vectorized_refuses_mixed_cohort_configs():

@@ -52,7 +52,13 @@ from fedstream.client.torch_trainer import (
     seeded_torch,
     torch_seed,
 )
-from fedstream.data.base import ClientData, Task
+from fedstream.data.base import (
+    ClientData,
+    Task,
+    cohort_in_order,
+    cohort_train_sizes,
+    padded_train,
+)
 from fedstream.errors import ConfigError
 from fedstream.params import Params
 from fedstream.types import ClientUpdate, EvaluateResult, UpdateBlock
@@ -188,9 +194,10 @@ class VectorizedTrainer:
     ) -> tuple[TensorDict, torch.Tensor]:
         """``_gradients`` for one step of every client, each client's dropout masks drawn
         from its own generator."""
-        lengths = step_mask.sum(1).to(torch.int64)
-        real = step_mask.dtype
-        dropouts = draws.step(lengths.tolist(), x.shape[1], real) if draws is not None else {}
+        dropouts: TensorDict = {}
+        if draws is not None:
+            lengths = step_mask.sum(1).to(torch.int64).tolist()
+            dropouts = draws.step(lengths, x.shape[1], step_mask.dtype)
         return self._gradients(weights, buffers, dropouts, x, y, step_mask)
 
     def fit(self, params: Params, task: FitTask, data: ClientData) -> ClientUpdate:
@@ -226,8 +233,10 @@ class VectorizedTrainer:
                 raise ConfigError(
                     "cohort", task.client_id, "the same fit config as the rest of the cohort"
                 )
-        for task, data in zip(tasks, datasets, strict=True):
-            if data.num_train == 0:
+        if len(datasets) != len(tasks):
+            raise ValueError(f"fit_cohort got {len(datasets)} datasets for {len(tasks)} tasks")
+        for task, size in zip(tasks, cohort_train_sizes(datasets).tolist(), strict=True):
+            if size == 0:
                 raise ValueError(f"client {task.client_id!r} has no training examples")
         check_layout(self.sequential.layout, params)
         for start in starts or ():
@@ -250,12 +259,12 @@ class VectorizedTrainer:
         the clients that still have a batch are a prefix: a step computes only them (views,
         no copies), and a cohort of uneven clients costs about the sum of their steps, not
         the largest client's steps times the cohort. The updates come back in task order."""
-        sizes = np.array([d.num_train for d in datasets])
+        sizes = cohort_train_sizes(datasets)
         order = np.argsort(-sizes, kind="stable")
         ranked = self._fit_ranked(
             params,
             [tasks[k] for k in order],
-            [datasets[k] for k in order],
+            cohort_in_order(datasets, order),
             None if starts is None else [starts[k] for k in order],
         )
         return ranked.take(np.argsort(order).tolist())
@@ -270,9 +279,8 @@ class VectorizedTrainer:
         """``_fit_cohort`` for a cohort ordered by training examples, largest first."""
         config = tasks[0].config
         cohort = len(tasks)
-        sizes = np.array([d.num_train for d in datasets])
-        x = _pad([d.x_train for d in datasets])
-        y = _pad([d.y_train for d in datasets])
+        sizes = cohort_train_sizes(datasets)
+        x, y = (torch.from_numpy(a) for a in padded_train(datasets))
         if starts is None:  # one start for all: (…) tensors that broadcast over clients
             anchor = {n: torch.from_numpy(np.array(params[n])) for n in params}
             weights = {n: _per_client(anchor[n], cohort) for n in self._parameters}
@@ -304,13 +312,17 @@ class VectorizedTrainer:
             orders = [own[epoch] for own in shuffles]
             index, mask = _epoch_batches(orders, sizes, config.batch_size)
             reach = mask.any(2).sum(1).tolist()  # clients with a batch at each step: a prefix
+            mask = mask.to(real)
             xs, ys = x[rows, index], y[rows, index]  # the epoch's batches, (steps, K, B, …)
             for step in range(index.shape[0]):
                 k = int(reach[step])
-                step_mask = mask[step, :k].to(real)
-                if self._batch_norm:  # SINGLE_EXAMPLE_RULE
+                step_mask = mask[step, :k]
+                # every client of the prefix has a batch and steps (its scale is lr), unless
+                # batch norm's SINGLE_EXAMPLE_RULE leaves a client's lone example out
+                active: torch.Tensor | None = None
+                if self._batch_norm:
                     step_mask = step_mask * (step_mask.sum(1, keepdim=True) > 1)
-                active = (step_mask.sum(1) > 0).to(real)
+                    active = (step_mask.sum(1) > 0).to(real)
                 xb, yb = xs[step, :k], ys[step, :k]
                 live = {n: w[:k] for n, w in weights.items()}
                 grads, loss = self._step_gradients(
@@ -321,16 +333,22 @@ class VectorizedTrainer:
                     grads = {n: g + mu * (live[n] - start[n]) for n, g in grads.items()}
                 if corrections:  # SCAFFOLD: + (c − c_k)
                     grads = {n: g + corrections[n][:k] for n, g in grads.items()}
-                scale = _broadcast(active * config.lr)
+                scale = _broadcast(active * config.lr) if active is not None else None
                 for n, w in live.items():
                     if n in frozen:
                         continue
+                    # the same bits either way: lr × 1 is lr
+                    change = grads[n] * config.lr if scale is None else scale(w) * grads[n]
                     if n in masks:
-                        weights[n][:k] = (w - scale(w) * grads[n]) * masks[n]
+                        weights[n][:k] = (w - change) * masks[n]
                     else:
-                        w.sub_(scale(w) * grads[n])  # a view: the step in place
-                loss_sum[:k] += loss * active
-                step_count[:k] += active
+                        w.sub_(change)  # a view: the step in place
+                if active is None:
+                    loss_sum[:k] += loss
+                    step_count[:k] += 1.0
+                else:
+                    loss_sum[:k] += loss * active
+                    step_count[:k] += active
         final = {**weights, **buffers}
         deltas = {n: (final[n] - anchor[n]).numpy() for n in params}
         steps = step_count if config.algorithm != "sgd" else None
@@ -387,15 +405,6 @@ def _prefix(tensors: TensorDict, k: int) -> TensorDict:
     """The first ``k`` clients' rows of (K, …) tensors, as views (in-place updates reach
     the cohort's tensors: batch norm's running statistics)."""
     return {n: t[:k] for n, t in tensors.items()}
-
-
-def _pad(arrays: Sequence[np.ndarray]) -> torch.Tensor:
-    """Stack arrays of shape (n_k, …) into (K, max n_k, …), zero-padded."""
-    longest = max(a.shape[0] for a in arrays)
-    out = np.zeros((len(arrays), longest, *arrays[0].shape[1:]), dtype=arrays[0].dtype)
-    for k, a in enumerate(arrays):
-        out[k, : a.shape[0]] = a
-    return torch.from_numpy(out)
 
 
 def _epoch_batches(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -117,12 +117,106 @@ class Clients(Mapping[str, ClientData]):
     def test_sizes(self) -> npt.NDArray[np.int64]:
         return np.diff(self.test_offsets)
 
+    def cohort(self, names: Sequence[str]) -> PooledCohort:
+        """The clients ``names``, in that order, as a ``PooledCohort`` (nothing copied yet)."""
+        position = self._position
+        return PooledCohort(self, np.array([position[name] for name in names], dtype=np.int64))
+
     def check(self) -> None:
         """``ClientData.check`` for every client at once, without building any."""
         empty = np.flatnonzero(self.train_sizes == 0)
         if len(empty):
             field = f"clients[{self.names[int(empty[0])]!r}]"
             raise ConfigError(field, "0 training examples", "at least one training example")
+
+
+class PooledCohort(Sequence[ClientData]):
+    """Some clients of a ``Clients`` pool, in a given order, read only when asked.
+
+    A cohort trainer pads its clients' training rows into one (K, longest, …) array;
+    ``padded_train`` gathers them there straight from the pool in one pass, where a list of
+    ``ClientData`` would copy each client's rows twice (into its object, then into the
+    pad) and build an object a client. Indexing still gives one client's ``ClientData``,
+    exactly as the pool does, for code that wants one client at a time.
+    """
+
+    def __init__(self, pool: Clients, positions: npt.NDArray[np.int64]) -> None:
+        self.pool = pool
+        self.positions = positions
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @overload
+    def __getitem__(self, index: int) -> ClientData: ...
+    @overload
+    def __getitem__(self, index: slice) -> PooledCohort: ...
+    def __getitem__(self, index: int | slice) -> ClientData | PooledCohort:
+        if isinstance(index, slice):
+            return PooledCohort(self.pool, self.positions[index])
+        return self.pool[self.pool.names[int(self.positions[index])]]
+
+    @property
+    def train_sizes(self) -> npt.NDArray[np.int64]:
+        offsets = self.pool.train_offsets
+        return offsets[self.positions + 1] - offsets[self.positions]
+
+    def reordered(self, order: Sequence[int] | npt.NDArray[np.int64]) -> PooledCohort:
+        """The same clients in the order ``order`` gives (positions into this cohort)."""
+        return PooledCohort(self.pool, self.positions[np.asarray(order, dtype=np.int64)])
+
+    def padded_train(self) -> tuple[Array, Array]:
+        """Every client's training features and targets, (K, longest, …) and (K, longest),
+        zero past each client's own rows, in one gather from the pool."""
+        sizes = self.train_sizes
+        longest = int(sizes.max()) if len(sizes) else 0
+        real = np.arange(longest)[None, :] < sizes[:, None]  # (K, longest)
+        # each real slot's place in train_index: the client's start plus the slot
+        starts = self.pool.train_offsets[self.positions]
+        slots = (starts[:, None] + np.arange(longest)[None, :])[real]
+        rows = self.pool.train_index[slots]
+        x, y = self.pool.x, self.pool.y
+        xs = np.zeros((len(sizes), longest, *x.shape[1:]), dtype=x.dtype)
+        ys = np.zeros((len(sizes), longest, *y.shape[1:]), dtype=y.dtype)
+        xs[real] = x[rows]
+        ys[real] = y[rows]
+        return xs, ys
+
+
+def cohort_train_sizes(datasets: Sequence[ClientData]) -> npt.NDArray[np.int64]:
+    """Each client's number of training examples, (K,), without building a pooled
+    cohort's clients."""
+    if isinstance(datasets, PooledCohort):
+        return datasets.train_sizes
+    return np.array([d.num_train for d in datasets], dtype=np.int64)
+
+
+def cohort_in_order(
+    datasets: Sequence[ClientData], order: Sequence[int] | npt.NDArray[np.int64]
+) -> Sequence[ClientData]:
+    """The clients' data in the order ``order`` gives, without building a pooled
+    cohort's clients."""
+    if isinstance(datasets, PooledCohort):
+        return datasets.reordered(order)
+    return [datasets[int(k)] for k in order]
+
+
+def padded_train(datasets: Sequence[ClientData]) -> tuple[Array, Array]:
+    """The clients' training features and targets stacked into (K, longest, …) and
+    (K, longest), zero-padded past each client's rows: one gather for a pooled cohort,
+    a copy a client otherwise."""
+    if isinstance(datasets, PooledCohort):
+        return datasets.padded_train()
+    return _padded([d.x_train for d in datasets]), _padded([d.y_train for d in datasets])
+
+
+def _padded(arrays: Sequence[Array]) -> Array:
+    """Stack arrays of shape (n_k, …) into (K, max n_k, …), zero-padded."""
+    longest = max(a.shape[0] for a in arrays)
+    out = np.zeros((len(arrays), longest, *arrays[0].shape[1:]), dtype=arrays[0].dtype)
+    for k, a in enumerate(arrays):
+        out[k, : a.shape[0]] = a
+    return out
 
 
 def check_clients(clients: Mapping[str, ClientData]) -> None:

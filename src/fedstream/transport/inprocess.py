@@ -32,7 +32,7 @@ from fedstream.client.runtime import (
 )
 from fedstream.client.state import ClientState, MemoryClientStates
 from fedstream.compression.codecs import decode_broadcast
-from fedstream.data.base import ClientData, check_clients, train_size
+from fedstream.data.base import ClientData, Clients, check_clients, train_size
 from fedstream.data.stream import Stream, data_for
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
@@ -153,6 +153,14 @@ class InProcessTransport:
     def _data(self, task: FitTask) -> ClientData:
         return data_for(self.clients, self.stream, task.client_id, task.data_time)
 
+    def _cohort_data(self, cohort: Sequence[FitTask]) -> Sequence[ClientData]:
+        """The cohort's clients' data, in task order: from pooled clients a
+        ``PooledCohort``, read straight into the trainer's padded arrays; one
+        ``ClientData`` a client otherwise (a stream's windows, a plain mapping)."""
+        if self.stream is None and isinstance(self.clients, Clients):
+            return self.clients.cohort([t.client_id for t in cohort])
+        return [self._data(t) for t in cohort]
+
     def _start(self, model: Params, extras: dict[str, Params], task: FitTask) -> Started:
         """The task as its client runs it (``client.runtime.start_fit``)."""
         return start_fit(model, extras, task, self.states.of(task.client_id), self.device_secret)
@@ -231,7 +239,7 @@ class InProcessTransport:
             )
             for cohort in cohorts:
                 try:
-                    datasets = [self._data(t) for t in cohort]
+                    datasets = self._cohort_data(cohort)
                     if stacked and self._as_trained(cohort):
                         yield self._stacked(self.trainer.fit_cohort(model, cohort, datasets), down)
                         continue
