@@ -28,9 +28,9 @@ def pooled(rng: np.random.Generator, sizes=(3, 0, 7, 1, 5), tests=(1, 2, 0, 0, 3
 
 def test_a_cohorts_padded_rows_are_each_clients_own_rows_then_zeros():
     clients = pooled(np.random.default_rng(0))
-    names = ["c2", "c0", "c3", "c4"]  # not the pool's order
+    names = ["c2", "c1", "c0", "c3", "c4"]  # not the pool's order; c1 holds no rows
     x, y = clients.cohort(names).padded_train()
-    assert x.shape == (4, 7, 2, 3) and y.shape == (4, 7)
+    assert x.shape == (5, 7, 2, 3) and y.shape == (5, 7)
     assert x.dtype == np.float32 and y.dtype == clients.y.dtype
     for k, name in enumerate(names):
         own = clients[name]
@@ -38,6 +38,8 @@ def test_a_cohorts_padded_rows_are_each_clients_own_rows_then_zeros():
         np.testing.assert_array_equal(x[k, :n], own.x_train)
         np.testing.assert_array_equal(y[k, :n], own.y_train)
         assert not x[k, n:].any() and not y[k, n:].any()
+    full, _ = clients.cohort(["c2"]).padded_train()  # no padding at all
+    np.testing.assert_array_equal(full[0], clients["c2"].x_train)
 
 
 def test_a_cohort_gives_the_same_as_a_list_of_its_clients():

@@ -170,16 +170,17 @@ class PooledCohort(Sequence[ClientData]):
         zero past each client's own rows, in one gather from the pool."""
         sizes = self.train_sizes
         longest = int(sizes.max()) if len(sizes) else 0
-        real = np.arange(longest)[None, :] < sizes[:, None]  # (K, longest)
-        # each real slot's place in train_index: the client's start plus the slot
-        starts = self.pool.train_offsets[self.positions]
-        slots = (starts[:, None] + np.arange(longest)[None, :])[real]
-        rows = self.pool.train_index[slots]
-        x, y = self.pool.x, self.pool.y
-        xs = np.zeros((len(sizes), longest, *x.shape[1:]), dtype=x.dtype)
-        ys = np.zeros((len(sizes), longest, *y.shape[1:]), dtype=y.dtype)
-        xs[real] = x[rows]
-        ys[real] = y[rows]
+        slot = np.arange(longest)[None, :]
+        real = slot < sizes[:, None]  # (K, longest)
+        # each slot's place in train_index, a padding slot pointing at its client's last
+        # row (any row would do: it is zeroed after one gather, a fifth of a masked copy)
+        starts = self.pool.train_offsets[self.positions][:, None]
+        rows = self.pool.train_index[starts + np.minimum(slot, sizes[:, None] - 1)]
+        xs = np.take(self.pool.x, rows, axis=0)
+        ys = np.take(self.pool.y, rows, axis=0)
+        if not real.all():
+            xs[~real] = 0
+            ys[~real] = 0
         return xs, ys
 
 
