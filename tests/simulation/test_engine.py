@@ -226,7 +226,7 @@ def test_cohorts_keep_task_order_or_group_similar_sizes_within_the_memory_budget
     sizes["f"] = 1
 
     def plan(max_clients: int, budget: int) -> list[list[str]]:
-        cut = _cohorts(tasks, sizes.__getitem__, 100, 250, max_clients, budget)
+        cut = _cohorts(tasks, lambda ids: [sizes[c] for c in ids], 100, 250, max_clients, budget)
         return [[t.client_id for t in cohort] for cohort in cut]
 
     # a group that fits in one cohort stays in task order (its block needs no reorder)

@@ -259,12 +259,16 @@ def subset(clients: Mapping[str, ClientData], names: Sequence[str]) -> Mapping[s
     )  # fmt: skip
 
 
-def train_size(clients: Mapping[str, ClientData], name: str) -> int:
-    """One client's number of training examples, without building its data if lazy."""
+def train_sizes_of(clients: Mapping[str, ClientData], names: Sequence[str]) -> list[int]:
+    """The named clients' numbers of training examples, in order, without building their
+    data if lazy (one array lookup for pooled clients)."""
     if isinstance(clients, Clients):
-        k = clients._position[name]
-        return int(clients.train_offsets[k + 1] - clients.train_offsets[k])
-    return clients[name].num_train
+        position = clients._position
+        at = np.array([position[name] for name in names], dtype=np.int64)
+        offsets = clients.train_offsets
+        sizes: list[int] = (offsets[at + 1] - offsets[at]).tolist()
+        return sizes
+    return [clients[name].num_train for name in names]
 
 
 def train_sizes(clients: Mapping[str, ClientData]) -> npt.NDArray[np.int64]:

@@ -32,7 +32,7 @@ from fedstream.client.runtime import (
 )
 from fedstream.client.state import ClientState, MemoryClientStates
 from fedstream.compression.codecs import decode_broadcast
-from fedstream.data.base import ClientData, Clients, check_clients, train_size
+from fedstream.data.base import ClientData, Clients, check_clients, train_sizes_of
 from fedstream.data.stream import Stream, data_for
 from fedstream.errors import ClientFailure, ConfigError
 from fedstream.params import Params
@@ -54,7 +54,7 @@ COHORT_BUDGET_BYTES = 512 * 2**20
 
 def _cohorts(
     tasks: Sequence[FitTask],
-    size_of: Callable[[str], int],
+    sizes_of: Callable[[Sequence[str]], Sequence[int]],
     row_bytes: int,
     param_bytes: int,
     max_clients: int,
@@ -71,7 +71,7 @@ def _cohorts(
     for task in tasks:
         groups.setdefault(task.config.cohort_key(), []).append(task)
     for group in groups.values():
-        sizes = [size_of(t.client_id) for t in group]
+        sizes = sizes_of([t.client_id for t in group])
         if (
             len(group) <= max_clients
             and len(group) * (4 * param_bytes + max(sizes) * row_bytes) <= budget_bytes
@@ -231,7 +231,7 @@ class InProcessTransport:
         if isinstance(self.trainer, CohortTrainer) and len(tasks) > 1:
             cohorts = _cohorts(
                 tasks,
-                lambda client_id: train_size(self.clients, client_id),
+                lambda client_ids: train_sizes_of(self.clients, client_ids),
                 self._row_bytes,
                 params.nbytes,
                 self.cohort_size,
