@@ -9,7 +9,7 @@ from fedstream.compression.codecs import PAYLOAD
 from fedstream.errors import ClientFailure
 from fedstream.privacy import DifferentialPrivacy
 from fedstream.rounds import InTaskOrder, check_update, collect_updates, plan_round
-from fedstream.rounds.collect import Collected, lower_median, relative_rejections
+from fedstream.rounds.collect import Collected, _row_norms, lower_median, relative_rejections
 from fedstream.rounds.config import UpdateBounds
 from fedstream.secure.plain import PlainSum
 from fedstream.secure.session import SecureSumResult
@@ -422,6 +422,31 @@ def test_a_bad_row_of_a_block_is_rejected_as_the_same_update_alone_would_be(chan
     (failure,) = outcomes[1][0].failures
     assert failure.client_id == updates[1].client_id and failure.stage == "validate"
     assert len(outcomes[1][0].completed) == 4
+
+
+@pytest.mark.parametrize("dtype", ["f2", "f4", "f8", "i8", "u1", "?"])
+@pytest.mark.parametrize("count", [1, 2, 7])
+def test_a_blocks_row_norms_are_each_rows_params_norm_to_the_bit(dtype, count):
+    # eleven entries of like sizes (past the eight where a pairwise sum would start, and
+    # close enough that the order of adding them shows in the last bits), from empty to
+    # three-dimensional, values that overflow float32's square and a NaN among them
+    rng = np.random.default_rng(count)
+    shapes = [(0,), (5,), (3, 2), (2, 3), (6,), (1, 5), (4,), (7,), (2, 2, 2), (5, 1), (6,)]
+    for draw in range(20):
+        entries = {}
+        for k, shape in enumerate(shapes):
+            values = rng.standard_normal((count, *shape)) * 10.0 ** rng.uniform(-1, 1)
+            if draw == 1 and k == 3:
+                values[-1] *= 1e30  # its float32 square overflows; in float64 it does not
+            if draw == 2 and k == 4:
+                values[0, 0] = np.nan
+            with np.errstate(over="ignore", invalid="ignore"):  # casts of huge values
+                entries[f"e{k}"] = values.astype(dtype) if dtype != "?" else values > 0
+        block = Params(entries)
+        got = _row_norms(block, count)
+        for row in range(count):
+            alone = Params({n: a[row] for n, a in block.items()}).norm()
+            assert np.float64(alone).tobytes() == got[row].tobytes(), (draw, row, alone, got[row])
 
 
 def test_a_whole_block_for_another_round_or_layout_is_rejected_row_by_row():

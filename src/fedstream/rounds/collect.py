@@ -401,12 +401,8 @@ def _check_block(
         fit.algorithm != "fednova" and fit.privacy is None and fit.sample_dp is None
     )
     if plain and block.round == round_number and _stacked_like(block, like):
-        squares = [  # per entry, each row's vdot, as Params.norm takes it
-            [float(np.vdot(row, row).real) for row in a.reshape(count, -1)]
-            for a in block.payload.values()
-        ]
-        norms = [math.sqrt(sum(row)) for row in zip(*squares, strict=True)] or [0.0] * count
-        weights, row_norms = block.weights, np.array(norms)
+        weights, row_norms = block.weights, _row_norms(block.payload, count)
+        norms = row_norms.tolist()
         fine = (
             np.isfinite(weights) & (weights > 0) & (weights <= MAX_WEIGHT) & np.isfinite(row_norms)
         )
@@ -418,6 +414,21 @@ def _check_block(
     for k in np.flatnonzero(~fine).tolist():
         reasons[k], norms[k] = _check(block.row(k), like, round_number, max_norm, fit, max_weight)
     return reasons, norms
+
+
+def _row_norms(payload: Params, count: int) -> npt.NDArray[np.float64]:
+    """Each row's ``Params.norm`` of a stacked payload, (K,), to the same bits.
+
+    ``Params.norm`` is ``sqrt`` of the sum, entry by entry in order, of each entry's
+    ``np.vdot`` with itself. ``np.vecdot`` calls numpy's dot function, the one ``vdot``
+    calls, on every row in turn (the same strides, so the same BLAS call), all in C; the
+    float64 squares are then added entry by entry, as the Python sum adds them."""
+    total = np.zeros(count, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing row is rejected
+        for entry in payload.values():
+            rows = entry.reshape(count, -1)
+            total += np.vecdot(rows, rows).astype(np.float64)
+    return np.sqrt(total)
 
 
 def _stacked_like(block: UpdateBlock, like: Params) -> bool:
