@@ -76,12 +76,12 @@ def _pcg64_states(seeds: Sequence[int]) -> list[tuple[int, int]]:
         value = (pool[i % _POOL] ^ np.uint32(constant)) * np.uint32((constant * _MULT_B) & _MASK32)
         words.append(value ^ (value >> np.uint32(16)))
     # two 32-bit words make a little-endian uint64; seed = (u0 << 64) | u1, inc likewise
-    u64 = [w_low.astype(np.uint64) | (w_high.astype(np.uint64) << np.uint64(32))
+    u64 = [(w_low.astype(np.uint64) | (w_high.astype(np.uint64) << np.uint64(32))).tolist()
            for w_low, w_high in zip(words[0::2], words[1::2], strict=True)]  # fmt: skip
     states = []
-    for k in range(len(seeds)):
-        initial = (int(u64[0][k]) << 64) | int(u64[1][k])
-        increment = (((int(u64[2][k]) << 64) | int(u64[3][k])) << 1 | 1) & _MASK128
+    for high, low, inc_high, inc_low in zip(*u64, strict=True):
+        initial = (high << 64) | low
+        increment = (((inc_high << 64) | inc_low) << 1 | 1) & _MASK128
         # PCG's seeding: from state 0 take a step (giving the increment), add the
         # initial state, take another step
         state = ((increment + initial) * _PCG_MULT + increment) & _MASK128
@@ -94,15 +94,20 @@ def epoch_shuffles(
 ) -> list[list[npt.NDArray[np.int64]]]:
     """For each client, its ``epochs`` permutations of ``range(size)``, in epoch order, as
     ``default_rng(seed)`` draws them, one ``permutation`` call per epoch."""
+    counts = [int(n) for n in sizes]
     bulk = [k for k, s in enumerate(seeds) if isinstance(s, int) and 0 <= s < _BULK_LIMIT]
     orders: list[list[npt.NDArray[np.int64]]] = [[] for _ in seeds]
     shared = np.random.Generator(np.random.PCG64(0))
-    template = dict(shared.bit_generator.state)
+    bit_generator = shared.bit_generator
+    template = dict(bit_generator.state)
+    epoch_range = range(epochs)
     for k, (state, increment) in zip(bulk, _pcg64_states([seeds[k] for k in bulk]), strict=True):
         template["state"] = {"state": state, "inc": increment}
-        shared.bit_generator.state = template
-        orders[k] = [shared.permutation(int(sizes[k])) for _ in range(epochs)]
-    for k in set(range(len(seeds))) - set(bulk):
-        own = np.random.default_rng(seeds[k])
-        orders[k] = [own.permutation(int(sizes[k])) for _ in range(epochs)]
+        bit_generator.state = template
+        count = counts[k]
+        orders[k] = [shared.permutation(count) for _ in epoch_range]
+    if len(bulk) < len(seeds):
+        for k in sorted(set(range(len(seeds))) - set(bulk)):
+            own = np.random.default_rng(seeds[k])
+            orders[k] = [own.permutation(counts[k]) for _ in epoch_range]
     return orders
