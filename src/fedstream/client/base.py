@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -38,6 +39,23 @@ class FitTask:
     noise_seed: int | None = None
     frozen: tuple[str, ...] = ()
     data_time: float | None = None
+
+    @classmethod
+    def planned(cls, client_id: str, round_number: int, config: FitConfig) -> FitTask:
+        """``FitTask(client_id, round_number, config)``, the rest at their defaults, at
+        under half its cost: a round plans one per sampled client, thousands at
+        cross-device scale, and a frozen dataclass sets each field through
+        ``object.__setattr__`` (nothing here needs checking)."""
+        task = object.__new__(cls)
+        fields = task.__dict__
+        fields.update(_PLANNED_DEFAULTS)
+        fields["client_id"], fields["round"], fields["config"] = client_id, round_number, config
+        return task
+
+
+_PLANNED_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(FitTask) if f.default is not dataclasses.MISSING
+}
 
 
 @runtime_checkable

@@ -59,7 +59,7 @@ def sample_clients(
 ) -> tuple[str, ...]:
     """``count`` distinct clients drawn uniformly without replacement."""
     chosen = rng.choice(len(client_ids), size=count, replace=False)
-    return tuple(client_ids[int(i)] for i in chosen)
+    return tuple([client_ids[i] for i in chosen.tolist()])
 
 
 def poisson_sample(
@@ -68,7 +68,7 @@ def poisson_sample(
     """Each client independently with probability ``rate``, in ``client_ids`` order: one
     uniform draw per client, so the size varies (and may be 0)."""
     joined = np.flatnonzero(rng.random(len(client_ids)) < rate)
-    return tuple(client_ids[int(i)] for i in joined)
+    return tuple([client_ids[i] for i in joined.tolist()])
 
 
 def plan_round(
@@ -93,8 +93,8 @@ def plan_round(
     local = local_names(state.params, config.local_entries)
     fit = strategy.configure_fit(state, replace(config.fit_config(), local_entries=local))
     tasks = [
-        FitTask(client_id, round_number, fit.with_seed(int(seed)))
-        for client_id, seed in zip(sampled, seeds, strict=True)
+        FitTask.planned(client_id, round_number, fit.with_seed(seed))
+        for client_id, seed in zip(sampled, seeds.tolist(), strict=True)
     ]
     failures: list[ClientFailure] = []
     if task_policy is not None:
