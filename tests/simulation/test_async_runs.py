@@ -266,3 +266,27 @@ def test_a_stream_needs_a_clock_the_built_in_data_and_the_clients_in_process():
         make_config(drift="shift")
     with pytest.raises(ConfigError, match=r"^stream\.drift='shift' is invalid: .*regression"):
         make_config(window=4, speeds="constant", drift="shift", dataset="diabetes")
+
+
+@pytest.mark.parametrize(
+    "run", [ASYNC | {"rounds": 3}, {"rounds": 2, "speeds": "lognormal"}, {"rounds": 2}]
+)
+def test_every_round_loop_runs_with_the_heap_settled_and_hands_it_back(run):
+    # asynchronous steps, timed rounds and plain rounds: each reaches the callbacks with
+    # the objects alive at its start frozen (rounds.heap), and unfreezes them at the end
+    import gc
+
+    from fedstream.tracking.base import RunCallback
+
+    class Watch(RunCallback):
+        def __init__(self):
+            self.counts: list[int] = []
+
+        def on_round_end(self, report):
+            self.counts.append(gc.get_freeze_count())
+
+    gc.unfreeze()
+    watch = Watch()
+    fedstream.simulate(**nested(**run), callbacks=[watch])
+    assert len(watch.counts) == run["rounds"] and min(watch.counts) > 0
+    assert gc.get_freeze_count() == 0

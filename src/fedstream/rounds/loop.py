@@ -44,6 +44,7 @@ from fedstream.rounds.evaluate import (
     summed_metrics,
     weighted_mean,
 )
+from fedstream.rounds.heap import settled_heap
 from fedstream.rounds.plan import TaskPolicy, plan_round
 from fedstream.strategies.base import Strategy
 from fedstream.transport.base import Transport, fit_deliveries
@@ -224,18 +225,21 @@ def run_rounds(
     """Run rounds until ``state.round == until_round``, yielding each new state and report.
 
     Evaluation runs every ``config.evaluate_every`` rounds and always in the last one.
+    While the rounds run, the objects alive before them stay out of the garbage
+    collector's full passes (``rounds.heap``).
     """
     checks.non_negative_int("rounds", until_round)
-    while state.round < until_round:
-        evaluate = evaluates(state.round + 1, until_round, config.evaluate_every)
-        state, report = run_round(
-            state,
-            strategy,
-            transport,
-            client_ids,
-            config,
-            evaluate=evaluate,
-            central_evaluate=central_evaluate,
-            task_policy=task_policy,
-        )
-        yield state, report
+    with settled_heap():
+        while state.round < until_round:
+            evaluate = evaluates(state.round + 1, until_round, config.evaluate_every)
+            state, report = run_round(
+                state,
+                strategy,
+                transport,
+                client_ids,
+                config,
+                evaluate=evaluate,
+                central_evaluate=central_evaluate,
+                task_policy=task_policy,
+            )
+            yield state, report

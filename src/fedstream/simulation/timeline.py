@@ -28,6 +28,7 @@ from fedstream.errors import ClientFailure, ConfigError
 from fedstream.rounds import RoundConfig, run_round, run_rounds
 from fedstream.rounds.buffered import run_buffered
 from fedstream.rounds.fleet import Fleet, LiveTransport, SimulatedFleet
+from fedstream.rounds.heap import settled
 from fedstream.rounds.loop import evaluates
 from fedstream.rounds.plan import TaskPolicy
 from fedstream.simulation.clock import (
@@ -123,9 +124,9 @@ def server_steps(
         steps = timed_rounds(
             state, strategy, transport, client_ids, rounds, config, setup, clock, elapsed
         )
-    if setup.stream is None or not len(setup.dataset.x_heldout):
-        return steps
-    return with_stream_accuracy(steps, setup.stream, setup)
+    if setup.stream is not None and len(setup.dataset.x_heldout):
+        steps = with_stream_accuracy(steps, setup.stream, setup)
+    return settled(steps)  # every loop, the asynchronous and timed ones too (rounds.heap)
 
 
 def with_stream_accuracy(steps: Steps, stream: Stream, setup: Setup) -> Steps:
