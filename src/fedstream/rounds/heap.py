@@ -4,7 +4,7 @@ Python's cyclic garbage collector now and then walks every tracked object alive.
 process that has imported torch holds about 200,000 of them before it trains anything,
 and a round of a thousand clients makes enough short-lived objects (tasks, configs,
 metrics) to set off one such pass every fifteen rounds or so: about 80 ms each time,
-15 % of a W3 round on average (``benchmarks/RESULTS.md``). ``gc.freeze`` moves the
+14 % of a W3 round on average (``benchmarks/RESULTS.md``). ``gc.freeze`` moves the
 objects alive now into a generation the collector never walks; they are still freed by
 reference counting as always, and only cyclic garbage among them waits until the run
 ends and ``gc.unfreeze`` hands them back.
