@@ -32,6 +32,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
@@ -235,7 +236,8 @@ class VectorizedTrainer:
                 )
         if len(datasets) != len(tasks):
             raise ValueError(f"fit_cohort got {len(datasets)} datasets for {len(tasks)} tasks")
-        for task, size in zip(tasks, cohort_train_sizes(datasets).tolist(), strict=True):
+        sizes = cohort_train_sizes(datasets)
+        for task, size in zip(tasks, sizes.tolist(), strict=True):
             if size == 0:
                 raise ValueError(f"client {task.client_id!r} has no training examples")
         check_layout(self.sequential.layout, params)
@@ -246,25 +248,26 @@ class VectorizedTrainer:
         for task in tasks:
             cohort_seed ^= task.config.seed
         with seeded_torch(cohort_seed), self._dropout.switched_off(), self._recurrence.unrolled():
-            return self._fit_cohort(params, tasks, datasets, starts)
+            return self._fit_cohort(params, tasks, datasets, sizes, starts)
 
     def _fit_cohort(
         self,
         params: Params,
         tasks: Sequence[FitTask],
         datasets: Sequence[ClientData],
+        sizes: npt.NDArray[np.int64],
         starts: Sequence[Params] | None,
     ) -> UpdateBlock:
         """Train the cohort with its clients ordered largest first, so that at every step
         the clients that still have a batch are a prefix: a step computes only them (views,
         no copies), and a cohort of uneven clients costs about the sum of their steps, not
         the largest client's steps times the cohort. The updates come back in task order."""
-        sizes = cohort_train_sizes(datasets)
         order = np.argsort(-sizes, kind="stable")
         ranked = self._fit_ranked(
             params,
             [tasks[k] for k in order],
             cohort_in_order(datasets, order),
+            sizes[order],
             None if starts is None else [starts[k] for k in order],
         )
         return ranked.take(np.argsort(order).tolist())
@@ -274,12 +277,13 @@ class VectorizedTrainer:
         params: Params,
         tasks: Sequence[FitTask],
         datasets: Sequence[ClientData],
+        sizes: npt.NDArray[np.int64],
         starts: Sequence[Params] | None,
     ) -> UpdateBlock:
-        """``_fit_cohort`` for a cohort ordered by training examples, largest first."""
+        """``_fit_cohort`` for a cohort ordered by training examples (``sizes``), largest
+        first."""
         config = tasks[0].config
         cohort = len(tasks)
-        sizes = cohort_train_sizes(datasets)
         x, y = (torch.from_numpy(a) for a in padded_train(datasets))
         if starts is None:  # one start for all: (…) tensors that broadcast over clients
             anchor = {n: torch.from_numpy(np.array(params[n])) for n in params}

@@ -263,10 +263,7 @@ def train_sizes_of(clients: Mapping[str, ClientData], names: Sequence[str]) -> l
     """The named clients' numbers of training examples, in order, without building their
     data if lazy (one array lookup for pooled clients)."""
     if isinstance(clients, Clients):
-        position = clients._position
-        at = np.array([position[name] for name in names], dtype=np.int64)
-        offsets = clients.train_offsets
-        sizes: list[int] = (offsets[at + 1] - offsets[at]).tolist()
+        sizes: list[int] = clients.cohort(names).train_sizes.tolist()
         return sizes
     return [clients[name].num_train for name in names]
 
